@@ -1,0 +1,127 @@
+//! Time as rsvault reads and writes it.
+//!
+//! [`Clock`] is the one source of "now" for everything that stamps or schedules; a test clock can stand in
+//! for the system clock. The formatters write time the way the live Azure service does: timestamps with up
+//! to seven fractional digits and trailing zeros dropped, and durations in .NET's ISO-8601 form
+//! (`PT20M23.0896697S`).
+
+use chrono::{DateTime, Duration, SecondsFormat, Utc};
+use std::sync::Arc;
+
+/// The source of the current time.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The machine's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A shared clock handle.
+pub type SharedClock = Arc<dyn Clock>;
+
+/// Seven fractional digits with trailing zeros dropped (and no `.` for whole seconds).
+fn fraction(nanos: u32) -> String {
+    let ticks = nanos / 100;
+    if ticks == 0 {
+        return String::new();
+    }
+    let s = format!("{ticks:07}");
+    format!(".{}", s.trim_end_matches('0'))
+}
+
+/// `2022-05-16T14:28:23.5523231Z`.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    format!("{}{}Z", t.format("%Y-%m-%dT%H:%M:%S"), fraction(t.timestamp_subsec_nanos()))
+}
+
+/// RFC 3339 with milliseconds, for places where Azure uses plain ISO time (`systemData`).
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// An ISO-8601 duration as .NET writes a `TimeSpan`: `PT0S`, `PT5.65455S`, `PT1M6.9054505S`,
+/// `PT2H0M1S`, `P1DT2H`.
+pub fn iso_duration(d: Duration) -> String {
+    let d = if d < Duration::zero() { Duration::zero() } else { d };
+    let total = d.num_seconds();
+    let nanos = (d - Duration::seconds(total)).num_nanoseconds().unwrap_or(0) as u32;
+    let (days, h, m, s) = (total / 86_400, (total / 3600) % 24, (total / 60) % 60, total % 60);
+    let mut out = String::from("P");
+    if days > 0 {
+        out.push_str(&format!("{days}D"));
+    }
+    let frac = fraction(nanos);
+    if h == 0 && m == 0 && s == 0 && frac.is_empty() {
+        if days == 0 {
+            out.push_str("T0S");
+        }
+        return out;
+    }
+    out.push('T');
+    if h > 0 {
+        out.push_str(&format!("{h}H"));
+    }
+    if m > 0 || (h > 0 && (s > 0 || !frac.is_empty())) {
+        out.push_str(&format!("{m}M"));
+    }
+    if s > 0 || !frac.is_empty() {
+        out.push_str(&format!("{s}{frac}S"));
+    }
+    out
+}
+
+/// The weak ETag ARM puts on vaults: `W/"datetime'2017-12-15T12%3A36%3A51.68Z'"`.
+pub fn datetime_etag(t: DateTime<Utc>) -> String {
+    let ts = t.to_rfc3339_opts(SecondsFormat::AutoSi, true).replace(':', "%3A");
+    format!("W/\"datetime'{ts}'\"")
+}
+
+/// An HTTP `Date` header value.
+pub fn http_date(t: DateTime<Utc>) -> String {
+    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn durations_match_the_live_service() {
+        let cases = [
+            (Duration::zero(), "PT0S"),
+            (Duration::milliseconds(5654) + Duration::microseconds(550), "PT5.65455S"),
+            (Duration::seconds(66) + Duration::nanoseconds(905_450_500), "PT1M6.9054505S"),
+            (Duration::seconds(20 * 60 + 23) + Duration::nanoseconds(89_669_700), "PT20M23.0896697S"),
+            (Duration::seconds(7201), "PT2H0M1S"),
+            (Duration::hours(2), "PT2H"),
+            (Duration::seconds(42), "PT42S"),
+            (Duration::days(1), "P1D"),
+            (Duration::nanoseconds(296_900), "PT0.0002969S"),
+        ];
+        for (d, want) in cases {
+            assert_eq!(iso_duration(d), want);
+        }
+    }
+
+    #[test]
+    fn timestamps_drop_trailing_zeros() {
+        let t = Utc.with_ymd_and_hms(2019, 10, 4, 5, 39, 37).unwrap() + Duration::microseconds(641_400);
+        assert_eq!(timestamp(t), "2019-10-04T05:39:37.6414Z");
+        let t = Utc.with_ymd_and_hms(2019, 10, 4, 5, 39, 37).unwrap();
+        assert_eq!(timestamp(t), "2019-10-04T05:39:37Z");
+    }
+
+    #[test]
+    fn etags_escape_colons() {
+        let t = Utc.with_ymd_and_hms(2017, 12, 15, 12, 36, 51).unwrap() + Duration::milliseconds(680);
+        assert_eq!(datetime_etag(t), "W/\"datetime'2017-12-15T12%3A36%3A51.680Z'\"");
+    }
+}

@@ -1,0 +1,396 @@
+//! Typed statements over one connection or transaction.
+
+use crate::rows::*;
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use rsvault_core::ids::key;
+
+/// A connection (or open transaction) with rsvault's statements.
+pub struct Db<'a>(pub(crate) &'a Connection);
+
+type R<T> = Result<T, StoreError>;
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn parse_ts(s: String) -> rusqlite::Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(&s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn json(s: String) -> rusqlite::Result<serde_json::Value> {
+    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
+fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Page<T> {
+    let next = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(key_of)
+    } else {
+        None
+    };
+    Page { items, next }
+}
+
+const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
+
+fn resource_row(r: &Row) -> rusqlite::Result<ResourceRow> {
+    Ok(ResourceRow {
+        id: r.get(0)?,
+        subscription: r.get(1)?,
+        resource_group: r.get(2)?,
+        type_key: r.get(3)?,
+        name: r.get(4)?,
+        parent_key: r.get(5)?,
+        body: json(r.get(6)?)?,
+        etag: r.get(7)?,
+        created: parse_ts(r.get(8)?)?,
+        updated: parse_ts(r.get(9)?)?,
+    })
+}
+
+fn group_row(r: &Row) -> rusqlite::Result<GroupRow> {
+    Ok(GroupRow {
+        subscription: r.get(0)?,
+        name: r.get(1)?,
+        id: r.get(2)?,
+        location: r.get(3)?,
+        tags: json(r.get(4)?)?,
+        managed_by: r.get(5)?,
+        created: parse_ts(r.get(6)?)?,
+    })
+}
+
+fn principal_row(r: &Row) -> rusqlite::Result<PrincipalRow> {
+    Ok(PrincipalRow {
+        client_id: r.get(0)?,
+        object_id: r.get(1)?,
+        tenant_id: r.get(2)?,
+        display_name: r.get(3)?,
+        secret_hash: r.get(4)?,
+        created: parse_ts(r.get(5)?)?,
+    })
+}
+
+fn assignment_row(r: &Row) -> rusqlite::Result<RoleAssignmentRow> {
+    Ok(RoleAssignmentRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        scope: r.get(2)?,
+        role_definition_id: r.get(3)?,
+        principal_id: r.get(4)?,
+        principal_type: r.get(5)?,
+        created: parse_ts(r.get(6)?)?,
+        created_by: r.get(7)?,
+    })
+}
+
+impl Db<'_> {
+    // ---- meta -------------------------------------------------------------------------------
+    pub fn meta(&self, k: &str) -> R<Option<String>> {
+        Ok(self.0.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).optional()?)
+    }
+
+    pub fn set_meta(&self, k: &str, v: &str) -> R<()> {
+        self.0.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [k, v])?;
+        Ok(())
+    }
+
+    // ---- subscriptions ----------------------------------------------------------------------
+    pub fn insert_subscription(&self, s: &SubscriptionRow) -> R<()> {
+        self.0.execute(
+            "INSERT INTO subscriptions (id_key, id, tenant_id, display_name, state, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![key(&s.id), s.id, s.tenant_id, s.display_name, s.state, ts(&s.created)],
+        )?;
+        Ok(())
+    }
+
+    pub fn subscription(&self, id: &str) -> R<Option<SubscriptionRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT id, tenant_id, display_name, state, created FROM subscriptions WHERE id_key = ?1",
+                [key(id)],
+                |r| {
+                    Ok(SubscriptionRow {
+                        id: r.get(0)?,
+                        tenant_id: r.get(1)?,
+                        display_name: r.get(2)?,
+                        state: r.get(3)?,
+                        created: parse_ts(r.get(4)?)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn subscriptions(&self) -> R<Vec<SubscriptionRow>> {
+        let mut st = self.0.prepare("SELECT id FROM subscriptions ORDER BY id_key")?;
+        let ids: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        ids.iter().filter_map(|id| self.subscription(id).transpose()).collect()
+    }
+
+    // ---- resource groups --------------------------------------------------------------------
+    /// Inserts or replaces a group; returns true when it was new.
+    pub fn put_group(&self, g: &GroupRow) -> R<bool> {
+        let existed = self.group(&g.subscription, &g.name)?.is_some();
+        self.0.execute(
+            "INSERT INTO resource_groups (sub_key, name_key, name, id, location, tags, managed_by, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT(sub_key, name_key) DO UPDATE SET location = excluded.location, tags = excluded.tags, managed_by = excluded.managed_by",
+            params![key(&g.subscription), key(&g.name), g.name, g.id, g.location, g.tags.to_string(), g.managed_by, ts(&g.created)],
+        )?;
+        Ok(!existed)
+    }
+
+    pub fn group(&self, sub: &str, name: &str) -> R<Option<GroupRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT sub_key, name, id, location, tags, managed_by, created FROM resource_groups WHERE sub_key = ?1 AND name_key = ?2",
+                [key(sub), key(name)],
+                group_row,
+            )
+            .optional()?)
+    }
+
+    pub fn groups(&self, sub: &str, after: Option<&str>, limit: usize) -> R<Page<GroupRow>> {
+        let mut st = self.0.prepare(
+            "SELECT sub_key, name, id, location, tags, managed_by, created FROM resource_groups
+             WHERE sub_key = ?1 AND name_key > ?2 ORDER BY name_key LIMIT ?3",
+        )?;
+        let items = st
+            .query_map(params![key(sub), after.map(key).unwrap_or_default(), (limit + 1) as i64], group_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page(items, limit, |g| key(&g.name)))
+    }
+
+    /// Deletes a group and every resource in it; returns false when there was no such group.
+    pub fn delete_group(&self, sub: &str, name: &str) -> R<bool> {
+        self.0.execute("DELETE FROM resources WHERE sub_key = ?1 AND rg_key = ?2", [key(sub), key(name)])?;
+        let prefix = format!("{}/resourcegroups/{}/", key(&format!("/subscriptions/{sub}")), key(name));
+        self.0.execute(
+            "DELETE FROM role_assignments WHERE substr(scope_key, 1, length(?1)) = ?1 OR scope_key = ?2",
+            [prefix.clone(), prefix.trim_end_matches('/').to_string()],
+        )?;
+        Ok(self.0.execute("DELETE FROM resource_groups WHERE sub_key = ?1 AND name_key = ?2", [key(sub), key(name)])? > 0)
+    }
+
+    // ---- resources --------------------------------------------------------------------------
+    /// Inserts or replaces a resource (keyed by its lower-cased id); returns true when it was new.
+    /// On replace, the id text and creation time of the first write are kept.
+    pub fn put_resource(&self, r: &ResourceRow) -> R<bool> {
+        let n = self.0.execute(
+            "INSERT INTO resources (id_key, id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT(id_key) DO UPDATE SET body = excluded.body, etag = excluded.etag, updated = excluded.updated",
+            params![
+                key(&r.id),
+                r.id,
+                key(&r.subscription),
+                r.resource_group.as_deref().map(key),
+                key(&r.type_key),
+                r.name,
+                r.parent_key.as_deref().map(key),
+                r.body.to_string(),
+                r.etag,
+                ts(&r.created),
+                ts(&r.updated)
+            ],
+        )?;
+        let created: String = self.0.query_row("SELECT created FROM resources WHERE id_key = ?1", [key(&r.id)], |x| x.get(0))?;
+        Ok(n == 1 && created == ts(&r.created))
+    }
+
+    pub fn resource(&self, id: &str) -> R<Option<ResourceRow>> {
+        Ok(self
+            .0
+            .query_row(&format!("SELECT {RESOURCE_COLS} FROM resources WHERE id_key = ?1"), [key(id)], resource_row)
+            .optional()?)
+    }
+
+    /// Resources of one type in a subscription, optionally one group, in key order, paged.
+    pub fn resources(&self, sub: &str, group: Option<&str>, type_key: &str, after: Option<&str>, limit: usize) -> R<Page<ResourceRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE sub_key = ?1 AND type_key = ?2 AND (?3 IS NULL OR rg_key = ?3)
+             AND id_key > ?4 ORDER BY id_key LIMIT ?5"
+        ))?;
+        let items = st
+            .query_map(
+                params![key(sub), key(type_key), group.map(key), after.unwrap_or_default(), (limit + 1) as i64],
+                resource_row,
+            )?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page(items, limit, |r| key(&r.id)))
+    }
+
+    /// Children of a resource, of one type (or all types with `None`), in key order, paged.
+    pub fn children(&self, parent: &str, type_key: Option<&str>, after: Option<&str>, limit: usize) -> R<Page<ResourceRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE parent_key = ?1 AND (?2 IS NULL OR type_key = ?2)
+             AND id_key > ?3 ORDER BY id_key LIMIT ?4"
+        ))?;
+        let items = st
+            .query_map(params![key(parent), type_key.map(key), after.unwrap_or_default(), (limit + 1) as i64], resource_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(page(items, limit, |r| key(&r.id)))
+    }
+
+    /// Deletes a resource and everything below it; returns false when it did not exist.
+    pub fn delete_resource(&self, id: &str) -> R<bool> {
+        let k = key(id);
+        self.0.execute("DELETE FROM resources WHERE substr(id_key, 1, length(?1)) = ?1", [format!("{k}/")])?;
+        self.0.execute(
+            "DELETE FROM role_assignments WHERE scope_key = ?1 OR substr(scope_key, 1, length(?2)) = ?2",
+            [k.clone(), format!("{k}/")],
+        )?;
+        Ok(self.0.execute("DELETE FROM resources WHERE id_key = ?1", [k])? > 0)
+    }
+
+    // ---- principals -------------------------------------------------------------------------
+    pub fn insert_principal(&self, p: &PrincipalRow) -> R<()> {
+        self.0.execute(
+            "INSERT INTO principals (client_id, object_id, tenant_id, display_name, secret_hash, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![key(&p.client_id), p.object_id, p.tenant_id, p.display_name, p.secret_hash, ts(&p.created)],
+        )?;
+        Ok(())
+    }
+
+    pub fn principal(&self, client_id: &str) -> R<Option<PrincipalRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals WHERE client_id = ?1",
+                [key(client_id)],
+                principal_row,
+            )
+            .optional()?)
+    }
+
+    pub fn principal_by_object_id(&self, object_id: &str) -> R<Option<PrincipalRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals WHERE object_id = ?1",
+                [key(object_id)],
+                principal_row,
+            )
+            .optional()?)
+    }
+
+    pub fn principals(&self) -> R<Vec<PrincipalRow>> {
+        let mut st = self.0.prepare("SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals ORDER BY created, client_id")?;
+        let rows = st.query_map([], principal_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn set_principal_secret(&self, client_id: &str, hash: &str) -> R<bool> {
+        Ok(self.0.execute("UPDATE principals SET secret_hash = ?2 WHERE client_id = ?1", [key(client_id), hash.to_string()])? > 0)
+    }
+
+    /// Deletes a principal and its role assignments.
+    pub fn delete_principal(&self, client_id: &str) -> R<bool> {
+        let Some(p) = self.principal(client_id)? else {
+            return Ok(false);
+        };
+        self.0.execute("DELETE FROM role_assignments WHERE principal_id = ?1", [&p.object_id])?;
+        Ok(self.0.execute("DELETE FROM principals WHERE client_id = ?1", [key(client_id)])? > 0)
+    }
+
+    // ---- role assignments -------------------------------------------------------------------
+    pub fn insert_role_assignment(&self, a: &RoleAssignmentRow) -> R<()> {
+        self.0.execute(
+            "INSERT INTO role_assignments (id_key, id, name, scope, scope_key, role_definition_id, principal_id, principal_type, created, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                key(&a.id),
+                a.id,
+                a.name,
+                a.scope,
+                key(a.scope.trim_end_matches('/')),
+                a.role_definition_id,
+                key(&a.principal_id),
+                a.principal_type,
+                ts(&a.created),
+                a.created_by
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn role_assignment(&self, id: &str) -> R<Option<RoleAssignmentRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments WHERE id_key = ?1",
+                [key(id)],
+                assignment_row,
+            )
+            .optional()?)
+    }
+
+    /// A role assignment by its name (GUID) anywhere.
+    pub fn role_assignment_by_name(&self, name: &str) -> R<Option<RoleAssignmentRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments WHERE lower(name) = ?1",
+                [key(name)],
+                assignment_row,
+            )
+            .optional()?)
+    }
+
+    pub fn role_assignments(&self) -> R<Vec<RoleAssignmentRow>> {
+        let mut st = self
+            .0
+            .prepare("SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments ORDER BY created, id_key")?;
+        let rows = st.query_map([], assignment_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn role_assignments_of(&self, principal_object_id: &str) -> R<Vec<RoleAssignmentRow>> {
+        let mut st = self.0.prepare(
+            "SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments WHERE principal_id = ?1",
+        )?;
+        let rows = st.query_map([key(principal_object_id)], assignment_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn delete_role_assignment(&self, id: &str) -> R<bool> {
+        Ok(self.0.execute("DELETE FROM role_assignments WHERE id_key = ?1", [key(id)])? > 0)
+    }
+
+    // ---- signing keys -----------------------------------------------------------------------
+    pub fn insert_signing_key(&self, k: &SigningKeyRow) -> R<()> {
+        self.0.execute(
+            "INSERT INTO signing_keys (kid, created, retired, pkcs8) VALUES (?1, ?2, ?3, ?4)",
+            params![k.kid, ts(&k.created), k.retired.as_ref().map(ts), k.pkcs8],
+        )?;
+        Ok(())
+    }
+
+    /// Marks every current key retired at `at`.
+    pub fn retire_signing_keys(&self, at: DateTime<Utc>) -> R<()> {
+        self.0.execute("UPDATE signing_keys SET retired = ?1 WHERE retired IS NULL", [ts(&at)])?;
+        Ok(())
+    }
+
+    pub fn signing_keys(&self) -> R<Vec<SigningKeyRow>> {
+        let mut st = self.0.prepare("SELECT kid, created, retired, pkcs8 FROM signing_keys ORDER BY created")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(SigningKeyRow {
+                    kid: r.get(0)?,
+                    created: parse_ts(r.get(1)?)?,
+                    retired: r.get::<_, Option<String>>(2)?.map(parse_ts).transpose()?,
+                    pkcs8: r.get(3)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,89 @@
+//! The records the store keeps, as plain structs.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+/// A subscription of the (single) tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubscriptionRow {
+    /// The subscription GUID as created.
+    pub id: String,
+    pub tenant_id: String,
+    pub display_name: String,
+    pub state: String,
+    pub created: DateTime<Utc>,
+}
+
+/// A resource group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupRow {
+    pub subscription: String,
+    pub name: String,
+    /// The full id as created (`/subscriptions/{s}/resourceGroups/{name}`).
+    pub id: String,
+    pub location: String,
+    pub tags: Value,
+    pub managed_by: Option<String>,
+    pub created: DateTime<Utc>,
+}
+
+/// An ARM resource below a resource group (vaults, VMs, policies, items …), kept as its JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceRow {
+    /// The full id as created; its lower-cased form is the key.
+    pub id: String,
+    pub subscription: String,
+    pub resource_group: Option<String>,
+    /// Lower-cased full type, e.g. `microsoft.recoveryservices/vaults`.
+    pub type_key: String,
+    pub name: String,
+    /// Lower-cased id of the parent resource, for child resources.
+    pub parent_key: Option<String>,
+    pub body: Value,
+    pub etag: String,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+}
+
+/// A service principal; only the hash of its secret is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrincipalRow {
+    pub client_id: String,
+    pub object_id: String,
+    pub tenant_id: String,
+    pub display_name: String,
+    pub secret_hash: String,
+    pub created: DateTime<Utc>,
+}
+
+/// A role assignment (`Microsoft.Authorization/roleAssignments`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleAssignmentRow {
+    /// `{scope}/providers/Microsoft.Authorization/roleAssignments/{name}`.
+    pub id: String,
+    pub name: String,
+    pub scope: String,
+    /// Full role definition id or bare GUID, as given.
+    pub role_definition_id: String,
+    /// Object id of the principal.
+    pub principal_id: String,
+    pub principal_type: String,
+    pub created: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// A token-signing key; `retired` is set when a newer key took over.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub created: DateTime<Utc>,
+    pub retired: Option<DateTime<Utc>>,
+    pub pkcs8: Vec<u8>,
+}
+
+/// One page of a listing; `next` is the key to continue after, absent on the last page.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next: Option<String>,
+}

@@ -1,0 +1,108 @@
+//! Integration tests of the metadata store on a real SQLite file.
+
+use chrono::Utc;
+use rsvault_store::*;
+use serde_json::json;
+
+fn vault(sub: &str, rg: &str, name: &str) -> ResourceRow {
+    let now = Utc::now();
+    ResourceRow {
+        id: format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.RecoveryServices/vaults/{name}"),
+        subscription: sub.into(),
+        resource_group: Some(rg.into()),
+        type_key: "microsoft.recoveryservices/vaults".into(),
+        name: name.into(),
+        parent_key: None,
+        body: json!({"name": name}),
+        etag: "e".into(),
+        created: now,
+        updated: now,
+    }
+}
+
+#[test]
+fn reopening_keeps_data_and_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    {
+        let s = Store::open(&path).unwrap();
+        s.write(|db| db.set_meta("tenant", "t1")).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.read(|db| db.meta("tenant")).unwrap().as_deref(), Some("t1"));
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.db");
+    drop(Store::open(&path).unwrap());
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.pragma_update(None, "user_version", 999).unwrap();
+    drop(c);
+    assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 999, .. })));
+}
+
+#[test]
+fn failed_write_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("m.db")).unwrap();
+    let r: Result<(), StoreError> = s.write(|db| {
+        db.put_resource(&vault("s", "rg", "v1"))?;
+        Err(StoreError::Json(serde_json::from_str::<()>("x").unwrap_err()))
+    });
+    assert!(r.is_err());
+    assert!(s.read(|db| db.resource(&vault("s", "rg", "v1").id)).unwrap().is_none());
+}
+
+#[test]
+fn resources_are_case_insensitive_and_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("m.db")).unwrap();
+    s.write(|db| {
+        for i in 0..5 {
+            assert!(db.put_resource(&vault("S", "RG", &format!("v{i}")))?);
+        }
+        assert!(!db.put_resource(&vault("s", "rg", "V0"))?, "replace is not a create");
+        db.put_resource(&vault("S", "other", "w"))
+    })
+    .unwrap();
+    let got = s.read(|db| db.resource("/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.recoveryservices/vaults/V3")).unwrap().unwrap();
+    assert_eq!(got.name, "v3");
+    let p1 = s.read(|db| db.resources("s", Some("rg"), "Microsoft.RecoveryServices/vaults", None, 2)).unwrap();
+    assert_eq!(p1.items.len(), 2);
+    let p2 = s.read(|db| db.resources("s", Some("rg"), "microsoft.recoveryservices/vaults", p1.next.as_deref(), 2)).unwrap();
+    let p3 = s.read(|db| db.resources("s", Some("rg"), "microsoft.recoveryservices/vaults", p2.next.as_deref(), 2)).unwrap();
+    assert_eq!(p3.items.len(), 1);
+    assert!(p3.next.is_none());
+    let all = s.read(|db| db.resources("s", None, "microsoft.recoveryservices/vaults", None, 100)).unwrap();
+    assert_eq!(all.items.len(), 6);
+}
+
+#[test]
+fn deleting_a_group_deletes_its_resources_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("m.db")).unwrap();
+    let now = Utc::now();
+    s.write(|db| {
+        for g in ["rg", "rg2"] {
+            db.put_group(&GroupRow {
+                subscription: "s".into(),
+                name: g.into(),
+                id: format!("/subscriptions/s/resourceGroups/{g}"),
+                location: "westus".into(),
+                tags: json!({}),
+                managed_by: None,
+                created: now,
+            })?;
+            db.put_resource(&vault("s", g, "v"))?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
+    assert!(s.write(|db| db.delete_group("s", "RG")).unwrap());
+    assert!(!s.write(|db| db.delete_group("s", "rg")).unwrap());
+    let left = s.read(|db| db.resources("s", None, "microsoft.recoveryservices/vaults", None, 10)).unwrap();
+    assert_eq!(left.items.len(), 1);
+    assert_eq!(left.items[0].resource_group.as_deref(), Some("rg2"));
+}

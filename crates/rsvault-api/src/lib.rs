@@ -1,1 +1,19 @@
-//! placeholder
+//! The only rsvault crate that knows HTTP.
+//!
+//! A request goes through one pipeline ([`pipeline`]): read the body with a size limit, tell identity
+//! endpoints ([`identity`]) from ARM ones, and for ARM authenticate the bearer token, find the route
+//! ([`routes`]), check `api-version`, the subscription and the caller's role for the route's action, parse
+//! the body, then dispatch the typed [`routes::Op`] to the control plane ([`arm`]). Every answer —
+//! success or [`rsvault_core::Error`] — is rendered in one place ([`reply`]) with ARM's headers and error
+//! envelope. [`server`] owns the TLS listener and graceful shutdown; [`traffic`] optionally records each
+//! ARM exchange for spec validation.
+
+pub mod arm;
+pub mod identity;
+pub mod pipeline;
+pub mod reply;
+pub mod routes;
+pub mod server;
+pub mod traffic;
+
+pub use server::{start, Config, Running, StartError};

@@ -1,1 +1,90 @@
-//! placeholder
+//! rsvault's control plane: what each ARM request means, without HTTP.
+//!
+//! [`Control`] owns the metadata [`Store`], the clock and the token issuer. Its methods take typed
+//! arguments (names already decoded, bodies as JSON) and return ARM wire bodies (`serde_json::Value`) or a
+//! domain [`Error`]. The API crate decides nothing about meaning: it parses a request into a call here and
+//! renders the result.
+//!
+//! Modules: [`datadir`] (first start and the files of a data dir), [`access`] (principals, role
+//! assignments and definitions, authorization), [`tokens`] (the token endpoint's logic), [`resources`]
+//! (subscriptions, resource groups), [`vaults`] (Recovery Services vaults), [`body`] (request body checks).
+
+pub mod access;
+pub mod body;
+pub mod datadir;
+pub mod resources;
+pub mod tokens;
+pub mod vaults;
+
+use rsvault_core::time::SharedClock;
+pub use rsvault_core::{Error, Result};
+use rsvault_identity::tokens::Issuer;
+use rsvault_store::Store;
+use std::sync::{Arc, RwLock};
+
+/// Who is calling: taken from a verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant_id: String,
+    pub object_id: String,
+    pub client_id: String,
+}
+
+/// Settings of a running control plane.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Items per page in list answers.
+    pub page_size: usize,
+    /// Token lifetime in seconds.
+    pub token_lifetime_secs: i64,
+    /// The `iss` of issued tokens.
+    pub issuer_url: String,
+}
+
+/// The control plane.
+pub struct Control {
+    store: Arc<Store>,
+    clock: SharedClock,
+    settings: Settings,
+    tenant_id: String,
+    issuer: RwLock<(String, Arc<Issuer>)>,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control").field("tenant_id", &self.tenant_id).field("settings", &self.settings).finish()
+    }
+}
+
+impl Control {
+    /// A control plane over an opened, bootstrapped store.
+    pub fn new(store: Arc<Store>, clock: SharedClock, settings: Settings) -> Result<Control> {
+        let tenant_id = store
+            .read(|db| db.meta(datadir::META_TENANT))?
+            .ok_or_else(|| Error::internal("the store has no tenant: the data dir was not bootstrapped"))?;
+        let issuer = tokens::load_issuer(&store, &settings)?;
+        Ok(Control {
+            store,
+            clock,
+            settings,
+            tenant_id,
+            issuer: RwLock::new(issuer),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    pub fn tenant_id(&self) -> &str {
+        &self.tenant_id
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}

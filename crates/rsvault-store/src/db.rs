@@ -239,6 +239,15 @@ impl Db<'_> {
         Ok(page(items, limit, |r| key(&r.id)))
     }
 
+    /// How many resources of a type live below an id (at any depth).
+    pub fn count_below(&self, id: &str, type_key: &str) -> R<i64> {
+        Ok(self.0.query_row(
+            "SELECT count(*) FROM resources WHERE substr(id_key, 1, length(?1)) = ?1 AND type_key = ?2",
+            [format!("{}/", key(id)), key(type_key)],
+            |r| r.get(0),
+        )?)
+    }
+
     /// Deletes a resource and everything below it; returns false when it did not exist.
     pub fn delete_resource(&self, id: &str) -> R<bool> {
         let k = key(id);

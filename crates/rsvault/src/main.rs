@@ -1,1 +1,223 @@
-fn main() {}
+//! `rsvault`: a thin command line over the library crates.
+//!
+//! `serve` runs the HTTPS service; `principal` manages service principals; `keys rotate` rotates the
+//! token-signing key; `env` prints client set-up for a data dir.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use rsvault_control::datadir::DataDir;
+use rsvault_control::{Control, Settings};
+use rsvault_core::time::{SharedClock, SystemClock};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "rsvault", version, about = "A self-hosted backup service that speaks the Azure Recovery Services Backup API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct DataDirArg {
+    /// The data dir (metadata store, TLS material, bootstrap.json).
+    #[arg(long, env = "RSVAULT_DATA_DIR", default_value = "rsvault-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Manage service principals.
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// Manage token-signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Print the Python SDK snippet and az CLI commands that work against this server.
+    Env(DataDirArg),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    dir: DataDirArg,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "RSVAULT_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Base URL clients use, when it differs from the listen address.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Extra host names or addresses for the server certificate.
+    #[arg(long = "tls-host")]
+    tls_hosts: Vec<String>,
+    /// Accept only api-versions Azure has published.
+    #[arg(long)]
+    strict_api_versions: bool,
+    /// Retry-After seconds on long-running operations.
+    #[arg(long, default_value_t = 1)]
+    retry_after: u64,
+    /// Record every ARM request/response here (for `oav validate-traffic`).
+    #[arg(long)]
+    traffic_dir: Option<PathBuf>,
+    /// Items per page in list answers.
+    #[arg(long, default_value_t = 200)]
+    page_size: usize,
+    /// Log format.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+#[derive(Subcommand)]
+enum PrincipalCommand {
+    /// Create a service principal; prints its credentials as JSON (the secret is shown only now).
+    Create {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        name: String,
+        /// A built-in role to assign (e.g. "Backup Reader").
+        #[arg(long, requires = "scope")]
+        role: Option<String>,
+        /// Scope of the role (e.g. /subscriptions/{id}).
+        #[arg(long, requires = "role")]
+        scope: Option<String>,
+    },
+    /// List principals and their roles.
+    List(DataDirArg),
+    /// Delete a principal and its role assignments.
+    Delete {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        client_id: String,
+    },
+    /// Give a principal a new secret.
+    ResetSecret {
+        #[command(flatten)]
+        dir: DataDirArg,
+        #[arg(long)]
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key; tokens signed by the old one stay valid until they expire.
+    Rotate(DataDirArg),
+}
+
+fn clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+fn offline_control(dir: &DataDirArg) -> Result<Control> {
+    let store = DataDir::new(&dir.data_dir).open_existing()?;
+    let settings = Settings {
+        page_size: 200,
+        token_lifetime_secs: 3600,
+        issuer_url: String::new(),
+    };
+    Ok(Control::new(store, clock(), settings)?)
+}
+
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RSVAULT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    init_logging(&args.log_format);
+    let mut config = rsvault_api::Config::new(args.dir.data_dir.clone());
+    config.listen = args.listen;
+    config.public_url = args.public_url;
+    config.strict_api_versions = args.strict_api_versions;
+    config.retry_after_secs = args.retry_after;
+    config.traffic_dir = args.traffic_dir;
+    config.page_size = args.page_size.max(1);
+    config.tls_hosts = args.tls_hosts;
+    let running = rsvault_api::start(config, clock()).await.context("starting rsvault")?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "rsvault listening on {}", running.base_url)?;
+        writeln!(out, "bootstrap credentials: {}", DataDir::new(&args.dir.data_dir).bootstrap_path().display())?;
+        out.flush()?;
+    }
+    let stopper = running.stopper();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        let _ = stopper.send(true);
+    });
+    running.wait().await;
+    Ok(())
+}
+
+fn env(dir: &DataDirArg) -> Result<()> {
+    let b = DataDir::new(&dir.data_dir).read_bootstrap()?;
+    let rm = &b.resource_manager;
+    println!(
+        r#"# Python (azure-identity + azure-mgmt-*)
+from azure.identity import ClientSecretCredential
+from azure.mgmt.recoveryservices import RecoveryServicesClient
+cred = ClientSecretCredential("{tenant}", "{client}", "<secret from {bootstrap}>",
+                             authority="{rm}", disable_instance_discovery=True, connection_verify="{ca}")
+vaults = RecoveryServicesClient(cred, "{sub}", base_url="{rm}", connection_verify="{ca}")
+
+# az CLI
+export REQUESTS_CA_BUNDLE="{ca}" AZURE_CORE_COLLECT_TELEMETRY=false
+az cloud register -n rsvault --endpoint-resource-manager {rm} --endpoint-active-directory {rm} \
+   --endpoint-active-directory-resource-id https://management.core.windows.net/
+az cloud set -n rsvault
+az config set core.instance_discovery=false
+az login --service-principal -u {client} -p "<secret from {bootstrap}>" --tenant {tenant}"#,
+        tenant = b.tenant_id,
+        client = b.client_id,
+        sub = b.subscription_id,
+        ca = b.ca_file,
+        bootstrap = DataDir::new(&dir.data_dir).bootstrap_path().display(),
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Principal(PrincipalCommand::Create { dir, name, role, scope }) => {
+            let c = offline_control(&dir)?;
+            let role = role.as_deref().zip(scope.as_deref());
+            print_json(&c.create_principal(&name, role)?)
+        }
+        Command::Principal(PrincipalCommand::List(dir)) => print_json(&offline_control(&dir)?.list_principals()?),
+        Command::Principal(PrincipalCommand::Delete { dir, client_id }) => {
+            offline_control(&dir)?.delete_principal(&client_id)?;
+            Ok(())
+        }
+        Command::Principal(PrincipalCommand::ResetSecret { dir, client_id }) => print_json(&offline_control(&dir)?.reset_secret(&client_id)?),
+        Command::Keys(KeysCommand::Rotate(dir)) => {
+            let c = offline_control(&dir)?;
+            let kid = rsvault_control::tokens::rotate_keys(c.store(), c.now())?;
+            print_json(&serde_json::json!({ "kid": kid }))
+        }
+        Command::Env(dir) => env(&dir),
+    }
+}

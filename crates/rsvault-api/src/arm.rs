@@ -1,0 +1,139 @@
+//! Dispatch of typed ARM endpoints to the control plane, and their HTTP shapes (status codes, headers).
+
+use crate::pipeline::{page_reply, skip_token, Ctx};
+use crate::reply::Reply;
+use crate::routes::{Access, Op, Params, ROUTES};
+use rsvault_control::{Caller, Error, Result};
+use serde_json::{json, Value};
+
+/// Carries out one endpoint.
+pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply> {
+    let c = &ctx.state.control;
+    Ok(match op {
+        Op::ListTenants => Reply::ok(json!({ "value": c.list_tenants() })),
+        Op::ListSubscriptions => {
+            let subs = c.list_subscriptions(caller)?;
+            Reply::ok(json!({ "count": {"type": "Total", "value": subs.len()}, "value": subs }))
+        }
+        Op::GetSubscription => Reply::ok(c.get_subscription(p.sub())?),
+        Op::ProviderOperations => Reply::ok(json!({ "value": provider_operations() })),
+        Op::ListGroups => {
+            let page = c.list_groups(p.sub(), skip_token(ctx)?.as_deref())?;
+            page_reply(ctx, page.items, page.next)
+        }
+        Op::PutGroup => {
+            let (created, body) = c.put_group(p.sub(), p.rg(), &ctx.json()?)?;
+            Reply::json(if created { 201 } else { 200 }, body)
+        }
+        Op::GetGroup => Reply::ok(c.get_group(p.sub(), p.rg())?),
+        Op::HeadGroup => match c.get_group(p.sub(), p.rg()) {
+            Ok(_) => Reply::empty(204),
+            Err(Error::ResourceGroupNotFound(_)) => Reply::empty(404),
+            Err(e) => return Err(e),
+        },
+        Op::PatchGroup => Reply::ok(c.patch_group(p.sub(), p.rg(), &ctx.json()?)?),
+        Op::DeleteGroup => {
+            c.delete_group(p.sub(), p.rg())?;
+            Reply::empty(200)
+        }
+        Op::ListVaultsBySubscription | Op::ListVaultsByGroup => {
+            let rg = (op == Op::ListVaultsByGroup).then(|| p.rg());
+            let page = c.list_vaults(p.sub(), rg, skip_token(ctx)?.as_deref())?;
+            page_reply(ctx, page.items, page.next)
+        }
+        Op::PutVault => {
+            check_conditions(ctx, vault_etag(ctx, p)?)?;
+            let (created, body) = c.put_vault(caller, p.sub(), p.rg(), p.vault(), &ctx.json()?)?;
+            Reply::json(if created { 201 } else { 200 }, body)
+        }
+        Op::GetVault => Reply::ok(c.get_vault(p.sub(), p.rg(), p.vault())?),
+        Op::PatchVault => {
+            check_conditions(ctx, vault_etag(ctx, p)?)?;
+            Reply::ok(c.patch_vault(caller, p.sub(), p.rg(), p.vault(), &ctx.json()?)?)
+        }
+        Op::DeleteVault => {
+            check_conditions(ctx, vault_etag(ctx, p)?)?;
+            c.delete_vault(p.sub(), p.rg(), p.vault())?;
+            Reply::empty(204)
+        }
+        Op::CheckVaultName => Reply::ok(c.check_vault_name(p.sub(), p.rg(), &ctx.json()?)?),
+        Op::VaultUsages => Reply::ok(json!({ "value": c.vault_usages(p.sub(), p.rg(), p.vault())? })),
+        Op::GetVaultExtendedInfo => Reply::ok(c.get_vault_extended_info(p.sub(), p.rg(), p.vault())?),
+        Op::PutVaultExtendedInfo | Op::PatchVaultExtendedInfo => {
+            let merge = op == Op::PatchVaultExtendedInfo;
+            Reply::ok(c.set_vault_extended_info(p.sub(), p.rg(), p.vault(), &ctx.json()?, merge)?)
+        }
+        Op::PutRoleAssignment => {
+            let (created, body) = c.put_role_assignment(caller, &p.scope(), p.get("roleAssignmentName"), &ctx.json()?)?;
+            Reply::json(if created { 201 } else { 200 }, body)
+        }
+        Op::GetRoleAssignment => Reply::ok(c.get_role_assignment(&p.scope(), p.get("roleAssignmentName"))?),
+        Op::DeleteRoleAssignment => match c.delete_role_assignment(&p.scope(), p.get("roleAssignmentName"))? {
+            Some(body) => Reply::ok(body),
+            None => Reply::empty(204),
+        },
+        Op::ListRoleAssignments => Reply::ok(json!({ "value": c.list_role_assignments(&p.scope(), ctx.query("$filter"))? })),
+        Op::ListRoleDefinitions => Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) })),
+        Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
+    })
+}
+
+fn vault_etag(ctx: &Ctx, p: &Params) -> Result<Option<String>> {
+    if ctx.header("if-match").is_none() && ctx.header("if-none-match").is_none() {
+        return Ok(None);
+    }
+    match ctx.state.control.get_vault(p.sub(), p.rg(), p.vault()) {
+        Ok(v) => Ok(v["etag"].as_str().map(String::from)),
+        Err(Error::ResourceNotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `If-Match` / `If-None-Match` against the current ETag (`None`: the resource does not exist).
+fn check_conditions(ctx: &Ctx, current: Option<String>) -> Result<()> {
+    let matches = |h: &str| h.split(',').map(str::trim).any(|t| t == "*" || Some(t) == current.as_deref());
+    if let Some(h) = ctx.header("if-match") {
+        if current.is_none() || !matches(h) {
+            return Err(Error::PreconditionFailed);
+        }
+    }
+    if let Some(h) = ctx.header("if-none-match") {
+        if current.is_some() && matches(h) {
+            return Err(Error::PreconditionFailed);
+        }
+    }
+    Ok(())
+}
+
+/// `GET /providers/Microsoft.RecoveryServices/operations`: the RP's actions, from the route table.
+fn provider_operations() -> Vec<Value> {
+    let mut actions: Vec<&str> = ROUTES
+        .iter()
+        .filter_map(|r| match r.access {
+            Access::Action(a) if a.starts_with("Microsoft.RecoveryServices/") => Some(a),
+            _ => None,
+        })
+        .collect();
+    actions.sort_unstable();
+    actions.dedup();
+    actions
+        .into_iter()
+        .map(|a| {
+            let parts: Vec<&str> = a.split('/').collect();
+            let verb = parts.last().copied().unwrap_or_default();
+            let resource = parts[1..parts.len() - 1].join("/");
+            let operation = match verb {
+                "read" => "Read",
+                "write" => "Create or Update",
+                "delete" => "Delete",
+                _ => "Action",
+            };
+            json!({
+                "name": a,
+                "display": {"provider": "Microsoft.RecoveryServices", "resource": resource, "operation": format!("{operation} {resource}"),
+                            "description": format!("{operation} {resource}")},
+                "origin": "user",
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,273 @@
+//! The route table: every ARM endpoint rsvault serves, the action it needs, and the typed [`Op`] it is
+//! dispatched to.
+//!
+//! *Architecture Invariant*: a route cannot exist without declaring its [`Access`]; the authorization
+//! matrix test walks [`ROUTES`], so a new route is covered by it the day it is added.
+//!
+//! Patterns are matched segment by segment, literals case-insensitively; `{name}` captures one
+//! percent-decoded segment and a leading `{*scope}` captures any ARM scope (for
+//! `Microsoft.Authorization`).
+
+use rsvault_core::Error;
+
+/// What a caller needs to reach a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any valid token (listing what the caller may see is the handler's business).
+    Authenticated,
+    /// A role granting this action at the request's scope.
+    Action(&'static str),
+}
+
+/// The typed endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    ListTenants,
+    ListSubscriptions,
+    GetSubscription,
+    ProviderOperations,
+    ListGroups,
+    PutGroup,
+    GetGroup,
+    HeadGroup,
+    PatchGroup,
+    DeleteGroup,
+    ListVaultsBySubscription,
+    ListVaultsByGroup,
+    PutVault,
+    GetVault,
+    PatchVault,
+    DeleteVault,
+    CheckVaultName,
+    VaultUsages,
+    GetVaultExtendedInfo,
+    PutVaultExtendedInfo,
+    PatchVaultExtendedInfo,
+    PutRoleAssignment,
+    GetRoleAssignment,
+    DeleteRoleAssignment,
+    ListRoleAssignments,
+    ListRoleDefinitions,
+    GetRoleDefinition,
+}
+
+/// One endpoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub method: &'static str,
+    pub pattern: &'static str,
+    pub access: Access,
+    pub op: Op,
+}
+
+const fn r(method: &'static str, pattern: &'static str, access: Access, op: Op) -> Route {
+    Route { method, pattern, access, op }
+}
+
+use Access::*;
+
+const VAULTS: &str = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults/{vaultName}";
+
+macro_rules! vault {
+    ($suffix:literal) => {
+        concat!("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults/{vaultName}", $suffix)
+    };
+}
+
+/// Every ARM route rsvault serves.
+pub const ROUTES: &[Route] = &[
+    r("GET", "/tenants", Authenticated, Op::ListTenants),
+    r("GET", "/subscriptions", Authenticated, Op::ListSubscriptions),
+    r("GET", "/subscriptions/{subscriptionId}", Action("Microsoft.Resources/subscriptions/read"), Op::GetSubscription),
+    r("GET", "/providers/Microsoft.RecoveryServices/operations", Authenticated, Op::ProviderOperations),
+    r("GET", "/subscriptions/{subscriptionId}/resourcegroups", Action("Microsoft.Resources/subscriptions/resourceGroups/read"), Op::ListGroups),
+    r("PUT", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", Action("Microsoft.Resources/subscriptions/resourceGroups/write"), Op::PutGroup),
+    r("GET", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", Action("Microsoft.Resources/subscriptions/resourceGroups/read"), Op::GetGroup),
+    r("HEAD", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", Action("Microsoft.Resources/subscriptions/resourceGroups/read"), Op::HeadGroup),
+    r("PATCH", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", Action("Microsoft.Resources/subscriptions/resourceGroups/write"), Op::PatchGroup),
+    r("DELETE", "/subscriptions/{subscriptionId}/resourcegroups/{resourceGroupName}", Action("Microsoft.Resources/subscriptions/resourceGroups/delete"), Op::DeleteGroup),
+    r("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.RecoveryServices/vaults", Action("Microsoft.RecoveryServices/Vaults/read"), Op::ListVaultsBySubscription),
+    r("GET", "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults", Action("Microsoft.RecoveryServices/Vaults/read"), Op::ListVaultsByGroup),
+    r("PUT", VAULTS, Action("Microsoft.RecoveryServices/Vaults/write"), Op::PutVault),
+    r("GET", VAULTS, Action("Microsoft.RecoveryServices/Vaults/read"), Op::GetVault),
+    r("PATCH", VAULTS, Action("Microsoft.RecoveryServices/Vaults/write"), Op::PatchVault),
+    r("DELETE", VAULTS, Action("Microsoft.RecoveryServices/Vaults/delete"), Op::DeleteVault),
+    r(
+        "POST",
+        "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/locations/{location}/checkNameAvailability",
+        Action("Microsoft.RecoveryServices/locations/checkNameAvailability/action"),
+        Op::CheckVaultName,
+    ),
+    r("GET", vault!("/usages"), Action("Microsoft.RecoveryServices/Vaults/usages/read"), Op::VaultUsages),
+    r("GET", vault!("/extendedInformation/vaultExtendedInfo"), Action("Microsoft.RecoveryServices/Vaults/extendedInformation/read"), Op::GetVaultExtendedInfo),
+    r("PUT", vault!("/extendedInformation/vaultExtendedInfo"), Action("Microsoft.RecoveryServices/Vaults/extendedInformation/write"), Op::PutVaultExtendedInfo),
+    r("PATCH", vault!("/extendedInformation/vaultExtendedInfo"), Action("Microsoft.RecoveryServices/Vaults/extendedInformation/write"), Op::PatchVaultExtendedInfo),
+    r("PUT", "{*scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentName}", Action("Microsoft.Authorization/roleAssignments/write"), Op::PutRoleAssignment),
+    r("GET", "{*scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentName}", Action("Microsoft.Authorization/roleAssignments/read"), Op::GetRoleAssignment),
+    r("DELETE", "{*scope}/providers/Microsoft.Authorization/roleAssignments/{roleAssignmentName}", Action("Microsoft.Authorization/roleAssignments/delete"), Op::DeleteRoleAssignment),
+    r("GET", "{*scope}/providers/Microsoft.Authorization/roleAssignments", Action("Microsoft.Authorization/roleAssignments/read"), Op::ListRoleAssignments),
+    r("GET", "{*scope}/providers/Microsoft.Authorization/roleDefinitions", Action("Microsoft.Authorization/roleDefinitions/read"), Op::ListRoleDefinitions),
+    r("GET", "{*scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}", Action("Microsoft.Authorization/roleDefinitions/read"), Op::GetRoleDefinition),
+];
+
+/// Namespaces rsvault knows; a path in any other is `NoRegisteredProviderFound`.
+pub const NAMESPACES: &[&str] = &["Microsoft.RecoveryServices", "Microsoft.Resources", "Microsoft.Authorization"];
+
+/// Values captured from a path.
+#[derive(Debug, Default, Clone)]
+pub struct Params(Vec<(&'static str, String)>);
+
+impl Params {
+    /// A captured value (routes guarantee the names they declare).
+    pub fn get(&self, name: &str) -> &str {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()).unwrap_or_default()
+    }
+
+    pub fn sub(&self) -> &str {
+        self.get("subscriptionId")
+    }
+
+    pub fn rg(&self) -> &str {
+        self.get("resourceGroupName")
+    }
+
+    pub fn vault(&self) -> &str {
+        self.get("vaultName")
+    }
+
+    /// The `{*scope}` capture, as an ARM scope (`/` when empty).
+    pub fn scope(&self) -> String {
+        let s = self.get("scope");
+        if s.is_empty() {
+            "/".into()
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+fn segments(pattern: &'static str) -> Vec<&'static str> {
+    pattern.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+fn match_fixed(pat: &[&'static str], segs: &[String], out: &mut Params) -> bool {
+    if pat.len() != segs.len() {
+        return false;
+    }
+    for (p, s) in pat.iter().zip(segs) {
+        if let Some(name) = p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            out.0.push((name, s.clone()));
+        } else if !p.eq_ignore_ascii_case(s) {
+            return false;
+        }
+    }
+    true
+}
+
+fn match_pattern(pattern: &'static str, segs: &[String]) -> Option<Params> {
+    let mut out = Params::default();
+    if let Some(rest) = pattern.strip_prefix("{*scope}") {
+        let pat = segments(rest);
+        if segs.len() < pat.len() {
+            return None;
+        }
+        let split = segs.len() - pat.len();
+        if !match_fixed(&pat, &segs[split..], &mut out) {
+            return None;
+        }
+        let scope = segs[..split].join("/");
+        out.0.push(("scope", if scope.is_empty() { String::new() } else { format!("/{scope}") }));
+        return Some(out);
+    }
+    match_fixed(&segments(pattern), segs, &mut out).then_some(out)
+}
+
+/// Finds the route for a method and decoded path segments.
+pub fn find(method: &str, segs: &[String], api_version: &str) -> Result<(&'static Route, Params), Error> {
+    let mut path_matched = false;
+    for route in ROUTES {
+        if let Some(p) = match_pattern(route.pattern, segs) {
+            if route.method == method {
+                return Ok((route, p));
+            }
+            path_matched = true;
+        }
+    }
+    if path_matched {
+        return Err(Error::HttpMethodNotSupported(method.to_string()));
+    }
+    Err(unknown_route(segs, api_version))
+}
+
+/// The ARM error for a path no route serves.
+fn unknown_route(segs: &[String], api_version: &str) -> Error {
+    let providers = segs.iter().rposition(|s| s.eq_ignore_ascii_case("providers"));
+    let (ns, ty) = match providers {
+        Some(i) if i + 1 < segs.len() => {
+            let ns = segs[i + 1].clone();
+            let types: Vec<&str> = segs[i + 2..].iter().step_by(2).map(String::as_str).collect();
+            (ns, types.join("/"))
+        }
+        _ => (String::new(), segs.first().cloned().unwrap_or_default()),
+    };
+    if NAMESPACES.iter().any(|n| n.eq_ignore_ascii_case(&ns)) {
+        Error::InvalidResourceType {
+            resource_type: ty,
+            namespace: ns,
+            version: api_version.to_string(),
+        }
+    } else {
+        let resource_type = if ns.is_empty() { ty } else { format!("{ns}/{ty}") };
+        Error::NoRegisteredProviderFound {
+            resource_type,
+            version: api_version.to_string(),
+            supported: String::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(p: &str) -> Vec<String> {
+        rsvault_core::ids::decode_path(p).unwrap()
+    }
+
+    #[test]
+    fn routes_match_case_insensitively_and_capture() {
+        let (r, p) = find("GET", &segs("/Subscriptions/S1/resourcegroups/RG/providers/microsoft.recoveryservices/Vaults/v1"), "x").unwrap();
+        assert_eq!(r.op, Op::GetVault);
+        assert_eq!((p.sub(), p.rg(), p.vault()), ("S1", "RG", "v1"));
+    }
+
+    #[test]
+    fn scope_routes_capture_the_scope() {
+        let (r, p) = find("PUT", &segs("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/abc"), "x").unwrap();
+        assert_eq!(r.op, Op::PutRoleAssignment);
+        assert_eq!(p.scope(), "/subscriptions/s/resourceGroups/rg");
+        assert_eq!(p.get("roleAssignmentName"), "abc");
+    }
+
+    #[test]
+    fn unknown_routes_get_arm_errors() {
+        let cases = [
+            ("GET", "/subscriptions/s/providers/Microsoft.Foo/bars", "NoRegisteredProviderFound"),
+            ("GET", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/widgets/w", "InvalidResourceType"),
+            ("POST", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v", "HttpMethodNotSupported"),
+            ("GET", "/nonsense", "NoRegisteredProviderFound"),
+        ];
+        for (m, p, code) in cases {
+            assert_eq!(find(m, &segs(p), "2026-11-01").unwrap_err().code(), code, "{m} {p}");
+        }
+    }
+
+    #[test]
+    fn every_route_declares_a_wellformed_action() {
+        for r in ROUTES {
+            if let Access::Action(a) = r.access {
+                assert!(a.contains('/') && (a.ends_with("/read") || a.ends_with("/write") || a.ends_with("/delete") || a.ends_with("/action")), "{a}");
+            }
+        }
+    }
+}

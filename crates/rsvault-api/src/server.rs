@@ -1,0 +1,239 @@
+//! The HTTPS listener: first-start bootstrap, TLS from the data dir's CA, one task per connection, and
+//! graceful shutdown (stop accepting, let in-flight requests finish, bounded by a deadline).
+
+use crate::pipeline::{self, State};
+use crate::traffic::Recorder;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rsvault_control::datadir::{Bootstrap, DataDir};
+use rsvault_control::{Control, Settings};
+use rsvault_core::time::SharedClock;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// How `rsvault serve` is configured.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// The base URL clients use; derived from `listen` when absent.
+    pub public_url: Option<String>,
+    /// Accept only published api-versions.
+    pub strict_api_versions: bool,
+    /// `Retry-After` seconds on long-running operations.
+    pub retry_after_secs: u64,
+    /// Record every ARM exchange here (oav's traffic format).
+    pub traffic_dir: Option<PathBuf>,
+    pub max_body_bytes: usize,
+    pub page_size: usize,
+    pub token_lifetime_secs: i64,
+    /// Extra names or addresses for the server certificate.
+    pub tls_hosts: Vec<String>,
+}
+
+impl Config {
+    /// Defaults for a data dir, as the README documents them.
+    pub fn new(data_dir: PathBuf) -> Config {
+        Config {
+            data_dir,
+            listen: "127.0.0.1:8443".parse().expect("valid address"),
+            public_url: None,
+            strict_api_versions: false,
+            retry_after_secs: 1,
+            traffic_dir: None,
+            max_body_bytes: 4 * 1024 * 1024,
+            page_size: 200,
+            token_lifetime_secs: 3600,
+            tls_hosts: vec![],
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Domain(#[from] rsvault_core::Error),
+}
+
+/// A started server.
+pub struct Running {
+    pub local_addr: SocketAddr,
+    pub base_url: String,
+    pub bootstrap: Bootstrap,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, waits for in-flight requests (at most 10 s), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Waits until the server stops (after [`Running::shutdown`] from elsewhere, or forever).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A handle that can stop the server.
+    pub fn stopper(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+fn base_url(config: &Config, addr: SocketAddr) -> String {
+    if let Some(u) = &config.public_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() => "localhost".to_string(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("https://{host}:{}", addr.port())
+}
+
+fn tls_config(material: &rsvault_identity::pki::TlsMaterial) -> Result<rustls::ServerConfig, StartError> {
+    let certs = rustls_pemfile::certs(&mut material.cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let key = rustls_pemfile::private_key(&mut material.key_pem.as_bytes())
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .ok_or_else(|| StartError::Tls("no private key in server-key.pem".into()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(cfg)
+}
+
+/// Bootstraps the data dir if needed and starts serving.
+pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
+    let dir = DataDir::new(&config.data_dir);
+    let store = dir.init(clock.now())?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let base = base_url(&config, local_addr);
+
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if !local_addr.ip().is_unspecified() && !local_addr.ip().is_loopback() {
+        hosts.push(local_addr.ip().to_string());
+    }
+    if let Some(h) = url::Url::parse(&base).ok().and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string())) {
+        hosts.push(h);
+    }
+    hosts.extend(config.tls_hosts.iter().cloned());
+    hosts.sort();
+    hosts.dedup();
+    let material = rsvault_identity::pki::ensure(&config.data_dir, &hosts).map_err(|e| StartError::Tls(e.to_string()))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&material)?));
+
+    let tenant = store.read(|db| db.meta(rsvault_control::datadir::META_TENANT)).map_err(rsvault_core::Error::from)?.unwrap_or_default();
+    let control = Control::new(
+        store,
+        clock,
+        Settings {
+            page_size: config.page_size,
+            token_lifetime_secs: config.token_lifetime_secs,
+            issuer_url: format!("{base}/{tenant}/v2.0"),
+        },
+    )?;
+    let bootstrap = dir.publish_urls(&base)?;
+    let recorder = match &config.traffic_dir {
+        Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),
+        None => None,
+    };
+    let state = Arc::new(State {
+        control,
+        config: config.clone(),
+        base_url: base.clone(),
+        recorder,
+    });
+
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, acceptor, state, rx));
+    tracing::info!(%local_addr, base_url = %base, "rsvault listening");
+    Ok(Running {
+        local_addr,
+        base_url: base,
+        bootstrap,
+        shutdown: tx,
+        task,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let state = state.clone();
+                let mut stop = stop.clone();
+                conns.spawn(async move {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(t)) => t,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(state, req).await) }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = conns.join_next() => if next.is_none() { break },
+            _ = &mut deadline => {
+                tracing::warn!(open = conns.len(), "shutdown deadline reached; closing remaining connections");
+                conns.abort_all();
+                break;
+            }
+        }
+    }
+    tracing::info!("rsvault stopped");
+}

@@ -1,0 +1,133 @@
+//! The token endpoint's logic: client-credentials grants, in the words Entra uses for its errors.
+//!
+//! The issuer's keys live in the store; [`Control::issuer`] notices a rotation made by another process
+//! (`rsvault keys rotate`) through the store's key generation counter and reloads them.
+
+use crate::datadir::META_KEYS_GENERATION;
+use crate::{Control, Error, Result, Settings};
+use chrono::Duration;
+use rsvault_identity::secrets;
+use rsvault_identity::tokens::{self, Issued, Issuer, KeyMaterial};
+use rsvault_store::{SigningKeyRow, Store};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// An OAuth2 error answer (`{"error","error_description"}`); `unauthorized` selects 401 over 400.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuthError {
+    pub unauthorized: bool,
+    pub error: &'static str,
+    pub description: String,
+}
+
+fn oauth(unauthorized: bool, error: &'static str, description: String) -> OAuthError {
+    OAuthError {
+        unauthorized,
+        error,
+        description,
+    }
+}
+
+pub(crate) fn load_issuer(store: &Store, settings: &Settings) -> Result<(String, Arc<Issuer>)> {
+    let (generation, rows) = store.read(|db| Ok::<_, Error>((db.meta(META_KEYS_GENERATION)?.unwrap_or_default(), db.signing_keys()?)))?;
+    let keys: Vec<KeyMaterial> = rows
+        .into_iter()
+        .map(|r| KeyMaterial {
+            kid: r.kid,
+            created: r.created,
+            retired: r.retired,
+            pkcs8: r.pkcs8,
+        })
+        .collect();
+    let issuer = Issuer::new(&keys, settings.issuer_url.clone(), Duration::seconds(settings.token_lifetime_secs)).map_err(Error::internal)?;
+    Ok((generation, Arc::new(issuer)))
+}
+
+/// Retires the current signing key and makes a new one (tokens of the old key stay valid until they expire).
+pub fn rotate_keys(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    let key = tokens::generate_key(now).map_err(Error::internal)?;
+    store.write(|db| {
+        db.retire_signing_keys(now)?;
+        db.insert_signing_key(&SigningKeyRow {
+            kid: key.kid.clone(),
+            created: now,
+            retired: None,
+            pkcs8: key.pkcs8.clone(),
+        })?;
+        let generation: u64 = db.meta(META_KEYS_GENERATION)?.and_then(|g| g.parse().ok()).unwrap_or(0);
+        db.set_meta(META_KEYS_GENERATION, &(generation + 1).to_string())?;
+        Ok::<_, Error>(())
+    })?;
+    Ok(key.kid)
+}
+
+impl Control {
+    /// The current issuer, reloaded when the store's keys changed.
+    pub fn issuer(&self) -> Result<Arc<Issuer>> {
+        let generation = self.store.read(|db| db.meta(META_KEYS_GENERATION))?.unwrap_or_default();
+        {
+            let cur = self.issuer.read().unwrap_or_else(|p| p.into_inner());
+            if cur.0 == generation {
+                return Ok(cur.1.clone());
+            }
+        }
+        let fresh = load_issuer(&self.store, &self.settings)?;
+        let out = fresh.1.clone();
+        *self.issuer.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(out)
+    }
+
+    /// True when `tenant` names this server's tenant (its id, or `adfs` for the ADFS-style authority).
+    pub fn is_our_tenant(&self, tenant: &str) -> bool {
+        tenant.eq_ignore_ascii_case(&self.tenant_id) || tenant.eq_ignore_ascii_case("adfs")
+    }
+
+    /// Handles a token request's form fields.
+    pub fn token_request(&self, tenant: &str, form: &HashMap<String, String>) -> std::result::Result<Issued, OAuthError> {
+        if !self.is_our_tenant(tenant) {
+            return Err(oauth(false, "invalid_request", format!("AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.")));
+        }
+        let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let missing = |k: &str| oauth(false, "invalid_request", format!("AADSTS900144: The request body must contain the following parameter: '{k}'."));
+        let grant = field("grant_type").ok_or_else(|| missing("grant_type"))?;
+        if grant != "client_credentials" {
+            return Err(oauth(false, "unsupported_grant_type", format!("AADSTS70003: The app requested an unsupported grant type '{grant}'.")));
+        }
+        let client_id = field("client_id").ok_or_else(|| missing("client_id"))?;
+        if field("client_assertion").is_some() {
+            return Err(oauth(false, "invalid_request", "AADSTS700027: Client assertions are not supported by rsvault; use a client secret.".into()));
+        }
+        let secret = field("client_secret").ok_or_else(|| missing("client_secret"))?;
+        let scope = field("scope").or_else(|| field("resource")).ok_or_else(|| missing("scope"))?;
+        let audience = tokens::audience_for_scope(scope).ok_or_else(|| {
+            oauth(false, "invalid_scope", format!("AADSTS500011: The resource principal named {scope} was not found in the tenant named {}. rsvault issues tokens for Azure Resource Manager only.", self.tenant_id))
+        })?;
+        let principal = self
+            .store
+            .read(|db| db.principal(client_id))
+            .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))?
+            .ok_or_else(|| {
+                oauth(false, "unauthorized_client", format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{}'.", self.tenant_id))
+            })?;
+        if !secrets::verify(secret, &principal.secret_hash) {
+            return Err(oauth(true, "invalid_client", format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'.")));
+        }
+        let issuer = self.issuer().map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))?;
+        issuer
+            .issue(&self.tenant_id, &principal.object_id, &principal.client_id, &audience, self.now())
+            .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))
+    }
+
+    /// Verifies a bearer token and names its caller.
+    pub fn authenticate(&self, token: &str) -> Result<crate::Caller> {
+        let claims = self.issuer()?.verify(token, self.now())?;
+        if !claims.tid.eq_ignore_ascii_case(&self.tenant_id) {
+            return Err(Error::InvalidAuthenticationToken(format!("The access token is from the wrong tenant '{}'.", claims.tid)));
+        }
+        Ok(crate::Caller {
+            tenant_id: claims.tid,
+            object_id: claims.oid,
+            client_id: claims.appid,
+        })
+    }
+}

@@ -1,0 +1,435 @@
+//! Recovery Services vaults (`Microsoft.RecoveryServices/vaults`) and their vault-level side resources
+//! (`extendedInformation/vaultExtendedInfo`, `usages`, `checkNameAvailability`).
+//!
+//! A vault is stored as its ARM body. PUT creates (201) or replaces (200) synchronously with
+//! `provisioningState: Succeeded`, as the live service does; PATCH merges; DELETE is synchronous (204).
+
+use crate::{body, resources::tags_or_empty, Caller, Control, Error, Result};
+use base64::Engine;
+use rand::RngCore;
+use rsvault_core::{names, time};
+use rsvault_store::{Page, ResourceRow};
+use serde_json::{json, Map, Value};
+
+pub const VAULT_TYPE: &str = "Microsoft.RecoveryServices/vaults";
+const EXTENDED_INFO_TYPE: &str = "Microsoft.RecoveryServices/vaults/extendedInformation";
+/// Items that keep a vault from being deleted (protected items, in any container).
+pub const PROTECTED_ITEM_TYPE: &str = "Microsoft.RecoveryServices/vaults/backupFabrics/protectionContainers/protectedItems";
+
+const SKUS: &[&str] = &["Standard", "RS0"];
+const IDENTITY_TYPES: &[&str] = &["SystemAssigned", "None", "UserAssigned", "SystemAssigned, UserAssigned"];
+const ENABLED_DISABLED: &[&str] = &["Enabled", "Disabled"];
+
+/// Checks the parts of a vault body rsvault understands; returns them for use.
+fn check_vault_body(m: &Map<String, Value>) -> Result<()> {
+    if let Some(sku) = body::opt_obj(m, "sku", "")? {
+        if body::opt_enum(sku, "name", "sku.", SKUS)?.is_none() {
+            return Err(Error::InvalidRequestContent("The 'sku.name' property is required.".into()));
+        }
+        body::opt_str(sku, "tier", "sku.")?;
+    }
+    if let Some(id) = body::opt_obj(m, "identity", "")? {
+        if body::opt_enum(id, "type", "identity.", IDENTITY_TYPES)?.is_none() {
+            return Err(Error::InvalidRequestContent("The 'identity.type' property is required.".into()));
+        }
+        body::opt_obj(id, "userAssignedIdentities", "identity.")?;
+    }
+    body::opt_str(m, "etag", "")?;
+    let Some(p) = body::opt_obj(m, "properties", "")? else {
+        return Ok(());
+    };
+    body::opt_enum(p, "publicNetworkAccess", "properties.", ENABLED_DISABLED)?;
+    if let Some(r) = body::opt_obj(p, "redundancySettings", "properties.")? {
+        let path = "properties.redundancySettings.";
+        body::opt_enum(r, "standardTierStorageRedundancy", path, &["Invalid", "LocallyRedundant", "GeoRedundant", "ZoneRedundant"])?;
+        body::opt_enum(r, "crossRegionRestore", path, ENABLED_DISABLED)?;
+    }
+    if let Some(s) = body::opt_obj(p, "securitySettings", "properties.")? {
+        if let Some(sd) = body::opt_obj(s, "softDeleteSettings", "properties.securitySettings.")? {
+            let path = "properties.securitySettings.softDeleteSettings.";
+            body::opt_enum(sd, "softDeleteState", path, &["Invalid", "Enabled", "Disabled", "AlwaysON"])?;
+            body::opt_enum(sd, "enhancedSecurityState", path, &["Invalid", "Enabled", "Disabled", "AlwaysON"])?;
+            if let Some(days) = body::opt_int(sd, "softDeleteRetentionPeriodInDays", path)? {
+                if !(14..=180).contains(&days) {
+                    return Err(Error::Invalid {
+                        code: "BMSUserErrorInvalidSoftDeleteRetentionPeriod",
+                        message: "Soft delete retention period must be between 14 and 180 days.".into(),
+                        target: Some(format!("{path}softDeleteRetentionPeriodInDays")),
+                    });
+                }
+            }
+        }
+        if let Some(im) = body::opt_obj(s, "immutabilitySettings", "properties.securitySettings.")? {
+            body::opt_enum(im, "state", "properties.securitySettings.immutabilitySettings.", &["Disabled", "Unlocked", "Locked"])?;
+        }
+    }
+    if let Some(ms) = body::opt_obj(p, "monitoringSettings", "properties.")? {
+        if let Some(a) = body::opt_obj(ms, "azureMonitorAlertSettings", "properties.monitoringSettings.")? {
+            for k in ["alertsForAllJobFailures", "alertsForAllReplicationIssues", "alertsForAllFailoverIssues"] {
+                body::opt_enum(a, k, "properties.monitoringSettings.azureMonitorAlertSettings.", ENABLED_DISABLED)?;
+            }
+        }
+        if let Some(c) = body::opt_obj(ms, "classicAlertSettings", "properties.monitoringSettings.")? {
+            for k in ["alertsForCriticalOperations", "emailNotificationsForSiteRecovery"] {
+                body::opt_enum(c, k, "properties.monitoringSettings.classicAlertSettings.", ENABLED_DISABLED)?;
+            }
+        }
+    }
+    if let Some(rs) = body::opt_obj(p, "restoreSettings", "properties.")? {
+        if let Some(c) = body::opt_obj(rs, "crossSubscriptionRestoreSettings", "properties.restoreSettings.")? {
+            body::opt_enum(c, "crossSubscriptionRestoreState", "properties.restoreSettings.crossSubscriptionRestoreSettings.", &["Enabled", "Disabled", "PermanentlyDisabled"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Canonical enum spellings inside a body (clients may send `enabled`).
+fn canonical_properties(props: &mut Value) {
+    fn fix(v: &mut Value, allowed: &[&str]) {
+        if let Some(s) = v.as_str() {
+            if let Some(a) = allowed.iter().find(|a| a.eq_ignore_ascii_case(s)) {
+                *v = json!(a);
+            }
+        }
+    }
+    if let Some(v) = props.pointer_mut("/publicNetworkAccess") {
+        fix(v, ENABLED_DISABLED);
+    }
+}
+
+/// The properties Azure fills in for a new vault, under what the client sent.
+fn default_properties() -> Value {
+    json!({
+        "provisioningState": "Succeeded",
+        "privateEndpointStateForBackup": "None",
+        "privateEndpointStateForSiteRecovery": "None",
+        "publicNetworkAccess": "Enabled",
+        "backupStorageVersion": "V2",
+        "monitoringSettings": {
+            "azureMonitorAlertSettings": {"alertsForAllJobFailures": "Enabled", "alertsForAllReplicationIssues": "Enabled", "alertsForAllFailoverIssues": "Enabled"},
+            "classicAlertSettings": {"alertsForCriticalOperations": "Disabled", "emailNotificationsForSiteRecovery": "Enabled"}
+        },
+        "redundancySettings": {"standardTierStorageRedundancy": "GeoRedundant", "crossRegionRestore": "Disabled"},
+        "securitySettings": {
+            "softDeleteSettings": {"softDeleteState": "Enabled", "softDeleteRetentionPeriodInDays": 14, "enhancedSecurityState": "Enabled"}
+        },
+        "restoreSettings": {"crossSubscriptionRestoreSettings": {"crossSubscriptionRestoreState": "Enabled"}},
+        "secureScore": "Minimum",
+        "bcdrSecurityLevel": "Fair",
+    })
+}
+
+/// Read-only properties a client may not set.
+const READ_ONLY: &[&str] = &[
+    "provisioningState",
+    "privateEndpointConnections",
+    "privateEndpointStateForBackup",
+    "privateEndpointStateForSiteRecovery",
+    "moveState",
+    "backupStorageVersion",
+    "secureScore",
+    "bcdrSecurityLevel",
+];
+
+fn client_properties(m: &Map<String, Value>) -> Value {
+    let mut p = m.get("properties").cloned().unwrap_or_else(|| json!({}));
+    if let Some(o) = p.as_object_mut() {
+        for k in READ_ONLY {
+            o.remove(*k);
+        }
+    }
+    canonical_properties(&mut p);
+    p
+}
+
+fn identity_body(tenant: &str, m: &Map<String, Value>, previous: Option<&Value>) -> Option<Value> {
+    let id = m.get("identity")?.as_object()?;
+    let ty = id.get("type").and_then(Value::as_str).unwrap_or("None");
+    let ty = IDENTITY_TYPES.iter().find(|t| t.eq_ignore_ascii_case(ty)).copied().unwrap_or("None");
+    let mut out = json!({"type": ty});
+    if ty.contains("SystemAssigned") {
+        let principal = previous
+            .and_then(|p| p.get("principalId"))
+            .cloned()
+            .unwrap_or_else(|| json!(uuid::Uuid::new_v4().to_string()));
+        out["principalId"] = principal;
+        out["tenantId"] = json!(tenant);
+    }
+    if let Some(u) = id.get("userAssignedIdentities").and_then(Value::as_object) {
+        let ids: Map<String, Value> = u
+            .keys()
+            .map(|k| (k.clone(), json!({"principalId": uuid::Uuid::new_v4().to_string(), "clientId": uuid::Uuid::new_v4().to_string()})))
+            .collect();
+        out["userAssignedIdentities"] = Value::Object(ids);
+    }
+    Some(out)
+}
+
+fn sku_body(m: &Map<String, Value>) -> Value {
+    let name = m
+        .get("sku")
+        .and_then(|s| s.get("name"))
+        .and_then(Value::as_str)
+        .and_then(|n| SKUS.iter().find(|s| s.eq_ignore_ascii_case(n)).copied())
+        .unwrap_or("RS0");
+    json!({"name": name, "tier": "Standard"})
+}
+
+fn system_data(caller: &Caller, created: &str, modified: &str, created_by: Option<&Value>) -> Value {
+    json!({
+        "createdBy": created_by.cloned().unwrap_or_else(|| json!(caller.client_id)),
+        "createdByType": "Application",
+        "createdAt": created,
+        "lastModifiedBy": caller.client_id,
+        "lastModifiedByType": "Application",
+        "lastModifiedAt": modified,
+    })
+}
+
+fn random_key() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+impl Control {
+    fn vault_id(&self, sub: &str, rg: &str, name: &str) -> String {
+        format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{VAULT_TYPE}/{name}")
+    }
+
+    /// The stored vault row, after checking its subscription and group exist.
+    pub fn vault_row(&self, sub: &str, rg: &str, name: &str) -> Result<ResourceRow> {
+        self.subscription_row(sub)?;
+        let group = self.group_row(sub, rg)?;
+        self.store
+            .read(|db| db.resource(&self.vault_id(sub, rg, name)))?
+            .ok_or_else(|| Error::ResourceNotFound {
+                resource_type: VAULT_TYPE.into(),
+                name: name.to_string(),
+                group: group.name,
+            })
+    }
+
+    /// `PUT` a vault: 201 with the new vault, or 200 with the replaced one.
+    pub fn put_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<(bool, Value)> {
+        self.subscription_row(sub)?;
+        let group = self.group_row(sub, rg)?;
+        names::vault(name)?;
+        let m = body::object(req)?;
+        let location = body::location(m)?;
+        let tags = tags_or_empty(m)?;
+        check_vault_body(m)?;
+        let id = self.vault_id(sub, &group.name, name);
+        let existing = self.store.read(|db| db.resource(&id))?;
+        let now = self.now();
+        let stamp = time::rfc3339(now);
+        let mut props = default_properties();
+        if let Some(e) = &existing {
+            let old_loc = e.body["location"].as_str().unwrap_or_default();
+            if old_loc != location {
+                return Err(Error::Invalid {
+                    code: "InvalidResourceLocation",
+                    message: format!("The resource '{name}' already exists in location '{old_loc}' in resource group '{}'. A resource with the same name cannot be created in location '{location}'. Please select a new resource name.", group.name),
+                    target: None,
+                });
+            }
+            props = e.body["properties"].clone();
+        }
+        body::merge(&mut props, &client_properties(m));
+        let created_at = existing.as_ref().and_then(|e| e.body.pointer("/systemData/createdAt").and_then(Value::as_str).map(String::from)).unwrap_or_else(|| stamp.clone());
+        let created_by = existing.as_ref().and_then(|e| e.body.pointer("/systemData/createdBy").cloned());
+        let stored_id = existing.as_ref().map(|e| e.id.clone()).unwrap_or(id);
+        let mut v = json!({
+            "id": stored_id,
+            "name": existing.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| name.to_string()),
+            "type": VAULT_TYPE,
+            "location": location,
+            "tags": tags,
+            "etag": time::datetime_etag(now),
+            "sku": sku_body(m),
+            "properties": props,
+            "systemData": system_data(caller, &created_at, &stamp, created_by.as_ref()),
+        });
+        if let Some(identity) = identity_body(&self.tenant_id, m, existing.as_ref().and_then(|e| e.body.get("identity"))) {
+            v["identity"] = identity;
+        }
+        let row = ResourceRow {
+            id: stored_id.clone(),
+            subscription: sub.to_string(),
+            resource_group: Some(group.name.clone()),
+            type_key: VAULT_TYPE.to_ascii_lowercase(),
+            name: v["name"].as_str().unwrap_or(name).to_string(),
+            parent_key: None,
+            body: v.clone(),
+            etag: v["etag"].as_str().unwrap_or_default().to_string(),
+            created: existing.as_ref().map(|e| e.created).unwrap_or(now),
+            updated: now,
+        };
+        let ext = ResourceRow {
+            id: format!("{stored_id}/extendedInformation/vaultExtendedInfo"),
+            subscription: sub.to_string(),
+            resource_group: Some(group.name.clone()),
+            type_key: EXTENDED_INFO_TYPE.to_ascii_lowercase(),
+            name: "vaultExtendedInfo".into(),
+            parent_key: Some(stored_id.clone()),
+            body: json!({"integrityKey": random_key(), "algorithm": "None"}),
+            etag: uuid::Uuid::new_v4().to_string(),
+            created: now,
+            updated: now,
+        };
+        let created = self.store.write(|db| {
+            let created = db.put_resource(&row)?;
+            if created {
+                db.put_resource(&ext)?;
+            }
+            Ok::<_, Error>(created)
+        })?;
+        Ok((created, v))
+    }
+
+    pub fn get_vault(&self, sub: &str, rg: &str, name: &str) -> Result<Value> {
+        Ok(self.vault_row(sub, rg, name)?.body)
+    }
+
+    /// `PATCH` a vault: tags replace, properties merge, sku and identity replace.
+    pub fn patch_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<Value> {
+        let mut row = self.vault_row(sub, rg, name)?;
+        let m = body::object(req)?;
+        check_vault_body(m)?;
+        let tags = body::tags(m)?;
+        let now = self.now();
+        let v = &mut row.body;
+        if let Some(t) = tags {
+            v["tags"] = Value::Object(t);
+        }
+        if m.contains_key("properties") {
+            body::merge(&mut v["properties"], &client_properties(m));
+        }
+        if m.contains_key("sku") {
+            v["sku"] = sku_body(m);
+        }
+        if let Some(identity) = identity_body(&self.tenant_id, m, v.get("identity")) {
+            v["identity"] = identity;
+        }
+        v["etag"] = json!(time::datetime_etag(now));
+        let created_at = v.pointer("/systemData/createdAt").and_then(Value::as_str).unwrap_or_default().to_string();
+        let created_by = v.pointer("/systemData/createdBy").cloned();
+        v["systemData"] = system_data(caller, &created_at, &time::rfc3339(now), created_by.as_ref());
+        row.etag = v["etag"].as_str().unwrap_or_default().to_string();
+        row.updated = now;
+        self.store.write(|db| db.put_resource(&row))?;
+        Ok(row.body)
+    }
+
+    /// Deletes a vault; refused while it still holds protected items. `false` when there was none.
+    pub fn delete_vault(&self, sub: &str, rg: &str, name: &str) -> Result<bool> {
+        self.subscription_row(sub)?;
+        self.group_row(sub, rg)?;
+        let id = self.vault_id(sub, rg, name);
+        if self.store.read(|db| db.resource(&id))?.is_none() {
+            return Ok(false);
+        }
+        let items = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
+        if items > 0 {
+            return Err(Error::Invalid {
+                code: "ServiceResourceNotEmptyWithBackendMessage",
+                message: format!("Vault {name} cannot be deleted as there are existing resources within the vault. Please delete any replicated items, registered servers, Hyper-V sites (Used for Site Recovery), policy associations for storage accounts and Azure Backup items ({items} protected items) and try again."),
+                target: None,
+            });
+        }
+        self.store.write(|db| db.delete_resource(&id))?;
+        Ok(true)
+    }
+
+    /// One page of vaults in a subscription or group.
+    pub fn list_vaults(&self, sub: &str, rg: Option<&str>, after: Option<&str>) -> Result<Page<Value>> {
+        self.subscription_row(sub)?;
+        if let Some(rg) = rg {
+            self.group_row(sub, rg)?;
+        }
+        let p = self.store.read(|db| db.resources(sub, rg, VAULT_TYPE, after, self.settings.page_size))?;
+        Ok(Page {
+            items: p.items.into_iter().map(|r| r.body).collect(),
+            next: p.next,
+        })
+    }
+
+    /// `checkNameAvailability` for a vault name in a group.
+    pub fn check_vault_name(&self, sub: &str, rg: &str, req: &Value) -> Result<Value> {
+        self.subscription_row(sub)?;
+        self.group_row(sub, rg)?;
+        let m = body::object(req)?;
+        let name = body::opt_str(m, "name", "")?.ok_or_else(|| Error::InvalidRequestContent("The 'name' property is required.".into()))?;
+        if let Some(ty) = body::opt_str(m, "type", "")? {
+            if !ty.eq_ignore_ascii_case(VAULT_TYPE) {
+                return Err(Error::bad_request(format!("The resource type '{ty}' is not supported; expected '{VAULT_TYPE}'.")));
+            }
+        }
+        if let Err(e) = names::vault(name) {
+            return Ok(json!({"nameAvailable": false, "reason": "Invalid", "message": e.to_string()}));
+        }
+        let taken = self.store.read(|db| db.resource(&self.vault_id(sub, rg, name)))?.is_some();
+        Ok(if taken {
+            json!({"nameAvailable": false, "reason": "AlreadyExists", "message": "Resource already exists"})
+        } else {
+            json!({"nameAvailable": true})
+        })
+    }
+
+    /// `usages` of a vault, counted from what it holds.
+    pub fn vault_usages(&self, sub: &str, rg: &str, name: &str) -> Result<Vec<Value>> {
+        let row = self.vault_row(sub, rg, name)?;
+        let items = self.store.read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))?;
+        let next = time::timestamp(self.now() + chrono::Duration::days(1));
+        let usage = |value: &str, localized: &str, unit: &str, current: i64| {
+            json!({"unit": unit, "quotaPeriod": "P1D", "nextResetTime": next, "currentValue": current, "limit": -1,
+                   "name": {"value": value, "localizedValue": localized}})
+        };
+        Ok(vec![
+            usage("ProtectedItemCount", "Protected Items", "Count", items),
+            usage("UnhealthyProtectedItemCount", "Unhealthy Protected Items", "Count", 0),
+        ])
+    }
+
+    fn extended_info_row(&self, sub: &str, rg: &str, name: &str) -> Result<ResourceRow> {
+        let v = self.vault_row(sub, rg, name)?;
+        let id = format!("{}/extendedInformation/vaultExtendedInfo", v.id);
+        self.store.read(|db| db.resource(&id))?.ok_or_else(|| Error::NotFound {
+            code: "ResourceNotFound",
+            message: format!("The extended information of vault '{name}' was not found."),
+        })
+    }
+
+    fn extended_info_body(row: &ResourceRow) -> Value {
+        json!({
+            "id": row.id,
+            "name": "vaultExtendedInfo",
+            "type": EXTENDED_INFO_TYPE,
+            "etag": row.etag,
+            "properties": row.body,
+        })
+    }
+
+    pub fn get_vault_extended_info(&self, sub: &str, rg: &str, name: &str) -> Result<Value> {
+        Ok(Self::extended_info_body(&self.extended_info_row(sub, rg, name)?))
+    }
+
+    /// PUT (replace) or PATCH (merge) the vault's extended info.
+    pub fn set_vault_extended_info(&self, sub: &str, rg: &str, name: &str, req: &Value, merge: bool) -> Result<Value> {
+        let mut row = self.extended_info_row(sub, rg, name)?;
+        let m = body::object(req)?;
+        let props = body::opt_obj(m, "properties", "")?.cloned().unwrap_or_default();
+        for k in ["integrityKey", "encryptionKey", "encryptionKeyThumbprint", "algorithm"] {
+            body::opt_str(&props, k, "properties.")?;
+        }
+        if merge {
+            body::merge(&mut row.body, &Value::Object(props));
+        } else {
+            row.body = Value::Object(props);
+        }
+        row.etag = uuid::Uuid::new_v4().to_string();
+        row.updated = self.now();
+        self.store.write(|db| db.put_resource(&row))?;
+        Ok(Self::extended_info_body(&row))
+    }
+}

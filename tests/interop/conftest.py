@@ -1,0 +1,175 @@
+"""Session fixtures for the interop tests: a real rsvault server driven by real Azure clients.
+
+The `server` fixture starts `$RSVAULT_BIN` (default target/debug/rsvault) with a temporary data dir and
+traffic dir, waits for its ready line, and reads bootstrap.json. At the end of the session it stops the
+server (SIGTERM) and validates every recorded ARM request/response against Azure's 2026-11-01 specs with
+`node tools/oav/validate.js`; violations fail the session. Set RSVAULT_SKIP_OAV=1 to skip that step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_RE = re.compile(r"rsvault listening on (https://\S+)")
+READY_TIMEOUT_S = 60
+ARM_SCOPE = "https://management.azure.com/.default"
+LOCATION = "westus"
+OAV_SUMMARY = pytest.StashKey[str]()
+SERVER_FILES = pytest.StashKey[str]()
+
+
+@dataclass
+class Server:
+    """What a client needs to talk to the running server."""
+
+    url: str
+    tenant_id: str
+    subscription_id: str
+    client_id: str
+    client_secret: str
+    ca_file: str
+    data_dir: Path
+    traffic_dir: Path
+    log_file: Path
+
+    def credential(self):
+        from azure.identity import ClientSecretCredential
+
+        return ClientSecretCredential(
+            self.tenant_id,
+            self.client_id,
+            self.client_secret,
+            authority=self.url,
+            disable_instance_discovery=True,
+            connection_verify=self.ca_file,
+        )
+
+    def client(self, cls, **kwargs):
+        """An ARM management client of class `cls` pointed at this server."""
+        return cls(
+            self.credential(),
+            self.subscription_id,
+            base_url=self.url,
+            connection_verify=self.ca_file,
+            credential_scopes=[ARM_SCOPE],
+            **kwargs,
+        )
+
+
+def _bin_path() -> Path:
+    p = Path(os.environ.get("RSVAULT_BIN", "target/debug/rsvault"))
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError("rsvault did not stop within 20 s of SIGTERM")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, pytestconfig):
+    binary = _bin_path()
+    if not binary.exists():
+        pytest.fail(f"rsvault binary not found: {binary} (build it or set RSVAULT_BIN)")
+    base = tmp_path_factory.mktemp("rsvault")
+    data_dir, traffic_dir, log_file = base / "data", base / "traffic", base / "server.log"
+    data_dir.mkdir()
+    traffic_dir.mkdir()
+    log = open(log_file, "wb")
+    proc = subprocess.Popen(
+        [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--traffic-dir", str(traffic_dir)],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        cwd=base,
+    )
+
+    # Read stdout on a thread (and keep draining it so the server never blocks on a full pipe).
+    ready = threading.Event()
+    found: dict[str, str] = {}
+
+    def pump():
+        for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace")
+            log.write(b"[stdout] " + raw)
+            log.flush()
+            m = READY_RE.search(line)
+            if m and not ready.is_set():
+                found["url"] = m.group(1)
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not ready.wait(0.1):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(
+                f"rsvault did not print its ready line within {READY_TIMEOUT_S} s "
+                f"(exit {proc.returncode}); log {log_file}:\n{log_file.read_text(errors='replace')[-4000:]}"
+            )
+    boot_file = data_dir / "bootstrap.json"
+    for _ in range(50):  # normally written before the ready line; allow a moment
+        if boot_file.exists():
+            break
+        time.sleep(0.1)
+    boot = json.loads(boot_file.read_text())
+    srv = Server(
+        url=boot.get("resourceManager", found["url"]).rstrip("/"),
+        tenant_id=boot["tenantId"],
+        subscription_id=boot["subscriptionId"],
+        client_id=boot["clientId"],
+        client_secret=boot["clientSecret"],
+        ca_file=str(data_dir / boot.get("caFile", "ca.pem")),  # an absolute caFile stays as it is
+        data_dir=data_dir,
+        traffic_dir=traffic_dir,
+        log_file=log_file,
+    )
+    pytestconfig.stash[SERVER_FILES] = f"rsvault log: {log_file}  traffic: {traffic_dir}"
+    try:
+        yield srv
+    finally:
+        _stop(proc)
+        log.close()
+    if os.environ.get("RSVAULT_SKIP_OAV") == "1":
+        return
+    report = base / "oav-report.txt"
+    res = subprocess.run(
+        ["node", str(REPO_ROOT / "tools/oav/validate.js"), str(traffic_dir),
+         str(REPO_ROOT / "tests/interop/oav-allowlist.json"), "--require-validated"],
+        capture_output=True,
+        text=True,
+    )
+    report.write_text(res.stdout + res.stderr)
+    summary = [l for l in res.stdout.splitlines() if l.startswith("oav summary")]
+    pytestconfig.stash[OAV_SUMMARY] = f"{summary[-1] if summary else 'oav: no summary'} (report: {report})"
+    if res.returncode != 0:
+        failures = "\n".join(l for l in (res.stdout + res.stderr).splitlines() if not l.startswith(("ok ", "skip ")))
+        pytest.fail(f"oav validation of the recorded traffic failed ({report}):\n{failures}", pytrace=False)
+
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    for key in (SERVER_FILES, OAV_SUMMARY):
+        if key in config.stash:
+            terminalreporter.write_line(config.stash[key])
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "az: drives the az CLI (needs .venv/az); select with -m az, skip with -m 'not az'")

@@ -158,6 +158,13 @@ function main() {
   p = byOp("BackupJobs_List");
   p.liveResponse.body.value[0].properties.jobType = "NoSuchJob"; // discriminator with no subtype
   bad("jobs-list-bad-discriminator.json", "DISCRIMINATOR_VALUE_NOT_FOUND", p);
+  // The az CLI sends softDeleteState "AlwaysOn" (spec: "AlwaysON"); a server echoing it is wrong too.
+  p = byOp("Vaults_Get");
+  p.liveRequest.method = "PUT";
+  p.liveRequest.body = { location: "westus", sku: { name: "Standard" }, properties: { securitySettings: { softDeleteSettings: { softDeleteState: "AlwaysOn" } } } };
+  p.liveResponse.statusCode = "201";
+  p.liveResponse.body.properties.securitySettings.softDeleteSettings.softDeleteState = "AlwaysOn";
+  bad("vault-put-alwayson-echoed.json", "ENUM_CASE_MISMATCH", p);
   fs.writeFileSync(path.join(badDir, "expected.txt"), expected.join("\n") + "\n");
   console.log(`wrote ${pairs.length + 5} good traffic files to ${goodDir}, ${expected.length} bad ones to ${badDir}`);
 }

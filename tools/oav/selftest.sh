@@ -40,4 +40,10 @@ if node "$here/validate.js" "$tmp/one" "$tmp/allow.json" > /dev/null; then fail 
 echo '[{"code":"INVALID_TYPE","source":"request","path":"$.location","reason":"selftest"}]' > "$tmp/allow.json"
 if node "$here/validate.js" "$tmp/one" "$tmp/allow.json" > /dev/null; then fail "request-side allow-list entry applied to a response issue"; fi
 
+# 4. A request-side entry does not hide the same issue in the response.
+mkdir "$tmp/echo" && cp "$tmp/bad/vault-put-alwayson-echoed.json" "$tmp/echo/"
+echo '[{"code":"ENUM_CASE_MISMATCH","source":"request","path":"$.properties.securitySettings.softDeleteSettings.softDeleteState","reason":"selftest"}]' > "$tmp/allow.json"
+node "$here/validate.js" "$tmp/echo" "$tmp/allow.json" > "$tmp/echo.out" || true
+grep -q "1 allowed issues, 1 violations" "$tmp/echo.out" || { cat "$tmp/echo.out"; fail "request-side entry hid a response issue"; }
+
 echo "oav selftest passed: $((good_total - 1)) example pairs valid, 1 skipped, $nbad wrong pairs rejected, allow-list ok"

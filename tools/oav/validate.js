@@ -100,13 +100,16 @@ async function validatePair(validator, livePair) {
     for (const e of r.errors || []) {
       issues.push({ source, operationId: opId, code: e.code, message: e.message, paths: issuePaths(e) });
     }
-    if (r.runtimeException) {
-      const x = r.runtimeException;
-      issues.push({ source, operationId: opId, code: x.code || "RUNTIME_ERROR", message: x.message, paths: [] });
-    }
   }
-  if (result.runtimeException) {
-    const x = result.runtimeException;
+  // Runtime exceptions (operation not found, ...) are reported for request and response alike: keep one each.
+  const seen = new Set();
+  for (const x of [
+    result.requestValidationResult.runtimeException,
+    result.responseValidationResult.runtimeException,
+    result.runtimeException,
+  ]) {
+    if (!x || seen.has(`${x.code}|${x.message}`)) continue;
+    seen.add(`${x.code}|${x.message}`);
     issues.push({ source: "pair", operationId: opId, code: x.code || "RUNTIME_ERROR", message: x.message, paths: [] });
   }
   issues.opId = opId;
@@ -195,14 +198,8 @@ async function main() {
     }
     const issues = best.issues;
     const opId = issues.opId;
-    // The same runtime exception (e.g. operation not found) is reported for request and response: keep one.
-    const seen = new Set();
-    const unique = issues.filter((i) => {
-      const k = `${i.code}|${i.message}|${i.paths.join(",")}`;
-      return seen.has(k) ? false : seen.add(k);
-    });
     const bad = [];
-    for (const i of unique) {
+    for (const i of issues) {
       const entry = allowedBy(allow, i);
       if (entry) {
         entry.used++;
@@ -212,7 +209,7 @@ async function main() {
     const ver = originalVersion && originalVersion !== SPEC_API_VERSION ? ` (api-version ${originalVersion})` : "";
     if (bad.length === 0) {
       counts.passed++;
-      const note = unique.length ? ` [${unique.length} allowed]` : "";
+      const note = issues.length ? ` [${issues.length} allowed]` : "";
       console.log(`ok    ${label} ${opId}${ver}${note}`);
     } else {
       counts.failed++;

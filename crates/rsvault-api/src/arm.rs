@@ -57,24 +57,43 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
             Reply::empty(204)
         }
         Op::CheckVaultName => Reply::ok(c.check_vault_name(p.sub(), p.rg(), &ctx.json()?)?),
-        Op::VaultUsages => Reply::ok(json!({ "value": c.vault_usages(p.sub(), p.rg(), p.vault())? })),
-        Op::GetVaultExtendedInfo => Reply::ok(c.get_vault_extended_info(p.sub(), p.rg(), p.vault())?),
+        Op::VaultUsages => {
+            Reply::ok(json!({ "value": c.vault_usages(p.sub(), p.rg(), p.vault())? }))
+        }
+        Op::GetVaultExtendedInfo => {
+            Reply::ok(c.get_vault_extended_info(p.sub(), p.rg(), p.vault())?)
+        }
         Op::PutVaultExtendedInfo | Op::PatchVaultExtendedInfo => {
             let merge = op == Op::PatchVaultExtendedInfo;
             Reply::ok(c.set_vault_extended_info(p.sub(), p.rg(), p.vault(), &ctx.json()?, merge)?)
         }
         Op::PutRoleAssignment => {
-            let (created, body) = c.put_role_assignment(caller, &p.scope(), p.get("roleAssignmentName"), &ctx.json()?)?;
+            let (created, body) = c.put_role_assignment(
+                caller,
+                &p.scope(),
+                p.get("roleAssignmentName"),
+                &ctx.json()?,
+            )?;
             Reply::json(if created { 201 } else { 200 }, body)
         }
-        Op::GetRoleAssignment => Reply::ok(c.get_role_assignment(&p.scope(), p.get("roleAssignmentName"))?),
-        Op::DeleteRoleAssignment => match c.delete_role_assignment(&p.scope(), p.get("roleAssignmentName"))? {
-            Some(body) => Reply::ok(body),
-            None => Reply::empty(204),
-        },
-        Op::ListRoleAssignments => Reply::ok(json!({ "value": c.list_role_assignments(&p.scope(), ctx.query("$filter"))? })),
-        Op::ListRoleDefinitions => Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) })),
-        Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
+        Op::GetRoleAssignment => {
+            Reply::ok(c.get_role_assignment(&p.scope(), p.get("roleAssignmentName"))?)
+        }
+        Op::DeleteRoleAssignment => {
+            match c.delete_role_assignment(&p.scope(), p.get("roleAssignmentName"))? {
+                Some(body) => Reply::ok(body),
+                None => Reply::empty(204),
+            }
+        }
+        Op::ListRoleAssignments => Reply::ok(
+            json!({ "value": c.list_role_assignments(&p.scope(), ctx.query("$filter"))? }),
+        ),
+        Op::ListRoleDefinitions => {
+            Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) }))
+        }
+        Op::GetRoleDefinition => {
+            Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?)
+        }
     })
 }
 
@@ -91,7 +110,11 @@ fn vault_etag(ctx: &Ctx, p: &Params) -> Result<Option<String>> {
 
 /// `If-Match` / `If-None-Match` against the current ETag (`None`: the resource does not exist).
 fn check_conditions(ctx: &Ctx, current: Option<String>) -> Result<()> {
-    let matches = |h: &str| h.split(',').map(str::trim).any(|t| t == "*" || Some(t) == current.as_deref());
+    let matches = |h: &str| {
+        h.split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || Some(t) == current.as_deref())
+    };
     if let Some(h) = ctx.header("if-match") {
         if current.is_none() || !matches(h) {
             return Err(Error::PreconditionFailed);

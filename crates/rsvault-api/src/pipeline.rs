@@ -47,7 +47,10 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// A query parameter, by case-insensitive name.
     pub fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -86,42 +89,81 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
     let correlation = header_or_new(&parts.headers, "x-ms-correlation-request-id");
-    let client_request_id = parts.headers.get("x-ms-client-request-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let client_request_id = parts
+        .headers
+        .get("x-ms-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let host = parts
         .headers
         .get(hyper::header::HOST)
         .and_then(|v| v.to_str().ok())
         .map(String::from)
         .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-    let base = host.map(|h| format!("https://{h}")).unwrap_or_else(|| state.base_url.clone());
+    let base = host
+        .map(|h| format!("https://{h}"))
+        .unwrap_or_else(|| state.base_url.clone());
     let method = parts.method.as_str().to_string();
     let raw_path = parts.uri.path().to_string();
     let query_text = parts.uri.query().unwrap_or_default().to_string();
 
-    let body = match Limited::new(body, state.config.max_body_bytes).collect().await {
+    let body = match Limited::new(body, state.config.max_body_bytes)
+        .collect()
+        .await
+    {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(Error::PayloadTooLarge {
-            limit: state.config.max_body_bytes,
-        }),
-        Err(e) => Err(Error::InvalidRequestContent(format!("the request body could not be read: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Error::PayloadTooLarge {
+                limit: state.config.max_body_bytes,
+            })
+        }
+        Err(e) => Err(Error::InvalidRequestContent(format!(
+            "the request body could not be read: {e}"
+        ))),
     };
     let is_identity = identity::is_identity_path(&raw_path);
 
     let st = state.clone();
-    let (m, p, q, b, hdrs, rid) = (method.clone(), raw_path.clone(), query_text.clone(), base.clone(), parts.headers.clone(), request_id.clone());
+    let (m, p, q, b, hdrs, rid) = (
+        method.clone(),
+        raw_path.clone(),
+        query_text.clone(),
+        base.clone(),
+        parts.headers.clone(),
+        request_id.clone(),
+    );
     let (reply, op) = match body {
         Err(e) => (error_reply(&e, &request_id), None),
         Ok(bytes) => {
             let body_for_record = bytes.clone();
-            let res = tokio::task::spawn_blocking(move || process(&st, &m, &p, &q, &hdrs, &bytes, &b, &rid)).await;
+            let res = tokio::task::spawn_blocking(move || {
+                process(&st, &m, &p, &q, &hdrs, &bytes, &b, &rid)
+            })
+            .await;
             let (reply, op) = match res {
                 Ok(x) => x,
-                Err(e) => (error_reply(&Error::internal(format!("handler panicked: {e}")), &request_id), None),
+                Err(e) => (
+                    error_reply(
+                        &Error::internal(format!("handler panicked: {e}")),
+                        &request_id,
+                    ),
+                    None,
+                ),
             };
             if let (Some(rec), false) = (&state.recorder, is_identity) {
                 rec.record(&Exchange {
                     method: &method,
-                    url: &format!("{base}{raw_path}{}", if query_text.is_empty() { String::new() } else { format!("?{query_text}") }),
+                    url: &format!(
+                        "{base}{raw_path}{}",
+                        if query_text.is_empty() {
+                            String::new()
+                        } else {
+                            format!("?{query_text}")
+                        }
+                    ),
                     request_headers: &parts.headers,
                     request_body: &body_for_record,
                     reply: &reply,
@@ -135,10 +177,16 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
     let now = state.control.now();
     let mut common = vec![
         ("x-ms-request-id".to_string(), request_id.clone()),
-        ("x-ms-correlation-request-id".to_string(), correlation.clone()),
+        (
+            "x-ms-correlation-request-id".to_string(),
+            correlation.clone(),
+        ),
         ("Date".to_string(), time::http_date(now)),
         ("Cache-Control".to_string(), "no-cache".to_string()),
-        ("Strict-Transport-Security".to_string(), "max-age=31536000; includeSubDomains".to_string()),
+        (
+            "Strict-Transport-Security".to_string(),
+            "max-age=31536000; includeSubDomains".to_string(),
+        ),
         ("X-Content-Type-Options".to_string(), "nosniff".to_string()),
     ];
     if let Some(c) = &client_request_id {
@@ -167,7 +215,16 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
 }
 
 #[allow(clippy::too_many_arguments)]
-fn process(state: &State, method: &str, raw_path: &str, query: &str, headers: &HeaderMap, body: &Bytes, base: &str, request_id: &str) -> (Reply, Option<Op>) {
+fn process(
+    state: &State,
+    method: &str,
+    raw_path: &str,
+    query: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    base: &str,
+    request_id: &str,
+) -> (Reply, Option<Op>) {
     let segs = match decode_path(raw_path) {
         Ok(s) => s,
         Err(e) => return (error_reply(&e, request_id), None),
@@ -177,7 +234,9 @@ fn process(state: &State, method: &str, raw_path: &str, query: &str, headers: &H
         method: method.to_string(),
         raw_path: raw_path.to_string(),
         segs,
-        query: url::form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
+        query: url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect(),
         headers,
         body,
         base: base.to_string(),
@@ -207,12 +266,17 @@ fn process(state: &State, method: &str, raw_path: &str, query: &str, headers: &H
 }
 
 fn bearer(ctx: &Ctx) -> Result<String, Error> {
-    let h = ctx
-        .header("authorization")
-        .ok_or_else(|| Error::AuthenticationFailed("Authentication failed. The 'Authorization' header is missing.".into()))?;
+    let h = ctx.header("authorization").ok_or_else(|| {
+        Error::AuthenticationFailed(
+            "Authentication failed. The 'Authorization' header is missing.".into(),
+        )
+    })?;
     let (scheme, token) = h.split_once(' ').unwrap_or((h, ""));
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-        return Err(Error::AuthenticationFailed("Authentication failed. The 'Authorization' header is provided in an invalid format.".into()));
+        return Err(Error::AuthenticationFailed(
+            "Authentication failed. The 'Authorization' header is provided in an invalid format."
+                .into(),
+        ));
     }
     Ok(token.trim().to_string())
 }
@@ -220,19 +284,88 @@ fn bearer(ctx: &Ctx) -> Result<String, Error> {
 /// Published api-versions per namespace, for `--strict-api-versions`.
 fn published(route: &Route) -> &'static [&'static str] {
     const RECOVERY: &[&str] = &[
-        "2016-06-01", "2016-08-10", "2016-12-01", "2017-07-01", "2019-05-13", "2019-06-15", "2020-02-02", "2020-10-01", "2020-12-01",
-        "2021-01-01", "2021-02-01", "2021-03-01", "2021-04-01", "2021-06-01", "2021-07-01", "2021-08-01", "2021-10-01", "2021-11-01-preview",
-        "2021-12-01", "2022-01-01", "2022-02-01", "2022-03-01", "2022-04-01", "2022-08-01", "2022-09-10", "2022-09-30-preview", "2022-10-01",
-        "2023-01-01", "2023-02-01", "2023-04-01", "2023-06-01", "2023-08-01", "2024-01-01", "2024-02-01", "2024-04-01", "2024-10-01",
-        "2025-01-01", "2025-02-01", "2025-08-01", "2026-01-01", "2026-02-01", "2026-05-01", "2026-07-01", "2026-08-01", "2026-10-01",
+        "2016-06-01",
+        "2016-08-10",
+        "2016-12-01",
+        "2017-07-01",
+        "2019-05-13",
+        "2019-06-15",
+        "2020-02-02",
+        "2020-10-01",
+        "2020-12-01",
+        "2021-01-01",
+        "2021-02-01",
+        "2021-03-01",
+        "2021-04-01",
+        "2021-06-01",
+        "2021-07-01",
+        "2021-08-01",
+        "2021-10-01",
+        "2021-11-01-preview",
+        "2021-12-01",
+        "2022-01-01",
+        "2022-02-01",
+        "2022-03-01",
+        "2022-04-01",
+        "2022-08-01",
+        "2022-09-10",
+        "2022-09-30-preview",
+        "2022-10-01",
+        "2023-01-01",
+        "2023-02-01",
+        "2023-04-01",
+        "2023-06-01",
+        "2023-08-01",
+        "2024-01-01",
+        "2024-02-01",
+        "2024-04-01",
+        "2024-10-01",
+        "2025-01-01",
+        "2025-02-01",
+        "2025-08-01",
+        "2026-01-01",
+        "2026-02-01",
+        "2026-05-01",
+        "2026-07-01",
+        "2026-08-01",
+        "2026-10-01",
         "2026-11-01",
     ];
     const RESOURCES: &[&str] = &[
-        "2014-04-01", "2015-11-01", "2016-02-01", "2016-06-01", "2016-09-01", "2017-05-10", "2018-02-01", "2018-05-01", "2019-05-01",
-        "2019-06-01", "2019-07-01", "2019-10-01", "2020-01-01", "2020-06-01", "2020-10-01", "2021-01-01", "2021-04-01", "2022-09-01",
-        "2022-12-01", "2023-07-01", "2024-03-01", "2024-07-01", "2024-11-01", "2025-03-01", "2025-04-01",
+        "2014-04-01",
+        "2015-11-01",
+        "2016-02-01",
+        "2016-06-01",
+        "2016-09-01",
+        "2017-05-10",
+        "2018-02-01",
+        "2018-05-01",
+        "2019-05-01",
+        "2019-06-01",
+        "2019-07-01",
+        "2019-10-01",
+        "2020-01-01",
+        "2020-06-01",
+        "2020-10-01",
+        "2021-01-01",
+        "2021-04-01",
+        "2022-09-01",
+        "2022-12-01",
+        "2023-07-01",
+        "2024-03-01",
+        "2024-07-01",
+        "2024-11-01",
+        "2025-03-01",
+        "2025-04-01",
     ];
-    const AUTHORIZATION: &[&str] = &["2015-07-01", "2018-01-01-preview", "2018-09-01-preview", "2020-04-01-preview", "2020-10-01", "2022-04-01"];
+    const AUTHORIZATION: &[&str] = &[
+        "2015-07-01",
+        "2018-01-01-preview",
+        "2018-09-01-preview",
+        "2020-04-01-preview",
+        "2020-10-01",
+        "2022-04-01",
+    ];
     if route.pattern.contains("Microsoft.Authorization") {
         AUTHORIZATION
     } else if route.pattern.contains("Microsoft.RecoveryServices") {
@@ -249,7 +382,12 @@ fn arm_request(ctx: &Ctx) -> ArmResult {
     let token = bearer(ctx).map_err(|e| (e, None))?;
     let caller: Caller = control.authenticate(&token).map_err(|e| (e, None))?;
     let version = ctx.query("api-version").map(String::from);
-    let (route, params) = routes::find(&ctx.method, &ctx.segs, version.as_deref().unwrap_or_default()).map_err(|e| (e, None))?;
+    let (route, params) = routes::find(
+        &ctx.method,
+        &ctx.segs,
+        version.as_deref().unwrap_or_default(),
+    )
+    .map_err(|e| (e, None))?;
     let op = route.op;
     let fail = |e: Error| (e, Some(op));
     let version = version.ok_or(Error::MissingApiVersion).map_err(fail)?;
@@ -265,7 +403,9 @@ fn arm_request(ctx: &Ctx) -> ArmResult {
         control.subscription_row(params.sub()).map_err(fail)?;
     }
     if let Access::Action(action) = route.access {
-        control.authorize(&caller, action, &ctx.scope()).map_err(fail)?;
+        control
+            .authorize(&caller, action, &ctx.scope())
+            .map_err(fail)?;
     }
     let reply = arm::dispatch(ctx, &caller, op, &params).map_err(fail)?;
     Ok((reply, op))
@@ -282,8 +422,13 @@ pub fn next_link(ctx: &Ctx, next: Option<String>) -> Option<String> {
             q.append_pair(k, v);
         }
     }
-    q.append_pair("$skipToken", &token);
-    Some(format!("{}{}?{}", ctx.base, ctx.raw_path, q.finish()))
+    // The token is URL-safe base64; `$skipToken` stays literal, as Azure writes it.
+    Some(format!(
+        "{}{}?{}&$skipToken={token}",
+        ctx.base,
+        ctx.raw_path,
+        q.finish()
+    ))
 }
 
 /// The continuation key of a request's `$skipToken`, or a 400 for a token rsvault did not issue.

@@ -18,7 +18,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Reply {
-        Reply { status, body: Some(body), headers: vec![] }
+        Reply {
+            status,
+            body: Some(body),
+            headers: vec![],
+        }
     }
 
     pub fn ok(body: Value) -> Reply {
@@ -26,7 +30,11 @@ impl Reply {
     }
 
     pub fn empty(status: u16) -> Reply {
-        Reply { status, body: None, headers: vec![] }
+        Reply {
+            status,
+            body: None,
+            headers: vec![],
+        }
     }
 
     pub fn header(mut self, k: &str, v: impl Into<String>) -> Reply {
@@ -73,13 +81,20 @@ pub fn render(reply: &Reply, common: &[(String, String)], head: bool) -> Respons
         _ => Bytes::new(),
     };
     let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
     if reply.body.is_some() {
-        h.insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=utf-8"));
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
     }
     for (k, v) in common.iter().chain(&reply.headers) {
-        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
             h.append(k, v);
         }
     }
@@ -94,7 +109,10 @@ mod tests {
     fn errors_render_the_arm_envelope() {
         let r = error_reply(&Error::ResourceGroupNotFound("rg".into()), "id");
         assert_eq!(r.status, 404);
-        assert_eq!(r.body.unwrap(), json!({"error": {"code": "ResourceGroupNotFound", "message": "Resource group 'rg' could not be found."}}));
+        assert_eq!(
+            r.body.unwrap(),
+            json!({"error": {"code": "ResourceGroupNotFound", "message": "Resource group 'rg' could not be found."}})
+        );
         let r = error_reply(&Error::internal("disk on fire at /secret/path"), "id");
         assert_eq!(r.status, 500);
         assert!(!r.body.unwrap().to_string().contains("/secret/path"));

@@ -61,7 +61,12 @@ pub struct Route {
 }
 
 const fn r(method: &'static str, pattern: &'static str, access: Access, op: Op) -> Route {
-    Route { method, pattern, access, op }
+    Route {
+        method,
+        pattern,
+        access,
+        op,
+    }
 }
 
 use Access::*;
@@ -111,7 +116,11 @@ pub const ROUTES: &[Route] = &[
 ];
 
 /// Namespaces rsvault knows; a path in any other is `NoRegisteredProviderFound`.
-pub const NAMESPACES: &[&str] = &["Microsoft.RecoveryServices", "Microsoft.Resources", "Microsoft.Authorization"];
+pub const NAMESPACES: &[&str] = &[
+    "Microsoft.RecoveryServices",
+    "Microsoft.Resources",
+    "Microsoft.Authorization",
+];
 
 /// Values captured from a path.
 #[derive(Debug, Default, Clone)]
@@ -120,7 +129,11 @@ pub struct Params(Vec<(&'static str, String)>);
 impl Params {
     /// A captured value (routes guarantee the names they declare).
     pub fn get(&self, name: &str) -> &str {
-        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()).unwrap_or_default()
+        self.0
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
     }
 
     pub fn sub(&self) -> &str {
@@ -176,14 +189,25 @@ fn match_pattern(pattern: &'static str, segs: &[String]) -> Option<Params> {
             return None;
         }
         let scope = segs[..split].join("/");
-        out.0.push(("scope", if scope.is_empty() { String::new() } else { format!("/{scope}") }));
+        out.0.push((
+            "scope",
+            if scope.is_empty() {
+                String::new()
+            } else {
+                format!("/{scope}")
+            },
+        ));
         return Some(out);
     }
     match_fixed(&segments(pattern), segs, &mut out).then_some(out)
 }
 
 /// Finds the route for a method and decoded path segments.
-pub fn find(method: &str, segs: &[String], api_version: &str) -> Result<(&'static Route, Params), Error> {
+pub fn find(
+    method: &str,
+    segs: &[String],
+    api_version: &str,
+) -> Result<(&'static Route, Params), Error> {
     let mut path_matched = false;
     for route in ROUTES {
         if let Some(p) = match_pattern(route.pattern, segs) {
@@ -201,11 +225,17 @@ pub fn find(method: &str, segs: &[String], api_version: &str) -> Result<(&'stati
 
 /// The ARM error for a path no route serves.
 fn unknown_route(segs: &[String], api_version: &str) -> Error {
-    let providers = segs.iter().rposition(|s| s.eq_ignore_ascii_case("providers"));
+    let providers = segs
+        .iter()
+        .rposition(|s| s.eq_ignore_ascii_case("providers"));
     let (ns, ty) = match providers {
         Some(i) if i + 1 < segs.len() => {
             let ns = segs[i + 1].clone();
-            let types: Vec<&str> = segs[i + 2..].iter().step_by(2).map(String::as_str).collect();
+            let types: Vec<&str> = segs[i + 2..]
+                .iter()
+                .step_by(2)
+                .map(String::as_str)
+                .collect();
             (ns, types.join("/"))
         }
         _ => (String::new(), segs.first().cloned().unwrap_or_default()),
@@ -217,7 +247,11 @@ fn unknown_route(segs: &[String], api_version: &str) -> Error {
             version: api_version.to_string(),
         }
     } else {
-        let resource_type = if ns.is_empty() { ty } else { format!("{ns}/{ty}") };
+        let resource_type = if ns.is_empty() {
+            ty
+        } else {
+            format!("{ns}/{ty}")
+        };
         Error::NoRegisteredProviderFound {
             resource_type,
             version: api_version.to_string(),
@@ -252,13 +286,29 @@ mod tests {
     #[test]
     fn unknown_routes_get_arm_errors() {
         let cases = [
-            ("GET", "/subscriptions/s/providers/Microsoft.Foo/bars", "NoRegisteredProviderFound"),
-            ("GET", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/widgets/w", "InvalidResourceType"),
-            ("POST", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v", "HttpMethodNotSupported"),
+            (
+                "GET",
+                "/subscriptions/s/providers/Microsoft.Foo/bars",
+                "NoRegisteredProviderFound",
+            ),
+            (
+                "GET",
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/widgets/w",
+                "InvalidResourceType",
+            ),
+            (
+                "POST",
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v",
+                "HttpMethodNotSupported",
+            ),
             ("GET", "/nonsense", "NoRegisteredProviderFound"),
         ];
         for (m, p, code) in cases {
-            assert_eq!(find(m, &segs(p), "2026-11-01").unwrap_err().code(), code, "{m} {p}");
+            assert_eq!(
+                find(m, &segs(p), "2026-11-01").unwrap_err().code(),
+                code,
+                "{m} {p}"
+            );
         }
     }
 
@@ -266,7 +316,14 @@ mod tests {
     fn every_route_declares_a_wellformed_action() {
         for r in ROUTES {
             if let Access::Action(a) = r.access {
-                assert!(a.contains('/') && (a.ends_with("/read") || a.ends_with("/write") || a.ends_with("/delete") || a.ends_with("/action")), "{a}");
+                assert!(
+                    a.contains('/')
+                        && (a.ends_with("/read")
+                            || a.ends_with("/write")
+                            || a.ends_with("/delete")
+                            || a.ends_with("/action")),
+                    "{a}"
+                );
             }
         }
     }

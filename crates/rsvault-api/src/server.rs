@@ -59,7 +59,10 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -105,19 +108,23 @@ fn base_url(config: &Config, addr: SocketAddr) -> String {
     format!("https://{host}:{}", addr.port())
 }
 
-fn tls_config(material: &rsvault_identity::pki::TlsMaterial) -> Result<rustls::ServerConfig, StartError> {
+fn tls_config(
+    material: &rsvault_identity::pki::TlsMaterial,
+) -> Result<rustls::ServerConfig, StartError> {
     let certs = rustls_pemfile::certs(&mut material.cert_chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let key = rustls_pemfile::private_key(&mut material.key_pem.as_bytes())
         .map_err(|e| StartError::Tls(e.to_string()))?
         .ok_or_else(|| StartError::Tls("no private key in server-key.pem".into()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| StartError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| StartError::Tls(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| StartError::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -126,24 +133,43 @@ fn tls_config(material: &rsvault_identity::pki::TlsMaterial) -> Result<rustls::S
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
     let dir = DataDir::new(&config.data_dir);
     let store = dir.init(clock.now())?;
-    let listener = TcpListener::bind(config.listen).await.map_err(|source| StartError::Bind { addr: config.listen, source })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let base = base_url(&config, local_addr);
 
-    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut hosts = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     if !local_addr.ip().is_unspecified() && !local_addr.ip().is_loopback() {
         hosts.push(local_addr.ip().to_string());
     }
-    if let Some(h) = url::Url::parse(&base).ok().and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string())) {
+    if let Some(h) = url::Url::parse(&base)
+        .ok()
+        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+    {
         hosts.push(h);
     }
     hosts.extend(config.tls_hosts.iter().cloned());
     hosts.sort();
     hosts.dedup();
-    let material = rsvault_identity::pki::ensure(&config.data_dir, &hosts).map_err(|e| StartError::Tls(e.to_string()))?;
+    let material = rsvault_identity::pki::ensure(&config.data_dir, &hosts)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&material)?));
 
-    let tenant = store.read(|db| db.meta(rsvault_control::datadir::META_TENANT)).map_err(rsvault_core::Error::from)?.unwrap_or_default();
+    let tenant = store
+        .read(|db| db.meta(rsvault_control::datadir::META_TENANT))
+        .map_err(rsvault_core::Error::from)?
+        .unwrap_or_default();
     let control = Control::new(
         store,
         clock,
@@ -155,7 +181,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     )?;
     let bootstrap = dir.publish_urls(&base)?;
     let recorder = match &config.traffic_dir {
-        Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),
+        Some(d) => Some(
+            Recorder::new(d)
+                .map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?,
+        ),
         None => None,
     };
     let state = Arc::new(State {
@@ -177,7 +206,12 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     })
 }
 
-async fn accept_loop(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<State>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

@@ -30,7 +30,11 @@ fn scope_prefix(scope: &str) -> &str {
 }
 
 fn definition_body(scope: &str, r: &RoleDefinition) -> Value {
-    let base = if scope_prefix(scope).is_empty() { String::new() } else { scope_prefix(scope).to_string() };
+    let base = if scope_prefix(scope).is_empty() {
+        String::new()
+    } else {
+        scope_prefix(scope).to_string()
+    };
     json!({
         "id": format!("{base}{DEFINITIONS}{}", r.name),
         "name": r.name,
@@ -120,7 +124,11 @@ impl Control {
     // ---- principals (CLI) ----------------------------------------------------------------------
 
     /// Creates a service principal, optionally with a role at a scope.
-    pub fn create_principal(&self, display_name: &str, role: Option<(&str, &str)>) -> Result<NewPrincipal> {
+    pub fn create_principal(
+        &self,
+        display_name: &str,
+        role: Option<(&str, &str)>,
+    ) -> Result<NewPrincipal> {
         let now = self.now();
         let client_id = uuid::Uuid::new_v4().to_string();
         let object_id = uuid::Uuid::new_v4().to_string();
@@ -154,14 +162,22 @@ impl Control {
     }
 
     /// Assigns a built-in role (by name or id) to a principal (object id) at a scope.
-    pub fn assign_role(&self, object_id: &str, role: &str, scope: &str, created_by: &str) -> Result<RoleAssignmentRow> {
+    pub fn assign_role(
+        &self,
+        object_id: &str,
+        role: &str,
+        scope: &str,
+        created_by: &str,
+    ) -> Result<RoleAssignmentRow> {
         let def = rbac::find_role(role).ok_or_else(|| Error::Invalid {
             code: "RoleDefinitionDoesNotExist",
             message: format!("The specified role definition with ID '{role}' does not exist."),
             target: None,
         })?;
         let scope = self.check_scope(scope)?;
-        let sub = ResourceId::parse(&scope).map(|i| i.subscription).unwrap_or_default();
+        let sub = ResourceId::parse(&scope)
+            .map(|i| i.subscription)
+            .unwrap_or_default();
         let name = uuid::Uuid::new_v4().to_string();
         let row = RoleAssignmentRow {
             id: format!("{scope}{ASSIGNMENTS}{name}"),
@@ -179,7 +195,9 @@ impl Control {
 
     /// Principals as JSON for the CLI (never with secrets).
     pub fn list_principals(&self) -> Result<Vec<Value>> {
-        let (ps, assignments) = self.store.read(|db| Ok::<_, Error>((db.principals()?, db.role_assignments()?)))?;
+        let (ps, assignments) = self
+            .store
+            .read(|db| Ok::<_, Error>((db.principals()?, db.role_assignments()?)))?;
         Ok(ps
             .iter()
             .map(|p| {
@@ -209,11 +227,15 @@ impl Control {
     pub fn reset_secret(&self, client_id: &str) -> Result<NewPrincipal> {
         let secret = secrets::generate();
         let hash = secrets::hash(&secret);
-        let p = self.store.read(|db| db.principal(client_id))?.ok_or_else(|| Error::NotFound {
-            code: "PrincipalNotFound",
-            message: format!("Principal with client id '{client_id}' does not exist."),
-        })?;
-        self.store.write(|db| db.set_principal_secret(client_id, &hash))?;
+        let p = self
+            .store
+            .read(|db| db.principal(client_id))?
+            .ok_or_else(|| Error::NotFound {
+                code: "PrincipalNotFound",
+                message: format!("Principal with client id '{client_id}' does not exist."),
+            })?;
+        self.store
+            .write(|db| db.set_principal_secret(client_id, &hash))?;
         Ok(NewPrincipal {
             tenant_id: self.tenant_id.clone(),
             client_id: p.client_id,
@@ -242,19 +264,31 @@ impl Control {
     }
 
     /// `PUT {scope}/providers/Microsoft.Authorization/roleAssignments/{name}`.
-    pub fn put_role_assignment(&self, caller: &Caller, scope: &str, name: &str, req: &Value) -> Result<(bool, Value)> {
+    pub fn put_role_assignment(
+        &self,
+        caller: &Caller,
+        scope: &str,
+        name: &str,
+        req: &Value,
+    ) -> Result<(bool, Value)> {
         let m = body::object(req)?;
-        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| Error::InvalidRequestContent("The 'properties' member is required.".into()))?;
-        let role_id = body::opt_str(props, "roleDefinitionId", "properties.")?.ok_or_else(|| Error::Invalid {
-            code: "InvalidRoleDefinitionId",
-            message: "The role definition ID '' is not valid.".into(),
-            target: Some("properties.roleDefinitionId".into()),
+        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
+            Error::InvalidRequestContent("The 'properties' member is required.".into())
         })?;
-        let principal = body::opt_str(props, "principalId", "properties.")?.ok_or_else(|| Error::Invalid {
-            code: "InvalidPrincipalId",
-            message: "A valid principal ID must be provided for role assignment.".into(),
-            target: Some("properties.principalId".into()),
-        })?;
+        let role_id =
+            body::opt_str(props, "roleDefinitionId", "properties.")?.ok_or_else(|| {
+                Error::Invalid {
+                    code: "InvalidRoleDefinitionId",
+                    message: "The role definition ID '' is not valid.".into(),
+                    target: Some("properties.roleDefinitionId".into()),
+                }
+            })?;
+        let principal =
+            body::opt_str(props, "principalId", "properties.")?.ok_or_else(|| Error::Invalid {
+                code: "InvalidPrincipalId",
+                message: "A valid principal ID must be provided for role assignment.".into(),
+                target: Some("properties.principalId".into()),
+            })?;
         uuid::Uuid::parse_str(name).map_err(|_| Error::Invalid {
             code: "InvalidRoleAssignmentId",
             message: format!("The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID."),
@@ -262,11 +296,18 @@ impl Control {
         })?;
         let def = rbac::find_role(role_id).ok_or_else(|| Error::Invalid {
             code: "RoleDefinitionDoesNotExist",
-            message: format!("The specified role definition with ID '{}' does not exist.", role_id.rsplit('/').next().unwrap_or(role_id)),
+            message: format!(
+                "The specified role definition with ID '{}' does not exist.",
+                role_id.rsplit('/').next().unwrap_or(role_id)
+            ),
             target: None,
         })?;
         let scope = self.check_scope(scope)?;
-        if self.store.read(|db| db.principal_by_object_id(principal))?.is_none() {
+        if self
+            .store
+            .read(|db| db.principal_by_object_id(principal))?
+            .is_none()
+        {
             return Err(Error::Invalid {
                 code: "PrincipalNotFound",
                 message: format!("Principal {} does not exist in the directory {}. Check that you have the correct principal ID.", principal.replace('-', ""), self.tenant_id),
@@ -275,7 +316,8 @@ impl Control {
         }
         if let Some(existing) = self.store.read(|db| db.role_assignment_by_name(name))? {
             let same = key(&existing.scope) == key(&scope)
-                && rbac::find_role(&existing.role_definition_id).map(|r| &r.name) == Some(&def.name)
+                && rbac::find_role(&existing.role_definition_id).map(|r| &r.name)
+                    == Some(&def.name)
                 && key(&existing.principal_id) == key(principal);
             if same {
                 return Ok((false, assignment_body(&existing)));
@@ -285,9 +327,14 @@ impl Control {
                 message: "Tenant ID, application ID, principal ID, and scope are not allowed to be updated.".into(),
             });
         }
-        let duplicate = self.store.read(|db| db.role_assignments_of(principal))?.into_iter().any(|a| {
-            key(&a.scope) == key(&scope) && rbac::find_role(&a.role_definition_id).map(|r| &r.name) == Some(&def.name)
-        });
+        let duplicate = self
+            .store
+            .read(|db| db.role_assignments_of(principal))?
+            .into_iter()
+            .any(|a| {
+                key(&a.scope) == key(&scope)
+                    && rbac::find_role(&a.role_definition_id).map(|r| &r.name) == Some(&def.name)
+            });
         if duplicate {
             return Err(Error::Conflict {
                 code: "RoleAssignmentExists",
@@ -300,7 +347,9 @@ impl Control {
             scope: scope.clone(),
             role_definition_id: role_id.to_string(),
             principal_id: principal.to_ascii_lowercase(),
-            principal_type: body::opt_str(props, "principalType", "properties.")?.unwrap_or("ServicePrincipal").to_string(),
+            principal_type: body::opt_str(props, "principalType", "properties.")?
+                .unwrap_or("ServicePrincipal")
+                .to_string(),
             created: self.now(),
             created_by: caller.object_id.clone(),
         };
@@ -310,10 +359,12 @@ impl Control {
 
     fn assignment_at(&self, scope: &str, name: &str) -> Result<RoleAssignmentRow> {
         let id = format!("{}{ASSIGNMENTS}{name}", scope_prefix(scope));
-        self.store.read(|db| db.role_assignment(&id))?.ok_or_else(|| Error::NotFound {
-            code: "RoleAssignmentNotFound",
-            message: format!("The role assignment '{name}' is not found."),
-        })
+        self.store
+            .read(|db| db.role_assignment(&id))?
+            .ok_or_else(|| Error::NotFound {
+                code: "RoleAssignmentNotFound",
+                message: format!("The role assignment '{name}' is not found."),
+            })
     }
 
     pub fn get_role_assignment(&self, scope: &str, name: &str) -> Result<Value> {
@@ -340,7 +391,9 @@ impl Control {
         let principal = filter_value(f, "principalId").or_else(|| filter_value(f, "assignedTo("));
         Ok(all
             .iter()
-            .filter(|a| scope_contains(&a.scope, scope) || (!at_scope && scope_contains(scope, &a.scope)))
+            .filter(|a| {
+                scope_contains(&a.scope, scope) || (!at_scope && scope_contains(scope, &a.scope))
+            })
             .filter(|a| principal.is_none_or(|p| a.principal_id.eq_ignore_ascii_case(p)))
             .map(assignment_body)
             .collect())
@@ -357,10 +410,12 @@ impl Control {
     }
 
     pub fn get_role_definition(&self, scope: &str, id: &str) -> Result<Value> {
-        rbac::find_role(id).map(|r| definition_body(scope, r)).ok_or_else(|| Error::NotFound {
-            code: "RoleDefinitionDoesNotExist",
-            message: format!("The role definition '{id}' could not be found."),
-        })
+        rbac::find_role(id)
+            .map(|r| definition_body(scope, r))
+            .ok_or_else(|| Error::NotFound {
+                code: "RoleDefinitionDoesNotExist",
+                message: format!("The role definition '{id}' could not be found."),
+            })
     }
 }
 
@@ -370,9 +425,18 @@ mod tests {
 
     #[test]
     fn filters_are_read() {
-        assert_eq!(filter_value("principalId eq 'abc'", "principalId"), Some("abc"));
-        assert_eq!(filter_value("atScope() and assignedTo('x-y')", "assignedTo("), Some("x-y"));
-        assert_eq!(filter_value("roleName eq 'Backup Reader'", "roleName"), Some("Backup Reader"));
+        assert_eq!(
+            filter_value("principalId eq 'abc'", "principalId"),
+            Some("abc")
+        );
+        assert_eq!(
+            filter_value("atScope() and assignedTo('x-y')", "assignedTo("),
+            Some("x-y")
+        );
+        assert_eq!(
+            filter_value("roleName eq 'Backup Reader'", "roleName"),
+            Some("Backup Reader")
+        );
         assert_eq!(filter_value("atScope()", "principalId"), None);
     }
 }

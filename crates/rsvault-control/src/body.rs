@@ -6,7 +6,9 @@ use serde_json::{Map, Value};
 
 /// The body as a JSON object.
 pub fn object(v: &Value) -> Result<&Map<String, Value>> {
-    v.as_object().ok_or_else(|| Error::InvalidRequestContent("The request body must be a JSON object.".into()))
+    v.as_object().ok_or_else(|| {
+        Error::InvalidRequestContent("The request body must be a JSON object.".into())
+    })
 }
 
 fn wrong_type(path: &str, want: &str, got: &Value) -> Error {
@@ -18,7 +20,9 @@ fn wrong_type(path: &str, want: &str, got: &Value) -> Error {
         Value::Array(_) => "array",
         Value::Object(_) => "object",
     };
-    Error::InvalidRequestContent(format!("Error converting value of type {got} at path '{path}': expected {want}"))
+    Error::InvalidRequestContent(format!(
+        "Error converting value of type {got} at path '{path}': expected {want}"
+    ))
 }
 
 /// An optional string member.
@@ -31,7 +35,11 @@ pub fn opt_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Result<O
 }
 
 /// An optional object member.
-pub fn opt_obj<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a Map<String, Value>>> {
+pub fn opt_obj<'a>(
+    m: &'a Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'a Map<String, Value>>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(o)) => Ok(Some(o)),
@@ -50,15 +58,28 @@ pub fn opt_int(m: &Map<String, Value>, key: &str, path: &str) -> Result<Option<i
 
 /// An optional string member that must be one of `allowed` (case-insensitive); returns the canonical
 /// spelling.
-pub fn opt_enum(m: &Map<String, Value>, key: &str, path: &str, allowed: &[&'static str]) -> Result<Option<&'static str>> {
+pub fn opt_enum(
+    m: &Map<String, Value>,
+    key: &str,
+    path: &str,
+    allowed: &[&'static str],
+) -> Result<Option<&'static str>> {
     let Some(s) = opt_str(m, key, path)? else {
         return Ok(None);
     };
-    allowed.iter().find(|a| a.eq_ignore_ascii_case(s)).copied().map(Some).ok_or_else(|| Error::Invalid {
-        code: "BadRequest",
-        message: format!("The value '{s}' is not valid for '{path}{key}'. Allowed values are: {}.", allowed.join(", ")),
-        target: Some(format!("{path}{key}")),
-    })
+    allowed
+        .iter()
+        .find(|a| a.eq_ignore_ascii_case(s))
+        .copied()
+        .map(Some)
+        .ok_or_else(|| Error::Invalid {
+            code: "BadRequest",
+            message: format!(
+                "The value '{s}' is not valid for '{path}{key}'. Allowed values are: {}.",
+                allowed.join(", ")
+            ),
+            target: Some(format!("{path}{key}")),
+        })
 }
 
 /// `tags`: an object of string values (at most 50, as Azure).
@@ -90,7 +111,10 @@ pub fn tags(m: &Map<String, Value>) -> Result<Option<Map<String, Value>>> {
 
 /// Azure's normalised location: `West US` → `westus`.
 pub fn normalize_location(l: &str) -> String {
-    l.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase()
+    l.chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase()
 }
 
 /// A required `location`, normalised.
@@ -137,11 +161,16 @@ mod tests {
     #[test]
     fn type_errors_name_the_path() {
         let m = json!({"properties": {"publicNetworkAccess": 5}});
-        let p = opt_obj(m.as_object().unwrap(), "properties", "").unwrap().unwrap();
+        let p = opt_obj(m.as_object().unwrap(), "properties", "")
+            .unwrap()
+            .unwrap();
         let e = opt_enum(p, "publicNetworkAccess", "properties.", &["Enabled"]).unwrap_err();
         assert_eq!(e.code(), "InvalidRequestContent");
         assert!(e.to_string().contains("properties.publicNetworkAccess"));
         let m = json!({"tags": {"a": 1}});
-        assert_eq!(tags(m.as_object().unwrap()).unwrap_err().code(), "InvalidRequestContent");
+        assert_eq!(
+            tags(m.as_object().unwrap()).unwrap_err().code(),
+            "InvalidRequestContent"
+        );
     }
 }

@@ -111,7 +111,10 @@ impl DataDir {
                 id: format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"),
                 name,
                 scope: scope.clone(),
-                role_definition_id: format!("{scope}/providers/Microsoft.Authorization/roleDefinitions/{}", owner.name),
+                role_definition_id: format!(
+                    "{scope}/providers/Microsoft.Authorization/roleDefinitions/{}",
+                    owner.name
+                ),
                 principal_id: object_id.clone(),
                 principal_type: "ServicePrincipal".into(),
                 created: now,
@@ -166,11 +169,16 @@ impl DataDir {
 fn create_private_dir(p: &Path) -> Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     if !p.exists() {
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(p).map_err(|e| io_err(p, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(p)
+            .map_err(|e| io_err(p, e))?;
     }
     let meta = std::fs::metadata(p).map_err(|e| io_err(p, e))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(|e| io_err(p, e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io_err(p, e))?;
     }
     Ok(())
 }

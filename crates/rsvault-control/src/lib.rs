@@ -52,7 +52,10 @@ pub struct Control {
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Control").field("tenant_id", &self.tenant_id).field("settings", &self.settings).finish()
+        f.debug_struct("Control")
+            .field("tenant_id", &self.tenant_id)
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 
@@ -61,7 +64,9 @@ impl Control {
     pub fn new(store: Arc<Store>, clock: SharedClock, settings: Settings) -> Result<Control> {
         let tenant_id = store
             .read(|db| db.meta(datadir::META_TENANT))?
-            .ok_or_else(|| Error::internal("the store has no tenant: the data dir was not bootstrapped"))?;
+            .ok_or_else(|| {
+                Error::internal("the store has no tenant: the data dir was not bootstrapped")
+            })?;
         let issuer = tokens::load_issuer(&store, &settings)?;
         Ok(Control {
             store,

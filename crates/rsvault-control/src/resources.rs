@@ -38,12 +38,16 @@ fn group_body(g: &GroupRow) -> Value {
 impl Control {
     /// The subscription, or `SubscriptionNotFound`.
     pub fn subscription_row(&self, id: &str) -> Result<SubscriptionRow> {
-        self.store.read(|db| db.subscription(id))?.ok_or_else(|| Error::SubscriptionNotFound(id.to_string()))
+        self.store
+            .read(|db| db.subscription(id))?
+            .ok_or_else(|| Error::SubscriptionNotFound(id.to_string()))
     }
 
     /// The resource group, or `ResourceGroupNotFound`.
     pub fn group_row(&self, sub: &str, name: &str) -> Result<GroupRow> {
-        self.store.read(|db| db.group(sub, name))?.ok_or_else(|| Error::ResourceGroupNotFound(name.to_string()))
+        self.store
+            .read(|db| db.group(sub, name))?
+            .ok_or_else(|| Error::ResourceGroupNotFound(name.to_string()))
     }
 
     /// The tenant list (`GET /tenants`).
@@ -94,7 +98,10 @@ impl Control {
         }
         let row = GroupRow {
             subscription: sub.to_string(),
-            name: existing.as_ref().map(|e| e.name.clone()).unwrap_or_else(|| name.to_string()),
+            name: existing
+                .as_ref()
+                .map(|e| e.name.clone())
+                .unwrap_or_else(|| name.to_string()),
             id: existing
                 .as_ref()
                 .map(|e| e.id.clone())
@@ -102,7 +109,10 @@ impl Control {
             location,
             tags: Value::Object(tags),
             managed_by,
-            created: existing.as_ref().map(|e| e.created).unwrap_or_else(|| self.now()),
+            created: existing
+                .as_ref()
+                .map(|e| e.created)
+                .unwrap_or_else(|| self.now()),
         };
         let created = self.store.write(|db| db.put_group(&row))?;
         Ok((created, group_body(&row)))
@@ -139,7 +149,9 @@ impl Control {
     /// One page of the subscription's groups.
     pub fn list_groups(&self, sub: &str, after: Option<&str>) -> Result<Page<Value>> {
         self.subscription_row(sub)?;
-        let p = self.store.read(|db| db.groups(sub, after, self.settings.page_size))?;
+        let p = self
+            .store
+            .read(|db| db.groups(sub, after, self.settings.page_size))?;
         Ok(Page {
             items: p.items.iter().map(group_body).collect(),
             next: p.next,

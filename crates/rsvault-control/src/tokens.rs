@@ -29,7 +29,12 @@ fn oauth(unauthorized: bool, error: &'static str, description: String) -> OAuthE
 }
 
 pub(crate) fn load_issuer(store: &Store, settings: &Settings) -> Result<(String, Arc<Issuer>)> {
-    let (generation, rows) = store.read(|db| Ok::<_, Error>((db.meta(META_KEYS_GENERATION)?.unwrap_or_default(), db.signing_keys()?)))?;
+    let (generation, rows) = store.read(|db| {
+        Ok::<_, Error>((
+            db.meta(META_KEYS_GENERATION)?.unwrap_or_default(),
+            db.signing_keys()?,
+        ))
+    })?;
     let keys: Vec<KeyMaterial> = rows
         .into_iter()
         .map(|r| KeyMaterial {
@@ -39,7 +44,12 @@ pub(crate) fn load_issuer(store: &Store, settings: &Settings) -> Result<(String,
             pkcs8: r.pkcs8,
         })
         .collect();
-    let issuer = Issuer::new(&keys, settings.issuer_url.clone(), Duration::seconds(settings.token_lifetime_secs)).map_err(Error::internal)?;
+    let issuer = Issuer::new(
+        &keys,
+        settings.issuer_url.clone(),
+        Duration::seconds(settings.token_lifetime_secs),
+    )
+    .map_err(Error::internal)?;
     Ok((generation, Arc::new(issuer)))
 }
 
@@ -54,7 +64,10 @@ pub fn rotate_keys(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Result<
             retired: None,
             pkcs8: key.pkcs8.clone(),
         })?;
-        let generation: u64 = db.meta(META_KEYS_GENERATION)?.and_then(|g| g.parse().ok()).unwrap_or(0);
+        let generation: u64 = db
+            .meta(META_KEYS_GENERATION)?
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
         db.set_meta(META_KEYS_GENERATION, &(generation + 1).to_string())?;
         Ok::<_, Error>(())
     })?;
@@ -64,7 +77,10 @@ pub fn rotate_keys(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Result<
 impl Control {
     /// The current issuer, reloaded when the store's keys changed.
     pub fn issuer(&self) -> Result<Arc<Issuer>> {
-        let generation = self.store.read(|db| db.meta(META_KEYS_GENERATION))?.unwrap_or_default();
+        let generation = self
+            .store
+            .read(|db| db.meta(META_KEYS_GENERATION))?
+            .unwrap_or_default();
         {
             let cur = self.issuer.read().unwrap_or_else(|p| p.into_inner());
             if cur.0 == generation {
@@ -83,22 +99,40 @@ impl Control {
     }
 
     /// Handles a token request's form fields.
-    pub fn token_request(&self, tenant: &str, form: &HashMap<String, String>) -> std::result::Result<Issued, OAuthError> {
+    pub fn token_request(
+        &self,
+        tenant: &str,
+        form: &HashMap<String, String>,
+    ) -> std::result::Result<Issued, OAuthError> {
         if !self.is_our_tenant(tenant) {
             return Err(oauth(false, "invalid_request", format!("AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.")));
         }
         let field = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let missing = |k: &str| oauth(false, "invalid_request", format!("AADSTS900144: The request body must contain the following parameter: '{k}'."));
+        let missing = |k: &str| {
+            oauth(
+                false,
+                "invalid_request",
+                format!(
+                    "AADSTS900144: The request body must contain the following parameter: '{k}'."
+                ),
+            )
+        };
         let grant = field("grant_type").ok_or_else(|| missing("grant_type"))?;
         if grant != "client_credentials" {
-            return Err(oauth(false, "unsupported_grant_type", format!("AADSTS70003: The app requested an unsupported grant type '{grant}'.")));
+            return Err(oauth(
+                false,
+                "unsupported_grant_type",
+                format!("AADSTS70003: The app requested an unsupported grant type '{grant}'."),
+            ));
         }
         let client_id = field("client_id").ok_or_else(|| missing("client_id"))?;
         if field("client_assertion").is_some() {
             return Err(oauth(false, "invalid_request", "AADSTS700027: Client assertions are not supported by rsvault; use a client secret.".into()));
         }
         let secret = field("client_secret").ok_or_else(|| missing("client_secret"))?;
-        let scope = field("scope").or_else(|| field("resource")).ok_or_else(|| missing("scope"))?;
+        let scope = field("scope")
+            .or_else(|| field("resource"))
+            .ok_or_else(|| missing("scope"))?;
         let audience = tokens::audience_for_scope(scope).ok_or_else(|| {
             oauth(false, "invalid_scope", format!("AADSTS500011: The resource principal named {scope} was not found in the tenant named {}. rsvault issues tokens for Azure Resource Manager only.", self.tenant_id))
         })?;
@@ -112,17 +146,38 @@ impl Control {
         if !secrets::verify(secret, &principal.secret_hash) {
             return Err(oauth(true, "invalid_client", format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'.")));
         }
-        let issuer = self.issuer().map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))?;
+        let issuer = self.issuer().map_err(|e| {
+            oauth(
+                false,
+                "temporarily_unavailable",
+                format!("AADSTS50000: {e}"),
+            )
+        })?;
         issuer
-            .issue(&self.tenant_id, &principal.object_id, &principal.client_id, &audience, self.now())
-            .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))
+            .issue(
+                &self.tenant_id,
+                &principal.object_id,
+                &principal.client_id,
+                &audience,
+                self.now(),
+            )
+            .map_err(|e| {
+                oauth(
+                    false,
+                    "temporarily_unavailable",
+                    format!("AADSTS50000: {e}"),
+                )
+            })
     }
 
     /// Verifies a bearer token and names its caller.
     pub fn authenticate(&self, token: &str) -> Result<crate::Caller> {
         let claims = self.issuer()?.verify(token, self.now())?;
         if !claims.tid.eq_ignore_ascii_case(&self.tenant_id) {
-            return Err(Error::InvalidAuthenticationToken(format!("The access token is from the wrong tenant '{}'.", claims.tid)));
+            return Err(Error::InvalidAuthenticationToken(format!(
+                "The access token is from the wrong tenant '{}'.",
+                claims.tid
+            )));
         }
         Ok(crate::Caller {
             tenant_id: claims.tid,

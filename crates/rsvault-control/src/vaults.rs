@@ -14,87 +14,130 @@ use serde_json::{json, Map, Value};
 pub const VAULT_TYPE: &str = "Microsoft.RecoveryServices/vaults";
 const EXTENDED_INFO_TYPE: &str = "Microsoft.RecoveryServices/vaults/extendedInformation";
 /// Items that keep a vault from being deleted (protected items, in any container).
-pub const PROTECTED_ITEM_TYPE: &str = "Microsoft.RecoveryServices/vaults/backupFabrics/protectionContainers/protectedItems";
+pub const PROTECTED_ITEM_TYPE: &str =
+    "Microsoft.RecoveryServices/vaults/backupFabrics/protectionContainers/protectedItems";
 
 const SKUS: &[&str] = &["Standard", "RS0"];
-const IDENTITY_TYPES: &[&str] = &["SystemAssigned", "None", "UserAssigned", "SystemAssigned, UserAssigned"];
+const IDENTITY_TYPES: &[&str] = &[
+    "SystemAssigned",
+    "None",
+    "UserAssigned",
+    "SystemAssigned, UserAssigned",
+];
 const ENABLED_DISABLED: &[&str] = &["Enabled", "Disabled"];
 
-/// Checks the parts of a vault body rsvault understands; returns them for use.
-fn check_vault_body(m: &Map<String, Value>) -> Result<()> {
-    if let Some(sku) = body::opt_obj(m, "sku", "")? {
-        if body::opt_enum(sku, "name", "sku.", SKUS)?.is_none() {
-            return Err(Error::InvalidRequestContent("The 'sku.name' property is required.".into()));
+/// Enum-valued members of a vault body: where they are and what the spec allows. Validation accepts
+/// any casing; what is stored and answered is the spec's spelling.
+const ENUMS: &[(&str, &[&str])] = &[
+    ("/sku/name", SKUS),
+    ("/identity/type", IDENTITY_TYPES),
+    ("/properties/publicNetworkAccess", ENABLED_DISABLED),
+    ("/properties/redundancySettings/standardTierStorageRedundancy", &["Invalid", "LocallyRedundant", "GeoRedundant", "ZoneRedundant"]),
+    ("/properties/redundancySettings/crossRegionRestore", ENABLED_DISABLED),
+    ("/properties/securitySettings/softDeleteSettings/softDeleteState", &["Invalid", "Enabled", "Disabled", "AlwaysON"]),
+    ("/properties/securitySettings/softDeleteSettings/enhancedSecurityState", &["Invalid", "Enabled", "Disabled", "AlwaysON"]),
+    ("/properties/securitySettings/immutabilitySettings/state", &["Disabled", "Unlocked", "Locked"]),
+    ("/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllJobFailures", ENABLED_DISABLED),
+    ("/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllReplicationIssues", ENABLED_DISABLED),
+    ("/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllFailoverIssues", ENABLED_DISABLED),
+    ("/properties/monitoringSettings/classicAlertSettings/alertsForCriticalOperations", ENABLED_DISABLED),
+    ("/properties/monitoringSettings/classicAlertSettings/emailNotificationsForSiteRecovery", ENABLED_DISABLED),
+    ("/properties/restoreSettings/crossSubscriptionRestoreSettings/crossSubscriptionRestoreState", &["Enabled", "Disabled", "PermanentlyDisabled"]),
+];
+
+/// Object-valued members whose type is checked before their contents.
+const OBJECTS: &[&str] = &[
+    "/sku",
+    "/identity",
+    "/identity/userAssignedIdentities",
+    "/properties",
+    "/properties/redundancySettings",
+    "/properties/securitySettings",
+    "/properties/securitySettings/softDeleteSettings",
+    "/properties/securitySettings/immutabilitySettings",
+    "/properties/monitoringSettings",
+    "/properties/monitoringSettings/azureMonitorAlertSettings",
+    "/properties/monitoringSettings/classicAlertSettings",
+    "/properties/restoreSettings",
+    "/properties/restoreSettings/crossSubscriptionRestoreSettings",
+];
+
+fn dotted(pointer: &str) -> String {
+    pointer.trim_start_matches('/').replace('/', ".")
+}
+
+/// Checks a vault body's shape and enum values, and rewrites enum values to the spec's spelling.
+fn check_vault_body(body: &mut Value) -> Result<()> {
+    for p in OBJECTS {
+        match body.pointer(p) {
+            None | Some(Value::Null) | Some(Value::Object(_)) => {}
+            Some(_) => {
+                return Err(Error::InvalidRequestContent(format!(
+                    "Error converting value at path '{}': expected an object.",
+                    dotted(p)
+                )))
+            }
         }
-        body::opt_str(sku, "tier", "sku.")?;
     }
-    if let Some(id) = body::opt_obj(m, "identity", "")? {
-        if body::opt_enum(id, "type", "identity.", IDENTITY_TYPES)?.is_none() {
-            return Err(Error::InvalidRequestContent("The 'identity.type' property is required.".into()));
-        }
-        body::opt_obj(id, "userAssignedIdentities", "identity.")?;
-    }
-    body::opt_str(m, "etag", "")?;
-    let Some(p) = body::opt_obj(m, "properties", "")? else {
-        return Ok(());
-    };
-    body::opt_enum(p, "publicNetworkAccess", "properties.", ENABLED_DISABLED)?;
-    if let Some(r) = body::opt_obj(p, "redundancySettings", "properties.")? {
-        let path = "properties.redundancySettings.";
-        body::opt_enum(r, "standardTierStorageRedundancy", path, &["Invalid", "LocallyRedundant", "GeoRedundant", "ZoneRedundant"])?;
-        body::opt_enum(r, "crossRegionRestore", path, ENABLED_DISABLED)?;
-    }
-    if let Some(s) = body::opt_obj(p, "securitySettings", "properties.")? {
-        if let Some(sd) = body::opt_obj(s, "softDeleteSettings", "properties.securitySettings.")? {
-            let path = "properties.securitySettings.softDeleteSettings.";
-            body::opt_enum(sd, "softDeleteState", path, &["Invalid", "Enabled", "Disabled", "AlwaysON"])?;
-            body::opt_enum(sd, "enhancedSecurityState", path, &["Invalid", "Enabled", "Disabled", "AlwaysON"])?;
-            if let Some(days) = body::opt_int(sd, "softDeleteRetentionPeriodInDays", path)? {
-                if !(14..=180).contains(&days) {
+    for (p, allowed) in ENUMS {
+        let Some(v) = body.pointer_mut(p) else {
+            continue;
+        };
+        match v {
+            Value::Null => {}
+            Value::String(s) => match allowed.iter().find(|a| a.eq_ignore_ascii_case(s)) {
+                Some(a) => *v = json!(a),
+                None => {
                     return Err(Error::Invalid {
-                        code: "BMSUserErrorInvalidSoftDeleteRetentionPeriod",
-                        message: "Soft delete retention period must be between 14 and 180 days.".into(),
-                        target: Some(format!("{path}softDeleteRetentionPeriodInDays")),
-                    });
+                        code: "BadRequest",
+                        message: format!(
+                            "The value '{s}' is not valid for '{}'. Allowed values are: {}.",
+                            dotted(p),
+                            allowed.join(", ")
+                        ),
+                        target: Some(dotted(p)),
+                    })
                 }
-            }
-        }
-        if let Some(im) = body::opt_obj(s, "immutabilitySettings", "properties.securitySettings.")? {
-            body::opt_enum(im, "state", "properties.securitySettings.immutabilitySettings.", &["Disabled", "Unlocked", "Locked"])?;
-        }
-    }
-    if let Some(ms) = body::opt_obj(p, "monitoringSettings", "properties.")? {
-        if let Some(a) = body::opt_obj(ms, "azureMonitorAlertSettings", "properties.monitoringSettings.")? {
-            for k in ["alertsForAllJobFailures", "alertsForAllReplicationIssues", "alertsForAllFailoverIssues"] {
-                body::opt_enum(a, k, "properties.monitoringSettings.azureMonitorAlertSettings.", ENABLED_DISABLED)?;
-            }
-        }
-        if let Some(c) = body::opt_obj(ms, "classicAlertSettings", "properties.monitoringSettings.")? {
-            for k in ["alertsForCriticalOperations", "emailNotificationsForSiteRecovery"] {
-                body::opt_enum(c, k, "properties.monitoringSettings.classicAlertSettings.", ENABLED_DISABLED)?;
+            },
+            _ => {
+                return Err(Error::InvalidRequestContent(format!(
+                    "Error converting value at path '{}': expected a string.",
+                    dotted(p)
+                )))
             }
         }
     }
-    if let Some(rs) = body::opt_obj(p, "restoreSettings", "properties.")? {
-        if let Some(c) = body::opt_obj(rs, "crossSubscriptionRestoreSettings", "properties.restoreSettings.")? {
-            body::opt_enum(c, "crossSubscriptionRestoreState", "properties.restoreSettings.crossSubscriptionRestoreSettings.", &["Enabled", "Disabled", "PermanentlyDisabled"])?;
+    if body.pointer("/sku").is_some_and(Value::is_object)
+        && body.pointer("/sku/name").is_none_or(Value::is_null)
+    {
+        return Err(Error::InvalidRequestContent(
+            "The 'sku.name' property is required.".into(),
+        ));
+    }
+    if body.pointer("/identity").is_some_and(Value::is_object)
+        && body.pointer("/identity/type").is_none_or(Value::is_null)
+    {
+        return Err(Error::InvalidRequestContent(
+            "The 'identity.type' property is required.".into(),
+        ));
+    }
+    body::opt_str(body::object(body)?, "etag", "")?;
+    if let Some(sd) = body
+        .pointer("/properties/securitySettings/softDeleteSettings")
+        .and_then(Value::as_object)
+    {
+        let path = "properties.securitySettings.softDeleteSettings.";
+        if let Some(days) = body::opt_int(sd, "softDeleteRetentionPeriodInDays", path)? {
+            if !(14..=180).contains(&days) {
+                return Err(Error::Invalid {
+                    code: "BMSUserErrorInvalidSoftDeleteRetentionPeriod",
+                    message: "Soft delete retention period must be between 14 and 180 days.".into(),
+                    target: Some(format!("{path}softDeleteRetentionPeriodInDays")),
+                });
+            }
         }
     }
     Ok(())
-}
-
-/// Canonical enum spellings inside a body (clients may send `enabled`).
-fn canonical_properties(props: &mut Value) {
-    fn fix(v: &mut Value, allowed: &[&str]) {
-        if let Some(s) = v.as_str() {
-            if let Some(a) = allowed.iter().find(|a| a.eq_ignore_ascii_case(s)) {
-                *v = json!(a);
-            }
-        }
-    }
-    if let Some(v) = props.pointer_mut("/publicNetworkAccess") {
-        fix(v, ENABLED_DISABLED);
-    }
 }
 
 /// The properties Azure fills in for a new vault, under what the client sent.
@@ -138,14 +181,17 @@ fn client_properties(m: &Map<String, Value>) -> Value {
             o.remove(*k);
         }
     }
-    canonical_properties(&mut p);
     p
 }
 
 fn identity_body(tenant: &str, m: &Map<String, Value>, previous: Option<&Value>) -> Option<Value> {
     let id = m.get("identity")?.as_object()?;
     let ty = id.get("type").and_then(Value::as_str).unwrap_or("None");
-    let ty = IDENTITY_TYPES.iter().find(|t| t.eq_ignore_ascii_case(ty)).copied().unwrap_or("None");
+    let ty = IDENTITY_TYPES
+        .iter()
+        .find(|t| t.eq_ignore_ascii_case(ty))
+        .copied()
+        .unwrap_or("None");
     let mut out = json!({"type": ty});
     if ty.contains("SystemAssigned") {
         let principal = previous
@@ -175,7 +221,12 @@ fn sku_body(m: &Map<String, Value>) -> Value {
     json!({"name": name, "tier": "Standard"})
 }
 
-fn system_data(caller: &Caller, created: &str, modified: &str, created_by: Option<&Value>) -> Value {
+fn system_data(
+    caller: &Caller,
+    created: &str,
+    modified: &str,
+    created_by: Option<&Value>,
+) -> Value {
     json!({
         "createdBy": created_by.cloned().unwrap_or_else(|| json!(caller.client_id)),
         "createdByType": "Application",
@@ -211,14 +262,23 @@ impl Control {
     }
 
     /// `PUT` a vault: 201 with the new vault, or 200 with the replaced one.
-    pub fn put_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<(bool, Value)> {
+    pub fn put_vault(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        req: &Value,
+    ) -> Result<(bool, Value)> {
         self.subscription_row(sub)?;
         let group = self.group_row(sub, rg)?;
         names::vault(name)?;
-        let m = body::object(req)?;
+        let mut req = req.clone();
+        body::object(&req)?;
+        check_vault_body(&mut req)?;
+        let m = body::object(&req)?;
         let location = body::location(m)?;
         let tags = tags_or_empty(m)?;
-        check_vault_body(m)?;
         let id = self.vault_id(sub, &group.name, name);
         let existing = self.store.read(|db| db.resource(&id))?;
         let now = self.now();
@@ -236,8 +296,18 @@ impl Control {
             props = e.body["properties"].clone();
         }
         body::merge(&mut props, &client_properties(m));
-        let created_at = existing.as_ref().and_then(|e| e.body.pointer("/systemData/createdAt").and_then(Value::as_str).map(String::from)).unwrap_or_else(|| stamp.clone());
-        let created_by = existing.as_ref().and_then(|e| e.body.pointer("/systemData/createdBy").cloned());
+        let created_at = existing
+            .as_ref()
+            .and_then(|e| {
+                e.body
+                    .pointer("/systemData/createdAt")
+                    .and_then(Value::as_str)
+                    .map(String::from)
+            })
+            .unwrap_or_else(|| stamp.clone());
+        let created_by = existing
+            .as_ref()
+            .and_then(|e| e.body.pointer("/systemData/createdBy").cloned());
         let stored_id = existing.as_ref().map(|e| e.id.clone()).unwrap_or(id);
         let mut v = json!({
             "id": stored_id,
@@ -250,7 +320,10 @@ impl Control {
             "properties": props,
             "systemData": system_data(caller, &created_at, &stamp, created_by.as_ref()),
         });
-        if let Some(identity) = identity_body(&self.tenant_id, m, existing.as_ref().and_then(|e| e.body.get("identity"))) {
+        let previous_identity = existing.as_ref().and_then(|e| e.body.get("identity"));
+        if let Some(identity) = identity_body(&self.tenant_id, m, previous_identity)
+            .or_else(|| previous_identity.cloned())
+        {
             v["identity"] = identity;
         }
         let row = ResourceRow {
@@ -292,10 +365,19 @@ impl Control {
     }
 
     /// `PATCH` a vault: tags replace, properties merge, sku and identity replace.
-    pub fn patch_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<Value> {
+    pub fn patch_vault(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        req: &Value,
+    ) -> Result<Value> {
         let mut row = self.vault_row(sub, rg, name)?;
-        let m = body::object(req)?;
-        check_vault_body(m)?;
+        let mut req = req.clone();
+        body::object(&req)?;
+        check_vault_body(&mut req)?;
+        let m = body::object(&req)?;
         let tags = body::tags(m)?;
         let now = self.now();
         let v = &mut row.body;
@@ -312,9 +394,18 @@ impl Control {
             v["identity"] = identity;
         }
         v["etag"] = json!(time::datetime_etag(now));
-        let created_at = v.pointer("/systemData/createdAt").and_then(Value::as_str).unwrap_or_default().to_string();
+        let created_at = v
+            .pointer("/systemData/createdAt")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let created_by = v.pointer("/systemData/createdBy").cloned();
-        v["systemData"] = system_data(caller, &created_at, &time::rfc3339(now), created_by.as_ref());
+        v["systemData"] = system_data(
+            caller,
+            &created_at,
+            &time::rfc3339(now),
+            created_by.as_ref(),
+        );
         row.etag = v["etag"].as_str().unwrap_or_default().to_string();
         row.updated = now;
         self.store.write(|db| db.put_resource(&row))?;
@@ -329,7 +420,9 @@ impl Control {
         if self.store.read(|db| db.resource(&id))?.is_none() {
             return Ok(false);
         }
-        let items = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
+        let items = self
+            .store
+            .read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
         if items > 0 {
             return Err(Error::Invalid {
                 code: "ServiceResourceNotEmptyWithBackendMessage",
@@ -342,12 +435,19 @@ impl Control {
     }
 
     /// One page of vaults in a subscription or group.
-    pub fn list_vaults(&self, sub: &str, rg: Option<&str>, after: Option<&str>) -> Result<Page<Value>> {
+    pub fn list_vaults(
+        &self,
+        sub: &str,
+        rg: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<Page<Value>> {
         self.subscription_row(sub)?;
         if let Some(rg) = rg {
             self.group_row(sub, rg)?;
         }
-        let p = self.store.read(|db| db.resources(sub, rg, VAULT_TYPE, after, self.settings.page_size))?;
+        let p = self
+            .store
+            .read(|db| db.resources(sub, rg, VAULT_TYPE, after, self.settings.page_size))?;
         Ok(Page {
             items: p.items.into_iter().map(|r| r.body).collect(),
             next: p.next,
@@ -359,16 +459,25 @@ impl Control {
         self.subscription_row(sub)?;
         self.group_row(sub, rg)?;
         let m = body::object(req)?;
-        let name = body::opt_str(m, "name", "")?.ok_or_else(|| Error::InvalidRequestContent("The 'name' property is required.".into()))?;
+        let name = body::opt_str(m, "name", "")?.ok_or_else(|| {
+            Error::InvalidRequestContent("The 'name' property is required.".into())
+        })?;
         if let Some(ty) = body::opt_str(m, "type", "")? {
             if !ty.eq_ignore_ascii_case(VAULT_TYPE) {
-                return Err(Error::bad_request(format!("The resource type '{ty}' is not supported; expected '{VAULT_TYPE}'.")));
+                return Err(Error::bad_request(format!(
+                    "The resource type '{ty}' is not supported; expected '{VAULT_TYPE}'."
+                )));
             }
         }
         if let Err(e) = names::vault(name) {
-            return Ok(json!({"nameAvailable": false, "reason": "Invalid", "message": e.to_string()}));
+            return Ok(
+                json!({"nameAvailable": false, "reason": "Invalid", "message": e.to_string()}),
+            );
         }
-        let taken = self.store.read(|db| db.resource(&self.vault_id(sub, rg, name)))?.is_some();
+        let taken = self
+            .store
+            .read(|db| db.resource(&self.vault_id(sub, rg, name)))?
+            .is_some();
         Ok(if taken {
             json!({"nameAvailable": false, "reason": "AlreadyExists", "message": "Resource already exists"})
         } else {
@@ -379,7 +488,9 @@ impl Control {
     /// `usages` of a vault, counted from what it holds.
     pub fn vault_usages(&self, sub: &str, rg: &str, name: &str) -> Result<Vec<Value>> {
         let row = self.vault_row(sub, rg, name)?;
-        let items = self.store.read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))?;
+        let items = self
+            .store
+            .read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))?;
         let next = time::timestamp(self.now() + chrono::Duration::days(1));
         let usage = |value: &str, localized: &str, unit: &str, current: i64| {
             json!({"unit": unit, "quotaPeriod": "P1D", "nextResetTime": next, "currentValue": current, "limit": -1,
@@ -387,17 +498,24 @@ impl Control {
         };
         Ok(vec![
             usage("ProtectedItemCount", "Protected Items", "Count", items),
-            usage("UnhealthyProtectedItemCount", "Unhealthy Protected Items", "Count", 0),
+            usage(
+                "UnhealthyProtectedItemCount",
+                "Unhealthy Protected Items",
+                "Count",
+                0,
+            ),
         ])
     }
 
     fn extended_info_row(&self, sub: &str, rg: &str, name: &str) -> Result<ResourceRow> {
         let v = self.vault_row(sub, rg, name)?;
         let id = format!("{}/extendedInformation/vaultExtendedInfo", v.id);
-        self.store.read(|db| db.resource(&id))?.ok_or_else(|| Error::NotFound {
-            code: "ResourceNotFound",
-            message: format!("The extended information of vault '{name}' was not found."),
-        })
+        self.store
+            .read(|db| db.resource(&id))?
+            .ok_or_else(|| Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!("The extended information of vault '{name}' was not found."),
+            })
     }
 
     fn extended_info_body(row: &ResourceRow) -> Value {
@@ -411,15 +529,31 @@ impl Control {
     }
 
     pub fn get_vault_extended_info(&self, sub: &str, rg: &str, name: &str) -> Result<Value> {
-        Ok(Self::extended_info_body(&self.extended_info_row(sub, rg, name)?))
+        Ok(Self::extended_info_body(
+            &self.extended_info_row(sub, rg, name)?,
+        ))
     }
 
     /// PUT (replace) or PATCH (merge) the vault's extended info.
-    pub fn set_vault_extended_info(&self, sub: &str, rg: &str, name: &str, req: &Value, merge: bool) -> Result<Value> {
+    pub fn set_vault_extended_info(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        req: &Value,
+        merge: bool,
+    ) -> Result<Value> {
         let mut row = self.extended_info_row(sub, rg, name)?;
         let m = body::object(req)?;
-        let props = body::opt_obj(m, "properties", "")?.cloned().unwrap_or_default();
-        for k in ["integrityKey", "encryptionKey", "encryptionKeyThumbprint", "algorithm"] {
+        let props = body::opt_obj(m, "properties", "")?
+            .cloned()
+            .unwrap_or_default();
+        for k in [
+            "integrityKey",
+            "encryptionKey",
+            "encryptionKeyThumbprint",
+            "algorithm",
+        ] {
             body::opt_str(&props, k, "properties.")?;
         }
         if merge {

@@ -25,14 +25,25 @@ impl ApiVersion {
         }
         let (date, rest) = text.split_at(10);
         let b = date.as_bytes();
-        let shape = b.iter().enumerate().all(|(i, c)| if i == 4 || i == 7 { *c == b'-' } else { c.is_ascii_digit() });
+        let shape = b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
         if !shape {
             return Err(bad());
         }
         let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
         let suffix = match rest {
             "" => None,
-            s if s.starts_with('-') && s.len() > 1 && s[1..].chars().all(|c| c.is_ascii_alphanumeric()) => Some(s[1..].to_ascii_lowercase()),
+            s if s.starts_with('-')
+                && s.len() > 1
+                && s[1..].chars().all(|c| c.is_ascii_alphanumeric()) =>
+            {
+                Some(s[1..].to_ascii_lowercase())
+            }
             _ => return Err(bad()),
         };
         Ok(ApiVersion { date, suffix })
@@ -50,14 +61,30 @@ mod tests {
 
     #[test]
     fn accepts_dates_and_previews() {
-        for ok in ["2026-11-01", "2016-12-01", "2019-05-13-preview", "2099-01-31"] {
+        for ok in [
+            "2026-11-01",
+            "2016-12-01",
+            "2019-05-13-preview",
+            "2099-01-31",
+        ] {
             assert!(ApiVersion::parse(ok, &[]).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn rejects_malformed_versions() {
-        for bad in ["", "2026", "2026-13-01", "2026-02-30", "26-11-01", "2026-11-01-", "2026-11-01preview", "2026/11/01", "２０２６-11-01", "latest"] {
+        for bad in [
+            "",
+            "2026",
+            "2026-13-01",
+            "2026-02-30",
+            "26-11-01",
+            "2026-11-01-",
+            "2026-11-01preview",
+            "2026/11/01",
+            "２０２６-11-01",
+            "latest",
+        ] {
             let e = ApiVersion::parse(bad, &["2026-11-01"]).unwrap_err();
             assert_eq!(e.code(), "InvalidApiVersionParameter", "{bad}");
         }

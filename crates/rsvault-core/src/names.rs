@@ -31,7 +31,9 @@ pub fn resource_group(name: &str) -> Result<()> {
     const RULE: &str = "Resource group names only allow alphanumeric characters, periods, underscores, hyphens and parenthesis, can be up to 90 characters long and cannot end in a period.";
     let ok = (1..=90).contains(&name.chars().count())
         && !name.ends_with('.')
-        && name.chars().all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')'));
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.' | '(' | ')'));
     if ok {
         Ok(())
     } else {
@@ -44,7 +46,9 @@ pub fn resource_group(name: &str) -> Result<()> {
 pub fn generic(name: &str) -> Result<()> {
     const RULE: &str = "The name must be 1 to 260 characters long and must not contain control characters or any of '/\\?#%&'.";
     let ok = (1..=260).contains(&name.chars().count())
-        && !name.chars().any(|c| c.is_control() || "/\\?#%&".contains(c));
+        && !name
+            .chars()
+            .any(|c| c.is_control() || "/\\?#%&".contains(c));
     if ok {
         Ok(())
     } else {
@@ -76,7 +80,14 @@ mod tests {
 
     #[test]
     fn resource_group_names_follow_azure_rules() {
-        let cases = [("rg", true), ("rg.", false), ("rg(1)_x-y.z", true), ("", false), ("a b", false), ("grüße", true)];
+        let cases = [
+            ("rg", true),
+            ("rg.", false),
+            ("rg(1)_x-y.z", true),
+            ("", false),
+            ("a b", false),
+            ("grüße", true),
+        ];
         for (name, ok) in cases {
             assert_eq!(resource_group(name).is_ok(), ok, "{name}");
         }

@@ -4,7 +4,10 @@
 //! then CA) and `server-key.pem`; keys are written 0600. Later starts reuse them, and re-issue only the
 //! server certificate when the requested host names changed or it is near expiry. ECDSA P-256 keys.
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,13 +26,19 @@ pub struct TlsMaterial {
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("i/o on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
-    move |source| PkiError::Io { path: path.to_path_buf(), source }
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `contents` to `path` atomically (temp file, fsync, rename) with the given mode.
@@ -37,7 +46,12 @@ pub fn write_private(path: &Path, contents: &[u8], mode: u32) -> std::io::Result
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
     {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;
     }
@@ -62,7 +76,8 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
     } else {
         let key = KeyPair::generate()?;
         let cert = ca_params().self_signed(&key)?;
-        write_private(&ca_key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&ca_key_path))?;
+        write_private(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)
+            .map_err(io(&ca_key_path))?;
         write_private(&ca_pem_path, cert.pem().as_bytes(), 0o644).map_err(io(&ca_pem_path))?;
         key
     };
@@ -73,11 +88,17 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
 
     let want_hosts = hosts.join("\n");
     let have_hosts = fs::read_to_string(&hosts_path).unwrap_or_default();
-    let fresh = cert_path.exists() && key_path.exists() && have_hosts == want_hosts && !near_expiry(&cert_path);
+    let fresh = cert_path.exists()
+        && key_path.exists()
+        && have_hosts == want_hosts
+        && !near_expiry(&cert_path);
     if !fresh {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("localhost"));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            hosts.first().map(String::as_str).unwrap_or("localhost"),
+        );
         params.subject_alt_names = hosts
             .iter()
             .map(|h| match h.parse::<std::net::IpAddr>() {
@@ -85,7 +106,10 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
                 Err(_) => Ok(SanType::DnsName(h.clone().try_into()?)),
             })
             .collect::<Result<_, rcgen::Error>>()?;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = time_now();
@@ -93,7 +117,12 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
         params.not_after = now + rcgen_days(397);
         let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
         write_private(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
-        write_private(&cert_path, format!("{}{}", cert.pem(), ca_pem).as_bytes(), 0o644).map_err(io(&cert_path))?;
+        write_private(
+            &cert_path,
+            format!("{}{}", cert.pem(), ca_pem).as_bytes(),
+            0o644,
+        )
+        .map_err(io(&cert_path))?;
         write_private(&hosts_path, want_hosts.as_bytes(), 0o644).map_err(io(&hosts_path))?;
     }
     Ok(TlsMaterial {
@@ -106,10 +135,18 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
 /// The CA's fixed parameters (name, constraints, usages, ten years of validity).
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "rsvault local CA");
-    params.distinguished_name.push(DnType::OrganizationName, "rsvault");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "rsvault local CA");
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "rsvault");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let now = time_now();
     params.not_before = now - rcgen_days(1);
     params.not_after = now + rcgen_days(3650);

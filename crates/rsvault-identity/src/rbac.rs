@@ -36,7 +36,9 @@ pub struct Permission {
 pub fn builtin_roles() -> &'static [RoleDefinition] {
     static ROLES: OnceLock<Vec<RoleDefinition>> = OnceLock::new();
     ROLES.get_or_init(|| {
-        let mut roles: Vec<RoleDefinition> = serde_json::from_str(include_str!("builtin_roles.json")).expect("builtin_roles.json is valid");
+        let mut roles: Vec<RoleDefinition> =
+            serde_json::from_str(include_str!("builtin_roles.json"))
+                .expect("builtin_roles.json is valid");
         for r in &mut roles {
             for p in &mut r.permissions {
                 // Microsoft's lists repeat some actions; the set is what matters.
@@ -66,7 +68,10 @@ pub fn action_matches(pattern: &str, action: &str) -> bool {
         return p == a;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !a.starts_with(first) || !a[first.len()..].ends_with(last) || a.len() < first.len() + last.len() {
+    if !a.starts_with(first)
+        || !a[first.len()..].ends_with(last)
+        || a.len() < first.len() + last.len()
+    {
         return false;
     }
     let mut rest = &a[first.len()..a.len() - last.len()];
@@ -83,7 +88,8 @@ impl RoleDefinition {
     /// True when this role grants the (control-plane) action.
     pub fn allows(&self, action: &str) -> bool {
         self.permissions.iter().any(|p| {
-            p.actions.iter().any(|a| action_matches(a, action)) && !p.not_actions.iter().any(|a| action_matches(a, action))
+            p.actions.iter().any(|a| action_matches(a, action))
+                && !p.not_actions.iter().any(|a| action_matches(a, action))
         })
     }
 }
@@ -107,14 +113,17 @@ pub fn is_allowed(grants: &[Grant], action: &str, scope: &str) -> bool {
 /// True when some grant would allow `action` at `scope` or anywhere below it (used to decide which
 /// subscriptions a caller may see in `GET /subscriptions`).
 pub fn can_see(grants: &[Grant], scope: &str) -> bool {
-    grants.iter().any(|g| scope_contains(scope, &g.scope) || scope_contains(&g.scope, scope))
+    grants
+        .iter()
+        .any(|g| scope_contains(scope, &g.scope) || scope_contains(&g.scope, scope))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const VAULT: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v";
+    const VAULT: &str =
+        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v";
 
     fn grant(scope: &str, role: &str) -> Vec<Grant> {
         vec![Grant {
@@ -125,7 +134,14 @@ mod tests {
 
     #[test]
     fn the_six_builtin_roles_are_there() {
-        for r in ["Owner", "Contributor", "Reader", "Backup Contributor", "Backup Operator", "Backup Reader"] {
+        for r in [
+            "Owner",
+            "Contributor",
+            "Reader",
+            "Backup Contributor",
+            "Backup Operator",
+            "Backup Reader",
+        ] {
             assert!(find_role(r).is_some(), "{r}");
         }
         assert_eq!(find_role("/subscriptions/x/providers/Microsoft.Authorization/roleDefinitions/acdd72a7-3385-48ef-bd42-f606fba81ae7").unwrap().role_name, "Reader");
@@ -137,9 +153,21 @@ mod tests {
             ("*", "Microsoft.RecoveryServices/Vaults/write", true),
             ("*/read", "Microsoft.RecoveryServices/Vaults/read", true),
             ("*/read", "Microsoft.RecoveryServices/Vaults/write", false),
-            ("Microsoft.Authorization/*/Write", "Microsoft.Authorization/roleAssignments/write", true),
-            ("Microsoft.RecoveryServices/Vaults/backupJobs/*", "microsoft.recoveryservices/vaults/backupjobs/cancel/action", true),
-            ("Microsoft.RecoveryServices/Vaults/read", "Microsoft.RecoveryServices/Vaults/readx", false),
+            (
+                "Microsoft.Authorization/*/Write",
+                "Microsoft.Authorization/roleAssignments/write",
+                true,
+            ),
+            (
+                "Microsoft.RecoveryServices/Vaults/backupJobs/*",
+                "microsoft.recoveryservices/vaults/backupjobs/cancel/action",
+                true,
+            ),
+            (
+                "Microsoft.RecoveryServices/Vaults/read",
+                "Microsoft.RecoveryServices/Vaults/readx",
+                false,
+            ),
             ("a*b*c", "abc", true),
             ("a*b*c", "ac", false),
         ];
@@ -172,10 +200,22 @@ mod tests {
     #[test]
     fn scope_limits_grants() {
         let g = grant("/subscriptions/s/resourceGroups/other", "Owner");
-        assert!(!is_allowed(&g, "Microsoft.RecoveryServices/Vaults/read", VAULT));
+        assert!(!is_allowed(
+            &g,
+            "Microsoft.RecoveryServices/Vaults/read",
+            VAULT
+        ));
         let g = grant(VAULT, "Backup Reader");
-        assert!(is_allowed(&g, "Microsoft.RecoveryServices/Vaults/read", VAULT));
-        assert!(!is_allowed(&g, "Microsoft.RecoveryServices/Vaults/read", "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v2"));
+        assert!(is_allowed(
+            &g,
+            "Microsoft.RecoveryServices/Vaults/read",
+            VAULT
+        ));
+        assert!(!is_allowed(
+            &g,
+            "Microsoft.RecoveryServices/Vaults/read",
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v2"
+        ));
         assert!(can_see(&g, "/subscriptions/s"));
         assert!(!can_see(&g, "/subscriptions/t"));
     }

@@ -3,8 +3,8 @@
 use crate::rows::*;
 use crate::StoreError;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use rsvault_core::ids::key;
+use rusqlite::{params, Connection, OptionalExtension, Row};
 
 /// A connection (or open transaction) with rsvault's statements.
 pub struct Db<'a>(pub(crate) &'a Connection);
@@ -18,11 +18,15 @@ fn ts(t: &DateTime<Utc>) -> String {
 fn parse_ts(s: String) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+        .map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+        })
 }
 
 fn json(s: String) -> rusqlite::Result<serde_json::Value> {
-    serde_json::from_str(&s).map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
 }
 
 fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Page<T> {
@@ -35,7 +39,8 @@ fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Pa
     Page { items, next }
 }
 
-const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
+const RESOURCE_COLS: &str =
+    "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
 
 fn resource_row(r: &Row) -> rusqlite::Result<ResourceRow> {
     Ok(ResourceRow {
@@ -91,7 +96,10 @@ fn assignment_row(r: &Row) -> rusqlite::Result<RoleAssignmentRow> {
 impl Db<'_> {
     // ---- meta -------------------------------------------------------------------------------
     pub fn meta(&self, k: &str) -> R<Option<String>> {
-        Ok(self.0.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0)).optional()?)
+        Ok(self
+            .0
+            .query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+            .optional()?)
     }
 
     pub fn set_meta(&self, k: &str, v: &str) -> R<()> {
@@ -128,9 +136,13 @@ impl Db<'_> {
     }
 
     pub fn subscriptions(&self) -> R<Vec<SubscriptionRow>> {
-        let mut st = self.0.prepare("SELECT id FROM subscriptions ORDER BY id_key")?;
+        let mut st = self
+            .0
+            .prepare("SELECT id FROM subscriptions ORDER BY id_key")?;
         let ids: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        ids.iter().filter_map(|id| self.subscription(id).transpose()).collect()
+        ids.iter()
+            .filter_map(|id| self.subscription(id).transpose())
+            .collect()
     }
 
     // ---- resource groups --------------------------------------------------------------------
@@ -163,27 +175,53 @@ impl Db<'_> {
              WHERE sub_key = ?1 AND name_key > ?2 ORDER BY name_key LIMIT ?3",
         )?;
         let items = st
-            .query_map(params![key(sub), after.map(key).unwrap_or_default(), (limit + 1) as i64], group_row)?
+            .query_map(
+                params![
+                    key(sub),
+                    after.map(key).unwrap_or_default(),
+                    (limit + 1) as i64
+                ],
+                group_row,
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(page(items, limit, |g| key(&g.name)))
     }
 
     /// Deletes a group and every resource in it; returns false when there was no such group.
     pub fn delete_group(&self, sub: &str, name: &str) -> R<bool> {
-        self.0.execute("DELETE FROM resources WHERE sub_key = ?1 AND rg_key = ?2", [key(sub), key(name)])?;
-        let prefix = format!("{}/resourcegroups/{}/", key(&format!("/subscriptions/{sub}")), key(name));
+        self.0.execute(
+            "DELETE FROM resources WHERE sub_key = ?1 AND rg_key = ?2",
+            [key(sub), key(name)],
+        )?;
+        let prefix = format!(
+            "{}/resourcegroups/{}/",
+            key(&format!("/subscriptions/{sub}")),
+            key(name)
+        );
         self.0.execute(
             "DELETE FROM role_assignments WHERE substr(scope_key, 1, length(?1)) = ?1 OR scope_key = ?2",
             [prefix.clone(), prefix.trim_end_matches('/').to_string()],
         )?;
-        Ok(self.0.execute("DELETE FROM resource_groups WHERE sub_key = ?1 AND name_key = ?2", [key(sub), key(name)])? > 0)
+        Ok(self.0.execute(
+            "DELETE FROM resource_groups WHERE sub_key = ?1 AND name_key = ?2",
+            [key(sub), key(name)],
+        )? > 0)
     }
 
     // ---- resources --------------------------------------------------------------------------
     /// Inserts or replaces a resource (keyed by its lower-cased id); returns true when it was new.
     /// On replace, the id text and creation time of the first write are kept.
     pub fn put_resource(&self, r: &ResourceRow) -> R<bool> {
-        let n = self.0.execute(
+        let existed = self
+            .0
+            .query_row(
+                "SELECT 1 FROM resources WHERE id_key = ?1",
+                [key(&r.id)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        self.0.execute(
             "INSERT INTO resources (id_key, id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(id_key) DO UPDATE SET body = excluded.body, etag = excluded.etag, updated = excluded.updated",
@@ -201,26 +239,42 @@ impl Db<'_> {
                 ts(&r.updated)
             ],
         )?;
-        let created: String = self.0.query_row("SELECT created FROM resources WHERE id_key = ?1", [key(&r.id)], |x| x.get(0))?;
-        Ok(n == 1 && created == ts(&r.created))
+        Ok(!existed)
     }
 
     pub fn resource(&self, id: &str) -> R<Option<ResourceRow>> {
         Ok(self
             .0
-            .query_row(&format!("SELECT {RESOURCE_COLS} FROM resources WHERE id_key = ?1"), [key(id)], resource_row)
+            .query_row(
+                &format!("SELECT {RESOURCE_COLS} FROM resources WHERE id_key = ?1"),
+                [key(id)],
+                resource_row,
+            )
             .optional()?)
     }
 
     /// Resources of one type in a subscription, optionally one group, in key order, paged.
-    pub fn resources(&self, sub: &str, group: Option<&str>, type_key: &str, after: Option<&str>, limit: usize) -> R<Page<ResourceRow>> {
+    pub fn resources(
+        &self,
+        sub: &str,
+        group: Option<&str>,
+        type_key: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> R<Page<ResourceRow>> {
         let mut st = self.0.prepare(&format!(
             "SELECT {RESOURCE_COLS} FROM resources WHERE sub_key = ?1 AND type_key = ?2 AND (?3 IS NULL OR rg_key = ?3)
              AND id_key > ?4 ORDER BY id_key LIMIT ?5"
         ))?;
         let items = st
             .query_map(
-                params![key(sub), key(type_key), group.map(key), after.unwrap_or_default(), (limit + 1) as i64],
+                params![
+                    key(sub),
+                    key(type_key),
+                    group.map(key),
+                    after.unwrap_or_default(),
+                    (limit + 1) as i64
+                ],
                 resource_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
@@ -228,13 +282,27 @@ impl Db<'_> {
     }
 
     /// Children of a resource, of one type (or all types with `None`), in key order, paged.
-    pub fn children(&self, parent: &str, type_key: Option<&str>, after: Option<&str>, limit: usize) -> R<Page<ResourceRow>> {
+    pub fn children(
+        &self,
+        parent: &str,
+        type_key: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> R<Page<ResourceRow>> {
         let mut st = self.0.prepare(&format!(
             "SELECT {RESOURCE_COLS} FROM resources WHERE parent_key = ?1 AND (?2 IS NULL OR type_key = ?2)
              AND id_key > ?3 ORDER BY id_key LIMIT ?4"
         ))?;
         let items = st
-            .query_map(params![key(parent), type_key.map(key), after.unwrap_or_default(), (limit + 1) as i64], resource_row)?
+            .query_map(
+                params![
+                    key(parent),
+                    type_key.map(key),
+                    after.unwrap_or_default(),
+                    (limit + 1) as i64
+                ],
+                resource_row,
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(page(items, limit, |r| key(&r.id)))
     }
@@ -251,12 +319,18 @@ impl Db<'_> {
     /// Deletes a resource and everything below it; returns false when it did not exist.
     pub fn delete_resource(&self, id: &str) -> R<bool> {
         let k = key(id);
-        self.0.execute("DELETE FROM resources WHERE substr(id_key, 1, length(?1)) = ?1", [format!("{k}/")])?;
+        self.0.execute(
+            "DELETE FROM resources WHERE substr(id_key, 1, length(?1)) = ?1",
+            [format!("{k}/")],
+        )?;
         self.0.execute(
             "DELETE FROM role_assignments WHERE scope_key = ?1 OR substr(scope_key, 1, length(?2)) = ?2",
             [k.clone(), format!("{k}/")],
         )?;
-        Ok(self.0.execute("DELETE FROM resources WHERE id_key = ?1", [k])? > 0)
+        Ok(self
+            .0
+            .execute("DELETE FROM resources WHERE id_key = ?1", [k])?
+            > 0)
     }
 
     // ---- principals -------------------------------------------------------------------------
@@ -292,12 +366,17 @@ impl Db<'_> {
 
     pub fn principals(&self) -> R<Vec<PrincipalRow>> {
         let mut st = self.0.prepare("SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals ORDER BY created, client_id")?;
-        let rows = st.query_map([], principal_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = st
+            .query_map([], principal_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     pub fn set_principal_secret(&self, client_id: &str, hash: &str) -> R<bool> {
-        Ok(self.0.execute("UPDATE principals SET secret_hash = ?2 WHERE client_id = ?1", [key(client_id), hash.to_string()])? > 0)
+        Ok(self.0.execute(
+            "UPDATE principals SET secret_hash = ?2 WHERE client_id = ?1",
+            [key(client_id), hash.to_string()],
+        )? > 0)
     }
 
     /// Deletes a principal and its role assignments.
@@ -305,8 +384,14 @@ impl Db<'_> {
         let Some(p) = self.principal(client_id)? else {
             return Ok(false);
         };
-        self.0.execute("DELETE FROM role_assignments WHERE principal_id = ?1", [&p.object_id])?;
-        Ok(self.0.execute("DELETE FROM principals WHERE client_id = ?1", [key(client_id)])? > 0)
+        self.0.execute(
+            "DELETE FROM role_assignments WHERE principal_id = ?1",
+            [&p.object_id],
+        )?;
+        Ok(self.0.execute(
+            "DELETE FROM principals WHERE client_id = ?1",
+            [key(client_id)],
+        )? > 0)
     }
 
     // ---- role assignments -------------------------------------------------------------------
@@ -357,7 +442,9 @@ impl Db<'_> {
         let mut st = self
             .0
             .prepare("SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments ORDER BY created, id_key")?;
-        let rows = st.query_map([], assignment_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = st
+            .query_map([], assignment_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -365,12 +452,17 @@ impl Db<'_> {
         let mut st = self.0.prepare(
             "SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments WHERE principal_id = ?1",
         )?;
-        let rows = st.query_map([key(principal_object_id)], assignment_row)?.collect::<Result<Vec<_>, _>>()?;
+        let rows = st
+            .query_map([key(principal_object_id)], assignment_row)?
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     pub fn delete_role_assignment(&self, id: &str) -> R<bool> {
-        Ok(self.0.execute("DELETE FROM role_assignments WHERE id_key = ?1", [key(id)])? > 0)
+        Ok(self
+            .0
+            .execute("DELETE FROM role_assignments WHERE id_key = ?1", [key(id)])?
+            > 0)
     }
 
     // ---- signing keys -----------------------------------------------------------------------
@@ -384,12 +476,17 @@ impl Db<'_> {
 
     /// Marks every current key retired at `at`.
     pub fn retire_signing_keys(&self, at: DateTime<Utc>) -> R<()> {
-        self.0.execute("UPDATE signing_keys SET retired = ?1 WHERE retired IS NULL", [ts(&at)])?;
+        self.0.execute(
+            "UPDATE signing_keys SET retired = ?1 WHERE retired IS NULL",
+            [ts(&at)],
+        )?;
         Ok(())
     }
 
     pub fn signing_keys(&self) -> R<Vec<SigningKeyRow>> {
-        let mut st = self.0.prepare("SELECT kid, created, retired, pkcs8 FROM signing_keys ORDER BY created")?;
+        let mut st = self
+            .0
+            .prepare("SELECT kid, created, retired, pkcs8 FROM signing_keys ORDER BY created")?;
         let rows = st
             .query_map([], |r| {
                 Ok(SigningKeyRow {

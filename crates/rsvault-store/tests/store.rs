@@ -29,7 +29,10 @@ fn reopening_keeps_data_and_schema_version() {
         s.write(|db| db.set_meta("tenant", "t1")).unwrap();
     }
     let s = Store::open(&path).unwrap();
-    assert_eq!(s.read(|db| db.meta("tenant")).unwrap().as_deref(), Some("t1"));
+    assert_eq!(
+        s.read(|db| db.meta("tenant")).unwrap().as_deref(),
+        Some("t1")
+    );
 }
 
 #[test]
@@ -40,7 +43,10 @@ fn a_newer_schema_is_refused() {
     let c = rusqlite::Connection::open(&path).unwrap();
     c.pragma_update(None, "user_version", 999).unwrap();
     drop(c);
-    assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 999, .. })));
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::TooNew { found: 999, .. })
+    ));
 }
 
 #[test]
@@ -49,10 +55,15 @@ fn failed_write_keeps_nothing() {
     let s = Store::open(&dir.path().join("m.db")).unwrap();
     let r: Result<(), StoreError> = s.write(|db| {
         db.put_resource(&vault("s", "rg", "v1"))?;
-        Err(StoreError::Json(serde_json::from_str::<()>("x").unwrap_err()))
+        Err(StoreError::Json(
+            serde_json::from_str::<()>("x").unwrap_err(),
+        ))
     });
     assert!(r.is_err());
-    assert!(s.read(|db| db.resource(&vault("s", "rg", "v1").id)).unwrap().is_none());
+    assert!(s
+        .read(|db| db.resource(&vault("s", "rg", "v1").id))
+        .unwrap()
+        .is_none());
 }
 
 #[test]
@@ -63,19 +74,61 @@ fn resources_are_case_insensitive_and_paged() {
         for i in 0..5 {
             assert!(db.put_resource(&vault("S", "RG", &format!("v{i}")))?);
         }
-        assert!(!db.put_resource(&vault("s", "rg", "V0"))?, "replace is not a create");
+        assert!(
+            !db.put_resource(&vault("s", "rg", "V0"))?,
+            "replace is not a create"
+        );
         db.put_resource(&vault("S", "other", "w"))
     })
     .unwrap();
-    let got = s.read(|db| db.resource("/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.recoveryservices/vaults/V3")).unwrap().unwrap();
+    let got = s
+        .read(|db| {
+            db.resource(
+                "/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.recoveryservices/vaults/V3",
+            )
+        })
+        .unwrap()
+        .unwrap();
     assert_eq!(got.name, "v3");
-    let p1 = s.read(|db| db.resources("s", Some("rg"), "Microsoft.RecoveryServices/vaults", None, 2)).unwrap();
+    let p1 = s
+        .read(|db| {
+            db.resources(
+                "s",
+                Some("rg"),
+                "Microsoft.RecoveryServices/vaults",
+                None,
+                2,
+            )
+        })
+        .unwrap();
     assert_eq!(p1.items.len(), 2);
-    let p2 = s.read(|db| db.resources("s", Some("rg"), "microsoft.recoveryservices/vaults", p1.next.as_deref(), 2)).unwrap();
-    let p3 = s.read(|db| db.resources("s", Some("rg"), "microsoft.recoveryservices/vaults", p2.next.as_deref(), 2)).unwrap();
+    let p2 = s
+        .read(|db| {
+            db.resources(
+                "s",
+                Some("rg"),
+                "microsoft.recoveryservices/vaults",
+                p1.next.as_deref(),
+                2,
+            )
+        })
+        .unwrap();
+    let p3 = s
+        .read(|db| {
+            db.resources(
+                "s",
+                Some("rg"),
+                "microsoft.recoveryservices/vaults",
+                p2.next.as_deref(),
+                2,
+            )
+        })
+        .unwrap();
     assert_eq!(p3.items.len(), 1);
     assert!(p3.next.is_none());
-    let all = s.read(|db| db.resources("s", None, "microsoft.recoveryservices/vaults", None, 100)).unwrap();
+    let all = s
+        .read(|db| db.resources("s", None, "microsoft.recoveryservices/vaults", None, 100))
+        .unwrap();
     assert_eq!(all.items.len(), 6);
 }
 
@@ -102,7 +155,9 @@ fn deleting_a_group_deletes_its_resources_only() {
     .unwrap();
     assert!(s.write(|db| db.delete_group("s", "RG")).unwrap());
     assert!(!s.write(|db| db.delete_group("s", "rg")).unwrap());
-    let left = s.read(|db| db.resources("s", None, "microsoft.recoveryservices/vaults", None, 10)).unwrap();
+    let left = s
+        .read(|db| db.resources("s", None, "microsoft.recoveryservices/vaults", None, 10))
+        .unwrap();
     assert_eq!(left.items.len(), 1);
     assert_eq!(left.items[0].resource_group.as_deref(), Some("rg2"));
 }

@@ -14,7 +14,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "rsvault", version, about = "A self-hosted backup service that speaks the Azure Recovery Services Backup API")]
+#[command(
+    name = "rsvault",
+    version,
+    about = "A self-hosted backup service that speaks the Azure Recovery Services Backup API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -130,8 +134,11 @@ fn print_json(v: &impl serde::Serialize) -> Result<()> {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RSVAULT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RSVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -149,16 +156,23 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.traffic_dir = args.traffic_dir;
     config.page_size = args.page_size.max(1);
     config.tls_hosts = args.tls_hosts;
-    let running = rsvault_api::start(config, clock()).await.context("starting rsvault")?;
+    let running = rsvault_api::start(config, clock())
+        .await
+        .context("starting rsvault")?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "rsvault listening on {}", running.base_url)?;
-        writeln!(out, "bootstrap credentials: {}", DataDir::new(&args.dir.data_dir).bootstrap_path().display())?;
+        writeln!(
+            out,
+            "bootstrap credentials: {}",
+            DataDir::new(&args.dir.data_dir).bootstrap_path().display()
+        )?;
         out.flush()?;
     }
     let stopper = running.stopper();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -202,17 +216,26 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Principal(PrincipalCommand::Create { dir, name, role, scope }) => {
+        Command::Principal(PrincipalCommand::Create {
+            dir,
+            name,
+            role,
+            scope,
+        }) => {
             let c = offline_control(&dir)?;
             let role = role.as_deref().zip(scope.as_deref());
             print_json(&c.create_principal(&name, role)?)
         }
-        Command::Principal(PrincipalCommand::List(dir)) => print_json(&offline_control(&dir)?.list_principals()?),
+        Command::Principal(PrincipalCommand::List(dir)) => {
+            print_json(&offline_control(&dir)?.list_principals()?)
+        }
         Command::Principal(PrincipalCommand::Delete { dir, client_id }) => {
             offline_control(&dir)?.delete_principal(&client_id)?;
             Ok(())
         }
-        Command::Principal(PrincipalCommand::ResetSecret { dir, client_id }) => print_json(&offline_control(&dir)?.reset_secret(&client_id)?),
+        Command::Principal(PrincipalCommand::ResetSecret { dir, client_id }) => {
+            print_json(&offline_control(&dir)?.reset_secret(&client_id)?)
+        }
         Command::Keys(KeysCommand::Rotate(dir)) => {
             let c = offline_control(&dir)?;
             let kid = rsvault_control::tokens::rotate_keys(c.store(), c.now())?;

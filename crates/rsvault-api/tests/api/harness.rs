@@ -1,0 +1,201 @@
+//! Starts a real rsvault server in-process and talks to it over HTTPS.
+
+use reqwest::{Client, Method, Response};
+use rsvault_api::{Config, Running};
+use rsvault_control::datadir::Bootstrap;
+use rsvault_control::{Control, Settings};
+use rsvault_core::time::{SharedClock, SystemClock};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const API: &str = "api-version=2026-11-01";
+
+pub struct Server {
+    pub running: Option<Running>,
+    pub base: String,
+    pub boot: Bootstrap,
+    pub http: Client,
+    pub dir: PathBuf,
+    pub token: String,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+pub fn clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+pub async fn start_with(config: Config, tmp: Option<tempfile::TempDir>) -> Server {
+    let dir = config.data_dir.clone();
+    let running = rsvault_api::start(config, clock())
+        .await
+        .expect("server starts");
+    let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+    let http = Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    let base = running.base_url.clone();
+    let boot = running.bootstrap.clone();
+    let mut s = Server {
+        running: Some(running),
+        base,
+        boot,
+        http,
+        dir,
+        token: String::new(),
+        _tmp: tmp,
+    };
+    s.token = s
+        .token_for(&s.boot.client_id.clone(), &s.boot.client_secret.clone())
+        .await;
+    s
+}
+
+pub async fn start() -> Server {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config::new(tmp.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    start_with(config, Some(tmp)).await
+}
+
+impl Server {
+    pub fn sub(&self) -> &str {
+        &self.boot.subscription_id
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A token from the server's own token endpoint.
+    pub async fn token_for(&self, client_id: &str, secret: &str) -> String {
+        let r = self
+            .http
+            .post(self.url(&format!("/{}/oauth2/v2.0/token", self.boot.tenant_id)))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", client_id),
+                ("client_secret", secret),
+                ("scope", "https://management.azure.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A second control plane over the same data dir (what `rsvault principal …` does).
+    pub fn offline(&self) -> Control {
+        let store = rsvault_control::datadir::DataDir::new(&self.dir)
+            .open_existing()
+            .unwrap();
+        Control::new(
+            store,
+            clock(),
+            Settings {
+                page_size: 200,
+                token_lifetime_secs: 3600,
+                issuer_url: String::new(),
+            },
+        )
+        .unwrap()
+    }
+
+    /// A principal with a role at a scope, and its token.
+    pub async fn principal(&self, role: Option<&str>, scope: &str) -> String {
+        let p = self
+            .offline()
+            .create_principal("test", role.map(|r| (r, scope)))
+            .unwrap();
+        self.token_for(&p.client_id, &p.client_secret).await
+    }
+
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Response {
+        let mut req = self.http.request(
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            self.url(path),
+        );
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let r = self.call_as(Some(&self.token), method, path, body).await;
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (
+            status,
+            if text.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text).unwrap_or(Value::String(text))
+            },
+        )
+    }
+
+    pub fn rg_path(&self, rg: &str) -> String {
+        format!("/subscriptions/{}/resourceGroups/{rg}", self.sub())
+    }
+
+    pub fn vault_path(&self, rg: &str, v: &str) -> String {
+        format!(
+            "{}/providers/Microsoft.RecoveryServices/vaults/{v}",
+            self.rg_path(rg)
+        )
+    }
+
+    pub async fn make_group(&self, rg: &str) {
+        let (s, b) = self
+            .call(
+                "PUT",
+                &format!("{}?api-version=2021-04-01", self.rg_path(rg)),
+                Some(&serde_json::json!({"location": "westus"})),
+            )
+            .await;
+        assert!(s == 201 || s == 200, "{s} {b}");
+    }
+
+    pub async fn make_vault(&self, rg: &str, v: &str) -> Value {
+        let (s, b) = self
+            .call(
+                "PUT",
+                &format!("{}?{API}", self.vault_path(rg, v)),
+                Some(&serde_json::json!({"location": "westus", "sku": {"name": "Standard"}})),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+        b
+    }
+
+    pub async fn stop(mut self) -> (PathBuf, Option<tempfile::TempDir>) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        (self.dir.clone(), self._tmp.take())
+    }
+}
+
+/// Asserts an ARM error envelope with the given status and code.
+pub fn assert_arm_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], want_code, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!msg.is_empty(), "error without message: {body}");
+}

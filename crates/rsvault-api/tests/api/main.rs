@@ -1,0 +1,11 @@
+//! Integration tests of the ARM front door: the real server over HTTPS on an ephemeral port, a real
+//! SQLite data dir, reqwest as the client. One test binary; `harness` starts servers.
+
+#![allow(clippy::type_complexity)] // test cases are tables of tuples on purpose
+
+mod harness;
+
+mod access;
+mod conventions;
+mod identity;
+mod resources;

@@ -31,14 +31,14 @@ pub fn is_identity_path(path: &str) -> bool {
     )
 }
 
-fn oauth_error(status: u16, error: &str, description: &str) -> Reply {
+fn oauth_error(ctx: &Ctx, status: u16, error: &str, description: &str) -> Reply {
     Reply::json(
         status,
         json!({
             "error": error,
             "error_description": description,
             "error_codes": [description.strip_prefix("AADSTS").and_then(|d| d.split(':').next()).and_then(|c| c.parse::<u64>().ok()).unwrap_or(0)],
-            "timestamp": rsvault_core::time::timestamp(chrono::Utc::now()),
+            "timestamp": rsvault_core::time::timestamp(ctx.state.control.now()),
             "trace_id": uuid::Uuid::new_v4().to_string(),
             "correlation_id": uuid::Uuid::new_v4().to_string(),
         }),
@@ -62,6 +62,7 @@ pub fn handle(ctx: &Ctx) -> Reply {
     }
     if !control.is_our_tenant(tenant) {
         return oauth_error(
+            ctx,
             400,
             "invalid_tenant",
             &format!("AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
@@ -126,6 +127,7 @@ fn openid_configuration(ctx: &Ctx, tenant: &str) -> Reply {
 fn token(ctx: &Ctx, tenant: &str) -> Reply {
     if ctx.method != "POST" {
         return oauth_error(
+            ctx,
             405,
             "invalid_request",
             "AADSTS900561: The endpoint only accepts POST requests.",
@@ -175,6 +177,7 @@ fn token(ctx: &Ctx, tenant: &str) -> Reply {
             Reply::ok(body)
         }
         Err(e) => oauth_error(
+            ctx,
             if e.unauthorized { 401 } else { 400 },
             e.error,
             &e.description,

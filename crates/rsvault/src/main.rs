@@ -193,12 +193,13 @@ from azure.identity import ClientSecretCredential
 from azure.mgmt.recoveryservices import RecoveryServicesClient
 cred = ClientSecretCredential("{tenant}", "{client}", "<secret from {bootstrap}>",
                              authority="{rm}", disable_instance_discovery=True, connection_verify="{ca}")
-vaults = RecoveryServicesClient(cred, "{sub}", base_url="{rm}", connection_verify="{ca}")
+vaults = RecoveryServicesClient(cred, "{sub}", base_url="{rm}", connection_verify="{ca}",
+                                credential_scopes=["https://management.azure.com/.default"])
 
 # az CLI
 export REQUESTS_CA_BUNDLE="{ca}" AZURE_CORE_COLLECT_TELEMETRY=false
 az cloud register -n rsvault --endpoint-resource-manager {rm} --endpoint-active-directory {rm} \
-   --endpoint-active-directory-resource-id https://management.core.windows.net/
+   --endpoint-active-directory-resource-id https://management.azure.com/
 az cloud set -n rsvault
 az config set core.instance_discovery=false
 az login --service-principal -u {client} -p "<secret from {bootstrap}>" --tenant {tenant}"#,

@@ -53,48 +53,111 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
         }
         Op::DeleteVault => {
             check_conditions(ctx, vault_etag(ctx, p)?)?;
-            c.delete_vault(p.sub(), p.rg(), p.vault())?;
-            Reply::empty(204)
+            match c.delete_vault(p.sub(), p.rg(), p.vault())? {
+                Some(op) => accepted(
+                    ctx,
+                    &format!("{}/operationResults/{op}", vault_base(ctx)),
+                    &format!("{}/operationStatus/{op}", vault_base(ctx)),
+                ),
+                None => Reply::empty(204),
+            }
+        }
+        Op::VaultOperationStatus => {
+            let o = c.vault_operation(p.sub(), p.rg(), p.vault(), p.get("operationId"))?;
+            let id = format!(
+                "{}/operationStatus/{}",
+                vault_base(ctx).trim_start_matches(&ctx.base),
+                p.get("operationId")
+            );
+            Reply::ok(operation_status_body(&id, p.get("operationId"), &o))
+        }
+        Op::VaultOperationResult => {
+            let o = c.vault_operation(p.sub(), p.rg(), p.vault(), p.get("operationId"))?;
+            match o.status.as_str() {
+                "InProgress" => Reply::empty(202)
+                    .header(
+                        "Location",
+                        with_api_version(
+                            ctx,
+                            &format!("{}/operationResults/{}", vault_base(ctx), p.get("operationId")),
+                        ),
+                    )
+                    .header("Retry-After", ctx.state.config.retry_after_secs.to_string()),
+                "Succeeded" => match c.get_vault(p.sub(), p.rg(), p.vault()) {
+                    Ok(v) => Reply::ok(v),
+                    Err(Error::ResourceNotFound { .. }) => Reply::empty(204),
+                    Err(e) => return Err(e),
+                },
+                _ => Reply::ok(operation_status_body(&ctx.raw_path, p.get("operationId"), &o)),
+            }
         }
         Op::CheckVaultName => Reply::ok(c.check_vault_name(p.sub(), p.rg(), &ctx.json()?)?),
-        Op::VaultUsages => {
-            Reply::ok(json!({ "value": c.vault_usages(p.sub(), p.rg(), p.vault())? }))
-        }
-        Op::GetVaultExtendedInfo => {
-            Reply::ok(c.get_vault_extended_info(p.sub(), p.rg(), p.vault())?)
-        }
+        Op::VaultUsages => Reply::ok(json!({ "value": c.vault_usages(p.sub(), p.rg(), p.vault())? })),
+        Op::GetVaultExtendedInfo => Reply::ok(c.get_vault_extended_info(p.sub(), p.rg(), p.vault())?),
         Op::PutVaultExtendedInfo | Op::PatchVaultExtendedInfo => {
             let merge = op == Op::PatchVaultExtendedInfo;
             Reply::ok(c.set_vault_extended_info(p.sub(), p.rg(), p.vault(), &ctx.json()?, merge)?)
         }
         Op::PutRoleAssignment => {
-            let (created, body) = c.put_role_assignment(
-                caller,
-                &p.scope(),
-                p.get("roleAssignmentName"),
-                &ctx.json()?,
-            )?;
+            let (created, body) =
+                c.put_role_assignment(caller, &p.scope(), p.get("roleAssignmentName"), &ctx.json()?)?;
             Reply::json(if created { 201 } else { 200 }, body)
         }
-        Op::GetRoleAssignment => {
-            Reply::ok(c.get_role_assignment(&p.scope(), p.get("roleAssignmentName"))?)
+        Op::GetRoleAssignment => Reply::ok(c.get_role_assignment(&p.scope(), p.get("roleAssignmentName"))?),
+        Op::DeleteRoleAssignment => match c.delete_role_assignment(&p.scope(), p.get("roleAssignmentName"))? {
+            Some(body) => Reply::ok(body),
+            None => Reply::empty(204),
+        },
+        Op::ListRoleAssignments => {
+            Reply::ok(json!({ "value": c.list_role_assignments(&p.scope(), ctx.query("$filter"))? }))
         }
-        Op::DeleteRoleAssignment => {
-            match c.delete_role_assignment(&p.scope(), p.get("roleAssignmentName"))? {
-                Some(body) => Reply::ok(body),
-                None => Reply::empty(204),
-            }
-        }
-        Op::ListRoleAssignments => Reply::ok(
-            json!({ "value": c.list_role_assignments(&p.scope(), ctx.query("$filter"))? }),
-        ),
         Op::ListRoleDefinitions => {
             Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) }))
         }
-        Op::GetRoleDefinition => {
-            Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?)
-        }
+        Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
     })
+}
+
+/// `https://host/subscriptions/…/vaults/{v}` in the casing the request used.
+fn vault_base(ctx: &Ctx) -> String {
+    let path = &ctx.raw_path;
+    let lower = path.to_ascii_lowercase();
+    let end = lower
+        .find("/providers/microsoft.recoveryservices/vaults/")
+        .map(|i| {
+            let start = i + "/providers/microsoft.recoveryservices/vaults/".len();
+            start + lower[start..].find('/').unwrap_or(lower.len() - start)
+        })
+        .unwrap_or(path.len());
+    format!("{}{}", ctx.base, &path[..end])
+}
+
+fn with_api_version(ctx: &Ctx, url: &str) -> String {
+    format!("{url}?api-version={}", ctx.api_version())
+}
+
+/// 202 Accepted with ARM's headers for a long-running operation; the URLs carry the request's api-version.
+fn accepted(ctx: &Ctx, location: &str, async_operation: &str) -> Reply {
+    Reply::empty(202)
+        .header("Location", with_api_version(ctx, location))
+        .header("Azure-AsyncOperation", with_api_version(ctx, async_operation))
+        .header("Retry-After", ctx.state.config.retry_after_secs.to_string())
+}
+
+/// The status body every operation URL answers with.
+fn operation_status_body(id: &str, name: &str, o: &rsvault_store::OperationRow) -> Value {
+    let mut v =
+        json!({"id": id, "name": name, "status": o.status, "startTime": rsvault_core::time::timestamp(o.start)});
+    if let Some(end) = o.end {
+        v["endTime"] = json!(rsvault_core::time::timestamp(end));
+    }
+    if let Some(e) = &o.error {
+        v["error"] = e.clone();
+    }
+    if let Some(p) = &o.properties {
+        v["properties"] = p.clone();
+    }
+    v
 }
 
 fn vault_etag(ctx: &Ctx, p: &Params) -> Result<Option<String>> {

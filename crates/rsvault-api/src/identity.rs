@@ -99,10 +99,7 @@ fn openid_configuration(ctx: &Ctx, tenant: &str) -> Reply {
             format!("{b}/{tenant}/discovery/v2.0/keys"),
         )
     };
-    let issuer = control
-        .issuer()
-        .map(|i| i.issuer().to_string())
-        .unwrap_or_default();
+    let issuer = control.issuer().map(|i| i.issuer().to_string()).unwrap_or_default();
     Reply::ok(json!({
         "issuer": issuer,
         "authorization_endpoint": authorize,
@@ -133,30 +130,21 @@ fn token(ctx: &Ctx, tenant: &str) -> Reply {
             "AADSTS900561: The endpoint only accepts POST requests.",
         );
     }
-    let mut form: HashMap<String, String> =
-        url::form_urlencoded::parse(ctx.body).into_owned().collect();
+    let mut form: HashMap<String, String> = url::form_urlencoded::parse(ctx.body).into_owned().collect();
     // client_secret_basic
-    if let Some(basic) = ctx.header("authorization").and_then(|h| {
-        h.strip_prefix("Basic ")
-            .or_else(|| h.strip_prefix("basic "))
-    }) {
+    if let Some(basic) = ctx
+        .header("authorization")
+        .and_then(|h| h.strip_prefix("Basic ").or_else(|| h.strip_prefix("basic ")))
+    {
         if let Some((id, secret)) = base64::engine::general_purpose::STANDARD
             .decode(basic.trim())
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .and_then(|s| {
-                s.split_once(':')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-            })
+            .and_then(|s| s.split_once(':').map(|(a, b)| (a.to_string(), b.to_string())))
         {
-            let dec = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
+            let dec = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
             form.entry("client_id".into()).or_insert_with(|| dec(&id));
-            form.entry("client_secret".into())
-                .or_insert_with(|| dec(&secret));
+            form.entry("client_secret".into()).or_insert_with(|| dec(&secret));
         }
     }
     match ctx.state.control.token_request(tenant, &form) {
@@ -176,12 +164,7 @@ fn token(ctx: &Ctx, tenant: &str) -> Reply {
             tracing::info!(client_id = %t.claims.appid, "issued access token");
             Reply::ok(body)
         }
-        Err(e) => oauth_error(
-            ctx,
-            if e.unauthorized { 401 } else { 400 },
-            e.error,
-            &e.description,
-        ),
+        Err(e) => oauth_error(ctx, if e.unauthorized { 401 } else { 400 }, e.error, &e.description),
     }
 }
 

@@ -107,19 +107,11 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
     let raw_path = parts.uri.path().to_string();
     let query_text = parts.uri.query().unwrap_or_default().to_string();
 
-    let body = match Limited::new(body, state.config.max_body_bytes)
-        .collect()
-        .await
-    {
+    let body = match Limited::new(body, state.config.max_body_bytes).collect().await {
         Ok(b) => Ok(b.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(Error::PayloadTooLarge {
-                limit: state.config.max_body_bytes,
-            })
-        }
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(Error::PayloadTooLarge {
+            limit: state.config.max_body_bytes,
+        }),
         Err(e) => Err(Error::InvalidRequestContent(format!(
             "the request body could not be read: {e}"
         ))),
@@ -139,17 +131,11 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
         Err(e) => (error_reply(&e, &request_id), None),
         Ok(bytes) => {
             let body_for_record = bytes.clone();
-            let res = tokio::task::spawn_blocking(move || {
-                process(&st, &m, &p, &q, &hdrs, &bytes, &b, &rid)
-            })
-            .await;
+            let res = tokio::task::spawn_blocking(move || process(&st, &m, &p, &q, &hdrs, &bytes, &b, &rid)).await;
             let (reply, op) = match res {
                 Ok(x) => x,
                 Err(e) => (
-                    error_reply(
-                        &Error::internal(format!("handler panicked: {e}")),
-                        &request_id,
-                    ),
+                    error_reply(&Error::internal(format!("handler panicked: {e}")), &request_id),
                     None,
                 ),
             };
@@ -177,10 +163,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
     let now = state.control.now();
     let mut common = vec![
         ("x-ms-request-id".to_string(), request_id.clone()),
-        (
-            "x-ms-correlation-request-id".to_string(),
-            correlation.clone(),
-        ),
+        ("x-ms-correlation-request-id".to_string(), correlation.clone()),
         ("Date".to_string(), time::http_date(now)),
         ("Cache-Control".to_string(), "no-cache".to_string()),
         (
@@ -234,9 +217,7 @@ fn process(
         method: method.to_string(),
         raw_path: raw_path.to_string(),
         segs,
-        query: url::form_urlencoded::parse(query.as_bytes())
-            .into_owned()
-            .collect(),
+        query: url::form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
         headers,
         body,
         base: base.to_string(),
@@ -267,15 +248,12 @@ fn process(
 
 fn bearer(ctx: &Ctx) -> Result<String, Error> {
     let h = ctx.header("authorization").ok_or_else(|| {
-        Error::AuthenticationFailed(
-            "Authentication failed. The 'Authorization' header is missing.".into(),
-        )
+        Error::AuthenticationFailed("Authentication failed. The 'Authorization' header is missing.".into())
     })?;
     let (scheme, token) = h.split_once(' ').unwrap_or((h, ""));
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(Error::AuthenticationFailed(
-            "Authentication failed. The 'Authorization' header is provided in an invalid format."
-                .into(),
+            "Authentication failed. The 'Authorization' header is provided in an invalid format.".into(),
         ));
     }
     Ok(token.trim().to_string())
@@ -382,12 +360,8 @@ fn arm_request(ctx: &Ctx) -> ArmResult {
     let token = bearer(ctx).map_err(|e| (e, None))?;
     let caller: Caller = control.authenticate(&token).map_err(|e| (e, None))?;
     let version = ctx.query("api-version").map(String::from);
-    let (route, params) = routes::find(
-        &ctx.method,
-        &ctx.segs,
-        version.as_deref().unwrap_or_default(),
-    )
-    .map_err(|e| (e, None))?;
+    let (route, params) =
+        routes::find(&ctx.method, &ctx.segs, version.as_deref().unwrap_or_default()).map_err(|e| (e, None))?;
     let op = route.op;
     let fail = |e: Error| (e, Some(op));
     let version = version.ok_or(Error::MissingApiVersion).map_err(fail)?;
@@ -403,9 +377,7 @@ fn arm_request(ctx: &Ctx) -> ArmResult {
         control.subscription_row(params.sub()).map_err(fail)?;
     }
     if let Access::Action(action) = route.access {
-        control
-            .authorize(&caller, action, &ctx.scope())
-            .map_err(fail)?;
+        control.authorize(&caller, action, &ctx.scope()).map_err(fail)?;
     }
     let reply = arm::dispatch(ctx, &caller, op, &params).map_err(fail)?;
     Ok((reply, op))

@@ -81,8 +81,7 @@ pub fn render(reply: &Reply, common: &[(String, String)], head: bool) -> Respons
         _ => Bytes::new(),
     };
     let mut resp = Response::new(Full::new(body));
-    *resp.status_mut() =
-        StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
     if reply.body.is_some() {
         h.insert(
@@ -91,10 +90,7 @@ pub fn render(reply: &Reply, common: &[(String, String)], head: bool) -> Respons
         );
     }
     for (k, v) in common.iter().chain(&reply.headers) {
-        if let (Ok(k), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
+        if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
             h.append(k, v);
         }
     }

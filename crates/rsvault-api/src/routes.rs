@@ -40,6 +40,8 @@ pub enum Op {
     DeleteVault,
     CheckVaultName,
     VaultUsages,
+    VaultOperationStatus,
+    VaultOperationResult,
     GetVaultExtendedInfo,
     PutVaultExtendedInfo,
     PatchVaultExtendedInfo,
@@ -103,6 +105,8 @@ pub const ROUTES: &[Route] = &[
         Action("Microsoft.RecoveryServices/locations/checkNameAvailability/action"),
         Op::CheckVaultName,
     ),
+    r("GET", vault!("/operationStatus/{operationId}"), Action("Microsoft.RecoveryServices/vaults/operationStatus/read"), Op::VaultOperationStatus),
+    r("GET", vault!("/operationResults/{operationId}"), Action("Microsoft.RecoveryServices/vaults/operationResults/read"), Op::VaultOperationResult),
     r("GET", vault!("/usages"), Action("Microsoft.RecoveryServices/Vaults/usages/read"), Op::VaultUsages),
     r("GET", vault!("/extendedInformation/vaultExtendedInfo"), Action("Microsoft.RecoveryServices/Vaults/extendedInformation/read"), Op::GetVaultExtendedInfo),
     r("PUT", vault!("/extendedInformation/vaultExtendedInfo"), Action("Microsoft.RecoveryServices/Vaults/extendedInformation/write"), Op::PutVaultExtendedInfo),
@@ -203,11 +207,7 @@ fn match_pattern(pattern: &'static str, segs: &[String]) -> Option<Params> {
 }
 
 /// Finds the route for a method and decoded path segments.
-pub fn find(
-    method: &str,
-    segs: &[String],
-    api_version: &str,
-) -> Result<(&'static Route, Params), Error> {
+pub fn find(method: &str, segs: &[String], api_version: &str) -> Result<(&'static Route, Params), Error> {
     let mut path_matched = false;
     for route in ROUTES {
         if let Some(p) = match_pattern(route.pattern, segs) {
@@ -225,17 +225,11 @@ pub fn find(
 
 /// The ARM error for a path no route serves.
 fn unknown_route(segs: &[String], api_version: &str) -> Error {
-    let providers = segs
-        .iter()
-        .rposition(|s| s.eq_ignore_ascii_case("providers"));
+    let providers = segs.iter().rposition(|s| s.eq_ignore_ascii_case("providers"));
     let (ns, ty) = match providers {
         Some(i) if i + 1 < segs.len() => {
             let ns = segs[i + 1].clone();
-            let types: Vec<&str> = segs[i + 2..]
-                .iter()
-                .step_by(2)
-                .map(String::as_str)
-                .collect();
+            let types: Vec<&str> = segs[i + 2..].iter().step_by(2).map(String::as_str).collect();
             (ns, types.join("/"))
         }
         _ => (String::new(), segs.first().cloned().unwrap_or_default()),
@@ -247,11 +241,7 @@ fn unknown_route(segs: &[String], api_version: &str) -> Error {
             version: api_version.to_string(),
         }
     } else {
-        let resource_type = if ns.is_empty() {
-            ty
-        } else {
-            format!("{ns}/{ty}")
-        };
+        let resource_type = if ns.is_empty() { ty } else { format!("{ns}/{ty}") };
         Error::NoRegisteredProviderFound {
             resource_type,
             version: api_version.to_string(),
@@ -270,14 +260,24 @@ mod tests {
 
     #[test]
     fn routes_match_case_insensitively_and_capture() {
-        let (r, p) = find("GET", &segs("/Subscriptions/S1/resourcegroups/RG/providers/microsoft.recoveryservices/Vaults/v1"), "x").unwrap();
+        let (r, p) = find(
+            "GET",
+            &segs("/Subscriptions/S1/resourcegroups/RG/providers/microsoft.recoveryservices/Vaults/v1"),
+            "x",
+        )
+        .unwrap();
         assert_eq!(r.op, Op::GetVault);
         assert_eq!((p.sub(), p.rg(), p.vault()), ("S1", "RG", "v1"));
     }
 
     #[test]
     fn scope_routes_capture_the_scope() {
-        let (r, p) = find("PUT", &segs("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/abc"), "x").unwrap();
+        let (r, p) = find(
+            "PUT",
+            &segs("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Authorization/roleAssignments/abc"),
+            "x",
+        )
+        .unwrap();
         assert_eq!(r.op, Op::PutRoleAssignment);
         assert_eq!(p.scope(), "/subscriptions/s/resourceGroups/rg");
         assert_eq!(p.get("roleAssignmentName"), "abc");
@@ -304,11 +304,7 @@ mod tests {
             ("GET", "/nonsense", "NoRegisteredProviderFound"),
         ];
         for (m, p, code) in cases {
-            assert_eq!(
-                find(m, &segs(p), "2026-11-01").unwrap_err().code(),
-                code,
-                "{m} {p}"
-            );
+            assert_eq!(find(m, &segs(p), "2026-11-01").unwrap_err().code(), code, "{m} {p}");
         }
     }
 

@@ -59,10 +59,7 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
     #[error(transparent)]
@@ -108,23 +105,19 @@ fn base_url(config: &Config, addr: SocketAddr) -> String {
     format!("https://{host}:{}", addr.port())
 }
 
-fn tls_config(
-    material: &rsvault_identity::pki::TlsMaterial,
-) -> Result<rustls::ServerConfig, StartError> {
+fn tls_config(material: &rsvault_identity::pki::TlsMaterial) -> Result<rustls::ServerConfig, StartError> {
     let certs = rustls_pemfile::certs(&mut material.cert_chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StartError::Tls(e.to_string()))?;
     let key = rustls_pemfile::private_key(&mut material.key_pem.as_bytes())
         .map_err(|e| StartError::Tls(e.to_string()))?
         .ok_or_else(|| StartError::Tls("no private key in server-key.pem".into()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| StartError::Tls(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| StartError::Tls(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StartError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| StartError::Tls(e.to_string()))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(cfg)
 }
@@ -145,11 +138,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     })?;
     let base = base_url(&config, local_addr);
 
-    let mut hosts = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
+    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     if !local_addr.ip().is_unspecified() && !local_addr.ip().is_loopback() {
         hosts.push(local_addr.ip().to_string());
     }
@@ -162,8 +151,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     hosts.extend(config.tls_hosts.iter().cloned());
     hosts.sort();
     hosts.dedup();
-    let material = rsvault_identity::pki::ensure(&config.data_dir, &hosts)
-        .map_err(|e| StartError::Tls(e.to_string()))?;
+    let material =
+        rsvault_identity::pki::ensure(&config.data_dir, &hosts).map_err(|e| StartError::Tls(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&material)?));
 
     let tenant = store
@@ -181,10 +170,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     )?;
     let bootstrap = dir.publish_urls(&base)?;
     let recorder = match &config.traffic_dir {
-        Some(d) => Some(
-            Recorder::new(d)
-                .map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?,
-        ),
+        Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),
         None => None,
     };
     let state = Arc::new(State {

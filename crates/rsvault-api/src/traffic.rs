@@ -46,35 +46,20 @@ impl Recorder {
         let request_body = if x.request_body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(x.request_body)
-                .unwrap_or_else(|_| json!(String::from_utf8_lossy(x.request_body)))
+            serde_json::from_slice(x.request_body).unwrap_or_else(|_| json!(String::from_utf8_lossy(x.request_body)))
         };
-        let mut response_headers: Map<String, Value> = x
-            .reply
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
+        let mut response_headers: Map<String, Value> =
+            x.reply.headers.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
         if x.reply.body.is_some() {
-            response_headers.insert(
-                "content-type".into(),
-                json!("application/json; charset=utf-8"),
-            );
+            response_headers.insert("content-type".into(), json!("application/json; charset=utf-8"));
         }
         let doc = json!({
             "liveRequest": {"method": x.method, "url": x.url, "headers": headers, "body": request_body},
             "liveResponse": {"statusCode": x.reply.status.to_string(), "headers": response_headers, "body": x.reply.body.clone().unwrap_or(Value::Null)},
             "rsvaultOperation": x.op,
         });
-        let name = format!(
-            "{n:06}-{}-{}.json",
-            x.method,
-            x.op.as_deref().unwrap_or("Unrouted")
-        );
-        if let Err(e) = std::fs::write(
-            self.dir.join(name),
-            serde_json::to_vec_pretty(&doc).unwrap_or_default(),
-        ) {
+        let name = format!("{n:06}-{}-{}.json", x.method, x.op.as_deref().unwrap_or("Unrouted"));
+        if let Err(e) = std::fs::write(self.dir.join(name), serde_json::to_vec_pretty(&doc).unwrap_or_default()) {
             tracing::warn!(error = %e, "could not record traffic");
         }
     }

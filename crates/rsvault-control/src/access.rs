@@ -124,11 +124,7 @@ impl Control {
     // ---- principals (CLI) ----------------------------------------------------------------------
 
     /// Creates a service principal, optionally with a role at a scope.
-    pub fn create_principal(
-        &self,
-        display_name: &str,
-        role: Option<(&str, &str)>,
-    ) -> Result<NewPrincipal> {
+    pub fn create_principal(&self, display_name: &str, role: Option<(&str, &str)>) -> Result<NewPrincipal> {
         let now = self.now();
         let client_id = uuid::Uuid::new_v4().to_string();
         let object_id = uuid::Uuid::new_v4().to_string();
@@ -162,22 +158,14 @@ impl Control {
     }
 
     /// Assigns a built-in role (by name or id) to a principal (object id) at a scope.
-    pub fn assign_role(
-        &self,
-        object_id: &str,
-        role: &str,
-        scope: &str,
-        created_by: &str,
-    ) -> Result<RoleAssignmentRow> {
+    pub fn assign_role(&self, object_id: &str, role: &str, scope: &str, created_by: &str) -> Result<RoleAssignmentRow> {
         let def = rbac::find_role(role).ok_or_else(|| Error::Invalid {
             code: "RoleDefinitionDoesNotExist",
             message: format!("The specified role definition with ID '{role}' does not exist."),
             target: None,
         })?;
         let scope = self.check_scope(scope)?;
-        let sub = ResourceId::parse(&scope)
-            .map(|i| i.subscription)
-            .unwrap_or_default();
+        let sub = ResourceId::parse(&scope).map(|i| i.subscription).unwrap_or_default();
         let name = uuid::Uuid::new_v4().to_string();
         let row = RoleAssignmentRow {
             id: format!("{scope}{ASSIGNMENTS}{name}"),
@@ -234,8 +222,7 @@ impl Control {
                 code: "PrincipalNotFound",
                 message: format!("Principal with client id '{client_id}' does not exist."),
             })?;
-        self.store
-            .write(|db| db.set_principal_secret(client_id, &hash))?;
+        self.store.write(|db| db.set_principal_secret(client_id, &hash))?;
         Ok(NewPrincipal {
             tenant_id: self.tenant_id.clone(),
             client_id: p.client_id,
@@ -264,31 +251,20 @@ impl Control {
     }
 
     /// `PUT {scope}/providers/Microsoft.Authorization/roleAssignments/{name}`.
-    pub fn put_role_assignment(
-        &self,
-        caller: &Caller,
-        scope: &str,
-        name: &str,
-        req: &Value,
-    ) -> Result<(bool, Value)> {
+    pub fn put_role_assignment(&self, caller: &Caller, scope: &str, name: &str, req: &Value) -> Result<(bool, Value)> {
         let m = body::object(req)?;
-        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
-            Error::InvalidRequestContent("The 'properties' member is required.".into())
+        let props = body::opt_obj(m, "properties", "")?
+            .ok_or_else(|| Error::InvalidRequestContent("The 'properties' member is required.".into()))?;
+        let role_id = body::opt_str(props, "roleDefinitionId", "properties.")?.ok_or_else(|| Error::Invalid {
+            code: "InvalidRoleDefinitionId",
+            message: "The role definition ID '' is not valid.".into(),
+            target: Some("properties.roleDefinitionId".into()),
         })?;
-        let role_id =
-            body::opt_str(props, "roleDefinitionId", "properties.")?.ok_or_else(|| {
-                Error::Invalid {
-                    code: "InvalidRoleDefinitionId",
-                    message: "The role definition ID '' is not valid.".into(),
-                    target: Some("properties.roleDefinitionId".into()),
-                }
-            })?;
-        let principal =
-            body::opt_str(props, "principalId", "properties.")?.ok_or_else(|| Error::Invalid {
-                code: "InvalidPrincipalId",
-                message: "A valid principal ID must be provided for role assignment.".into(),
-                target: Some("properties.principalId".into()),
-            })?;
+        let principal = body::opt_str(props, "principalId", "properties.")?.ok_or_else(|| Error::Invalid {
+            code: "InvalidPrincipalId",
+            message: "A valid principal ID must be provided for role assignment.".into(),
+            target: Some("properties.principalId".into()),
+        })?;
         uuid::Uuid::parse_str(name).map_err(|_| Error::Invalid {
             code: "InvalidRoleAssignmentId",
             message: format!("The role assignment ID '{name}' is not valid. The role assignment ID must be a GUID."),
@@ -303,21 +279,20 @@ impl Control {
             target: None,
         })?;
         let scope = self.check_scope(scope)?;
-        if self
-            .store
-            .read(|db| db.principal_by_object_id(principal))?
-            .is_none()
-        {
+        if self.store.read(|db| db.principal_by_object_id(principal))?.is_none() {
             return Err(Error::Invalid {
                 code: "PrincipalNotFound",
-                message: format!("Principal {} does not exist in the directory {}. Check that you have the correct principal ID.", principal.replace('-', ""), self.tenant_id),
+                message: format!(
+                    "Principal {} does not exist in the directory {}. Check that you have the correct principal ID.",
+                    principal.replace('-', ""),
+                    self.tenant_id
+                ),
                 target: None,
             });
         }
         if let Some(existing) = self.store.read(|db| db.role_assignment_by_name(name))? {
             let same = key(&existing.scope) == key(&scope)
-                && rbac::find_role(&existing.role_definition_id).map(|r| &r.name)
-                    == Some(&def.name)
+                && rbac::find_role(&existing.role_definition_id).map(|r| &r.name) == Some(&def.name)
                 && key(&existing.principal_id) == key(principal);
             if same {
                 return Ok((false, assignment_body(&existing)));
@@ -391,9 +366,7 @@ impl Control {
         let principal = filter_value(f, "principalId").or_else(|| filter_value(f, "assignedTo("));
         Ok(all
             .iter()
-            .filter(|a| {
-                scope_contains(&a.scope, scope) || (!at_scope && scope_contains(scope, &a.scope))
-            })
+            .filter(|a| scope_contains(&a.scope, scope) || (!at_scope && scope_contains(scope, &a.scope)))
             .filter(|a| principal.is_none_or(|p| a.principal_id.eq_ignore_ascii_case(p)))
             .map(assignment_body)
             .collect())
@@ -425,10 +398,7 @@ mod tests {
 
     #[test]
     fn filters_are_read() {
-        assert_eq!(
-            filter_value("principalId eq 'abc'", "principalId"),
-            Some("abc")
-        );
+        assert_eq!(filter_value("principalId eq 'abc'", "principalId"), Some("abc"));
         assert_eq!(
             filter_value("atScope() and assignedTo('x-y')", "assignedTo("),
             Some("x-y")

@@ -6,9 +6,8 @@ use serde_json::{Map, Value};
 
 /// The body as a JSON object.
 pub fn object(v: &Value) -> Result<&Map<String, Value>> {
-    v.as_object().ok_or_else(|| {
-        Error::InvalidRequestContent("The request body must be a JSON object.".into())
-    })
+    v.as_object()
+        .ok_or_else(|| Error::InvalidRequestContent("The request body must be a JSON object.".into()))
 }
 
 fn wrong_type(path: &str, want: &str, got: &Value) -> Error {
@@ -35,11 +34,7 @@ pub fn opt_str<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Result<O
 }
 
 /// An optional object member.
-pub fn opt_obj<'a>(
-    m: &'a Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'a Map<String, Value>>> {
+pub fn opt_obj<'a>(m: &'a Map<String, Value>, key: &str, path: &str) -> Result<Option<&'a Map<String, Value>>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(o)) => Ok(Some(o)),
@@ -101,7 +96,9 @@ pub fn tags(m: &Map<String, Value>) -> Result<Option<Map<String, Value>>> {
         if k.is_empty() || k.len() > 512 || k.contains(['<', '>', '%', '&', '\\', '?', '/']) {
             return Err(Error::Invalid {
                 code: "InvalidTagNameCharacters",
-                message: format!("The tag names '{k}' have reserved characters '<,>,%,&,\\,?,/' or control characters."),
+                message: format!(
+                    "The tag names '{k}' have reserved characters '<,>,%,&,\\,?,/' or control characters."
+                ),
                 target: Some("tags".into()),
             });
         }
@@ -161,9 +158,7 @@ mod tests {
     #[test]
     fn type_errors_name_the_path() {
         let m = json!({"properties": {"publicNetworkAccess": 5}});
-        let p = opt_obj(m.as_object().unwrap(), "properties", "")
-            .unwrap()
-            .unwrap();
+        let p = opt_obj(m.as_object().unwrap(), "properties", "").unwrap().unwrap();
         let e = opt_enum(p, "publicNetworkAccess", "properties.", &["Enabled"]).unwrap_err();
         assert_eq!(e.code(), "InvalidRequestContent");
         assert!(e.to_string().contains("properties.publicNetworkAccess"));

@@ -177,8 +177,7 @@ fn create_private_dir(p: &Path) -> Result<()> {
     }
     let meta = std::fs::metadata(p).map_err(|e| io_err(p, e))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| io_err(p, e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700)).map_err(|e| io_err(p, e))?;
     }
     Ok(())
 }

@@ -64,9 +64,7 @@ impl Control {
     pub fn new(store: Arc<Store>, clock: SharedClock, settings: Settings) -> Result<Control> {
         let tenant_id = store
             .read(|db| db.meta(datadir::META_TENANT))?
-            .ok_or_else(|| {
-                Error::internal("the store has no tenant: the data dir was not bootstrapped")
-            })?;
+            .ok_or_else(|| Error::internal("the store has no tenant: the data dir was not bootstrapped"))?;
         let issuer = tokens::load_issuer(&store, &settings)?;
         Ok(Control {
             store,

@@ -109,10 +109,7 @@ impl Control {
             location,
             tags: Value::Object(tags),
             managed_by,
-            created: existing
-                .as_ref()
-                .map(|e| e.created)
-                .unwrap_or_else(|| self.now()),
+            created: existing.as_ref().map(|e| e.created).unwrap_or_else(|| self.now()),
         };
         let created = self.store.write(|db| db.put_group(&row))?;
         Ok((created, group_body(&row)))
@@ -149,9 +146,7 @@ impl Control {
     /// One page of the subscription's groups.
     pub fn list_groups(&self, sub: &str, after: Option<&str>) -> Result<Page<Value>> {
         self.subscription_row(sub)?;
-        let p = self
-            .store
-            .read(|db| db.groups(sub, after, self.settings.page_size))?;
+        let p = self.store.read(|db| db.groups(sub, after, self.settings.page_size))?;
         Ok(Page {
             items: p.items.iter().map(group_body).collect(),
             next: p.next,

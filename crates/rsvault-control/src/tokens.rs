@@ -29,12 +29,8 @@ fn oauth(unauthorized: bool, error: &'static str, description: String) -> OAuthE
 }
 
 pub(crate) fn load_issuer(store: &Store, settings: &Settings) -> Result<(String, Arc<Issuer>)> {
-    let (generation, rows) = store.read(|db| {
-        Ok::<_, Error>((
-            db.meta(META_KEYS_GENERATION)?.unwrap_or_default(),
-            db.signing_keys()?,
-        ))
-    })?;
+    let (generation, rows) =
+        store.read(|db| Ok::<_, Error>((db.meta(META_KEYS_GENERATION)?.unwrap_or_default(), db.signing_keys()?)))?;
     let keys: Vec<KeyMaterial> = rows
         .into_iter()
         .map(|r| KeyMaterial {
@@ -64,10 +60,7 @@ pub fn rotate_keys(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Result<
             retired: None,
             pkcs8: key.pkcs8.clone(),
         })?;
-        let generation: u64 = db
-            .meta(META_KEYS_GENERATION)?
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0);
+        let generation: u64 = db.meta(META_KEYS_GENERATION)?.and_then(|g| g.parse().ok()).unwrap_or(0);
         db.set_meta(META_KEYS_GENERATION, &(generation + 1).to_string())?;
         Ok::<_, Error>(())
     })?;
@@ -77,10 +70,7 @@ pub fn rotate_keys(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Result<
 impl Control {
     /// The current issuer, reloaded when the store's keys changed.
     pub fn issuer(&self) -> Result<Arc<Issuer>> {
-        let generation = self
-            .store
-            .read(|db| db.meta(META_KEYS_GENERATION))?
-            .unwrap_or_default();
+        let generation = self.store.read(|db| db.meta(META_KEYS_GENERATION))?.unwrap_or_default();
         {
             let cur = self.issuer.read().unwrap_or_else(|p| p.into_inner());
             if cur.0 == generation {
@@ -112,9 +102,7 @@ impl Control {
             oauth(
                 false,
                 "invalid_request",
-                format!(
-                    "AADSTS900144: The request body must contain the following parameter: '{k}'."
-                ),
+                format!("AADSTS900144: The request body must contain the following parameter: '{k}'."),
             )
         };
         let grant = field("grant_type").ok_or_else(|| missing("grant_type"))?;
@@ -127,7 +115,11 @@ impl Control {
         }
         let client_id = field("client_id").ok_or_else(|| missing("client_id"))?;
         if field("client_assertion").is_some() {
-            return Err(oauth(false, "invalid_request", "AADSTS700027: Client assertions are not supported by rsvault; use a client secret.".into()));
+            return Err(oauth(
+                false,
+                "invalid_request",
+                "AADSTS700027: Client assertions are not supported by rsvault; use a client secret.".into(),
+            ));
         }
         let secret = field("client_secret").ok_or_else(|| missing("client_secret"))?;
         let scope = field("scope")
@@ -141,18 +133,21 @@ impl Control {
             .read(|db| db.principal(client_id))
             .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))?
             .ok_or_else(|| {
-                oauth(false, "unauthorized_client", format!("AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{}'.", self.tenant_id))
+                oauth(
+                    false,
+                    "unauthorized_client",
+                    format!(
+                        "AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{}'.",
+                        self.tenant_id
+                    ),
+                )
             })?;
         if !secrets::verify(secret, &principal.secret_hash) {
             return Err(oauth(true, "invalid_client", format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'.")));
         }
-        let issuer = self.issuer().map_err(|e| {
-            oauth(
-                false,
-                "temporarily_unavailable",
-                format!("AADSTS50000: {e}"),
-            )
-        })?;
+        let issuer = self
+            .issuer()
+            .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))?;
         issuer
             .issue(
                 &self.tenant_id,
@@ -161,13 +156,7 @@ impl Control {
                 &audience,
                 self.now(),
             )
-            .map_err(|e| {
-                oauth(
-                    false,
-                    "temporarily_unavailable",
-                    format!("AADSTS50000: {e}"),
-                )
-            })
+            .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))
     }
 
     /// Verifies a bearer token and names its caller.

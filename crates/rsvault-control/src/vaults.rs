@@ -8,7 +8,7 @@ use crate::{body, resources::tags_or_empty, Caller, Control, Error, Result};
 use base64::Engine;
 use rand::RngCore;
 use rsvault_core::{names, time};
-use rsvault_store::{Page, ResourceRow};
+use rsvault_store::{OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
 
 pub const VAULT_TYPE: &str = "Microsoft.RecoveryServices/vaults";
@@ -18,12 +18,7 @@ pub const PROTECTED_ITEM_TYPE: &str =
     "Microsoft.RecoveryServices/vaults/backupFabrics/protectionContainers/protectedItems";
 
 const SKUS: &[&str] = &["Standard", "RS0"];
-const IDENTITY_TYPES: &[&str] = &[
-    "SystemAssigned",
-    "None",
-    "UserAssigned",
-    "SystemAssigned, UserAssigned",
-];
+const IDENTITY_TYPES: &[&str] = &["SystemAssigned", "None", "UserAssigned", "SystemAssigned, UserAssigned"];
 const ENABLED_DISABLED: &[&str] = &["Enabled", "Disabled"];
 
 /// Enum-valued members of a vault body: where they are and what the spec allows. Validation accepts
@@ -32,17 +27,47 @@ const ENUMS: &[(&str, &[&str])] = &[
     ("/sku/name", SKUS),
     ("/identity/type", IDENTITY_TYPES),
     ("/properties/publicNetworkAccess", ENABLED_DISABLED),
-    ("/properties/redundancySettings/standardTierStorageRedundancy", &["Invalid", "LocallyRedundant", "GeoRedundant", "ZoneRedundant"]),
+    (
+        "/properties/redundancySettings/standardTierStorageRedundancy",
+        &["Invalid", "LocallyRedundant", "GeoRedundant", "ZoneRedundant"],
+    ),
     ("/properties/redundancySettings/crossRegionRestore", ENABLED_DISABLED),
-    ("/properties/securitySettings/softDeleteSettings/softDeleteState", &["Invalid", "Enabled", "Disabled", "AlwaysON"]),
-    ("/properties/securitySettings/softDeleteSettings/enhancedSecurityState", &["Invalid", "Enabled", "Disabled", "AlwaysON"]),
-    ("/properties/securitySettings/immutabilitySettings/state", &["Disabled", "Unlocked", "Locked"]),
-    ("/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllJobFailures", ENABLED_DISABLED),
-    ("/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllReplicationIssues", ENABLED_DISABLED),
-    ("/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllFailoverIssues", ENABLED_DISABLED),
-    ("/properties/monitoringSettings/classicAlertSettings/alertsForCriticalOperations", ENABLED_DISABLED),
-    ("/properties/monitoringSettings/classicAlertSettings/emailNotificationsForSiteRecovery", ENABLED_DISABLED),
-    ("/properties/restoreSettings/crossSubscriptionRestoreSettings/crossSubscriptionRestoreState", &["Enabled", "Disabled", "PermanentlyDisabled"]),
+    (
+        "/properties/securitySettings/softDeleteSettings/softDeleteState",
+        &["Invalid", "Enabled", "Disabled", "AlwaysON"],
+    ),
+    (
+        "/properties/securitySettings/softDeleteSettings/enhancedSecurityState",
+        &["Invalid", "Enabled", "Disabled", "AlwaysON"],
+    ),
+    (
+        "/properties/securitySettings/immutabilitySettings/state",
+        &["Disabled", "Unlocked", "Locked"],
+    ),
+    (
+        "/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllJobFailures",
+        ENABLED_DISABLED,
+    ),
+    (
+        "/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllReplicationIssues",
+        ENABLED_DISABLED,
+    ),
+    (
+        "/properties/monitoringSettings/azureMonitorAlertSettings/alertsForAllFailoverIssues",
+        ENABLED_DISABLED,
+    ),
+    (
+        "/properties/monitoringSettings/classicAlertSettings/alertsForCriticalOperations",
+        ENABLED_DISABLED,
+    ),
+    (
+        "/properties/monitoringSettings/classicAlertSettings/emailNotificationsForSiteRecovery",
+        ENABLED_DISABLED,
+    ),
+    (
+        "/properties/restoreSettings/crossSubscriptionRestoreSettings/crossSubscriptionRestoreState",
+        &["Enabled", "Disabled", "PermanentlyDisabled"],
+    ),
 ];
 
 /// Object-valued members whose type is checked before their contents.
@@ -107,9 +132,7 @@ fn check_vault_body(body: &mut Value) -> Result<()> {
             }
         }
     }
-    if body.pointer("/sku").is_some_and(Value::is_object)
-        && body.pointer("/sku/name").is_none_or(Value::is_null)
-    {
+    if body.pointer("/sku").is_some_and(Value::is_object) && body.pointer("/sku/name").is_none_or(Value::is_null) {
         return Err(Error::InvalidRequestContent(
             "The 'sku.name' property is required.".into(),
         ));
@@ -221,12 +244,7 @@ fn sku_body(m: &Map<String, Value>) -> Value {
     json!({"name": name, "tier": "Standard"})
 }
 
-fn system_data(
-    caller: &Caller,
-    created: &str,
-    modified: &str,
-    created_by: Option<&Value>,
-) -> Value {
+fn system_data(caller: &Caller, created: &str, modified: &str, created_by: Option<&Value>) -> Value {
     json!({
         "createdBy": created_by.cloned().unwrap_or_else(|| json!(caller.client_id)),
         "createdByType": "Application",
@@ -262,14 +280,7 @@ impl Control {
     }
 
     /// `PUT` a vault: 201 with the new vault, or 200 with the replaced one.
-    pub fn put_vault(
-        &self,
-        caller: &Caller,
-        sub: &str,
-        rg: &str,
-        name: &str,
-        req: &Value,
-    ) -> Result<(bool, Value)> {
+    pub fn put_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<(bool, Value)> {
         self.subscription_row(sub)?;
         let group = self.group_row(sub, rg)?;
         names::vault(name)?;
@@ -321,8 +332,8 @@ impl Control {
             "systemData": system_data(caller, &created_at, &stamp, created_by.as_ref()),
         });
         let previous_identity = existing.as_ref().and_then(|e| e.body.get("identity"));
-        if let Some(identity) = identity_body(&self.tenant_id, m, previous_identity)
-            .or_else(|| previous_identity.cloned())
+        if let Some(identity) =
+            identity_body(&self.tenant_id, m, previous_identity).or_else(|| previous_identity.cloned())
         {
             v["identity"] = identity;
         }
@@ -365,14 +376,7 @@ impl Control {
     }
 
     /// `PATCH` a vault: tags replace, properties merge, sku and identity replace.
-    pub fn patch_vault(
-        &self,
-        caller: &Caller,
-        sub: &str,
-        rg: &str,
-        name: &str,
-        req: &Value,
-    ) -> Result<Value> {
+    pub fn patch_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<Value> {
         let mut row = self.vault_row(sub, rg, name)?;
         let mut req = req.clone();
         body::object(&req)?;
@@ -400,29 +404,24 @@ impl Control {
             .unwrap_or_default()
             .to_string();
         let created_by = v.pointer("/systemData/createdBy").cloned();
-        v["systemData"] = system_data(
-            caller,
-            &created_at,
-            &time::rfc3339(now),
-            created_by.as_ref(),
-        );
+        v["systemData"] = system_data(caller, &created_at, &time::rfc3339(now), created_by.as_ref());
         row.etag = v["etag"].as_str().unwrap_or_default().to_string();
         row.updated = now;
         self.store.write(|db| db.put_resource(&row))?;
         Ok(row.body)
     }
 
-    /// Deletes a vault; refused while it still holds protected items. `false` when there was none.
-    pub fn delete_vault(&self, sub: &str, rg: &str, name: &str) -> Result<bool> {
+    /// Deletes a vault; refused while it still holds protected items. Returns the id of the durable
+    /// operation record (its status and result URLs live below the vault's id), or `None` when there
+    /// was no such vault.
+    pub fn delete_vault(&self, sub: &str, rg: &str, name: &str) -> Result<Option<String>> {
         self.subscription_row(sub)?;
         self.group_row(sub, rg)?;
         let id = self.vault_id(sub, rg, name);
         if self.store.read(|db| db.resource(&id))?.is_none() {
-            return Ok(false);
+            return Ok(None);
         }
-        let items = self
-            .store
-            .read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
+        let items = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
         if items > 0 {
             return Err(Error::Invalid {
                 code: "ServiceResourceNotEmptyWithBackendMessage",
@@ -430,17 +429,40 @@ impl Control {
                 target: None,
             });
         }
-        self.store.write(|db| db.delete_resource(&id))?;
-        Ok(true)
+        let now = self.now();
+        let op = OperationRow {
+            id: uuid::Uuid::new_v4().to_string(),
+            scope_key: id.to_ascii_lowercase(),
+            kind: "VaultDelete".into(),
+            status: "Succeeded".into(),
+            start: now,
+            end: Some(now),
+            error: None,
+            properties: None,
+        };
+        self.store.write(|db| {
+            db.delete_resource(&id)?;
+            db.insert_operation(&op)
+        })?;
+        Ok(Some(op.id))
+    }
+
+    /// A vault-scoped operation record (the vault itself may be gone: a delete's record outlives it).
+    pub fn vault_operation(&self, sub: &str, rg: &str, name: &str, op: &str) -> Result<OperationRow> {
+        self.subscription_row(sub)?;
+        self.group_row(sub, rg)?;
+        let scope = self.vault_id(sub, rg, name).to_ascii_lowercase();
+        self.store
+            .read(|db| db.operation(op))?
+            .filter(|o| o.scope_key == scope)
+            .ok_or_else(|| Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!("The operation '{op}' was not found for vault '{name}'."),
+            })
     }
 
     /// One page of vaults in a subscription or group.
-    pub fn list_vaults(
-        &self,
-        sub: &str,
-        rg: Option<&str>,
-        after: Option<&str>,
-    ) -> Result<Page<Value>> {
+    pub fn list_vaults(&self, sub: &str, rg: Option<&str>, after: Option<&str>) -> Result<Page<Value>> {
         self.subscription_row(sub)?;
         if let Some(rg) = rg {
             self.group_row(sub, rg)?;
@@ -459,9 +481,8 @@ impl Control {
         self.subscription_row(sub)?;
         self.group_row(sub, rg)?;
         let m = body::object(req)?;
-        let name = body::opt_str(m, "name", "")?.ok_or_else(|| {
-            Error::InvalidRequestContent("The 'name' property is required.".into())
-        })?;
+        let name = body::opt_str(m, "name", "")?
+            .ok_or_else(|| Error::InvalidRequestContent("The 'name' property is required.".into()))?;
         if let Some(ty) = body::opt_str(m, "type", "")? {
             if !ty.eq_ignore_ascii_case(VAULT_TYPE) {
                 return Err(Error::bad_request(format!(
@@ -470,9 +491,7 @@ impl Control {
             }
         }
         if let Err(e) = names::vault(name) {
-            return Ok(
-                json!({"nameAvailable": false, "reason": "Invalid", "message": e.to_string()}),
-            );
+            return Ok(json!({"nameAvailable": false, "reason": "Invalid", "message": e.to_string()}));
         }
         let taken = self
             .store
@@ -488,9 +507,7 @@ impl Control {
     /// `usages` of a vault, counted from what it holds.
     pub fn vault_usages(&self, sub: &str, rg: &str, name: &str) -> Result<Vec<Value>> {
         let row = self.vault_row(sub, rg, name)?;
-        let items = self
-            .store
-            .read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))?;
+        let items = self.store.read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))?;
         let next = time::timestamp(self.now() + chrono::Duration::days(1));
         let usage = |value: &str, localized: &str, unit: &str, current: i64| {
             json!({"unit": unit, "quotaPeriod": "P1D", "nextResetTime": next, "currentValue": current, "limit": -1,
@@ -498,24 +515,17 @@ impl Control {
         };
         Ok(vec![
             usage("ProtectedItemCount", "Protected Items", "Count", items),
-            usage(
-                "UnhealthyProtectedItemCount",
-                "Unhealthy Protected Items",
-                "Count",
-                0,
-            ),
+            usage("UnhealthyProtectedItemCount", "Unhealthy Protected Items", "Count", 0),
         ])
     }
 
     fn extended_info_row(&self, sub: &str, rg: &str, name: &str) -> Result<ResourceRow> {
         let v = self.vault_row(sub, rg, name)?;
         let id = format!("{}/extendedInformation/vaultExtendedInfo", v.id);
-        self.store
-            .read(|db| db.resource(&id))?
-            .ok_or_else(|| Error::NotFound {
-                code: "ResourceNotFound",
-                message: format!("The extended information of vault '{name}' was not found."),
-            })
+        self.store.read(|db| db.resource(&id))?.ok_or_else(|| Error::NotFound {
+            code: "ResourceNotFound",
+            message: format!("The extended information of vault '{name}' was not found."),
+        })
     }
 
     fn extended_info_body(row: &ResourceRow) -> Value {
@@ -529,31 +539,15 @@ impl Control {
     }
 
     pub fn get_vault_extended_info(&self, sub: &str, rg: &str, name: &str) -> Result<Value> {
-        Ok(Self::extended_info_body(
-            &self.extended_info_row(sub, rg, name)?,
-        ))
+        Ok(Self::extended_info_body(&self.extended_info_row(sub, rg, name)?))
     }
 
     /// PUT (replace) or PATCH (merge) the vault's extended info.
-    pub fn set_vault_extended_info(
-        &self,
-        sub: &str,
-        rg: &str,
-        name: &str,
-        req: &Value,
-        merge: bool,
-    ) -> Result<Value> {
+    pub fn set_vault_extended_info(&self, sub: &str, rg: &str, name: &str, req: &Value, merge: bool) -> Result<Value> {
         let mut row = self.extended_info_row(sub, rg, name)?;
         let m = body::object(req)?;
-        let props = body::opt_obj(m, "properties", "")?
-            .cloned()
-            .unwrap_or_default();
-        for k in [
-            "integrityKey",
-            "encryptionKey",
-            "encryptionKeyThumbprint",
-            "algorithm",
-        ] {
+        let props = body::opt_obj(m, "properties", "")?.cloned().unwrap_or_default();
+        for k in ["integrityKey", "encryptionKey", "encryptionKeyThumbprint", "algorithm"] {
             body::opt_str(&props, k, "properties.")?;
         }
         if merge {

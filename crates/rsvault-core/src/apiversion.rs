@@ -38,10 +38,7 @@ impl ApiVersion {
         let date = NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| bad())?;
         let suffix = match rest {
             "" => None,
-            s if s.starts_with('-')
-                && s.len() > 1
-                && s[1..].chars().all(|c| c.is_ascii_alphanumeric()) =>
-            {
+            s if s.starts_with('-') && s.len() > 1 && s[1..].chars().all(|c| c.is_ascii_alphanumeric()) => {
                 Some(s[1..].to_ascii_lowercase())
             }
             _ => return Err(bad()),
@@ -61,12 +58,7 @@ mod tests {
 
     #[test]
     fn accepts_dates_and_previews() {
-        for ok in [
-            "2026-11-01",
-            "2016-12-01",
-            "2019-05-13-preview",
-            "2099-01-31",
-        ] {
+        for ok in ["2026-11-01", "2016-12-01", "2019-05-13-preview", "2099-01-31"] {
             assert!(ApiVersion::parse(ok, &[]).is_ok(), "{ok}");
         }
     }

@@ -79,9 +79,7 @@ pub enum Error {
     InvalidAuthenticationToken(String),
     #[error("{0}")]
     InvalidAuthenticationTokenAudience(String),
-    #[error(
-        "The access token expiry UTC time '{expiry}' is earlier than current UTC time '{now}'."
-    )]
+    #[error("The access token expiry UTC time '{expiry}' is earlier than current UTC time '{now}'.")]
     ExpiredAuthenticationToken { expiry: String, now: String },
     #[error("The client '{client}' with object id '{object_id}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials.")]
     AuthorizationFailed {

@@ -16,11 +16,7 @@ pub fn decode_path(path: &str) -> Result<Vec<String>> {
             percent_decode_str(s)
                 .decode_utf8()
                 .map(|c| c.into_owned())
-                .map_err(|_| {
-                    Error::bad_request(format!(
-                        "The request path segment '{s}' is not valid UTF-8."
-                    ))
-                })
+                .map_err(|_| Error::bad_request(format!("The request path segment '{s}' is not valid UTF-8.")))
         })
         .collect()
 }
@@ -68,10 +64,7 @@ impl ResourceId {
             Some(&"") => segs[..segs.len() - 1].to_vec(),
             _ => segs,
         };
-        if segs.len() < 2
-            || !segs[0].eq_ignore_ascii_case("subscriptions")
-            || segs.iter().any(|s| s.is_empty())
-        {
+        if segs.len() < 2 || !segs[0].eq_ignore_ascii_case("subscriptions") || segs.iter().any(|s| s.is_empty()) {
             return Err(bad());
         }
         let mut id = ResourceId {
@@ -89,10 +82,7 @@ impl ResourceId {
         if rest.is_empty() {
             return Ok(id);
         }
-        if rest.len() < 4
-            || !rest[0].eq_ignore_ascii_case("providers")
-            || !rest.len().is_multiple_of(2)
-        {
+        if rest.len() < 4 || !rest[0].eq_ignore_ascii_case("providers") || !rest.len().is_multiple_of(2) {
             return Err(bad());
         }
         id.namespace = Some(rest[1].to_string());
@@ -131,16 +121,12 @@ mod tests {
 
     #[test]
     fn parses_a_vault_id() {
-        let id = ResourceId::parse(
-            "/Subscriptions/S1/resourcegroups/RG/providers/Microsoft.RecoveryServices/vaults/v1",
-        )
-        .unwrap();
+        let id =
+            ResourceId::parse("/Subscriptions/S1/resourcegroups/RG/providers/Microsoft.RecoveryServices/vaults/v1")
+                .unwrap();
         assert_eq!(id.subscription, "S1");
         assert_eq!(id.resource_group.as_deref(), Some("RG"));
-        assert_eq!(
-            id.resource_type().unwrap(),
-            "Microsoft.RecoveryServices/vaults"
-        );
+        assert_eq!(id.resource_type().unwrap(), "Microsoft.RecoveryServices/vaults");
         assert_eq!(id.name(), Some("v1"));
     }
 
@@ -167,18 +153,12 @@ mod tests {
     #[test]
     fn scope_containment_is_by_segment_and_case_insensitive() {
         assert!(scope_contains("/", "/subscriptions/a"));
-        assert!(scope_contains(
-            "/subscriptions/A",
-            "/subscriptions/a/resourceGroups/x"
-        ));
+        assert!(scope_contains("/subscriptions/A", "/subscriptions/a/resourceGroups/x"));
         assert!(!scope_contains(
             "/subscriptions/a/resourceGroups/x",
             "/subscriptions/a/resourceGroups/xy"
         ));
-        assert!(!scope_contains(
-            "/subscriptions/a/resourceGroups/x",
-            "/subscriptions/a"
-        ));
+        assert!(!scope_contains("/subscriptions/a/resourceGroups/x", "/subscriptions/a"));
     }
 
     proptest! {

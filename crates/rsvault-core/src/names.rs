@@ -44,11 +44,10 @@ pub fn resource_group(name: &str) -> Result<()> {
 /// Generic names of child resources (policies, VMs, accounts): 1–260 characters without control
 /// characters, `/`, `\`, `?`, `#`, `%`, `&`.
 pub fn generic(name: &str) -> Result<()> {
-    const RULE: &str = "The name must be 1 to 260 characters long and must not contain control characters or any of '/\\?#%&'.";
-    let ok = (1..=260).contains(&name.chars().count())
-        && !name
-            .chars()
-            .any(|c| c.is_control() || "/\\?#%&".contains(c));
+    const RULE: &str =
+        "The name must be 1 to 260 characters long and must not contain control characters or any of '/\\?#%&'.";
+    let ok =
+        (1..=260).contains(&name.chars().count()) && !name.chars().any(|c| c.is_control() || "/\\?#%&".contains(c));
     if ok {
         Ok(())
     } else {

@@ -53,21 +53,10 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 /// An ISO-8601 duration as .NET writes a `TimeSpan`: `PT0S`, `PT5.65455S`, `PT1M6.9054505S`,
 /// `PT2H0M1S`, `P1DT2H`.
 pub fn iso_duration(d: Duration) -> String {
-    let d = if d < Duration::zero() {
-        Duration::zero()
-    } else {
-        d
-    };
+    let d = if d < Duration::zero() { Duration::zero() } else { d };
     let total = d.num_seconds();
-    let nanos = (d - Duration::seconds(total))
-        .num_nanoseconds()
-        .unwrap_or(0) as u32;
-    let (days, h, m, s) = (
-        total / 86_400,
-        (total / 3600) % 24,
-        (total / 60) % 60,
-        total % 60,
-    );
+    let nanos = (d - Duration::seconds(total)).num_nanoseconds().unwrap_or(0) as u32;
+    let (days, h, m, s) = (total / 86_400, (total / 3600) % 24, (total / 60) % 60, total % 60);
     let mut out = String::from("P");
     if days > 0 {
         out.push_str(&format!("{days}D"));
@@ -112,10 +101,7 @@ mod tests {
     fn durations_match_the_live_service() {
         let cases = [
             (Duration::zero(), "PT0S"),
-            (
-                Duration::milliseconds(5654) + Duration::microseconds(550),
-                "PT5.65455S",
-            ),
+            (Duration::milliseconds(5654) + Duration::microseconds(550), "PT5.65455S"),
             (
                 Duration::seconds(66) + Duration::nanoseconds(905_450_500),
                 "PT1M6.9054505S",
@@ -137,8 +123,7 @@ mod tests {
 
     #[test]
     fn timestamps_drop_trailing_zeros() {
-        let t =
-            Utc.with_ymd_and_hms(2019, 10, 4, 5, 39, 37).unwrap() + Duration::microseconds(641_400);
+        let t = Utc.with_ymd_and_hms(2019, 10, 4, 5, 39, 37).unwrap() + Duration::microseconds(641_400);
         assert_eq!(timestamp(t), "2019-10-04T05:39:37.6414Z");
         let t = Utc.with_ymd_and_hms(2019, 10, 4, 5, 39, 37).unwrap();
         assert_eq!(timestamp(t), "2019-10-04T05:39:37Z");
@@ -146,11 +131,7 @@ mod tests {
 
     #[test]
     fn etags_escape_colons() {
-        let t =
-            Utc.with_ymd_and_hms(2017, 12, 15, 12, 36, 51).unwrap() + Duration::milliseconds(680);
-        assert_eq!(
-            datetime_etag(t),
-            "W/\"datetime'2017-12-15T12%3A36%3A51.68Z'\""
-        );
+        let t = Utc.with_ymd_and_hms(2017, 12, 15, 12, 36, 51).unwrap() + Duration::milliseconds(680);
+        assert_eq!(datetime_etag(t), "W/\"datetime'2017-12-15T12%3A36%3A51.68Z'\"");
     }
 }

@@ -5,8 +5,7 @@
 //! server certificate when the requested host names changed or it is near expiry. ECDSA P-256 keys.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::fs;
 use std::io::Write;
@@ -26,10 +25,7 @@ pub struct TlsMaterial {
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("i/o on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("certificate generation: {0}")]
     Rcgen(#[from] rcgen::Error),
 }
@@ -76,8 +72,7 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
     } else {
         let key = KeyPair::generate()?;
         let cert = ca_params().self_signed(&key)?;
-        write_private(&ca_key_path, key.serialize_pem().as_bytes(), 0o600)
-            .map_err(io(&ca_key_path))?;
+        write_private(&ca_key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&ca_key_path))?;
         write_private(&ca_pem_path, cert.pem().as_bytes(), 0o644).map_err(io(&ca_pem_path))?;
         key
     };
@@ -88,10 +83,7 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
 
     let want_hosts = hosts.join("\n");
     let have_hosts = fs::read_to_string(&hosts_path).unwrap_or_default();
-    let fresh = cert_path.exists()
-        && key_path.exists()
-        && have_hosts == want_hosts
-        && !near_expiry(&cert_path);
+    let fresh = cert_path.exists() && key_path.exists() && have_hosts == want_hosts && !near_expiry(&cert_path);
     if !fresh {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
@@ -106,10 +98,7 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
                 Err(_) => Ok(SanType::DnsName(h.clone().try_into()?)),
             })
             .collect::<Result<_, rcgen::Error>>()?;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         let now = time_now();
@@ -117,12 +106,7 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
         params.not_after = now + rcgen_days(397);
         let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
         write_private(&key_path, key.serialize_pem().as_bytes(), 0o600).map_err(io(&key_path))?;
-        write_private(
-            &cert_path,
-            format!("{}{}", cert.pem(), ca_pem).as_bytes(),
-            0o644,
-        )
-        .map_err(io(&cert_path))?;
+        write_private(&cert_path, format!("{}{}", cert.pem(), ca_pem).as_bytes(), 0o644).map_err(io(&cert_path))?;
         write_private(&hosts_path, want_hosts.as_bytes(), 0o644).map_err(io(&hosts_path))?;
     }
     Ok(TlsMaterial {
@@ -135,12 +119,8 @@ pub fn ensure(dir: &Path, hosts: &[String]) -> Result<TlsMaterial, PkiError> {
 /// The CA's fixed parameters (name, constraints, usages, ten years of validity).
 fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "rsvault local CA");
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "rsvault");
+    params.distinguished_name.push(DnType::CommonName, "rsvault local CA");
+    params.distinguished_name.push(DnType::OrganizationName, "rsvault");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

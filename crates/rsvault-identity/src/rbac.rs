@@ -37,8 +37,7 @@ pub fn builtin_roles() -> &'static [RoleDefinition] {
     static ROLES: OnceLock<Vec<RoleDefinition>> = OnceLock::new();
     ROLES.get_or_init(|| {
         let mut roles: Vec<RoleDefinition> =
-            serde_json::from_str(include_str!("builtin_roles.json"))
-                .expect("builtin_roles.json is valid");
+            serde_json::from_str(include_str!("builtin_roles.json")).expect("builtin_roles.json is valid");
         for r in &mut roles {
             for p in &mut r.permissions {
                 // Microsoft's lists repeat some actions; the set is what matters.
@@ -68,10 +67,7 @@ pub fn action_matches(pattern: &str, action: &str) -> bool {
         return p == a;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !a.starts_with(first)
-        || !a[first.len()..].ends_with(last)
-        || a.len() < first.len() + last.len()
-    {
+    if !a.starts_with(first) || !a[first.len()..].ends_with(last) || a.len() < first.len() + last.len() {
         return false;
     }
     let mut rest = &a[first.len()..a.len() - last.len()];
@@ -122,8 +118,7 @@ pub fn can_see(grants: &[Grant], scope: &str) -> bool {
 mod tests {
     use super::*;
 
-    const VAULT: &str =
-        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v";
+    const VAULT: &str = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v";
 
     fn grant(scope: &str, role: &str) -> Vec<Grant> {
         vec![Grant {
@@ -180,7 +175,8 @@ mod tests {
     fn role_table() {
         let write = "Microsoft.RecoveryServices/Vaults/write";
         let read = "Microsoft.RecoveryServices/Vaults/read";
-        let backup = "Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/backup/action";
+        let backup =
+            "Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/backup/action";
         let assign = "Microsoft.Authorization/roleAssignments/write";
         let cases = [
             ("Owner", [true, true, true, true]),
@@ -200,17 +196,9 @@ mod tests {
     #[test]
     fn scope_limits_grants() {
         let g = grant("/subscriptions/s/resourceGroups/other", "Owner");
-        assert!(!is_allowed(
-            &g,
-            "Microsoft.RecoveryServices/Vaults/read",
-            VAULT
-        ));
+        assert!(!is_allowed(&g, "Microsoft.RecoveryServices/Vaults/read", VAULT));
         let g = grant(VAULT, "Backup Reader");
-        assert!(is_allowed(
-            &g,
-            "Microsoft.RecoveryServices/Vaults/read",
-            VAULT
-        ));
+        assert!(is_allowed(&g, "Microsoft.RecoveryServices/Vaults/read", VAULT));
         assert!(!is_allowed(
             &g,
             "Microsoft.RecoveryServices/Vaults/read",

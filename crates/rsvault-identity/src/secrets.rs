@@ -1,8 +1,6 @@
 //! Client secrets: random, shown once, stored only as Argon2id PHC hashes.
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand::Rng;
 
@@ -26,11 +24,7 @@ pub fn hash(secret: &str) -> String {
 
 /// True when `secret` matches the stored `hash` (constant-time inside argon2).
 pub fn verify(secret: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(secret.as_bytes(), &h)
-            .is_ok()
-    })
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
 }
 
 #[cfg(test)]

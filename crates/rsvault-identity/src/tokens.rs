@@ -9,9 +9,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use ring::signature::{
-    RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256,
-};
+use ring::signature::{RsaKeyPair, UnparsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RSA_PKCS1_SHA256};
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use rsa::traits::PublicKeyParts;
 use serde::{Deserialize, Serialize};
@@ -39,13 +37,9 @@ pub struct KeyMaterial {
 
 /// Makes a new RSA-2048 signing key with a random `kid`.
 pub fn generate_key(now: DateTime<Utc>) -> Result<KeyMaterial, TokenError> {
-    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048)
-        .map_err(|e| TokenError::Key(e.to_string()))?;
-    let der = key
-        .to_pkcs8_der()
-        .map_err(|e| TokenError::Key(e.to_string()))?;
-    let kid =
-        B64.encode(&ring::digest::digest(&ring::digest::SHA256, der.as_bytes()).as_ref()[..16]);
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).map_err(|e| TokenError::Key(e.to_string()))?;
+    let der = key.to_pkcs8_der().map_err(|e| TokenError::Key(e.to_string()))?;
+    let kid = B64.encode(&ring::digest::digest(&ring::digest::SHA256, der.as_bytes()).as_ref()[..16]);
     Ok(KeyMaterial {
         kid,
         created: now,
@@ -61,10 +55,7 @@ pub fn audience_for_scope(scope: &str) -> Option<String> {
     let first = scope
         .split_whitespace()
         .find(|s| !matches!(*s, "openid" | "profile" | "offline_access"))?;
-    let resource = first
-        .strip_suffix("/.default")
-        .unwrap_or(first)
-        .trim_end_matches('/');
+    let resource = first.strip_suffix("/.default").unwrap_or(first).trim_end_matches('/');
     ARM_AUDIENCES
         .iter()
         .find(|a| a.trim_end_matches('/').eq_ignore_ascii_case(resource))
@@ -110,10 +101,7 @@ pub enum TokenError {
     #[error("the token signature is invalid")]
     Signature,
     #[error("the token is expired")]
-    Expired {
-        exp: DateTime<Utc>,
-        now: DateTime<Utc>,
-    },
+    Expired { exp: DateTime<Utc>, now: DateTime<Utc> },
     #[error("the token is not yet valid")]
     NotYetValid,
     #[error("the token issuer '{0}' is not accepted")]
@@ -176,17 +164,11 @@ pub struct Issued {
 
 impl Issuer {
     /// An issuer over the given keys (newest unretired signs). `issuer` is the `iss` it writes and expects.
-    pub fn new(
-        keys: &[KeyMaterial],
-        issuer: String,
-        lifetime: Duration,
-    ) -> Result<Issuer, TokenError> {
+    pub fn new(keys: &[KeyMaterial], issuer: String, lifetime: Duration) -> Result<Issuer, TokenError> {
         let mut loaded = Vec::new();
         for k in keys {
-            let pair =
-                RsaKeyPair::from_pkcs8(&k.pkcs8).map_err(|e| TokenError::Key(e.to_string()))?;
-            let private = rsa::RsaPrivateKey::from_pkcs8_der(&k.pkcs8)
-                .map_err(|e| TokenError::Key(e.to_string()))?;
+            let pair = RsaKeyPair::from_pkcs8(&k.pkcs8).map_err(|e| TokenError::Key(e.to_string()))?;
+            let private = rsa::RsaPrivateKey::from_pkcs8_der(&k.pkcs8).map_err(|e| TokenError::Key(e.to_string()))?;
             loaded.push(LoadedKey {
                 kid: k.kid.clone(),
                 pair,
@@ -271,9 +253,7 @@ impl Issuer {
     /// Verifies a bearer token for Azure Resource Manager.
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
         let header: Value = B64
@@ -281,10 +261,7 @@ impl Issuer {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(TokenError::Malformed)?;
-        let alg = header
-            .get("alg")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let alg = header.get("alg").and_then(Value::as_str).unwrap_or_default();
         if alg != "RS256" {
             return Err(TokenError::Algorithm(alg.to_string()));
         }
@@ -382,12 +359,7 @@ mod tests {
     }
 
     fn issuer() -> Issuer {
-        Issuer::new(
-            &[key().clone()],
-            "https://x/t/v2.0".into(),
-            Duration::hours(1),
-        )
-        .unwrap()
+        Issuer::new(&[key().clone()], "https://x/t/v2.0".into(), Duration::hours(1)).unwrap()
     }
 
     const AUD: &str = "https://management.azure.com/";
@@ -398,10 +370,7 @@ mod tests {
         let now = Utc::now();
         let t = i.issue("t", "o", "c", AUD, now).unwrap();
         let c = i.verify(&t.access_token, now).unwrap();
-        assert_eq!(
-            (c.tid.as_str(), c.oid.as_str(), c.appid.as_str()),
-            ("t", "o", "c")
-        );
+        assert_eq!((c.tid.as_str(), c.oid.as_str(), c.appid.as_str()), ("t", "o", "c"));
         assert_eq!(i.jwks(now)["keys"][0]["kid"], key().kid);
     }
 
@@ -412,15 +381,8 @@ mod tests {
         let t = i.issue("t", "o", "c", AUD, now).unwrap().access_token;
         let mut parts: Vec<String> = t.split('.').map(String::from).collect();
         // alg none
-        let none = format!(
-            "{}.{}.",
-            B64.encode(r#"{"alg":"none","kid":"x"}"#),
-            parts[1]
-        );
-        assert!(matches!(
-            i.verify(&none, now),
-            Err(TokenError::Algorithm(_))
-        ));
+        let none = format!("{}.{}.", B64.encode(r#"{"alg":"none","kid":"x"}"#), parts[1]);
+        assert!(matches!(i.verify(&none, now), Err(TokenError::Algorithm(_))));
         // payload swapped (claims of someone else)
         let mut c: Claims = serde_json::from_slice(&B64.decode(&parts[1]).unwrap()).unwrap();
         c.oid = "admin".into();
@@ -431,29 +393,20 @@ mod tests {
             Err(TokenError::Expired { .. })
         ));
         assert_eq!(i.verify("garbage", now), Err(TokenError::Malformed));
-        let other = Issuer::new(
-            &[key().clone()],
-            "https://elsewhere/t/v2.0".into(),
-            Duration::hours(1),
-        )
-        .unwrap();
+        let other = Issuer::new(&[key().clone()], "https://elsewhere/t/v2.0".into(), Duration::hours(1)).unwrap();
         assert!(matches!(other.verify(&t, now), Err(TokenError::Issuer(_))));
         let wrong_aud = i
             .issue("t", "o", "c", "https://vault.azure.net", now)
             .unwrap()
             .access_token;
-        assert!(matches!(
-            i.verify(&wrong_aud, now),
-            Err(TokenError::Audience(_))
-        ));
+        assert!(matches!(i.verify(&wrong_aud, now), Err(TokenError::Audience(_))));
     }
 
     #[test]
     fn retired_keys_verify_until_their_tokens_expire() {
         let now = Utc::now();
         let old = key().clone();
-        let i_old =
-            Issuer::new(std::slice::from_ref(&old), "i".into(), Duration::hours(1)).unwrap();
+        let i_old = Issuer::new(std::slice::from_ref(&old), "i".into(), Duration::hours(1)).unwrap();
         let t = i_old.issue("t", "o", "c", AUD, now).unwrap().access_token;
         let mut retired = old.clone();
         retired.retired = Some(now);

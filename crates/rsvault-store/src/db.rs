@@ -18,15 +18,12 @@ fn ts(t: &DateTime<Utc>) -> String {
 fn parse_ts(s: String) -> rusqlite::Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&s)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-        })
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn json(s: String) -> rusqlite::Result<serde_json::Value> {
-    serde_json::from_str(&s).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(&s)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Page<T> {
@@ -39,8 +36,7 @@ fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Pa
     Page { items, next }
 }
 
-const RESOURCE_COLS: &str =
-    "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
+const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
 
 fn resource_row(r: &Row) -> rusqlite::Result<ResourceRow> {
     Ok(ResourceRow {
@@ -103,7 +99,10 @@ impl Db<'_> {
     }
 
     pub fn set_meta(&self, k: &str, v: &str) -> R<()> {
-        self.0.execute("INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [k, v])?;
+        self.0.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [k, v],
+        )?;
         Ok(())
     }
 
@@ -136,13 +135,9 @@ impl Db<'_> {
     }
 
     pub fn subscriptions(&self) -> R<Vec<SubscriptionRow>> {
-        let mut st = self
-            .0
-            .prepare("SELECT id FROM subscriptions ORDER BY id_key")?;
+        let mut st = self.0.prepare("SELECT id FROM subscriptions ORDER BY id_key")?;
         let ids: Vec<String> = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-        ids.iter()
-            .filter_map(|id| self.subscription(id).transpose())
-            .collect()
+        ids.iter().filter_map(|id| self.subscription(id).transpose()).collect()
     }
 
     // ---- resource groups --------------------------------------------------------------------
@@ -176,11 +171,7 @@ impl Db<'_> {
         )?;
         let items = st
             .query_map(
-                params![
-                    key(sub),
-                    after.map(key).unwrap_or_default(),
-                    (limit + 1) as i64
-                ],
+                params![key(sub), after.map(key).unwrap_or_default(), (limit + 1) as i64],
                 group_row,
             )?
             .collect::<Result<Vec<_>, _>>()?;
@@ -214,11 +205,7 @@ impl Db<'_> {
     pub fn put_resource(&self, r: &ResourceRow) -> R<bool> {
         let existed = self
             .0
-            .query_row(
-                "SELECT 1 FROM resources WHERE id_key = ?1",
-                [key(&r.id)],
-                |_| Ok(()),
-            )
+            .query_row("SELECT 1 FROM resources WHERE id_key = ?1", [key(&r.id)], |_| Ok(()))
             .optional()?
             .is_some();
         self.0.execute(
@@ -327,10 +314,7 @@ impl Db<'_> {
             "DELETE FROM role_assignments WHERE scope_key = ?1 OR substr(scope_key, 1, length(?2)) = ?2",
             [k.clone(), format!("{k}/")],
         )?;
-        Ok(self
-            .0
-            .execute("DELETE FROM resources WHERE id_key = ?1", [k])?
-            > 0)
+        Ok(self.0.execute("DELETE FROM resources WHERE id_key = ?1", [k])? > 0)
     }
 
     // ---- principals -------------------------------------------------------------------------
@@ -366,9 +350,7 @@ impl Db<'_> {
 
     pub fn principals(&self) -> R<Vec<PrincipalRow>> {
         let mut st = self.0.prepare("SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals ORDER BY created, client_id")?;
-        let rows = st
-            .query_map([], principal_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = st.query_map([], principal_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -384,14 +366,12 @@ impl Db<'_> {
         let Some(p) = self.principal(client_id)? else {
             return Ok(false);
         };
-        self.0.execute(
-            "DELETE FROM role_assignments WHERE principal_id = ?1",
-            [&p.object_id],
-        )?;
-        Ok(self.0.execute(
-            "DELETE FROM principals WHERE client_id = ?1",
-            [key(client_id)],
-        )? > 0)
+        self.0
+            .execute("DELETE FROM role_assignments WHERE principal_id = ?1", [&p.object_id])?;
+        Ok(self
+            .0
+            .execute("DELETE FROM principals WHERE client_id = ?1", [key(client_id)])?
+            > 0)
     }
 
     // ---- role assignments -------------------------------------------------------------------
@@ -442,9 +422,7 @@ impl Db<'_> {
         let mut st = self
             .0
             .prepare("SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments ORDER BY created, id_key")?;
-        let rows = st
-            .query_map([], assignment_row)?
-            .collect::<Result<Vec<_>, _>>()?;
+        let rows = st.query_map([], assignment_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
@@ -476,10 +454,8 @@ impl Db<'_> {
 
     /// Marks every current key retired at `at`.
     pub fn retire_signing_keys(&self, at: DateTime<Utc>) -> R<()> {
-        self.0.execute(
-            "UPDATE signing_keys SET retired = ?1 WHERE retired IS NULL",
-            [ts(&at)],
-        )?;
+        self.0
+            .execute("UPDATE signing_keys SET retired = ?1 WHERE retired IS NULL", [ts(&at)])?;
         Ok(())
     }
 
@@ -498,5 +474,45 @@ impl Db<'_> {
             })?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    // ---- operations -------------------------------------------------------------------------
+    pub fn insert_operation(&self, o: &OperationRow) -> R<()> {
+        self.0.execute(
+            "INSERT INTO operations (id, scope_key, kind, status, start, end, error, properties) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                key(&o.id),
+                key(&o.scope_key),
+                o.kind,
+                o.status,
+                ts(&o.start),
+                o.end.as_ref().map(ts),
+                o.error.as_ref().map(|e| e.to_string()),
+                o.properties.as_ref().map(|e| e.to_string())
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn operation(&self, id: &str) -> R<Option<OperationRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT id, scope_key, kind, status, start, end, error, properties FROM operations WHERE id = ?1",
+                [key(id)],
+                |r| {
+                    Ok(OperationRow {
+                        id: r.get(0)?,
+                        scope_key: r.get(1)?,
+                        kind: r.get(2)?,
+                        status: r.get(3)?,
+                        start: parse_ts(r.get(4)?)?,
+                        end: r.get::<_, Option<String>>(5)?.map(parse_ts).transpose()?,
+                        error: r.get::<_, Option<String>>(6)?.map(json).transpose()?,
+                        properties: r.get::<_, Option<String>>(7)?.map(json).transpose()?,
+                    })
+                },
+            )
+            .optional()?)
     }
 }

@@ -33,11 +33,7 @@ pub enum StoreError {
     #[error("stored JSON is corrupt: {0}")]
     Json(#[from] serde_json::Error),
     #[error("the store at {path} has schema version {found}, newer than this rsvault understands ({known})")]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        known: i64,
-    },
+    TooNew { path: PathBuf, found: i64, known: i64 },
 }
 
 impl From<StoreError> for rsvault_core::Error {
@@ -79,19 +75,13 @@ impl Store {
     }
 
     /// Runs `f` against a consistent view (no transaction needed for single statements).
-    pub fn read<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&Db) -> Result<T, E>,
-    ) -> Result<T, E> {
+    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db) -> Result<T, E>) -> Result<T, E> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&Db(&conn))
     }
 
     /// Runs `f` in one immediate transaction; commits (fsync'd) when it returns `Ok`.
-    pub fn write<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&Db) -> Result<T, E>,
-    ) -> Result<T, E> {
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db) -> Result<T, E>) -> Result<T, E> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)

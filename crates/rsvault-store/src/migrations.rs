@@ -33,6 +33,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE signing_keys (
         kid TEXT PRIMARY KEY, created TEXT NOT NULL, retired TEXT, pkcs8 BLOB NOT NULL);
     "#,
+    // 2: durable records of long-running operations (what Location / Azure-AsyncOperation URLs read).
+    r#"
+    CREATE TABLE operations (
+        id TEXT PRIMARY KEY, scope_key TEXT NOT NULL, kind TEXT NOT NULL, status TEXT NOT NULL,
+        start TEXT NOT NULL, end TEXT, error TEXT, properties TEXT);
+    CREATE INDEX operations_by_scope ON operations (scope_key, start);
+    "#,
 ];
 
 /// Applies every migration newer than the store's `user_version`, each in its own transaction.

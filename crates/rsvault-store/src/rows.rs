@@ -87,3 +87,20 @@ pub struct Page<T> {
     pub items: Vec<T>,
     pub next: Option<String>,
 }
+
+/// A long-running operation's durable record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperationRow {
+    pub id: String,
+    /// Lower-cased id of the resource the operation is about (its status URLs live below it).
+    pub scope_key: String,
+    /// What it does, e.g. `VaultDelete`.
+    pub kind: String,
+    /// `InProgress`, `Succeeded`, `Failed` or `Canceled`.
+    pub status: String,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    /// ARM error body (`{"code","message"}`) when it failed.
+    pub error: Option<Value>,
+    pub properties: Option<Value>,
+}

@@ -29,10 +29,7 @@ fn reopening_keeps_data_and_schema_version() {
         s.write(|db| db.set_meta("tenant", "t1")).unwrap();
     }
     let s = Store::open(&path).unwrap();
-    assert_eq!(
-        s.read(|db| db.meta("tenant")).unwrap().as_deref(),
-        Some("t1")
-    );
+    assert_eq!(s.read(|db| db.meta("tenant")).unwrap().as_deref(), Some("t1"));
 }
 
 #[test]
@@ -43,10 +40,7 @@ fn a_newer_schema_is_refused() {
     let c = rusqlite::Connection::open(&path).unwrap();
     c.pragma_update(None, "user_version", 999).unwrap();
     drop(c);
-    assert!(matches!(
-        Store::open(&path),
-        Err(StoreError::TooNew { found: 999, .. })
-    ));
+    assert!(matches!(Store::open(&path), Err(StoreError::TooNew { found: 999, .. })));
 }
 
 #[test]
@@ -55,15 +49,10 @@ fn failed_write_keeps_nothing() {
     let s = Store::open(&dir.path().join("m.db")).unwrap();
     let r: Result<(), StoreError> = s.write(|db| {
         db.put_resource(&vault("s", "rg", "v1"))?;
-        Err(StoreError::Json(
-            serde_json::from_str::<()>("x").unwrap_err(),
-        ))
+        Err(StoreError::Json(serde_json::from_str::<()>("x").unwrap_err()))
     });
     assert!(r.is_err());
-    assert!(s
-        .read(|db| db.resource(&vault("s", "rg", "v1").id))
-        .unwrap()
-        .is_none());
+    assert!(s.read(|db| db.resource(&vault("s", "rg", "v1").id)).unwrap().is_none());
 }
 
 #[test]
@@ -74,32 +63,17 @@ fn resources_are_case_insensitive_and_paged() {
         for i in 0..5 {
             assert!(db.put_resource(&vault("S", "RG", &format!("v{i}")))?);
         }
-        assert!(
-            !db.put_resource(&vault("s", "rg", "V0"))?,
-            "replace is not a create"
-        );
+        assert!(!db.put_resource(&vault("s", "rg", "V0"))?, "replace is not a create");
         db.put_resource(&vault("S", "other", "w"))
     })
     .unwrap();
     let got = s
-        .read(|db| {
-            db.resource(
-                "/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.recoveryservices/vaults/V3",
-            )
-        })
+        .read(|db| db.resource("/SUBSCRIPTIONS/s/resourcegroups/rg/providers/microsoft.recoveryservices/vaults/V3"))
         .unwrap()
         .unwrap();
     assert_eq!(got.name, "v3");
     let p1 = s
-        .read(|db| {
-            db.resources(
-                "s",
-                Some("rg"),
-                "Microsoft.RecoveryServices/vaults",
-                None,
-                2,
-            )
-        })
+        .read(|db| db.resources("s", Some("rg"), "Microsoft.RecoveryServices/vaults", None, 2))
         .unwrap();
     assert_eq!(p1.items.len(), 2);
     let p2 = s

@@ -156,9 +156,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.traffic_dir = args.traffic_dir;
     config.page_size = args.page_size.max(1);
     config.tls_hosts = args.tls_hosts;
-    let running = rsvault_api::start(config, clock())
-        .await
-        .context("starting rsvault")?;
+    let running = rsvault_api::start(config, clock()).await.context("starting rsvault")?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "rsvault listening on {}", running.base_url)?;
@@ -171,8 +169,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let stopper = running.stopper();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -217,19 +215,12 @@ async fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(args).await,
-        Command::Principal(PrincipalCommand::Create {
-            dir,
-            name,
-            role,
-            scope,
-        }) => {
+        Command::Principal(PrincipalCommand::Create { dir, name, role, scope }) => {
             let c = offline_control(&dir)?;
             let role = role.as_deref().zip(scope.as_deref());
             print_json(&c.create_principal(&name, role)?)
         }
-        Command::Principal(PrincipalCommand::List(dir)) => {
-            print_json(&offline_control(&dir)?.list_principals()?)
-        }
+        Command::Principal(PrincipalCommand::List(dir)) => print_json(&offline_control(&dir)?.list_principals()?),
         Command::Principal(PrincipalCommand::Delete { dir, client_id }) => {
             offline_control(&dir)?.delete_principal(&client_id)?;
             Ok(())

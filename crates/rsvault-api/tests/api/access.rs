@@ -88,10 +88,7 @@ fn bad_tokens(s: &Server) -> Vec<(&'static str, String)> {
     let payload = s.token.split('.').nth(1).unwrap().to_string();
     let alg_none = format!(
         "{}.{payload}.",
-        B64.encode(format!(
-            r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#,
-            keys[0].kid
-        ))
+        B64.encode(format!(r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#, keys[0].kid))
     );
     vec![
         ("garbage", "not-a-token".to_string()),
@@ -112,6 +109,7 @@ fn instantiate(pattern: &str, sub: &str) -> String {
         .replace("{location}", "westus")
         .replace("{roleAssignmentName}", &uuid::Uuid::new_v4().to_string())
         .replace("{roleDefinitionId}", "acdd72a7-3385-48ef-bd42-f606fba81ae7")
+        .replace("{operationId}", "00000000-0000-0000-0000-000000000000")
 }
 
 /// Every route × every kind of caller: 401 for bad tokens, 403 exactly where the role lacks the
@@ -123,13 +121,8 @@ async fn authorization_matrix_covers_every_route() {
     s.make_vault("rg", "vv").await;
     let scope = format!("/subscriptions/{}", s.sub());
     let bad = bad_tokens(&s);
-    let mut callers: Vec<(String, Option<String>, Option<&str>)> =
-        vec![("no token".into(), None, None)];
-    callers.push((
-        "no role".into(),
-        Some(s.principal(None, &scope).await),
-        Some(""),
-    ));
+    let mut callers: Vec<(String, Option<String>, Option<&str>)> = vec![("no token".into(), None, None)];
+    callers.push(("no role".into(), Some(s.principal(None, &scope).await), Some("")));
     for role in [
         "Backup Reader",
         "Backup Operator",
@@ -138,21 +131,14 @@ async fn authorization_matrix_covers_every_route() {
         "Contributor",
         "Owner",
     ] {
-        callers.push((
-            role.into(),
-            Some(s.principal(Some(role), &scope).await),
-            Some(role),
-        ));
+        callers.push((role.into(), Some(s.principal(Some(role), &scope).await), Some(role)));
     }
     let mut checked = 0;
     // Mutating routes last, so deletes do not hide other answers (they never change the 401/403 outcome).
     let mut routes: Vec<_> = ROUTES.iter().collect();
     routes.sort_by_key(|r| r.method == "DELETE");
     for route in routes {
-        let path = format!(
-            "{}?api-version=2026-11-01",
-            instantiate(route.pattern, s.sub())
-        );
+        let path = format!("{}?api-version=2026-11-01", instantiate(route.pattern, s.sub()));
         let body = matches!(route.method, "PUT" | "PATCH" | "POST").then(|| json!({}));
         for (what, tok) in &bad {
             let st = s
@@ -164,9 +150,7 @@ async fn authorization_matrix_covers_every_route() {
             checked += 1;
         }
         for (who, tok, role) in &callers {
-            let r = s
-                .call_as(tok.as_deref(), route.method, &path, body.as_ref())
-                .await;
+            let r = s.call_as(tok.as_deref(), route.method, &path, body.as_ref()).await;
             let st = r.status().as_u16();
             let want_allowed = match (route.access, role) {
                 (_, None) => {
@@ -212,23 +196,12 @@ async fn backup_reader_reads_but_cannot_write() {
     s.make_group("rg").await;
     s.make_vault("rg", "vv").await;
     let reader = s
-        .principal(
-            Some("Backup Reader"),
-            &format!("/subscriptions/{}", s.sub()),
-        )
+        .principal(Some("Backup Reader"), &format!("/subscriptions/{}", s.sub()))
         .await;
     let p = format!("{}?{API}", s.vault_path("rg", "vv"));
-    assert_eq!(
-        s.call_as(Some(&reader), "GET", &p, None).await.status(),
-        200
-    );
+    assert_eq!(s.call_as(Some(&reader), "GET", &p, None).await.status(), 200);
     let r = s
-        .call_as(
-            Some(&reader),
-            "PUT",
-            &p,
-            Some(&json!({"location": "westus"})),
-        )
+        .call_as(Some(&reader), "PUT", &p, Some(&json!({"location": "westus"})))
         .await;
     assert_eq!(r.status(), 403);
     let b: Value = r.json().await.unwrap();
@@ -238,15 +211,8 @@ async fn backup_reader_reads_but_cannot_write() {
             && msg.contains(&format!("over scope '{}", s.vault_path("rg", "vv"))),
         "{msg}"
     );
-    assert_eq!(
-        s.call_as(Some(&reader), "DELETE", &p, None).await.status(),
-        403
-    );
-    assert_eq!(
-        s.call("GET", &p, None).await.0,
-        200,
-        "the vault is still there"
-    );
+    assert_eq!(s.call_as(Some(&reader), "DELETE", &p, None).await.status(), 403);
+    assert_eq!(s.call("GET", &p, None).await.0, 200, "the vault is still there");
 }
 
 #[tokio::test]
@@ -254,12 +220,7 @@ async fn subscriptions_list_only_what_the_caller_may_see() {
     let s = start().await;
     let nobody = s.principal(None, "/").await;
     let b: Value = s
-        .call_as(
-            Some(&nobody),
-            "GET",
-            "/subscriptions?api-version=2022-12-01",
-            None,
-        )
+        .call_as(Some(&nobody), "GET", "/subscriptions?api-version=2022-12-01", None)
         .await
         .json()
         .await
@@ -268,12 +229,7 @@ async fn subscriptions_list_only_what_the_caller_may_see() {
     s.make_group("rg").await;
     let scoped = s.principal(Some("Backup Reader"), &s.rg_path("rg")).await;
     let b: Value = s
-        .call_as(
-            Some(&scoped),
-            "GET",
-            "/subscriptions?api-version=2022-12-01",
-            None,
-        )
+        .call_as(Some(&scoped), "GET", "/subscriptions?api-version=2022-12-01", None)
         .await
         .json()
         .await
@@ -291,10 +247,7 @@ async fn role_assignments_through_arm_grant_and_revoke() {
     let p = s.offline().create_principal("ops", None).unwrap();
     let tok = s.token_for(&p.client_id, &p.client_secret).await;
     let vault = format!("{}?{API}", s.vault_path("rg", "vv"));
-    assert_eq!(
-        s.call_as(Some(&tok), "GET", &vault, None).await.status(),
-        403
-    );
+    assert_eq!(s.call_as(Some(&tok), "GET", &vault, None).await.status(), 403);
 
     let defs = format!("{}/providers/Microsoft.Authorization/roleDefinitions?$filter=roleName%20eq%20'Backup%20Reader'&api-version=2022-04-01", s.rg_path("rg"));
     let (st, d) = s.call("GET", &defs, None).await;
@@ -321,7 +274,19 @@ async fn role_assignments_through_arm_grant_and_revoke() {
         )
         .await;
     assert_arm_error(st, &b, 409, "RoleAssignmentExists");
-    let (st, b) = s.call("PUT", &format!("{}/providers/Microsoft.Authorization/roleAssignments/{}?api-version=2022-04-01", s.rg_path("rg"), uuid::Uuid::new_v4()), Some(&json!({"properties": {"roleDefinitionId": role_id, "principalId": uuid::Uuid::new_v4().to_string()}}))).await;
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!(
+                "{}/providers/Microsoft.Authorization/roleAssignments/{}?api-version=2022-04-01",
+                s.rg_path("rg"),
+                uuid::Uuid::new_v4()
+            ),
+            Some(
+                &json!({"properties": {"roleDefinitionId": role_id, "principalId": uuid::Uuid::new_v4().to_string()}}),
+            ),
+        )
+        .await;
     assert_arm_error(st, &b, 400, "PrincipalNotFound");
 
     assert_eq!(

@@ -21,10 +21,7 @@ async fn arm_headers_are_present_and_echoed() {
     assert!(uuid::Uuid::parse_str(h["x-ms-request-id"].to_str().unwrap()).is_ok());
     assert!(h.contains_key("x-ms-ratelimit-remaining-subscription-reads"));
     assert!(h.contains_key("date"));
-    assert!(h["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("application/json"));
+    assert!(h["content-type"].to_str().unwrap().starts_with("application/json"));
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["value"][0]["subscriptionId"], s.sub());
     assert_eq!(b["value"][0]["tenantId"], s.boot.tenant_id.as_str());
@@ -36,9 +33,7 @@ async fn arm_headers_are_present_and_echoed() {
         .send()
         .await
         .unwrap();
-    assert!(r
-        .headers()
-        .contains_key("x-ms-ratelimit-remaining-subscription-writes"));
+    assert!(r.headers().contains_key("x-ms-ratelimit-remaining-subscription-writes"));
 }
 
 #[tokio::test]
@@ -96,9 +91,6 @@ async fn provider_operations_list_the_actions_routes_declare() {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    assert!(
-        names.contains(&"Microsoft.RecoveryServices/Vaults/write"),
-        "{names:?}"
-    );
+    assert!(names.contains(&"Microsoft.RecoveryServices/Vaults/write"), "{names:?}");
     assert!(b["value"][0]["display"]["provider"].is_string());
 }

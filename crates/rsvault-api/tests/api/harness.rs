@@ -27,9 +27,7 @@ pub fn clock() -> SharedClock {
 
 pub async fn start_with(config: Config, tmp: Option<tempfile::TempDir>) -> Server {
     let dir = config.data_dir.clone();
-    let running = rsvault_api::start(config, clock())
-        .await
-        .expect("server starts");
+    let running = rsvault_api::start(config, clock()).await.expect("server starts");
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     let http = Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
@@ -116,17 +114,10 @@ impl Server {
         self.token_for(&p.client_id, &p.client_secret).await
     }
 
-    pub async fn call_as(
-        &self,
-        token: Option<&str>,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Response {
-        let mut req = self.http.request(
-            Method::from_bytes(method.as_bytes()).unwrap(),
-            self.url(path),
-        );
+    pub async fn call_as(&self, token: Option<&str>, method: &str, path: &str, body: Option<&Value>) -> Response {
+        let mut req = self
+            .http
+            .request(Method::from_bytes(method.as_bytes()).unwrap(), self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -155,10 +146,7 @@ impl Server {
     }
 
     pub fn vault_path(&self, rg: &str, v: &str) -> String {
-        format!(
-            "{}/providers/Microsoft.RecoveryServices/vaults/{v}",
-            self.rg_path(rg)
-        )
+        format!("{}/providers/Microsoft.RecoveryServices/vaults/{v}", self.rg_path(rg))
     }
 
     pub async fn make_group(&self, rg: &str) {

@@ -11,25 +11,9 @@ async fn discovery_documents_point_at_this_server() {
         format!("/{t}/v2.0/.well-known/openid-configuration"),
         "/adfs/.well-known/openid-configuration".to_string(),
     ] {
-        let b: Value = s
-            .http
-            .get(s.url(&path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        for k in [
-            "issuer",
-            "authorization_endpoint",
-            "token_endpoint",
-            "jwks_uri",
-        ] {
-            assert!(
-                b[k].as_str().unwrap().starts_with(&s.base),
-                "{path} {k}: {b}"
-            );
+        let b: Value = s.http.get(s.url(&path)).send().await.unwrap().json().await.unwrap();
+        for k in ["issuer", "authorization_endpoint", "token_endpoint", "jwks_uri"] {
+            assert!(b[k].as_str().unwrap().starts_with(&s.base), "{path} {k}: {b}");
         }
         let jwks: Value = s
             .http
@@ -51,10 +35,7 @@ async fn discovery_documents_point_at_this_server() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        m["resourceManager"].as_str().unwrap(),
-        format!("{}/", s.base)
-    );
+    assert_eq!(m["resourceManager"].as_str().unwrap(), format!("{}/", s.base));
     assert!(m["authentication"]["audiences"][0].is_string());
 }
 
@@ -101,11 +82,7 @@ async fn token_endpoint_errors_are_oauth2_errors() {
         ),
         (
             t.clone(),
-            vec![
-                ("client_id", &id),
-                ("client_secret", &secret),
-                ("scope", arm),
-            ],
+            vec![("client_id", &id), ("client_secret", &secret), ("scope", arm)],
             400,
             "invalid_request",
         ),
@@ -121,11 +98,7 @@ async fn token_endpoint_errors_are_oauth2_errors() {
         ),
         (
             t.clone(),
-            vec![
-                ("grant_type", "client_credentials"),
-                ("client_id", &id),
-                ("scope", arm),
-            ],
+            vec![("grant_type", "client_credentials"), ("client_id", &id), ("scope", arm)],
             400,
             "invalid_request",
         ),
@@ -172,22 +145,9 @@ async fn token_endpoint_errors_are_oauth2_errors() {
             .unwrap();
         let st = r.status().as_u16();
         let b: Value = r.json().await.unwrap();
-        assert_eq!(
-            (st, b["error"].as_str().unwrap()),
-            (status, error),
-            "{form:?}: {b}"
-        );
-        assert!(
-            b["error_description"]
-                .as_str()
-                .unwrap()
-                .starts_with("AADSTS"),
-            "{b}"
-        );
-        assert!(
-            !b.to_string().contains(&secret),
-            "the secret is never echoed"
-        );
+        assert_eq!((st, b["error"].as_str().unwrap()), (status, error), "{form:?}: {b}");
+        assert!(b["error_description"].as_str().unwrap().starts_with("AADSTS"), "{b}");
+        assert!(!b.to_string().contains(&secret), "the secret is never echoed");
     }
 }
 
@@ -207,10 +167,7 @@ async fn tokens_for_every_scope_form_clients_send() {
                 ("client_id", &s.boot.client_id),
                 ("client_secret", &s.boot.client_secret),
                 ("scope", scope),
-                (
-                    "claims",
-                    "{\"access_token\":{\"xms_cc\":{\"values\":[\"CP1\"]}}}",
-                ),
+                ("claims", "{\"access_token\":{\"xms_cc\":{\"values\":[\"CP1\"]}}}"),
             ])
             .send()
             .await
@@ -222,12 +179,7 @@ async fn tokens_for_every_scope_form_clients_send() {
         let tok = b["access_token"].as_str().unwrap();
         let (st, _) = {
             let r = s
-                .call_as(
-                    Some(tok),
-                    "GET",
-                    "/subscriptions?api-version=2022-12-01",
-                    None,
-                )
+                .call_as(Some(tok), "GET", "/subscriptions?api-version=2022-12-01", None)
                 .await;
             (r.status().as_u16(), ())
         };
@@ -235,8 +187,8 @@ async fn tokens_for_every_scope_form_clients_send() {
     }
     // client_secret_basic, as some clients send it
     use base64::Engine;
-    let basic = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", s.boot.client_id, s.boot.client_secret));
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", s.boot.client_id, s.boot.client_secret));
     let r = s
         .http
         .post(s.url("/adfs/oauth2/token"))
@@ -255,8 +207,7 @@ async fn tokens_for_every_scope_form_clients_send() {
 async fn rotated_keys_keep_old_tokens_valid() {
     let s = start().await;
     let old = s.token.clone();
-    let kid =
-        rsvault_control::tokens::rotate_keys(s.offline().store(), chrono::Utc::now()).unwrap();
+    let kid = rsvault_control::tokens::rotate_keys(s.offline().store(), chrono::Utc::now()).unwrap();
     let jwks: Value = s
         .http
         .get(s.url(&format!("/{}/discovery/v2.0/keys", s.boot.tenant_id)))
@@ -268,14 +219,9 @@ async fn rotated_keys_keep_old_tokens_valid() {
         .unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
     assert_eq!(
-        s.call_as(
-            Some(&old),
-            "GET",
-            "/subscriptions?api-version=2022-12-01",
-            None
-        )
-        .await
-        .status(),
+        s.call_as(Some(&old), "GET", "/subscriptions?api-version=2022-12-01", None)
+            .await
+            .status(),
         200
     );
     let fresh = s.token_for(&s.boot.client_id, &s.boot.client_secret).await;
@@ -289,14 +235,9 @@ async fn rotated_keys_keep_old_tokens_valid() {
     .unwrap();
     assert_eq!(header["kid"], kid.as_str());
     assert_eq!(
-        s.call_as(
-            Some(&fresh),
-            "GET",
-            "/subscriptions?api-version=2022-12-01",
-            None
-        )
-        .await
-        .status(),
+        s.call_as(Some(&fresh), "GET", "/subscriptions?api-version=2022-12-01", None)
+            .await
+            .status(),
         200
     );
 }
@@ -309,10 +250,7 @@ async fn secrets_are_hashed_at_rest_and_reset_works() {
     let db = std::fs::read(s.dir.join("meta.db")).unwrap();
     let wal = std::fs::read(s.dir.join("meta.db-wal")).unwrap_or_default();
     let needle = p.client_secret.as_bytes();
-    assert!(
-        !db.windows(needle.len()).any(|w| w == needle)
-            && !wal.windows(needle.len()).any(|w| w == needle)
-    );
+    assert!(!db.windows(needle.len()).any(|w| w == needle) && !wal.windows(needle.len()).any(|w| w == needle));
     let reset = c.reset_secret(&p.client_id).unwrap();
     let r = s
         .http

@@ -8,43 +8,25 @@ async fn resource_group_lifecycle() {
     let s = start().await;
     let p = format!("{}?api-version=2021-04-01", s.rg_path("rg1"));
     let (st, b) = s
-        .call(
-            "PUT",
-            &p,
-            Some(&json!({"location": "West US", "tags": {"a": "b"}})),
-        )
+        .call("PUT", &p, Some(&json!({"location": "West US", "tags": {"a": "b"}})))
         .await;
     assert_eq!(st, 201);
     assert_eq!(b["location"], "westus");
     assert_eq!(b["properties"]["provisioningState"], "Succeeded");
-    assert_eq!(
-        s.call("PUT", &p, Some(&json!({"location": "westus"})))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(s.call("PUT", &p, Some(&json!({"location": "westus"}))).await.0, 200);
     assert_eq!(s.call("HEAD", &p, None).await.0, 204);
     assert_eq!(
-        s.call(
-            "HEAD",
-            &format!("{}?api-version=2021-04-01", s.rg_path("nope")),
-            None
-        )
-        .await
-        .0,
+        s.call("HEAD", &format!("{}?api-version=2021-04-01", s.rg_path("nope")), None)
+            .await
+            .0,
         404
     );
-    let (st, b) = s
-        .call("PATCH", &p, Some(&json!({"tags": {"x": "y"}})))
-        .await;
+    let (st, b) = s.call("PATCH", &p, Some(&json!({"tags": {"x": "y"}}))).await;
     assert_eq!((st, b["tags"].clone()), (200, json!({"x": "y"})));
     let (st, b) = s
         .call(
             "GET",
-            &format!(
-                "/subscriptions/{}/resourcegroups?api-version=2021-04-01",
-                s.sub()
-            ),
+            &format!("/subscriptions/{}/resourcegroups?api-version=2021-04-01", s.sub()),
             None,
         )
         .await;
@@ -81,22 +63,14 @@ async fn vault_lifecycle_as_the_spec_shows() {
     assert!(b["identity"]["principalId"].is_string());
     assert!(b["etag"].as_str().unwrap().starts_with("W/\"datetime'"));
     let (st, again) = s
-        .call(
-            "PUT",
-            &p,
-            Some(&json!({"location": "westus", "tags": {"k": "v"}})),
-        )
+        .call("PUT", &p, Some(&json!({"location": "westus", "tags": {"k": "v"}})))
         .await;
     assert_eq!(st, 200);
     assert_eq!(
-        again["properties"]["securitySettings"]["softDeleteSettings"]["softDeleteState"],
-        "Disabled",
+        again["properties"]["securitySettings"]["softDeleteSettings"]["softDeleteState"], "Disabled",
         "PUT keeps earlier settings"
     );
-    assert_eq!(
-        again["identity"]["principalId"],
-        b["identity"]["principalId"]
-    );
+    assert_eq!(again["identity"]["principalId"], b["identity"]["principalId"]);
     let (st, got) = s.call("GET", &p, None).await;
     assert_eq!((st, &got["tags"]), (200, &json!({"k": "v"})));
     let (st, patched) = s
@@ -115,11 +89,7 @@ async fn vault_lifecycle_as_the_spec_shows() {
     );
 
     let (st, u) = s
-        .call(
-            "GET",
-            &format!("{}/usages?{API}", s.vault_path("rg", "v1")),
-            None,
-        )
+        .call("GET", &format!("{}/usages?{API}", s.vault_path("rg", "v1")), None)
         .await;
     assert_eq!(st, 200);
     assert_eq!(u["value"][0]["name"]["value"], "ProtectedItemCount");
@@ -132,17 +102,10 @@ async fn vault_lifecycle_as_the_spec_shows() {
     assert_eq!(st, 200);
     assert!(e["properties"]["integrityKey"].is_string());
     let (st, e2) = s
-        .call(
-            "PATCH",
-            &ext,
-            Some(&json!({"properties": {"algorithm": "RSA"}})),
-        )
+        .call("PATCH", &ext, Some(&json!({"properties": {"algorithm": "RSA"}})))
         .await;
     assert_eq!((st, &e2["properties"]["algorithm"]), (200, &json!("RSA")));
-    assert_eq!(
-        e2["properties"]["integrityKey"],
-        e["properties"]["integrityKey"]
-    );
+    assert_eq!(e2["properties"]["integrityKey"], e["properties"]["integrityKey"]);
 
     let check = format!("/subscriptions/{}/resourceGroups/rg/providers/Microsoft.RecoveryServices/locations/westus/checkNameAvailability?{API}", s.sub());
     let (_, c) = s
@@ -165,7 +128,48 @@ async fn vault_lifecycle_as_the_spec_shows() {
         .await;
     assert_eq!(c["nameAvailable"], true);
 
-    assert_eq!(s.call("DELETE", &p, None).await.0, 204);
+    // DELETE is a long-running operation as the spec shows: 202, then status and result URLs.
+    let r = s.call_as(Some(&s.token), "DELETE", &p, None).await;
+    assert_eq!(r.status(), 202);
+    let h = r.headers().clone();
+    let status_url = h["azure-asyncoperation"].to_str().unwrap().to_string();
+    let result_url = h["location"].to_str().unwrap().to_string();
+    assert!(
+        status_url.starts_with(&s.base)
+            && status_url.contains("/operationStatus/")
+            && status_url.ends_with("api-version=2026-11-01"),
+        "{status_url}"
+    );
+    assert!(result_url.contains("/operationResults/"), "{result_url}");
+    assert!(h["retry-after"].to_str().unwrap().parse::<u64>().is_ok());
+    let st: serde_json::Value = s
+        .http
+        .get(&status_url)
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st["status"], "Succeeded");
+    assert!(st["id"].as_str().unwrap().ends_with(st["name"].as_str().unwrap()));
+    assert_eq!(
+        s.http
+            .get(&result_url)
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204,
+        "the vault is gone"
+    );
+    let other = status_url.replace(st["name"].as_str().unwrap(), &uuid::Uuid::new_v4().to_string());
+    assert_eq!(
+        s.http.get(&other).bearer_auth(&s.token).send().await.unwrap().status(),
+        404
+    );
     assert_eq!(
         s.call("DELETE", &p, None).await.0,
         204,
@@ -261,11 +265,7 @@ async fn restart_on_the_same_dir_keeps_everything() {
         (client, secret)
     );
     let (st, got) = s2
-        .call(
-            "GET",
-            &format!("{}?{API}", s2.vault_path("rg", "keep")),
-            None,
-        )
+        .call("GET", &format!("{}?{API}", s2.vault_path("rg", "keep")), None)
         .await;
     assert_eq!(st, 200);
     assert_eq!(got["id"], v["id"]);
@@ -335,9 +335,7 @@ async fn bad_input_gets_arm_errors_and_changes_nothing() {
             req = req.json(&b);
         }
         if let Some(r) = raw {
-            req = req
-                .header("content-type", "application/json")
-                .body(r.to_string());
+            req = req.header("content-type", "application/json").body(r.to_string());
         }
         let r = req.send().await.unwrap();
         let st = r.status().as_u16();
@@ -416,10 +414,16 @@ async fn paths_are_case_insensitive_and_percent_decoded() {
     let s = start().await;
     s.make_group("RG").await;
     s.make_vault("RG", "MyVault").await;
-    let path = format!("/SUBSCRIPTIONS/{}/resourcegroups/rg/PROVIDERS/microsoft.recoveryservices/VAULTS/myvault?{API}", s.sub());
+    let path = format!(
+        "/SUBSCRIPTIONS/{}/resourcegroups/rg/PROVIDERS/microsoft.recoveryservices/VAULTS/myvault?{API}",
+        s.sub()
+    );
     let (st, b) = s.call("GET", &path, None).await;
     assert_eq!(st, 200);
     assert_eq!(b["name"], "MyVault", "stored casing is echoed");
-    let path = format!("/subscriptions/{}/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/My%56ault?{API}", s.sub());
+    let path = format!(
+        "/subscriptions/{}/resourceGroups/RG/providers/Microsoft.RecoveryServices/vaults/My%56ault?{API}",
+        s.sub()
+    );
     assert_eq!(s.call("GET", &path, None).await.0, 200);
 }

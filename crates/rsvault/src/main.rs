@@ -156,6 +156,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.traffic_dir = args.traffic_dir;
     config.page_size = args.page_size.max(1);
     config.tls_hosts = args.tls_hosts;
+    // Signal handlers exist before anyone is told we are up, so an early SIGTERM is still graceful.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let running = rsvault_api::start(config, clock()).await.context("starting rsvault")?;
     {
         let mut out = std::io::stdout().lock();
@@ -169,10 +173,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     let stopper = running.stopper();
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");

@@ -32,6 +32,11 @@ class AzFailed(Exception):
 @pytest.fixture(scope="module")
 def az(server, tmp_path_factory):
     """A function running `az ARGS... -o json` logged in to the server as its bootstrap principal."""
+    return login(server, tmp_path_factory, server.client_id, server.client_secret)
+
+
+def login(server, tmp_path_factory, client_id: str, client_secret: str):
+    """Registers the server as a cloud in a fresh AZURE_CONFIG_DIR and logs in as a service principal."""
     if not AZ_BIN.exists():
         pytest.skip(f"az CLI not installed at {AZ_BIN} (scripts/setup-test-env installs it)")
     env = dict(os.environ)
@@ -60,7 +65,7 @@ def az(server, tmp_path_factory):
     )
     run("cloud", "set", "-n", "RsvaultLocal")
     run("config", "set", "core.instance_discovery=false")
-    run("login", "--service-principal", "-u", server.client_id, "-p", server.client_secret, "--tenant", server.tenant_id)
+    run("login", "--service-principal", "-u", client_id, "-p", client_secret, "--tenant", server.tenant_id)
     return run
 
 
@@ -96,3 +101,31 @@ def test_group_and_vault(az, server):
     assert gone.returncode != 0
     assert "ResourceNotFound" in gone.stderr or "not found" in gone.stderr.lower(), gone.stderr
     assert az("backup", "vault", "list", "-g", rg) == []
+
+
+def test_role_assignment_makes_a_backup_reader(az, server, tmp_path_factory):
+    """`az role assignment create` grants Backup Reader at a group; that principal reads but cannot write."""
+    from conftest import _bin_path
+
+    rg = f"az-rbac-{uuid.uuid4().hex[:8]}"
+    vault = f"az-vault-{uuid.uuid4().hex[:8]}"
+    az("group", "create", "-n", rg, "-l", LOCATION)
+    az("backup", "vault", "create", "-g", rg, "-n", vault, "-l", LOCATION)
+    made = subprocess.run(
+        [str(_bin_path()), "principal", "create", "--name", "az-reader", "--data-dir", str(server.data_dir)],
+        capture_output=True, text=True, check=True,
+    )
+    p = json.loads(made.stdout)
+    scope = f"/subscriptions/{server.subscription_id}/resourceGroups/{rg}"
+    ra = az("role", "assignment", "create", "--assignee-object-id", p["objectId"],
+            "--assignee-principal-type", "ServicePrincipal", "--role", "Backup Reader", "--scope", scope)
+    assert ra["scope"] == scope
+    assert ra["principalId"] == p["objectId"]
+    listed = az("role", "assignment", "list", "--scope", scope, "--fill-principal-name", "false")
+    assert any(a["principalId"] == p["objectId"] for a in listed), listed
+
+    reader = login(server, tmp_path_factory, p["clientId"], p["clientSecret"])
+    assert reader("backup", "vault", "show", "-g", rg, "-n", vault)["name"] == vault
+    denied = reader("backup", "vault", "create", "-g", rg, "-n", vault + "x", "-l", LOCATION, check=False)
+    assert denied.returncode != 0
+    assert "AuthorizationFailed" in denied.stderr, denied.stderr

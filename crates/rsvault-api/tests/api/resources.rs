@@ -427,3 +427,40 @@ async fn paths_are_case_insensitive_and_percent_decoded() {
     );
     assert_eq!(s.call("GET", &path, None).await.0, 200);
 }
+
+/// A vault that still holds protected items refuses deletion with Azure's error. The item is written
+/// straight into the store (protection itself arrives with the protection layer).
+#[tokio::test]
+async fn a_vault_with_protected_items_refuses_deletion() {
+    let s = start().await;
+    s.make_group("rg").await;
+    let v = s.make_vault("rg", "busy").await;
+    let vault_id = v["id"].as_str().unwrap().to_string();
+    let item_id = format!("{vault_id}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;rg;vm1/protectedItems/VM;iaasvmcontainerv2;rg;vm1");
+    let now = chrono::Utc::now();
+    s.offline()
+        .store()
+        .write(|db| {
+            db.put_resource(&rsvault_store::ResourceRow {
+                id: item_id.clone(),
+                subscription: s.sub().to_string(),
+                resource_group: Some("rg".into()),
+                type_key: "microsoft.recoveryservices/vaults/backupfabrics/protectioncontainers/protecteditems".into(),
+                name: "VM;iaasvmcontainerv2;rg;vm1".into(),
+                parent_key: None,
+                body: json!({}),
+                etag: "e".into(),
+                created: now,
+                updated: now,
+            })
+        })
+        .unwrap();
+    let p = format!("{}?{API}", s.vault_path("rg", "busy"));
+    let (st, b) = s.call("DELETE", &p, None).await;
+    assert_arm_error(st, &b, 400, "ServiceResourceNotEmptyWithBackendMessage");
+    let (_, u) = s
+        .call("GET", &format!("{}/usages?{API}", s.vault_path("rg", "busy")), None)
+        .await;
+    assert_eq!(u["value"][0]["currentValue"], 1, "usages count the item");
+    assert_eq!(s.call("GET", &p, None).await.0, 200, "the vault is still there");
+}

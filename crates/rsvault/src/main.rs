@@ -161,15 +161,17 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let running = rsvault_api::start(config, clock()).await.context("starting rsvault")?;
+    // The ready line (scripts wait for it). A reader that went away must not stop the server, so
+    // errors writing to stdout are ignored.
     {
+        let bootstrap = DataDir::new(&args.dir.data_dir).bootstrap_path();
+        let text = format!(
+            "rsvault listening on {}\nbootstrap credentials: {}\n",
+            running.base_url,
+            bootstrap.display()
+        );
         let mut out = std::io::stdout().lock();
-        writeln!(out, "rsvault listening on {}", running.base_url)?;
-        writeln!(
-            out,
-            "bootstrap credentials: {}",
-            DataDir::new(&args.dir.data_dir).bootstrap_path().display()
-        )?;
-        out.flush()?;
+        let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
     }
     let stopper = running.stopper();
     tokio::spawn(async move {

@@ -3,7 +3,7 @@
 use crate::pipeline::{page_reply, skip_token, Ctx};
 use crate::reply::Reply;
 use crate::routes::{Access, Op, Params, ROUTES};
-use rsvault_control::{Caller, Error, Result};
+use rsvault_control::{Caller, Control, Error, Result};
 use serde_json::{json, Value};
 
 /// Carries out one endpoint.
@@ -69,7 +69,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
                 vault_base(ctx).trim_start_matches(&ctx.base),
                 p.get("operationId")
             );
-            Reply::ok(operation_status_body(&id, p.get("operationId"), &o))
+            Reply::ok(Control::operation_status_body(&id, &o))
         }
         Op::VaultOperationResult => {
             let o = c.vault_operation(p.sub(), p.rg(), p.vault(), p.get("operationId"))?;
@@ -88,7 +88,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
                     Err(Error::ResourceNotFound { .. }) => Reply::empty(204),
                     Err(e) => return Err(e),
                 },
-                _ => Reply::ok(operation_status_body(&ctx.raw_path, p.get("operationId"), &o)),
+                _ => Reply::ok(Control::operation_status_body(&ctx.raw_path, &o)),
             }
         }
         Op::CheckVaultName => Reply::ok(c.check_vault_name(p.sub(), p.rg(), &ctx.json()?)?),
@@ -142,22 +142,6 @@ fn accepted(ctx: &Ctx, location: &str, async_operation: &str) -> Reply {
         .header("Location", with_api_version(ctx, location))
         .header("Azure-AsyncOperation", with_api_version(ctx, async_operation))
         .header("Retry-After", ctx.state.config.retry_after_secs.to_string())
-}
-
-/// The status body every operation URL answers with.
-fn operation_status_body(id: &str, name: &str, o: &rsvault_store::OperationRow) -> Value {
-    let mut v =
-        json!({"id": id, "name": name, "status": o.status, "startTime": rsvault_core::time::timestamp(o.start)});
-    if let Some(end) = o.end {
-        v["endTime"] = json!(rsvault_core::time::timestamp(end));
-    }
-    if let Some(e) = &o.error {
-        v["error"] = e.clone();
-    }
-    if let Some(p) = &o.properties {
-        v["properties"] = p.clone();
-    }
-    v
 }
 
 fn vault_etag(ctx: &Ctx, p: &Params) -> Result<Option<String>> {

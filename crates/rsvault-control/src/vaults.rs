@@ -449,6 +449,26 @@ impl Control {
 
     /// A vault-scoped operation record (the vault itself may be gone: a delete's record outlives it).
     pub fn vault_operation(&self, sub: &str, rg: &str, name: &str, op: &str) -> Result<OperationRow> {
+        self.vault_operation_row(sub, rg, name, op)
+    }
+
+    /// The status body every operation URL answers with (`OperationResource`), for the status URL `id`.
+    pub fn operation_status_body(id: &str, o: &OperationRow) -> Value {
+        let name = id.rsplit('/').next().unwrap_or_default();
+        let mut v = json!({"id": id, "name": name, "status": o.status, "startTime": time::timestamp(o.start)});
+        if let Some(end) = o.end {
+            v["endTime"] = json!(time::timestamp(end));
+        }
+        if let Some(e) = &o.error {
+            v["error"] = e.clone();
+        }
+        if let Some(p) = &o.properties {
+            v["properties"] = p.clone();
+        }
+        v
+    }
+
+    fn vault_operation_row(&self, sub: &str, rg: &str, name: &str, op: &str) -> Result<OperationRow> {
         self.subscription_row(sub)?;
         self.group_row(sub, rg)?;
         let scope = self.vault_id(sub, rg, name).to_ascii_lowercase();

@@ -36,6 +36,8 @@ fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Pa
     Page { items, next }
 }
 
+const PRINCIPAL_COLS: &str = "client_id, object_id, tenant_id, display_name, secret_hash, created";
+const ASSIGNMENT_COLS: &str = "id, name, scope, role_definition_id, principal_id, principal_type, created, created_by";
 const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
 
 fn resource_row(r: &Row) -> rusqlite::Result<ResourceRow> {
@@ -330,7 +332,7 @@ impl Db<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals WHERE client_id = ?1",
+                &format!("SELECT {PRINCIPAL_COLS} FROM principals WHERE client_id = ?1"),
                 [key(client_id)],
                 principal_row,
             )
@@ -341,7 +343,7 @@ impl Db<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals WHERE object_id = ?1",
+                &format!("SELECT {PRINCIPAL_COLS} FROM principals WHERE object_id = ?1"),
                 [key(object_id)],
                 principal_row,
             )
@@ -349,7 +351,9 @@ impl Db<'_> {
     }
 
     pub fn principals(&self) -> R<Vec<PrincipalRow>> {
-        let mut st = self.0.prepare("SELECT client_id, object_id, tenant_id, display_name, secret_hash, created FROM principals ORDER BY created, client_id")?;
+        let mut st = self.0.prepare(&format!(
+            "SELECT {PRINCIPAL_COLS} FROM principals ORDER BY created, client_id"
+        ))?;
         let rows = st.query_map([], principal_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -399,7 +403,7 @@ impl Db<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments WHERE id_key = ?1",
+                &format!("SELECT {ASSIGNMENT_COLS} FROM role_assignments WHERE id_key = ?1"),
                 [key(id)],
                 assignment_row,
             )
@@ -411,7 +415,7 @@ impl Db<'_> {
         Ok(self
             .0
             .query_row(
-                "SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments WHERE lower(name) = ?1",
+                &format!("SELECT {ASSIGNMENT_COLS} FROM role_assignments WHERE lower(name) = ?1"),
                 [key(name)],
                 assignment_row,
             )
@@ -419,17 +423,17 @@ impl Db<'_> {
     }
 
     pub fn role_assignments(&self) -> R<Vec<RoleAssignmentRow>> {
-        let mut st = self
-            .0
-            .prepare("SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments ORDER BY created, id_key")?;
+        let mut st = self.0.prepare(&format!(
+            "SELECT {ASSIGNMENT_COLS} FROM role_assignments ORDER BY created, id_key"
+        ))?;
         let rows = st.query_map([], assignment_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
 
     pub fn role_assignments_of(&self, principal_object_id: &str) -> R<Vec<RoleAssignmentRow>> {
-        let mut st = self.0.prepare(
-            "SELECT id, name, scope, role_definition_id, principal_id, principal_type, created, created_by FROM role_assignments WHERE principal_id = ?1",
-        )?;
+        let mut st = self.0.prepare(&format!(
+            "SELECT {ASSIGNMENT_COLS} FROM role_assignments WHERE principal_id = ?1"
+        ))?;
         let rows = st
             .query_map([key(principal_object_id)], assignment_row)?
             .collect::<Result<Vec<_>, _>>()?;

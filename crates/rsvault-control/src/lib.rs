@@ -7,11 +7,16 @@
 //!
 //! Modules: [`datadir`] (first start and the files of a data dir), [`access`] (principals, role
 //! assignments and definitions, authorization), [`tokens`] (the token endpoint's logic), [`resources`]
-//! (subscriptions, resource groups), [`vaults`] (Recovery Services vaults), [`body`] (request body checks).
+//! (subscriptions, resource groups), [`vaults`] (Recovery Services vaults), [`body`] (request body checks), [`disk`] (disk image probes),
+//! [`inventory`] (VMs, storage accounts and file shares), [`backup`] (policies, containers, protected
+//! items, jobs, operations, backup status and vault backup configuration).
 
 pub mod access;
+pub mod backup;
 pub mod body;
 pub mod datadir;
+pub mod disk;
+pub mod inventory;
 pub mod resources;
 pub mod tokens;
 pub mod vaults;

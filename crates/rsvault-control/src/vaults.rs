@@ -1,5 +1,6 @@
 //! Recovery Services vaults (`Microsoft.RecoveryServices/vaults`) and their vault-level side resources
-//! (`extendedInformation/vaultExtendedInfo`, `usages`, `checkNameAvailability`).
+//! (`extendedInformation/vaultExtendedInfo`, `usages`, `checkNameAvailability`). A new vault gets Azure's
+//! default backup policies in the same transaction.
 //!
 //! A vault is stored as its ARM body. PUT creates (201) or replaces (200) synchronously with
 //! `provisioningState: Succeeded`, as the live service does; PATCH merges; DELETE is synchronous (204).
@@ -361,10 +362,14 @@ impl Control {
             created: now,
             updated: now,
         };
+        let policies = self.default_policy_rows(&row);
         let created = self.store.write(|db| {
             let created = db.put_resource(&row)?;
             if created {
                 db.put_resource(&ext)?;
+                for p in &policies {
+                    db.put_resource(p)?;
+                }
             }
             Ok::<_, Error>(created)
         })?;
@@ -439,6 +444,7 @@ impl Control {
             end: Some(now),
             error: None,
             properties: None,
+            target: None,
         };
         self.store.write(|db| {
             db.delete_resource(&id)?;

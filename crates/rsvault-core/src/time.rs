@@ -81,6 +81,25 @@ pub fn iso_duration(d: Duration) -> String {
     out
 }
 
+/// A `TimeSpan` in .NET's text form, as Azure writes `deferredDeleteTimeRemaining`:
+/// `13.23:59:46.1421238` (days, then `hh:mm:ss` and up to 7 fraction digits).
+pub fn timespan_text(d: Duration) -> String {
+    let d = if d < Duration::zero() { Duration::zero() } else { d };
+    let total = d.num_seconds();
+    let nanos = (d - Duration::seconds(total)).num_nanoseconds().unwrap_or(0) as u32;
+    let (days, h, m, s) = (total / 86_400, (total / 3600) % 24, (total / 60) % 60, total % 60);
+    let frac = if nanos == 0 {
+        String::new()
+    } else {
+        format!(".{:07}", nanos / 100)
+    };
+    if days > 0 {
+        format!("{days}.{h:02}:{m:02}:{s:02}{frac}")
+    } else {
+        format!("{h:02}:{m:02}:{s:02}{frac}")
+    }
+}
+
 /// The weak ETag ARM puts on vaults: `W/"datetime'2017-12-15T12%3A36%3A51.68Z'"`.
 pub fn datetime_etag(t: DateTime<Utc>) -> String {
     let ts = timestamp(t).replace(':', "%3A");
@@ -96,6 +115,18 @@ pub fn http_date(t: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn timespans_are_written_as_dotnet_does() {
+        let d = Duration::days(13)
+            + Duration::hours(23)
+            + Duration::minutes(59)
+            + Duration::seconds(46)
+            + Duration::nanoseconds(142_123_800);
+        assert_eq!(timespan_text(d), "13.23:59:46.1421238");
+        assert_eq!(timespan_text(Duration::seconds(61)), "00:01:01");
+        assert_eq!(timespan_text(Duration::seconds(-5)), "00:00:00");
+    }
 
     #[test]
     fn durations_match_the_live_service() {

@@ -38,6 +38,8 @@ fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Pa
 
 const PRINCIPAL_COLS: &str = "client_id, object_id, tenant_id, display_name, secret_hash, created";
 const ASSIGNMENT_COLS: &str = "id, name, scope, role_definition_id, principal_id, principal_type, created, created_by";
+const OPERATION_COLS: &str = "id, scope_key, kind, status, start, end, error, properties, target";
+const JOB_COLS: &str = "id, vault_key, name, operation, status, backup_management_type, entity, start, end, body";
 const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
 
 fn resource_row(r: &Row) -> rusqlite::Result<ResourceRow> {
@@ -52,6 +54,35 @@ fn resource_row(r: &Row) -> rusqlite::Result<ResourceRow> {
         etag: r.get(7)?,
         created: parse_ts(r.get(8)?)?,
         updated: parse_ts(r.get(9)?)?,
+    })
+}
+
+fn operation_row(r: &Row) -> rusqlite::Result<OperationRow> {
+    Ok(OperationRow {
+        id: r.get(0)?,
+        scope_key: r.get(1)?,
+        kind: r.get(2)?,
+        status: r.get(3)?,
+        start: parse_ts(r.get(4)?)?,
+        end: r.get::<_, Option<String>>(5)?.map(parse_ts).transpose()?,
+        error: r.get::<_, Option<String>>(6)?.map(json).transpose()?,
+        properties: r.get::<_, Option<String>>(7)?.map(json).transpose()?,
+        target: r.get(8)?,
+    })
+}
+
+fn job_row(r: &Row) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: r.get(0)?,
+        vault_key: r.get(1)?,
+        name: r.get(2)?,
+        operation: r.get(3)?,
+        status: r.get(4)?,
+        backup_management_type: r.get(5)?,
+        entity: r.get(6)?,
+        start: parse_ts(r.get(7)?)?,
+        end: r.get::<_, Option<String>>(8)?.map(parse_ts).transpose()?,
+        body: json(r.get(9)?)?,
     })
 }
 
@@ -270,6 +301,29 @@ impl Db<'_> {
         Ok(page(items, limit, |r| key(&r.id)))
     }
 
+    /// Every resource of one type in a subscription (for lookups across vaults, e.g. "is this VM protected
+    /// anywhere?").
+    pub fn all_of_type(&self, sub: &str, type_key: &str) -> R<Vec<ResourceRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE sub_key = ?1 AND type_key = ?2 ORDER BY id_key"
+        ))?;
+        let rows = st
+            .query_map(params![key(sub), key(type_key)], resource_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Every resource of one type below an id (any depth), in key order.
+    pub fn all_below(&self, id: &str, type_key: &str) -> R<Vec<ResourceRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE substr(id_key, 1, length(?1)) = ?1 AND type_key = ?2 ORDER BY id_key"
+        ))?;
+        let rows = st
+            .query_map(params![format!("{}/", key(id)), key(type_key)], resource_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     /// Children of a resource, of one type (or all types with `None`), in key order, paged.
     pub fn children(
         &self,
@@ -314,6 +368,10 @@ impl Db<'_> {
         )?;
         self.0.execute(
             "DELETE FROM role_assignments WHERE scope_key = ?1 OR substr(scope_key, 1, length(?2)) = ?2",
+            [k.clone(), format!("{k}/")],
+        )?;
+        self.0.execute(
+            "DELETE FROM jobs WHERE vault_key = ?1 OR substr(vault_key, 1, length(?2)) = ?2",
             [k.clone(), format!("{k}/")],
         )?;
         Ok(self.0.execute("DELETE FROM resources WHERE id_key = ?1", [k])? > 0)
@@ -481,9 +539,12 @@ impl Db<'_> {
     }
 
     // ---- operations -------------------------------------------------------------------------
-    pub fn insert_operation(&self, o: &OperationRow) -> R<()> {
+    /// Inserts an operation record, or replaces the one with the same id (status changes).
+    pub fn put_operation(&self, o: &OperationRow) -> R<()> {
         self.0.execute(
-            "INSERT INTO operations (id, scope_key, kind, status, start, end, error, properties) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            &format!(
+                "INSERT OR REPLACE INTO operations ({OPERATION_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
             params![
                 key(&o.id),
                 key(&o.scope_key),
@@ -492,31 +553,67 @@ impl Db<'_> {
                 ts(&o.start),
                 o.end.as_ref().map(ts),
                 o.error.as_ref().map(|e| e.to_string()),
-                o.properties.as_ref().map(|e| e.to_string())
+                o.properties.as_ref().map(|e| e.to_string()),
+                o.target
             ],
         )?;
         Ok(())
+    }
+
+    pub fn insert_operation(&self, o: &OperationRow) -> R<()> {
+        self.put_operation(o)
     }
 
     pub fn operation(&self, id: &str) -> R<Option<OperationRow>> {
         Ok(self
             .0
             .query_row(
-                "SELECT id, scope_key, kind, status, start, end, error, properties FROM operations WHERE id = ?1",
+                &format!("SELECT {OPERATION_COLS} FROM operations WHERE id = ?1"),
                 [key(id)],
-                |r| {
-                    Ok(OperationRow {
-                        id: r.get(0)?,
-                        scope_key: r.get(1)?,
-                        kind: r.get(2)?,
-                        status: r.get(3)?,
-                        start: parse_ts(r.get(4)?)?,
-                        end: r.get::<_, Option<String>>(5)?.map(parse_ts).transpose()?,
-                        error: r.get::<_, Option<String>>(6)?.map(json).transpose()?,
-                        properties: r.get::<_, Option<String>>(7)?.map(json).transpose()?,
-                    })
-                },
+                operation_row,
             )
             .optional()?)
+    }
+
+    // ---- jobs -------------------------------------------------------------------------------
+    /// Inserts a job or replaces the one with the same id.
+    pub fn put_job(&self, j: &JobRow) -> R<()> {
+        self.0.execute(
+            &format!("INSERT OR REPLACE INTO jobs (id_key, {JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![
+                key(&j.id),
+                j.id,
+                key(&j.vault_key),
+                j.name,
+                j.operation,
+                j.status,
+                j.backup_management_type,
+                j.entity,
+                ts(&j.start),
+                j.end.as_ref().map(ts),
+                j.body.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn job(&self, id: &str) -> R<Option<JobRow>> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {JOB_COLS} FROM jobs WHERE id_key = ?1"),
+                [key(id)],
+                job_row,
+            )
+            .optional()?)
+    }
+
+    /// Every job of a vault, newest first.
+    pub fn jobs(&self, vault: &str) -> R<Vec<JobRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE vault_key = ?1 ORDER BY start DESC, id_key DESC"
+        ))?;
+        let rows = st.query_map([key(vault)], job_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 }

@@ -40,6 +40,16 @@ pub const MIGRATIONS: &[&str] = &[
         start TEXT NOT NULL, end TEXT, error TEXT, properties TEXT);
     CREATE INDEX operations_by_scope ON operations (scope_key, start);
     "#,
+    // 3: backup jobs (one row per job, its ARM `properties` as JSON beside the columns filters use), and
+    // the resource an operation acts on (what its `operationResults` URL answers with).
+    r#"
+    CREATE TABLE jobs (
+        id_key TEXT PRIMARY KEY, id TEXT NOT NULL, vault_key TEXT NOT NULL, name TEXT NOT NULL,
+        operation TEXT NOT NULL, status TEXT NOT NULL, backup_management_type TEXT NOT NULL,
+        entity TEXT NOT NULL, start TEXT NOT NULL, end TEXT, body TEXT NOT NULL);
+    CREATE INDEX jobs_by_vault ON jobs (vault_key, start, id_key);
+    ALTER TABLE operations ADD COLUMN target TEXT;
+    "#,
 ];
 
 /// Applies every migration newer than the store's `user_version`, each in its own transaction.

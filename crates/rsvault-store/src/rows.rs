@@ -103,4 +103,23 @@ pub struct OperationRow {
     /// ARM error body (`{"code","message"}`) when it failed.
     pub error: Option<Value>,
     pub properties: Option<Value>,
+    /// Id of the resource the operation acts on (answered by its `operationResults` URL when done).
+    pub target: Option<String>,
+}
+
+/// A backup job: the columns `$filter` uses, and the job's ARM `properties` as `body`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    /// Full id as created (`{vault}/backupJobs/{name}`).
+    pub id: String,
+    /// Lower-cased id of the vault.
+    pub vault_key: String,
+    pub name: String,
+    pub operation: String,
+    pub status: String,
+    pub backup_management_type: String,
+    pub entity: String,
+    pub start: DateTime<Utc>,
+    pub end: Option<DateTime<Utc>>,
+    pub body: Value,
 }

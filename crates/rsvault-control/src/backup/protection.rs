@@ -1,0 +1,988 @@
+//! Discovery and protection: `refreshContainers`, protectable items and containers, protection
+//! containers (register / get / list / unregister / inquire) and protected items (enable, change
+//! policy, stop, delete with soft delete, undelete).
+//!
+//! Discovery is live: the inventory (VMs, storage accounts, shares) is the source of truth, so
+//! `refreshContainers` has nothing to wait for and protectable items always reflect it. A VM's
+//! container is registered when protection is first enabled; a storage account's container is
+//! registered explicitly (PUT), as Azure requires for file shares. Items clients name themselves
+//! without discovery (Terraform) work the same.
+//!
+//! Every change here completes within its request: one store transaction writes the resource, its job
+//! and its operation record, and the 202 the API answers points at an operation that is already
+//! `Succeeded`.
+
+use super::jobs::NewJob;
+use super::{
+    check_fabric, container_id, item_id, ContainerName, ItemName, CONTAINER_TYPE, PROTECTABLE_ITEM_TYPE,
+    PROTECTED_ITEM_TYPE,
+};
+use crate::inventory::{ACCOUNT_TYPE, SHARE_TYPE, VM_TYPE};
+use crate::{body, Control, Error, Result};
+use rand::Rng;
+use rsvault_core::odata::Filter;
+use rsvault_core::time;
+use rsvault_store::{JobRow, OperationRow, ResourceRow};
+use serde_json::{json, Map, Value};
+
+fn invalid(code: &'static str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        code,
+        message: message.into(),
+        target: None,
+    }
+}
+
+fn configure_error(message: impl Into<String>) -> Error {
+    invalid("BMSUserErrorInvalidConfigureProtectionRequest", message)
+}
+
+fn eq_ci(a: Option<&str>, b: &str) -> bool {
+    a.is_some_and(|a| a.eq_ignore_ascii_case(b))
+}
+
+/// Soft delete as the vault is configured: `(enabled, retention days)`.
+fn soft_delete(vault: &ResourceRow) -> (bool, i64) {
+    let sd = vault.body.pointer("/properties/securitySettings/softDeleteSettings");
+    let state = sd
+        .and_then(|s| s.get("softDeleteState"))
+        .and_then(Value::as_str)
+        .unwrap_or("Enabled");
+    let days = sd
+        .and_then(|s| s.get("softDeleteRetentionPeriodInDays"))
+        .and_then(Value::as_i64)
+        .unwrap_or(14);
+    (
+        state.eq_ignore_ascii_case("Enabled") || state.eq_ignore_ascii_case("AlwaysON"),
+        days,
+    )
+}
+
+/// The workload behind a container and item, resolved against the inventory.
+struct Workload {
+    /// The id clients know it by (`sourceResourceId`): the VM, or the storage account for shares.
+    source_id: String,
+    friendly: String,
+    bmt: &'static str,
+    item_type: &'static str,
+    workload_type: &'static str,
+}
+
+impl Control {
+    fn fabric_vault(&self, sub: &str, rg: &str, vault: &str, fabric: &str) -> Result<ResourceRow> {
+        let v = self.vault_row(sub, rg, vault)?;
+        check_fabric(fabric)?;
+        Ok(v)
+    }
+
+    /// `POST backupFabrics/Azure/refreshContainers`: discovery is live, so the operation is done at once.
+    pub fn refresh_containers(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        filter: Option<&str>,
+    ) -> Result<String> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let f = Filter::parse(filter.unwrap_or_default())?;
+        f.only(&["backupManagementType"], &[])?;
+        let op = self.finished_operation(&v, "RefreshContainers", None, None);
+        self.store.write(|db| db.put_operation(&op))?;
+        Ok(op.id)
+    }
+
+    fn protected_anywhere(&self, sub: &str, source_id: &str, share: Option<&str>) -> Result<Vec<ResourceRow>> {
+        let items = self.store.read(|db| db.all_of_type(sub, PROTECTED_ITEM_TYPE))?;
+        Ok(items
+            .into_iter()
+            .filter(|i| {
+                let p = &i.body["properties"];
+                eq_ci(p["sourceResourceId"].as_str(), source_id)
+                    && share.is_none_or(|s| eq_ci(p["friendlyName"].as_str(), s))
+            })
+            .collect())
+    }
+
+    fn registered_anywhere(&self, sub: &str, source_id: &str) -> Result<Vec<ResourceRow>> {
+        let cs = self.store.read(|db| db.all_of_type(sub, CONTAINER_TYPE))?;
+        Ok(cs
+            .into_iter()
+            .filter(|c| {
+                eq_ci(
+                    c.body.pointer("/properties/sourceResourceId").and_then(Value::as_str),
+                    source_id,
+                )
+            })
+            .collect())
+    }
+
+    /// `GET backupProtectableItems`: VMs in the vault's region and shares of registered storage accounts
+    /// that no vault protects yet.
+    pub fn list_protectable_items(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<Vec<Value>> {
+        let v = self.vault_row(sub, rg, vault)?;
+        let f = Filter::parse(filter.unwrap_or_default())?;
+        f.only(
+            &[
+                "backupManagementType",
+                "workloadType",
+                "friendlyName",
+                "serverName",
+                "fabricName",
+            ],
+            &[],
+        )?;
+        let want = |bmt: &str, wl: &str| {
+            f.eq("backupManagementType").is_none_or(|b| b.eq_ignore_ascii_case(bmt))
+                && f.eq("workloadType").is_none_or(|w| w.eq_ignore_ascii_case(wl))
+        };
+        let location = v.body["location"].as_str().unwrap_or_default().to_string();
+        let mut out = Vec::new();
+        if want("AzureIaasVM", "VM") {
+            for vm in self.store.read(|db| db.all_of_type(sub, VM_TYPE))? {
+                if !eq_ci(vm.body["location"].as_str(), &location)
+                    || !self.protected_anywhere(sub, &vm.id, None)?.is_empty()
+                {
+                    continue;
+                }
+                let vm_rg = vm.resource_group.clone().unwrap_or_default();
+                let c = ContainerName::Vm {
+                    rg: vm_rg.to_ascii_lowercase(),
+                    vm: vm.name.to_ascii_lowercase(),
+                };
+                let item = format!(
+                    "vm;iaasvmcontainerv2;{};{}",
+                    vm_rg.to_ascii_lowercase(),
+                    vm.name.to_ascii_lowercase()
+                );
+                out.push(json!({
+                    "id": format!("{}/protectableItems/{item}", container_id(&v.id, &c)),
+                    "name": c.short(),
+                    "type": PROTECTABLE_ITEM_TYPE,
+                    "properties": {
+                        "protectableItemType": VM_TYPE,
+                        "virtualMachineId": vm.id,
+                        "virtualMachineVersion": "Compute",
+                        "resourceGroup": vm_rg,
+                        "backupManagementType": "AzureIaasVM",
+                        "workloadType": "VM",
+                        "friendlyName": vm.name,
+                        "protectionState": "NotProtected",
+                    },
+                }));
+            }
+        }
+        if want("AzureStorage", "AzureFileShare") {
+            for c in self.store.read(|db| db.all_below(&v.id, CONTAINER_TYPE))? {
+                let Ok(ContainerName::Storage { rg: arg, account }) = ContainerName::parse(&c.name) else {
+                    continue;
+                };
+                let Ok(acct) = self.storage_account_row(sub, &arg, &account) else {
+                    continue;
+                };
+                for share in self
+                    .store
+                    .read(|db| db.children(&acct.id, Some(SHARE_TYPE), None, usize::MAX / 2))?
+                    .items
+                {
+                    if !self.protected_anywhere(sub, &acct.id, Some(&share.name))?.is_empty() {
+                        continue;
+                    }
+                    let item = format!("azurefileshare;{}", share.name);
+                    out.push(json!({
+                        "id": format!("{}/protectableItems/{item}", c.id),
+                        "name": item,
+                        "type": PROTECTABLE_ITEM_TYPE,
+                        "properties": {
+                            "protectableItemType": "AzureFileShare",
+                            "parentContainerFabricId": acct.id,
+                            "parentContainerFriendlyName": acct.name,
+                            "azureFileShareType": "XSMB",
+                            "backupManagementType": "AzureStorage",
+                            "workloadType": "AzureFileShare",
+                            "friendlyName": share.name,
+                            "protectionState": "NotProtected",
+                        },
+                    }));
+                }
+            }
+        }
+        if let Some(name) = f.eq("friendlyName") {
+            out.retain(|i| eq_ci(i.pointer("/properties/friendlyName").and_then(Value::as_str), name));
+        }
+        Ok(out)
+    }
+
+    /// `GET backupFabrics/Azure/protectableContainers`: storage accounts in the vault's region that no
+    /// vault has registered.
+    pub fn list_protectable_containers(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let f = Filter::parse(filter.unwrap_or_default())?;
+        f.only(&["backupManagementType", "workloadType"], &[])?;
+        if !f
+            .eq("backupManagementType")
+            .is_none_or(|b| b.eq_ignore_ascii_case("AzureStorage"))
+        {
+            return Ok(vec![]);
+        }
+        let location = v.body["location"].as_str().unwrap_or_default();
+        let mut out = Vec::new();
+        for acct in self.store.read(|db| db.all_of_type(sub, ACCOUNT_TYPE))? {
+            if !eq_ci(acct.body["location"].as_str(), location) || !self.registered_anywhere(sub, &acct.id)?.is_empty()
+            {
+                continue;
+            }
+            let c = ContainerName::Storage {
+                rg: acct.resource_group.clone().unwrap_or_default(),
+                account: acct.name.clone(),
+            };
+            out.push(json!({
+                "id": format!("{}/backupFabrics/Azure/protectableContainers/{}", v.id, c.canonical()),
+                "name": c.canonical(),
+                "type": "Microsoft.RecoveryServices/vaults/backupFabrics/protectableContainers",
+                "properties": {
+                    "friendlyName": acct.name,
+                    "backupManagementType": "AzureStorage",
+                    "protectableContainerType": "StorageContainer",
+                    "healthStatus": "Healthy",
+                    "containerId": acct.id,
+                },
+            }));
+        }
+        Ok(out)
+    }
+
+    fn container_row(&self, v: &ResourceRow, c: &ContainerName, registered_by: &str) -> ResourceRow {
+        let now = self.now();
+        let id = container_id(&v.id, c);
+        let props = match c {
+            ContainerName::Vm { rg, vm } => json!({
+                "friendlyName": vm,
+                "backupManagementType": "AzureIaasVM",
+                "registrationStatus": "Registered",
+                "healthStatus": "Healthy",
+                "containerType": VM_TYPE,
+                "protectableObjectType": VM_TYPE,
+                "virtualMachineId": registered_by,
+                "virtualMachineVersion": "Compute",
+                "resourceGroup": rg,
+                "sourceResourceId": registered_by,
+            }),
+            ContainerName::Storage { account, .. } => json!({
+                "friendlyName": account,
+                "backupManagementType": "AzureStorage",
+                "registrationStatus": "Registered",
+                "healthStatus": "Healthy",
+                "containerType": "StorageContainer",
+                "sourceResourceId": registered_by,
+                "acquireStorageAccountLock": "Acquire",
+            }),
+        };
+        ResourceRow {
+            body: json!({"id": id, "name": c.canonical(), "type": CONTAINER_TYPE, "properties": props}),
+            id,
+            subscription: v.subscription.clone(),
+            resource_group: v.resource_group.clone(),
+            type_key: CONTAINER_TYPE.to_ascii_lowercase(),
+            name: c.canonical(),
+            parent_key: Some(v.id.to_ascii_lowercase()),
+            etag: uuid::Uuid::new_v4().to_string(),
+            created: now,
+            updated: now,
+        }
+    }
+
+    pub(crate) fn render_container(&self, row: &ResourceRow) -> Value {
+        let n = self
+            .store
+            .read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))
+            .unwrap_or(0);
+        let mut b = row.body.clone();
+        b["properties"]["protectedItemCount"] = json!(n);
+        b
+    }
+
+    /// `PUT backupFabrics/Azure/protectionContainers/{c}`: registers a storage account (or VM) with the
+    /// vault. Returns the operation id.
+    pub fn register_container(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        req: &Value,
+    ) -> Result<String> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let c = ContainerName::parse(container)?;
+        let m = if req.is_null() {
+            Map::new()
+        } else {
+            body::object(req)?.clone()
+        };
+        let props = body::opt_obj(&m, "properties", "")?.cloned().unwrap_or_default();
+        let source = match &c {
+            ContainerName::Storage { rg, account } => self.storage_account_row(sub, rg, account).map_err(|_| {
+                invalid("BMSUserErrorInvalidContainerRegistrationRequest", format!("The storage account '{account}' in resource group '{rg}' was not found. Declare it (Microsoft.Storage/storageAccounts with the tag rsvault-path) before registering it."))
+            })?,
+            ContainerName::Vm { rg, vm } => self.vm_row(sub, rg, vm).map_err(|_| {
+                invalid("BMSUserErrorInvalidContainerRegistrationRequest", format!("The virtual machine '{vm}' in resource group '{rg}' was not found."))
+            })?,
+        };
+        if let Some(s) = body::opt_str(&props, "sourceResourceId", "properties.")? {
+            if !s.eq_ignore_ascii_case(&source.id) {
+                return Err(invalid(
+                    "BMSUserErrorInvalidContainerRegistrationRequest",
+                    format!("sourceResourceId '{s}' does not match the container '{container}'."),
+                ));
+            }
+        }
+        let id = container_id(&v.id, &c);
+        for other in self.registered_anywhere(sub, &source.id)? {
+            if !other.id.eq_ignore_ascii_case(&id) {
+                let vault_of = other.id.split("/backupFabrics/").next().unwrap_or_default().to_string();
+                return Err(invalid(
+                    "BMSUserErrorContainerAlreadyRegistered",
+                    format!("'{}' is already registered with another Recovery Services vault ({vault_of}). Unregister it there, or choose another resource.", source.name),
+                ));
+            }
+        }
+        let mut row = self.container_row(&v, &c, &source.id);
+        if let Some(lock) = body::opt_enum(
+            &props,
+            "acquireStorageAccountLock",
+            "properties.",
+            &["Acquire", "NotAcquire"],
+        )? {
+            if matches!(c, ContainerName::Storage { .. }) {
+                row.body["properties"]["acquireStorageAccountLock"] = json!(lock);
+            }
+        }
+        if let Some(existing) = self.store.read(|db| db.resource(&id))? {
+            row.created = existing.created;
+        }
+        let op = self.finished_operation(&v, "Register", Some(&row.id), None);
+        self.store.write(|db| {
+            db.put_resource(&row)?;
+            db.put_operation(&op)
+        })?;
+        Ok(op.id)
+    }
+
+    pub fn get_container(&self, sub: &str, rg: &str, vault: &str, fabric: &str, container: &str) -> Result<Value> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let c = ContainerName::parse(container)?;
+        let row = self
+            .store
+            .read(|db| db.resource(&container_id(&v.id, &c)))?
+            .ok_or_else(|| Error::NotFound {
+                code: "BMSUserErrorContainerObjectNotFound",
+                message: format!("Container '{container}' is not registered with vault '{vault}'."),
+            })?;
+        Ok(self.render_container(&row))
+    }
+
+    /// `DELETE` a container (unregister): refused while it holds items. False when not registered.
+    pub fn unregister_container(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+    ) -> Result<bool> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let c = ContainerName::parse(container)?;
+        let id = container_id(&v.id, &c);
+        if self.store.read(|db| db.resource(&id))?.is_none() {
+            return Ok(false);
+        }
+        let n = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
+        if n > 0 {
+            return Err(invalid(
+                "BMSUserErrorContainerHasDatasources",
+                format!("Container '{container}' has {n} backup item(s). Stop protection and delete the backup data of every item before unregistering it."),
+            ));
+        }
+        self.store.write(|db| db.delete_resource(&id))?;
+        Ok(true)
+    }
+
+    /// `POST …/protectionContainers/{c}/inquire`: discovery of workloads in a container is live; the
+    /// operation completes at once.
+    pub fn inquire_container(&self, sub: &str, rg: &str, vault: &str, fabric: &str, container: &str) -> Result<String> {
+        self.get_container(sub, rg, vault, fabric, container)?;
+        let v = self.vault_row(sub, rg, vault)?;
+        let c = ContainerName::parse(container)?;
+        let op = self.finished_operation(&v, "Inquire", Some(&container_id(&v.id, &c)), None);
+        self.store.write(|db| db.put_operation(&op))?;
+        Ok(op.id)
+    }
+
+    /// `GET backupProtectionContainers` with `$filter` on `backupManagementType`, `friendlyName`, `status`.
+    pub fn list_containers(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<Vec<Value>> {
+        let v = self.vault_row(sub, rg, vault)?;
+        let f = Filter::parse(filter.unwrap_or_default())?;
+        f.only(
+            &[
+                "backupManagementType",
+                "friendlyName",
+                "status",
+                "containerType",
+                "fabricName",
+            ],
+            &[],
+        )?;
+        let rows = self.store.read(|db| db.all_below(&v.id, CONTAINER_TYPE))?;
+        Ok(rows
+            .iter()
+            .filter(|r| {
+                let p = &r.body["properties"];
+                f.eq("backupManagementType")
+                    .is_none_or(|b| eq_ci(p["backupManagementType"].as_str(), b))
+                    && f.eq("friendlyName")
+                        .is_none_or(|n| eq_ci(p["friendlyName"].as_str(), n))
+                    && f.eq("status")
+                        .is_none_or(|s| eq_ci(p["registrationStatus"].as_str(), s))
+            })
+            .map(|r| self.render_container(r))
+            .collect())
+    }
+
+    // ---- protected items --------------------------------------------------------------------
+
+    fn workload(&self, sub: &str, c: &ContainerName, i: &ItemName) -> Result<Workload> {
+        match (c, i) {
+            (ContainerName::Vm { rg, vm }, ItemName::Vm { rg: irg, vm: ivm }) => {
+                if !rg.eq_ignore_ascii_case(irg) || !vm.eq_ignore_ascii_case(ivm) {
+                    return Err(configure_error("Input for configure protection is not in proper format\r\nPlease ensure that container exists and other parameters are in valid format: the item does not belong to the container."));
+                }
+                let row = self.vm_row(sub, rg, vm).map_err(|_| {
+                    invalid(
+                        "BMSUserErrorInvalidSourceResourceId",
+                        format!("The virtual machine '/subscriptions/{sub}/resourceGroups/{rg}/providers/{VM_TYPE}/{vm}' was not found. Declare it before protecting it."),
+                    )
+                })?;
+                Ok(Workload { source_id: row.id, friendly: row.name, bmt: "AzureIaasVM", item_type: VM_TYPE, workload_type: "VM" })
+            }
+            (ContainerName::Storage { rg, account }, ItemName::Share { share }) => {
+                let acct = self.storage_account_row(sub, rg, account).map_err(|_| {
+                    invalid("BMSUserErrorInvalidSourceResourceId", format!("The storage account '{account}' in resource group '{rg}' was not found."))
+                })?;
+                let row = self.share_row(sub, rg, account, share).map_err(|_| {
+                    invalid("BMSUserErrorInvalidSourceResourceId", format!("The file share '{share}' was not found in storage account '{account}'."))
+                })?;
+                Ok(Workload { source_id: acct.id, friendly: row.name, bmt: "AzureStorage", item_type: "AzureFileShareProtectedItem", workload_type: "AzureFileShare" })
+            }
+            _ => Err(configure_error("Input for configure protection is not in proper format\r\nPlease ensure that container exists and other parameters are in valid format: VM items live in IaasVM containers and file shares in storage containers.")),
+        }
+    }
+
+    /// The policy an item PUT names, checked against the workload.
+    fn policy_for(&self, v: &ResourceRow, policy: &str, w: &Workload) -> Result<ResourceRow> {
+        let (vault_part, name) = policy.rsplit_once("/backupPolicies/").ok_or_else(|| {
+            invalid(
+                "BMSUserErrorPolicyNotFound",
+                format!("'{policy}' is not a backup policy id."),
+            )
+        })?;
+        if !vault_part.eq_ignore_ascii_case(&v.id) {
+            return Err(invalid(
+                "BMSUserErrorPolicyNotFound",
+                format!("Policy '{policy}' does not belong to vault '{}'.", v.name),
+            ));
+        }
+        let row = self
+            .policy_row_of(v, name)
+            .map_err(|e| invalid("BMSUserErrorPolicyNotFound", e.to_string()))?;
+        let bmt = row
+            .body
+            .pointer("/properties/backupManagementType")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if !bmt.eq_ignore_ascii_case(w.bmt) {
+            return Err(invalid(
+                "BMSUserErrorPolicyWorkloadMismatch",
+                format!(
+                    "Policy '{}' is for {bmt} items; '{}' needs a {} policy.",
+                    row.name, w.friendly, w.bmt
+                ),
+            ));
+        }
+        Ok(row)
+    }
+
+    fn new_item_body(&self, v: &ResourceRow, c: &ContainerName, i: &ItemName, w: &Workload) -> Value {
+        let id = item_id(&v.id, c, i);
+        let data_id: u64 = rand::thread_rng().gen_range(10_000_000_000_000..99_999_999_999_999);
+        let mut props = json!({
+            "protectedItemType": w.item_type,
+            "backupManagementType": w.bmt,
+            "workloadType": w.workload_type,
+            "containerName": c.short(),
+            "sourceResourceId": w.source_id,
+            "friendlyName": w.friendly,
+            "protectionStatus": "Healthy",
+            "protectionState": "IRPending",
+            "healthStatus": "Passed",
+            "lastBackupStatus": "",
+            "protectedItemDataId": data_id.to_string(),
+            "isScheduledForDeferredDelete": false,
+            "kpisHealths": {},
+            "extendedInfo": {"recoveryPointCount": 0, "policyInconsistent": false},
+        });
+        if w.bmt == "AzureIaasVM" {
+            props["virtualMachineId"] = json!(w.source_id);
+        }
+        json!({"id": id, "name": i.canonical(), "type": PROTECTED_ITEM_TYPE, "properties": props})
+    }
+
+    fn item_row(&self, v: &ResourceRow, c: &ContainerName, body: Value, existing: Option<&ResourceRow>) -> ResourceRow {
+        let now = self.now();
+        ResourceRow {
+            id: existing
+                .map(|e| e.id.clone())
+                .unwrap_or_else(|| body["id"].as_str().unwrap_or_default().to_string()),
+            subscription: v.subscription.clone(),
+            resource_group: v.resource_group.clone(),
+            type_key: PROTECTED_ITEM_TYPE.to_ascii_lowercase(),
+            name: body["name"].as_str().unwrap_or_default().to_string(),
+            parent_key: Some(container_id(&v.id, c).to_ascii_lowercase()),
+            body,
+            etag: uuid::Uuid::new_v4().to_string(),
+            created: existing.map(|e| e.created).unwrap_or(now),
+            updated: now,
+        }
+    }
+
+    pub(crate) fn render_item(&self, row: &ResourceRow) -> Value {
+        let mut b = row.body.clone();
+        if let Some(at) = b
+            .pointer("/properties/deferredDeleteTimeInUTC")
+            .and_then(Value::as_str)
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        {
+            let left = at.with_timezone(&chrono::Utc) - self.now();
+            b["properties"]["deferredDeleteTimeRemaining"] = json!(time::timespan_text(left));
+        }
+        b
+    }
+
+    fn job_for(&self, v: &ResourceRow, operation: &str, p: &Value, policy_name: Option<&str>) -> JobRow {
+        let bmt = p["backupManagementType"].as_str().unwrap_or("AzureIaasVM");
+        let entity = p["friendlyName"].as_str().unwrap_or_default();
+        let mut bag = Map::new();
+        if bmt == "AzureIaasVM" {
+            bag.insert("VM Name".into(), json!(entity));
+        } else {
+            bag.insert("File Share Name".into(), json!(entity));
+            bag.insert(
+                "Storage Account Name".into(),
+                json!(p["containerName"].as_str().unwrap_or_default().rsplit(';').next()),
+            );
+        }
+        match operation {
+            "DeleteBackupData" => {
+                bag.insert(
+                    "Number of Recovery Points".into(),
+                    json!(p
+                        .pointer("/extendedInfo/recoveryPointCount")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                        .to_string()),
+                );
+            }
+            _ => {
+                bag.insert("Policy Name".into(), json!(policy_name.unwrap_or_default()));
+            }
+        }
+        self.completed_job(
+            v,
+            &NewJob {
+                operation,
+                backup_management_type: bmt,
+                entity,
+                container: p["containerName"].as_str().unwrap_or_default(),
+                property_bag: bag,
+            },
+        )
+    }
+
+    /// `PUT` a protected item: enable protection, change its policy, stop protection keeping data
+    /// (`protectionState: ProtectionStopped`) or undelete (`isRehydrate: true`). Returns the operation id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn put_protected_item(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+        req: &Value,
+    ) -> Result<String> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let c = ContainerName::parse(container)?;
+        let i = ItemName::parse(item)?;
+        let m = body::object(req)?;
+        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
+            configure_error("Input for configure protection is not in proper format: 'properties' is required.")
+        })?;
+        let id = item_id(&v.id, &c, &i);
+        let existing = self.store.read(|db| db.resource(&id))?;
+        let w = self.workload(sub, &c, &i);
+        let declared_type = body::opt_str(props, "protectedItemType", "properties.")?;
+        let policy = body::opt_str(props, "policyId", "properties.")?.filter(|p| !p.is_empty());
+        let state = body::opt_enum(
+            props,
+            "protectionState",
+            "properties.",
+            &[
+                "Invalid",
+                "IRPending",
+                "Protected",
+                "ProtectionError",
+                "ProtectionStopped",
+                "ProtectionPaused",
+                "BackupsSuspended",
+            ],
+        )?;
+        let rehydrate = props.get("isRehydrate").and_then(Value::as_bool).unwrap_or(false);
+        let Some(existing) = existing else {
+            // Enable protection.
+            let w = w?;
+            if let Some(t) = declared_type {
+                if !t.eq_ignore_ascii_case(w.item_type) {
+                    return Err(configure_error(format!(
+                        "protectedItemType '{t}' does not match the item; expected '{}'.",
+                        w.item_type
+                    )));
+                }
+            }
+            if let Some(s) = body::opt_str(props, "sourceResourceId", "properties.")? {
+                if !s.eq_ignore_ascii_case(&w.source_id) {
+                    return Err(configure_error(format!(
+                        "sourceResourceId '{s}' does not match the item '{item}'."
+                    )));
+                }
+            }
+            let policy = policy.ok_or_else(|| configure_error("Input for configure protection is not in proper format: a policyId is required to enable protection."))?;
+            let pol = self.policy_for(&v, policy, &w)?;
+            let share = (w.bmt == "AzureStorage").then_some(w.friendly.as_str());
+            if let Some(other) = self.protected_anywhere(sub, &w.source_id, share)?.into_iter().next() {
+                let vault_of = other.id.split("/backupFabrics/").next().unwrap_or_default().to_string();
+                return Err(invalid(
+                    "BMSUserErrorAlreadyProtected",
+                    format!("'{}' is already protected by the Recovery Services vault '{vault_of}'. An item can be protected by one vault only.", w.friendly),
+                ));
+            }
+            let cid = container_id(&v.id, &c);
+            let container_row = self.store.read(|db| db.resource(&cid))?;
+            let new_container = match (&c, container_row) {
+                (_, Some(_)) => None,
+                (ContainerName::Vm { .. }, None) => {
+                    if let Some(other) = self.registered_anywhere(sub, &w.source_id)?.into_iter().next() {
+                        let vault_of = other.id.split("/backupFabrics/").next().unwrap_or_default().to_string();
+                        return Err(invalid(
+                            "BMSUserErrorContainerAlreadyRegistered",
+                            format!("Virtual machine '{}' is already registered with another Recovery Services vault ({vault_of}). Please select a different virtual machine.", w.friendly),
+                        ));
+                    }
+                    let vm = self.vm_row(sub, c_rg(&c), c.friendly_name())?;
+                    if !eq_ci(
+                        vm.body["location"].as_str(),
+                        v.body["location"].as_str().unwrap_or_default(),
+                    ) {
+                        return Err(configure_error(format!("Virtual machine '{}' is in '{}' and vault '{}' in '{}': a VM can only be protected by a vault in its own region.", vm.name, vm.body["location"].as_str().unwrap_or_default(), v.name, v.body["location"].as_str().unwrap_or_default())));
+                    }
+                    self.vm_with_disks(vm)?;
+                    Some(self.container_row(&v, &c, &w.source_id))
+                }
+                (ContainerName::Storage { account, .. }, None) => {
+                    return Err(configure_error(format!("Input for configure protection is not in proper format\r\nPlease ensure that container exists and other parameters are in valid format: register the storage account '{account}' with the vault (PUT its StorageContainer) first.")));
+                }
+            };
+            let mut b = self.new_item_body(&v, &c, &i, &w);
+            b["properties"]["policyId"] = json!(pol.id);
+            b["properties"]["policyName"] = json!(pol.name);
+            let row = self.item_row(&v, &c, b, None);
+            let job = self.job_for(&v, "ConfigureBackup", &row.body["properties"], Some(&pol.name));
+            return self.commit_item_change(&v, Some(row), new_container, job, None);
+        };
+        // Change an existing item.
+        let mut b = existing.body.clone();
+        let p = &mut b["properties"];
+        let deferred = p["isScheduledForDeferredDelete"].as_bool().unwrap_or(false);
+        if rehydrate {
+            if !deferred {
+                return Err(invalid(
+                    "BMSUserErrorInvalidInput",
+                    format!("Item '{item}' is not soft deleted; there is nothing to undelete."),
+                ));
+            }
+            let o = p.as_object_mut().expect("item properties are an object");
+            o.remove("deferredDeleteTimeInUTC");
+            o.remove("deferredDeleteTimeRemaining");
+            o.insert("isScheduledForDeferredDelete".into(), json!(false));
+            o.insert("protectionState".into(), json!("ProtectionStopped"));
+            o.insert("isRehydrate".into(), json!(true));
+            let job = self.job_for(&v, "Undelete", &b["properties"], Some(""));
+            let row = self.item_row(&v, &c, b, Some(&existing));
+            return self.commit_item_change(&v, Some(row), None, job, None);
+        }
+        if deferred {
+            return Err(invalid(
+                "BMSUserErrorItemSoftDeleted",
+                format!("Item '{item}' is soft deleted. Undelete it (PUT with isRehydrate: true) before changing its protection."),
+            ));
+        }
+        let w = w?;
+        if state == Some("ProtectionStopped") && policy.is_none() {
+            let o = p.as_object_mut().expect("item properties are an object");
+            o.insert("protectionState".into(), json!("ProtectionStopped"));
+            o.insert("policyId".into(), json!(""));
+            o.insert("policyName".into(), json!(""));
+            let job = self.job_for(&v, "DisableBackup", &b["properties"], Some(""));
+            let row = self.item_row(&v, &c, b, Some(&existing));
+            return self.commit_item_change(&v, Some(row), None, job, None);
+        }
+        let policy = policy.ok_or_else(|| configure_error("Input for configure protection is not in proper format: give a policyId, or protectionState 'ProtectionStopped' to stop protection."))?;
+        let pol = self.policy_for(&v, policy, &w)?;
+        let was_stopped = p["protectionState"].as_str() == Some("ProtectionStopped");
+        let o = p.as_object_mut().expect("item properties are an object");
+        o.insert("policyId".into(), json!(pol.id));
+        o.insert("policyName".into(), json!(pol.name));
+        o.remove("isRehydrate");
+        if was_stopped {
+            let backed_up = o.get("lastBackupTime").is_some_and(|t| t.is_string());
+            o.insert(
+                "protectionState".into(),
+                json!(if backed_up { "Protected" } else { "IRPending" }),
+            );
+        }
+        let job = self.job_for(&v, "ConfigureBackup", &b["properties"], Some(&pol.name));
+        let row = self.item_row(&v, &c, b, Some(&existing));
+        self.commit_item_change(&v, Some(row), None, job, None)
+    }
+
+    fn commit_item_change(
+        &self,
+        v: &ResourceRow,
+        row: Option<ResourceRow>,
+        container: Option<ResourceRow>,
+        job: JobRow,
+        delete: Option<(String, Option<String>)>,
+    ) -> Result<String> {
+        let props = json!({"objectType": "OperationStatusJobExtendedInfo", "jobId": job.name});
+        let target = row.as_ref().map(|r| r.id.clone());
+        let op: OperationRow = self.finished_operation(v, job.operation.as_str(), target.as_deref(), Some(props));
+        self.store.write(|db| {
+            if let Some(c) = &container {
+                db.put_resource(c)?;
+            }
+            if let Some(r) = &row {
+                db.put_resource(r)?;
+            }
+            if let Some((item, empty_container)) = &delete {
+                db.delete_resource(item)?;
+                if let Some(cid) = empty_container {
+                    if db.count_below(cid, PROTECTED_ITEM_TYPE)? == 0 {
+                        db.delete_resource(cid)?;
+                    }
+                }
+            }
+            db.put_job(&job)?;
+            db.put_operation(&op)
+        })?;
+        Ok(op.id)
+    }
+
+    /// The stored item row, or Azure's not-found.
+    pub fn protected_item_row(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+    ) -> Result<(ResourceRow, ResourceRow)> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let c = ContainerName::parse(container)?;
+        let i = ItemName::parse(item)?;
+        let row = self
+            .store
+            .read(|db| db.resource(&item_id(&v.id, &c, &i)))?
+            .ok_or_else(|| Error::NotFound {
+                code: "BMSUserErrorProtectedItemNotFound",
+                message: format!(
+                    "Protected item '{item}' was not found in container '{container}' of vault '{vault}'."
+                ),
+            })?;
+        Ok((v, row))
+    }
+
+    pub fn get_protected_item(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+    ) -> Result<Value> {
+        let (_, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
+        Ok(self.render_item(&row))
+    }
+
+    /// `DELETE` a protected item: stop protection and delete its data. With soft delete on (the vault's
+    /// default) the item is kept, scheduled for deletion after the retention period. Returns the
+    /// operation id, or `None` when there was no such item.
+    pub fn delete_protected_item(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+    ) -> Result<Option<String>> {
+        let (v, existing) = match self.protected_item_row(sub, rg, vault, fabric, container, item) {
+            Ok(x) => x,
+            Err(Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let c = ContainerName::parse(container)?;
+        let mut b = existing.body.clone();
+        if b.pointer("/properties/isScheduledForDeferredDelete")
+            .and_then(Value::as_bool)
+            == Some(true)
+        {
+            return Err(invalid(
+                "BMSUserErrorItemSoftDeleted",
+                format!("Item '{item}' is already soft deleted. It is purged when its retention period ends, or undelete it first."),
+            ));
+        }
+        let (soft, days) = soft_delete(&v);
+        let job = self.job_for(&v, "DeleteBackupData", &b["properties"], None);
+        if soft {
+            let at = self.now() + chrono::Duration::days(days);
+            let o = b["properties"].as_object_mut().expect("item properties are an object");
+            o.insert("protectionState".into(), json!("ProtectionStopped"));
+            o.insert("policyId".into(), json!(""));
+            o.insert("policyName".into(), json!(""));
+            o.insert("isScheduledForDeferredDelete".into(), json!(true));
+            o.insert("deferredDeleteTimeInUTC".into(), json!(time::timestamp(at)));
+            let row = self.item_row(&v, &c, b, Some(&existing));
+            let op = self.commit_item_change(&v, Some(row), None, job, None)?;
+            return Ok(Some(op));
+        }
+        let empty_container = matches!(c, ContainerName::Vm { .. }).then(|| container_id(&v.id, &c));
+        let op = self.commit_item_change(&v, None, None, job, Some((existing.id.clone(), empty_container)))?;
+        Ok(Some(op))
+    }
+
+    /// `GET backupProtectedItems` with Azure's `$filter`.
+    pub fn list_protected_items(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<Vec<Value>> {
+        let v = self.vault_row(sub, rg, vault)?;
+        let f = Filter::parse(filter.unwrap_or_default())?;
+        f.only(
+            &[
+                "backupManagementType",
+                "itemType",
+                "policyName",
+                "containerName",
+                "friendlyName",
+                "protectionStatus",
+                "protectionState",
+                "backupEngineName",
+                "fabricName",
+                "itemName",
+            ],
+            &[],
+        )?;
+        let container = f.eq("containerName").map(ContainerName::parse).transpose()?;
+        let rows = self.store.read(|db| db.all_below(&v.id, PROTECTED_ITEM_TYPE))?;
+        Ok(rows
+            .iter()
+            .filter(|r| {
+                let p = &r.body["properties"];
+                let pass = |field: &str, have: Option<&str>| f.eq(field).is_none_or(|want| eq_ci(have, want));
+                pass("backupManagementType", p["backupManagementType"].as_str())
+                    && pass("itemType", p["workloadType"].as_str())
+                    && pass("policyName", p["policyName"].as_str())
+                    && pass("friendlyName", p["friendlyName"].as_str())
+                    && pass("protectionStatus", p["protectionStatus"].as_str())
+                    && pass("protectionState", p["protectionState"].as_str())
+                    && pass("itemName", Some(&r.name))
+                    && container
+                        .as_ref()
+                        .is_none_or(|c| r.parent_key.as_deref() == Some(&container_id(&v.id, c).to_ascii_lowercase()))
+            })
+            .map(|r| self.render_item(r))
+            .collect())
+    }
+
+    /// An operation of an item, for its `operationResults` / `operationsStatus` URLs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn item_operation(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+        op: &str,
+    ) -> Result<OperationRow> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let c = ContainerName::parse(container)?;
+        let i = ItemName::parse(item)?;
+        let o = self.vault_operation(sub, rg, vault, op)?;
+        let want = item_id(&v.id, &c, &i).to_ascii_lowercase();
+        match o.target.as_deref().map(str::to_ascii_lowercase) {
+            Some(t) if t == want => Ok(o),
+            // Deleting an item leaves no target; its operation is still the item's.
+            None if o.kind == "DeleteBackupData" => Ok(o),
+            _ => Err(Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!("The operation '{op}' was not found for item '{item}'."),
+            }),
+        }
+    }
+
+    /// An operation of a container (register, inquire), for its `operationResults` URL.
+    pub fn container_operation(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        op: &str,
+    ) -> Result<OperationRow> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        let c = ContainerName::parse(container)?;
+        let o = self.vault_operation(sub, rg, vault, op)?;
+        if o.target.as_deref().map(str::to_ascii_lowercase) != Some(container_id(&v.id, &c).to_ascii_lowercase()) {
+            return Err(Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!("The operation '{op}' was not found for container '{container}'."),
+            });
+        }
+        Ok(o)
+    }
+}
+
+fn c_rg(c: &ContainerName) -> &str {
+    match c {
+        ContainerName::Vm { rg, .. } | ContainerName::Storage { rg, .. } => rg,
+    }
+}

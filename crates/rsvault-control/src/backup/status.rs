@@ -1,0 +1,233 @@
+//! Subscription-level questions about a resource's protection:
+//! `locations/{region}/backupStatus` (seed `000_…`), `backupValidateFeatures` and
+//! `backupPreValidateProtection`.
+//!
+//! These look across every vault of the subscription: a resource is protected when some vault holds a
+//! protected item whose `sourceResourceId` is the resource (and, for file shares, whose share is the
+//! one named by `poLogicalName`). Soft-deleted items still count: their data is in the vault.
+
+use super::{ContainerName, CONTAINER_TYPE, PROTECTED_ITEM_TYPE};
+use crate::{body, Control, Error, Result};
+use rsvault_store::ResourceRow;
+use serde_json::{json, Value};
+
+const RESOURCE_TYPES: &[&str] = &[
+    "Invalid",
+    "VM",
+    "FileFolder",
+    "AzureSqlDb",
+    "SQLDB",
+    "Exchange",
+    "Sharepoint",
+    "VMwareVM",
+    "SystemState",
+    "Client",
+    "GenericDataSource",
+    "SQLDataBase",
+    "AzureFileShare",
+    "SAPHanaDatabase",
+    "SAPAseDatabase",
+    "SAPHanaDBInstance",
+];
+
+fn input_error(message: impl Into<String>) -> Error {
+    Error::Invalid {
+        code: "BMSUserErrorInvalidInput",
+        message: message.into(),
+        target: None,
+    }
+}
+
+fn vault_of(id: &str) -> &str {
+    id.split("/backupFabrics/").next().unwrap_or_default()
+}
+
+impl Control {
+    fn items_for(&self, sub: &str, resource_id: &str) -> Result<Vec<ResourceRow>> {
+        let items = self.store.read(|db| db.all_of_type(sub, PROTECTED_ITEM_TYPE))?;
+        Ok(items
+            .into_iter()
+            .filter(|i| {
+                i.body
+                    .pointer("/properties/sourceResourceId")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| s.eq_ignore_ascii_case(resource_id))
+            })
+            .collect())
+    }
+
+    /// `POST /subscriptions/{s}/providers/Microsoft.RecoveryServices/locations/{region}/backupStatus`.
+    pub fn backup_status(&self, sub: &str, _region: &str, req: &Value) -> Result<Value> {
+        self.subscription_row(sub)?;
+        let m = body::object(req)?;
+        let resource_id = body::opt_str(m, "resourceId", "")?
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| input_error("The 'resourceId' of the resource whose backup status is asked is required."))?;
+        rsvault_core::ids::ResourceId::parse(resource_id)?;
+        let ty = body::opt_enum(m, "resourceType", "", RESOURCE_TYPES)?.unwrap_or("VM");
+        let logical = body::opt_str(m, "poLogicalName", "")?;
+        let items = self.items_for(sub, resource_id)?;
+        let item = items.iter().find(|i| {
+            logical.is_none_or(|l| {
+                i.body
+                    .pointer("/properties/friendlyName")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| f.eq_ignore_ascii_case(l))
+            })
+        });
+        // The container registered for the resource, in any vault (file shares: the storage account's).
+        let containers = self.store.read(|db| db.all_of_type(sub, CONTAINER_TYPE))?;
+        let container = containers.iter().find(|c| {
+            c.body
+                .pointer("/properties/sourceResourceId")
+                .and_then(Value::as_str)
+                .is_some_and(|s| s.eq_ignore_ascii_case(resource_id))
+        });
+        let mut out = json!({"protectionStatus": "NotProtected"});
+        if ty == "AzureFileShare" {
+            out["acquireStorageAccountLock"] = json!("NotAcquire");
+        }
+        if let Some(c) = container {
+            let n = self.store.read(|db| db.count_below(&c.id, PROTECTED_ITEM_TYPE))?;
+            out["vaultId"] = json!(vault_of(&c.id));
+            out["fabricName"] = json!("Azure");
+            out["containerName"] = json!(c.name.to_ascii_lowercase_prefix());
+            out["registrationStatus"] = json!("Registered");
+            out["protectedItemsCount"] = json!(n);
+            if let Some(lock) = c.body.pointer("/properties/acquireStorageAccountLock") {
+                out["acquireStorageAccountLock"] = lock.clone();
+            }
+        }
+        if let Some(i) = item {
+            let p = &i.body["properties"];
+            out["protectionStatus"] = json!("Protected");
+            out["vaultId"] = json!(vault_of(&i.id));
+            out["fabricName"] = json!("Azure");
+            out["protectedItemName"] = json!(i.name.to_ascii_lowercase_prefix());
+            out["policyName"] = p["policyName"].clone();
+            out["errorCode"] = json!("Success");
+            out["errorMessage"] = json!("");
+            if out.get("containerName").is_none() {
+                let parent = i.parent_key.as_deref().unwrap_or_default();
+                let cname = parent.rsplit('/').next().unwrap_or_default();
+                out["containerName"] = json!(cname);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `POST …/locations/{region}/backupValidateFeatures`: rsvault backs up VMs of any size.
+    pub fn validate_features(&self, sub: &str, req: &Value) -> Result<Value> {
+        self.subscription_row(sub)?;
+        let m = body::object(req)?;
+        let ty = body::opt_str(m, "featureType", "")?.unwrap_or_default();
+        if !ty.eq_ignore_ascii_case("AzureVMResourceBackup") && !ty.eq_ignore_ascii_case("AzureBackupGoals") {
+            return Err(input_error(format!(
+                "featureType '{ty}' is not supported; use AzureVMResourceBackup or AzureBackupGoals."
+            )));
+        }
+        Ok(json!({"supportStatus": "Supported"}))
+    }
+
+    /// `POST …/locations/{region}/backupPreValidateProtection`: would enabling protection of this VM in
+    /// this vault work?
+    pub fn pre_validate_protection(&self, sub: &str, req: &Value) -> Result<Value> {
+        self.subscription_row(sub)?;
+        let m = body::object(req)?;
+        let resource_id =
+            body::opt_str(m, "resourceId", "")?.ok_or_else(|| input_error("'resourceId' is required."))?;
+        let rid = rsvault_core::ids::ResourceId::parse(resource_id)?;
+        let vault_id = body::opt_str(m, "vaultId", "")?.ok_or_else(|| input_error("'vaultId' is required."))?;
+        let ty = body::opt_str(m, "resourceType", "")?.unwrap_or("VM");
+        if !ty.eq_ignore_ascii_case("VM") {
+            return Err(input_error(format!(
+                "Pre-validation is available for VMs; resourceType '{ty}' is not."
+            )));
+        }
+        let rg = rid.resource_group.clone().unwrap_or_default();
+        let vm = rid.name().unwrap_or_default().to_string();
+        let c = ContainerName::Vm {
+            rg: rg.clone(),
+            vm: vm.clone(),
+        };
+        let mut out = json!({
+            "containerName": c.short(),
+            "protectedItemName": format!("vm;iaasvmcontainerv2;{rg};{vm}"),
+        });
+        let found = self.vm_row(sub, &rg, &vm).and_then(|row| self.vm_with_disks(row));
+        if let Err(e) = found {
+            out["status"] = json!("Failed");
+            out["errorCode"] = json!("UserErrorVmNotFound");
+            out["errorMessage"] = json!(e.to_string());
+            out["recommendation"] = json!("Declare the VM with readable disk images before protecting it.");
+            return Ok(out);
+        }
+        if let Some(other) = self.items_for(sub, resource_id)?.first() {
+            let owner = vault_of(&other.id);
+            if !owner.eq_ignore_ascii_case(vault_id) {
+                out["status"] = json!("Failed");
+                out["errorCode"] = json!("BMSUserErrorAlreadyProtected");
+                out["errorMessage"] = json!(format!("The VM is already protected by the vault '{owner}'."));
+                out["recommendation"] = json!("Stop protection in that vault, or use that vault.");
+                return Ok(out);
+            }
+        }
+        out["status"] = json!("Supported");
+        Ok(out)
+    }
+}
+
+/// Azure answers backupStatus with the type prefix of container and item names in lower case
+/// (`iaasvmcontainer;iaasvmcontainerv2;testRg;testVm`, `vm;iaasvmcontainerv2;testRg;testVm`) and keeps
+/// the case of group and resource names.
+trait LowerPrefix {
+    fn to_ascii_lowercase_prefix(&self) -> String;
+}
+
+impl LowerPrefix for String {
+    fn to_ascii_lowercase_prefix(&self) -> String {
+        let parts: Vec<&str> = self.split(';').collect();
+        let keep = if parts.len() >= 4 {
+            parts.len() - 2
+        } else {
+            parts.len().saturating_sub(1)
+        };
+        parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                if i < keep {
+                    p.to_ascii_lowercase()
+                } else {
+                    p.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_lower_the_type_prefix_only() {
+        assert_eq!(
+            "IaasVMContainer;iaasvmcontainerv2;testRg;testVm"
+                .to_string()
+                .to_ascii_lowercase_prefix(),
+            "iaasvmcontainer;iaasvmcontainerv2;testRg;testVm"
+        );
+        assert_eq!(
+            "VM;iaasvmcontainerv2;testRg;testVm"
+                .to_string()
+                .to_ascii_lowercase_prefix(),
+            "vm;iaasvmcontainerv2;testRg;testVm"
+        );
+        assert_eq!(
+            "AzureFileShare;docs".to_string().to_ascii_lowercase_prefix(),
+            "azurefileshare;docs"
+        );
+    }
+}

@@ -51,6 +51,62 @@ pub enum Op {
     ListRoleAssignments,
     ListRoleDefinitions,
     GetRoleDefinition,
+    // Microsoft.Compute and Microsoft.Storage: the local inventory.
+    ListVmsBySubscription,
+    ListVmsByGroup,
+    PutVm,
+    GetVm,
+    DeleteVm,
+    ListAccountsBySubscription,
+    ListAccountsByGroup,
+    PutAccount,
+    GetAccount,
+    DeleteAccount,
+    ListShares,
+    PutShare,
+    GetShare,
+    DeleteShare,
+    // Backup inside a vault.
+    RefreshContainers,
+    FabricOperationResult,
+    FabricOperationStatus,
+    ListProtectableContainers,
+    PutContainer,
+    GetContainer,
+    DeleteContainer,
+    InquireContainer,
+    ContainerOperationResult,
+    ContainerOperationStatus,
+    PutItem,
+    GetItem,
+    DeleteItem,
+    ItemOperationResult,
+    ItemOperationStatus,
+    ListProtectableItems,
+    ListProtectedItems,
+    ListContainers,
+    ListPolicies,
+    PutPolicy,
+    GetPolicy,
+    DeletePolicy,
+    PolicyOperationStatus,
+    PolicyOperationResult,
+    BackupOperationStatus,
+    BackupOperationResult,
+    GetJob,
+    GetVaultConfig,
+    PutVaultConfig,
+    PatchVaultConfig,
+    GetStorageConfig,
+    PutStorageConfig,
+    PatchStorageConfig,
+    GetEncryptionConfig,
+    PutEncryptionConfig,
+    ListUsageSummaries,
+    ListResourceGuardProxies,
+    BackupStatus,
+    ValidateFeatures,
+    PreValidateProtection,
 }
 
 /// One endpoint.
@@ -76,8 +132,41 @@ use Access::*;
 const VAULTS: &str = "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults/{vaultName}";
 
 macro_rules! vault {
-    ($suffix:literal) => {
+    ($suffix:expr) => {
         concat!("/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/Microsoft.RecoveryServices/vaults/{vaultName}", $suffix)
+    };
+}
+
+macro_rules! group {
+    ($suffix:expr) => {
+        concat!(
+            "/subscriptions/{subscriptionId}/resourceGroups/{resourceGroupName}/providers/",
+            $suffix
+        )
+    };
+}
+
+macro_rules! fabric {
+    ($suffix:expr) => {
+        vault!(concat!("/backupFabrics/{fabricName}", $suffix))
+    };
+}
+
+macro_rules! item {
+    ($suffix:expr) => {
+        fabric!(concat!(
+            "/protectionContainers/{containerName}/protectedItems/{protectedItemName}",
+            $suffix
+        ))
+    };
+}
+
+macro_rules! location {
+    ($suffix:expr) => {
+        concat!(
+            "/subscriptions/{subscriptionId}/providers/Microsoft.RecoveryServices/locations/{azureRegion}/",
+            $suffix
+        )
     };
 }
 
@@ -117,6 +206,67 @@ pub const ROUTES: &[Route] = &[
     r("GET", "{*scope}/providers/Microsoft.Authorization/roleAssignments", Action("Microsoft.Authorization/roleAssignments/read"), Op::ListRoleAssignments),
     r("GET", "{*scope}/providers/Microsoft.Authorization/roleDefinitions", Action("Microsoft.Authorization/roleDefinitions/read"), Op::ListRoleDefinitions),
     r("GET", "{*scope}/providers/Microsoft.Authorization/roleDefinitions/{roleDefinitionId}", Action("Microsoft.Authorization/roleDefinitions/read"), Op::GetRoleDefinition),
+    // ---- inventory ----
+    r("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.Compute/virtualMachines", Action("Microsoft.Compute/virtualMachines/read"), Op::ListVmsBySubscription),
+    r("GET", group!("Microsoft.Compute/virtualMachines"), Action("Microsoft.Compute/virtualMachines/read"), Op::ListVmsByGroup),
+    r("PUT", group!("Microsoft.Compute/virtualMachines/{vmName}"), Action("Microsoft.Compute/virtualMachines/write"), Op::PutVm),
+    r("GET", group!("Microsoft.Compute/virtualMachines/{vmName}"), Action("Microsoft.Compute/virtualMachines/read"), Op::GetVm),
+    r("DELETE", group!("Microsoft.Compute/virtualMachines/{vmName}"), Action("Microsoft.Compute/virtualMachines/delete"), Op::DeleteVm),
+    r("GET", "/subscriptions/{subscriptionId}/providers/Microsoft.Storage/storageAccounts", Action("Microsoft.Storage/storageAccounts/read"), Op::ListAccountsBySubscription),
+    r("GET", group!("Microsoft.Storage/storageAccounts"), Action("Microsoft.Storage/storageAccounts/read"), Op::ListAccountsByGroup),
+    r("PUT", group!("Microsoft.Storage/storageAccounts/{accountName}"), Action("Microsoft.Storage/storageAccounts/write"), Op::PutAccount),
+    r("GET", group!("Microsoft.Storage/storageAccounts/{accountName}"), Action("Microsoft.Storage/storageAccounts/read"), Op::GetAccount),
+    r("DELETE", group!("Microsoft.Storage/storageAccounts/{accountName}"), Action("Microsoft.Storage/storageAccounts/delete"), Op::DeleteAccount),
+    r("GET", group!("Microsoft.Storage/storageAccounts/{accountName}/fileServices/default/shares"), Action("Microsoft.Storage/storageAccounts/fileServices/shares/read"), Op::ListShares),
+    r("PUT", group!("Microsoft.Storage/storageAccounts/{accountName}/fileServices/default/shares/{shareName}"), Action("Microsoft.Storage/storageAccounts/fileServices/shares/write"), Op::PutShare),
+    r("GET", group!("Microsoft.Storage/storageAccounts/{accountName}/fileServices/default/shares/{shareName}"), Action("Microsoft.Storage/storageAccounts/fileServices/shares/read"), Op::GetShare),
+    r("DELETE", group!("Microsoft.Storage/storageAccounts/{accountName}/fileServices/default/shares/{shareName}"), Action("Microsoft.Storage/storageAccounts/fileServices/shares/delete"), Op::DeleteShare),
+    // ---- discovery and containers ----
+    r("POST", fabric!("/refreshContainers"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/refreshContainers/action"), Op::RefreshContainers),
+    r("GET", fabric!("/operationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/operationResults/read"), Op::FabricOperationResult),
+    r("GET", fabric!("/operationsStatus/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/operationResults/read"), Op::FabricOperationStatus),
+    r("GET", fabric!("/protectableContainers"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectableContainers/read"), Op::ListProtectableContainers),
+    r("PUT", fabric!("/protectionContainers/{containerName}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/write"), Op::PutContainer),
+    r("GET", fabric!("/protectionContainers/{containerName}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/read"), Op::GetContainer),
+    r("DELETE", fabric!("/protectionContainers/{containerName}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/delete"), Op::DeleteContainer),
+    r("POST", fabric!("/protectionContainers/{containerName}/inquire"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/inquire/action"), Op::InquireContainer),
+    r("GET", fabric!("/protectionContainers/{containerName}/operationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/operationResults/read"), Op::ContainerOperationResult),
+    r("GET", fabric!("/protectionContainers/{containerName}/operationsStatus/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/operationResults/read"), Op::ContainerOperationStatus),
+    // ---- protected items ----
+    r("PUT", item!(""), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/write"), Op::PutItem),
+    r("GET", item!(""), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/read"), Op::GetItem),
+    r("DELETE", item!(""), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/delete"), Op::DeleteItem),
+    r("GET", item!("/operationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/operationResults/read"), Op::ItemOperationResult),
+    r("GET", item!("/operationsStatus/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/operationsStatus/read"), Op::ItemOperationStatus),
+    r("GET", vault!("/backupProtectableItems"), Action("Microsoft.RecoveryServices/Vaults/backupProtectableItems/read"), Op::ListProtectableItems),
+    r("GET", vault!("/backupProtectedItems"), Action("Microsoft.RecoveryServices/Vaults/backupProtectedItems/read"), Op::ListProtectedItems),
+    r("GET", vault!("/backupProtectionContainers"), Action("Microsoft.RecoveryServices/Vaults/backupProtectionContainers/read"), Op::ListContainers),
+    // ---- policies ----
+    r("GET", vault!("/backupPolicies"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/read"), Op::ListPolicies),
+    r("PUT", vault!("/backupPolicies/{policyName}"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/write"), Op::PutPolicy),
+    r("GET", vault!("/backupPolicies/{policyName}"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/read"), Op::GetPolicy),
+    r("DELETE", vault!("/backupPolicies/{policyName}"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/delete"), Op::DeletePolicy),
+    r("GET", vault!("/backupPolicies/{policyName}/operations/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/operations/read"), Op::PolicyOperationStatus),
+    r("GET", vault!("/backupPolicies/{policyName}/operationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/operationResults/read"), Op::PolicyOperationResult),
+    // ---- operations and jobs ----
+    r("GET", vault!("/backupOperations/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupOperations/read"), Op::BackupOperationStatus),
+    r("GET", vault!("/backupOperationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupOperationResults/read"), Op::BackupOperationResult),
+    r("GET", vault!("/backupJobs/{jobName}"), Action("Microsoft.RecoveryServices/Vaults/backupJobs/read"), Op::GetJob),
+    // ---- vault backup configuration ----
+    r("GET", vault!("/backupconfig/vaultconfig"), Action("Microsoft.RecoveryServices/Vaults/backupconfig/vaultconfig/read"), Op::GetVaultConfig),
+    r("PUT", vault!("/backupconfig/vaultconfig"), Action("Microsoft.RecoveryServices/Vaults/backupconfig/vaultconfig/write"), Op::PutVaultConfig),
+    r("PATCH", vault!("/backupconfig/vaultconfig"), Action("Microsoft.RecoveryServices/Vaults/backupconfig/vaultconfig/write"), Op::PatchVaultConfig),
+    r("GET", vault!("/backupstorageconfig/vaultstorageconfig"), Action("Microsoft.RecoveryServices/Vaults/backupstorageconfig/vaultstorageconfig/read"), Op::GetStorageConfig),
+    r("PUT", vault!("/backupstorageconfig/vaultstorageconfig"), Action("Microsoft.RecoveryServices/Vaults/backupstorageconfig/vaultstorageconfig/write"), Op::PutStorageConfig),
+    r("PATCH", vault!("/backupstorageconfig/vaultstorageconfig"), Action("Microsoft.RecoveryServices/Vaults/backupstorageconfig/vaultstorageconfig/write"), Op::PatchStorageConfig),
+    r("GET", vault!("/backupEncryptionConfigs/backupResourceEncryptionConfig"), Action("Microsoft.RecoveryServices/Vaults/read"), Op::GetEncryptionConfig),
+    r("PUT", vault!("/backupEncryptionConfigs/backupResourceEncryptionConfig"), Action("Microsoft.RecoveryServices/Vaults/write"), Op::PutEncryptionConfig),
+    r("GET", vault!("/backupUsageSummaries"), Action("Microsoft.RecoveryServices/Vaults/backupUsageSummaries/read"), Op::ListUsageSummaries),
+    r("GET", vault!("/backupResourceGuardProxies"), Action("Microsoft.RecoveryServices/Vaults/backupResourceGuardProxies/read"), Op::ListResourceGuardProxies),
+    // ---- subscription-level questions ----
+    r("POST", location!("backupStatus"), Action("Microsoft.RecoveryServices/locations/backupStatus/action"), Op::BackupStatus),
+    r("POST", location!("backupValidateFeatures"), Action("Microsoft.RecoveryServices/locations/backupValidateFeatures/action"), Op::ValidateFeatures),
+    r("POST", location!("backupPreValidateProtection"), Action("Microsoft.RecoveryServices/locations/backupPreValidateProtection/action"), Op::PreValidateProtection),
 ];
 
 /// Namespaces rsvault knows; a path in any other is `NoRegisteredProviderFound`.
@@ -124,6 +274,8 @@ pub const NAMESPACES: &[&str] = &[
     "Microsoft.RecoveryServices",
     "Microsoft.Resources",
     "Microsoft.Authorization",
+    "Microsoft.Compute",
+    "Microsoft.Storage",
 ];
 
 /// Values captured from a path.

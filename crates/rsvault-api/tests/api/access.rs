@@ -110,6 +110,15 @@ fn instantiate(pattern: &str, sub: &str) -> String {
         .replace("{roleAssignmentName}", &uuid::Uuid::new_v4().to_string())
         .replace("{roleDefinitionId}", "acdd72a7-3385-48ef-bd42-f606fba81ae7")
         .replace("{operationId}", "00000000-0000-0000-0000-000000000000")
+        .replace("{vmName}", "vm1")
+        .replace("{accountName}", "acct1")
+        .replace("{shareName}", "share1")
+        .replace("{fabricName}", "Azure")
+        .replace("{containerName}", "IaasVMContainer%3Biaasvmcontainerv2%3Brg%3Bvm1")
+        .replace("{protectedItemName}", "VM%3Biaasvmcontainerv2%3Brg%3Bvm1")
+        .replace("{policyName}", "DefaultPolicy")
+        .replace("{jobName}", "00000000-0000-0000-0000-000000000000")
+        .replace("{azureRegion}", "westus")
 }
 
 /// Every route × every kind of caller: 401 for bad tokens, 403 exactly where the role lacks the

@@ -6,6 +6,7 @@
 mod harness;
 
 mod access;
+mod backup;
 mod conventions;
 mod identity;
 mod resources;

@@ -1,5 +1,8 @@
 //! Dispatch of typed ARM endpoints to the control plane, and their HTTP shapes (status codes, headers).
 
+mod backup;
+mod inventory;
+
 use crate::pipeline::{page_reply, skip_token, Ctx};
 use crate::reply::Reply;
 use crate::routes::{Access, Op, Params, ROUTES};
@@ -115,11 +118,16 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
             Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) }))
         }
         Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
+        _ => {
+            return inventory::dispatch(ctx, op, p)
+                .or_else(|| backup::dispatch(ctx, op, p))
+                .unwrap_or_else(|| Err(Error::internal(format!("no handler for {op:?}"))))
+        }
     })
 }
 
 /// `https://host/subscriptions/…/vaults/{v}` in the casing the request used.
-fn vault_base(ctx: &Ctx) -> String {
+pub(crate) fn vault_base(ctx: &Ctx) -> String {
     let path = &ctx.raw_path;
     let lower = path.to_ascii_lowercase();
     let end = lower
@@ -132,16 +140,32 @@ fn vault_base(ctx: &Ctx) -> String {
     format!("{}{}", ctx.base, &path[..end])
 }
 
-fn with_api_version(ctx: &Ctx, url: &str) -> String {
+pub(crate) fn with_api_version(ctx: &Ctx, url: &str) -> String {
     format!("{url}?api-version={}", ctx.api_version())
 }
 
 /// 202 Accepted with ARM's headers for a long-running operation; the URLs carry the request's api-version.
-fn accepted(ctx: &Ctx, location: &str, async_operation: &str) -> Reply {
+pub(crate) fn accepted(ctx: &Ctx, location: &str, async_operation: &str) -> Reply {
     Reply::empty(202)
         .header("Location", with_api_version(ctx, location))
         .header("Azure-AsyncOperation", with_api_version(ctx, async_operation))
         .header("Retry-After", ctx.state.config.retry_after_secs.to_string())
+}
+
+/// The request's URL with literal `;` where the client sent `%3B`, as the live service echoes it.
+pub(crate) fn request_url(ctx: &Ctx) -> String {
+    format!("{}{}", ctx.base, ctx.raw_path.replace("%3B", ";").replace("%3b", ";"))
+}
+
+/// [`request_url`] without its last `n` segments.
+pub(crate) fn request_url_up(ctx: &Ctx, n: usize) -> String {
+    let mut u = request_url(ctx);
+    for _ in 0..n {
+        if let Some(i) = u.rfind('/') {
+            u.truncate(i);
+        }
+    }
+    u
 }
 
 fn vault_etag(ctx: &Ctx, p: &Params) -> Result<Option<String>> {

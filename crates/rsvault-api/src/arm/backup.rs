@@ -1,0 +1,200 @@
+//! Dispatch of the backup endpoints inside a vault and at subscription level, and their long-running
+//! operation shapes as the live service answers them (recorded in `azure-traffic/`):
+//!
+//! - item writes: `Location` = `{item}/operationResults/{op}`, `Azure-AsyncOperation` =
+//!   `{item}/operationsStatus/{op}`, both with the request's api-version;
+//! - item DELETE: the vault-level `backupOperationResults/{op}` and `backupOperations/{op}`;
+//! - `refreshContainers` and container registration: `Azure-AsyncOperation` carries
+//!   `api-version=2019-05-13-preview` whatever the request used;
+//! - fabric `operationResults` answer 202 (with `Location` to themselves) while running, then 204.
+
+use super::{accepted, request_url, request_url_up, vault_base, with_api_version};
+use crate::pipeline::Ctx;
+use crate::reply::Reply;
+use crate::routes::{Op, Params};
+use rsvault_control::backup::OperationOutcome;
+use rsvault_control::{Control, Result};
+use rsvault_store::OperationRow;
+use serde_json::json;
+
+const PREVIEW_API: &str = "2019-05-13-preview";
+
+fn status(o: &OperationRow) -> Reply {
+    Reply::ok(Control::backup_operation_status_body(o))
+}
+
+/// 202 whose `Azure-AsyncOperation` carries Azure's fixed preview api-version.
+fn accepted_preview(ctx: &Ctx, location: &str, status_url: &str) -> Reply {
+    Reply::empty(202)
+        .header("Location", with_api_version(ctx, location))
+        .header(
+            "Azure-AsyncOperation",
+            format!("{status_url}?api-version={PREVIEW_API}"),
+        )
+        .header("Retry-After", ctx.state.config.retry_after_secs.to_string())
+}
+
+/// A result URL's answer: 202 to itself while running, the resource (200) or 204 when done.
+fn result(ctx: &Ctx, outcome: OperationOutcome) -> Reply {
+    match outcome {
+        OperationOutcome::Running => Reply::empty(202)
+            .header("Location", with_api_version(ctx, &request_url(ctx)))
+            .header("Retry-After", ctx.state.config.retry_after_secs.to_string()),
+        OperationOutcome::Done(Some(body)) => Reply::ok(body),
+        OperationOutcome::Done(None) => Reply::empty(204),
+        OperationOutcome::Failed(body) => Reply::ok(body),
+    }
+}
+
+fn list(items: Vec<serde_json::Value>) -> Reply {
+    Reply::ok(json!({ "value": items }))
+}
+
+/// Carries out a backup endpoint; `None` when `op` is not one.
+pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
+    let c = &ctx.state.control;
+    let (sub, rg, v) = (p.sub(), p.rg(), p.vault());
+    let (fabric, container, item) = (p.get("fabricName"), p.get("containerName"), p.get("protectedItemName"));
+    let filter = ctx.query("$filter");
+    let opid = p.get("operationId");
+    let run = || -> Result<Option<Reply>> {
+        Ok(Some(match op {
+            Op::RefreshContainers => {
+                let id = c.refresh_containers(sub, rg, v, fabric, filter)?;
+                let f = request_url_up(ctx, 1);
+                accepted_preview(
+                    ctx,
+                    &format!("{f}/operationResults/{id}"),
+                    &format!("{f}/operationsStatus/{id}"),
+                )
+            }
+            Op::FabricOperationResult => {
+                c.vault_row(sub, rg, v)?;
+                rsvault_control::backup::check_fabric(fabric)?;
+                let o = c.backup_operation(sub, rg, v, opid)?;
+                match c.backup_operation_outcome(&o)? {
+                    OperationOutcome::Done(_) => Reply::empty(204),
+                    other => result(ctx, other),
+                }
+            }
+            Op::FabricOperationStatus => {
+                rsvault_control::backup::check_fabric(fabric)?;
+                status(&c.backup_operation(sub, rg, v, opid)?)
+            }
+            Op::ListProtectableContainers => list(c.list_protectable_containers(sub, rg, v, fabric, filter)?),
+            Op::PutContainer => {
+                let id = c.register_container(sub, rg, v, fabric, container, &ctx.json()?)?;
+                let base = request_url(ctx);
+                accepted_preview(
+                    ctx,
+                    &format!("{base}/operationResults/{id}"),
+                    &format!("{base}/operationsStatus/{id}"),
+                )
+            }
+            Op::GetContainer => Reply::ok(c.get_container(sub, rg, v, fabric, container)?),
+            Op::DeleteContainer => Reply::empty(if c.unregister_container(sub, rg, v, fabric, container)? {
+                200
+            } else {
+                204
+            }),
+            Op::InquireContainer => {
+                let id = c.inquire_container(sub, rg, v, fabric, container)?;
+                let base = request_url_up(ctx, 1);
+                accepted_preview(
+                    ctx,
+                    &format!("{base}/operationResults/{id}"),
+                    &format!("{base}/operationsStatus/{id}"),
+                )
+            }
+            Op::ContainerOperationResult => {
+                let o = c.container_operation(sub, rg, v, fabric, container, opid)?;
+                result(ctx, c.backup_operation_outcome(&o)?)
+            }
+            Op::ContainerOperationStatus => status(&c.container_operation(sub, rg, v, fabric, container, opid)?),
+            Op::PutItem => {
+                let id = c.put_protected_item(sub, rg, v, fabric, container, item, &ctx.json()?)?;
+                let base = request_url(ctx);
+                accepted(
+                    ctx,
+                    &format!("{base}/operationResults/{id}"),
+                    &format!("{base}/operationsStatus/{id}"),
+                )
+            }
+            Op::GetItem => Reply::ok(c.get_protected_item(sub, rg, v, fabric, container, item)?),
+            Op::DeleteItem => match c.delete_protected_item(sub, rg, v, fabric, container, item)? {
+                Some(id) => {
+                    let base = vault_base(ctx);
+                    accepted(
+                        ctx,
+                        &format!("{base}/backupOperationResults/{id}"),
+                        &format!("{base}/backupOperations/{id}"),
+                    )
+                }
+                None => Reply::empty(204),
+            },
+            Op::ItemOperationResult => {
+                let o = c.item_operation(sub, rg, v, fabric, container, item, opid)?;
+                result(ctx, c.backup_operation_outcome(&o)?)
+            }
+            Op::ItemOperationStatus => status(&c.item_operation(sub, rg, v, fabric, container, item, opid)?),
+            Op::ListProtectableItems => list(c.list_protectable_items(sub, rg, v, filter)?),
+            Op::ListProtectedItems => list(c.list_protected_items(sub, rg, v, filter)?),
+            Op::ListContainers => list(c.list_containers(sub, rg, v, filter)?),
+            Op::ListPolicies => list(c.list_policies(sub, rg, v, filter)?),
+            Op::PutPolicy => match c.put_policy(sub, rg, v, p.get("policyName"), &ctx.json()?)? {
+                (None, body) => Reply::ok(body),
+                (Some(id), _) => {
+                    let base = request_url(ctx);
+                    accepted(
+                        ctx,
+                        &format!("{base}/operationResults/{id}"),
+                        &format!("{base}/operations/{id}"),
+                    )
+                }
+            },
+            Op::GetPolicy => Reply::ok(c.get_policy(sub, rg, v, p.get("policyName"))?),
+            Op::DeletePolicy => Reply::empty(if c.delete_policy(sub, rg, v, p.get("policyName"))? {
+                200
+            } else {
+                204
+            }),
+            Op::PolicyOperationStatus => status(&c.policy_operation(sub, rg, v, p.get("policyName"), opid)?),
+            Op::PolicyOperationResult => {
+                let o = c.policy_operation(sub, rg, v, p.get("policyName"), opid)?;
+                result(ctx, c.backup_operation_outcome(&o)?)
+            }
+            Op::BackupOperationStatus => status(&c.backup_operation(sub, rg, v, opid)?),
+            Op::BackupOperationResult => {
+                let o = c.backup_operation(sub, rg, v, opid)?;
+                match c.backup_operation_outcome(&o)? {
+                    OperationOutcome::Done(_) => Reply::empty(204),
+                    other => result(ctx, other),
+                }
+            }
+            Op::GetJob => Reply::ok(c.get_job(sub, rg, v, p.get("jobName"))?),
+            Op::GetVaultConfig => Reply::ok(c.get_vault_config(sub, rg, v)?),
+            Op::PutVaultConfig | Op::PatchVaultConfig => Reply::ok(c.set_vault_config(sub, rg, v, &ctx.json()?)?),
+            Op::GetStorageConfig => Reply::ok(c.get_storage_config(sub, rg, v)?),
+            Op::PutStorageConfig => Reply::ok(c.set_storage_config(sub, rg, v, &ctx.json()?)?),
+            Op::PatchStorageConfig => {
+                c.set_storage_config(sub, rg, v, &ctx.json()?)?;
+                Reply::empty(204)
+            }
+            Op::GetEncryptionConfig => Reply::ok(c.get_encryption_config(sub, rg, v)?),
+            Op::PutEncryptionConfig => {
+                c.set_encryption_config(sub, rg, v, &ctx.json()?)?;
+                Reply::empty(200)
+            }
+            Op::ListUsageSummaries => list(c.usage_summaries(sub, rg, v)?),
+            Op::ListResourceGuardProxies => {
+                c.vault_row(sub, rg, v)?;
+                list(vec![])
+            }
+            Op::BackupStatus => Reply::ok(c.backup_status(sub, p.get("azureRegion"), &ctx.json()?)?),
+            Op::ValidateFeatures => Reply::ok(c.validate_features(sub, &ctx.json()?)?),
+            Op::PreValidateProtection => Reply::ok(c.pre_validate_protection(sub, &ctx.json()?)?),
+            _ => return Ok(None),
+        }))
+    };
+    run().transpose()
+}

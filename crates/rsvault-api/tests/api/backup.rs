@@ -1,0 +1,871 @@
+//! Issue 4 over HTTPS: inventory, discovery, policies, protection, soft delete, backup status and vault
+//! backup configuration, each with the errors Azure answers.
+
+use crate::harness::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+
+const BK: &str = "api-version=2026-10-01";
+const VM_API: &str = "api-version=2024-07-01";
+
+/// A raw image of `mib` MiB, and a qcow2 image made by qemu-img.
+fn images(dir: &Path) -> (PathBuf, PathBuf) {
+    let raw = dir.join("os.raw");
+    std::fs::write(&raw, vec![1u8; 2 << 20]).unwrap();
+    let q = dir.join("data.qcow2");
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&q)
+        .arg("3G")
+        .status()
+        .expect("qemu-img (qemu-utils) builds qcow2 fixtures");
+    assert!(st.success());
+    (raw, q)
+}
+
+fn vm_body(os: &Path, data: &[&Path]) -> Value {
+    let disks: Vec<Value> = data
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"lun": i, "vhd": {"uri": format!("file://{}", d.display())}}))
+        .collect();
+    json!({"location": "westus", "properties": {"storageProfile": {
+        "osDisk": {"osType": "Linux", "vhd": {"uri": format!("file://{}", os.display())}},
+        "dataDisks": disks}}})
+}
+
+fn vm_path(s: &Server, rg: &str, vm: &str) -> String {
+    format!("{}/providers/Microsoft.Compute/virtualMachines/{vm}", s.rg_path(rg))
+}
+
+fn item_path(s: &Server, rg: &str, vault: &str, vm_rg: &str, vm: &str) -> String {
+    format!(
+        "{}/backupFabrics/Azure/protectionContainers/IaasVMContainer%3Biaasvmcontainerv2%3B{vm_rg}%3B{vm}/protectedItems/VM%3Biaasvmcontainerv2%3B{vm_rg}%3B{vm}",
+        s.vault_path(rg, vault)
+    )
+}
+
+fn policy_ref(s: &Server, rg: &str, vault: &str, policy: &str) -> String {
+    format!("{}/backupPolicies/{policy}", s.vault_path(rg, vault))
+}
+
+/// Sends a request and returns status, the headers clients follow, and the body.
+async fn send(s: &Server, method: &str, path: &str, body: Option<&Value>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let r = s.call_as(Some(&s.token), method, path, body).await;
+    let st = r.status().as_u16();
+    let h = r.headers().clone();
+    let t = r.text().await.unwrap();
+    (
+        st,
+        h,
+        if t.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&t).unwrap()
+        },
+    )
+}
+
+fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// Enables protection, follows `Azure-AsyncOperation` to `Succeeded`, returns the job id.
+async fn protect(s: &Server, item: &str, body: &Value) -> String {
+    let (st, h, b) = send(s, "PUT", &format!("{item}?{BK}"), Some(body)).await;
+    assert_eq!(st, 202, "{b}");
+    let status_url = header(&h, "azure-asyncoperation").to_string();
+    assert!(
+        status_url.contains("/operationsStatus/") && status_url.ends_with(BK),
+        "{status_url}"
+    );
+    assert!(!status_url.contains("%3B"), "URLs carry a literal ';': {status_url}");
+    assert!(header(&h, "location").contains("/operationResults/"));
+    assert!(header(&h, "retry-after").parse::<u64>().is_ok());
+    let r = s.http.get(&status_url).bearer_auth(&s.token).send().await.unwrap();
+    let op: Value = r.json().await.unwrap();
+    assert_eq!(op["status"], "Succeeded", "{op}");
+    assert_eq!(op["properties"]["objectType"], "OperationStatusJobExtendedInfo");
+    let loc = s
+        .http
+        .get(header(&h, "location"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        loc.status().as_u16(),
+        200,
+        "operationResults answers the item when done"
+    );
+    op["properties"]["jobId"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn vms_are_declared_with_probed_disk_images() {
+    let s = start().await;
+    s.make_group("rg").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, q) = images(tmp.path());
+    let p = format!("{}?{VM_API}", vm_path(&s, "rg", "web1"));
+    let (st, b) = s.call("PUT", &p, Some(&vm_body(&raw, &[&q]))).await;
+    assert_eq!(st, 201, "{b}");
+    assert_eq!(b["type"], "Microsoft.Compute/virtualMachines");
+    assert_eq!(b["location"], "westus");
+    assert_eq!(b["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(
+        b["properties"]["storageProfile"]["dataDisks"][0]["diskSizeGB"], 3,
+        "qcow2 virtual size"
+    );
+    assert_eq!(b["properties"]["storageProfile"]["osDisk"]["diskSizeGB"], 1);
+    let vm_id = b["properties"]["vmId"].clone();
+    let (st, again) = s.call("PUT", &p, Some(&vm_body(&raw, &[]))).await;
+    assert_eq!(st, 200);
+    assert_eq!(again["properties"]["vmId"], vm_id, "vmId is stable across updates");
+    let (_, list) = s
+        .call(
+            "GET",
+            &format!(
+                "/subscriptions/{}/providers/Microsoft.Compute/virtualMachines?{VM_API}",
+                s.sub()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(list["value"].as_array().unwrap().len(), 1);
+
+    let gone = tmp.path().join("missing.qcow2");
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("missing image", vm_body(&gone, &[]), 400, "InvalidParameter"),
+        (
+            "not a file URI",
+            json!({"location": "westus", "properties": {"storageProfile": {"osDisk": {"vhd": {"uri": "https://x.blob.core.windows.net/v/os.vhd"}}}}}),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            "no os disk",
+            json!({"location": "westus", "properties": {"storageProfile": {}}}),
+            400,
+            "InvalidParameter",
+        ),
+        (
+            "no location",
+            json!({"properties": {"storageProfile": {"osDisk": {"vhd": {"uri": format!("file://{}", raw.display())}}}}}),
+            400,
+            "LocationRequired",
+        ),
+        ("a directory", vm_body(tmp.path(), &[]), 400, "InvalidParameter"),
+    ];
+    for (what, body, want, code) in cases {
+        let (st, b) = s
+            .call("PUT", &format!("{}?{VM_API}", vm_path(&s, "rg", "bad1")), Some(&body))
+            .await;
+        assert_arm_error(st, &b, want, code);
+        let _ = what;
+    }
+    let (st, _) = s
+        .call("GET", &format!("{}?{VM_API}", vm_path(&s, "rg", "bad1")), None)
+        .await;
+    assert_eq!(st, 404, "a rejected VM is not stored");
+    let (st, _) = s.call("DELETE", &p, None).await;
+    assert_eq!(st, 200);
+    let (st, _) = s.call("DELETE", &p, None).await;
+    assert_eq!(st, 204);
+}
+
+#[tokio::test]
+async fn new_vaults_have_azures_default_policies_and_policy_crud_validates() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let base = s.vault_path("rg", "v1");
+    let (_, list) = s.call("GET", &format!("{base}/backupPolicies?{BK}"), None).await;
+    let mut names: Vec<&str> = list["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["DefaultPolicy", "EnhancedPolicy", "HourlyLogBackup"]);
+    let (_, vmonly) = s
+        .call(
+            "GET",
+            &format!("{base}/backupPolicies?{BK}&$filter=backupManagementType%20eq%20'AzureIaasVM'"),
+            None,
+        )
+        .await;
+    assert_eq!(vmonly["value"].as_array().unwrap().len(), 2);
+    let (_, d) = s
+        .call("GET", &format!("{base}/backupPolicies/defaultpolicy?{BK}"), None)
+        .await;
+    assert_eq!(d["properties"]["schedulePolicy"]["scheduleRunFrequency"], "Daily");
+    assert_eq!(
+        d["properties"]["retentionPolicy"]["dailySchedule"]["retentionDuration"]["count"],
+        30
+    );
+    assert_eq!(d["properties"]["protectedItemsCount"], 0);
+
+    let t = "2026-01-01T02:00:00Z";
+    let weekly = json!({"properties": {"backupManagementType": "AzureIaasVM", "timeZone": "UTC",
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly", "scheduleRunDays": ["Sunday", "Wednesday"], "scheduleRunTimes": [t]},
+        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy",
+            "weeklySchedule": {"daysOfTheWeek": ["Sunday"], "retentionTimes": [t], "retentionDuration": {"count": 4, "durationType": "Weeks"}},
+            "yearlySchedule": {"retentionScheduleFormatType": "Weekly", "monthsOfYear": ["January"], "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": ["First"]}, "retentionTimes": [t], "retentionDuration": {"count": 2, "durationType": "Years"}}}}});
+    let (st, b) = s
+        .call("PUT", &format!("{base}/backupPolicies/weekly1?{BK}"), Some(&weekly))
+        .await;
+    assert_eq!(st, 200, "a policy no item uses is written at once: {b}");
+    assert_eq!(b["properties"]["instantRpRetentionRangeInDays"], 5);
+    let hourly = json!({"properties": {"backupManagementType": "AzureIaasVM", "policyType": "V2",
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicyV2", "scheduleRunFrequency": "Hourly", "hourlySchedule": {"interval": 6, "scheduleWindowStartTime": t, "scheduleWindowDuration": 12}},
+        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": [t], "retentionDuration": {"count": 7, "durationType": "Days"}}}}});
+    let (st, b) = s
+        .call("PUT", &format!("{base}/backupPolicies/hourly1?{BK}"), Some(&hourly))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let bad: Vec<(Value, &str)> = vec![
+        (
+            json!({"properties": {"backupManagementType": "AzureIaasVM", "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": []},
+            "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy"}}}),
+            "BMSUserErrorInvalidPolicyInput",
+        ),
+        (
+            json!({"properties": {"backupManagementType": "AzureIaasVM", "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": [t]},
+            "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": [t], "retentionDuration": {"count": 3, "durationType": "Days"}}}}}),
+            "BMSUserErrorInvalidPolicyInput",
+        ),
+        (
+            json!({"properties": {"backupManagementType": "Nonsense"}}),
+            "BMSUserErrorInvalidPolicyInput",
+        ),
+        (json!([1, 2]), "InvalidRequestContent"),
+    ];
+    for (body, code) in bad {
+        let (st, b) = s
+            .call("PUT", &format!("{base}/backupPolicies/bad1?{BK}"), Some(&body))
+            .await;
+        assert_arm_error(st, &b, 400, code);
+    }
+    let (st, b) = s
+        .call("PUT", &format!("{base}/backupPolicies/1bad?{BK}"), Some(&weekly))
+        .await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorInvalidPolicyName");
+    let (st, b) = s.call("GET", &format!("{base}/backupPolicies/bad1?{BK}"), None).await;
+    assert_arm_error(st, &b, 404, "BMSUserErrorPolicyNotFound");
+    let (st, _) = s
+        .call("DELETE", &format!("{base}/backupPolicies/weekly1?{BK}"), None)
+        .await;
+    assert_eq!(st, 200);
+    let (st, _) = s
+        .call("DELETE", &format!("{base}/backupPolicies/weekly1?{BK}"), None)
+        .await;
+    assert_eq!(st, 204);
+}
+
+#[tokio::test]
+async fn vm_protection_lifecycle_with_soft_delete_and_backup_status() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_group("apps").await;
+    s.make_vault("rg", "v1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, q) = images(tmp.path());
+    let (st, vm) = s
+        .call(
+            "PUT",
+            &format!("{}?{VM_API}", vm_path(&s, "apps", "Web1")),
+            Some(&vm_body(&raw, &[&q])),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let base = s.vault_path("rg", "v1");
+    let status_path = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupStatus?{BK}",
+        s.sub()
+    );
+    let (st, before) = s
+        .call(
+            "POST",
+            &status_path,
+            Some(&json!({"resourceId": vm_id, "resourceType": "VM"})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(before["protectionStatus"], "NotProtected");
+
+    // Discovery: refresh (202, then the fabric result answers 204) and the protectable VM.
+    let (st, h, _) = send(
+        &s,
+        "POST",
+        &format!("{base}/backupFabrics/Azure/refreshContainers?{BK}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202);
+    assert!(header(&h, "azure-asyncoperation").ends_with("api-version=2019-05-13-preview"));
+    let r = s
+        .http
+        .get(header(&h, "location"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (_, items) = s
+        .call(
+            "GET",
+            &format!("{base}/backupProtectableItems?{BK}&$filter=backupManagementType%20eq%20'AzureIaasVM'"),
+            None,
+        )
+        .await;
+    let found = &items["value"][0];
+    assert_eq!(found["properties"]["virtualMachineId"], vm_id);
+    assert!(found["id"].as_str().unwrap().contains("/protectionContainers/IaasVMContainer;iaasvmcontainerv2;apps;web1/protectableItems/vm;iaasvmcontainerv2;apps;web1"));
+
+    // Enable protection with the default policy, using the name form the az CLI sends.
+    let item = item_path(&s, "rg", "v1", "apps", "web1");
+    let enable = json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "sourceResourceId": vm_id,
+        "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}});
+    let job = protect(&s, &item, &enable).await;
+    let (st, j) = s.call("GET", &format!("{base}/backupJobs/{job}?{BK}"), None).await;
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["properties"]["operation"], "ConfigureBackup");
+    assert_eq!(j["properties"]["status"], "Completed");
+    assert_eq!(j["properties"]["jobType"], "AzureIaaSVMJob");
+    assert_eq!(
+        j["properties"]["extendedInfo"]["propertyBag"]["Policy Name"],
+        "DefaultPolicy"
+    );
+    let (_, it) = s.call("GET", &format!("{item}?{BK}"), None).await;
+    let p = &it["properties"];
+    assert_eq!(it["name"], "VM;iaasvmcontainerv2;apps;web1");
+    assert_eq!(
+        (
+            p["protectionState"].as_str(),
+            p["protectionStatus"].as_str(),
+            p["healthStatus"].as_str()
+        ),
+        (Some("IRPending"), Some("Healthy"), Some("Passed"))
+    );
+    assert_eq!(p["virtualMachineId"], vm_id);
+    assert_eq!(p["containerName"], "iaasvmcontainerv2;apps;web1");
+    let (_, d) = s
+        .call("GET", &format!("{base}/backupPolicies/DefaultPolicy?{BK}"), None)
+        .await;
+    assert_eq!(d["properties"]["protectedItemsCount"], 1, "the count is exact");
+    let (st, b) = s
+        .call("DELETE", &format!("{base}/backupPolicies/DefaultPolicy?{BK}"), None)
+        .await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorPolicyInUse");
+    let (_, containers) = s
+        .call("GET", &format!("{base}/backupProtectionContainers?{BK}&$filter=backupManagementType%20eq%20'AzureIaasVM'%20and%20friendlyName%20eq%20'web1'%20and%20status%20eq%20'Registered'"), None)
+        .await;
+    assert_eq!(containers["value"].as_array().unwrap().len(), 1, "{containers}");
+
+    // Lists with every filter Azure clients use.
+    for (filter, n) in [
+        ("backupManagementType eq 'AzureIaasVM' and itemType eq 'VM'", 1),
+        ("policyName eq 'DefaultPolicy'", 1),
+        ("policyName eq 'EnhancedPolicy'", 0),
+        ("friendlyName eq 'WEB1'", 1),
+        ("containerName eq 'iaasvmcontainerv2;apps;web1'", 1),
+        ("backupManagementType eq 'AzureStorage'", 0),
+    ] {
+        let (st, l) = s
+            .call(
+                "GET",
+                &format!(
+                    "{base}/backupProtectedItems?{BK}&$filter={}",
+                    filter.replace(' ', "%20")
+                ),
+                None,
+            )
+            .await;
+        assert_eq!(st, 200, "{l}");
+        assert_eq!(l["value"].as_array().unwrap().len(), n, "{filter}");
+    }
+    let (st, b) = s
+        .call(
+            "GET",
+            &format!("{base}/backupProtectedItems?{BK}&$filter=colour%20eq%20'red'"),
+            None,
+        )
+        .await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorInvalidInput");
+
+    // Backup status, as seed 000 shows it.
+    let (_, after) = s
+        .call(
+            "POST",
+            &status_path,
+            Some(&json!({"resourceId": vm_id, "resourceType": "VM"})),
+        )
+        .await;
+    let mut keys: Vec<&str> = after.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort();
+    for k in [
+        "containerName",
+        "errorCode",
+        "errorMessage",
+        "fabricName",
+        "policyName",
+        "protectedItemName",
+        "protectionStatus",
+        "vaultId",
+    ] {
+        assert!(keys.contains(&k), "{k} missing from {after}");
+    }
+    assert_eq!(after["protectionStatus"], "Protected");
+    assert_eq!(after["containerName"], "iaasvmcontainer;iaasvmcontainerv2;apps;web1");
+    assert_eq!(after["protectedItemName"], "vm;iaasvmcontainerv2;apps;web1");
+    assert_eq!(after["policyName"], "DefaultPolicy");
+    assert!(after["vaultId"].as_str().unwrap().ends_with("/vaults/v1"));
+
+    // A second vault cannot protect the same VM.
+    s.make_vault("rg", "v2").await;
+    let (st, _, b) = send(&s, "PUT", &format!("{}?{BK}", item_path(&s, "rg", "v2", "apps", "web1")),
+        Some(&json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": policy_ref(&s, "rg", "v2", "DefaultPolicy")}}))).await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorAlreadyProtected");
+
+    // Change policy, then stop protection keeping data.
+    protect(&s, &item, &json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": policy_ref(&s, "rg", "v1", "EnhancedPolicy")}})).await;
+    let (_, it) = s.call("GET", &format!("{item}?{BK}"), None).await;
+    assert_eq!(it["properties"]["policyName"], "EnhancedPolicy");
+    let job = protect(&s, &item, &json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "sourceResourceId": vm_id, "policyId": "", "protectionState": "ProtectionStopped"}})).await;
+    let (_, j) = s.call("GET", &format!("{base}/backupJobs/{job}?{BK}"), None).await;
+    assert_eq!(j["properties"]["operation"], "DisableBackup");
+    let (_, it) = s.call("GET", &format!("{item}?{BK}"), None).await;
+    assert_eq!(it["properties"]["protectionState"], "ProtectionStopped");
+
+    // Delete data: soft delete keeps the item 14 days; undelete brings it back.
+    let (st, h, _) = send(&s, "DELETE", &format!("{item}?{BK}"), None).await;
+    assert_eq!(st, 202);
+    assert!(header(&h, "location").contains("/vaults/v1/backupOperationResults/"));
+    let op_url = header(&h, "azure-asyncoperation").to_string();
+    assert!(op_url.contains("/vaults/v1/backupOperations/"));
+    let op: Value = s
+        .http
+        .get(&op_url)
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(op["status"], "Succeeded");
+    let (_, j) = s
+        .call(
+            "GET",
+            &format!("{base}/backupJobs/{}?{BK}", op["properties"]["jobId"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(j["properties"]["operation"], "DeleteBackupData");
+    let (_, it) = s.call("GET", &format!("{item}?{BK}"), None).await;
+    assert_eq!(it["properties"]["isScheduledForDeferredDelete"], true);
+    assert!(
+        it["properties"]["deferredDeleteTimeRemaining"]
+            .as_str()
+            .unwrap()
+            .starts_with("13.23:")
+            || it["properties"]["deferredDeleteTimeRemaining"]
+                .as_str()
+                .unwrap()
+                .starts_with("14.")
+    );
+    let (st, b) = s
+        .call("DELETE", &format!("{}?{API}", s.vault_path("rg", "v1")), None)
+        .await;
+    assert_arm_error(st, &b, 400, "ServiceResourceNotEmptyWithBackendMessage");
+    let (st, _, b) = send(&s, "PUT", &format!("{item}?{BK}"), Some(&json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}))).await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorItemSoftDeleted");
+    let job = protect(
+        &s,
+        &item,
+        &json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "isRehydrate": true}}),
+    )
+    .await;
+    let (_, j) = s.call("GET", &format!("{base}/backupJobs/{job}?{BK}"), None).await;
+    assert_eq!(j["properties"]["operation"], "Undelete");
+    let (_, it) = s.call("GET", &format!("{item}?{BK}"), None).await;
+    assert_eq!(it["properties"]["isScheduledForDeferredDelete"], false);
+    assert_eq!(it["properties"]["protectionState"], "ProtectionStopped");
+
+    // With soft delete off, deleting removes the item (and the VM's container).
+    let (st, cfg) = s
+        .call(
+            "PATCH",
+            &format!("{base}/backupconfig/vaultconfig?{BK}"),
+            Some(&json!({"properties": {"softDeleteFeatureState": "Disabled"}})),
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(cfg["properties"]["softDeleteFeatureState"], "Disabled");
+    let (_, v) = s
+        .call("GET", &format!("{}?{API}", s.vault_path("rg", "v1")), None)
+        .await;
+    assert_eq!(
+        v["properties"]["securitySettings"]["softDeleteSettings"]["softDeleteState"], "Disabled",
+        "one source of truth"
+    );
+    let (st, _, _) = send(&s, "DELETE", &format!("{item}?{BK}"), None).await;
+    assert_eq!(st, 202);
+    let (st, b) = s.call("GET", &format!("{item}?{BK}"), None).await;
+    assert_arm_error(st, &b, 404, "BMSUserErrorProtectedItemNotFound");
+    let (_, containers) = s
+        .call("GET", &format!("{base}/backupProtectionContainers?{BK}"), None)
+        .await;
+    assert_eq!(containers["value"].as_array().unwrap().len(), 0);
+    let (st, _) = s.call("DELETE", &format!("{item}?{BK}"), None).await;
+    assert_eq!(st, 204);
+    let (_, gone) = s
+        .call(
+            "POST",
+            &status_path,
+            Some(&json!({"resourceId": vm_id, "resourceType": "VM"})),
+        )
+        .await;
+    assert_eq!(gone["protectionStatus"], "NotProtected");
+}
+
+#[tokio::test]
+async fn enabling_protection_rejects_what_azure_rejects() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, _) = images(tmp.path());
+    let doomed = tmp.path().join("doomed.raw");
+    std::fs::write(&doomed, [0u8; 4096]).unwrap();
+    for (vm, disk) in [("vm1", &raw), ("vm2", &doomed)] {
+        let (st, b) = s
+            .call(
+                "PUT",
+                &format!("{}?{VM_API}", vm_path(&s, "rg", vm)),
+                Some(&vm_body(disk, &[])),
+            )
+            .await;
+        assert_eq!(st, 201, "{b}");
+    }
+    std::fs::remove_file(&doomed).unwrap();
+    let vm_type = "Microsoft.Compute/virtualMachines";
+    let cases: Vec<(&str, String, Value, &str)> = vec![
+        ("unknown policy", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "NoSuchPolicy")}}), "BMSUserErrorPolicyNotFound"),
+        ("policy of another workload", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "HourlyLogBackup")}}), "BMSUserErrorPolicyWorkloadMismatch"),
+        ("missing VM", item_path(&s, "rg", "v1", "rg", "ghost"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "BMSUserErrorInvalidSourceResourceId"),
+        ("image that vanished", item_path(&s, "rg", "v1", "rg", "vm2"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "InvalidParameter"),
+        ("no policy", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": vm_type}}), "BMSUserErrorInvalidConfigureProtectionRequest"),
+        ("wrong item type", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "BMSUserErrorInvalidConfigureProtectionRequest"),
+        ("item outside its container", format!("{}/backupFabrics/Azure/protectionContainers/iaasvmcontainerv2%3Brg%3Bvm1/protectedItems/vm%3Biaasvmcontainerv2%3Brg%3Bvm2", s.vault_path("rg", "v1")), json!({"properties": {"policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "BMSUserErrorInvalidConfigureProtectionRequest"),
+        ("malformed container", format!("{}/backupFabrics/Azure/protectionContainers/vm1/protectedItems/vm1", s.vault_path("rg", "v1")), json!({"properties": {}}), "BMSUserErrorInvalidInput"),
+    ];
+    for (what, item, body, code) in cases {
+        let (st, _, b) = send(&s, "PUT", &format!("{item}?{BK}"), Some(&body)).await;
+        assert_eq!(b["error"]["code"], code, "{what}: {b}");
+        assert_eq!(st, 400, "{what}");
+    }
+    let (st, b) = s
+        .call(
+            "GET",
+            &format!(
+                "{}/backupFabrics/Other/protectionContainers/iaasvmcontainerv2%3Brg%3Bvm1?{BK}",
+                s.vault_path("rg", "v1")
+            ),
+            None,
+        )
+        .await;
+    assert_arm_error(st, &b, 404, "BMSUserErrorFabricNotFound");
+    let (_, l) = s
+        .call(
+            "GET",
+            &format!("{}/backupProtectedItems?{BK}", s.vault_path("rg", "v1")),
+            None,
+        )
+        .await;
+    assert_eq!(l["value"].as_array().unwrap().len(), 0, "nothing was half-created");
+    // The short container form the az CLI sends, for an item Terraform names itself.
+    let short = format!("{}/backupFabrics/Azure/protectionContainers/iaasvmcontainerv2;rg;vm1/protectedItems/vm;iaasvmcontainerv2;rg;vm1", s.vault_path("rg", "v1"));
+    protect(
+        &s,
+        &short,
+        &json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}),
+    )
+    .await;
+    let (st, _) = s
+        .call("GET", &format!("{}?{BK}", item_path(&s, "rg", "v1", "rg", "vm1")), None)
+        .await;
+    assert_eq!(st, 200, "both name forms reach one item");
+}
+
+#[tokio::test]
+async fn file_shares_are_registered_discovered_and_protected() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let acct = format!("{}/providers/Microsoft.Storage/storageAccounts/files1", s.rg_path("rg"));
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!("{acct}?api-version=2023-05-01"),
+            Some(&json!({"location": "westus", "kind": "StorageV2", "sku": {"name": "Standard_LRS"}})),
+        )
+        .await;
+    assert_arm_error(st, &b, 400, "InvalidParameter");
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!("{acct}?api-version=2023-05-01"),
+            Some(&json!({"location": "westus", "tags": {"rsvault-path": tmp.path()}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, _) = s
+        .call(
+            "PUT",
+            &format!("{acct}/fileServices/default/shares/docs?api-version=2023-05-01"),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    assert!(
+        tmp.path().join("docs").is_dir(),
+        "a share is a directory of the account"
+    );
+    let base = s.vault_path("rg", "v1");
+    let (_, pc) = s
+        .call("GET", &format!("{base}/backupFabrics/Azure/protectableContainers?{BK}&$filter=backupManagementType%20eq%20'AzureStorage'"), None)
+        .await;
+    assert_eq!(pc["value"][0]["name"], "StorageContainer;Storage;rg;files1");
+    let container = format!("{base}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3Bfiles1");
+    let share_item = format!("{container}/protectedItems/AzureFileShare%3Bdocs");
+    let enable = json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": "", "sourceResourceId": b["id"]}});
+    let (st, _, e) = send(&s, "PUT", &format!("{share_item}?{BK}"), Some(&enable)).await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("BMSUserErrorInvalidConfigureProtectionRequest")),
+        "{e}"
+    );
+    let (st, h, _) = send(&s, "PUT", &format!("{container}?{BK}"), Some(&json!({"properties": {"containerType": "StorageContainer", "sourceResourceId": b["id"], "backupManagementType": "AzureStorage"}}))).await;
+    assert_eq!(st, 202);
+    let r = s
+        .http
+        .get(header(&h, "location"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let c: Value = r.json().await.unwrap();
+    assert_eq!(c["properties"]["registrationStatus"], "Registered");
+    let (_, items) = s
+        .call("GET", &format!("{base}/backupProtectableItems?{BK}&$filter=backupManagementType%20eq%20'AzureStorage'%20and%20workloadType%20eq%20'AzureFileShare'"), None)
+        .await;
+    assert_eq!(items["value"][0]["name"], "azurefileshare;docs", "{items}");
+    // A file share policy, then protection.
+    let t = "2026-01-01T02:00:00Z";
+    let afs = json!({"properties": {"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare",
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": [t]},
+        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": [t], "retentionDuration": {"count": 5, "durationType": "Days"}}}}});
+    let (st, _) = s
+        .call("PUT", &format!("{base}/backupPolicies/afs1?{BK}"), Some(&afs))
+        .await;
+    assert_eq!(st, 200);
+    let mut enable = enable;
+    enable["properties"]["policyId"] = json!(policy_ref(&s, "rg", "v1", "DefaultPolicy"));
+    let (st, _, e) = send(&s, "PUT", &format!("{share_item}?{BK}"), Some(&enable)).await;
+    assert_eq!(
+        (st, e["error"]["code"].as_str()),
+        (400, Some("BMSUserErrorPolicyWorkloadMismatch"))
+    );
+    enable["properties"]["policyId"] = json!(policy_ref(&s, "rg", "v1", "afs1"));
+    protect(&s, &share_item, &enable).await;
+    let (_, it) = s.call("GET", &format!("{share_item}?{BK}"), None).await;
+    assert_eq!(it["properties"]["workloadType"], "AzureFileShare");
+    assert_eq!(it["properties"]["friendlyName"], "docs");
+    let (_, st_cfg) = s
+        .call(
+            "GET",
+            &format!("{base}/backupstorageconfig/vaultstorageconfig?{BK}"),
+            None,
+        )
+        .await;
+    assert_eq!(st_cfg["properties"]["storageTypeState"], "Locked");
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!("{base}/backupstorageconfig/vaultstorageconfig?{BK}"),
+            Some(&json!({"properties": {"storageModelType": "LocallyRedundant"}})),
+        )
+        .await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorStorageTypeLocked");
+    let (_, status) = s
+        .call("POST", &format!("/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupStatus?{BK}", s.sub()),
+            Some(&json!({"resourceId": b_id(&s, "rg", "files1"), "resourceType": "AzureFileShare", "poLogicalName": "docs"})))
+        .await;
+    assert_eq!(status["protectionStatus"], "Protected", "{status}");
+    assert_eq!(status["registrationStatus"], "Registered");
+    assert_eq!(status["protectedItemsCount"], 1);
+    assert_eq!(status["acquireStorageAccountLock"], "Acquire");
+    let (st, b) = s.call("DELETE", &format!("{container}?{BK}"), None).await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorContainerHasDatasources");
+}
+
+fn b_id(s: &Server, rg: &str, acct: &str) -> String {
+    format!("{}/providers/Microsoft.Storage/storageAccounts/{acct}", s.rg_path(rg))
+}
+
+#[tokio::test]
+async fn changing_a_policy_in_use_is_a_long_running_operation() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, _) = images(tmp.path());
+    s.call(
+        "PUT",
+        &format!("{}?{VM_API}", vm_path(&s, "rg", "vm1")),
+        Some(&vm_body(&raw, &[])),
+    )
+    .await;
+    let item = item_path(&s, "rg", "v1", "rg", "vm1");
+    protect(&s, &item, &json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}})).await;
+    let base = s.vault_path("rg", "v1");
+    let (_, mut d) = s
+        .call("GET", &format!("{base}/backupPolicies/DefaultPolicy?{BK}"), None)
+        .await;
+    d["properties"]["retentionPolicy"]["dailySchedule"]["retentionDuration"]["count"] = json!(60);
+    let (st, h, _) = send(
+        &s,
+        "PUT",
+        &format!("{base}/backupPolicies/DefaultPolicy?{BK}"),
+        Some(&d),
+    )
+    .await;
+    assert_eq!(st, 202);
+    let status_url = header(&h, "azure-asyncoperation");
+    assert!(
+        status_url.contains("/backupPolicies/DefaultPolicy/operations/"),
+        "{status_url}"
+    );
+    let op: Value = s
+        .http
+        .get(status_url)
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(op["status"], "Succeeded");
+    assert_eq!(op["properties"]["objectType"], "OperationStatusJobsExtendedInfo");
+    assert_eq!(
+        op["properties"]["jobIds"].as_array().unwrap().len(),
+        1,
+        "one job per item"
+    );
+    let p: Value = s
+        .http
+        .get(header(&h, "location"))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        p["properties"]["retentionPolicy"]["dailySchedule"]["retentionDuration"]["count"],
+        60
+    );
+    assert_eq!(p["properties"]["protectedItemsCount"], 1);
+}
+
+#[tokio::test]
+async fn vault_backup_configuration_reads_and_writes() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let base = s.vault_path("rg", "v1").replace("/subscriptions/", "/Subscriptions/");
+    let (st, c) = s
+        .call("GET", &format!("{base}/backupconfig/vaultconfig?{BK}"), None)
+        .await;
+    assert_eq!(st, 200);
+    assert!(
+        c["id"].as_str().unwrap().starts_with("/subscriptions/"),
+        "singletons answer /subscriptions/ as Azure does"
+    );
+    assert_eq!(c["properties"]["softDeleteFeatureState"], "Enabled");
+    let (st, b) = s
+        .call(
+            "PATCH",
+            &format!("{base}/backupconfig/vaultconfig?{BK}"),
+            Some(&json!({"properties": {"softDeleteFeatureState": "Sometimes"}})),
+        )
+        .await;
+    assert_arm_error(st, &b, 400, "BadRequest");
+    let (st, b) = s
+        .call(
+            "PATCH",
+            &format!("{base}/backupconfig/vaultconfig?{BK}"),
+            Some(&json!({"properties": {"softDeleteRetentionPeriodInDays": 7}})),
+        )
+        .await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorInvalidSoftDeleteRetentionPeriod");
+    let (st, sc) = s
+        .call(
+            "PUT",
+            &format!("{base}/backupstorageconfig/vaultstorageconfig?{BK}"),
+            Some(&json!({"properties": {"storageModelType": "LocallyRedundant", "crossRegionRestoreFlag": false}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{sc}");
+    assert_eq!(sc["properties"]["storageType"], "LocallyRedundant");
+    assert_eq!(sc["properties"]["storageTypeState"], "Unlocked");
+    let (st, _) = s
+        .call(
+            "PATCH",
+            &format!("{base}/backupstorageconfig/vaultstorageconfig?{BK}"),
+            Some(&json!({"properties": {"storageType": "GeoRedundant"}})),
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (_, e) = s
+        .call(
+            "GET",
+            &format!("{base}/backupEncryptionConfigs/backupResourceEncryptionConfig?{BK}"),
+            None,
+        )
+        .await;
+    assert_eq!(e["properties"]["encryptionAtRestType"], "MicrosoftManaged");
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!("{base}/backupEncryptionConfigs/backupResourceEncryptionConfig?{BK}"),
+            Some(&json!({"properties": {"encryptionAtRestType": "CustomerManaged"}})),
+        )
+        .await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorCustomerManagedKeyNotSupported");
+    let (_, u) = s.call("GET", &format!("{base}/backupUsageSummaries?{BK}"), None).await;
+    let policies = u["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"]["value"] == "PolicyCount")
+        .unwrap();
+    assert_eq!(policies["currentValue"], 3);
+    let (st, g) = s
+        .call("GET", &format!("{base}/backupResourceGuardProxies?{BK}"), None)
+        .await;
+    assert_eq!((st, g["value"].as_array().map(Vec::len)), (200, Some(0)));
+    let (st, f) = s
+        .call("POST", &format!("/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupValidateFeatures?{BK}", s.sub()),
+            Some(&json!({"objectType": "AzureVMResourceBackup", "featureType": "AzureVMResourceBackup", "vmSize": "Standard_A1"})))
+        .await;
+    assert_eq!((st, f["supportStatus"].as_str()), (200, Some("Supported")));
+}

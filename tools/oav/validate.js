@@ -8,10 +8,11 @@
  *   TRAFFIC_DIR      directory of traffic files (*.json, searched recursively), each
  *                    {"liveRequest":{method,url,headers,body},"liveResponse":{statusCode,headers,body}}
  *   ALLOWLIST_JSON   defaults to tests/interop/oav-allowlist.json; a JSON array (or {"entries": [...]}) of
- *                    {operationId?, source?, code, path?, reason}: an issue is allowed when its code equals
+ *                    {operationId?, source?, code, path?, urlPattern?, reason}: an issue is allowed when its code equals
  *                    `code` and, when given, its operationId equals `operationId`, its side ("request" or
  *                    "response") equals `source`, and one of its payload paths equals `path` (either form
- *                    oav prints: "$.properties.foo" or "/properties/foo").
+ *                    oav prints: "$.properties.foo" or "/properties/foo"), and the request path matches the
+ *                    case-insensitive regex `urlPattern`.
  *   --require-validated  fail when not a single request could be validated (nothing recorded).
  *
  * Spec root: $AZURE_SPEC_DIR, default ../shared/azure-spec/specification relative to the repo root.
@@ -69,10 +70,11 @@ function issuePaths(issue) {
   return paths;
 }
 
-function allowedBy(allow, issue) {
+function allowedBy(allow, issue, pathname) {
   return allow.find(
     (e) =>
       e.code === issue.code &&
+      (!e.urlPattern || new RegExp(e.urlPattern, "i").test(decodeURIComponent(pathname))) &&
       (!e.operationId || e.operationId === issue.operationId) &&
       (!e.source || e.source === issue.source) &&
       (!e.path || issue.paths.includes(e.path)),
@@ -200,7 +202,7 @@ async function main() {
     const opId = issues.opId;
     const bad = [];
     for (const i of issues) {
-      const entry = allowedBy(allow, i);
+      const entry = allowedBy(allow, i, pathname);
       if (entry) {
         entry.used++;
         counts.allowed++;

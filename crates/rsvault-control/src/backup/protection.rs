@@ -299,13 +299,20 @@ impl Control {
         }
     }
 
+    /// A container as the spec shapes it: storage containers carry `sourceResourceId` and
+    /// `protectedItemCount`; VM containers (`IaaSVMContainer`) have neither, so their stored
+    /// `sourceResourceId` (used for lookups) is not shown.
     pub(crate) fn render_container(&self, row: &ResourceRow) -> Value {
-        let n = self
-            .store
-            .read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))
-            .unwrap_or(0);
         let mut b = row.body.clone();
-        b["properties"]["protectedItemCount"] = json!(n);
+        if b.pointer("/properties/containerType").and_then(Value::as_str) == Some("StorageContainer") {
+            let n = self
+                .store
+                .read(|db| db.count_below(&row.id, PROTECTED_ITEM_TYPE))
+                .unwrap_or(0);
+            b["properties"]["protectedItemCount"] = json!(n);
+        } else if let Some(p) = b["properties"].as_object_mut() {
+            p.remove("sourceResourceId");
+        }
         b
     }
 
@@ -531,15 +538,18 @@ impl Control {
             "friendlyName": w.friendly,
             "protectionStatus": "Healthy",
             "protectionState": "IRPending",
-            "healthStatus": "Passed",
             "lastBackupStatus": "",
-            "protectedItemDataId": data_id.to_string(),
             "isScheduledForDeferredDelete": false,
             "kpisHealths": {},
-            "extendedInfo": {"recoveryPointCount": 0, "policyInconsistent": false},
         });
+        // The two item types differ (AzureIaaSVMProtectedItem vs AzureFileshareProtectedItem).
         if w.bmt == "AzureIaasVM" {
             props["virtualMachineId"] = json!(w.source_id);
+            props["healthStatus"] = json!("Passed");
+            props["protectedItemDataId"] = json!(data_id.to_string());
+            props["extendedInfo"] = json!({"recoveryPointCount": 0, "policyInconsistent": false});
+        } else {
+            props["extendedInfo"] = json!({"recoveryPointCount": 0, "policyState": "Consistent", "resourceState": "Active"});
         }
         json!({"id": id, "name": i.canonical(), "type": PROTECTED_ITEM_TYPE, "properties": props})
     }

@@ -65,7 +65,8 @@ def login(server, tmp_path_factory, client_id: str, client_secret: str):
     )
     run("cloud", "set", "-n", "RsvaultLocal")
     run("config", "set", "core.instance_discovery=false")
-    run("login", "--service-principal", "-u", client_id, "-p", client_secret, "--tenant", server.tenant_id)
+    # --password=SECRET: a secret may start with "-", which az would read as an option.
+    run("login", "--service-principal", "-u", client_id, f"--password={client_secret}", "--tenant", server.tenant_id)
     return run
 
 

@@ -434,10 +434,78 @@ fn retention(m: &Map<String, Value>, path: &str, s: &Schedule, limits: &Limits) 
     Ok(())
 }
 
+/// The members each policy type has in the spec. Azure (.NET) reads member names case-insensitively and
+/// ignores unknown ones; so does rsvault, and it stores and answers the spec's spelling only.
+const VM_MEMBERS: &[&str] = &[
+    "backupManagementType",
+    "resourceGuardOperationRequests",
+    "instantRPDetails",
+    "schedulePolicy",
+    "retentionPolicy",
+    "tieringPolicy",
+    "instantRpRetentionRangeInDays",
+    "timeZone",
+    "policyType",
+    "snapshotConsistencyType",
+];
+const AFS_MEMBERS: &[&str] = &[
+    "backupManagementType",
+    "resourceGuardOperationRequests",
+    "workLoadType",
+    "schedulePolicy",
+    "retentionPolicy",
+    "vaultRetentionPolicy",
+    "timeZone",
+];
+const WORKLOAD_MEMBERS: &[&str] = &[
+    "backupManagementType",
+    "resourceGuardOperationRequests",
+    "workLoadType",
+    "settings",
+    "subProtectionPolicy",
+    "makePolicyConsistent",
+    "vaultRetentionPolicy",
+];
+
+/// `props` with member names in the spec's spelling, unknown members dropped.
+fn canonical_members(props: &Map<String, Value>) -> Map<String, Value> {
+    let bmt = props
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("backupManagementType"))
+        .and_then(|(_, v)| v.as_str())
+        .unwrap_or_default();
+    let members = match bmt.to_ascii_lowercase().as_str() {
+        "azurestorage" => AFS_MEMBERS,
+        "azureworkload" => WORKLOAD_MEMBERS,
+        _ => VM_MEMBERS,
+    };
+    props
+        .iter()
+        .filter_map(|(k, v)| {
+            members
+                .iter()
+                .find(|m| m.eq_ignore_ascii_case(k))
+                .map(|m| (m.to_string(), v.clone()))
+        })
+        .collect()
+}
+
 /// Validates a policy's `properties` and fills Azure's defaults; returns the stored properties.
 fn check_properties(props: &Map<String, Value>) -> Result<Map<String, Value>> {
+    let props = &canonical_members(props);
     let mut out = props.clone();
-    out.remove("protectedItemsCount");
+    if let Some(Value::Object(d)) = out.get("instantRPDetails") {
+        let d: Map<String, Value> = d
+            .iter()
+            .filter_map(|(k, v)| {
+                ["azureBackupRGNamePrefix", "azureBackupRGNameSuffix"]
+                    .iter()
+                    .find(|m| m.eq_ignore_ascii_case(k))
+                    .map(|m| (m.to_string(), v.clone()))
+            })
+            .collect();
+        out.insert("instantRPDetails".into(), Value::Object(d));
+    }
     let bmt = enum_of(props, "backupManagementType", "properties.", BMTS)?
         .ok_or_else(|| bad("properties.backupManagementType", "'backupManagementType' is required."))?;
     out.insert("backupManagementType".into(), json!(bmt));
@@ -962,6 +1030,19 @@ mod tests {
                 e.target()
             );
         }
+    }
+
+    #[test]
+    fn member_names_are_read_case_insensitively_and_unknown_ones_dropped() {
+        let mut p = vm(
+            json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": [T]}),
+            json!({"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": [T], "retentionDuration": {"count": 7, "durationType": "Days"}}}),
+        );
+        p["instantRpDetails"] = json!({"azureBackupRgNamePrefix": "rp"});
+        p["resourceGroup"] = json!("rg");
+        let out = props(p).unwrap();
+        assert_eq!(out["instantRPDetails"]["azureBackupRGNamePrefix"], "rp");
+        assert!(!out.contains_key("instantRpDetails") && !out.contains_key("resourceGroup"));
     }
 
     #[test]

@@ -549,7 +549,8 @@ impl Control {
             props["protectedItemDataId"] = json!(data_id.to_string());
             props["extendedInfo"] = json!({"recoveryPointCount": 0, "policyInconsistent": false});
         } else {
-            props["extendedInfo"] = json!({"recoveryPointCount": 0, "policyState": "Consistent", "resourceState": "Active"});
+            props["extendedInfo"] =
+                json!({"recoveryPointCount": 0, "policyState": "Consistent", "resourceState": "Active"});
         }
         json!({"id": id, "name": i.canonical(), "type": PROTECTED_ITEM_TYPE, "properties": props})
     }

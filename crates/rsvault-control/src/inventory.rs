@@ -499,6 +499,66 @@ impl Control {
     }
 }
 
+/// Declaring inventory without ARM (`rsvault vm add`, `rsvault share add`): the default subscription,
+/// the group created when missing.
+impl Control {
+    /// The subscription created at first start.
+    pub fn default_subscription(&self) -> Result<String> {
+        self.store
+            .read(|db| db.meta(crate::datadir::META_DEFAULT_SUBSCRIPTION))?
+            .ok_or_else(|| Error::internal("the data dir has no default subscription"))
+    }
+
+    fn ensure_group(&self, sub: &str, rg: &str, location: &str) -> Result<()> {
+        if self.group_row(sub, rg).is_err() {
+            self.put_group(sub, rg, &json!({ "location": location }))?;
+        }
+        Ok(())
+    }
+
+    /// Declares (or replaces) a VM whose disks are the given image files, the first being the OS disk.
+    pub fn declare_vm(&self, sub: &str, rg: &str, name: &str, location: &str, disks: &[PathBuf]) -> Result<Value> {
+        let (os, data) = disks
+            .split_first()
+            .ok_or_else(|| Error::bad_request("A VM needs at least one disk image (its OS disk)."))?;
+        let uri = |p: &PathBuf| -> Result<String> {
+            let abs = std::path::absolute(p).map_err(|e| Error::bad_request(format!("{}: {e}", p.display())))?;
+            Ok(format!("file://{}", abs.display()))
+        };
+        let data: Vec<Value> = data
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Ok(json!({"lun": i, "vhd": {"uri": uri(d)?}})))
+            .collect::<Result<_>>()?;
+        self.ensure_group(sub, rg, location)?;
+        let body = json!({"location": location, "properties": {"storageProfile": {
+            "osDisk": {"vhd": {"uri": uri(os)?}}, "dataDisks": data}}});
+        Ok(self.put_vm(sub, rg, name, &body)?.1)
+    }
+
+    /// Declares a storage account at `dir` (created if missing) and a share `{dir}/{share}` in it.
+    pub fn declare_share(
+        &self,
+        sub: &str,
+        rg: &str,
+        account: &str,
+        dir: &std::path::Path,
+        share: &str,
+        location: &str,
+    ) -> Result<Value> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::bad_request(format!("{}: {e}", dir.display())))?;
+        let dir = std::path::absolute(dir).map_err(|e| Error::bad_request(format!("{}: {e}", dir.display())))?;
+        self.ensure_group(sub, rg, location)?;
+        self.put_storage_account(
+            sub,
+            rg,
+            account,
+            &json!({"location": location, "tags": {PATH_TAG: dir}}),
+        )?;
+        Ok(self.put_share(sub, rg, account, share, &json!({}))?.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,8 @@
 //! `rsvault`: a thin command line over the library crates.
 //!
 //! `serve` runs the HTTPS service; `principal` manages service principals; `keys rotate` rotates the
-//! token-signing key; `env` prints client set-up for a data dir.
+//! token-signing key; `env` prints client set-up for a data dir; `vm add` / `share add` declare local
+//! workloads without ARM.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -43,6 +44,56 @@ enum Command {
     Keys(KeysCommand),
     /// Print the Python SDK snippet and az CLI commands that work against this server.
     Env(DataDirArg),
+    /// Declare local VMs (disk images) without ARM.
+    #[command(subcommand)]
+    Vm(VmCommand),
+    /// Declare local file shares (directories) without ARM.
+    #[command(subcommand)]
+    Share(ShareCommand),
+}
+
+#[derive(Args)]
+struct Placement {
+    #[command(flatten)]
+    dir: DataDirArg,
+    /// Resource group (created when missing).
+    #[arg(long, short = 'g')]
+    group: String,
+    /// Azure region name the resource reports (vaults protect resources of their own region).
+    #[arg(long, default_value = "westus")]
+    location: String,
+    /// Subscription (default: the one created at first start).
+    #[arg(long)]
+    subscription: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum VmCommand {
+    /// Declare (or replace) a VM: `--disk` once per image, raw or qcow2, the first is the OS disk.
+    Add {
+        #[command(flatten)]
+        at: Placement,
+        #[arg(long)]
+        name: String,
+        #[arg(long = "disk", required = true)]
+        disks: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShareCommand {
+    /// Declare a file share: the directory `{path}/{share}` of storage account `--account` at `--path`.
+    Add {
+        #[command(flatten)]
+        at: Placement,
+        #[arg(long)]
+        account: String,
+        /// The storage account's directory (created when missing).
+        #[arg(long)]
+        path: PathBuf,
+        #[arg(long)]
+        share: String,
+    },
 }
 
 #[derive(Args)]
@@ -204,7 +255,7 @@ az cloud register -n rsvault --endpoint-resource-manager {rm} --endpoint-active-
    --endpoint-active-directory-resource-id https://management.azure.com/
 az cloud set -n rsvault
 az config set core.instance_discovery=false
-az login --service-principal -u {client} -p "<secret from {bootstrap}>" --tenant {tenant}"#,
+az login --service-principal -u {client} --password="<secret from {bootstrap}>" --tenant {tenant}"#,
         tenant = b.tenant_id,
         client = b.client_id,
         sub = b.subscription_id,
@@ -238,5 +289,25 @@ async fn main() -> Result<()> {
             print_json(&serde_json::json!({ "kid": kid }))
         }
         Command::Env(dir) => env(&dir),
+        // Disk probes run their own small runtime: keep them off the async threads.
+        Command::Vm(VmCommand::Add { at, name, disks }) => {
+            let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
+                let c = offline_control(&at.dir)?;
+                let sub = at.subscription.map_or_else(|| c.default_subscription(), Ok)?;
+                Ok(c.declare_vm(&sub, &at.group, &name, &at.location, &disks)?)
+            })
+            .await??;
+            print_json(&v)
+        }
+        Command::Share(ShareCommand::Add {
+            at,
+            account,
+            path,
+            share,
+        }) => {
+            let c = offline_control(&at.dir)?;
+            let sub = at.subscription.map_or_else(|| c.default_subscription(), Ok)?;
+            print_json(&c.declare_share(&sub, &at.group, &account, &path, &share, &at.location)?)
+        }
     }
 }

@@ -182,3 +182,81 @@ fn commands_refuse_a_dir_that_was_never_started() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an rsvault data dir"));
 }
+
+#[test]
+fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (child, _url) = serve(&dir);
+    let os = tmp.path().join("os.raw");
+    std::fs::write(&os, vec![0u8; 1 << 20]).unwrap();
+    let data = tmp.path().join("data.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&data)
+        .arg("2G")
+        .status()
+        .expect("qemu-img (qemu-utils) builds the fixture")
+        .success());
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "nas1",
+            "--disk",
+            os.to_str().unwrap(),
+            "--disk",
+            data.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert_eq!(vm["type"], "Microsoft.Compute/virtualMachines");
+    assert!(vm["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("/resourceGroups/home/providers/Microsoft.Compute/virtualMachines/nas1"));
+    assert_eq!(vm["properties"]["storageProfile"]["dataDisks"][0]["diskSizeGB"], 2);
+    let missing = bin()
+        .args([
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "nas2",
+            "--disk",
+            "/nonexistent/disk.img",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("cannot be read"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let files = tmp.path().join("files");
+    let share = run_json(
+        &[
+            "share",
+            "add",
+            "-g",
+            "home",
+            "--account",
+            "files1",
+            "--path",
+            files.to_str().unwrap(),
+            "--share",
+            "docs",
+        ],
+        &dir,
+    );
+    assert_eq!(share["type"], "Microsoft.Storage/storageAccounts/fileServices/shares");
+    assert!(files.join("docs").is_dir());
+    assert!(sigterm_and_wait(child).success());
+}

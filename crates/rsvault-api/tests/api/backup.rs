@@ -869,3 +869,50 @@ async fn vault_backup_configuration_reads_and_writes() {
         .await;
     assert_eq!((st, f["supportStatus"].as_str()), (200, Some("Supported")));
 }
+
+#[tokio::test]
+async fn pre_validation_answers_for_protectable_missing_and_taken_vms() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    s.make_vault("rg", "v2").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (raw, _) = images(tmp.path());
+    let (_, vm) = s
+        .call(
+            "PUT",
+            &format!("{}?{VM_API}", vm_path(&s, "rg", "vm1")),
+            Some(&vm_body(&raw, &[])),
+        )
+        .await;
+    let vm_id = vm["id"].as_str().unwrap().to_string();
+    let url = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupPreValidateProtection?{BK}",
+        s.sub()
+    );
+    let ask = |id: &str, vault: &str| json!({"resourceType": "VM", "resourceId": id, "vaultId": vault});
+    let v1 = s.vault_path("rg", "v1");
+    let v2 = s.vault_path("rg", "v2");
+    let (st, ok) = s.call("POST", &url, Some(&ask(&vm_id, &v1))).await;
+    assert_eq!((st, ok["status"].as_str()), (200, Some("Supported")), "{ok}");
+    assert_eq!(ok["protectedItemName"], "vm;iaasvmcontainerv2;rg;vm1");
+    let (_, missing) = s
+        .call("POST", &url, Some(&ask(&vm_id.replace("vm1", "ghost"), &v1)))
+        .await;
+    assert_eq!(missing["status"], "Failed");
+    protect(
+        &s,
+        &item_path(&s, "rg", "v1", "rg", "vm1"),
+        &json!({"properties": {"policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}),
+    )
+    .await;
+    let (_, same) = s.call("POST", &url, Some(&ask(&vm_id, &v1))).await;
+    assert_eq!(same["status"], "Supported", "its own vault may configure it again");
+    let (_, taken) = s.call("POST", &url, Some(&ask(&vm_id, &v2))).await;
+    assert_eq!(
+        (taken["status"].as_str(), taken["errorCode"].as_str()),
+        (Some("Failed"), Some("BMSUserErrorAlreadyProtected"))
+    );
+    let (st, b) = s.call("POST", &url, Some(&json!({"resourceType": "VM"}))).await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorInvalidInput");
+}

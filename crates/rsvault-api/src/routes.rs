@@ -94,6 +94,7 @@ pub enum Op {
     BackupOperationStatus,
     BackupOperationResult,
     GetJob,
+    ListJobs,
     GetVaultConfig,
     PutVaultConfig,
     PatchVaultConfig,
@@ -251,6 +252,7 @@ pub const ROUTES: &[Route] = &[
     // ---- operations and jobs ----
     r("GET", vault!("/backupOperations/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupOperations/read"), Op::BackupOperationStatus),
     r("GET", vault!("/backupOperationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupOperationResults/read"), Op::BackupOperationResult),
+    r("GET", vault!("/backupJobs"), Action("Microsoft.RecoveryServices/Vaults/backupJobs/read"), Op::ListJobs),
     r("GET", vault!("/backupJobs/{jobName}"), Action("Microsoft.RecoveryServices/Vaults/backupJobs/read"), Op::GetJob),
     // ---- vault backup configuration ----
     r("GET", vault!("/backupconfig/vaultconfig"), Action("Microsoft.RecoveryServices/Vaults/backupconfig/vaultconfig/read"), Op::GetVaultConfig),

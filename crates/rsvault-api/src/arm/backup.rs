@@ -9,7 +9,7 @@
 //! - fabric `operationResults` answer 202 (with `Location` to themselves) while running, then 204.
 
 use super::{accepted, request_url, request_url_up, vault_base, with_api_version};
-use crate::pipeline::Ctx;
+use crate::pipeline::{page_reply, skip_token, Ctx};
 use crate::reply::Reply;
 use crate::routes::{Op, Params};
 use rsvault_control::backup::OperationOutcome;
@@ -172,6 +172,10 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
                 }
             }
             Op::GetJob => Reply::ok(c.get_job(sub, rg, v, p.get("jobName"))?),
+            Op::ListJobs => {
+                let page = c.list_jobs(sub, rg, v, filter, skip_token(ctx)?.as_deref())?;
+                page_reply(ctx, page.items, page.next)
+            }
             Op::GetVaultConfig => Reply::ok(c.get_vault_config(sub, rg, v)?),
             Op::PutVaultConfig | Op::PatchVaultConfig => Reply::ok(c.set_vault_config(sub, rg, v, &ctx.json()?)?),
             Op::GetStorageConfig => Reply::ok(c.get_storage_config(sub, rg, v)?),

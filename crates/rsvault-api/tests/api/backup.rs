@@ -916,3 +916,131 @@ async fn pre_validation_answers_for_protectable_missing_and_taken_vms() {
     let (st, b) = s.call("POST", &url, Some(&json!({"resourceType": "VM"}))).await;
     assert_arm_error(st, &b, 400, "BMSUserErrorInvalidInput");
 }
+
+#[tokio::test]
+async fn jobs_list_newest_first_with_azures_filters_and_paging() {
+    let s = start().await;
+    s.make_group("rg").await;
+    let v = s.make_vault("rg", "v1").await;
+    let vault_id = v["id"].as_str().unwrap().to_string();
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let statuses = [
+        "Completed",
+        "Failed",
+        "InProgress",
+        "CompletedWithWarnings",
+        "Cancelled",
+    ];
+    let operations = ["Backup", "Restore", "ConfigureBackup", "DeleteBackupData"];
+    let rows: Vec<rsvault_store::JobRow> = (0..500)
+        .map(|i| {
+            let name = format!("00000000-0000-0000-0000-{i:012}");
+            let start = t0 + chrono::Duration::hours(i);
+            rsvault_store::JobRow {
+                id: format!("{vault_id}/backupJobs/{name}"),
+                vault_key: vault_id.to_ascii_lowercase(),
+                name: name.clone(),
+                operation: operations[i as usize % 4].into(),
+                status: statuses[i as usize % 5].into(),
+                backup_management_type: if i % 2 == 0 { "AzureIaasVM" } else { "AzureStorage" }.into(),
+                entity: format!("vm{i}"),
+                start,
+                end: Some(start + chrono::Duration::minutes(3)),
+                body: json!({"jobType": if i % 2 == 0 { "AzureIaaSVMJob" } else { "AzureStorageJob" }, "operation": operations[i as usize % 4], "status": statuses[i as usize % 5],
+                             "entityFriendlyName": format!("vm{i}"), "backupManagementType": if i % 2 == 0 { "AzureIaasVM" } else { "AzureStorage" }}),
+            }
+        })
+        .collect();
+    s.offline()
+        .store()
+        .write(|db| {
+            for r in &rows {
+                db.put_job(r)?;
+            }
+            Ok::<_, rsvault_store::StoreError>(())
+        })
+        .unwrap();
+    let base = format!("{}/backupJobs?{BK}", s.vault_path("rg", "v1"));
+    // Every page, following nextLink, newest first, each job once.
+    let mut seen = Vec::new();
+    let mut url = s.url(&base);
+    loop {
+        let page: Value = s
+            .http
+            .get(&url)
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["value"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["name"].as_str().unwrap().to_string()),
+        );
+        match page["nextLink"].as_str() {
+            Some(n) => url = n.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 500);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted, "newest first");
+    let count = |f: &str| {
+        let url = s.url(&format!(
+            "{base}&$filter={}",
+            f.replace(' ', "%20").replace('\'', "%27")
+        ));
+        let http = s.http.clone();
+        let token = s.token.clone();
+        async move {
+            let mut n = 0;
+            let mut url = url;
+            loop {
+                let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let page: Value = r.json().await.unwrap();
+                n += page["value"].as_array().unwrap().len();
+                match page["nextLink"].as_str() {
+                    Some(next) => url = next.to_string(),
+                    None => return n,
+                }
+            }
+        }
+    };
+    assert_eq!(count("status eq 'Failed'").await, 100);
+    assert_eq!(
+        count("operation eq 'Backup' and backupManagementType eq 'AzureIaasVM'").await,
+        125
+    );
+    assert_eq!(count("status eq 'Completed' and operation eq 'Backup'").await, 25);
+    assert_eq!(count("jobId eq '00000000-0000-0000-0000-000000000007'").await, 1);
+    // The first day: hours 0..=23, in Azure's date form and in ISO-8601.
+    assert_eq!(
+        count("startTime eq '2026-01-01 12:00:00 AM' and endTime eq '2026-01-01 11:00:00 PM'").await,
+        24
+    );
+    assert_eq!(
+        count("startTime ge '2026-01-01T00:00:00Z' and endTime lt '2026-01-02T00:00:00Z'").await,
+        24
+    );
+    for bad in [
+        "status eq 'Done'",
+        "startTime eq 'tomorrow'",
+        "colour eq 'red'",
+        "status eq 'Failed' or status eq 'Completed'",
+    ] {
+        let (st, b) = s
+            .call("GET", &format!("{base}&$filter={}", bad.replace(' ', "%20")), None)
+            .await;
+        assert_arm_error(st, &b, 400, "BMSUserErrorInvalidInput");
+    }
+}

@@ -8,8 +8,9 @@
 use super::JOB_TYPE;
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Utc};
+use rsvault_core::odata::{Filter, Op};
 use rsvault_core::time;
-use rsvault_store::{JobRow, ResourceRow};
+use rsvault_store::{JobRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
 
 /// What a new job is about.
@@ -35,7 +36,202 @@ pub fn job_type(bmt: &str) -> &'static str {
     }
 }
 
+const STATUSES: &[&str] = &[
+    "Invalid",
+    "InProgress",
+    "Completed",
+    "Failed",
+    "CompletedWithWarnings",
+    "Cancelled",
+    "Cancelling",
+];
+const OPERATIONS: &[&str] = &[
+    "Invalid",
+    "Register",
+    "UnRegister",
+    "ConfigureBackup",
+    "Backup",
+    "Restore",
+    "DisableBackup",
+    "DeleteBackupData",
+    "CrossRegionRestore",
+    "Undelete",
+    "UpdateCustomerManagedKey",
+];
+const BMTS: &[&str] = &[
+    "Invalid",
+    "AzureIaasVM",
+    "MAB",
+    "DPM",
+    "AzureBackupServer",
+    "AzureSql",
+    "AzureStorage",
+    "AzureWorkload",
+    "DefaultBackup",
+];
+
+fn filter_error(message: String) -> Error {
+    Error::Invalid {
+        code: "BMSUserErrorInvalidInput",
+        message,
+        target: Some("$filter".into()),
+    }
+}
+
+/// A `$filter` time: Azure's `2016-01-01 12:00:00 AM` form, `01/15/2016 12:00:00 AM`, or ISO-8601 (UTC
+/// when no offset is given).
+pub fn parse_filter_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    const FORMS: &[&str] = &[
+        "%Y-%m-%d %I:%M:%S %p",
+        "%m/%d/%Y %I:%M:%S %p",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S",
+    ];
+    for f in FORMS {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc());
+        }
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
+/// A job `$filter`, checked: every value must be one Azure knows.
+struct JobFilter {
+    status: Option<&'static str>,
+    operation: Option<&'static str>,
+    bmt: Option<&'static str>,
+    job_id: Option<String>,
+    /// Jobs started in this window (inclusive / exclusive as the operators say).
+    after: Option<(DateTime<Utc>, bool)>,
+    before: Option<(DateTime<Utc>, bool)>,
+}
+
+impl JobFilter {
+    fn parse(text: Option<&str>) -> Result<JobFilter> {
+        let f = Filter::parse(text.unwrap_or_default())?;
+        f.only(
+            &[
+                "status",
+                "operation",
+                "backupManagementType",
+                "jobId",
+                "startTime",
+                "endTime",
+            ],
+            &["startTime", "endTime"],
+        )?;
+        let pick = |field: &str, allowed: &'static [&'static str]| -> Result<Option<&'static str>> {
+            f.eq(field)
+                .map(|v| {
+                    allowed
+                        .iter()
+                        .find(|a| a.eq_ignore_ascii_case(v))
+                        .copied()
+                        .ok_or_else(|| {
+                            filter_error(format!(
+                                "'{v}' is not a valid {field}. Valid values: {}.",
+                                allowed.join(", ")
+                            ))
+                        })
+                })
+                .transpose()
+        };
+        let mut out = JobFilter {
+            status: pick("status", STATUSES)?,
+            operation: pick("operation", OPERATIONS)?,
+            bmt: pick("backupManagementType", BMTS)?,
+            job_id: f.eq("jobId").map(String::from),
+            after: None,
+            before: None,
+        };
+        for c in &f.clauses {
+            let is_start = c.field.eq_ignore_ascii_case("startTime");
+            if !is_start && !c.field.eq_ignore_ascii_case("endTime") {
+                continue;
+            }
+            let t = parse_filter_time(&c.value).ok_or_else(|| {
+                filter_error(format!(
+                    "'{}' is not a valid {}: use 'yyyy-MM-dd hh:mm:ss AM' or ISO-8601.",
+                    c.value, c.field
+                ))
+            })?;
+            // startTime bounds the window from below, endTime from above; `eq` means inclusive.
+            match (is_start, c.op) {
+                (true, Op::Eq | Op::Ge) => out.after = Some((t, true)),
+                (true, Op::Gt) => out.after = Some((t, false)),
+                (false, Op::Eq | Op::Le) => out.before = Some((t, true)),
+                (false, Op::Lt) => out.before = Some((t, false)),
+                (true, Op::Le) => out.before = Some((t, true)),
+                (true, Op::Lt) => out.before = Some((t, false)),
+                (false, Op::Ge) => out.after = Some((t, true)),
+                (false, Op::Gt) => out.after = Some((t, false)),
+                (_, Op::Ne) => return Err(filter_error(format!("'{}' cannot be used with 'ne'.", c.field))),
+            }
+        }
+        if let (Some((a, _)), Some((b, _))) = (out.after, out.before) {
+            if a > b {
+                return Err(filter_error("The filter's startTime is later than its endTime.".into()));
+            }
+        }
+        Ok(out)
+    }
+
+    fn keeps(&self, j: &JobRow) -> bool {
+        let eq = |want: Option<&str>, have: &str| want.is_none_or(|w| w.eq_ignore_ascii_case(have));
+        eq(self.status, &j.status)
+            && eq(self.operation, &j.operation)
+            && eq(self.bmt, &j.backup_management_type)
+            && eq(self.job_id.as_deref(), &j.name)
+            && self
+                .after
+                .is_none_or(|(t, incl)| if incl { j.start >= t } else { j.start > t })
+            && self
+                .before
+                .is_none_or(|(t, incl)| if incl { j.start <= t } else { j.start < t })
+    }
+}
+
 impl Control {
+    /// `GET …/backupJobs` with Azure's `$filter`, newest first, paged (`skip_after` is the key of the
+    /// last job of the previous page).
+    pub fn list_jobs(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        filter: Option<&str>,
+        skip_after: Option<&str>,
+    ) -> Result<Page<Value>> {
+        let v = self.vault_row(sub, rg, vault)?;
+        let f = JobFilter::parse(filter)?;
+        let jobs = self.store.read(|db| db.jobs(&v.id))?;
+        let mut matching = jobs
+            .into_iter()
+            .filter(|j| f.keeps(j))
+            .skip_while(|j| skip_after.is_some_and(|k| j.id.to_ascii_lowercase() != k));
+        if skip_after.is_some() {
+            matching.next(); // the last job of the previous page
+        }
+        let size = self.settings.page_size;
+        let mut items: Vec<JobRow> = matching.take(size + 1).collect();
+        let next = (items.len() > size).then(|| {
+            items.truncate(size);
+            items.last().map(|j| j.id.to_ascii_lowercase()).unwrap_or_default()
+        });
+        Ok(Page {
+            items: items.iter().map(|j| self.job_body(j)).collect(),
+            next,
+        })
+    }
+
     /// A completed job (start = end = now) recording an action that finished with the request.
     pub(crate) fn completed_job(&self, vault: &ResourceRow, j: &NewJob) -> JobRow {
         let now = self.now();
@@ -90,5 +286,53 @@ impl Control {
             message: format!("The job '{name}' was not found in vault '{vault}'."),
         })?;
         Ok(self.job_body(&j))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_times_in_azures_forms() {
+        let want = chrono::NaiveDate::from_ymd_opt(2016, 1, 1)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        for s in [
+            "2016-01-01 12:00:00 AM",
+            "01/01/2016 12:00:00 AM",
+            "2016-01-01T00:00:00Z",
+            "2016-01-01T00:00:00",
+            "2016-01-01",
+        ] {
+            assert_eq!(parse_filter_time(s), Some(want), "{s}");
+        }
+        assert_eq!(
+            parse_filter_time("2016-01-01 01:30:00 PM")
+                .unwrap()
+                .format("%H:%M")
+                .to_string(),
+            "13:30"
+        );
+        assert!(parse_filter_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn bad_job_filters_name_the_problem() {
+        for (f, word) in [
+            ("status eq 'Done'", "Done"),
+            ("operation eq 'Nap'", "Nap"),
+            ("startTime eq 'soon'", "soon"),
+            ("colour eq 'red'", "colour"),
+            ("startTime eq '2020-01-02' and endTime eq '2020-01-01'", "later"),
+        ] {
+            let e = JobFilter::parse(Some(f))
+                .err()
+                .unwrap_or_else(|| panic!("{f} accepted"));
+            assert_eq!(e.code(), "BMSUserErrorInvalidInput");
+            assert!(e.to_string().contains(word), "{f}: {e}");
+        }
     }
 }

@@ -30,10 +30,16 @@ use crate::types::*;
 use crate::Engine;
 
 /// The restic-format engine, written through rustic_core.
+///
+/// Opening a repository with its password costs a scrypt derivation (restic's key format: about
+/// 0.3 s and 128 MiB). The engine remembers each repository's master key after the first
+/// successful open, keyed by path and a SHA-256 of the password, so later calls skip it.
 #[derive(Debug, Clone, Default)]
 pub struct ResticEngine {
-    _private: (),
+    keys: Arc<std::sync::Mutex<KeyCache>>,
 }
+
+type KeyCache = std::collections::HashMap<(PathBuf, String), rustic_core::repofile::MasterKey>;
 
 impl ResticEngine {
     /// A new engine.
@@ -63,28 +69,52 @@ pub(crate) struct RpMeta {
 
 pub(crate) type Repo = Repository<OpenStatus>;
 
-pub(crate) fn open_with(
-    spec: &RepoSpec,
-    be: Arc<dyn rustic_core::WriteBackend>,
-    counters: Option<Arc<Counters>>,
-) -> Result<Repo> {
-    let backends = RepositoryBackends::new(be, None);
-    let opts = RepositoryOptions::default().no_cache(true);
-    let repo = match counters {
-        Some(c) => Repository::new_with_progress(&opts, &backends, RusticBars(c))?,
-        None => Repository::new(&opts, &backends)?,
-    };
-    Ok(repo.open(&Credentials::password(spec.password.expose()))?)
-}
-
-pub(crate) fn open(spec: &RepoSpec, counters: Option<Arc<Counters>>) -> Result<Repo> {
-    if !spec.path.join("config").is_file() {
-        return Err(EngineError::Repository(format!(
-            "no repository at {}",
-            spec.path.display()
-        )));
+impl ResticEngine {
+    fn cache_key(spec: &RepoSpec) -> (PathBuf, String) {
+        use sha2::Digest;
+        (
+            spec.path.clone(),
+            crate::restore::hex(&sha2::Sha256::digest(spec.password.expose().as_bytes())),
+        )
     }
-    open_with(spec, Arc::new(LocalBackend::new(&spec.path)), counters)
+
+    pub(crate) fn open_with(
+        &self,
+        spec: &RepoSpec,
+        be: Arc<dyn rustic_core::WriteBackend>,
+        counters: Option<Arc<Counters>>,
+    ) -> Result<Repo> {
+        let backends = RepositoryBackends::new(be, None);
+        let opts = RepositoryOptions::default().no_cache(true);
+        let repo = match counters {
+            Some(c) => Repository::new_with_progress(&opts, &backends, RusticBars(c))?,
+            None => Repository::new(&opts, &backends)?,
+        };
+        let ck = Self::cache_key(spec);
+        let cached = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&ck).cloned();
+        let repo = match cached {
+            Some(k) => repo.open(&Credentials::Masterkey(k))?,
+            None => {
+                let repo = repo.open(&Credentials::password(spec.password.expose()))?;
+                self.keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ck, repo.key());
+                repo
+            }
+        };
+        Ok(repo)
+    }
+
+    pub(crate) fn open(&self, spec: &RepoSpec, counters: Option<Arc<Counters>>) -> Result<Repo> {
+        if !spec.path.join("config").is_file() {
+            return Err(EngineError::Repository(format!(
+                "no repository at {}",
+                spec.path.display()
+            )));
+        }
+        self.open_with(spec, Arc::new(LocalBackend::new(&spec.path)), counters)
+    }
 }
 
 fn meta_of(snap: &SnapshotFile) -> Option<RpMeta> {
@@ -281,7 +311,7 @@ impl Engine for ResticEngine {
             .ctx(|| format!("create {}", spec.path.display()))?;
         let _lock = RepoLock::exclusive(&spec.path)?;
         if spec.path.join("config").is_file() {
-            open(spec, None)?;
+            self.open(spec, None)?;
             return Ok(());
         }
         let be = Arc::new(LocalBackend::new(&spec.path));
@@ -316,7 +346,7 @@ impl Engine for ResticEngine {
             }
         }
         let _lock = RepoLock::shared(&spec.path)?;
-        let plain = open(spec, None)?;
+        let plain = self.open(spec, None)?;
         if all_points(&plain)?.iter().any(|(_, m)| m.recovery_point == req.tags.recovery_point) {
             return Err(EngineError::InvalidRequest(format!(
                 "recovery point '{}' already exists",
@@ -415,7 +445,7 @@ impl Engine for ResticEngine {
                 .ignore_inode(true),
         );
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
-            let repo = open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
+            let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
             Ok(repo.archive(&opts, &source, snap, &paths)?)
         });
         let snap = result.map_err(|e| classify(e, cancel, &abort))?;
@@ -471,7 +501,7 @@ impl Engine for ResticEngine {
             });
         }
         let _lock = RepoLock::shared(&spec.path)?;
-        let plain = open(spec, None)?;
+        let plain = self.open(spec, None)?;
         if all_points(&plain)?.iter().any(|(_, m)| m.recovery_point == req.tags.recovery_point) {
             return Err(EngineError::InvalidRequest(format!(
                 "recovery point '{}' already exists",
@@ -515,7 +545,7 @@ impl Engine for ResticEngine {
         );
         let paths = vec![root.clone()];
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
-            let repo = open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
+            let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
             Ok(repo.archive(&opts, &source, snap, &paths)?)
         });
         let snap = result.map_err(|e| classify(e, cancel, &abort))?;
@@ -544,7 +574,7 @@ impl Engine for ResticEngine {
         filter: &RecoveryPointFilter,
     ) -> Result<Vec<RecoveryPointInfo>> {
         let _lock = RepoLock::shared(&spec.path)?;
-        let repo = open(spec, None)?;
+        let repo = self.open(spec, None)?;
         Ok(all_points(&repo)?
             .into_iter()
             .filter(|(_, m)| filter.item.as_ref().is_none_or(|i| *i == m.item))
@@ -555,14 +585,14 @@ impl Engine for ResticEngine {
 
     fn recovery_point(&self, spec: &RepoSpec, id: &str) -> Result<RecoveryPointInfo> {
         let _lock = RepoLock::shared(&spec.path)?;
-        let repo = open(spec, None)?;
+        let repo = self.open(spec, None)?;
         let (s, m) = find_point(&repo, id)?;
         Ok(info_of(&s, m))
     }
 
     fn delete_recovery_points(&self, spec: &RepoSpec, ids: &[String]) -> Result<usize> {
         let _lock = RepoLock::exclusive(&spec.path)?;
-        let repo = open(spec, None)?;
+        let repo = self.open(spec, None)?;
         let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
         // Every snapshot of a wanted recovery point (including crash duplicates).
         let snaps: Vec<_> = repo
@@ -579,7 +609,7 @@ impl Engine for ResticEngine {
 
     fn prune(&self, spec: &RepoSpec, now: DateTime<Utc>) -> Result<PruneReport> {
         let _lock = RepoLock::exclusive(&spec.path)?;
-        let repo = open(spec, None)?;
+        let repo = self.open(spec, None)?;
         let mut report = PruneReport::default();
         let mut expired = Vec::new();
         for s in repo.get_all_snapshots()? {
@@ -611,7 +641,7 @@ impl Engine for ResticEngine {
         cancel: &Cancel,
     ) -> Result<RestoreOutcome> {
         let _lock = RepoLock::shared(&spec.path)?;
-        crate::restore::restore_disks(spec, req, progress, cancel)
+        crate::restore::restore_disks(self, spec, req, progress, cancel)
     }
 
     fn restore_tree(
@@ -622,12 +652,12 @@ impl Engine for ResticEngine {
         cancel: &Cancel,
     ) -> Result<RestoreOutcome> {
         let _lock = RepoLock::shared(&spec.path)?;
-        crate::restore::restore_tree(spec, req, progress, cancel)
+        crate::restore::restore_tree(self, spec, req, progress, cancel)
     }
 
     fn verify(&self, spec: &RepoSpec, read_data: ReadData) -> Result<VerifyReport> {
         let _lock = RepoLock::exclusive(&spec.path)?;
-        let repo = open(spec, None)?;
+        let repo = self.open(spec, None)?;
         let opts = match read_data {
             ReadData::None => CheckOptions::default(),
             ReadData::All => CheckOptions::default().read_data(true),

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::fsync_dir;
 use crate::disk::{ImageFormat, ImageReader, ImageWriter};
-use crate::engine::{find_point, open};
+use crate::engine::{find_point, ResticEngine};
 use crate::error::{EngineError, IoContext, Result};
 use crate::progress::{report_while, Cancel, Counters, Progress, Task};
 use crate::types::*;
@@ -119,12 +119,13 @@ fn parallel(n: usize, cancel: &Cancel, f: impl Fn(usize) -> Result<()> + Sync) -
 }
 
 pub(crate) fn restore_disks(
+    engine: &ResticEngine,
     spec: &RepoSpec,
     req: &DiskRestoreRequest,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<RestoreOutcome> {
-    let repo = open(spec, None)?.to_indexed()?;
+    let repo = engine.open(spec, None)?.to_indexed()?;
     let (snap, meta) = find_point(&repo, &req.recovery_point)?;
     if meta.kind != RecoveryPointKind::Disks {
         return Err(EngineError::InvalidRequest(format!(
@@ -290,13 +291,14 @@ fn relative(p: &Path) -> Result<PathBuf> {
 }
 
 pub(crate) fn restore_tree(
+    engine: &ResticEngine,
     spec: &RepoSpec,
     req: &TreeRestoreRequest,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<RestoreOutcome> {
     let counters = Arc::new(Counters::default());
-    let repo = open(spec, Some(counters.clone()))?.to_indexed()?;
+    let repo = engine.open(spec, Some(counters.clone()))?.to_indexed()?;
     let (snap, meta) = find_point(&repo, &req.recovery_point)?;
     let root = match (meta.kind, &meta.source_root) {
         (RecoveryPointKind::Tree, Some(r)) => r.clone(),

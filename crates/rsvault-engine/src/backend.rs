@@ -38,9 +38,7 @@ use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
 use bytes::Bytes;
 use rand::RngCore;
 use rustic_core::repofile::{Chunker, ConfigFile, MasterKey};
-use rustic_core::{
-    BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend,
-};
+use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend};
 
 use crate::error::{EngineError, IoContext, Result};
 use crate::progress::Cancel;
@@ -80,10 +78,7 @@ impl LocalBackend {
     fn dir(&self, tpe: FileType, id: &Id) -> PathBuf {
         match tpe {
             FileType::Config => self.root.clone(),
-            FileType::Pack => self
-                .root
-                .join("data")
-                .join(&id.to_hex().as_str()[..2]),
+            FileType::Pack => self.root.join("data").join(&id.to_hex().as_str()[..2]),
             _ => self.root.join(tpe.dirname()),
         }
     }
@@ -155,26 +150,16 @@ impl ReadBackend for LocalBackend {
 
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
         let p = self.path(tpe, id);
-        fs::read(&p)
-            .map(Bytes::from)
-            .map_err(|e| io_err("reading", &p, e))
+        fs::read(&p).map(Bytes::from).map_err(|e| io_err("reading", &p, e))
     }
 
-    fn read_partial(
-        &self,
-        tpe: FileType,
-        id: &Id,
-        _cacheable: bool,
-        offset: u32,
-        length: u32,
-    ) -> RusticResult<Bytes> {
+    fn read_partial(&self, tpe: FileType, id: &Id, _cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
         let p = self.path(tpe, id);
         let mut f = fs::File::open(&p).map_err(|e| io_err("opening", &p, e))?;
         f.seek(SeekFrom::Start(offset.into()))
             .map_err(|e| io_err("seeking", &p, e))?;
         let mut buf = vec![0u8; length as usize];
-        f.read_exact(&mut buf)
-            .map_err(|e| io_err("reading", &p, e))?;
+        f.read_exact(&mut buf).map_err(|e| io_err("reading", &p, e))?;
         Ok(buf.into())
     }
 
@@ -196,13 +181,7 @@ impl WriteBackend for LocalBackend {
         Ok(())
     }
 
-    fn write_bytes(
-        &self,
-        tpe: FileType,
-        id: &Id,
-        _cacheable: bool,
-        content: BytesList,
-    ) -> RusticResult<()> {
+    fn write_bytes(&self, tpe: FileType, id: &Id, _cacheable: bool, content: BytesList) -> RusticResult<()> {
         let dir = self.dir(tpe, id);
         let path = self.path(tpe, id);
         let tmpdir = self.root.join("tmp");
@@ -295,14 +274,7 @@ impl ReadBackend for GateBackend {
             _ => self.inner.read_full(tpe, id),
         }
     }
-    fn read_partial(
-        &self,
-        tpe: FileType,
-        id: &Id,
-        cacheable: bool,
-        offset: u32,
-        length: u32,
-    ) -> RusticResult<Bytes> {
+    fn read_partial(&self, tpe: FileType, id: &Id, cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
         self.inner.read_partial(tpe, id, cacheable, offset, length)
     }
     fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
@@ -314,24 +286,17 @@ impl WriteBackend for GateBackend {
     fn create(&self) -> RusticResult<()> {
         self.inner.create()
     }
-    fn write_bytes(
-        &self,
-        tpe: FileType,
-        id: &Id,
-        cacheable: bool,
-        content: BytesList,
-    ) -> RusticResult<()> {
+    fn write_bytes(&self, tpe: FileType, id: &Id, cacheable: bool, content: BytesList) -> RusticResult<()> {
         if self.cancel.is_cancelled() {
             // Stop writing anything: the backup ends as soon as rustic_core sees the error.
             return Err(RusticError::new(ErrorKind::Backend, "backup cancelled"));
         }
         if tpe == FileType::Snapshot {
             if let Some(why) = self.abort.get() {
-                return Err(RusticError::new(
-                    ErrorKind::Backend,
-                    "backup aborted before commit: {why}",
-                )
-                .attach_context("why", why));
+                return Err(
+                    RusticError::new(ErrorKind::Backend, "backup aborted before commit: {why}")
+                        .attach_context("why", why),
+                );
             }
             if tpe == FileType::Config {
                 return Err(RusticError::new(ErrorKind::Backend, "config is read-only here"));
@@ -351,8 +316,7 @@ pub(crate) fn disk_config(config: &ConfigFile, key: &MasterKey) -> Result<Bytes>
     let mut c = config.clone();
     c.chunker = Some(Chunker::FixedSize);
     c.chunk_size = Some(DISK_CHUNK_SIZE);
-    let json = serde_json::to_vec(&c)
-        .map_err(|e| EngineError::Repository(format!("serializing config: {e}")))?;
+    let json = serde_json::to_vec(&c).map_err(|e| EngineError::Repository(format!("serializing config: {e}")))?;
     encrypt(key, &json)
 }
 

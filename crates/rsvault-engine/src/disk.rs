@@ -91,9 +91,7 @@ enum Image {
 impl Image {
     fn open(path: &Path, format: ImageFormat) -> Result<Self> {
         Ok(match format {
-            ImageFormat::Raw => {
-                Image::Raw(fs::File::open(path).map_err(|e| source_err(path, e.to_string()))?)
-            }
+            ImageFormat::Raw => Image::Raw(fs::File::open(path).map_err(|e| source_err(path, e.to_string()))?),
             ImageFormat::Qcow2 => Image::Qcow2(Box::new(open_qcow2(path, false)?)),
         })
     }
@@ -219,8 +217,7 @@ impl Read for DiskReader {
             }
             if let Err(e) = self.refill() {
                 // rustic_core would skip the file with a warning; make sure no snapshot commits.
-                self.abort
-                    .set(format!("reading disk {}: {e}", self.path.display()));
+                self.abort.set(format!("reading disk {}: {e}", self.path.display()));
                 return Err(e);
             }
         }
@@ -259,17 +256,13 @@ impl ImageWriter {
                     .create_new(true)
                     .open(path)
                     .ctx(|| format!("create {}", path.display()))?;
-                let storage = imago::file::File::from_open_file(
-                    f,
-                    imago::StorageOpenOptions::new().filename(path).write(true),
-                )
-                .ctx(|| format!("open {}", path.display()))?;
+                let storage =
+                    imago::file::File::from_open_file(f, imago::StorageOpenOptions::new().filename(path).write(true))
+                        .ctx(|| format!("open {}", path.display()))?;
                 let q = Qcow2::<imago::file::File>::create_builder(storage)
                     .size(size)
                     .create_open(imago::DenyImplicitOpenGate::default(), |image| {
-                        Ok(Qcow2::<imago::file::File>::builder(image)
-                            .backing(None)
-                            .write(true))
+                        Ok(Qcow2::<imago::file::File>::builder(image).backing(None).write(true))
                     })
                     .ctx(|| format!("format qcow2 {}", path.display()))?;
                 Ok(Self::Qcow2(Box::new(FormatAccess::new(q))))

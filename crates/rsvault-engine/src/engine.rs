@@ -14,9 +14,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rustic_core::repofile::SnapshotFile;
 use rustic_core::{
-    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus,
-    ParentOptions, PruneOptions, ReadSubsetOption, Repository, RepositoryBackends,
-    RepositoryOptions, StringList,
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions, PruneOptions,
+    ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, StringList,
 };
 use serde::{Deserialize, Serialize};
 
@@ -65,6 +64,9 @@ pub(crate) struct RpMeta {
     pub source_root: Option<PathBuf>,
     #[serde(default)]
     pub warnings: usize,
+    /// Logical size (sum of regular file sizes for trees, virtual sizes for disks).
+    #[serde(default)]
+    pub total_size: Option<u64>,
 }
 
 pub(crate) type Repo = Repository<OpenStatus>;
@@ -155,7 +157,7 @@ fn info_of(snap: &SnapshotFile, m: RpMeta) -> RecoveryPointInfo {
         vault: m.vault,
         item: m.item,
         job: m.job,
-        total_size: total,
+        total_size: m.total_size.unwrap_or(total),
         added_size: added,
         disks: m.disks,
         source_root: m.source_root,
@@ -176,10 +178,7 @@ pub(crate) fn all_points<S: rustic_core::Open>(repo: &Repository<S>) -> Result<V
     snaps.sort_by(|a, b| a.0.time.cmp(&b.0.time).then(a.0.id.cmp(&b.0.id)));
     let mut out: Vec<(SnapshotFile, RpMeta)> = Vec::with_capacity(snaps.len());
     for (s, m) in snaps {
-        if let Some(prev) = out
-            .iter_mut()
-            .find(|(_, pm)| pm.recovery_point == m.recovery_point)
-        {
+        if let Some(prev) = out.iter_mut().find(|(_, pm)| pm.recovery_point == m.recovery_point) {
             if m.consistency == Consistency::Inconsistent {
                 *prev = (s, m);
             }
@@ -218,9 +217,7 @@ fn new_snapshot(tags: &RecoveryPointTags, time: DateTime<Utc>, meta: &RpMeta) ->
         time: to_jiff(time)?,
         hostname: "rsvault".into(),
         label: tags.recovery_point.clone(),
-        description: Some(
-            serde_json::to_string(meta).map_err(|e| EngineError::Repository(e.to_string()))?,
-        ),
+        description: Some(serde_json::to_string(meta).map_err(|e| EngineError::Repository(e.to_string()))?),
         ..SnapshotFile::default()
     };
     let tag_list = [
@@ -268,8 +265,7 @@ fn commit_consistency(
     meta.consistency = consistency;
     meta.warnings = warnings;
     let old = snap.id;
-    snap.description =
-        Some(serde_json::to_string(&meta).map_err(|e| EngineError::Repository(e.to_string()))?);
+    snap.description = Some(serde_json::to_string(&meta).map_err(|e| EngineError::Repository(e.to_string()))?);
     snap.id = Default::default();
     repo.save_snapshots(vec![snap])?;
     let new = repo
@@ -281,12 +277,24 @@ fn commit_consistency(
     Ok(new)
 }
 
-fn latest_parent(
-    repo: &Repo,
-    item: &str,
-    kind: RecoveryPointKind,
-    root: Option<&Path>,
-) -> Result<Option<String>> {
+/// Sum of the sizes of the regular files under `dir` (symlinks not followed).
+fn regular_file_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+fn latest_parent(repo: &Repo, item: &str, kind: RecoveryPointKind, root: Option<&Path>) -> Result<Option<String>> {
     Ok(all_points(repo)?
         .into_iter()
         .filter(|(_, m)| m.item == item && m.kind == kind)
@@ -334,7 +342,9 @@ impl Engine for ResticEngine {
     ) -> Result<BackupOutcome> {
         validate_tags(&req.tags)?;
         if req.disks.is_empty() {
-            return Err(EngineError::InvalidRequest("a VM backup needs at least one disk".into()));
+            return Err(EngineError::InvalidRequest(
+                "a VM backup needs at least one disk".into(),
+            ));
         }
         let mut names = HashSet::new();
         for d in &req.disks {
@@ -347,7 +357,10 @@ impl Engine for ResticEngine {
         }
         let _lock = RepoLock::shared(&spec.path)?;
         let plain = self.open(spec, None)?;
-        if all_points(&plain)?.iter().any(|(_, m)| m.recovery_point == req.tags.recovery_point) {
+        if all_points(&plain)?
+            .iter()
+            .any(|(_, m)| m.recovery_point == req.tags.recovery_point)
+        {
             return Err(EngineError::InvalidRequest(format!(
                 "recovery point '{}' already exists",
                 req.tags.recovery_point
@@ -393,6 +406,7 @@ impl Engine for ResticEngine {
                 .collect(),
             source_root: None,
             warnings: 0,
+            total_size: Some(infos.iter().map(|(_, i)| i.virtual_size).sum()),
         };
         let snap = new_snapshot(&req.tags, req.time, &meta)?;
         let parent = parent_id(
@@ -502,7 +516,10 @@ impl Engine for ResticEngine {
         }
         let _lock = RepoLock::shared(&spec.path)?;
         let plain = self.open(spec, None)?;
-        if all_points(&plain)?.iter().any(|(_, m)| m.recovery_point == req.tags.recovery_point) {
+        if all_points(&plain)?
+            .iter()
+            .any(|(_, m)| m.recovery_point == req.tags.recovery_point)
+        {
             return Err(EngineError::InvalidRequest(format!(
                 "recovery point '{}' already exists",
                 req.tags.recovery_point
@@ -522,6 +539,9 @@ impl Engine for ResticEngine {
             disks: vec![],
             source_root: Some(root.clone()),
             warnings: 0,
+            // rustic_core's summary counts symlink lengths for unchanged entries only, so the
+            // logical size is measured here: regular files, walked just before the backup.
+            total_size: Some(regular_file_bytes(&root)),
         };
         let snap = new_snapshot(&req.tags, req.time, &meta)?;
         let parent = parent_id(
@@ -540,9 +560,8 @@ impl Engine for ResticEngine {
             cancel.clone(),
             abort.clone(),
         ));
-        let opts = BackupOptions::default().parent_opts(
-            ParentOptions::default().parents(parent.into_iter().collect::<Vec<_>>()),
-        );
+        let opts = BackupOptions::default()
+            .parent_opts(ParentOptions::default().parents(parent.into_iter().collect::<Vec<_>>()));
         let paths = vec![root.clone()];
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
             let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
@@ -568,11 +587,7 @@ impl Engine for ResticEngine {
         })
     }
 
-    fn recovery_points(
-        &self,
-        spec: &RepoSpec,
-        filter: &RecoveryPointFilter,
-    ) -> Result<Vec<RecoveryPointInfo>> {
+    fn recovery_points(&self, spec: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {
         let _lock = RepoLock::shared(&spec.path)?;
         let repo = self.open(spec, None)?;
         Ok(all_points(&repo)?
@@ -666,11 +681,7 @@ impl Engine for ResticEngine {
                 .read_data_subset(ReadSubsetOption::Percentage(p)),
         };
         let results = repo.check(opts)?;
-        let problems: Vec<String> = results
-            .0
-            .iter()
-            .map(|(level, e)| format!("{level:?}: {e}"))
-            .collect();
+        let problems: Vec<String> = results.0.iter().map(|(level, e)| format!("{level:?}: {e}")).collect();
         // rustic_core does not export the level type; its Debug form is `Warn` or `Error`.
         let ok = !results.0.iter().any(|(l, _)| format!("{l:?}") == "Error");
         Ok(VerifyReport { ok, problems })

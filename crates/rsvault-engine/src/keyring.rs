@@ -130,8 +130,7 @@ impl VaultKeys {
             .filter(|k| k.len() == 32)
             .ok_or_else(|| EngineError::Key(format!("{} is not a key file", path.display())))?;
         Ok(Self {
-            cipher: XChaCha20Poly1305::new_from_slice(&key)
-                .map_err(|_| EngineError::Key("bad key length".into()))?,
+            cipher: XChaCha20Poly1305::new_from_slice(&key).map_err(|_| EngineError::Key("bad key length".into()))?,
             path: path.to_path_buf(),
         })
     }
@@ -197,10 +196,7 @@ mod tests {
     fn key_file_is_0600_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let k1 = VaultKeys::load_or_create(dir.path()).unwrap();
-        let mode = fs::metadata(dir.path().join(KEY_FILE))
-            .unwrap()
-            .permissions()
-            .mode();
+        let mode = fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         let pw = VaultKeys::generate_password();
         let sealed = k1.seal("/subscriptions/s/vaults/V1", &pw).unwrap();

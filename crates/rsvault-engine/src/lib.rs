@@ -61,11 +61,7 @@ pub trait Engine: Send + Sync {
     ) -> Result<BackupOutcome>;
 
     /// Recovery points matching `filter`, oldest first.
-    fn recovery_points(
-        &self,
-        repo: &RepoSpec,
-        filter: &RecoveryPointFilter,
-    ) -> Result<Vec<RecoveryPointInfo>>;
+    fn recovery_points(&self, repo: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>>;
 
     /// One recovery point by id ([`EngineError::RecoveryPointNotFound`] if absent).
     fn recovery_point(&self, repo: &RepoSpec, id: &str) -> Result<RecoveryPointInfo>;

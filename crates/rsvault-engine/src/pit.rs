@@ -175,13 +175,23 @@ mod tests {
         let v = View::take(&p).unwrap();
         if v.kind() == ViewKind::Reflink {
             // The clone is immune to changes of the source.
-            fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"x").unwrap();
+            fs::OpenOptions::new()
+                .append(true)
+                .open(&p)
+                .unwrap()
+                .write_all(b"x")
+                .unwrap();
             assert_eq!(fs::read(v.path()).unwrap(), vec![1u8; 4096]);
             assert_eq!(v.check().unwrap(), None);
             return;
         }
         assert_eq!(v.check().unwrap(), None);
-        fs::OpenOptions::new().append(true).open(&p).unwrap().write_all(b"x").unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"x")
+            .unwrap();
         let w = v.check().unwrap().expect("change must be seen");
         assert!(w.contains("size"), "{w}");
     }

@@ -70,10 +70,7 @@ impl Counters {
         self.total.store(n, Ordering::Relaxed);
     }
     pub fn get(&self) -> (u64, u64) {
-        (
-            self.done.load(Ordering::Relaxed),
-            self.total.load(Ordering::Relaxed),
-        )
+        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
     }
 }
 
@@ -129,15 +126,9 @@ impl rustic_core::RusticProgress for RusticBytes {
 }
 
 impl rustic_core::ProgressBars for RusticBars {
-    fn progress(
-        &self,
-        progress_type: rustic_core::ProgressType,
-        _prefix: &str,
-    ) -> rustic_core::Progress {
+    fn progress(&self, progress_type: rustic_core::ProgressType, _prefix: &str) -> rustic_core::Progress {
         match progress_type {
-            rustic_core::ProgressType::Bytes => {
-                rustic_core::Progress::new(RusticBytes(self.0.clone()))
-            }
+            rustic_core::ProgressType::Bytes => rustic_core::Progress::new(RusticBytes(self.0.clone())),
             _ => rustic_core::Progress::hidden(),
         }
     }

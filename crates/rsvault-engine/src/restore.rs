@@ -16,9 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustic_core::repofile::{BlobType, Node, NodeType};
-use rustic_core::{
-    IndexedFullStatus, LocalDestination, LsOptions, Repository, RestoreOptions, RusticResult,
-};
+use rustic_core::{IndexedFullStatus, LocalDestination, LsOptions, Repository, RestoreOptions, RusticResult};
 use sha2::{Digest, Sha256};
 
 use crate::backend::fsync_dir;
@@ -148,9 +146,11 @@ pub(crate) fn restore_disks(
     let mut jobs = Vec::new();
     let mut tmps = TmpFiles(Vec::new());
     for name in &names {
-        let entry = meta.disks.iter().find(|d| &d.name == name).ok_or_else(|| {
-            EngineError::InvalidRequest(format!("no disk '{name}' in the recovery point"))
-        })?;
+        let entry = meta
+            .disks
+            .iter()
+            .find(|d| &d.name == name)
+            .ok_or_else(|| EngineError::InvalidRequest(format!("no disk '{name}' in the recovery point")))?;
         let node = tree
             .nodes
             .iter()
@@ -161,17 +161,11 @@ pub(crate) fn restore_disks(
             DiskRestoreTarget::Directory(dir) => {
                 let p = dir.join(name);
                 if fs::symlink_metadata(&p).is_ok() {
-                    return Err(EngineError::Conflict {
-                        count: 1,
-                        first: p,
-                    });
+                    return Err(EngineError::Conflict { count: 1, first: p });
                 }
                 (p, req.format.unwrap_or(ImageFormat::Raw))
             }
-            DiskRestoreTarget::Original => (
-                entry.source_path.clone(),
-                req.format.unwrap_or(entry.source_format),
-            ),
+            DiskRestoreTarget::Original => (entry.source_path.clone(), req.format.unwrap_or(entry.source_format)),
         };
         let chunks = layout(&repo, &node)?;
         let size: u64 = chunks.iter().map(|c| c.1 as u64).sum();
@@ -195,9 +189,7 @@ pub(crate) fn restore_disks(
     let mut zero_ids: HashMap<usize, String> = HashMap::new();
     for j in &jobs {
         for c in &j.chunks {
-            zero_ids
-                .entry(c.1)
-                .or_insert_with(|| sha_hex(&vec![0u8; c.1]));
+            zero_ids.entry(c.1).or_insert_with(|| sha_hex(&vec![0u8; c.1]));
         }
     }
 
@@ -312,11 +304,14 @@ pub(crate) fn restore_tree(
     let root_str = root
         .to_str()
         .ok_or_else(|| EngineError::Repository("share root is not UTF-8".into()))?;
-    let node = repo.node_from_snapshot_and_path(&snap, root_str)?;
     let target = req.target.clone().unwrap_or_else(|| root.clone());
-    let entries: Vec<(PathBuf, Node)> = repo
-        .ls(&node, &LsOptions::default())?
-        .collect::<RusticResult<_>>()?;
+    // rustic_core stores an empty share as an empty root tree.
+    let entries: Vec<(PathBuf, Node)> = if repo.get_tree(&snap.tree)?.nodes.is_empty() {
+        Vec::new()
+    } else {
+        let node = repo.node_from_snapshot_and_path(&snap, root_str)?;
+        repo.ls(&node, &LsOptions::default())?.collect::<RusticResult<_>>()?
+    };
 
     let mut selected: Vec<(PathBuf, Node)> = match &req.paths {
         None => entries,
@@ -368,10 +363,7 @@ pub(crate) fn restore_tree(
                 let dest = target.join(p);
                 let m = fs::symlink_metadata(&dest).ctx(|| format!("stat {}", dest.display()))?;
                 if m.is_dir() {
-                    return Err(EngineError::Conflict {
-                        count: 1,
-                        first: dest,
-                    });
+                    return Err(EngineError::Conflict { count: 1, first: dest });
                 }
                 // The restorer rewrites regular files in place; anything else is replaced.
                 if !(m.is_file() && n.is_file()) {
@@ -390,9 +382,7 @@ pub(crate) fn restore_tree(
     let dest = LocalDestination::new(&dest_str, true, false)?;
     // SAFETY: geteuid has no preconditions.
     let root_user = unsafe { libc::geteuid() } == 0;
-    let opts = RestoreOptions::default()
-        .verify_existing(true)
-        .no_ownership(!root_user);
+    let opts = RestoreOptions::default().verify_existing(true).no_ownership(!root_user);
     report_while(progress, Task::Restore, &counters, || -> Result<()> {
         let plan = repo.prepare_restore(&opts, selected.iter().cloned().map(Ok), &dest, false)?;
         repo.restore(plan, &opts, selected.iter().cloned().map(Ok), &dest)?;
@@ -425,11 +415,10 @@ pub(crate) fn restore_tree(
                             return Err(EngineError::Cancelled);
                         }
                         buf.resize(len, 0);
-                        f.read_exact(&mut buf)
-                            .map_err(|e| EngineError::VerificationFailed {
-                                path: dest.clone(),
-                                reason: format!("reading at {off}: {e}"),
-                            })?;
+                        f.read_exact(&mut buf).map_err(|e| EngineError::VerificationFailed {
+                            path: dest.clone(),
+                            reason: format!("reading at {off}: {e}"),
+                        })?;
                         if sha_hex(&buf) != id {
                             return Err(EngineError::VerificationFailed {
                                 path: dest.clone(),

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 
 use rustic_core::repofile::{Metadata, Node, NodeType};
 use rustic_core::{
-    ErrorKind, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource,
-    ReadSourceEntry, ReadSourceOpen, RusticError, RusticResult,
+    ErrorKind, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource, ReadSourceEntry,
+    ReadSourceOpen, RusticError, RusticResult,
 };
 
 use crate::backend::Abort;
@@ -97,8 +97,7 @@ impl ReadSourceOpen for DiskOpen {
         )
         .map_err(|e| {
             self.abort.set(e.to_string());
-            RusticError::new(ErrorKind::InputOutput, "opening disk failed: {e}")
-                .attach_context("e", e.to_string())
+            RusticError::new(ErrorKind::InputOutput, "opening disk failed: {e}").attach_context("e", e.to_string())
         })
     }
 }
@@ -225,16 +224,13 @@ impl std::io::Read for GuardedFile {
         let n = match self.file.read(buf) {
             Ok(n) => n,
             Err(e) => {
-                self.warnings.push(format!(
-                    "{} could not be read completely: {e}",
-                    self.path.display()
-                ));
+                self.warnings
+                    .push(format!("{} could not be read completely: {e}", self.path.display()));
                 return Err(e);
             }
         };
         self.read += n as u64;
-        self.scanned
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.scanned.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if n == 0 && !buf.is_empty() {
             if let (Some(before), Ok(m)) = (self.before.take(), self.file.metadata()) {
                 let now = Stamp::of_meta(&m);
@@ -269,13 +265,8 @@ impl Iterator for TreeIter {
         }
         Some(match self.inner.next()? {
             Ok(e) => {
-                let before = (e.node.node_type == NodeType::File).then(|| {
-                    (
-                        e.node.meta.size,
-                        ts_ns(e.node.meta.mtime),
-                        ts_ns(e.node.meta.ctime),
-                    )
-                });
+                let before = (e.node.node_type == NodeType::File)
+                    .then(|| (e.node.meta.size, ts_ns(e.node.meta.mtime), ts_ns(e.node.meta.ctime)));
                 Ok(ReadSourceEntry {
                     open: e.open.map(|inner| TreeOpen {
                         inner,
@@ -290,8 +281,7 @@ impl Iterator for TreeIter {
                 })
             }
             Err(e) => {
-                self.warnings
-                    .push(format!("an entry was skipped: {}", e.display_log()));
+                self.warnings.push(format!("an entry was skipped: {}", e.display_log()));
                 Err(e)
             }
         })

@@ -37,8 +37,7 @@ impl Vault {
 
 pub fn tags(item: &str, rp: &str) -> RecoveryPointTags {
     RecoveryPointTags {
-        vault: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v"
-            .into(),
+        vault: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v".into(),
         item: item.into(),
         job: format!("job-{rp}"),
         recovery_point: rp.into(),
@@ -79,11 +78,23 @@ pub fn make_raw(path: &Path, seed: u64) -> Vec<u8> {
 
 pub fn qemu_img(args: &[&str]) {
     let out = Command::new("qemu-img").args(args).output().expect("qemu-img");
-    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "qemu-img {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 pub fn to_qcow2(raw: &Path, qcow2: &Path) {
-    qemu_img(&["convert", "-f", "raw", "-O", "qcow2", raw.to_str().unwrap(), qcow2.to_str().unwrap()]);
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        raw.to_str().unwrap(),
+        qcow2.to_str().unwrap(),
+    ]);
 }
 
 /// Records every progress update.
@@ -97,7 +108,10 @@ impl Progress for Recorder {
 }
 
 pub fn restic_available() -> bool {
-    Command::new("restic").arg("version").output().is_ok_and(|o| o.status.success())
+    Command::new("restic")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 pub fn restic(spec: &RepoSpec, args: &[&str]) -> std::process::Output {

@@ -1,29 +1,14 @@
 //! Disk images behind a VM's `vhd.uri`: `file:///…` URIs, format detection (qcow2 or raw) and the
 //! virtual (guest-visible) size.
 //!
-//! qcow2 images are opened with the `imago` qcow2 reader (backing files included), never by shelling
-//! out; anything that is not qcow2 is a raw image whose size is its length. A URI that is not an
+//! Images are probed by the vault engine's reader (`rsvault_engine::disk`: qcow2 through `imago`,
+//! backing files included, never by shelling out; anything else is raw, its size its length). A URI that is not an
 //! absolute `file://` path, or an image that cannot be opened, is the caller's 400.
 
 use rsvault_core::{Error, Result};
-use std::io::Read;
 use std::path::PathBuf;
 
-/// The format of a disk image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskFormat {
-    Raw,
-    Qcow2,
-}
-
-impl DiskFormat {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiskFormat::Raw => "raw",
-            DiskFormat::Qcow2 => "qcow2",
-        }
-    }
-}
+pub use rsvault_engine::disk::ImageFormat as DiskFormat;
 
 /// What a probe learns about an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +18,6 @@ pub struct DiskInfo {
     /// Guest-visible size in bytes.
     pub virtual_size: u64,
 }
-
-const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
 /// The local path of a `file:///abs/path` URI (percent-decoded); `target` names the member for errors.
 pub fn path_of_uri(uri: &str, target: &str) -> Result<PathBuf> {
@@ -71,41 +54,19 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Opens an image and reads its format and virtual size.
+/// Opens an image (through the vault engine's reader) and reads its format and virtual size.
 pub fn probe(uri: &str, target: &str) -> Result<DiskInfo> {
     let path = path_of_uri(uri, target)?;
-    let unreadable = |e: &dyn std::fmt::Display| Error::Invalid {
+    let info = rsvault_engine::disk::probe(&path).map_err(|e| Error::Invalid {
         code: "InvalidParameter",
         message: format!("The disk image '{}' ({target}) cannot be read: {e}.", path.display()),
         target: Some(target.to_string()),
-    };
-    let meta = std::fs::metadata(&path).map_err(|e| unreadable(&e))?;
-    if !meta.is_file() {
-        return Err(unreadable(&"it is not a regular file"));
-    }
-    let mut magic = [0u8; 4];
-    let mut f = std::fs::File::open(&path).map_err(|e| unreadable(&e))?;
-    let n = f.read(&mut magic).map_err(|e| unreadable(&e))?;
-    if n == 4 && &magic == QCOW2_MAGIC {
-        let size = qcow2_size(&path).map_err(|e| unreadable(&e))?;
-        return Ok(DiskInfo {
-            path,
-            format: DiskFormat::Qcow2,
-            virtual_size: size,
-        });
-    }
+    })?;
     Ok(DiskInfo {
         path,
-        format: DiskFormat::Raw,
-        virtual_size: meta.len(),
+        format: info.format,
+        virtual_size: info.virtual_size,
     })
-}
-
-fn qcow2_size(path: &std::path::Path) -> std::io::Result<u64> {
-    use imago::qcow2::Qcow2;
-    let mut q = Qcow2::<imago::file::File>::open_path_sync(path, false)?;
-    q.open_implicit_dependencies_sync()?;
-    Ok(imago::SyncFormatAccess::new(q)?.size())
 }
 
 #[cfg(test)]

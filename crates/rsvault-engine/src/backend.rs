@@ -1,0 +1,379 @@
+//! Storage rules of a vault repository, and the backend rustic_core writes through.
+//!
+//! A vault is one restic repository in a local directory (`config`, `keys/`, `snapshots/`,
+//! `index/`, `data/xx/`, as restic lays it out). rustic_core does the format; this module does
+//! the bytes on disk, with these rules:
+//!
+//! * **Atomic, durable writes.** A repository file is written to `tmp/` inside the repository,
+//!   `fsync`ed, renamed to its final name, and the directory is `fsync`ed. A reader (rsvault or
+//!   stock `restic`) sees a file either complete or not at all; a crash leaves at most a stray
+//!   file in `tmp/` (which restic ignores and [`crate::Engine::prune`] removes). Files are 0600,
+//!   directories 0700.
+//! * **Write order makes a recovery point.** Pack files, then the index that names them, then the
+//!   snapshot file. The snapshot file is the commit: a backup that is cancelled, fails or is
+//!   killed before it never becomes a recovery point, and its packs are orphans that the next
+//!   prune reclaims. [`GateBackend`] refuses the snapshot write when the call was cancelled or
+//!   a source failed (rustic_core's archiver skips unreadable entries with a warning; for a disk
+//!   that would silently produce a recovery point without it).
+//! * **Locking.** `rsvault.lock` in the repository root is `flock`ed: shared by backups, restores
+//!   and listings (they only add files or read), exclusive by prune, delete and verify (they remove
+//!   files or need a quiet repository). Locks are advisory and per process-open-file, released
+//!   when the process dies, so a crash never leaves a stale lock. Stock `restic` does not know this
+//!   lock; run it read-only (`snapshots`, `restore`, `check`) while rsvault works.
+//! * **Chunking per source kind.** The repository's own config keeps restic's content-defined
+//!   (Rabin) chunker, used for file shares and by stock `restic`. For disk images the engine
+//!   opens the repository through a [`GateBackend`] that presents rustic_core an in-memory copy
+//!   of the config with rustic_core's `fixed_size` chunker (4 MiB). The file on disk is never
+//!   changed; chunk sizes are a writer's choice in the restic format, so readers are unaffected.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aes256ctr_poly1305aes::aead::AeadInPlace;
+use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
+use bytes::Bytes;
+use rand::RngCore;
+use rustic_core::repofile::{Chunker, ConfigFile, MasterKey};
+use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend};
+
+use crate::error::{EngineError, IoContext, Result};
+use crate::progress::Cancel;
+
+/// Chunk size for disk images.
+pub const DISK_CHUNK_SIZE: usize = 4 * 1024 * 1024;
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Box<RusticError> {
+    RusticError::with_source(ErrorKind::Backend, "{what} `{path}` failed", e)
+        .attach_context("what", what.to_string())
+        .attach_context("path", path.display().to_string())
+}
+
+/// `fsync` a directory, so a rename or unlink in it is durable.
+pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx(|| format!("fsync {}", dir.display()))
+}
+
+/// The local-directory backend (restic's layout) with the storage rules of this module.
+#[derive(Debug)]
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    /// A backend for the repository at `root` (nothing is touched until used).
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn dir(&self, tpe: FileType, id: &Id) -> PathBuf {
+        match tpe {
+            FileType::Config => self.root.clone(),
+            FileType::Pack => self.root.join("data").join(&id.to_hex().as_str()[..2]),
+            _ => self.root.join(tpe.dirname()),
+        }
+    }
+
+    fn path(&self, tpe: FileType, id: &Id) -> PathBuf {
+        match tpe {
+            FileType::Config => self.root.join("config"),
+            _ => self.dir(tpe, id).join(id.to_hex().as_str()),
+        }
+    }
+
+    /// Removes leftovers of interrupted writes. Call only under the exclusive lock.
+    pub fn clean_tmp(&self) -> Result<usize> {
+        let dir = self.root.join("tmp");
+        let mut n = 0;
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.flatten() {
+                if fs::remove_file(e.path()).is_ok() {
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn mkdir(p: &Path) -> std::io::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(p)
+}
+
+impl ReadBackend for LocalBackend {
+    fn location(&self) -> String {
+        format!("local:{}", self.root.display())
+    }
+
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        if tpe == FileType::Config {
+            let p = self.root.join("config");
+            return Ok(match fs::metadata(&p) {
+                Ok(m) => vec![(Id::default(), m.len() as u32)],
+                Err(_) => vec![],
+            });
+        }
+        let mut dirs = vec![self.root.join(tpe.dirname())];
+        if tpe == FileType::Pack {
+            dirs = (0..=255u8)
+                .map(|b| self.root.join("data").join(format!("{b:02x}")))
+                .collect();
+        }
+        let mut out = Vec::new();
+        for d in dirs {
+            let rd = match fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("listing", &d, e)),
+            };
+            for e in rd {
+                let e = e.map_err(|e| io_err("listing", &d, e))?;
+                let name = e.file_name();
+                let Some(id) = name.to_str().and_then(|n| n.parse::<Id>().ok()) else {
+                    continue;
+                };
+                let len = e.metadata().map_err(|err| io_err("stat", &e.path(), err))?.len();
+                out.push((id, u32::try_from(len).unwrap_or(u32::MAX)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        let p = self.path(tpe, id);
+        fs::read(&p).map(Bytes::from).map_err(|e| io_err("reading", &p, e))
+    }
+
+    fn read_partial(&self, tpe: FileType, id: &Id, _cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
+        let p = self.path(tpe, id);
+        let mut f = fs::File::open(&p).map_err(|e| io_err("opening", &p, e))?;
+        f.seek(SeekFrom::Start(offset.into()))
+            .map_err(|e| io_err("seeking", &p, e))?;
+        let mut buf = vec![0u8; length as usize];
+        f.read_exact(&mut buf).map_err(|e| io_err("reading", &p, e))?;
+        Ok(buf.into())
+    }
+
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.path(tpe, id).display().to_string()
+    }
+}
+
+impl WriteBackend for LocalBackend {
+    fn create(&self) -> RusticResult<()> {
+        for d in ["keys", "snapshots", "index", "locks", "data", "tmp"] {
+            let p = self.root.join(d);
+            mkdir(&p).map_err(|e| io_err("creating", &p, e))?;
+        }
+        for b in 0..=255u8 {
+            let p = self.root.join("data").join(format!("{b:02x}"));
+            mkdir(&p).map_err(|e| io_err("creating", &p, e))?;
+        }
+        Ok(())
+    }
+
+    fn write_bytes(&self, tpe: FileType, id: &Id, _cacheable: bool, content: BytesList) -> RusticResult<()> {
+        let dir = self.dir(tpe, id);
+        let path = self.path(tpe, id);
+        let tmpdir = self.root.join("tmp");
+        mkdir(&tmpdir).map_err(|e| io_err("creating", &tmpdir, e))?;
+        mkdir(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        let tmp = tmpdir.join(format!(
+            "{}-{}-{}",
+            id.to_hex().as_str(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            for b in content.slice() {
+                f.write_all(b)?;
+            }
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("writing", &tmp, e));
+        }
+        fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &path, e))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("fsync", &dir, e))
+    }
+
+    fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
+        let p = self.path(tpe, id);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("removing", &p, e)),
+        }
+    }
+}
+
+/// Why a gated backup must not commit (first reason wins).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Abort(Arc<Mutex<Option<String>>>);
+
+impl Abort {
+    pub fn set(&self, why: String) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(why);
+        }
+    }
+    pub fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// A backend wrapper for one backup: optionally presents a different (in-memory) config, and
+/// refuses to write the snapshot file (the commit) once cancelled or aborted.
+#[derive(Debug)]
+pub(crate) struct GateBackend {
+    inner: Arc<LocalBackend>,
+    config: Option<Bytes>,
+    cancel: Cancel,
+    abort: Abort,
+}
+
+impl GateBackend {
+    pub fn new(inner: Arc<LocalBackend>, config: Option<Bytes>, cancel: Cancel, abort: Abort) -> Self {
+        Self {
+            inner,
+            config,
+            cancel,
+            abort,
+        }
+    }
+}
+
+impl ReadBackend for GateBackend {
+    fn location(&self) -> String {
+        self.inner.location()
+    }
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        self.inner.list_with_size(tpe)
+    }
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        match (&self.config, tpe) {
+            (Some(c), FileType::Config) => Ok(c.clone()),
+            _ => self.inner.read_full(tpe, id),
+        }
+    }
+    fn read_partial(&self, tpe: FileType, id: &Id, cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
+        self.inner.read_partial(tpe, id, cacheable, offset, length)
+    }
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        self.inner.warmup_path(tpe, id)
+    }
+}
+
+impl WriteBackend for GateBackend {
+    fn create(&self) -> RusticResult<()> {
+        self.inner.create()
+    }
+    fn write_bytes(&self, tpe: FileType, id: &Id, cacheable: bool, content: BytesList) -> RusticResult<()> {
+        if self.cancel.is_cancelled() {
+            // Stop writing anything: the backup ends as soon as rustic_core sees the error.
+            return Err(RusticError::new(ErrorKind::Backend, "backup cancelled"));
+        }
+        if tpe == FileType::Snapshot {
+            if let Some(why) = self.abort.get() {
+                return Err(
+                    RusticError::new(ErrorKind::Backend, "backup aborted before commit: {why}")
+                        .attach_context("why", why),
+                );
+            }
+            if tpe == FileType::Config {
+                return Err(RusticError::new(ErrorKind::Backend, "config is read-only here"));
+            }
+        }
+        self.inner.write_bytes(tpe, id, cacheable, content)
+    }
+    fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
+        self.inner.remove(tpe, id, cacheable)
+    }
+}
+
+/// The repository config as rustic_core should see it for disk images: same repository, same
+/// polynomial and compression, `fixed_size` chunker with [`DISK_CHUNK_SIZE`]. Returned
+/// encrypted with the repository's master key, exactly as the config file is stored.
+pub(crate) fn disk_config(config: &ConfigFile, key: &MasterKey) -> Result<Bytes> {
+    let mut c = config.clone();
+    c.chunker = Some(Chunker::FixedSize);
+    c.chunk_size = Some(DISK_CHUNK_SIZE);
+    let json = serde_json::to_vec(&c).map_err(|e| EngineError::Repository(format!("serializing config: {e}")))?;
+    encrypt(key, &json)
+}
+
+/// restic's encryption: nonce (16) ‖ AES-256-CTR ciphertext ‖ Poly1305-AES MAC (16).
+fn encrypt(key: &MasterKey, data: &[u8]) -> Result<Bytes> {
+    let mut k = aes256ctr_poly1305aes::Key::default();
+    if key.encrypt.len() != 32 || key.mac.k.len() != 16 || key.mac.r.len() != 16 {
+        return Err(EngineError::Repository("unexpected master key layout".into()));
+    }
+    k[0..32].copy_from_slice(&key.encrypt);
+    k[32..48].copy_from_slice(&key.mac.k);
+    k[48..64].copy_from_slice(&key.mac.r);
+    let mut nonce = aes256ctr_poly1305aes::aead::Nonce::<Aes256CtrPoly1305Aes>::default();
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut out = Vec::with_capacity(data.len() + 32);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(data);
+    let tag = Aes256CtrPoly1305Aes::new(&k)
+        .encrypt_in_place_detached(&nonce, &[], &mut out[16..])
+        .map_err(|_| EngineError::Repository("encrypting config".into()))?;
+    out.extend_from_slice(&tag);
+    Ok(out.into())
+}
+
+/// An `flock` on `rsvault.lock` in the repository root (see the module doc).
+#[derive(Debug)]
+pub(crate) struct RepoLock {
+    _file: fs::File,
+}
+
+impl RepoLock {
+    pub fn shared(root: &Path) -> Result<Self> {
+        Self::take(root, libc::LOCK_SH)
+    }
+    pub fn exclusive(root: &Path) -> Result<Self> {
+        Self::take(root, libc::LOCK_EX)
+    }
+    fn take(root: &Path, how: libc::c_int) -> Result<Self> {
+        use std::os::fd::AsRawFd;
+        let p = root.join("rsvault.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&p)
+            .ctx(|| format!("open {}", p.display()))?;
+        loop {
+            // SAFETY: flock on a valid, owned file descriptor.
+            let r = unsafe { libc::flock(file.as_raw_fd(), how) };
+            if r == 0 {
+                return Ok(Self { _file: file });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(EngineError::io(format!("lock {}", p.display()), e));
+            }
+        }
+    }
+}

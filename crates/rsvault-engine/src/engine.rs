@@ -1,0 +1,691 @@
+//! [`ResticEngine`]: the rustic_core implementation of [`crate::Engine`].
+//!
+//! Every call opens the repository afresh (no long-lived state, so the engine is trivially
+//! `Send + Sync` and several vaults can be worked on at once) under the repository lock of
+//! [`crate::backend`]. A recovery point's details live in its snapshot's `description` as JSON
+//! (`{"rsvault":1,…}`); the tags `rsvault`, `vault=…`, `item=…`, `job=…`, `rp=…` make them
+//! findable with stock `restic snapshots --tag`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rustic_core::repofile::SnapshotFile;
+use rustic_core::{
+    BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions, PruneOptions,
+    ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, StringList,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{disk_config, Abort, GateBackend, LocalBackend, RepoLock};
+use crate::disk::{probe, ReadStats};
+use crate::error::{EngineError, IoContext, Result};
+use crate::pit::{View, ViewKind};
+use crate::progress::{report_while, Cancel, Counters, Progress, RusticBars, Task};
+use crate::sources::{DiskItem, DiskSet, TreeSource, Warnings};
+use crate::types::*;
+use crate::Engine;
+
+/// The restic-format engine, written through rustic_core.
+///
+/// Opening a repository with its password costs a scrypt derivation (restic's key format: about
+/// 0.3 s and 128 MiB). The engine remembers each repository's master key after the first
+/// successful open, keyed by path and a SHA-256 of the password, so later calls skip it.
+#[derive(Debug, Clone, Default)]
+pub struct ResticEngine {
+    keys: Arc<std::sync::Mutex<KeyCache>>,
+}
+
+type KeyCache = std::collections::HashMap<(PathBuf, String), rustic_core::repofile::MasterKey>;
+
+impl ResticEngine {
+    /// A new engine.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+/// What the snapshot description carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RpMeta {
+    pub rsvault: u32,
+    pub vault: String,
+    pub item: String,
+    pub job: String,
+    pub recovery_point: String,
+    pub kind: RecoveryPointKind,
+    pub expiry: Option<DateTime<Utc>>,
+    pub consistency: Consistency,
+    #[serde(default)]
+    pub disks: Vec<DiskEntry>,
+    #[serde(default)]
+    pub source_root: Option<PathBuf>,
+    #[serde(default)]
+    pub warnings: usize,
+    /// Logical size (sum of regular file sizes for trees, virtual sizes for disks).
+    #[serde(default)]
+    pub total_size: Option<u64>,
+}
+
+pub(crate) type Repo = Repository<OpenStatus>;
+
+impl ResticEngine {
+    fn cache_key(spec: &RepoSpec) -> (PathBuf, String) {
+        use sha2::Digest;
+        (
+            spec.path.clone(),
+            crate::restore::hex(&sha2::Sha256::digest(spec.password.expose().as_bytes())),
+        )
+    }
+
+    pub(crate) fn open_with(
+        &self,
+        spec: &RepoSpec,
+        be: Arc<dyn rustic_core::WriteBackend>,
+        counters: Option<Arc<Counters>>,
+    ) -> Result<Repo> {
+        let backends = RepositoryBackends::new(be, None);
+        let opts = RepositoryOptions::default().no_cache(true);
+        let repo = match counters {
+            Some(c) => Repository::new_with_progress(&opts, &backends, RusticBars(c))?,
+            None => Repository::new(&opts, &backends)?,
+        };
+        let ck = Self::cache_key(spec);
+        let cached = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(&ck).cloned();
+        let repo = match cached {
+            Some(k) => repo.open(&Credentials::Masterkey(k))?,
+            None => {
+                let repo = repo.open(&Credentials::password(spec.password.expose()))?;
+                self.keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ck, repo.key());
+                repo
+            }
+        };
+        Ok(repo)
+    }
+
+    pub(crate) fn open(&self, spec: &RepoSpec, counters: Option<Arc<Counters>>) -> Result<Repo> {
+        if !spec.path.join("config").is_file() {
+            return Err(EngineError::Repository(format!(
+                "no repository at {}",
+                spec.path.display()
+            )));
+        }
+        self.open_with(spec, Arc::new(LocalBackend::new(&spec.path)), counters)
+    }
+}
+
+fn meta_of(snap: &SnapshotFile) -> Option<RpMeta> {
+    let d = snap.description.as_deref()?;
+    let m: RpMeta = serde_json::from_str(d).ok()?;
+    (m.rsvault == 1).then_some(m)
+}
+
+fn to_jiff(t: DateTime<Utc>) -> Result<rustic_core::jiff::Zoned> {
+    let ts = rustic_core::jiff::Timestamp::from_nanosecond(i128::from(
+        t.timestamp_nanos_opt()
+            .ok_or_else(|| EngineError::InvalidRequest("time out of range".into()))?,
+    ))
+    .map_err(|e| EngineError::InvalidRequest(format!("time: {e}")))?;
+    Ok(ts.to_zoned(rustic_core::jiff::tz::TimeZone::UTC))
+}
+
+fn from_jiff(t: &rustic_core::jiff::Zoned) -> DateTime<Utc> {
+    let ns = t.timestamp().as_nanosecond();
+    DateTime::from_timestamp(
+        (ns.div_euclid(1_000_000_000)) as i64,
+        (ns.rem_euclid(1_000_000_000)) as u32,
+    )
+    .unwrap_or_default()
+}
+
+fn info_of(snap: &SnapshotFile, m: RpMeta) -> RecoveryPointInfo {
+    let (total, added) = snap
+        .summary
+        .as_ref()
+        .map(|s| (s.total_bytes_processed, s.data_added_packed))
+        .unwrap_or_default();
+    RecoveryPointInfo {
+        id: m.recovery_point,
+        snapshot_id: snap.id.to_string(),
+        time: from_jiff(&snap.time),
+        kind: m.kind,
+        vault: m.vault,
+        item: m.item,
+        job: m.job,
+        total_size: m.total_size.unwrap_or(total),
+        added_size: added,
+        disks: m.disks,
+        source_root: m.source_root,
+        expiry: m.expiry,
+        consistency: m.consistency,
+        warnings: m.warnings,
+    }
+}
+
+/// All recovery points (snapshot + meta), oldest first. If a crash left two snapshots for one
+/// recovery point (see `commit_consistency`), the less consistent one wins.
+pub(crate) fn all_points<S: rustic_core::Open>(repo: &Repository<S>) -> Result<Vec<(SnapshotFile, RpMeta)>> {
+    let mut snaps: Vec<(SnapshotFile, RpMeta)> = repo
+        .get_all_snapshots()?
+        .into_iter()
+        .filter_map(|s| meta_of(&s).map(|m| (s, m)))
+        .collect();
+    snaps.sort_by(|a, b| a.0.time.cmp(&b.0.time).then(a.0.id.cmp(&b.0.id)));
+    let mut out: Vec<(SnapshotFile, RpMeta)> = Vec::with_capacity(snaps.len());
+    for (s, m) in snaps {
+        if let Some(prev) = out.iter_mut().find(|(_, pm)| pm.recovery_point == m.recovery_point) {
+            if m.consistency == Consistency::Inconsistent {
+                *prev = (s, m);
+            }
+        } else {
+            out.push((s, m));
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn find_point<S: rustic_core::Open>(repo: &Repository<S>, id: &str) -> Result<(SnapshotFile, RpMeta)> {
+    all_points(repo)?
+        .into_iter()
+        .find(|(_, m)| m.recovery_point == id)
+        .ok_or_else(|| EngineError::RecoveryPointNotFound(id.to_string()))
+}
+
+fn validate_tags(t: &RecoveryPointTags) -> Result<()> {
+    for (what, v) in [
+        ("vault", &t.vault),
+        ("item", &t.item),
+        ("job", &t.job),
+        ("recovery point", &t.recovery_point),
+    ] {
+        if v.is_empty() || v.contains(',') || v.contains('\n') {
+            return Err(EngineError::InvalidRequest(format!(
+                "{what} must be non-empty without ',' or newlines"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn new_snapshot(tags: &RecoveryPointTags, time: DateTime<Utc>, meta: &RpMeta) -> Result<SnapshotFile> {
+    let mut snap = SnapshotFile {
+        time: to_jiff(time)?,
+        hostname: "rsvault".into(),
+        label: tags.recovery_point.clone(),
+        description: Some(serde_json::to_string(meta).map_err(|e| EngineError::Repository(e.to_string()))?),
+        ..SnapshotFile::default()
+    };
+    let tag_list = [
+        "rsvault".to_string(),
+        format!("vault={}", tags.vault),
+        format!("item={}", tags.item),
+        format!("job={}", tags.job),
+        format!("rp={}", tags.recovery_point),
+    ];
+    // No tag contains ',' (validate_tags), so the comma-joined form splits back exactly.
+    snap.tags = tag_list
+        .join(",")
+        .parse::<StringList>()
+        .map_err(|e| EngineError::InvalidRequest(format!("tags: {e}")))?;
+    Ok(snap)
+}
+
+/// Runs a rustic_core archive and maps its failure to the engine's reasons.
+fn classify(err: EngineError, cancel: &Cancel, abort: &Abort) -> EngineError {
+    if cancel.is_cancelled() {
+        EngineError::Cancelled
+    } else if let Some(why) = abort.get() {
+        EngineError::Source {
+            path: PathBuf::new(),
+            reason: why,
+        }
+    } else {
+        err
+    }
+}
+
+/// If the copy turned out less consistent than the committed snapshot says, replace the snapshot
+/// by one that says so (save the new one first, then delete the old; a crash in between leaves
+/// both, and listings prefer the inconsistent one).
+fn commit_consistency(
+    repo: &Repo,
+    mut snap: SnapshotFile,
+    meta: &mut RpMeta,
+    consistency: Consistency,
+    warnings: usize,
+) -> Result<SnapshotFile> {
+    if meta.consistency == consistency && meta.warnings == warnings {
+        return Ok(snap);
+    }
+    meta.consistency = consistency;
+    meta.warnings = warnings;
+    let old = snap.id;
+    snap.description = Some(serde_json::to_string(&meta).map_err(|e| EngineError::Repository(e.to_string()))?);
+    snap.id = Default::default();
+    repo.save_snapshots(vec![snap])?;
+    let new = repo
+        .get_all_snapshots()?
+        .into_iter()
+        .find(|s| s.id != old && meta_of(s).is_some_and(|m| m.recovery_point == meta.recovery_point))
+        .ok_or_else(|| EngineError::Repository("re-saved snapshot not found".into()))?;
+    repo.delete_snapshots(&[old])?;
+    Ok(new)
+}
+
+/// Sum of the sizes of the regular files under `dir` (symlinks not followed).
+fn regular_file_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+fn latest_parent(repo: &Repo, item: &str, kind: RecoveryPointKind, root: Option<&Path>) -> Result<Option<String>> {
+    Ok(all_points(repo)?
+        .into_iter()
+        .filter(|(_, m)| m.item == item && m.kind == kind)
+        .filter(|(_, m)| root.is_none() || m.source_root.as_deref() == root)
+        .last()
+        .map(|(s, _)| s.id.to_string()))
+}
+
+fn parent_id(repo: &Repo, explicit: Option<&str>, fallback: Option<String>) -> Result<Option<String>> {
+    match explicit {
+        Some(rp) => Ok(Some(find_point(repo, rp)?.0.id.to_string())),
+        None => Ok(fallback),
+    }
+}
+
+impl Engine for ResticEngine {
+    fn init(&self, spec: &RepoSpec) -> Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.path)
+            .ctx(|| format!("create {}", spec.path.display()))?;
+        let _lock = RepoLock::exclusive(&spec.path)?;
+        if spec.path.join("config").is_file() {
+            self.open(spec, None)?;
+            return Ok(());
+        }
+        let be = Arc::new(LocalBackend::new(&spec.path));
+        let backends = RepositoryBackends::new(be, None);
+        let repo = Repository::new(&RepositoryOptions::default().no_cache(true), &backends)?;
+        let _ = repo.init(
+            &Credentials::password(spec.password.expose()),
+            &KeyOptions::default(),
+            &ConfigOptions::default(),
+        )?;
+        Ok(())
+    }
+
+    fn backup_disks(
+        &self,
+        spec: &RepoSpec,
+        req: &DiskBackupRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<BackupOutcome> {
+        validate_tags(&req.tags)?;
+        if req.disks.is_empty() {
+            return Err(EngineError::InvalidRequest(
+                "a VM backup needs at least one disk".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        for d in &req.disks {
+            if d.name.is_empty() || d.name == "." || d.name == ".." || d.name.contains('/') || d.name.contains('\0') {
+                return Err(EngineError::InvalidRequest(format!("bad disk name '{}'", d.name)));
+            }
+            if !names.insert(d.name.as_str()) {
+                return Err(EngineError::InvalidRequest(format!("duplicate disk name '{}'", d.name)));
+            }
+        }
+        let _lock = RepoLock::shared(&spec.path)?;
+        let plain = self.open(spec, None)?;
+        if all_points(&plain)?
+            .iter()
+            .any(|(_, m)| m.recovery_point == req.tags.recovery_point)
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "recovery point '{}' already exists",
+                req.tags.recovery_point
+            )));
+        }
+
+        // Take Snapshot.
+        let infos = req
+            .disks
+            .iter()
+            .map(|d| probe(&d.path).map(|i| (d, i)))
+            .collect::<Result<Vec<_>>>()?;
+        let total: u64 = infos.iter().map(|(_, i)| i.virtual_size).sum();
+        progress.update(Task::Snapshot, 0, total);
+        let mut views = Vec::new();
+        let mut done = 0;
+        for (d, i) in &infos {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            views.push(View::take(&d.path)?);
+            done += i.virtual_size;
+            progress.update(Task::Snapshot, done, total);
+        }
+
+        let mut meta = RpMeta {
+            rsvault: 1,
+            vault: req.tags.vault.clone(),
+            item: req.tags.item.clone(),
+            job: req.tags.job.clone(),
+            recovery_point: req.tags.recovery_point.clone(),
+            kind: RecoveryPointKind::Disks,
+            expiry: req.expiry,
+            consistency: Consistency::CrashConsistent,
+            disks: infos
+                .iter()
+                .map(|(d, i)| DiskEntry {
+                    name: d.name.clone(),
+                    source_path: d.path.clone(),
+                    source_format: i.format,
+                    virtual_size: i.virtual_size,
+                })
+                .collect(),
+            source_root: None,
+            warnings: 0,
+            total_size: Some(infos.iter().map(|(_, i)| i.virtual_size).sum()),
+        };
+        let snap = new_snapshot(&req.tags, req.time, &meta)?;
+        let parent = parent_id(
+            &plain,
+            req.parent.as_deref(),
+            latest_parent(&plain, &req.tags.item, RecoveryPointKind::Disks, None)?,
+        )?;
+
+        // Transfer data to vault.
+        let abort = Abort::default();
+        let stats = Arc::new(ReadStats::default());
+        let items = infos
+            .iter()
+            .zip(&views)
+            .map(|((d, i), v)| {
+                let m = std::fs::metadata(&d.path).ctx(|| format!("stat {}", d.path.display()))?;
+                let mtime = m
+                    .modified()
+                    .ok()
+                    .and_then(|t| rustic_core::jiff::Timestamp::try_from(t).ok());
+                Ok(DiskItem {
+                    name: d.name.clone(),
+                    path: v.path().to_path_buf(),
+                    format: i.format,
+                    size: i.virtual_size,
+                    mtime,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let config = disk_config(plain.config(), &plain.key())?;
+        let counters = Arc::new(Counters::default());
+        counters.set_total(total);
+        let gate = Arc::new(GateBackend::new(
+            Arc::new(LocalBackend::new(&spec.path)),
+            Some(config),
+            cancel.clone(),
+            abort.clone(),
+        ));
+        let source = DiskSet {
+            items,
+            cancel: cancel.clone(),
+            abort: abort.clone(),
+            stats: stats.clone(),
+        };
+        let paths: Vec<PathBuf> = req.disks.iter().map(|d| PathBuf::from(&d.name)).collect();
+        let opts = BackupOptions::default().parent_opts(
+            ParentOptions::default()
+                .parents(parent.into_iter().collect::<Vec<_>>())
+                .ignore_ctime(true)
+                .ignore_inode(true),
+        );
+        let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
+            let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
+            Ok(repo.archive(&opts, &source, snap, &paths)?)
+        });
+        let snap = result.map_err(|e| classify(e, cancel, &abort))?;
+        // A cancel that arrives after the commit is too late: the recovery point is complete.
+
+        let mut warnings = Vec::new();
+        for v in &views {
+            if let Some(w) = v.check()? {
+                warnings.push(w);
+            }
+        }
+        let consistency = if warnings.is_empty() {
+            Consistency::CrashConsistent
+        } else {
+            Consistency::Inconsistent
+        };
+        let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.len())?;
+        let reflinked_disks = req
+            .disks
+            .iter()
+            .zip(&views)
+            .filter(|(_, v)| v.kind() == ViewKind::Reflink)
+            .map(|(d, _)| d.name.clone())
+            .collect();
+        let rp = info_of(&snap, meta);
+        Ok(BackupOutcome {
+            reflinked_disks,
+            bytes_scanned: stats.scanned.load(Ordering::Relaxed),
+            bytes_skipped_unallocated: stats.skipped.load(Ordering::Relaxed),
+            bytes_added: rp.added_size,
+            consistency,
+            warnings,
+            recovery_point: rp,
+        })
+    }
+
+    fn backup_tree(
+        &self,
+        spec: &RepoSpec,
+        req: &TreeBackupRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<BackupOutcome> {
+        validate_tags(&req.tags)?;
+        let root = std::fs::canonicalize(&req.root).map_err(|e| EngineError::Source {
+            path: req.root.clone(),
+            reason: e.to_string(),
+        })?;
+        if !root.is_dir() {
+            return Err(EngineError::Source {
+                path: root,
+                reason: "not a directory".into(),
+            });
+        }
+        let _lock = RepoLock::shared(&spec.path)?;
+        let plain = self.open(spec, None)?;
+        if all_points(&plain)?
+            .iter()
+            .any(|(_, m)| m.recovery_point == req.tags.recovery_point)
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "recovery point '{}' already exists",
+                req.tags.recovery_point
+            )));
+        }
+        // A tree has no whole-tree snapshot here: "Take Snapshot" is the per-file guard.
+        progress.update(Task::Snapshot, 1, 1);
+        let mut meta = RpMeta {
+            rsvault: 1,
+            vault: req.tags.vault.clone(),
+            item: req.tags.item.clone(),
+            job: req.tags.job.clone(),
+            recovery_point: req.tags.recovery_point.clone(),
+            kind: RecoveryPointKind::Tree,
+            expiry: req.expiry,
+            consistency: Consistency::FileSystemConsistent,
+            disks: vec![],
+            source_root: Some(root.clone()),
+            warnings: 0,
+            // rustic_core's summary counts symlink lengths for unchanged entries only, so the
+            // logical size is measured here: regular files, walked just before the backup.
+            total_size: Some(regular_file_bytes(&root)),
+        };
+        let snap = new_snapshot(&req.tags, req.time, &meta)?;
+        let parent = parent_id(
+            &plain,
+            req.parent.as_deref(),
+            latest_parent(&plain, &req.tags.item, RecoveryPointKind::Tree, Some(&root))?,
+        )?;
+        let warnings = Warnings::default();
+        let abort = Abort::default();
+        let source = TreeSource::new(&root, cancel.clone(), warnings.clone())?;
+        let scanned = source.scanned();
+        let counters = Arc::new(Counters::default());
+        let gate = Arc::new(GateBackend::new(
+            Arc::new(LocalBackend::new(&spec.path)),
+            None,
+            cancel.clone(),
+            abort.clone(),
+        ));
+        let opts = BackupOptions::default()
+            .parent_opts(ParentOptions::default().parents(parent.into_iter().collect::<Vec<_>>()));
+        let paths = vec![root.clone()];
+        let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
+            let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
+            Ok(repo.archive(&opts, &source, snap, &paths)?)
+        });
+        let snap = result.map_err(|e| classify(e, cancel, &abort))?;
+        let list = warnings.take();
+        let consistency = if warnings.changed() {
+            Consistency::Inconsistent
+        } else {
+            Consistency::FileSystemConsistent
+        };
+        let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.count())?;
+        let rp = info_of(&snap, meta);
+        Ok(BackupOutcome {
+            bytes_scanned: scanned.load(Ordering::Relaxed),
+            bytes_skipped_unallocated: 0,
+            bytes_added: rp.added_size,
+            consistency,
+            reflinked_disks: vec![],
+            warnings: list,
+            recovery_point: rp,
+        })
+    }
+
+    fn recovery_points(&self, spec: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {
+        let _lock = RepoLock::shared(&spec.path)?;
+        let repo = self.open(spec, None)?;
+        Ok(all_points(&repo)?
+            .into_iter()
+            .filter(|(_, m)| filter.item.as_ref().is_none_or(|i| *i == m.item))
+            .filter(|(_, m)| filter.kind.is_none_or(|k| k == m.kind))
+            .map(|(s, m)| info_of(&s, m))
+            .collect())
+    }
+
+    fn recovery_point(&self, spec: &RepoSpec, id: &str) -> Result<RecoveryPointInfo> {
+        let _lock = RepoLock::shared(&spec.path)?;
+        let repo = self.open(spec, None)?;
+        let (s, m) = find_point(&repo, id)?;
+        Ok(info_of(&s, m))
+    }
+
+    fn delete_recovery_points(&self, spec: &RepoSpec, ids: &[String]) -> Result<usize> {
+        let _lock = RepoLock::exclusive(&spec.path)?;
+        let repo = self.open(spec, None)?;
+        let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
+        // Every snapshot of a wanted recovery point (including crash duplicates).
+        let snaps: Vec<_> = repo
+            .get_all_snapshots()?
+            .into_iter()
+            .filter_map(|s| meta_of(&s).map(|m| (s.id, m.recovery_point)))
+            .filter(|(_, rp)| wanted.contains(rp.as_str()))
+            .collect();
+        let n = snaps.iter().map(|(_, rp)| rp.as_str()).collect::<HashSet<_>>().len();
+        let ids: Vec<_> = snaps.into_iter().map(|(id, _)| id).collect();
+        repo.delete_snapshots(&ids)?;
+        Ok(n)
+    }
+
+    fn prune(&self, spec: &RepoSpec, now: DateTime<Utc>) -> Result<PruneReport> {
+        let _lock = RepoLock::exclusive(&spec.path)?;
+        let repo = self.open(spec, None)?;
+        let mut report = PruneReport::default();
+        let mut expired = Vec::new();
+        for s in repo.get_all_snapshots()? {
+            if let Some(m) = meta_of(&s) {
+                if m.expiry.is_some_and(|e| e <= now) {
+                    expired.push(s.id);
+                    if !report.expired.contains(&m.recovery_point) {
+                        report.expired.push(m.recovery_point);
+                    }
+                }
+            }
+        }
+        repo.delete_snapshots(&expired)?;
+        // The exclusive lock keeps rsvault's writers out, so unreferenced packs can go at once.
+        let opts = PruneOptions::default().instant_delete(true);
+        let plan = repo.prune_plan(&opts)?;
+        report.packs_removed = plan.stats.packs_to_delete.remove + plan.stats.packs.repack;
+        report.bytes_removed = plan.stats.size_to_delete.remove;
+        repo.prune(&opts, plan)?;
+        LocalBackend::new(&spec.path).clean_tmp()?;
+        Ok(report)
+    }
+
+    fn restore_disks(
+        &self,
+        spec: &RepoSpec,
+        req: &DiskRestoreRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<RestoreOutcome> {
+        let _lock = RepoLock::shared(&spec.path)?;
+        crate::restore::restore_disks(self, spec, req, progress, cancel)
+    }
+
+    fn restore_tree(
+        &self,
+        spec: &RepoSpec,
+        req: &TreeRestoreRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<RestoreOutcome> {
+        let _lock = RepoLock::shared(&spec.path)?;
+        crate::restore::restore_tree(self, spec, req, progress, cancel)
+    }
+
+    fn verify(&self, spec: &RepoSpec, read_data: ReadData) -> Result<VerifyReport> {
+        let _lock = RepoLock::exclusive(&spec.path)?;
+        let repo = self.open(spec, None)?;
+        let opts = match read_data {
+            ReadData::None => CheckOptions::default(),
+            ReadData::All => CheckOptions::default().read_data(true),
+            ReadData::Percent(p) => CheckOptions::default()
+                .read_data(true)
+                .read_data_subset(ReadSubsetOption::Percentage(p)),
+        };
+        let results = repo.check(opts)?;
+        let problems: Vec<String> = results.0.iter().map(|(level, e)| format!("{level:?}: {e}")).collect();
+        // rustic_core does not export the level type; its Debug form is `Warn` or `Error`.
+        let ok = !results.0.iter().any(|(l, _)| format!("{l:?}") == "Error");
+        Ok(VerifyReport { ok, problems })
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt;

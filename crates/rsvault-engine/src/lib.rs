@@ -1,0 +1,97 @@
+//! rsvault's vault engine: the data plane behind "Take Snapshot", "Transfer data to vault" and
+//! restore.
+//!
+//! A vault is one repository in the **restic repository format** (v2, compressed), written
+//! through `rustic_core` (pinned `=0.13.0`), so stock `restic` (0.14 or later) can list and
+//! restore every recovery point with the vault's password. The job layer talks to the
+//! object-safe [`Engine`] trait only; [`ResticEngine`] is the rustic_core implementation.
+//!
+//! * VM disks ([`Engine::backup_disks`]): each disk's guest-visible content (qcow2 through
+//!   `imago`, raw directly), 4 MiB fixed-size chunks, unallocated regions not read.
+//! * File shares ([`Engine::backup_tree`]): the directory tree with metadata, restic's
+//!   content-defined chunks, unchanged files taken from the parent snapshot.
+//! * A recovery point is a snapshot tagged with vault, item, job and recovery point id, with the
+//!   details the API reports in the snapshot's description (JSON, see [`RecoveryPointInfo`]).
+//!
+//! Modules: [`keyring`] (per-vault passwords sealed with the server key), [`disk`] (image
+//! probing/reading/writing), [`backend`] (storage rules: atomic writes, fsync, locking),
+//! [`progress`] (progress sink and cancellation); the rest is private.
+
+pub mod backend;
+pub mod disk;
+mod engine;
+pub mod error;
+pub mod keyring;
+mod pit;
+pub mod progress;
+mod restore;
+mod sources;
+mod types;
+
+pub use disk::{probe, DiskInfo, ImageFormat};
+pub use engine::ResticEngine;
+pub use error::{EngineError, Result};
+pub use keyring::{Secret, VaultKeys};
+pub use progress::{Cancel, NoProgress, Progress, Task};
+pub use types::*;
+
+/// The narrow interface the job layer calls. All calls block; run them on a blocking thread.
+/// Long calls report to `progress` and stop early (committing nothing) when `cancel` is set.
+pub trait Engine: Send + Sync {
+    /// Creates the vault's repository if it does not exist; opens it (checking the password) if
+    /// it does. Idempotent.
+    fn init(&self, repo: &RepoSpec) -> Result<()>;
+
+    /// Backs up every disk of a VM as one recovery point.
+    fn backup_disks(
+        &self,
+        repo: &RepoSpec,
+        req: &DiskBackupRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<BackupOutcome>;
+
+    /// Backs up a directory tree (a file share) as one recovery point.
+    fn backup_tree(
+        &self,
+        repo: &RepoSpec,
+        req: &TreeBackupRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<BackupOutcome>;
+
+    /// Recovery points matching `filter`, oldest first.
+    fn recovery_points(&self, repo: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>>;
+
+    /// One recovery point by id ([`EngineError::RecoveryPointNotFound`] if absent).
+    fn recovery_point(&self, repo: &RepoSpec, id: &str) -> Result<RecoveryPointInfo>;
+
+    /// Deletes recovery points (their data is reclaimed by the next [`Engine::prune`]). Returns
+    /// how many were deleted; unknown ids are ignored.
+    fn delete_recovery_points(&self, repo: &RepoSpec, ids: &[String]) -> Result<usize>;
+
+    /// Deletes recovery points whose expiry is at or before `now`, then removes unreferenced
+    /// data (including orphans of cancelled or crashed backups).
+    fn prune(&self, repo: &RepoSpec, now: chrono::DateTime<chrono::Utc>) -> Result<PruneReport>;
+
+    /// Restores VM disks as images, verified against the snapshot's content hashes.
+    fn restore_disks(
+        &self,
+        repo: &RepoSpec,
+        req: &DiskRestoreRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<RestoreOutcome>;
+
+    /// Restores files of a share (all or chosen paths), verified against the content hashes.
+    fn restore_tree(
+        &self,
+        repo: &RepoSpec,
+        req: &TreeRestoreRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<RestoreOutcome>;
+
+    /// Checks the vault's integrity: structure always, pack contents if `read_data` asks.
+    fn verify(&self, repo: &RepoSpec, read_data: ReadData) -> Result<VerifyReport>;
+}

@@ -1,0 +1,305 @@
+//! The sources rustic_core's archiver reads: disk sets and directory trees.
+//!
+//! Both wrap their readers so that cancellation and source errors are seen by the engine, not
+//! just logged: rustic_core's archiver skips an entry whose read fails and still commits the
+//! snapshot, so every failure here is also recorded (an [`Abort`] for disks, a warning for
+//! files of a tree) and cancellation stops the walk and fails every further read.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use rustic_core::repofile::{Metadata, Node, NodeType};
+use rustic_core::{
+    ErrorKind, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource, ReadSourceEntry,
+    ReadSourceOpen, RusticError, RusticResult,
+};
+
+use crate::backend::Abort;
+use crate::disk::{DiskReader, ImageFormat, ReadStats};
+use crate::pit::Stamp;
+use crate::progress::Cancel;
+
+/// Collected warnings (capped; the count is exact).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Warnings(Arc<Mutex<(Vec<String>, usize)>>, Arc<std::sync::atomic::AtomicBool>);
+
+const MAX_WARNINGS: usize = 50;
+
+impl Warnings {
+    pub fn push(&self, w: String) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.1 += 1;
+        if g.0.len() < MAX_WARNINGS {
+            g.0.push(w);
+        }
+    }
+    /// The kept warnings, plus a summary line if some were dropped.
+    pub fn take(&self) -> Vec<String> {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = g.0.clone();
+        if g.1 > v.len() {
+            v.push(format!("... and {} more warnings", g.1 - v.len()));
+        }
+        v
+    }
+    /// Records that a source changed while it was read.
+    pub fn push_changed(&self, w: String) {
+        self.1.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.push(w);
+    }
+    /// Whether a source changed while it was read.
+    pub fn changed(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    pub fn count(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+}
+
+/// One disk to archive: read from `path` (the point-in-time view), stored as `name`.
+#[derive(Clone)]
+pub(crate) struct DiskItem {
+    pub name: String,
+    pub path: PathBuf,
+    pub format: ImageFormat,
+    pub size: u64,
+    pub mtime: Option<rustic_core::jiff::Timestamp>,
+}
+
+/// The disks of one VM backup, each a file in the snapshot's root.
+pub(crate) struct DiskSet {
+    pub items: Vec<DiskItem>,
+    pub cancel: Cancel,
+    pub abort: Abort,
+    pub stats: Arc<ReadStats>,
+}
+
+#[derive(Clone)]
+pub(crate) struct DiskOpen {
+    item: DiskItem,
+    cancel: Cancel,
+    abort: Abort,
+    stats: Arc<ReadStats>,
+}
+
+impl ReadSourceOpen for DiskOpen {
+    type Reader = DiskReader;
+    fn open(self) -> RusticResult<DiskReader> {
+        DiskReader::open(
+            &self.item.path,
+            self.item.format,
+            self.item.size,
+            self.cancel,
+            self.abort.clone(),
+            self.stats,
+        )
+        .map_err(|e| {
+            self.abort.set(e.to_string());
+            RusticError::new(ErrorKind::InputOutput, "opening disk failed: {e}").attach_context("e", e.to_string())
+        })
+    }
+}
+
+impl ReadSource for DiskSet {
+    type Open = DiskOpen;
+    type Iter = std::vec::IntoIter<RusticResult<ReadSourceEntry<DiskOpen>>>;
+
+    fn size(&self) -> RusticResult<Option<u64>> {
+        Ok(Some(self.items.iter().map(|i| i.size).sum()))
+    }
+
+    fn entries(&self) -> Self::Iter {
+        let mut v: Vec<_> = self.items.clone();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v.into_iter()
+            .map(|item| {
+                let mut meta = Metadata::default();
+                meta.size = item.size;
+                meta.mode = Some(0o100_600);
+                meta.mtime = item.mtime;
+                let node = Node::new_node(item.name.as_ref(), NodeType::File, meta);
+                Ok(ReadSourceEntry {
+                    path: PathBuf::from(&item.name),
+                    node,
+                    open: Some(DiskOpen {
+                        item,
+                        cancel: self.cancel.clone(),
+                        abort: self.abort.clone(),
+                        stats: self.stats.clone(),
+                    }),
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+}
+
+/// A directory tree (a file share), read through rustic_core's `LocalSource`.
+pub(crate) struct TreeSource {
+    inner: LocalSource,
+    cancel: Cancel,
+    warnings: Warnings,
+    scanned: Arc<AtomicU64>,
+}
+
+impl TreeSource {
+    pub fn new(root: &Path, cancel: Cancel, warnings: Warnings) -> RusticResult<Self> {
+        let inner = LocalSource::new(
+            LocalSourceSaveOptions::default(),
+            &rustic_core::Excludes::default(),
+            &LocalSourceFilterOptions::default(),
+            &[root],
+        )?;
+        Ok(Self {
+            inner,
+            cancel,
+            warnings,
+            scanned: Arc::default(),
+        })
+    }
+    pub fn scanned(&self) -> Arc<AtomicU64> {
+        self.scanned.clone()
+    }
+}
+
+pub(crate) struct TreeOpen {
+    inner: <LocalSource as ReadSource>::Open,
+    path: PathBuf,
+    before: Option<(u64, Option<i128>, Option<i128>)>,
+    cancel: Cancel,
+    warnings: Warnings,
+    scanned: Arc<AtomicU64>,
+}
+
+fn ts_ns(t: Option<rustic_core::jiff::Timestamp>) -> Option<i128> {
+    t.map(|t| t.as_nanosecond())
+}
+
+impl ReadSourceOpen for TreeOpen {
+    type Reader = GuardedFile;
+    fn open(self) -> RusticResult<GuardedFile> {
+        if self.cancel.is_cancelled() {
+            return Err(RusticError::new(ErrorKind::InputOutput, "cancelled"));
+        }
+        match self.inner.open() {
+            Ok(file) => Ok(GuardedFile {
+                file,
+                path: self.path,
+                before: self.before,
+                cancel: self.cancel,
+                warnings: self.warnings,
+                scanned: self.scanned,
+                read: 0,
+            }),
+            Err(e) => {
+                self.warnings.push(format!(
+                    "{} was not backed up: {}",
+                    self.path.display(),
+                    e.display_log()
+                ));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A file of a tree being read, checked against its walk-time metadata when fully read.
+pub(crate) struct GuardedFile {
+    file: fs::File,
+    path: PathBuf,
+    before: Option<(u64, Option<i128>, Option<i128>)>,
+    cancel: Cancel,
+    warnings: Warnings,
+    scanned: Arc<AtomicU64>,
+    read: u64,
+}
+
+impl std::io::Read for GuardedFile {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        let n = match self.file.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                self.warnings
+                    .push(format!("{} could not be read completely: {e}", self.path.display()));
+                return Err(e);
+            }
+        };
+        self.read += n as u64;
+        self.scanned.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        if n == 0 && !buf.is_empty() {
+            if let (Some(before), Ok(m)) = (self.before.take(), self.file.metadata()) {
+                let now = Stamp::of_meta(&m);
+                let changed = before.0 != now.size
+                    || self.read != before.0
+                    || before.1.is_some_and(|t| t != now.mtime_ns)
+                    || before.2.is_some_and(|t| t != now.ctime_ns);
+                if changed {
+                    self.warnings.push_changed(format!(
+                        "{} changed while it was read; its copy may be inconsistent",
+                        self.path.display()
+                    ));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+pub(crate) struct TreeIter {
+    inner: <LocalSource as ReadSource>::Iter,
+    cancel: Cancel,
+    warnings: Warnings,
+    scanned: Arc<AtomicU64>,
+}
+
+impl Iterator for TreeIter {
+    type Item = RusticResult<ReadSourceEntry<TreeOpen>>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.cancel.is_cancelled() {
+            return None;
+        }
+        Some(match self.inner.next()? {
+            Ok(e) => {
+                let before = (e.node.node_type == NodeType::File)
+                    .then(|| (e.node.meta.size, ts_ns(e.node.meta.mtime), ts_ns(e.node.meta.ctime)));
+                Ok(ReadSourceEntry {
+                    open: e.open.map(|inner| TreeOpen {
+                        inner,
+                        path: e.path.clone(),
+                        before,
+                        cancel: self.cancel.clone(),
+                        warnings: self.warnings.clone(),
+                        scanned: self.scanned.clone(),
+                    }),
+                    path: e.path,
+                    node: e.node,
+                })
+            }
+            Err(e) => {
+                self.warnings.push(format!("an entry was skipped: {}", e.display_log()));
+                Err(e)
+            }
+        })
+    }
+}
+
+impl ReadSource for TreeSource {
+    type Open = TreeOpen;
+    type Iter = TreeIter;
+    fn size(&self) -> RusticResult<Option<u64>> {
+        self.inner.size()
+    }
+    fn entries(&self) -> TreeIter {
+        TreeIter {
+            inner: self.inner.entries(),
+            cancel: self.cancel.clone(),
+            warnings: self.warnings.clone(),
+            scanned: self.scanned.clone(),
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The request and answer types of [`crate::Engine`].
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::disk::ImageFormat;
+use crate::keyring::Secret;
+
+/// Where a vault's repository is and how to open it.
+#[derive(Debug, Clone)]
+pub struct RepoSpec {
+    /// The repository directory.
+    pub path: PathBuf,
+    /// The repository password (clear; see [`crate::VaultKeys`]).
+    pub password: Secret,
+}
+
+/// One disk of a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSource {
+    /// Name of the disk inside the recovery point (a file name: no `/`, not `.` or `..`).
+    pub name: String,
+    /// Path of the raw or qcow2 image.
+    pub path: PathBuf,
+}
+
+/// The identity of a recovery point, stored as snapshot tags and in its description.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPointTags {
+    /// The vault's ARM id.
+    pub vault: String,
+    /// The protected item's name or id.
+    pub item: String,
+    /// The job that made the recovery point.
+    pub job: String,
+    /// The recovery point's id (unique in the vault).
+    pub recovery_point: String,
+}
+
+/// A VM backup.
+#[derive(Debug, Clone)]
+pub struct DiskBackupRequest {
+    /// Every disk of the VM (at least one, unique names).
+    pub disks: Vec<DiskSource>,
+    /// Identity of the new recovery point.
+    pub tags: RecoveryPointTags,
+    /// The recovery point's time (from the control plane's clock).
+    pub time: DateTime<Utc>,
+    /// When the recovery point expires (pruned by [`crate::Engine::prune`] after this).
+    pub expiry: Option<DateTime<Utc>>,
+    /// Recovery point to use as parent (unchanged disks are not re-read); `None` = the item's
+    /// latest disk recovery point.
+    pub parent: Option<String>,
+}
+
+/// A file share backup.
+#[derive(Debug, Clone)]
+pub struct TreeBackupRequest {
+    /// The directory to back up (absolute).
+    pub root: PathBuf,
+    /// Identity of the new recovery point.
+    pub tags: RecoveryPointTags,
+    /// The recovery point's time.
+    pub time: DateTime<Utc>,
+    /// Expiry, as for disks.
+    pub expiry: Option<DateTime<Utc>>,
+    /// Parent recovery point (unchanged files are not re-read); `None` = the item's latest tree
+    /// recovery point of the same root.
+    pub parent: Option<String>,
+}
+
+/// What a recovery point holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RecoveryPointKind {
+    /// The disks of a VM.
+    Disks,
+    /// A directory tree.
+    Tree,
+}
+
+/// How consistent the copy in a recovery point is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Every disk as of one instant (reflink clone, or a guarded read that saw no change): what
+    /// the guest would find after a power loss. No guest cooperation (no fsfreeze).
+    CrashConsistent,
+    /// Every file of a tree read without changing during its own read (files are not all from
+    /// the same instant).
+    FileSystemConsistent,
+    /// The source changed while it was read; the copy may mix old and new data.
+    Inconsistent,
+}
+
+/// One disk inside a recovery point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskEntry {
+    /// Name inside the recovery point.
+    pub name: String,
+    /// The image it was read from.
+    pub source_path: PathBuf,
+    /// The format of that image.
+    pub source_format: ImageFormat,
+    /// Guest-visible size in bytes.
+    pub virtual_size: u64,
+}
+
+/// A recovery point, as the API reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecoveryPointInfo {
+    /// The recovery point id (from [`RecoveryPointTags::recovery_point`]).
+    pub id: String,
+    /// The restic snapshot id holding it.
+    pub snapshot_id: String,
+    /// Its time.
+    pub time: DateTime<Utc>,
+    /// Disks or tree.
+    pub kind: RecoveryPointKind,
+    /// Vault, item and job.
+    pub vault: String,
+    /// Protected item.
+    pub item: String,
+    /// Job that made it.
+    pub job: String,
+    /// Total (logical) size of the data it holds, in bytes.
+    pub total_size: u64,
+    /// New data this backup added to the vault (compressed, encrypted), in bytes.
+    pub added_size: u64,
+    /// The disks (for [`RecoveryPointKind::Disks`]).
+    pub disks: Vec<DiskEntry>,
+    /// The backed-up directory (for [`RecoveryPointKind::Tree`]).
+    pub source_root: Option<PathBuf>,
+    /// Expiry time, if any.
+    pub expiry: Option<DateTime<Utc>>,
+    /// Consistency of the copy.
+    pub consistency: Consistency,
+    /// Number of warnings the backup had.
+    pub warnings: usize,
+}
+
+/// Which recovery points to list.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryPointFilter {
+    /// Only this protected item.
+    pub item: Option<String>,
+    /// Only this kind.
+    pub kind: Option<RecoveryPointKind>,
+}
+
+/// The result of a backup.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// The new recovery point.
+    pub recovery_point: RecoveryPointInfo,
+    /// Bytes read from the source (guest-visible bytes for disks).
+    pub bytes_scanned: u64,
+    /// Bytes not read because the image marks them unallocated.
+    pub bytes_skipped_unallocated: u64,
+    /// New bytes written to the vault (after dedup and compression).
+    pub bytes_added: u64,
+    /// Consistency of the copy.
+    pub consistency: Consistency,
+    /// Disks whose point-in-time view was a reflink clone (the others were read guarded).
+    pub reflinked_disks: Vec<String>,
+    /// Warnings for the job (`CompletedWithWarnings` if not empty).
+    pub warnings: Vec<String>,
+}
+
+/// Where restored disks go.
+#[derive(Debug, Clone)]
+pub enum DiskRestoreTarget {
+    /// New images `DIR/{disk name}`; existing files are never overwritten.
+    Directory(PathBuf),
+    /// Replace each disk's original image (atomically: temp file, fsync, rename, fsync dir).
+    Original,
+}
+
+/// A VM disk restore.
+#[derive(Debug, Clone)]
+pub struct DiskRestoreRequest {
+    /// The recovery point.
+    pub recovery_point: String,
+    /// Disks to restore by name (`None` = all).
+    pub disks: Option<Vec<String>>,
+    /// Where.
+    pub target: DiskRestoreTarget,
+    /// Image format to write; `None` = raw for a directory, the original format for `Original`.
+    pub format: Option<ImageFormat>,
+}
+
+/// What to do when a restored file already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConflictPolicy {
+    /// Replace it.
+    Overwrite,
+    /// Keep the existing one.
+    Skip,
+    /// Fail before writing anything.
+    FailOnConflict,
+}
+
+/// A file share restore.
+#[derive(Debug, Clone)]
+pub struct TreeRestoreRequest {
+    /// The recovery point.
+    pub recovery_point: String,
+    /// Paths relative to the share root (`None` = everything).
+    pub paths: Option<Vec<PathBuf>>,
+    /// Target directory (`None` = the original root).
+    pub target: Option<PathBuf>,
+    /// Conflict option.
+    pub conflict: ConflictPolicy,
+}
+
+/// The result of a restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOutcome {
+    /// Files (or images) written.
+    pub files_restored: u64,
+    /// Files skipped because of [`ConflictPolicy::Skip`].
+    pub files_skipped: u64,
+    /// Bytes restored and verified.
+    pub bytes_restored: u64,
+    /// The restored images or the target directory.
+    pub paths: Vec<PathBuf>,
+}
+
+/// How much pack data [`crate::Engine::verify`] reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReadData {
+    /// Structure only (index, trees, snapshots).
+    None,
+    /// A random subset of about this percentage of the pack data.
+    Percent(f64),
+    /// All pack data.
+    All,
+}
+
+/// The result of a verify.
+#[derive(Debug, Clone, Default)]
+pub struct VerifyReport {
+    /// No error found.
+    pub ok: bool,
+    /// Errors and warnings found.
+    pub problems: Vec<String>,
+}
+
+/// The result of a prune.
+#[derive(Debug, Clone, Default)]
+pub struct PruneReport {
+    /// Recovery points deleted because they expired.
+    pub expired: Vec<String>,
+    /// Pack files removed.
+    pub packs_removed: u64,
+    /// Bytes removed from the vault.
+    pub bytes_removed: u64,
+}

@@ -1,5 +1,5 @@
 //! Helpers shared by the engine's integration tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::new_without_default)]
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -297,9 +297,7 @@ fn regular_file_bytes(dir: &Path) -> u64 {
 fn latest_parent(repo: &Repo, item: &str, kind: RecoveryPointKind, root: Option<&Path>) -> Result<Option<String>> {
     Ok(all_points(repo)?
         .into_iter()
-        .filter(|(_, m)| m.item == item && m.kind == kind)
-        .filter(|(_, m)| root.is_none() || m.source_root.as_deref() == root)
-        .last()
+        .rfind(|(_, m)| m.item == item && m.kind == kind && (root.is_none() || m.source_root.as_deref() == root))
         .map(|(s, _)| s.id.to_string()))
 }
 

@@ -110,6 +110,8 @@ impl ReadSource for DiskSet {
         Ok(Some(self.items.iter().map(|i| i.size).sum()))
     }
 
+    // `Metadata` is non-exhaustive: no struct literal possible.
+    #[allow(clippy::field_reassign_with_default)]
     fn entries(&self) -> Self::Iter {
         let mut v: Vec<_> = self.items.clone();
         v.sort_by(|a, b| a.name.cmp(&b.name));

@@ -339,6 +339,22 @@ fn stock_restic_restores_the_same_bytes() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], disk_rp.snapshot_id);
 
+    // Disk images are stored in fixed 4 MiB chunks (restic's own chunker would average 1 MiB).
+    let out = restic(&v.spec, &["cat", "snapshot", &disk_rp.snapshot_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = restic(&v.spec, &["cat", "blob", snap["tree"].as_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tree: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let disk0 = tree["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "disk0")
+        .unwrap();
+    let chunks = disk0["content"].as_array().unwrap().len();
+    assert_eq!(chunks, bytes.len().div_ceil(4 * 1024 * 1024), "fixed-size chunks");
+
     let t = v.path("restic-out");
     let out = restic(
         &v.spec,

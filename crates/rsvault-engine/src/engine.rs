@@ -151,7 +151,7 @@ fn info_of(snap: &SnapshotFile, m: RpMeta) -> RecoveryPointInfo {
         .unwrap_or_default();
     RecoveryPointInfo {
         id: m.recovery_point,
-        snapshot_id: snap.id.to_string(),
+        snapshot_id: snap.id.to_hex().to_string(),
         time: from_jiff(&snap.time),
         kind: m.kind,
         vault: m.vault,
@@ -639,8 +639,10 @@ impl Engine for ResticEngine {
         // The exclusive lock keeps rsvault's writers out, so unreferenced packs can go at once.
         let opts = PruneOptions::default().instant_delete(true);
         let plan = repo.prune_plan(&opts)?;
-        report.packs_removed = plan.stats.packs_to_delete.remove + plan.stats.packs.repack;
-        report.bytes_removed = plan.stats.size_to_delete.remove;
+        let st = &plan.stats;
+        report.packs_removed = st.packs.unused + st.packs_to_delete.remove + st.packs_unref;
+        let sizes = st.size_sum();
+        report.bytes_removed = sizes.remove + sizes.repackrm + st.size_to_delete.remove + st.size_unref;
         repo.prune(&opts, plan)?;
         LocalBackend::new(&spec.path).clean_tmp()?;
         Ok(report)

@@ -19,6 +19,7 @@ pub struct Vault {
     pub engine: ResticEngine,
 }
 
+#[allow(clippy::new_without_default)]
 impl Vault {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();

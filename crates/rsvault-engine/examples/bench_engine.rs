@@ -128,6 +128,8 @@ fn du(p: &Path) -> u64 {
 }
 
 /// Runs `cmd` as a child; returns (seconds, peak RSS bytes).
+// The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
+#[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> (f64, u64) {
     let start = Instant::now();
     let child = cmd.spawn().expect("spawn");

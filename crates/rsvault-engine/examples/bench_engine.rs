@@ -127,8 +127,7 @@ fn du(p: &Path) -> u64 {
         .sum()
 }
 
-/// Runs `cmd` as a child; returns (seconds, peak RSS bytes).
-// The child is reaped by `wait4` (which also gives its peak RSS), not by `Child::wait`.
+/// Runs `cmd` as a child; returns (seconds, peak RSS bytes). Reaped with `wait4`, not `wait`.
 #[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> (f64, u64) {
     let start = Instant::now();
@@ -181,6 +180,13 @@ fn child(args: &[String]) {
     let e = ResticEngine::new();
     let now = chrono::Utc::now();
     match args[0].as_str() {
+        "gen" => {
+            let work = PathBuf::from(&args[1]);
+            make_image(&work.join("image.raw"));
+            let (n, b) = make_tree(&work.join("tree"));
+            println!("{n} {b}");
+        }
+        "change" => change_image(Path::new(&args[1])),
         "init" => e.init(&spec(&args[1])).unwrap(),
         "disk" => {
             let out = e
@@ -275,7 +281,13 @@ fn main() {
     let ps = |s: &str| work.join(s).display().to_string();
 
     eprintln!("generating data in {} ...", work.display());
-    make_image(&p("image.raw"));
+    // Data is generated in a child so this process stays small: a child's ru_maxrss starts from
+    // the RSS of the process it was forked from.
+    let out = me(&["gen", &ps("")]).output().unwrap();
+    assert!(out.status.success());
+    let gen = String::from_utf8_lossy(&out.stdout);
+    let mut it = gen.split_whitespace().map(|x| x.parse::<u64>().unwrap());
+    let (nfiles, tree_bytes) = (it.next().unwrap(), it.next().unwrap());
     let q = Command::new("qemu-img")
         .args([
             "convert",
@@ -289,7 +301,6 @@ fn main() {
         .status()
         .unwrap();
     assert!(q.success());
-    let (nfiles, tree_bytes) = make_tree(&p("tree"));
     eprintln!("tree: {nfiles} files, {} MiB", tree_bytes / MIB as u64);
     let img = 1024 * MIB as u64;
 
@@ -336,7 +347,7 @@ fn main() {
         &mut restic(&p("restic-raw2"), &["backup", &ps("image.raw")]),
         "restic-raw2",
     );
-    change_image(&p("image.raw"));
+    measure(&mut me(&["change", &ps("image.raw")]));
     run(
         "backup after 1% changed (raw)",
         img,

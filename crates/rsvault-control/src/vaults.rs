@@ -448,7 +448,7 @@ impl Control {
         };
         self.store.write(|db| {
             db.delete_resource(&id)?;
-            db.insert_operation(&op)
+            db.put_operation(&op)
         })?;
         Ok(Some(op.id))
     }

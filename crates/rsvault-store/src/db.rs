@@ -560,10 +560,6 @@ impl Db<'_> {
         Ok(())
     }
 
-    pub fn insert_operation(&self, o: &OperationRow) -> R<()> {
-        self.put_operation(o)
-    }
-
     pub fn operation(&self, id: &str) -> R<Option<OperationRow>> {
         Ok(self
             .0

@@ -69,7 +69,6 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
                 )
             }
             Op::FabricOperationResult => {
-                c.vault_row(sub, rg, v)?;
                 rsvault_control::backup::check_fabric(fabric)?;
                 let o = c.backup_operation(sub, rg, v, opid)?;
                 match c.backup_operation_outcome(&o)? {

@@ -19,8 +19,8 @@ fn deleted(existed: bool) -> Reply {
 pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
     let c = &ctx.state.control;
     let (sub, rg) = (p.sub(), p.rg());
-    let run = || -> Result<Reply> {
-        Ok(match op {
+    let run = || -> Result<Option<Reply>> {
+        Ok(Some(match op {
             Op::ListVmsBySubscription | Op::ListVmsByGroup => {
                 let group = (op == Op::ListVmsByGroup).then_some(rg);
                 let page = c.list_vms(sub, group, skip_token(ctx)?.as_deref())?;
@@ -50,25 +50,8 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
             }
             Op::GetShare => Reply::ok(c.get_share(sub, rg, p.get("accountName"), p.get("shareName"))?),
             Op::DeleteShare => deleted(c.delete_share(sub, rg, p.get("accountName"), p.get("shareName"))?),
-            _ => unreachable!("checked by the caller"),
-        })
+            _ => return Ok(None),
+        }))
     };
-    matches!(
-        op,
-        Op::ListVmsBySubscription
-            | Op::ListVmsByGroup
-            | Op::PutVm
-            | Op::GetVm
-            | Op::DeleteVm
-            | Op::ListAccountsBySubscription
-            | Op::ListAccountsByGroup
-            | Op::PutAccount
-            | Op::GetAccount
-            | Op::DeleteAccount
-            | Op::ListShares
-            | Op::PutShare
-            | Op::GetShare
-            | Op::DeleteShare
-    )
-    .then(run)
+    run().transpose()
 }

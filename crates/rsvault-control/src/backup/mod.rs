@@ -100,6 +100,12 @@ impl ContainerName {
         }
     }
 
+    pub fn resource_group(&self) -> &str {
+        match self {
+            ContainerName::Vm { rg, .. } | ContainerName::Storage { rg, .. } => rg,
+        }
+    }
+
     pub fn friendly_name(&self) -> &str {
         match self {
             ContainerName::Vm { vm, .. } => vm,
@@ -156,6 +162,11 @@ pub fn check_fabric(fabric: &str) -> Result<()> {
             message: format!("The fabric '{fabric}' was not found. rsvault has one fabric: 'Azure'."),
         })
     }
+}
+
+/// The vault id of a container or item id.
+pub(crate) fn vault_of(id: &str) -> &str {
+    id.split("/backupFabrics/").next().unwrap_or_default()
 }
 
 pub fn container_id(vault_id: &str, c: &ContainerName) -> String {

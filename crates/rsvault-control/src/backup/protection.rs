@@ -14,7 +14,7 @@
 
 use super::jobs::NewJob;
 use super::{
-    check_fabric, container_id, item_id, ContainerName, ItemName, CONTAINER_TYPE, PROTECTABLE_ITEM_TYPE,
+    check_fabric, container_id, item_id, vault_of, ContainerName, ItemName, CONTAINER_TYPE, PROTECTABLE_ITEM_TYPE,
     PROTECTED_ITEM_TYPE,
 };
 use crate::inventory::{ACCOUNT_TYPE, SHARE_TYPE, VM_TYPE};
@@ -69,6 +69,20 @@ struct Workload {
 }
 
 impl Control {
+    /// The vault, container and item a protected-item URL names.
+    fn item_ref(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+    ) -> Result<(ResourceRow, ContainerName, ItemName)> {
+        let v = self.fabric_vault(sub, rg, vault, fabric)?;
+        Ok((v, ContainerName::parse(container)?, ItemName::parse(item)?))
+    }
+
     fn fabric_vault(&self, sub: &str, rg: &str, vault: &str, fabric: &str) -> Result<ResourceRow> {
         let v = self.vault_row(sub, rg, vault)?;
         check_fabric(fabric)?;
@@ -92,29 +106,16 @@ impl Control {
         Ok(op.id)
     }
 
-    fn protected_anywhere(&self, sub: &str, source_id: &str, share: Option<&str>) -> Result<Vec<ResourceRow>> {
-        let items = self.store.read(|db| db.all_of_type(sub, PROTECTED_ITEM_TYPE))?;
-        Ok(items
-            .into_iter()
-            .filter(|i| {
-                let p = &i.body["properties"];
-                eq_ci(p["sourceResourceId"].as_str(), source_id)
-                    && share.is_none_or(|s| eq_ci(p["friendlyName"].as_str(), s))
+    /// Every protected item and every container of a subscription, read once for a lookup across vaults.
+    pub(crate) fn subscription_backups(&self, sub: &str) -> Result<(Vec<ResourceRow>, Vec<ResourceRow>)> {
+        self.store
+            .read(|db| {
+                Ok::<_, rsvault_store::StoreError>((
+                    db.all_of_type(sub, PROTECTED_ITEM_TYPE)?,
+                    db.all_of_type(sub, CONTAINER_TYPE)?,
+                ))
             })
-            .collect())
-    }
-
-    fn registered_anywhere(&self, sub: &str, source_id: &str) -> Result<Vec<ResourceRow>> {
-        let cs = self.store.read(|db| db.all_of_type(sub, CONTAINER_TYPE))?;
-        Ok(cs
-            .into_iter()
-            .filter(|c| {
-                eq_ci(
-                    c.body.pointer("/properties/sourceResourceId").and_then(Value::as_str),
-                    source_id,
-                )
-            })
-            .collect())
+            .map_err(Into::into)
     }
 
     /// `GET backupProtectableItems`: VMs in the vault's region and shares of registered storage accounts
@@ -137,12 +138,11 @@ impl Control {
                 && f.eq("workloadType").is_none_or(|w| w.eq_ignore_ascii_case(wl))
         };
         let location = v.body["location"].as_str().unwrap_or_default().to_string();
+        let (items, _) = self.subscription_backups(sub)?;
         let mut out = Vec::new();
         if want("AzureIaasVM", "VM") {
             for vm in self.store.read(|db| db.all_of_type(sub, VM_TYPE))? {
-                if !eq_ci(vm.body["location"].as_str(), &location)
-                    || !self.protected_anywhere(sub, &vm.id, None)?.is_empty()
-                {
+                if !eq_ci(vm.body["location"].as_str(), &location) || protected_in(&items, &vm.id, None).is_some() {
                     continue;
                 }
                 let vm_rg = vm.resource_group.clone().unwrap_or_default();
@@ -185,7 +185,7 @@ impl Control {
                     .read(|db| db.children(&acct.id, Some(SHARE_TYPE), None, usize::MAX / 2))?
                     .items
                 {
-                    if !self.protected_anywhere(sub, &acct.id, Some(&share.name))?.is_empty() {
+                    if protected_in(&items, &acct.id, Some(&share.name)).is_some() {
                         continue;
                     }
                     let item = format!("azurefileshare;{}", share.name);
@@ -233,10 +233,10 @@ impl Control {
             return Ok(vec![]);
         }
         let location = v.body["location"].as_str().unwrap_or_default();
+        let (_, containers) = self.subscription_backups(sub)?;
         let mut out = Vec::new();
         for acct in self.store.read(|db| db.all_of_type(sub, ACCOUNT_TYPE))? {
-            if !eq_ci(acct.body["location"].as_str(), location) || !self.registered_anywhere(sub, &acct.id)?.is_empty()
-            {
+            if !eq_ci(acct.body["location"].as_str(), location) || registered_in(&containers, &acct.id).is_some() {
                 continue;
             }
             let c = ContainerName::Storage {
@@ -352,9 +352,10 @@ impl Control {
             }
         }
         let id = container_id(&v.id, &c);
-        for other in self.registered_anywhere(sub, &source.id)? {
+        let (_, containers) = self.subscription_backups(sub)?;
+        if let Some(other) = registered_in(&containers, &source.id) {
             if !other.id.eq_ignore_ascii_case(&id) {
-                let vault_of = other.id.split("/backupFabrics/").next().unwrap_or_default().to_string();
+                let vault_of = vault_of(&other.id).to_string();
                 return Err(invalid(
                     "BMSUserErrorContainerAlreadyRegistered",
                     format!("'{}' is already registered with another Recovery Services vault ({vault_of}). Unregister it there, or choose another resource.", source.name),
@@ -639,9 +640,7 @@ impl Control {
         item: &str,
         req: &Value,
     ) -> Result<String> {
-        let v = self.fabric_vault(sub, rg, vault, fabric)?;
-        let c = ContainerName::parse(container)?;
-        let i = ItemName::parse(item)?;
+        let (v, c, i) = self.item_ref(sub, rg, vault, fabric, container, item)?;
         let m = body::object(req)?;
         let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
             configure_error("Input for configure protection is not in proper format: 'properties' is required.")
@@ -687,8 +686,9 @@ impl Control {
             let policy = policy.ok_or_else(|| configure_error("Input for configure protection is not in proper format: a policyId is required to enable protection."))?;
             let pol = self.policy_for(&v, policy, &w)?;
             let share = (w.bmt == "AzureStorage").then_some(w.friendly.as_str());
-            if let Some(other) = self.protected_anywhere(sub, &w.source_id, share)?.into_iter().next() {
-                let vault_of = other.id.split("/backupFabrics/").next().unwrap_or_default().to_string();
+            let (items, containers) = self.subscription_backups(sub)?;
+            if let Some(other) = protected_in(&items, &w.source_id, share) {
+                let vault_of = vault_of(&other.id).to_string();
                 return Err(invalid(
                     "BMSUserErrorAlreadyProtected",
                     format!("'{}' is already protected by the Recovery Services vault '{vault_of}'. An item can be protected by one vault only.", w.friendly),
@@ -699,14 +699,14 @@ impl Control {
             let new_container = match (&c, container_row) {
                 (_, Some(_)) => None,
                 (ContainerName::Vm { .. }, None) => {
-                    if let Some(other) = self.registered_anywhere(sub, &w.source_id)?.into_iter().next() {
-                        let vault_of = other.id.split("/backupFabrics/").next().unwrap_or_default().to_string();
+                    if let Some(other) = registered_in(&containers, &w.source_id) {
+                        let vault_of = vault_of(&other.id).to_string();
                         return Err(invalid(
                             "BMSUserErrorContainerAlreadyRegistered",
                             format!("Virtual machine '{}' is already registered with another Recovery Services vault ({vault_of}). Please select a different virtual machine.", w.friendly),
                         ));
                     }
-                    let vm = self.vm_row(sub, c_rg(&c), c.friendly_name())?;
+                    let vm = self.vm_row(sub, c.resource_group(), c.friendly_name())?;
                     if !eq_ci(
                         vm.body["location"].as_str(),
                         v.body["location"].as_str().unwrap_or_default(),
@@ -825,9 +825,7 @@ impl Control {
         container: &str,
         item: &str,
     ) -> Result<(ResourceRow, ResourceRow)> {
-        let v = self.fabric_vault(sub, rg, vault, fabric)?;
-        let c = ContainerName::parse(container)?;
-        let i = ItemName::parse(item)?;
+        let (v, c, i) = self.item_ref(sub, rg, vault, fabric, container, item)?;
         let row = self
             .store
             .read(|db| db.resource(&item_id(&v.id, &c, &i)))?
@@ -953,9 +951,7 @@ impl Control {
         item: &str,
         op: &str,
     ) -> Result<OperationRow> {
-        let v = self.fabric_vault(sub, rg, vault, fabric)?;
-        let c = ContainerName::parse(container)?;
-        let i = ItemName::parse(item)?;
+        let (v, c, i) = self.item_ref(sub, rg, vault, fabric, container, item)?;
         let o = self.vault_operation(sub, rg, vault, op)?;
         let want = item_id(&v.id, &c, &i).to_ascii_lowercase();
         match o.target.as_deref().map(str::to_ascii_lowercase) {
@@ -992,8 +988,24 @@ impl Control {
     }
 }
 
-fn c_rg(c: &ContainerName) -> &str {
-    match c {
-        ContainerName::Vm { rg, .. } | ContainerName::Storage { rg, .. } => rg,
-    }
+/// The item protecting `source_id` (and, for file shares, the share named `share`) among `items`.
+pub(crate) fn protected_in<'a>(
+    items: &'a [ResourceRow],
+    source_id: &str,
+    share: Option<&str>,
+) -> Option<&'a ResourceRow> {
+    items.iter().find(|i| {
+        let p = &i.body["properties"];
+        eq_ci(p["sourceResourceId"].as_str(), source_id) && share.is_none_or(|s| eq_ci(p["friendlyName"].as_str(), s))
+    })
+}
+
+/// The container registered for `source_id` among `containers`.
+pub(crate) fn registered_in<'a>(containers: &'a [ResourceRow], source_id: &str) -> Option<&'a ResourceRow> {
+    containers.iter().find(|c| {
+        eq_ci(
+            c.body.pointer("/properties/sourceResourceId").and_then(Value::as_str),
+            source_id,
+        )
+    })
 }

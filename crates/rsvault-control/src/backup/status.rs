@@ -6,9 +6,9 @@
 //! protected item whose `sourceResourceId` is the resource (and, for file shares, whose share is the
 //! one named by `poLogicalName`). Soft-deleted items still count: their data is in the vault.
 
-use super::{ContainerName, CONTAINER_TYPE, PROTECTED_ITEM_TYPE};
+use super::protection::{protected_in, registered_in};
+use super::{vault_of, ContainerName, PROTECTED_ITEM_TYPE};
 use crate::{body, Control, Error, Result};
-use rsvault_store::ResourceRow;
 use serde_json::{json, Value};
 
 const RESOURCE_TYPES: &[&str] = &[
@@ -38,24 +38,7 @@ fn input_error(message: impl Into<String>) -> Error {
     }
 }
 
-fn vault_of(id: &str) -> &str {
-    id.split("/backupFabrics/").next().unwrap_or_default()
-}
-
 impl Control {
-    fn items_for(&self, sub: &str, resource_id: &str) -> Result<Vec<ResourceRow>> {
-        let items = self.store.read(|db| db.all_of_type(sub, PROTECTED_ITEM_TYPE))?;
-        Ok(items
-            .into_iter()
-            .filter(|i| {
-                i.body
-                    .pointer("/properties/sourceResourceId")
-                    .and_then(Value::as_str)
-                    .is_some_and(|s| s.eq_ignore_ascii_case(resource_id))
-            })
-            .collect())
-    }
-
     /// `POST /subscriptions/{s}/providers/Microsoft.RecoveryServices/locations/{region}/backupStatus`.
     pub fn backup_status(&self, sub: &str, _region: &str, req: &Value) -> Result<Value> {
         self.subscription_row(sub)?;
@@ -66,23 +49,10 @@ impl Control {
         rsvault_core::ids::ResourceId::parse(resource_id)?;
         let ty = body::opt_enum(m, "resourceType", "", RESOURCE_TYPES)?.unwrap_or("VM");
         let logical = body::opt_str(m, "poLogicalName", "")?;
-        let items = self.items_for(sub, resource_id)?;
-        let item = items.iter().find(|i| {
-            logical.is_none_or(|l| {
-                i.body
-                    .pointer("/properties/friendlyName")
-                    .and_then(Value::as_str)
-                    .is_some_and(|f| f.eq_ignore_ascii_case(l))
-            })
-        });
+        let (items, containers) = self.subscription_backups(sub)?;
+        let item = protected_in(&items, resource_id, logical);
         // The container registered for the resource, in any vault (file shares: the storage account's).
-        let containers = self.store.read(|db| db.all_of_type(sub, CONTAINER_TYPE))?;
-        let container = containers.iter().find(|c| {
-            c.body
-                .pointer("/properties/sourceResourceId")
-                .and_then(Value::as_str)
-                .is_some_and(|s| s.eq_ignore_ascii_case(resource_id))
-        });
+        let container = registered_in(&containers, resource_id);
         let mut out = json!({"protectionStatus": "NotProtected"});
         if ty == "AzureFileShare" {
             out["acquireStorageAccountLock"] = json!("NotAcquire");
@@ -91,7 +61,7 @@ impl Control {
             let n = self.store.read(|db| db.count_below(&c.id, PROTECTED_ITEM_TYPE))?;
             out["vaultId"] = json!(vault_of(&c.id));
             out["fabricName"] = json!("Azure");
-            out["containerName"] = json!(c.name.to_ascii_lowercase_prefix());
+            out["containerName"] = json!(lower_type_prefix(&c.name));
             out["registrationStatus"] = json!("Registered");
             out["protectedItemsCount"] = json!(n);
             if let Some(lock) = c.body.pointer("/properties/acquireStorageAccountLock") {
@@ -103,7 +73,7 @@ impl Control {
             out["protectionStatus"] = json!("Protected");
             out["vaultId"] = json!(vault_of(&i.id));
             out["fabricName"] = json!("Azure");
-            out["protectedItemName"] = json!(i.name.to_ascii_lowercase_prefix());
+            out["protectedItemName"] = json!(lower_type_prefix(&i.name));
             out["policyName"] = p["policyName"].clone();
             out["errorCode"] = json!("Success");
             out["errorMessage"] = json!("");
@@ -162,7 +132,8 @@ impl Control {
             out["recommendation"] = json!("Declare the VM with readable disk images before protecting it.");
             return Ok(out);
         }
-        if let Some(other) = self.items_for(sub, resource_id)?.first() {
+        let (items, _) = self.subscription_backups(sub)?;
+        if let Some(other) = protected_in(&items, resource_id, None) {
             let owner = vault_of(&other.id);
             if !owner.eq_ignore_ascii_case(vault_id) {
                 out["status"] = json!("Failed");
@@ -178,33 +149,27 @@ impl Control {
 }
 
 /// Azure answers backupStatus with the type prefix of container and item names in lower case
-/// (`iaasvmcontainer;iaasvmcontainerv2;testRg;testVm`, `vm;iaasvmcontainerv2;testRg;testVm`) and keeps
-/// the case of group and resource names.
-trait LowerPrefix {
-    fn to_ascii_lowercase_prefix(&self) -> String;
-}
-
-impl LowerPrefix for String {
-    fn to_ascii_lowercase_prefix(&self) -> String {
-        let parts: Vec<&str> = self.split(';').collect();
-        let keep = if parts.len() >= 4 {
-            parts.len() - 2
-        } else {
-            parts.len().saturating_sub(1)
-        };
-        parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                if i < keep {
-                    p.to_ascii_lowercase()
-                } else {
-                    p.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(";")
-    }
+/// (`iaasvmcontainer;iaasvmcontainerv2;testRg;testVm`, `vm;iaasvmcontainerv2;testRg;testVm`,
+/// `azurefileshare;docs`) and keeps the case of group and resource names.
+fn lower_type_prefix(name: &str) -> String {
+    let parts: Vec<&str> = name.split(';').collect();
+    let keep = if parts.len() >= 4 {
+        parts.len() - 2
+    } else {
+        parts.len().saturating_sub(1)
+    };
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            if i < keep {
+                p.to_ascii_lowercase()
+            } else {
+                p.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 #[cfg(test)]
@@ -214,20 +179,13 @@ mod tests {
     #[test]
     fn status_names_lower_the_type_prefix_only() {
         assert_eq!(
-            "IaasVMContainer;iaasvmcontainerv2;testRg;testVm"
-                .to_string()
-                .to_ascii_lowercase_prefix(),
+            lower_type_prefix("IaasVMContainer;iaasvmcontainerv2;testRg;testVm"),
             "iaasvmcontainer;iaasvmcontainerv2;testRg;testVm"
         );
         assert_eq!(
-            "VM;iaasvmcontainerv2;testRg;testVm"
-                .to_string()
-                .to_ascii_lowercase_prefix(),
+            lower_type_prefix("VM;iaasvmcontainerv2;testRg;testVm"),
             "vm;iaasvmcontainerv2;testRg;testVm"
         );
-        assert_eq!(
-            "AzureFileShare;docs".to_string().to_ascii_lowercase_prefix(),
-            "azurefileshare;docs"
-        );
+        assert_eq!(lower_type_prefix("AzureFileShare;docs"), "azurefileshare;docs");
     }
 }

@@ -20,11 +20,11 @@
 //!   files or need a quiet repository). Locks are advisory and per process-open-file, released
 //!   when the process dies, so a crash never leaves a stale lock. Stock `restic` does not know this
 //!   lock; run it read-only (`snapshots`, `restore`, `check`) while rsvault works.
-//! * **Chunking per source kind.** The repository's own config keeps restic's content-defined
-//!   (Rabin) chunker, used for file shares and by stock `restic`. For disk images the engine
-//!   opens the repository through a [`GateBackend`] that presents rustic_core an in-memory copy
-//!   of the config with rustic_core's `fixed_size` chunker (4 MiB). The file on disk is never
-//!   changed; chunk sizes are a writer's choice in the restic format, so readers are unaffected.
+//! * **Chunking per source kind.** The repository's config keeps restic's content-defined
+//!   (Rabin) chunker, used for file shares (through rustic_core) and by stock `restic`. Disk
+//!   images are cut by the engine's own pipeline into fixed [`DISK_CHUNK_SIZE`] pieces aligned
+//!   to the image's offsets; chunk sizes are a writer's choice in the restic format, so
+//!   readers are unaffected and the config file is never changed.
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -33,11 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aes256ctr_poly1305aes::aead::AeadInPlace;
-use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
 use bytes::Bytes;
-use rand::RngCore;
-use rustic_core::repofile::{Chunker, ConfigFile, MasterKey};
 use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend};
 
 use crate::error::{EngineError, IoContext, Result};
@@ -88,6 +84,15 @@ impl LocalBackend {
             FileType::Config => self.root.join("config"),
             _ => self.dir(tpe, id).join(id.to_hex().as_str()),
         }
+    }
+
+    /// Reads `buf.len()` bytes of pack `id` at `offset` into `buf`.
+    pub(crate) fn read_pack_range(&self, id: &Id, offset: u32, buf: &mut [u8]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let p = self.path(FileType::Pack, id);
+        fs::File::open(&p)
+            .and_then(|f| f.read_exact_at(buf, offset.into()))
+            .ctx(|| format!("read {}", p.display()))
     }
 
     /// Removes leftovers of interrupted writes. Call only under the exclusive lock.
@@ -240,24 +245,18 @@ impl Abort {
     }
 }
 
-/// A backend wrapper for one backup: optionally presents a different (in-memory) config, and
-/// refuses to write the snapshot file (the commit) once cancelled or aborted.
+/// A backend wrapper for one backup: refuses every write once cancelled, the snapshot file
+/// (the commit) once aborted, and the config always.
 #[derive(Debug)]
 pub(crate) struct GateBackend {
     inner: Arc<LocalBackend>,
-    config: Option<Bytes>,
     cancel: Cancel,
     abort: Abort,
 }
 
 impl GateBackend {
-    pub fn new(inner: Arc<LocalBackend>, config: Option<Bytes>, cancel: Cancel, abort: Abort) -> Self {
-        Self {
-            inner,
-            config,
-            cancel,
-            abort,
-        }
+    pub fn new(inner: Arc<LocalBackend>, cancel: Cancel, abort: Abort) -> Self {
+        Self { inner, cancel, abort }
     }
 }
 
@@ -269,10 +268,7 @@ impl ReadBackend for GateBackend {
         self.inner.list_with_size(tpe)
     }
     fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
-        match (&self.config, tpe) {
-            (Some(c), FileType::Config) => Ok(c.clone()),
-            _ => self.inner.read_full(tpe, id),
-        }
+        self.inner.read_full(tpe, id)
     }
     fn read_partial(&self, tpe: FileType, id: &Id, cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
         self.inner.read_partial(tpe, id, cacheable, offset, length)
@@ -291,6 +287,9 @@ impl WriteBackend for GateBackend {
             // Stop writing anything: the backup ends as soon as rustic_core sees the error.
             return Err(RusticError::new(ErrorKind::Backend, "backup cancelled"));
         }
+        if tpe == FileType::Config {
+            return Err(RusticError::new(ErrorKind::Backend, "config is read-only here"));
+        }
         if tpe == FileType::Snapshot {
             if let Some(why) = self.abort.get() {
                 return Err(
@@ -298,47 +297,12 @@ impl WriteBackend for GateBackend {
                         .attach_context("why", why),
                 );
             }
-            if tpe == FileType::Config {
-                return Err(RusticError::new(ErrorKind::Backend, "config is read-only here"));
-            }
         }
         self.inner.write_bytes(tpe, id, cacheable, content)
     }
     fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
         self.inner.remove(tpe, id, cacheable)
     }
-}
-
-/// The repository config as rustic_core should see it for disk images: same repository, same
-/// polynomial and compression, `fixed_size` chunker with [`DISK_CHUNK_SIZE`]. Returned
-/// encrypted with the repository's master key, exactly as the config file is stored.
-pub(crate) fn disk_config(config: &ConfigFile, key: &MasterKey) -> Result<Bytes> {
-    let mut c = config.clone();
-    c.chunker = Some(Chunker::FixedSize);
-    c.chunk_size = Some(DISK_CHUNK_SIZE);
-    let json = serde_json::to_vec(&c).map_err(|e| EngineError::Repository(format!("serializing config: {e}")))?;
-    encrypt(key, &json)
-}
-
-/// restic's encryption: nonce (16) ‖ AES-256-CTR ciphertext ‖ Poly1305-AES MAC (16).
-fn encrypt(key: &MasterKey, data: &[u8]) -> Result<Bytes> {
-    let mut k = aes256ctr_poly1305aes::Key::default();
-    if key.encrypt.len() != 32 || key.mac.k.len() != 16 || key.mac.r.len() != 16 {
-        return Err(EngineError::Repository("unexpected master key layout".into()));
-    }
-    k[0..32].copy_from_slice(&key.encrypt);
-    k[32..48].copy_from_slice(&key.mac.k);
-    k[48..64].copy_from_slice(&key.mac.r);
-    let mut nonce = aes256ctr_poly1305aes::aead::Nonce::<Aes256CtrPoly1305Aes>::default();
-    rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let mut out = Vec::with_capacity(data.len() + 32);
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(data);
-    let tag = Aes256CtrPoly1305Aes::new(&k)
-        .encrypt_in_place_detached(&nonce, &[], &mut out[16..])
-        .map_err(|_| EngineError::Repository("encrypting config".into()))?;
-    out.extend_from_slice(&tag);
-    Ok(out.into())
 }
 
 /// An `flock` on `rsvault.lock` in the repository root (see the module doc).

@@ -12,16 +12,13 @@ use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
 
 use imago::qcow2::Qcow2;
 use imago::{FormatAccess, FormatCreateBuilder, FormatDriverBuilder, Mapping};
 
-use crate::backend::{Abort, DISK_CHUNK_SIZE};
 use crate::error::{EngineError, IoContext, Result};
-use crate::progress::Cancel;
 
 /// On-disk format of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -156,79 +153,6 @@ pub(crate) struct ReadStats {
     pub skipped: AtomicU64,
 }
 
-/// A `Read` over a disk's virtual content, for rustic_core's chunker.
-pub(crate) struct DiskReader {
-    image: Image,
-    path: PathBuf,
-    size: u64,
-    pos: u64,
-    buf: Vec<u8>,
-    buf_pos: usize,
-    cancel: Cancel,
-    abort: Abort,
-    stats: Arc<ReadStats>,
-}
-
-impl DiskReader {
-    pub fn open(
-        path: &Path,
-        format: ImageFormat,
-        size: u64,
-        cancel: Cancel,
-        abort: Abort,
-        stats: Arc<ReadStats>,
-    ) -> Result<Self> {
-        Ok(Self {
-            image: Image::open(path, format)?,
-            path: path.to_path_buf(),
-            size,
-            pos: 0,
-            buf: Vec::new(),
-            buf_pos: 0,
-            cancel,
-            abort,
-            stats,
-        })
-    }
-
-    fn refill(&mut self) -> std::io::Result<()> {
-        if self.cancel.is_cancelled() {
-            return Err(std::io::Error::other("cancelled"));
-        }
-        let len = (self.size - self.pos).min(DISK_CHUNK_SIZE as u64) as usize;
-        self.buf.resize(len, 0);
-        self.buf_pos = 0;
-        if self.image.is_unallocated(self.pos, len as u64)? {
-            self.buf.fill(0);
-            self.stats.skipped.fetch_add(len as u64, Ordering::Relaxed);
-        } else {
-            self.image.read_at(&mut self.buf, self.pos)?;
-        }
-        self.pos += len as u64;
-        Ok(())
-    }
-}
-
-impl Read for DiskReader {
-    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
-        if self.buf_pos == self.buf.len() {
-            if self.pos >= self.size {
-                return Ok(0);
-            }
-            if let Err(e) = self.refill() {
-                // rustic_core would skip the file with a warning; make sure no snapshot commits.
-                self.abort.set(format!("reading disk {}: {e}", self.path.display()));
-                return Err(e);
-            }
-        }
-        let n = out.len().min(self.buf.len() - self.buf_pos);
-        out[..n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
-        self.buf_pos += n;
-        self.stats.scanned.fetch_add(n as u64, Ordering::Relaxed);
-        Ok(n)
-    }
-}
-
 /// A destination image being written by a restore.
 pub(crate) enum ImageWriter {
     Raw(fs::File),
@@ -277,6 +201,22 @@ impl ImageWriter {
         }
     }
 
+    /// Starts writing `[off, off+len)` back to the disk without waiting (raw images), so the
+    /// final `fsync` has less left to do. Only a hint: errors surface at [`Self::finish`].
+    pub fn start_writeback(&self, off: u64, len: u64) {
+        if let Self::Raw(f) = self {
+            // SAFETY: sync_file_range on an owned, open fd; no memory is passed.
+            unsafe {
+                libc::sync_file_range(
+                    f.as_raw_fd(),
+                    off as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                );
+            }
+        }
+    }
+
     /// Flushes metadata and data to stable storage.
     pub fn finish(self) -> std::io::Result<()> {
         match self {
@@ -298,5 +238,10 @@ impl ImageReader {
     }
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
         self.0.read_at(buf, off)
+    }
+    /// Whether `[off, off+len)` is known to read as zeros without reading it (a raw file's
+    /// hole, a qcow2 zero or unallocated range).
+    pub fn is_unallocated(&self, off: u64, len: u64) -> std::io::Result<bool> {
+        self.0.is_unallocated(off, len)
     }
 }

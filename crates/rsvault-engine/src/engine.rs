@@ -12,19 +12,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rustic_core::repofile::SnapshotFile;
+use rustic_core::repofile::{BlobType, SnapshotFile, Tree};
 use rustic_core::{
     BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions, PruneOptions,
     ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, StringList,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{disk_config, Abort, GateBackend, LocalBackend, RepoLock};
+use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
+use crate::diskpipe::{self, DiskJob, Writer};
+use crate::format::{id_bytes, BlobIndex, Crypto};
 use crate::disk::{probe, ReadStats};
 use crate::error::{EngineError, IoContext, Result};
 use crate::pit::{View, ViewKind};
 use crate::progress::{report_while, Cancel, Counters, Progress, RusticBars, Task};
-use crate::sources::{DiskItem, DiskSet, TreeSource, Warnings};
+use crate::sources::{TreeSource, Warnings};
 use crate::types::*;
 use crate::Engine;
 
@@ -407,16 +409,18 @@ impl Engine for ResticEngine {
             total_size: Some(infos.iter().map(|(_, i)| i.virtual_size).sum()),
         };
         let snap = new_snapshot(&req.tags, req.time, &meta)?;
-        let parent = parent_id(
-            &plain,
-            req.parent.as_deref(),
-            latest_parent(&plain, &req.tags.item, RecoveryPointKind::Disks, None)?,
-        )?;
+        let parent = match req.parent.as_deref() {
+            Some(rp) => Some(find_point(&plain, rp)?.0),
+            None => all_points(&plain)?
+                .into_iter()
+                .rfind(|(_, m)| m.item == req.tags.item && m.kind == RecoveryPointKind::Disks)
+                .map(|(s, _)| s),
+        };
 
-        // Transfer data to vault.
+        // Transfer data to vault: the engine's own parallel pipeline (see `diskpipe`).
         let abort = Abort::default();
         let stats = Arc::new(ReadStats::default());
-        let items = infos
+        let jobs = infos
             .iter()
             .zip(&views)
             .map(|((d, i), v)| {
@@ -425,7 +429,7 @@ impl Engine for ResticEngine {
                     .modified()
                     .ok()
                     .and_then(|t| rustic_core::jiff::Timestamp::try_from(t).ok());
-                Ok(DiskItem {
+                Ok(DiskJob {
                     name: d.name.clone(),
                     path: v.path().to_path_buf(),
                     format: i.format,
@@ -434,31 +438,34 @@ impl Engine for ResticEngine {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let config = disk_config(plain.config(), &plain.key())?;
         let counters = Arc::new(Counters::default());
         counters.set_total(total);
-        let gate = Arc::new(GateBackend::new(
-            Arc::new(LocalBackend::new(&spec.path)),
-            Some(config),
-            cancel.clone(),
-            abort.clone(),
-        ));
-        let source = DiskSet {
-            items,
-            cancel: cancel.clone(),
-            abort: abort.clone(),
-            stats: stats.clone(),
+        let local = Arc::new(LocalBackend::new(&spec.path));
+        let gate = GateBackend::new(local.clone(), cancel.clone(), abort.clone());
+        let crypto = Crypto::new(&plain.key())?;
+        let config = plain.config();
+        let writer = Writer {
+            be: &gate,
+            crypto: &crypto,
+            zstd: config.zstd()?,
+            extra_verify: config.extra_verify(),
+            pack_size: config.packsize(BlobType::Data).0 as usize,
         };
-        let paths: Vec<PathBuf> = req.disks.iter().map(|d| PathBuf::from(&d.name)).collect();
-        let opts = BackupOptions::default().parent_opts(
-            ParentOptions::default()
-                .parents(parent.into_iter().collect::<Vec<_>>())
-                .ignore_ctime(true)
-                .ignore_inode(true),
-        );
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
-            let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
-            Ok(repo.archive(&opts, &source, snap, &paths)?)
+            let index = BlobIndex::load(&plain)?;
+            let parent = match parent {
+                Some(p) => {
+                    let h = id_bytes(&p.tree.into_inner());
+                    let tree = match index.tree.get(&h) {
+                        Some(loc) => serde_json::from_slice::<Tree>(&diskpipe::read_blob(&local, &crypto, loc, &h)?)
+                            .map_err(|e| EngineError::Repository(format!("parent tree: {e}")))?,
+                        None => Tree::default(),
+                    };
+                    Some((p.id, tree))
+                }
+                None => None,
+            };
+            diskpipe::backup(&writer, &index, parent, &jobs, snap, cancel, &abort, &stats, &counters)
         });
         let snap = result.map_err(|e| classify(e, cancel, &abort))?;
         // A cancel that arrives after the commit is too late: the recovery point is complete.
@@ -554,7 +561,6 @@ impl Engine for ResticEngine {
         let counters = Arc::new(Counters::default());
         let gate = Arc::new(GateBackend::new(
             Arc::new(LocalBackend::new(&spec.path)),
-            None,
             cancel.clone(),
             abort.clone(),
         ));

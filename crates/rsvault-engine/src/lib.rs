@@ -19,8 +19,10 @@
 
 pub mod backend;
 pub mod disk;
+mod diskpipe;
 mod engine;
 pub mod error;
+mod format;
 pub mod keyring;
 mod pit;
 pub mod progress;

@@ -8,21 +8,22 @@
 //! (modes, mtimes, symlinks; ownership when running as root), after the conflict option has
 //! been applied, and every restored file is re-read and compared with its content ids.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustic_core::repofile::{BlobType, Node, NodeType};
+use rustic_core::repofile::{Node, NodeType, Tree};
 use rustic_core::{IndexedFullStatus, LocalDestination, LsOptions, Repository, RestoreOptions, RusticResult};
 use sha2::{Digest, Sha256};
 
-use crate::backend::fsync_dir;
+use crate::backend::{fsync_dir, LocalBackend};
 use crate::disk::{ImageFormat, ImageReader, ImageWriter};
+use crate::diskpipe::{self, read_blob, Target};
 use crate::engine::{find_point, ResticEngine};
 use crate::error::{EngineError, IoContext, Result};
+use crate::format::{id_bytes, sha256, BlobIndex, Crypto, Hash, CRYPTO_OVERHEAD};
 use crate::progress::{report_while, Cancel, Counters, Progress, Task};
 use crate::types::*;
 
@@ -44,13 +45,30 @@ fn sha_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
 }
 
-/// A file's content as (offset, length, id hex) triples.
-fn layout(repo: &FullRepo, node: &Node) -> Result<Vec<(u64, usize, String)>> {
+/// A file's content as (offset, length, id hex) triples, from rustic_core's index.
+fn repo_layout(repo: &FullRepo, node: &Node) -> Result<Vec<(u64, usize, String)>> {
     let mut off = 0u64;
     let mut out = Vec::new();
     for id in node.content.iter().flatten() {
         let len = repo.get_index_entry(id)?.data_length() as usize;
         out.push((off, len, id.into_inner().to_hex().as_str().to_string()));
+        off += len as u64;
+    }
+    Ok(out)
+}
+
+/// A disk's content as (offset, length, content id) triples.
+fn layout(index: &BlobIndex, node: &Node) -> Result<Vec<(u64, usize, Hash)>> {
+    let mut off = 0u64;
+    let mut out = Vec::new();
+    for id in node.content.iter().flatten() {
+        let h = id_bytes(&id.into_inner());
+        let loc = index
+            .data
+            .get(&h)
+            .ok_or_else(|| EngineError::Repository(format!("blob {} is not in the index", id.into_inner().to_hex().as_str())))?;
+        let len = loc.uncompressed.map_or(loc.length as usize - CRYPTO_OVERHEAD, |n| n as usize);
+        out.push((off, len, h));
         off += len as u64;
     }
     Ok(out)
@@ -123,7 +141,7 @@ pub(crate) fn restore_disks(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<RestoreOutcome> {
-    let repo = engine.open(spec, None)?.to_indexed()?;
+    let repo = engine.open(spec, None)?;
     let (snap, meta) = find_point(&repo, &req.recovery_point)?;
     if meta.kind != RecoveryPointKind::Disks {
         return Err(EngineError::InvalidRequest(format!(
@@ -131,17 +149,26 @@ pub(crate) fn restore_disks(
             req.recovery_point
         )));
     }
-    let tree = repo.get_tree(&snap.tree)?;
+    let local = LocalBackend::new(&spec.path);
+    let crypto = Crypto::new(&repo.key())?;
+    let index = BlobIndex::load(&repo)?;
+    let tree_id = id_bytes(&snap.tree.into_inner());
+    let tree_loc = index
+        .tree
+        .get(&tree_id)
+        .ok_or_else(|| EngineError::Repository("the recovery point's tree is not in the index".into()))?;
+    let tree: Tree = serde_json::from_slice(&read_blob(&local, &crypto, tree_loc, &tree_id)?)
+        .map_err(|e| EngineError::Repository(format!("tree: {e}")))?;
     let names: Vec<String> = match &req.disks {
         Some(n) => n.clone(),
         None => meta.disks.iter().map(|d| d.name.clone()).collect(),
     };
     struct Job {
-        node: Node,
+        size: u64,
         final_path: PathBuf,
         tmp: PathBuf,
         format: ImageFormat,
-        chunks: Vec<(u64, usize, String)>,
+        chunks: Vec<(u64, usize, Hash)>,
     }
     let mut jobs = Vec::new();
     let mut tmps = TmpFiles(Vec::new());
@@ -155,7 +182,6 @@ pub(crate) fn restore_disks(
             .nodes
             .iter()
             .find(|n| n.name() == std::ffi::OsStr::new(name))
-            .cloned()
             .ok_or_else(|| EngineError::Repository(format!("disk '{name}' missing from tree")))?;
         let (final_path, format) = match &req.target {
             DiskRestoreTarget::Directory(dir) => {
@@ -167,7 +193,7 @@ pub(crate) fn restore_disks(
             }
             DiskRestoreTarget::Original => (entry.source_path.clone(), req.format.unwrap_or(entry.source_format)),
         };
-        let chunks = layout(&repo, &node)?;
+        let chunks = layout(&index, node)?;
         let size: u64 = chunks.iter().map(|c| c.1 as u64).sum();
         if size != node.meta.size {
             return Err(EngineError::Repository(format!(
@@ -178,74 +204,61 @@ pub(crate) fn restore_disks(
         let tmp = tmp_name(&final_path)?;
         tmps.0.push(tmp.clone());
         jobs.push(Job {
-            node,
+            size,
             final_path,
             tmp,
             format,
             chunks,
         });
     }
-    let total: u64 = jobs.iter().map(|j| j.node.meta.size).sum();
-    let mut zero_ids: HashMap<usize, String> = HashMap::new();
-    for j in &jobs {
-        for c in &j.chunks {
-            zero_ids.entry(c.1).or_insert_with(|| sha_hex(&vec![0u8; c.1]));
-        }
-    }
+    let total: u64 = jobs.iter().map(|j| j.size).sum();
 
-    // Write.
+    // Write, each blob verified against its content id before it is written.
     let counters = Arc::new(Counters::default());
     counters.set_total(total);
-    report_while(progress, Task::Restore, &counters, || -> Result<()> {
-        for j in &jobs {
-            let writer = ImageWriter::create(&j.tmp, j.format, j.node.meta.size)?;
-            parallel(j.chunks.len(), cancel, |i| {
-                let (off, len, id) = &j.chunks[i];
-                if zero_ids.get(len) != Some(id) {
-                    // The content hash is checked by the read-back pass below.
-                    let data = repo.cat_blob(BlobType::Data, id)?;
-                    if data.len() != *len {
-                        return Err(EngineError::VerificationFailed {
-                            path: j.final_path.clone(),
-                            reason: format!("vault blob {id} has the wrong length"),
-                        });
-                    }
-                    writer
-                        .write_at(&data, *off)
-                        .ctx(|| format!("write {}", j.tmp.display()))?;
-                }
-                counters.add(*len as u64);
-                Ok(())
-            })?;
-            writer.finish().ctx(|| format!("sync {}", j.tmp.display()))?;
-        }
-        Ok(())
-    })?;
-
-    // Verify: re-read what was written.
     let vcounters = Arc::new(Counters::default());
     vcounters.set_total(total);
-    report_while(progress, Task::Verify, &vcounters, || -> Result<()> {
-        for j in &jobs {
-            let reader = ImageReader::open(&j.tmp, j.format)?;
-            parallel(j.chunks.len(), cancel, |i| {
-                let (off, len, id) = &j.chunks[i];
-                let mut buf = vec![0u8; *len];
-                reader
-                    .read_at(&mut buf, *off)
-                    .ctx(|| format!("read back {}", j.tmp.display()))?;
-                if sha_hex(&buf) != *id {
-                    return Err(EngineError::VerificationFailed {
-                        path: j.final_path.clone(),
-                        reason: format!("bytes at offset {off} do not match the snapshot"),
-                    });
-                }
-                vcounters.add(*len as u64);
-                Ok(())
-            })?;
-        }
-        Ok(())
+    let writers = jobs
+        .iter()
+        .map(|j| ImageWriter::create(&j.tmp, j.format, j.size))
+        .collect::<Result<Vec<_>>>()?;
+    report_while(progress, Task::Restore, &counters, || {
+        report_while(progress, Task::Verify, &vcounters, || -> Result<()> {
+            let targets: Vec<Target> = jobs
+                .iter()
+                .zip(&writers)
+                .map(|(j, w)| Target {
+                    writer: w,
+                    chunks: &j.chunks,
+                    path: &j.final_path,
+                })
+                .collect();
+            diskpipe::restore(&local, &crypto, &index, &targets, cancel, &counters, &vcounters)
+        })
     })?;
+    for (j, w) in jobs.iter().zip(writers) {
+        w.finish().ctx(|| format!("sync {}", j.tmp.display()))?;
+    }
+
+    // A qcow2 target is also read back through the format layer: its bytes went through
+    // imago's cluster allocation, not straight to the file.
+    for j in jobs.iter().filter(|j| j.format == ImageFormat::Qcow2) {
+        let reader = ImageReader::open(&j.tmp, j.format)?;
+        parallel(j.chunks.len(), cancel, |i| {
+            let (off, len, id) = &j.chunks[i];
+            let mut buf = vec![0u8; *len];
+            reader
+                .read_at(&mut buf, *off)
+                .ctx(|| format!("read back {}", j.tmp.display()))?;
+            if sha256(&buf) != *id {
+                return Err(EngineError::VerificationFailed {
+                    path: j.final_path.clone(),
+                    reason: format!("bytes at offset {off} do not match the snapshot"),
+                });
+            }
+            Ok(())
+        })?;
+    }
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
@@ -258,7 +271,7 @@ pub(crate) fn restore_disks(
             fsync_dir(dir)?;
         }
         out.files_restored += 1;
-        out.bytes_restored += j.node.meta.size;
+        out.bytes_restored += j.size;
         out.paths.push(j.final_path.clone());
     }
     tmps.0.clear();
@@ -408,7 +421,7 @@ pub(crate) fn restore_tree(
             let dest = target.join(p);
             match &n.node_type {
                 NodeType::File => {
-                    let chunks = layout(&repo, n)?;
+                    let chunks = repo_layout(&repo, n)?;
                     let mut f = fs::File::open(&dest).ctx(|| format!("open {}", dest.display()))?;
                     let mut buf = Vec::new();
                     for (off, len, id) in chunks {

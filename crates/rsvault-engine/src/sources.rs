@@ -1,23 +1,22 @@
-//! The sources rustic_core's archiver reads: disk sets and directory trees.
+//! The source rustic_core's archiver reads for file shares: a directory tree. (VM disks go
+//! through the engine's own pipeline, `diskpipe`.)
 //!
-//! Both wrap their readers so that cancellation and source errors are seen by the engine, not
+//! It wraps its readers so that cancellation and source errors are seen by the engine, not
 //! just logged: rustic_core's archiver skips an entry whose read fails and still commits the
-//! snapshot, so every failure here is also recorded (an [`Abort`] for disks, a warning for
-//! files of a tree) and cancellation stops the walk and fails every further read.
+//! snapshot, so every failure here is also recorded as a warning, and cancellation stops the
+//! walk and fails every further read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use rustic_core::repofile::{Metadata, Node, NodeType};
+use rustic_core::repofile::NodeType;
 use rustic_core::{
     ErrorKind, LocalSource, LocalSourceFilterOptions, LocalSourceSaveOptions, ReadSource, ReadSourceEntry,
     ReadSourceOpen, RusticError, RusticResult,
 };
 
-use crate::backend::Abort;
-use crate::disk::{DiskReader, ImageFormat, ReadStats};
 use crate::pit::Stamp;
 use crate::progress::Cancel;
 
@@ -55,86 +54,6 @@ impl Warnings {
     }
     pub fn count(&self) -> usize {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).1
-    }
-}
-
-/// One disk to archive: read from `path` (the point-in-time view), stored as `name`.
-#[derive(Clone)]
-pub(crate) struct DiskItem {
-    pub name: String,
-    pub path: PathBuf,
-    pub format: ImageFormat,
-    pub size: u64,
-    pub mtime: Option<rustic_core::jiff::Timestamp>,
-}
-
-/// The disks of one VM backup, each a file in the snapshot's root.
-pub(crate) struct DiskSet {
-    pub items: Vec<DiskItem>,
-    pub cancel: Cancel,
-    pub abort: Abort,
-    pub stats: Arc<ReadStats>,
-}
-
-#[derive(Clone)]
-pub(crate) struct DiskOpen {
-    item: DiskItem,
-    cancel: Cancel,
-    abort: Abort,
-    stats: Arc<ReadStats>,
-}
-
-impl ReadSourceOpen for DiskOpen {
-    type Reader = DiskReader;
-    fn open(self) -> RusticResult<DiskReader> {
-        DiskReader::open(
-            &self.item.path,
-            self.item.format,
-            self.item.size,
-            self.cancel,
-            self.abort.clone(),
-            self.stats,
-        )
-        .map_err(|e| {
-            self.abort.set(e.to_string());
-            RusticError::new(ErrorKind::InputOutput, "opening disk failed: {e}").attach_context("e", e.to_string())
-        })
-    }
-}
-
-impl ReadSource for DiskSet {
-    type Open = DiskOpen;
-    type Iter = std::vec::IntoIter<RusticResult<ReadSourceEntry<DiskOpen>>>;
-
-    fn size(&self) -> RusticResult<Option<u64>> {
-        Ok(Some(self.items.iter().map(|i| i.size).sum()))
-    }
-
-    // `Metadata` is non-exhaustive: no struct literal possible.
-    #[allow(clippy::field_reassign_with_default)]
-    fn entries(&self) -> Self::Iter {
-        let mut v: Vec<_> = self.items.clone();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v.into_iter()
-            .map(|item| {
-                let mut meta = Metadata::default();
-                meta.size = item.size;
-                meta.mode = Some(0o100_600);
-                meta.mtime = item.mtime;
-                let node = Node::new_node(item.name.as_ref(), NodeType::File, meta);
-                Ok(ReadSourceEntry {
-                    path: PathBuf::from(&item.name),
-                    node,
-                    open: Some(DiskOpen {
-                        item,
-                        cancel: self.cancel.clone(),
-                        abort: self.abort.clone(),
-                        stats: self.stats.clone(),
-                    }),
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
     }
 }
 

@@ -1,0 +1,676 @@
+//! The engine's own parallel pipelines for VM disks: backup into and restore out of the
+//! restic format ([`crate::format`]), using both cores for every disk.
+//!
+//! **Backup.** One reader thread walks each disk in [`DISK_CHUNK_SIZE`] pieces; a piece the image
+//! marks unallocated is not read (it is the all-zero blob). Pieces go through a bounded channel
+//! to [`WORKERS`] workers that hash them (SHA-256, the blob id), drop those the vault or this
+//! backup already holds, and compress (zstd at the repository's level; with the repository's
+//! `extra_verify`, decompressed again and compared) and encrypt the rest into the current pack.
+//! Full packs go through a bounded channel to one writer thread that writes them under the
+//! storage rules of [`crate::backend`]. Memory is bounded: [`READ_BUFFERS`] read buffers, one
+//! pack being filled, one queued, one being written. A disk whose size and modification time
+//! equal its node in the parent recovery point is not read at all: its content list is reused.
+//! Only after every pack is written are the index, the tree (the root tree holding one file node
+//! per disk) and last the snapshot written; a cancel, an error or a crash before that leaves
+//! orphan packs only, never a recovery point.
+//!
+//! **Restore.** The blobs a disk needs are grouped by pack and read in ranges (up to
+//! [`RANGE_MAX`]) by [`WORKERS`] workers, which check the MAC, decrypt, decompress, check the
+//! SHA-256 against the content id the snapshot names (so the bytes written are verified in
+//! memory, without a second pass over the image), and `pwrite` them at every offset that holds
+//! that blob. All-zero chunks are not written (holes). Raw targets are asked to start writeback
+//! as they go, so the final `fsync` is short.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use rustic_core::repofile::{BlobType, Metadata, Node, NodeType, SnapshotFile, SnapshotSummary, Tree};
+use rustic_core::{FileType, Id, WriteBackend};
+
+use crate::backend::{Abort, LocalBackend, DISK_CHUNK_SIZE};
+use crate::disk::{ImageFormat, ImageReader, ImageWriter, ReadStats};
+use crate::error::{EngineError, Result};
+use crate::format::{
+    encode_file, id_bytes, open_blob, repo_err, sha256, write_file, BlobIndex, BlobLoc, Crypto, Hash, IndexWriter,
+    PackBuilder, CRYPTO_OVERHEAD,
+};
+use crate::progress::{Cancel, Counters};
+
+/// Worker threads for hashing/compression/encryption (backup) and decryption (restore).
+pub(crate) const WORKERS: usize = 2;
+/// Read buffers in flight during a backup.
+const READ_BUFFERS: usize = 4;
+/// Largest pack range a restore worker reads at once.
+const RANGE_MAX: u32 = 16 * 1024 * 1024;
+/// A gap between needed blobs of a pack larger than this starts a new read.
+const GAP_MAX: u32 = 1024 * 1024;
+
+/// How the pipeline writes: through which backend, with which key and settings.
+pub(crate) struct Writer<'a> {
+    /// The gated backend (refuses writes once cancelled, and the snapshot once aborted).
+    pub be: &'a dyn WriteBackend,
+    pub crypto: &'a Crypto,
+    /// zstd level (`None`: repository version 1, no compression).
+    pub zstd: Option<i32>,
+    pub extra_verify: bool,
+    /// Target size of a data pack.
+    pub pack_size: usize,
+}
+
+/// One disk to back up.
+pub(crate) struct DiskJob {
+    pub name: String,
+    /// The point-in-time view to read.
+    pub path: PathBuf,
+    pub format: ImageFormat,
+    pub size: u64,
+    pub mtime: Option<rustic_core::jiff::Timestamp>,
+}
+
+struct Work {
+    job: usize,
+    idx: usize,
+    len: usize,
+    /// `None`: an unallocated piece (all zeros, not read).
+    buf: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Added {
+    blobs: AtomicU64,
+    plain: AtomicU64,
+    stored: AtomicU64,
+}
+
+/// First error wins; every thread stops at the next chance.
+#[derive(Default)]
+struct Failure {
+    err: Mutex<Option<EngineError>>,
+    stop: AtomicBool,
+}
+
+impl Failure {
+    fn set(&self, e: EngineError) {
+        let mut g = self.err.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+    }
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+    fn take(self) -> Option<EngineError> {
+        self.err.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Per-worker compression state.
+struct Sealer<'a> {
+    w: &'a Writer<'a>,
+    cctx: Option<zstd::bulk::Compressor<'static>>,
+    dctx: Option<zstd::bulk::Decompressor<'static>>,
+    scratch: Vec<u8>,
+    check: Vec<u8>,
+}
+
+impl<'a> Sealer<'a> {
+    fn new(w: &'a Writer<'a>) -> Result<Self> {
+        let z = |e: std::io::Error| repo_err(format!("zstd: {e}"));
+        Ok(Self {
+            w,
+            cctx: w.zstd.map(zstd::bulk::Compressor::new).transpose().map_err(z)?,
+            dctx: (w.zstd.is_some() && w.extra_verify)
+                .then(zstd::bulk::Decompressor::new)
+                .transpose()
+                .map_err(z)?,
+            scratch: Vec::new(),
+            check: Vec::new(),
+        })
+    }
+
+    /// Compresses (if it helps) and encrypts `data` into `self.scratch[..n]`; returns `n` and
+    /// the plain length if compressed.
+    fn seal(&mut self, data: &[u8]) -> Result<(usize, Option<u32>)> {
+        if let Some(c) = &mut self.cctx {
+            let bound = zstd::zstd_safe::compress_bound(data.len());
+            if self.scratch.len() < bound + CRYPTO_OVERHEAD {
+                self.scratch.resize(bound + CRYPTO_OVERHEAD, 0);
+            }
+            let n = c
+                .compress_to_buffer(data, &mut self.scratch[16..16 + bound])
+                .map_err(|e| repo_err(format!("compressing: {e}")))?;
+            if n < data.len() {
+                if let Some(d) = &mut self.dctx {
+                    self.check.clear();
+                    self.check.reserve(data.len());
+                    d.decompress_to_buffer(&self.scratch[16..16 + n], &mut self.check)
+                        .map_err(|e| repo_err(format!("verifying compression: {e}")))?;
+                    if self.check != data {
+                        return Err(repo_err("verification failed: data changed after compression"));
+                    }
+                }
+                let stored = self.w.crypto.seal_in_place(&mut self.scratch, n)?;
+                return Ok((stored, Some(data.len() as u32)));
+            }
+        }
+        if self.scratch.len() < data.len() + CRYPTO_OVERHEAD {
+            self.scratch.resize(data.len() + CRYPTO_OVERHEAD, 0);
+        }
+        self.scratch[16..16 + data.len()].copy_from_slice(data);
+        Ok((self.w.crypto.seal_in_place(&mut self.scratch, data.len())?, None))
+    }
+}
+
+/// Writes one finished pack; returns its stored size.
+fn write_pack(w: &Writer, index: &Mutex<IndexWriter>, pack: PackBuilder) -> Result<u64> {
+    let (bytes, id, blobs) = pack.finish(w.crypto)?;
+    let n = bytes.len() as u64;
+    w.be.write_bytes(FileType::Pack, &Id::new(id), false, bytes.into())?;
+    index.lock().unwrap_or_else(|p| p.into_inner()).add(id, &blobs);
+    Ok(n)
+}
+
+/// Backs up `jobs` and commits the snapshot `snap` (see the module doc). `parent` is the parent
+/// recovery point's snapshot id and root tree.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backup(
+    w: &Writer,
+    index: &BlobIndex,
+    parent: Option<(rustic_core::repofile::SnapshotId, Tree)>,
+    jobs: &[DiskJob],
+    mut snap: SnapshotFile,
+    cancel: &Cancel,
+    abort: &Abort,
+    stats: &ReadStats,
+    counters: &Counters,
+) -> Result<SnapshotFile> {
+    let start = rustic_core::jiff::Zoned::now();
+    let parent_nodes: HashMap<String, Node> = parent
+        .as_ref()
+        .map(|(_, t)| {
+            t.nodes
+                .iter()
+                .map(|n| (n.name().to_string_lossy().into_owned(), n.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    // Disks unchanged since the parent are not read.
+    let mut reused: Vec<Option<Vec<rustic_core::DataId>>> = Vec::with_capacity(jobs.len());
+    let (mut new_files, mut changed_files, mut unmodified_files) = (0u64, 0u64, 0u64);
+    for j in jobs {
+        let p = parent_nodes.get(&j.name);
+        let same = p.and_then(|p| {
+            let content = p.content.as_ref()?;
+            (p.node_type == NodeType::File
+                && p.meta.size == j.size
+                && p.meta.mtime.is_some()
+                && p.meta.mtime == j.mtime
+                && content.iter().all(|id| index.data.contains_key(&id_bytes(&id.into_inner()))))
+            .then(|| content.clone())
+        });
+        match (p, &same) {
+            (None, _) => new_files += 1,
+            (Some(_), None) => changed_files += 1,
+            (Some(_), Some(_)) => unmodified_files += 1,
+        }
+        if same.is_some() {
+            counters.add(j.size);
+        }
+        reused.push(same);
+    }
+
+    let chunk = DISK_CHUNK_SIZE as u64;
+    let content: Mutex<Vec<Vec<Hash>>> = Mutex::new(
+        jobs.iter()
+            .zip(&reused)
+            .map(|(j, r)| {
+                if r.is_some() {
+                    Vec::new()
+                } else {
+                    vec![[0u8; 32]; j.size.div_ceil(chunk) as usize]
+                }
+            })
+            .collect(),
+    );
+    let seen: Mutex<HashSet<Hash>> = Mutex::default();
+    let zero_ids: Mutex<HashMap<usize, Hash>> = Mutex::default();
+    let zero_id = |len: usize| -> Hash {
+        *zero_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(len)
+            .or_insert_with(|| sha256(&vec![0u8; len]))
+    };
+    let pack_cap = w.pack_size + 2 * DISK_CHUNK_SIZE;
+    let packer = Mutex::new(PackBuilder::with_capacity(pack_cap));
+    let index_out = Mutex::new(IndexWriter::default());
+    let added = Added::default();
+    let packed_total = AtomicU64::new(0);
+    let fail = Failure::default();
+
+    let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(READ_BUFFERS);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(READ_BUFFERS);
+    for _ in 0..READ_BUFFERS {
+        let _ = free_tx.send(Vec::new());
+    }
+    let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackBuilder>(1);
+
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            for pack in pack_rx {
+                if fail.stopped() {
+                    continue;
+                }
+                match write_pack(w, &index_out, pack) {
+                    Ok(n) => {
+                        packed_total.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => fail.set(e),
+                }
+            }
+        });
+        let mut workers = Vec::new();
+        for _ in 0..WORKERS {
+            let (work_rx, free_tx, pack_tx) = (work_rx.clone(), free_tx.clone(), pack_tx.clone());
+            let (seen, content, packer, added, fail, zero_id) = (&seen, &content, &packer, &added, &fail, &zero_id);
+            workers.push(s.spawn(move || {
+                let mut sealer = match Sealer::new(w) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        fail.set(e);
+                        return;
+                    }
+                };
+                for work in work_rx {
+                    if !fail.stopped() {
+                        let r = (|| -> Result<()> {
+                            let (id, zeros);
+                            let data: &[u8] = match &work.buf {
+                                Some(b) => {
+                                    id = sha256(b);
+                                    b
+                                }
+                                None => {
+                                    id = zero_id(work.len);
+                                    zeros = Vec::new();
+                                    &zeros
+                                }
+                            };
+                            let new = !index.data.contains_key(&id)
+                                && seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                            if new {
+                                let zero_buf;
+                                let data = if work.buf.is_none() {
+                                    zero_buf = vec![0u8; work.len];
+                                    &zero_buf[..]
+                                } else {
+                                    data
+                                };
+                                let (n, plain) = sealer.seal(data)?;
+                                added.blobs.fetch_add(1, Ordering::Relaxed);
+                                added.plain.fetch_add(work.len as u64, Ordering::Relaxed);
+                                added.stored.fetch_add(n as u64, Ordering::Relaxed);
+                                let full = {
+                                    let mut p = packer.lock().unwrap_or_else(|p| p.into_inner());
+                                    p.add(id, BlobType::Data, &sealer.scratch[..n], plain);
+                                    (p.data.len() >= w.pack_size)
+                                        .then(|| std::mem::replace(&mut *p, PackBuilder::with_capacity(pack_cap)))
+                                };
+                                if let Some(full) = full {
+                                    pack_tx.send(full).map_err(|_| repo_err("pack writer stopped"))?;
+                                }
+                            }
+                            content.lock().unwrap_or_else(|p| p.into_inner())[work.job][work.idx] = id;
+                            counters.add(work.len as u64);
+                            Ok(())
+                        })();
+                        if let Err(e) = r {
+                            fail.set(e);
+                        }
+                    }
+                    if let Some(b) = work.buf {
+                        let _ = free_tx.send(b);
+                    }
+                }
+            }));
+        }
+        drop(work_rx);
+        drop(free_tx);
+
+        // The reader, on this thread.
+        let read = (|| -> Result<()> {
+            for (j, job) in jobs.iter().enumerate() {
+                if reused[j].is_some() {
+                    continue;
+                }
+                let img = ImageReader::open(&job.path, job.format)?;
+                let n = job.size.div_ceil(chunk) as usize;
+                for idx in 0..n {
+                    if cancel.is_cancelled() {
+                        return Err(EngineError::Cancelled);
+                    }
+                    if fail.stopped() {
+                        return Ok(());
+                    }
+                    let off = idx as u64 * chunk;
+                    let len = (job.size - off).min(chunk) as usize;
+                    let source_err = |e: std::io::Error| {
+                        let why = format!("reading disk {}: {e}", job.path.display());
+                        abort.set(why.clone());
+                        EngineError::Source {
+                            path: job.path.clone(),
+                            reason: why,
+                        }
+                    };
+                    stats.scanned.fetch_add(len as u64, Ordering::Relaxed);
+                    let buf = if img.is_unallocated(off, len as u64).map_err(source_err)? {
+                        stats.skipped.fetch_add(len as u64, Ordering::Relaxed);
+                        None
+                    } else {
+                        let mut b = free_rx.recv().map_err(|_| repo_err("workers stopped"))?;
+                        b.resize(len, 0);
+                        img.read_at(&mut b, off).map_err(source_err)?;
+                        Some(b)
+                    };
+                    work_tx
+                        .send(Work { job: j, idx, len, buf })
+                        .map_err(|_| repo_err("workers stopped"))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = read {
+            fail.set(e);
+        }
+        drop(work_tx);
+        for h in workers {
+            if h.join().is_err() {
+                fail.set(repo_err("a backup worker panicked"));
+            }
+        }
+        let last = std::mem::take(&mut *packer.lock().unwrap_or_else(|p| p.into_inner()));
+        if !last.is_empty() && !fail.stopped() {
+            let _ = pack_tx.send(last);
+        }
+        drop(pack_tx);
+        if writer.join().is_err() {
+            fail.set(repo_err("the pack writer panicked"));
+        }
+    });
+    if cancel.is_cancelled() {
+        return Err(EngineError::Cancelled);
+    }
+    if let Some(e) = fail.take() {
+        return Err(e);
+    }
+
+    // The root tree: one file node per disk, sorted by name.
+    let content = content.into_inner().unwrap_or_else(|p| p.into_inner());
+    let mut nodes = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter().enumerate() {
+        let mut meta = Metadata::default();
+        meta.size = job.size;
+        meta.mode = Some(0o100_600);
+        meta.mtime = job.mtime;
+        let mut node = Node::new_node(job.name.as_ref(), NodeType::File, meta);
+        node.content = Some(match &reused[j] {
+            Some(c) => c.clone(),
+            None => content[j].iter().map(|h| Id::new(*h).into()).collect(),
+        });
+        nodes.push(node);
+    }
+    nodes.sort_by(|a, b| a.name().cmp(&b.name()));
+    let tree = Tree { nodes };
+    let (tree_json, tree_id) = tree.serialize().map_err(|e| repo_err(format!("tree: {e}")))?;
+    let tree_hash = id_bytes(&tree_id.into_inner());
+    let mut index_out = index_out.into_inner().unwrap_or_else(|p| p.into_inner());
+    let (mut tree_blobs, mut tree_plain, mut tree_stored) = (0u64, 0u64, 0u64);
+    if !index.tree.contains_key(&tree_hash) {
+        let mut sealer = Sealer::new(w)?;
+        let (n, plain) = sealer.seal(&tree_json)?;
+        let mut p = PackBuilder::with_capacity(n + 128);
+        p.add(tree_hash, BlobType::Tree, &sealer.scratch[..n], plain);
+        let m = Mutex::new(index_out);
+        write_pack(w, &m, p)?;
+        index_out = m.into_inner().unwrap_or_else(|p| p.into_inner());
+        (tree_blobs, tree_plain, tree_stored) = (1, tree_json.len() as u64, n as u64);
+    }
+    index_out.write(w.be, w.crypto, w.zstd)?;
+
+    // The snapshot: the commit.
+    let mut sum = snap.summary.take().unwrap_or_default();
+    fill_summary(&mut sum, jobs, &added, (new_files, changed_files, unmodified_files));
+    let parent_tree_same = parent.as_ref().is_some_and(|(_, t)| {
+        t.serialize()
+            .map(|(_, id)| id_bytes(&id.into_inner()) == tree_hash)
+            .unwrap_or(false)
+    });
+    sum.total_dirs_processed = 1;
+    match (&parent, parent_tree_same) {
+        (None, _) => sum.dirs_new = 1,
+        (Some(_), true) => sum.dirs_unmodified = 1,
+        (Some(_), false) => sum.dirs_changed = 1,
+    }
+    sum.tree_blobs = tree_blobs;
+    sum.data_added_trees = tree_plain;
+    sum.data_added_trees_packed = tree_stored;
+    sum.data_added += tree_plain;
+    sum.data_added_packed += tree_stored;
+    sum.backup_start = start;
+    let end = rustic_core::jiff::Zoned::now();
+    sum.backup_duration = secs_between(&sum.backup_start, &end);
+    sum.total_duration = secs_between(&snap.time, &end);
+    sum.backup_end = end;
+    snap.summary = Some(sum);
+    snap.tree = tree_id;
+    for j in jobs {
+        snap.paths.add(j.name.clone());
+    }
+    if let Some((pid, _)) = &parent {
+        snap.parent = Some(*pid);
+        snap.parents = vec![*pid];
+    }
+    snap.id = Default::default();
+    let json = serde_json::to_vec(&snap).map_err(|e| repo_err(format!("serializing snapshot: {e}")))?;
+    let id = write_file(w.be, FileType::Snapshot, encode_file(w.crypto, &json, w.zstd)?)?;
+    snap.id = id.into();
+    Ok(snap)
+}
+
+fn secs_between(a: &rustic_core::jiff::Zoned, b: &rustic_core::jiff::Zoned) -> f64 {
+    (b.timestamp().as_nanosecond() - a.timestamp().as_nanosecond()) as f64 / 1e9
+}
+
+fn fill_summary(sum: &mut SnapshotSummary, jobs: &[DiskJob], added: &Added, files: (u64, u64, u64)) {
+    sum.files_new = files.0;
+    sum.files_changed = files.1;
+    sum.files_unmodified = files.2;
+    sum.total_files_processed = jobs.len() as u64;
+    sum.total_bytes_processed = jobs.iter().map(|j| j.size).sum();
+    sum.data_blobs = added.blobs.load(Ordering::Relaxed);
+    sum.data_added_files = added.plain.load(Ordering::Relaxed);
+    sum.data_added_files_packed = added.stored.load(Ordering::Relaxed);
+    sum.data_added = sum.data_added_files;
+    sum.data_added_packed = sum.data_added_files_packed;
+}
+
+/// One restore target: an image being written and the chunks it needs.
+pub(crate) struct Target<'a> {
+    pub writer: &'a ImageWriter,
+    /// (offset, length, content id) of every chunk, in order.
+    pub chunks: &'a [(u64, usize, Hash)],
+    /// The final path (for error messages).
+    pub path: &'a Path,
+}
+
+struct Range {
+    pack: Hash,
+    start: u32,
+    end: u32,
+    /// (blob id, location, plain length, where it goes: (target, offset)).
+    blobs: Vec<(Hash, BlobLoc, usize, Vec<(usize, u64)>)>,
+}
+
+/// Writes every non-zero chunk of `targets` from the vault, each verified against its id before
+/// it is written (see the module doc). `done` counts restored bytes, `verified` the bytes
+/// checked against the snapshot (all-zero chunks are checked by their id alone).
+pub(crate) fn restore(
+    be: &LocalBackend,
+    crypto: &Crypto,
+    index: &BlobIndex,
+    targets: &[Target],
+    cancel: &Cancel,
+    done: &Counters,
+    verified: &Counters,
+) -> Result<()> {
+    let mut zero_ids: HashMap<usize, Hash> = HashMap::new();
+    let mut wanted: HashMap<Hash, (BlobLoc, usize, Vec<(usize, u64)>)> = HashMap::new();
+    for (t, target) in targets.iter().enumerate() {
+        for (off, len, id) in target.chunks {
+            let zero = *zero_ids.entry(*len).or_insert_with(|| sha256(&vec![0u8; *len]));
+            if *id == zero {
+                done.add(*len as u64);
+                verified.add(*len as u64);
+                continue;
+            }
+            let loc = index
+                .data
+                .get(id)
+                .ok_or_else(|| repo_err(format!("blob {} is not in the index", Id::new(*id).to_hex().as_str())))?;
+            wanted.entry(*id).or_insert_with(|| (*loc, *len, Vec::new())).2.push((t, *off));
+        }
+    }
+    let mut by_pack: HashMap<Hash, Vec<(Hash, BlobLoc, usize, Vec<(usize, u64)>)>> = HashMap::new();
+    for (id, (loc, len, dst)) in wanted {
+        by_pack.entry(loc.pack).or_default().push((id, loc, len, dst));
+    }
+    let mut ranges: Vec<Range> = Vec::new();
+    for (pack, mut blobs) in by_pack {
+        blobs.sort_by_key(|b| b.1.offset);
+        let mut cur: Option<Range> = None;
+        for b in blobs {
+            let (o, e) = (b.1.offset, b.1.offset + b.1.length);
+            if let Some(r) = &mut cur {
+                if o >= r.end && o - r.end <= GAP_MAX && e - r.start <= RANGE_MAX {
+                    r.end = e;
+                    r.blobs.push(b);
+                    continue;
+                }
+                ranges.push(cur.take().expect("checked"));
+            }
+            cur = Some(Range {
+                pack,
+                start: o,
+                end: e,
+                blobs: vec![b],
+            });
+        }
+        ranges.extend(cur);
+    }
+    // Roughly in image order, so the page cache and the disk see mostly sequential writes.
+    ranges.sort_by_key(|r| r.blobs.iter().flat_map(|b| b.3.iter().copied()).min());
+
+    let next = AtomicUsize::new(0);
+    let fail = Failure::default();
+    std::thread::scope(|s| {
+        for _ in 0..WORKERS {
+            s.spawn(|| {
+                let mut dctx = match zstd::bulk::Decompressor::new() {
+                    Ok(d) => d,
+                    Err(e) => return fail.set(repo_err(format!("zstd: {e}"))),
+                };
+                let mut buf = Vec::new();
+                let mut plain = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= ranges.len() || fail.stopped() {
+                        return;
+                    }
+                    if cancel.is_cancelled() {
+                        return fail.set(EngineError::Cancelled);
+                    }
+                    if let Err(e) = restore_range(be, crypto, &ranges[i], targets, &mut dctx, &mut buf, &mut plain, done, verified) {
+                        return fail.set(e);
+                    }
+                }
+            });
+        }
+    });
+    match fail.take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn restore_range(
+    be: &LocalBackend,
+    crypto: &Crypto,
+    r: &Range,
+    targets: &[Target],
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    buf: &mut Vec<u8>,
+    plain: &mut Vec<u8>,
+    done: &Counters,
+    verified: &Counters,
+) -> Result<()> {
+    buf.resize((r.end - r.start) as usize, 0);
+    be.read_pack_range(&Id::new(r.pack), r.start, buf)?;
+    for (id, loc, len, dst) in &r.blobs {
+        let first = &targets[dst[0].0];
+        let bad = |reason: String| EngineError::VerificationFailed {
+            path: first.path.to_path_buf(),
+            reason,
+        };
+        let at = (loc.offset - r.start) as usize;
+        let stored = &mut buf[at..at + loc.length as usize];
+        let range = crypto
+            .open_in_place(stored)
+            .map_err(|e| bad(format!("vault blob {}: {e}", Id::new(*id).to_hex().as_str())))?;
+        let data: &[u8] = match loc.uncompressed {
+            None => &stored[range],
+            Some(n) => {
+                plain.clear();
+                plain.reserve(n as usize);
+                dctx.decompress_to_buffer(&stored[range], plain)
+                    .map_err(|e| bad(format!("vault blob {}: {e}", Id::new(*id).to_hex().as_str())))?;
+                plain
+            }
+        };
+        if data.len() != *len {
+            return Err(bad(format!(
+                "vault blob {} has the wrong length",
+                Id::new(*id).to_hex().as_str()
+            )));
+        }
+        if sha256(data) != *id {
+            return Err(bad(format!(
+                "vault blob {} does not match the snapshot's content id",
+                Id::new(*id).to_hex().as_str()
+            )));
+        }
+        for (t, off) in dst {
+            let target = &targets[*t];
+            target
+                .writer
+                .write_at(data, *off)
+                .map_err(|e| EngineError::io(format!("write {}", target.path.display()), e))?;
+            target.writer.start_writeback(*off, data.len() as u64);
+            done.add(data.len() as u64);
+            verified.add(data.len() as u64);
+        }
+    }
+    Ok(())
+}
+
+/// Reads the blob `id` at `loc` (a tree, say), checked against its id.
+pub(crate) fn read_blob(be: &LocalBackend, crypto: &Crypto, loc: &BlobLoc, id: &Hash) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; loc.length as usize];
+    be.read_pack_range(&Id::new(loc.pack), loc.offset, &mut buf)?;
+    let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| repo_err(format!("zstd: {e}")))?;
+    open_blob(crypto, &mut dctx, &mut buf, loc, id)
+}

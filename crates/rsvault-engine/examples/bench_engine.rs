@@ -301,6 +301,8 @@ fn main() {
         .status()
         .unwrap();
     assert!(q.success());
+    // Written data out of the page cache's dirty list before anything is timed.
+    assert!(Command::new("sync").status().unwrap().success());
     eprintln!("tree: {nfiles} files, {} MiB", tree_bytes / MIB as u64);
     let img = 1024 * MIB as u64;
 

@@ -37,6 +37,7 @@ use bytes::Bytes;
 use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, RusticResult, WriteBackend};
 
 use crate::error::{EngineError, IoContext, Result};
+use crate::iobuf::{AlignedBuf, ALIGN};
 use crate::progress::Cancel;
 
 /// Chunk size for disk images.
@@ -86,13 +87,107 @@ impl LocalBackend {
         }
     }
 
-    /// Reads `buf.len()` bytes of pack `id` at `offset` into `buf`.
+    /// Reads `buf.len()` bytes of pack `id` at `offset` into `buf` (through the page cache).
     pub(crate) fn read_pack_range(&self, id: &Id, offset: u32, buf: &mut [u8]) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let p = self.path(FileType::Pack, id);
         fs::File::open(&p)
             .and_then(|f| f.read_exact_at(buf, offset.into()))
             .ctx(|| format!("read {}", p.display()))
+    }
+
+    /// Writes a repository file by the storage rules: temp file in `tmp/`, `fsync`, rename,
+    /// `fsync` of the directory. `direct` opens the temp file with `O_DIRECT` (falling back to
+    /// an ordinary open where the filesystem refuses it).
+    fn write_with(
+        &self,
+        tpe: FileType,
+        id: &Id,
+        direct: bool,
+        fill: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+    ) -> RusticResult<()> {
+        let dir = self.dir(tpe, id);
+        let path = self.path(tpe, id);
+        let tmpdir = self.root.join("tmp");
+        mkdir(&tmpdir).map_err(|e| io_err("creating", &tmpdir, e))?;
+        mkdir(&dir).map_err(|e| io_err("creating", &dir, e))?;
+        let tmp = tmpdir.join(format!(
+            "{}-{}-{}",
+            id.to_hex().as_str(),
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let write = || -> std::io::Result<()> {
+            let mut opts = fs::OpenOptions::new();
+            opts.write(true).create_new(true).mode(0o600);
+            let mut f = match direct {
+                true => match opts.clone().custom_flags(libc::O_DIRECT).open(&tmp) {
+                    Ok(f) => f,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        let _ = fs::remove_file(&tmp);
+                        opts.open(&tmp)?
+                    }
+                    Err(e) => return Err(e),
+                },
+                false => opts.open(&tmp)?,
+            };
+            fill(&mut f)?;
+            f.sync_all()
+        };
+        if let Err(e) = write() {
+            let _ = fs::remove_file(&tmp);
+            return Err(io_err("writing", &tmp, e));
+        }
+        fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &path, e))?;
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_err("fsync", &dir, e))
+    }
+
+    /// Writes a pack (or any repository file) from an aligned buffer with direct I/O: the
+    /// aligned bulk bypasses the page cache, the unaligned tail is written normally. Same
+    /// storage rules as every other write.
+    pub(crate) fn write_aligned(&self, tpe: FileType, id: &Id, data: &AlignedBuf) -> RusticResult<()> {
+        self.write_with(tpe, id, true, |f| {
+            let bytes = data.as_slice();
+            let bulk = bytes.len() / ALIGN * ALIGN;
+            f.write_all(&bytes[..bulk])?;
+            set_direct(f, false)?;
+            f.write_all(&bytes[bulk..])
+        })
+    }
+
+    /// Reads `[offset, offset+len)` of pack `id` with direct I/O into `buf`, which it resizes;
+    /// returns where the wanted bytes start in `buf` (the read is widened to [`ALIGN`]).
+    pub(crate) fn read_pack_direct(&self, id: &Id, offset: u32, len: u32, buf: &mut AlignedBuf) -> Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let p = self.path(FileType::Pack, id);
+        let start = u64::from(offset) / ALIGN as u64 * ALIGN as u64;
+        let end = (u64::from(offset) + u64::from(len)).next_multiple_of(ALIGN as u64);
+        let skip = (u64::from(offset) - start) as usize;
+        let want = skip + len as usize;
+        let mut read = || -> std::io::Result<usize> {
+            let f = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&p) {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    buf.set_len(len as usize);
+                    fs::File::open(&p)?.read_exact_at(buf.as_mut_slice(), offset.into())?;
+                    return Ok(0);
+                }
+                Err(e) => return Err(e),
+            };
+            buf.set_len((end - start) as usize);
+            let mut done = 0;
+            while done < want {
+                let n = f.read_at(&mut buf.as_mut_slice()[done..], start + done as u64)?;
+                if n == 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pack is too short"));
+                }
+                done += n;
+            }
+            Ok(skip)
+        };
+        read().ctx(|| format!("read {}", p.display()))
     }
 
     /// Removes leftovers of interrupted writes. Call only under the exclusive lock.
@@ -108,6 +203,22 @@ impl LocalBackend {
         }
         Ok(n)
     }
+}
+
+/// Turns `O_DIRECT` on or off for an open file.
+pub(crate) fn set_direct(f: &fs::File, on: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on an owned, open fd.
+    let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let new = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, new) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn mkdir(p: &Path) -> std::io::Result<()> {
@@ -187,36 +298,12 @@ impl WriteBackend for LocalBackend {
     }
 
     fn write_bytes(&self, tpe: FileType, id: &Id, _cacheable: bool, content: BytesList) -> RusticResult<()> {
-        let dir = self.dir(tpe, id);
-        let path = self.path(tpe, id);
-        let tmpdir = self.root.join("tmp");
-        mkdir(&tmpdir).map_err(|e| io_err("creating", &tmpdir, e))?;
-        mkdir(&dir).map_err(|e| io_err("creating", &dir, e))?;
-        let tmp = tmpdir.join(format!(
-            "{}-{}-{}",
-            id.to_hex().as_str(),
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        let write = || -> std::io::Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+        self.write_with(tpe, id, false, |f| {
             for b in content.slice() {
                 f.write_all(b)?;
             }
-            f.sync_all()
-        };
-        if let Err(e) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("writing", &tmp, e));
-        }
-        fs::rename(&tmp, &path).map_err(|e| io_err("renaming", &path, e))?;
-        fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io_err("fsync", &dir, e))
+            Ok(())
+        })
     }
 
     fn remove(&self, tpe: FileType, id: &Id, _cacheable: bool) -> RusticResult<()> {
@@ -257,6 +344,20 @@ pub(crate) struct GateBackend {
 impl GateBackend {
     pub fn new(inner: Arc<LocalBackend>, cancel: Cancel, abort: Abort) -> Self {
         Self { inner, cancel, abort }
+    }
+}
+
+impl GateBackend {
+    /// [`LocalBackend::write_aligned`], refused once cancelled (packs, index files; never the
+    /// snapshot, which goes through [`WriteBackend::write_bytes`] and its checks).
+    pub fn write_aligned(&self, tpe: FileType, id: &Id, data: &AlignedBuf) -> RusticResult<()> {
+        if self.cancel.is_cancelled() {
+            return Err(RusticError::new(ErrorKind::Backend, "backup cancelled"));
+        }
+        if matches!(tpe, FileType::Snapshot | FileType::Config) {
+            return Err(RusticError::new(ErrorKind::Backend, "only packs are written directly"));
+        }
+        self.inner.write_aligned(tpe, id, data)
     }
 }
 

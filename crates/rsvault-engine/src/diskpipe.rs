@@ -27,19 +27,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rustic_core::repofile::{BlobType, Metadata, Node, NodeType, SnapshotFile, SnapshotSummary, Tree};
-use rustic_core::{FileType, Id, WriteBackend};
+use rustic_core::{FileType, Id};
 
-use crate::backend::{Abort, LocalBackend, DISK_CHUNK_SIZE};
+use crate::backend::{Abort, GateBackend, LocalBackend, DISK_CHUNK_SIZE};
 use crate::disk::{ImageFormat, ImageReader, ImageWriter, ReadStats};
 use crate::error::{EngineError, Result};
 use crate::format::{
     encode_file, id_bytes, open_blob, repo_err, sha256, write_file, BlobIndex, BlobLoc, Crypto, Hash, IndexWriter,
     PackBuilder, CRYPTO_OVERHEAD,
 };
+use crate::iobuf::AlignedBuf;
 use crate::progress::{Cancel, Counters};
 
 /// Worker threads for hashing/compression/encryption (backup) and decryption (restore).
 pub(crate) const WORKERS: usize = 2;
+/// Default target size of a data pack written by the pipeline (restic's).
+pub(crate) const DISK_PACK_SIZE: usize = 16 * 1024 * 1024;
 /// Read buffers in flight during a backup.
 const READ_BUFFERS: usize = 4;
 /// Largest pack range a restore worker reads at once.
@@ -50,7 +53,7 @@ const GAP_MAX: u32 = 1024 * 1024;
 /// How the pipeline writes: through which backend, with which key and settings.
 pub(crate) struct Writer<'a> {
     /// The gated backend (refuses writes once cancelled, and the snapshot once aborted).
-    pub be: &'a dyn WriteBackend,
+    pub be: &'a GateBackend,
     pub crypto: &'a Crypto,
     /// zstd level (`None`: repository version 1, no compression).
     pub zstd: Option<i32>,
@@ -164,13 +167,13 @@ impl<'a> Sealer<'a> {
     }
 }
 
-/// Writes one finished pack; returns its stored size.
-fn write_pack(w: &Writer, index: &Mutex<IndexWriter>, pack: PackBuilder) -> Result<u64> {
+/// Writes one finished pack (direct I/O); returns its size and its buffer for reuse.
+fn write_pack(w: &Writer, index: &Mutex<IndexWriter>, pack: PackBuilder) -> Result<(u64, AlignedBuf)> {
     let (bytes, id, blobs) = pack.finish(w.crypto)?;
     let n = bytes.len() as u64;
-    w.be.write_bytes(FileType::Pack, &Id::new(id), false, bytes.into())?;
+    w.be.write_aligned(FileType::Pack, &Id::new(id), &bytes)?;
     index.lock().unwrap_or_else(|p| p.into_inner()).add(id, &blobs);
-    Ok(n)
+    Ok((n, bytes))
 }
 
 /// Backs up `jobs` and commits the snapshot `snap` (see the module doc). `parent` is the parent
@@ -245,8 +248,11 @@ pub(crate) fn backup(
             .entry(len)
             .or_insert_with(|| sha256(&vec![0u8; len]))
     };
-    let pack_cap = w.pack_size + 2 * DISK_CHUNK_SIZE;
-    let packer = Mutex::new(PackBuilder::with_capacity(pack_cap));
+    // A pack overflows its target by at most one blob, plus its header.
+    let pack_cap = w.pack_size + DISK_CHUNK_SIZE + 256 * 1024;
+    let packer = Mutex::new(PackBuilder::new(AlignedBuf::with_capacity(pack_cap)));
+    // Buffers of written packs, reused for new ones (no fresh pages to fault in per pack).
+    let spare: Mutex<Vec<AlignedBuf>> = Mutex::default();
     let index_out = Mutex::new(IndexWriter::default());
     let added = Added::default();
     let packed_total = AtomicU64::new(0);
@@ -266,8 +272,12 @@ pub(crate) fn backup(
                     continue;
                 }
                 match write_pack(w, &index_out, pack) {
-                    Ok(n) => {
+                    Ok((n, buf)) => {
                         packed_total.fetch_add(n, Ordering::Relaxed);
+                        let mut sp = spare.lock().unwrap_or_else(|p| p.into_inner());
+                        if sp.is_empty() {
+                            sp.push(buf);
+                        }
                     }
                     Err(e) => fail.set(e),
                 }
@@ -276,7 +286,8 @@ pub(crate) fn backup(
         let mut workers = Vec::new();
         for _ in 0..WORKERS {
             let (work_rx, free_tx, pack_tx) = (work_rx.clone(), free_tx.clone(), pack_tx.clone());
-            let (seen, content, packer, added, fail, zero_id) = (&seen, &content, &packer, &added, &fail, &zero_id);
+            let (seen, content, packer, added, fail, zero_id, spare) =
+                (&seen, &content, &packer, &added, &fail, &zero_id, &spare);
             workers.push(s.spawn(move || {
                 let mut sealer = match Sealer::new(w) {
                     Ok(s) => s,
@@ -317,8 +328,14 @@ pub(crate) fn backup(
                                 let full = {
                                     let mut p = packer.lock().unwrap_or_else(|p| p.into_inner());
                                     p.add(id, BlobType::Data, &sealer.scratch[..n], plain);
-                                    (p.data.len() >= w.pack_size)
-                                        .then(|| std::mem::replace(&mut *p, PackBuilder::with_capacity(pack_cap)))
+                                    (p.data.len() >= w.pack_size).then(|| {
+                                        let buf = spare
+                                            .lock()
+                                            .unwrap_or_else(|p| p.into_inner())
+                                            .pop()
+                                            .unwrap_or_else(|| AlignedBuf::with_capacity(pack_cap));
+                                        std::mem::replace(&mut *p, PackBuilder::new(buf))
+                                    })
                                 };
                                 if let Some(full) = full {
                                     pack_tx.send(full).map_err(|_| repo_err("pack writer stopped"))?;
@@ -392,7 +409,10 @@ pub(crate) fn backup(
                 fail.set(repo_err("a backup worker panicked"));
             }
         }
-        let last = std::mem::take(&mut *packer.lock().unwrap_or_else(|p| p.into_inner()));
+        let last = std::mem::replace(
+            &mut *packer.lock().unwrap_or_else(|p| p.into_inner()),
+            PackBuilder::new(AlignedBuf::with_capacity(0)),
+        );
         if !last.is_empty() && !fail.stopped() {
             let _ = pack_tx.send(last);
         }
@@ -432,7 +452,7 @@ pub(crate) fn backup(
     if !index.tree.contains_key(&tree_hash) {
         let mut sealer = Sealer::new(w)?;
         let (n, plain) = sealer.seal(&tree_json)?;
-        let mut p = PackBuilder::with_capacity(n + 128);
+        let mut p = PackBuilder::new(AlignedBuf::with_capacity(n + 4096));
         p.add(tree_hash, BlobType::Tree, &sealer.scratch[..n], plain);
         let m = Mutex::new(index_out);
         write_pack(w, &m, p)?;
@@ -577,14 +597,15 @@ pub(crate) fn restore(
     let next = AtomicUsize::new(0);
     let fail = Failure::default();
     std::thread::scope(|s| {
-        for _ in 0..WORKERS {
+        // One more than the cores: direct writes block on the device while the others compute.
+        for _ in 0..WORKERS + 1 {
             s.spawn(|| {
                 let mut dctx = match zstd::bulk::Decompressor::new() {
                     Ok(d) => d,
                     Err(e) => return fail.set(repo_err(format!("zstd: {e}"))),
                 };
-                let mut buf = Vec::new();
-                let mut plain = Vec::new();
+                let mut buf = AlignedBuf::with_capacity(0);
+                let mut plain = AlignedBuf::with_capacity(0);
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= ranges.len() || fail.stopped() {
@@ -613,34 +634,38 @@ fn restore_range(
     r: &Range,
     targets: &[Target],
     dctx: &mut zstd::bulk::Decompressor<'static>,
-    buf: &mut Vec<u8>,
-    plain: &mut Vec<u8>,
+    buf: &mut AlignedBuf,
+    plain: &mut AlignedBuf,
     done: &Counters,
     verified: &Counters,
 ) -> Result<()> {
-    buf.resize((r.end - r.start) as usize, 0);
-    be.read_pack_range(&Id::new(r.pack), r.start, buf)?;
+    let skip = be.read_pack_direct(&Id::new(r.pack), r.start, r.end - r.start, buf)?;
     for (id, loc, len, dst) in &r.blobs {
         let first = &targets[dst[0].0];
         let bad = |reason: String| EngineError::VerificationFailed {
             path: first.path.to_path_buf(),
             reason,
         };
-        let at = (loc.offset - r.start) as usize;
-        let stored = &mut buf[at..at + loc.length as usize];
+        let at = skip + (loc.offset - r.start) as usize;
+        let stored = &mut buf.as_mut_slice()[at..at + loc.length as usize];
         let range = crypto
             .open_in_place(stored)
             .map_err(|e| bad(format!("vault blob {}: {e}", Id::new(*id).to_hex().as_str())))?;
-        let data: &[u8] = match loc.uncompressed {
-            None => &stored[range],
-            Some(n) => {
+        // The plain bytes go to an aligned buffer, so they can be written with direct I/O.
+        match loc.uncompressed {
+            None => {
                 plain.clear();
-                plain.reserve(n as usize);
-                dctx.decompress_to_buffer(&stored[range], plain)
-                    .map_err(|e| bad(format!("vault blob {}: {e}", Id::new(*id).to_hex().as_str())))?;
-                plain
+                plain.extend_from_slice(&stored[range]);
             }
-        };
+            Some(n) => {
+                plain.set_len(n as usize);
+                let got = dctx
+                    .decompress_to_buffer(&stored[range], plain.as_mut_slice())
+                    .map_err(|e| bad(format!("vault blob {}: {e}", Id::new(*id).to_hex().as_str())))?;
+                plain.set_len(got);
+            }
+        }
+        let data = plain.as_slice();
         if data.len() != *len {
             return Err(bad(format!(
                 "vault blob {} has the wrong length",
@@ -659,7 +684,6 @@ fn restore_range(
                 .writer
                 .write_at(data, *off)
                 .map_err(|e| EngineError::io(format!("write {}", target.path.display()), e))?;
-            target.writer.start_writeback(*off, data.len() as u64);
             done.add(data.len() as u64);
             verified.add(data.len() as u64);
         }

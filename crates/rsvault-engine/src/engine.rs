@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rustic_core::repofile::{BlobType, SnapshotFile, Tree};
+use rustic_core::repofile::{SnapshotFile, Tree};
 use rustic_core::{
     BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions, PruneOptions,
     ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, StringList,
@@ -20,7 +20,7 @@ use rustic_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
-use crate::diskpipe::{self, DiskJob, Writer};
+use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE};
 use crate::format::{id_bytes, BlobIndex, Crypto};
 use crate::disk::{probe, ReadStats};
 use crate::error::{EngineError, IoContext, Result};
@@ -449,7 +449,10 @@ impl Engine for ResticEngine {
             crypto: &crypto,
             zstd: config.zstd()?,
             extra_verify: config.extra_verify(),
-            pack_size: config.packsize(BlobType::Data).0 as usize,
+            // restic's 16 MiB unless the repository sets its own size (rustic_core's default
+            // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep
+            // the pipeline's memory down).
+            pack_size: config.datapack_size.map_or(DISK_PACK_SIZE, |s| s as usize),
         };
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
             let index = BlobIndex::load(&plain)?;

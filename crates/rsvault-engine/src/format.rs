@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::Repo;
 use crate::error::{EngineError, Result};
+use crate::iobuf::AlignedBuf;
 
 /// Bytes an encryption adds (nonce + MAC).
 pub(crate) const CRYPTO_OVERHEAD: usize = 32;
@@ -135,17 +136,18 @@ pub(crate) struct PackedBlob {
     pub uncompressed: Option<u32>,
 }
 
-/// A pack being filled.
-#[derive(Default)]
+/// A pack being filled (in an aligned buffer, so it can be written with direct I/O).
 pub(crate) struct PackBuilder {
-    pub data: Vec<u8>,
+    pub data: AlignedBuf,
     pub blobs: Vec<PackedBlob>,
 }
 
 impl PackBuilder {
-    pub fn with_capacity(n: usize) -> Self {
+    /// A new pack in `buf` (cleared; a buffer of an earlier pack can be reused).
+    pub fn new(mut buf: AlignedBuf) -> Self {
+        buf.clear();
         Self {
-            data: Vec::with_capacity(n),
+            data: buf,
             blobs: Vec::new(),
         }
     }
@@ -167,7 +169,7 @@ impl PackBuilder {
     }
 
     /// Appends the encrypted header and its length; returns the pack file and its id.
-    pub fn finish(mut self, crypto: &Crypto) -> Result<(Vec<u8>, Hash, Vec<PackedBlob>)> {
+    pub fn finish(mut self, crypto: &Crypto) -> Result<(AlignedBuf, Hash, Vec<PackedBlob>)> {
         let mut header = Vec::with_capacity(self.blobs.len() * 41);
         for b in &self.blobs {
             let compressed = b.uncompressed.is_some();
@@ -186,7 +188,7 @@ impl PackBuilder {
         let enc = crypto.encrypt(&header)?;
         self.data.extend_from_slice(&enc);
         self.data.extend_from_slice(&(enc.len() as u32).to_le_bytes());
-        let id = sha256(&self.data);
+        let id = sha256(self.data.as_slice());
         Ok((self.data, id, self.blobs))
     }
 }

@@ -23,6 +23,7 @@ mod diskpipe;
 mod engine;
 pub mod error;
 mod format;
+mod iobuf;
 pub mod keyring;
 mod pit;
 pub mod progress;

@@ -20,7 +20,7 @@ use rustic_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
-use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE};
+use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
 use crate::format::{id_bytes, BlobIndex, Crypto};
 use crate::disk::{probe, ReadStats};
 use crate::error::{EngineError, IoContext, Result};
@@ -447,7 +447,7 @@ impl Engine for ResticEngine {
         let writer = Writer {
             be: &gate,
             crypto: &crypto,
-            zstd: config.zstd()?,
+            zstd: config.zstd()?.map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
             extra_verify: config.extra_verify(),
             // restic's 16 MiB unless the repository sets its own size (rustic_core's default
             // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep

@@ -62,6 +62,7 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 #[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
+    direct: bool,
 }
 
 impl LocalBackend {
@@ -69,7 +70,15 @@ impl LocalBackend {
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
+            direct: true,
         }
+    }
+
+    /// Whether the engine's pack writes and reads may use direct I/O (default: yes; without,
+    /// or where the filesystem refuses it, they go through the page cache).
+    pub fn with_direct_io(mut self, on: bool) -> Self {
+        self.direct = on;
+        self
     }
 
     fn dir(&self, tpe: FileType, id: &Id) -> PathBuf {
@@ -148,7 +157,7 @@ impl LocalBackend {
     /// aligned bulk bypasses the page cache, the unaligned tail is written normally. Same
     /// storage rules as every other write.
     pub(crate) fn write_aligned(&self, tpe: FileType, id: &Id, data: &AlignedBuf) -> RusticResult<()> {
-        self.write_with(tpe, id, true, |f| {
+        self.write_with(tpe, id, self.direct, |f| {
             let bytes = data.as_slice();
             let bulk = bytes.len() / ALIGN * ALIGN;
             f.write_all(&bytes[..bulk])?;
@@ -167,7 +176,11 @@ impl LocalBackend {
         let skip = (u64::from(offset) - start) as usize;
         let want = skip + len as usize;
         let mut read = || -> std::io::Result<usize> {
-            let f = match fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&p) {
+            let direct = match self.direct {
+                true => fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&p),
+                false => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
+            };
+            let f = match direct {
                 Ok(f) => f,
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     buf.set_len(len as usize);
@@ -181,7 +194,10 @@ impl LocalBackend {
             while done < want {
                 let n = f.read_at(&mut buf.as_mut_slice()[done..], start + done as u64)?;
                 if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "pack is too short"));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "pack is too short",
+                    ));
                 }
                 done += n;
             }
@@ -213,7 +229,11 @@ pub(crate) fn set_direct(f: &fs::File, on: bool) -> std::io::Result<()> {
     if flags < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let new = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+    let new = if on {
+        flags | libc::O_DIRECT
+    } else {
+        flags & !libc::O_DIRECT
+    };
     // SAFETY: as above.
     if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, new) } < 0 {
         return Err(std::io::Error::last_os_error());

@@ -162,8 +162,9 @@ pub(crate) enum ImageWriter {
 }
 
 impl ImageWriter {
-    /// Creates `path` (must not exist) as an empty image of `size` bytes.
-    pub fn create(path: &Path, format: ImageFormat, size: u64) -> Result<Self> {
+    /// Creates `path` (must not exist) as an empty image of `size` bytes; `direct`: raw images
+    /// may be written with direct I/O.
+    pub fn create(path: &Path, format: ImageFormat, size: u64, direct: bool) -> Result<Self> {
         match format {
             ImageFormat::Raw => {
                 let f = fs::OpenOptions::new()
@@ -173,11 +174,15 @@ impl ImageWriter {
                     .open(path)
                     .ctx(|| format!("create {}", path.display()))?;
                 f.set_len(size).ctx(|| format!("size {}", path.display()))?;
-                let direct = fs::OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-                    .ok();
+                let direct = direct
+                    .then(|| {
+                        fs::OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_DIRECT)
+                            .open(path)
+                            .ok()
+                    })
+                    .flatten();
                 Ok(Self::Raw(f, direct))
             }
             ImageFormat::Qcow2 => {

@@ -184,7 +184,8 @@ fn write_pack(w: &Writer, index: &Mutex<IndexWriter>, pack: PackBuilder) -> Resu
 
 /// Backs up `jobs` and commits the snapshot `snap` (see the module doc). `parent` is the parent
 /// recovery point's snapshot id and root tree.
-#[allow(clippy::too_many_arguments)]
+// `Metadata` is non-exhaustive: no struct literal possible.
+#[allow(clippy::too_many_arguments, clippy::field_reassign_with_default)]
 pub(crate) fn backup(
     w: &Writer,
     index: &BlobIndex,
@@ -218,7 +219,9 @@ pub(crate) fn backup(
                 && p.meta.size == j.size
                 && p.meta.mtime.is_some()
                 && p.meta.mtime == j.mtime
-                && content.iter().all(|id| index.data.contains_key(&id_bytes(&id.into_inner()))))
+                && content
+                    .iter()
+                    .all(|id| index.data.contains_key(&id_bytes(&id.into_inner()))))
             .then(|| content.clone())
         });
         match (p, &same) {
@@ -533,12 +536,22 @@ pub(crate) struct Target<'a> {
     pub path: &'a Path,
 }
 
+/// A blob a restore needs.
+struct Needed {
+    id: Hash,
+    loc: BlobLoc,
+    /// Plain length.
+    len: usize,
+    /// Where it goes: (target, offset), one entry per chunk holding it.
+    dst: Vec<(usize, u64)>,
+}
+
+/// A range of one pack, read at once.
 struct Range {
     pack: Hash,
     start: u32,
     end: u32,
-    /// (blob id, location, plain length, where it goes: (target, offset)).
-    blobs: Vec<(Hash, BlobLoc, usize, Vec<(usize, u64)>)>,
+    blobs: Vec<Needed>,
 }
 
 /// Writes every non-zero chunk of `targets` from the vault, each verified against its id before
@@ -554,7 +567,7 @@ pub(crate) fn restore(
     verified: &Counters,
 ) -> Result<()> {
     let mut zero_ids: HashMap<usize, Hash> = HashMap::new();
-    let mut wanted: HashMap<Hash, (BlobLoc, usize, Vec<(usize, u64)>)> = HashMap::new();
+    let mut wanted: HashMap<Hash, Needed> = HashMap::new();
     for (t, target) in targets.iter().enumerate() {
         for (off, len, id) in target.chunks {
             let zero = *zero_ids.entry(*len).or_insert_with(|| sha256(&vec![0u8; *len]));
@@ -567,26 +580,35 @@ pub(crate) fn restore(
                 .data
                 .get(id)
                 .ok_or_else(|| repo_err(format!("blob {} is not in the index", Id::new(*id).to_hex().as_str())))?;
-            wanted.entry(*id).or_insert_with(|| (*loc, *len, Vec::new())).2.push((t, *off));
+            wanted
+                .entry(*id)
+                .or_insert_with(|| Needed {
+                    id: *id,
+                    loc: *loc,
+                    len: *len,
+                    dst: Vec::new(),
+                })
+                .dst
+                .push((t, *off));
         }
     }
-    let mut by_pack: HashMap<Hash, Vec<(Hash, BlobLoc, usize, Vec<(usize, u64)>)>> = HashMap::new();
-    for (id, (loc, len, dst)) in wanted {
-        by_pack.entry(loc.pack).or_default().push((id, loc, len, dst));
+    let mut by_pack: HashMap<Hash, Vec<Needed>> = HashMap::new();
+    for n in wanted.into_values() {
+        by_pack.entry(n.loc.pack).or_default().push(n);
     }
     let mut ranges: Vec<Range> = Vec::new();
     for (pack, mut blobs) in by_pack {
-        blobs.sort_by_key(|b| b.1.offset);
+        blobs.sort_by_key(|b| b.loc.offset);
         let mut cur: Option<Range> = None;
         for b in blobs {
-            let (o, e) = (b.1.offset, b.1.offset + b.1.length);
+            let (o, e) = (b.loc.offset, b.loc.offset + b.loc.length);
             if let Some(r) = &mut cur {
                 if o >= r.end && o - r.end <= GAP_MAX && e - r.start <= RANGE_MAX {
                     r.end = e;
                     r.blobs.push(b);
                     continue;
                 }
-                ranges.push(cur.take().expect("checked"));
+                ranges.extend(cur.take());
             }
             cur = Some(Range {
                 pack,
@@ -598,7 +620,7 @@ pub(crate) fn restore(
         ranges.extend(cur);
     }
     // Roughly in image order, so the page cache and the disk see mostly sequential writes.
-    ranges.sort_by_key(|r| r.blobs.iter().flat_map(|b| b.3.iter().copied()).min());
+    ranges.sort_by_key(|r| r.blobs.iter().flat_map(|b| b.dst.iter().copied()).min());
 
     let next = AtomicUsize::new(0);
     let fail = Failure::default();
@@ -620,7 +642,9 @@ pub(crate) fn restore(
                     if cancel.is_cancelled() {
                         return fail.set(EngineError::Cancelled);
                     }
-                    if let Err(e) = restore_range(be, crypto, &ranges[i], targets, &mut dctx, &mut buf, &mut plain, done, verified) {
+                    if let Err(e) = restore_range(
+                        be, crypto, &ranges[i], targets, &mut dctx, &mut buf, &mut plain, done, verified,
+                    ) {
                         return fail.set(e);
                     }
                 }
@@ -646,7 +670,7 @@ fn restore_range(
     verified: &Counters,
 ) -> Result<()> {
     let skip = be.read_pack_direct(&Id::new(r.pack), r.start, r.end - r.start, buf)?;
-    for (id, loc, len, dst) in &r.blobs {
+    for Needed { id, loc, len, dst } in &r.blobs {
         let first = &targets[dst[0].0];
         let bad = |reason: String| EngineError::VerificationFailed {
             path: first.path.to_path_buf(),

@@ -20,10 +20,10 @@ use rustic_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
-use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
-use crate::format::{id_bytes, BlobIndex, Crypto};
 use crate::disk::{probe, ReadStats};
+use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
 use crate::error::{EngineError, IoContext, Result};
+use crate::format::{id_bytes, BlobIndex, Crypto};
 use crate::pit::{View, ViewKind};
 use crate::progress::{report_while, Cancel, Counters, Progress, RusticBars, Task};
 use crate::sources::{TreeSource, Warnings};
@@ -35,9 +35,22 @@ use crate::Engine;
 /// Opening a repository with its password costs a scrypt derivation (restic's key format: about
 /// 0.3 s and 128 MiB). The engine remembers each repository's master key after the first
 /// successful open, keyed by path and a SHA-256 of the password, so later calls skip it.
-#[derive(Debug, Clone, Default)]
+///
+/// Disk backups and restores use direct I/O (`O_DIRECT`) for pack files and restored raw
+/// images where the filesystem allows it; [`ResticEngine::with_direct_io`] turns that off.
+#[derive(Debug, Clone)]
 pub struct ResticEngine {
     keys: Arc<std::sync::Mutex<KeyCache>>,
+    direct_io: bool,
+}
+
+impl Default for ResticEngine {
+    fn default() -> Self {
+        Self {
+            keys: Arc::default(),
+            direct_io: true,
+        }
+    }
 }
 
 type KeyCache = std::collections::HashMap<(PathBuf, String), rustic_core::repofile::MasterKey>;
@@ -46,6 +59,17 @@ impl ResticEngine {
     /// A new engine.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The same engine with direct I/O on or off (on by default; off, every write goes
+    /// through the page cache, as for filesystems where direct I/O misbehaves).
+    pub fn with_direct_io(mut self, on: bool) -> Self {
+        self.direct_io = on;
+        self
+    }
+
+    pub(crate) fn direct_io(&self) -> bool {
+        self.direct_io
     }
 }
 
@@ -440,14 +464,16 @@ impl Engine for ResticEngine {
             .collect::<Result<Vec<_>>>()?;
         let counters = Arc::new(Counters::default());
         counters.set_total(total);
-        let local = Arc::new(LocalBackend::new(&spec.path));
+        let local = Arc::new(LocalBackend::new(&spec.path).with_direct_io(self.direct_io));
         let gate = GateBackend::new(local.clone(), cancel.clone(), abort.clone());
         let crypto = Crypto::new(&plain.key())?;
         let config = plain.config();
         let writer = Writer {
             be: &gate,
             crypto: &crypto,
-            zstd: config.zstd()?.map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
+            zstd: config
+                .zstd()?
+                .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
             extra_verify: config.extra_verify(),
             // restic's 16 MiB unless the repository sets its own size (rustic_core's default
             // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep

@@ -347,3 +347,69 @@ pub(crate) fn open_blob(
     }
     Ok(plain)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crypto() -> Crypto {
+        let key: MasterKey = serde_json::from_value(serde_json::json!({
+            "encrypt": base64_of(&[7u8; 32]),
+            "mac": {"k": base64_of(&[8u8; 16]), "r": base64_of(&[9u8; 16])},
+        }))
+        .unwrap();
+        Crypto::new(&key).unwrap()
+    }
+
+    fn base64_of(b: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(b)
+    }
+
+    #[test]
+    fn seal_open_and_tamper() {
+        let c = crypto();
+        let mut e = c.encrypt(b"hello vault").unwrap();
+        assert_eq!(e.len(), 11 + CRYPTO_OVERHEAD);
+        assert_ne!(&e[16..27], b"hello vault");
+        let mut copy = e.clone();
+        let r = c.open_in_place(&mut copy).unwrap();
+        assert_eq!(&copy[r], b"hello vault");
+        e[20] ^= 1;
+        assert!(c.open_in_place(&mut e).is_err());
+        assert!(c.open_in_place(&mut [0u8; 31]).is_err());
+    }
+
+    #[test]
+    fn pack_layout() {
+        let c = crypto();
+        let mut p = PackBuilder::new(AlignedBuf::with_capacity(0));
+        let a = c.encrypt(b"aaaa").unwrap();
+        let b = c.encrypt(b"bb").unwrap();
+        p.add([1; 32], BlobType::Data, &a, None);
+        p.add([2; 32], BlobType::Tree, &b, Some(9));
+        let (bytes, id, blobs) = p.finish(&c).unwrap();
+        let bytes = bytes.as_slice();
+        assert_eq!(id, sha256(bytes));
+        assert_eq!((blobs[0].offset, blobs[0].length), (0, a.len() as u32));
+        assert_eq!((blobs[1].offset, blobs[1].length), (a.len() as u32, b.len() as u32));
+        // The last 4 bytes: the encrypted header's length; the header: one entry per blob.
+        let hlen = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap()) as usize;
+        let mut header = bytes[bytes.len() - 4 - hlen..bytes.len() - 4].to_vec();
+        let r = c.open_in_place(&mut header).unwrap();
+        let h = &header[r];
+        assert_eq!(h.len(), (1 + 4 + 32) + (1 + 4 + 4 + 32));
+        assert_eq!(h[0], 0);
+        assert_eq!(u32::from_le_bytes(h[1..5].try_into().unwrap()), a.len() as u32);
+        assert_eq!(&h[5..37], &[1; 32]);
+        assert_eq!(h[37], 3);
+        assert_eq!(u32::from_le_bytes(h[42..46].try_into().unwrap()), 9);
+        assert_eq!(&h[46..78], &[2; 32]);
+    }
+
+    #[test]
+    fn id_bytes_round_trip() {
+        let h = sha256(b"x");
+        assert_eq!(id_bytes(&Id::new(h)), h);
+    }
+}

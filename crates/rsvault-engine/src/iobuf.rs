@@ -98,7 +98,9 @@ impl Drop for AlignedBuf {
 
 /// Whether `data` at file offset `off` can be written with direct I/O as is.
 pub(crate) fn is_aligned(data: &[u8], off: u64) -> bool {
-    (data.as_ptr() as usize) % ALIGN == 0 && data.len() % ALIGN == 0 && off % ALIGN as u64 == 0
+    (data.as_ptr() as usize).is_multiple_of(ALIGN)
+        && data.len().is_multiple_of(ALIGN)
+        && off.is_multiple_of(ALIGN as u64)
 }
 
 #[cfg(test)]

@@ -63,11 +63,15 @@ fn layout(index: &BlobIndex, node: &Node) -> Result<Vec<(u64, usize, Hash)>> {
     let mut out = Vec::new();
     for id in node.content.iter().flatten() {
         let h = id_bytes(&id.into_inner());
-        let loc = index
-            .data
-            .get(&h)
-            .ok_or_else(|| EngineError::Repository(format!("blob {} is not in the index", id.into_inner().to_hex().as_str())))?;
-        let len = loc.uncompressed.map_or(loc.length as usize - CRYPTO_OVERHEAD, |n| n as usize);
+        let loc = index.data.get(&h).ok_or_else(|| {
+            EngineError::Repository(format!(
+                "blob {} is not in the index",
+                id.into_inner().to_hex().as_str()
+            ))
+        })?;
+        let len = loc
+            .uncompressed
+            .map_or(loc.length as usize - CRYPTO_OVERHEAD, |n| n as usize);
         out.push((off, len, h));
         off += len as u64;
     }
@@ -149,7 +153,7 @@ pub(crate) fn restore_disks(
             req.recovery_point
         )));
     }
-    let local = LocalBackend::new(&spec.path);
+    let local = LocalBackend::new(&spec.path).with_direct_io(engine.direct_io());
     let crypto = Crypto::new(&repo.key())?;
     let index = BlobIndex::load(&repo)?;
     let tree_id = id_bytes(&snap.tree.into_inner());
@@ -220,7 +224,7 @@ pub(crate) fn restore_disks(
     vcounters.set_total(total);
     let writers = jobs
         .iter()
-        .map(|j| ImageWriter::create(&j.tmp, j.format, j.size))
+        .map(|j| ImageWriter::create(&j.tmp, j.format, j.size, engine.direct_io()))
         .collect::<Result<Vec<_>>>()?;
     report_while(progress, Task::Restore, &counters, || {
         report_while(progress, Task::Verify, &vcounters, || -> Result<()> {

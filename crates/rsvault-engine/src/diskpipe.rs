@@ -1,19 +1,21 @@
 //! The engine's own parallel pipelines for VM disks: backup into and restore out of the
 //! restic format ([`crate::format`]), using both cores for every disk.
 //!
-//! **Backup.** One reader thread walks each disk in [`DISK_CHUNK_SIZE`] pieces; a piece the image
-//! marks unallocated is not read (it is the all-zero blob). Pieces go through a bounded channel
-//! to [`WORKERS`] workers that hash them (SHA-256, the blob id), drop those the vault or this
-//! backup already holds, and compress (zstd at the repository's level, [`DISK_ZSTD_LEVEL`] when
-//! it asks for the default; with the repository's `extra_verify`, decompressed again and
-//! compared) and encrypt the rest into the current pack.
-//! Full packs go through a bounded channel to one writer thread that writes them under the
-//! storage rules of [`crate::backend`]. Memory is bounded: [`READ_BUFFERS`] read buffers, one
-//! pack being filled, one queued, one being written. A disk whose size and modification time
-//! equal its node in the parent recovery point is not read at all: its content list is reused.
-//! Only after every pack is written are the index, the tree (the root tree holding one file node
-//! per disk) and last the snapshot written; a cancel, an error or a crash before that leaves
-//! orphan packs only, never a recovery point.
+//! **Backup.** [`WORKERS`]` + 1` workers (one more than the cores, so that a worker waiting
+//! for the disk leaves the cores to the others) claim the disks' [`DISK_CHUNK_SIZE`] pieces in
+//! order. A piece the image marks unallocated is not read (it is the all-zero blob, whose id is
+//! known); the others are read with `pread`, hashed (SHA-256, the blob id), dropped if the
+//! vault or this backup already holds them, else compressed (zstd at the repository's level,
+//! [`DISK_ZSTD_LEVEL`] when it asks for the default; with the repository's `extra_verify`,
+//! decompressed again and compared) and encrypted into the current pack. Full packs go through
+//! a one-slot channel to a writer thread that writes them by the storage rules of
+//! [`crate::backend`] (with direct I/O). Memory is bounded: one read buffer and one scratch
+//! buffer per worker, one pack being filled, one queued, one being written (plus one kept for
+//! reuse). A disk whose size and modification time equal its node in the parent recovery point
+//! is not read at all: its content list is reused. Only after every pack is written are the
+//! index, the tree (the root tree holding one file node per disk) and last the snapshot
+//! written; a cancel, an error or a crash before that leaves orphan packs only, never a
+//! recovery point.
 //!
 //! **Restore.** The blobs a disk needs are grouped by pack and read in ranges (up to
 //! [`RANGE_MAX`]) by [`WORKERS`] workers, which check the MAC, decrypt, decompress, check the
@@ -49,8 +51,6 @@ pub(crate) const WORKERS: usize = 2;
 pub(crate) const DISK_ZSTD_LEVEL: i32 = 1;
 /// Default target size of a data pack written by the pipeline (restic's).
 pub(crate) const DISK_PACK_SIZE: usize = 16 * 1024 * 1024;
-/// Read buffers in flight during a backup.
-const READ_BUFFERS: usize = 4;
 /// Largest pack range a restore worker reads at once.
 const RANGE_MAX: u32 = 16 * 1024 * 1024;
 /// A gap between needed blobs of a pack larger than this starts a new read.
@@ -76,14 +76,6 @@ pub(crate) struct DiskJob {
     pub format: ImageFormat,
     pub size: u64,
     pub mtime: Option<rustic_core::jiff::Timestamp>,
-}
-
-struct Work {
-    job: usize,
-    idx: usize,
-    len: usize,
-    /// `None`: an unallocated piece (all zeros, not read).
-    buf: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -267,12 +259,29 @@ pub(crate) fn backup(
     let packed_total = AtomicU64::new(0);
     let fail = Failure::default();
 
-    let (work_tx, work_rx) = crossbeam_channel::bounded::<Work>(READ_BUFFERS);
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(READ_BUFFERS);
-    for _ in 0..READ_BUFFERS {
-        let _ = free_tx.send(Vec::new());
-    }
     let (pack_tx, pack_rx) = crossbeam_channel::bounded::<PackBuilder>(1);
+
+    // The disks to read, opened once; every worker claims the next chunk of the sequence.
+    let mut readers = Vec::with_capacity(jobs.len());
+    let mut todo: Vec<(usize, usize)> = Vec::new(); // (job, number of chunks)
+    for (j, job) in jobs.iter().enumerate() {
+        if reused[j].is_none() {
+            readers.push(Some(ImageReader::open(&job.path, job.format)?));
+            todo.push((j, job.size.div_ceil(chunk) as usize));
+        } else {
+            readers.push(None);
+        }
+    }
+    let cursor: Mutex<(usize, usize)> = Mutex::new((0, 0)); // (position in todo, chunk)
+    let next_chunk = || -> Option<(usize, usize)> {
+        let mut c = cursor.lock().unwrap_or_else(|p| p.into_inner());
+        while c.0 < todo.len() && c.1 >= todo[c.0].1 {
+            *c = (c.0 + 1, 0);
+        }
+        let (t, i) = *c;
+        c.1 += 1;
+        (t < todo.len()).then(|| (todo[t].0, i))
+    };
 
     std::thread::scope(|s| {
         let writer = s.spawn(|| {
@@ -293,126 +302,96 @@ pub(crate) fn backup(
             }
         });
         let mut workers = Vec::new();
-        for _ in 0..WORKERS {
-            let (work_rx, free_tx, pack_tx) = (work_rx.clone(), free_tx.clone(), pack_tx.clone());
-            let (seen, content, packer, added, fail, zero_id, spare) =
-                (&seen, &content, &packer, &added, &fail, &zero_id, &spare);
+        // One more than the cores: a worker waiting for the disk leaves the cores to the others.
+        for _ in 0..WORKERS + 1 {
+            let pack_tx = pack_tx.clone();
+            let (seen, content, packer, added, fail, zero_id, spare, next_chunk, readers) = (
+                &seen,
+                &content,
+                &packer,
+                &added,
+                &fail,
+                &zero_id,
+                &spare,
+                &next_chunk,
+                &readers,
+            );
             workers.push(s.spawn(move || {
                 let mut sealer = match Sealer::new(w) {
                     Ok(s) => s,
-                    Err(e) => {
-                        fail.set(e);
+                    Err(e) => return fail.set(e),
+                };
+                let mut buf = Vec::new();
+                let mut zeros = Vec::new();
+                while let Some((j, idx)) = next_chunk() {
+                    if fail.stopped() {
                         return;
                     }
-                };
-                for work in work_rx {
-                    if !fail.stopped() {
-                        let r = (|| -> Result<()> {
-                            let (id, zeros);
-                            let data: &[u8] = match &work.buf {
-                                Some(b) => {
-                                    id = sha256(b);
-                                    b
-                                }
-                                None => {
-                                    id = zero_id(work.len);
-                                    zeros = Vec::new();
-                                    &zeros
-                                }
-                            };
-                            let new = !index.data.contains_key(&id)
-                                && seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
-                            if new {
-                                let zero_buf;
-                                let data = if work.buf.is_none() {
-                                    zero_buf = vec![0u8; work.len];
-                                    &zero_buf[..]
-                                } else {
-                                    data
-                                };
-                                let (n, plain) = sealer.seal(data)?;
-                                added.blobs.fetch_add(1, Ordering::Relaxed);
-                                added.plain.fetch_add(work.len as u64, Ordering::Relaxed);
-                                added.stored.fetch_add(n as u64, Ordering::Relaxed);
-                                let full = {
-                                    let mut p = packer.lock().unwrap_or_else(|p| p.into_inner());
-                                    p.add(id, BlobType::Data, &sealer.scratch[..n], plain);
-                                    (p.data.len() >= w.pack_size).then(|| {
-                                        let buf = spare
-                                            .lock()
-                                            .unwrap_or_else(|p| p.into_inner())
-                                            .pop()
-                                            .unwrap_or_else(|| AlignedBuf::with_capacity(pack_cap));
-                                        std::mem::replace(&mut *p, PackBuilder::new(buf))
-                                    })
-                                };
-                                if let Some(full) = full {
-                                    pack_tx.send(full).map_err(|_| repo_err("pack writer stopped"))?;
-                                }
-                            }
-                            content.lock().unwrap_or_else(|p| p.into_inner())[work.job][work.idx] = id;
-                            counters.add(work.len as u64);
-                            Ok(())
-                        })();
-                        if let Err(e) = r {
-                            fail.set(e);
-                        }
+                    if cancel.is_cancelled() {
+                        return fail.set(EngineError::Cancelled);
                     }
-                    if let Some(b) = work.buf {
-                        let _ = free_tx.send(b);
+                    let job = &jobs[j];
+                    let off = idx as u64 * chunk;
+                    let len = (job.size - off).min(chunk) as usize;
+                    let r = (|| -> Result<()> {
+                        let source_err = |e: std::io::Error| {
+                            let why = format!("reading disk {}: {e}", job.path.display());
+                            abort.set(why.clone());
+                            EngineError::Source {
+                                path: job.path.clone(),
+                                reason: why,
+                            }
+                        };
+                        let img = readers[j].as_ref().expect("opened above");
+                        stats.scanned.fetch_add(len as u64, Ordering::Relaxed);
+                        // An unallocated piece is all zeros: not read, its id known.
+                        let (id, data): (Hash, &[u8]) = if img.is_unallocated(off, len as u64).map_err(source_err)? {
+                            stats.skipped.fetch_add(len as u64, Ordering::Relaxed);
+                            (zero_id(len), &[])
+                        } else {
+                            buf.resize(len, 0);
+                            img.read_at(&mut buf, off).map_err(source_err)?;
+                            (sha256(&buf), &buf)
+                        };
+                        let new =
+                            !index.data.contains_key(&id) && seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+                        if new {
+                            let data = if data.len() == len {
+                                data
+                            } else {
+                                zeros.resize(len, 0);
+                                &zeros[..]
+                            };
+                            let (n, plain) = sealer.seal(data)?;
+                            added.blobs.fetch_add(1, Ordering::Relaxed);
+                            added.plain.fetch_add(len as u64, Ordering::Relaxed);
+                            added.stored.fetch_add(n as u64, Ordering::Relaxed);
+                            let full = {
+                                let mut p = packer.lock().unwrap_or_else(|p| p.into_inner());
+                                p.add(id, BlobType::Data, &sealer.scratch[..n], plain);
+                                (p.data.len() >= w.pack_size).then(|| {
+                                    let buf = spare
+                                        .lock()
+                                        .unwrap_or_else(|p| p.into_inner())
+                                        .pop()
+                                        .unwrap_or_else(|| AlignedBuf::with_capacity(pack_cap));
+                                    std::mem::replace(&mut *p, PackBuilder::new(buf))
+                                })
+                            };
+                            if let Some(full) = full {
+                                pack_tx.send(full).map_err(|_| repo_err("pack writer stopped"))?;
+                            }
+                        }
+                        content.lock().unwrap_or_else(|p| p.into_inner())[j][idx] = id;
+                        counters.add(len as u64);
+                        Ok(())
+                    })();
+                    if let Err(e) = r {
+                        return fail.set(e);
                     }
                 }
             }));
         }
-        drop(work_rx);
-        drop(free_tx);
-
-        // The reader, on this thread.
-        let read = (|| -> Result<()> {
-            for (j, job) in jobs.iter().enumerate() {
-                if reused[j].is_some() {
-                    continue;
-                }
-                let img = ImageReader::open(&job.path, job.format)?;
-                let n = job.size.div_ceil(chunk) as usize;
-                for idx in 0..n {
-                    if cancel.is_cancelled() {
-                        return Err(EngineError::Cancelled);
-                    }
-                    if fail.stopped() {
-                        return Ok(());
-                    }
-                    let off = idx as u64 * chunk;
-                    let len = (job.size - off).min(chunk) as usize;
-                    let source_err = |e: std::io::Error| {
-                        let why = format!("reading disk {}: {e}", job.path.display());
-                        abort.set(why.clone());
-                        EngineError::Source {
-                            path: job.path.clone(),
-                            reason: why,
-                        }
-                    };
-                    stats.scanned.fetch_add(len as u64, Ordering::Relaxed);
-                    let buf = if img.is_unallocated(off, len as u64).map_err(source_err)? {
-                        stats.skipped.fetch_add(len as u64, Ordering::Relaxed);
-                        None
-                    } else {
-                        let mut b = free_rx.recv().map_err(|_| repo_err("workers stopped"))?;
-                        b.resize(len, 0);
-                        img.read_at(&mut b, off).map_err(source_err)?;
-                        Some(b)
-                    };
-                    work_tx
-                        .send(Work { job: j, idx, len, buf })
-                        .map_err(|_| repo_err("workers stopped"))?;
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = read {
-            fail.set(e);
-        }
-        drop(work_tx);
         for h in workers {
             if h.join().is_err() {
                 fail.set(repo_err("a backup worker panicked"));

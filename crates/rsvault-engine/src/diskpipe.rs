@@ -18,11 +18,12 @@
 //! recovery point.
 //!
 //! **Restore.** The blobs a disk needs are grouped by pack and read in ranges (up to
-//! [`RANGE_MAX`]) by [`WORKERS`] workers, which check the MAC, decrypt, decompress, check the
-//! SHA-256 against the content id the snapshot names (so the bytes written are verified in
-//! memory, without a second pass over the image), and `pwrite` them at every offset that holds
-//! that blob. All-zero chunks are not written (holes). Raw targets are asked to start writeback
-//! as they go, so the final `fsync` is short.
+//! [`RANGE_MAX`], with direct I/O) by [`RESTORE_WORKERS`] workers, which check the MAC,
+//! decrypt, decompress, check the SHA-256 against the content id the snapshot names (so the
+//! bytes written are verified in memory, without a second pass over the image), and `pwrite`
+//! them at every offset that holds that blob (raw targets: direct I/O for aligned chunks, the
+//! page cache with writeback started at once for the rest). All-zero chunks are not written
+//! (holes).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,9 @@ pub(crate) const WORKERS: usize = 2;
 pub(crate) const DISK_ZSTD_LEVEL: i32 = 1;
 /// Default target size of a data pack written by the pipeline (restic's).
 pub(crate) const DISK_PACK_SIZE: usize = 16 * 1024 * 1024;
+/// Restore workers: a restore waits mostly for the device (reading packs, writing the image
+/// with direct I/O), so it keeps more requests in flight than there are cores.
+const RESTORE_WORKERS: usize = 2 * WORKERS + 1;
 /// Largest pack range a restore worker reads at once.
 const RANGE_MAX: u32 = 16 * 1024 * 1024;
 /// A gap between needed blobs of a pack larger than this starts a new read.
@@ -604,8 +608,7 @@ pub(crate) fn restore(
     let next = AtomicUsize::new(0);
     let fail = Failure::default();
     std::thread::scope(|s| {
-        // One more than the cores: direct writes block on the device while the others compute.
-        for _ in 0..WORKERS + 1 {
+        for _ in 0..RESTORE_WORKERS {
             s.spawn(|| {
                 let mut dctx = match zstd::bulk::Decompressor::new() {
                     Ok(d) => d,

@@ -6,16 +6,21 @@
 //! restore every recovery point with the vault's password. The job layer talks to the
 //! object-safe [`Engine`] trait only; [`ResticEngine`] is the rustic_core implementation.
 //!
-//! * VM disks ([`Engine::backup_disks`]): each disk's guest-visible content (qcow2 through
-//!   `imago`, raw directly), 4 MiB fixed-size chunks, unallocated regions not read.
+//! * VM disks ([`Engine::backup_disks`], [`Engine::restore_disks`]): each disk's guest-visible
+//!   content (qcow2 through `imago`, raw directly), 4 MiB fixed-size chunks, unallocated regions
+//!   not read; hashed, compressed and encrypted on every core by the engine's own pipeline
+//!   (`diskpipe`), which writes the restic format itself (`format`), since rustic_core's
+//!   archiver chunks and hashes one file on one thread. Restores read, decrypt and verify in
+//!   parallel and write with direct I/O.
 //! * File shares ([`Engine::backup_tree`]): the directory tree with metadata, restic's
 //!   content-defined chunks, unchanged files taken from the parent snapshot.
 //! * A recovery point is a snapshot tagged with vault, item, job and recovery point id, with the
 //!   details the API reports in the snapshot's description (JSON, see [`RecoveryPointInfo`]).
 //!
 //! Modules: [`keyring`] (per-vault passwords sealed with the server key), [`disk`] (image
-//! probing/reading/writing), [`backend`] (storage rules: atomic writes, fsync, locking),
-//! [`progress`] (progress sink and cancellation); the rest is private.
+//! probing/reading/writing), [`backend`] (storage rules: atomic writes, fsync, direct I/O,
+//! locking), [`progress`] (progress sink and cancellation); the rest is private (`engine`,
+//! `diskpipe`, `format`, `iobuf`, `restore`, `sources`, `pit`, `types`).
 
 pub mod backend;
 pub mod disk;

@@ -1,12 +1,16 @@
 //! Restores: VM disks as images, file share trees; both verified against the snapshot.
 //!
 //! Disks are written to a temporary file next to the final path (`.NAME.rsvault-restore-…`),
-//! all-zero chunks left as holes, `fsync`ed, re-read and compared chunk by chunk with the
-//! SHA-256 content ids of the snapshot, and only then renamed over the final path (the
-//! directory is `fsync`ed). A VM's disks are all restored and verified before the first rename,
-//! so a failure leaves the originals untouched. Trees are restored with rustic_core's restorer
-//! (modes, mtimes, symlinks; ownership when running as root), after the conflict option has
-//! been applied, and every restored file is re-read and compared with its content ids.
+//! all-zero chunks left as holes, by the parallel pipeline of `diskpipe`, which checks every
+//! blob's SHA-256 against the content id the snapshot names before it writes the bytes (the
+//! bytes handed to the kernel are the verified bytes; a read-back from the page cache would
+//! check nothing more). A qcow2 target is also re-read through `imago` after writing, since its
+//! bytes went through the format layer's cluster allocation. Images are `fsync`ed and only then
+//! renamed over the final path (the directory is `fsync`ed). A VM's disks are all restored and
+//! verified before the first rename, so a failure leaves the originals untouched. Trees are
+//! restored with rustic_core's restorer (modes, mtimes, symlinks; ownership when running as
+//! root), after the conflict option has been applied, and every restored file is re-read and
+//! compared with its content ids.
 
 use std::fs;
 use std::io::Read;

@@ -18,7 +18,8 @@ pub enum Task {
     Transfer,
     /// Writing restored data to its target.
     Restore,
-    /// Re-reading restored data and comparing it with the snapshot's content hashes.
+    /// Checking restored data against the snapshot's content hashes (disks: as each blob is
+    /// written; files, and qcow2 images in addition: by reading them back).
     Verify,
 }
 

@@ -297,7 +297,7 @@ pub(crate) fn backup(
                     Ok((n, buf)) => {
                         packed_total.fetch_add(n, Ordering::Relaxed);
                         let mut sp = spare.lock().unwrap_or_else(|p| p.into_inner());
-                        if sp.is_empty() {
+                        if sp.len() < 2 {
                             sp.push(buf);
                         }
                     }

@@ -548,6 +548,12 @@ impl Engine for ResticEngine {
                 reason: "not a directory".into(),
             });
         }
+        // The logical size is measured by a walk of its own (see below); it runs while the
+        // repository is opened (the key derivation keeps one core busy).
+        let walk = {
+            let root = root.clone();
+            std::thread::spawn(move || regular_file_bytes(&root))
+        };
         let _lock = RepoLock::shared(&spec.path)?;
         let plain = self.open(spec, None)?;
         if all_points(&plain)?
@@ -575,7 +581,10 @@ impl Engine for ResticEngine {
             warnings: 0,
             // rustic_core's summary counts symlink lengths for unchanged entries only, so the
             // logical size is measured here: regular files, walked just before the backup.
-            total_size: Some(regular_file_bytes(&root)),
+            total_size: Some(
+                walk.join()
+                    .map_err(|_| EngineError::Repository("the size walk panicked".into()))?,
+            ),
         };
         let snap = new_snapshot(&req.tags, req.time, &meta)?;
         let parent = parent_id(
@@ -588,12 +597,15 @@ impl Engine for ResticEngine {
         let source = TreeSource::new(&root, cancel.clone(), warnings.clone())?;
         let scanned = source.scanned();
         let counters = Arc::new(Counters::default());
+        // The walk above gives the total; rustic_core's own size scan (a third walk) is off.
+        counters.set_total(meta.total_size.unwrap_or(0));
         let gate = Arc::new(GateBackend::new(
             Arc::new(LocalBackend::new(&spec.path)),
             cancel.clone(),
             abort.clone(),
         ));
         let opts = BackupOptions::default()
+            .no_scan(true)
             .parent_opts(ParentOptions::default().parents(parent.into_iter().collect::<Vec<_>>()));
         let paths = vec![root.clone()];
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {

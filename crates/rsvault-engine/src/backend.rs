@@ -158,11 +158,21 @@ impl LocalBackend {
     /// storage rules as every other write.
     pub(crate) fn write_aligned(&self, tpe: FileType, id: &Id, data: &AlignedBuf) -> RusticResult<()> {
         self.write_with(tpe, id, self.direct, |f| {
+            use std::os::unix::fs::FileExt;
             let bytes = data.as_slice();
             let bulk = bytes.len() / ALIGN * ALIGN;
-            f.write_all(&bytes[..bulk])?;
-            set_direct(f, false)?;
-            f.write_all(&bytes[bulk..])
+            match f.write_all_at(&bytes[..bulk], 0) {
+                Ok(()) => {
+                    set_direct(f, false)?;
+                    f.write_all_at(&bytes[bulk..], bulk as u64)
+                }
+                // A filesystem that accepted O_DIRECT at open but refuses the write.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    set_direct(f, false)?;
+                    f.write_all_at(bytes, 0)
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -192,7 +202,16 @@ impl LocalBackend {
             buf.set_len((end - start) as usize);
             let mut done = 0;
             while done < want {
-                let n = f.read_at(&mut buf.as_mut_slice()[done..], start + done as u64)?;
+                let n = match f.read_at(&mut buf.as_mut_slice()[done..], start + done as u64) {
+                    Ok(n) => n,
+                    // A filesystem that accepted O_DIRECT at open but refuses the read.
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) && done == 0 => {
+                        buf.set_len(len as usize);
+                        fs::File::open(&p)?.read_exact_at(buf.as_mut_slice(), offset.into())?;
+                        return Ok(0);
+                    }
+                    Err(e) => return Err(e),
+                };
                 if n == 0 {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,

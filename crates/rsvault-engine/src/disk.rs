@@ -211,7 +211,15 @@ impl ImageWriter {
     /// so the final `fsync` has less left to do).
     pub fn write_at(&self, data: &[u8], off: u64) -> std::io::Result<()> {
         match self {
-            Self::Raw(_, Some(d)) if crate::iobuf::is_aligned(data, off) => d.write_all_at(data, off),
+            Self::Raw(f, Some(d)) if crate::iobuf::is_aligned(data, off) => match d.write_all_at(data, off) {
+                // A filesystem that accepted O_DIRECT at open but refuses the write.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    f.write_all_at(data, off)?;
+                    Self::start_writeback(f, off, data.len() as u64);
+                    Ok(())
+                }
+                r => r,
+            },
             Self::Raw(f, _) => {
                 f.write_all_at(data, off)?;
                 Self::start_writeback(f, off, data.len() as u64);

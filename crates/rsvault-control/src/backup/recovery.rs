@@ -1215,6 +1215,12 @@ impl Control {
 /// storage jobs' tasks are `{taskId, status}` as the spec has them.
 pub(crate) fn render_tasks(props: &mut Value, now: DateTime<Utc>) {
     let storage = props["jobType"].as_str() != Some("AzureIaaSVMJob");
+    if storage {
+        if let Some(x) = props.get_mut("extendedInfo").and_then(Value::as_object_mut) {
+            x.remove("progressPercentage");
+            x.remove("estimatedRemainingDuration");
+        }
+    }
     let Some(list) = props
         .pointer_mut("/extendedInfo/tasksList")
         .and_then(Value::as_array_mut)

@@ -27,7 +27,11 @@ fn status(o: &OperationRow) -> Reply {
 
 /// 202 whose `Azure-AsyncOperation` carries Azure's fixed preview api-version.
 fn accepted_preview(ctx: &Ctx, location: &str, status_url: &str) -> Reply {
-    Reply::empty(202)
+    accepted_preview_with(ctx, Reply::empty(202), location, status_url)
+}
+
+fn accepted_preview_with(ctx: &Ctx, reply: Reply, location: &str, status_url: &str) -> Reply {
+    reply
         .header("Location", with_api_version(ctx, location))
         .header(
             "Azure-AsyncOperation",
@@ -86,8 +90,12 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
             Op::PutContainer => {
                 let id = c.register_container(sub, rg, v, fabric, container, &ctx.json()?)?;
                 let base = request_url(ctx);
-                accepted_preview(
+                // The 202 carries the container: the az CLI registers with `polling=False` and its
+                // SDK deserializes the first response's body before following `Location`.
+                let body = c.get_container(sub, rg, v, fabric, container)?;
+                accepted_preview_with(
                     ctx,
+                    Reply::json(202, body),
                     &format!("{base}/operationResults/{id}"),
                     &format!("{base}/operationsStatus/{id}"),
                 )

@@ -1,0 +1,1 @@
+//! Azure validation (todo).

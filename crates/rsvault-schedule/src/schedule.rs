@@ -354,3 +354,293 @@ fn hourly(h: &serde_json::Map<String, Value>, path: &str) -> Result<Plan> {
         window_hours: window as u32,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn daily(time: &str, tz: &str) -> Schedule {
+        Schedule::from_json(
+            &json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily",
+                    "scheduleRunTimes": [format!("2020-01-01T{time}:00Z")]}),
+            Some(tz),
+        )
+        .unwrap()
+    }
+
+    fn hourly(start: &str, interval: u32, window: u32, tz: &str) -> Schedule {
+        Schedule::from_json(
+            &json!({"schedulePolicyType": "SimpleSchedulePolicyV2", "scheduleRunFrequency": "Hourly",
+                    "hourlySchedule": {"interval": interval, "scheduleWindowStartTime": format!("2020-01-01T{start}:00Z"), "scheduleWindowDuration": window}}),
+            Some(tz),
+        )
+        .unwrap()
+    }
+
+    fn all(s: &Schedule, after: &str, until: &str) -> Vec<String> {
+        s.slots(utc(after), utc(until))
+            .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+            .collect()
+    }
+
+    #[test]
+    fn slots_land_on_the_right_utc_instants_across_daylight_saving() {
+        let cases: Vec<(&str, Schedule, &str, &str, Vec<&str>)> = vec![
+            (
+                "UTC daily",
+                daily("02:00", "UTC"),
+                "2026-01-01T00:00:00Z",
+                "2026-01-03T02:00:00Z",
+                vec!["2026-01-01T02:00:00Z", "2026-01-02T02:00:00Z", "2026-01-03T02:00:00Z"],
+            ),
+            (
+                "Pacific 02:30 on the spring-forward night runs at 03:00 PDT, once",
+                daily("02:30", "Pacific Standard Time"),
+                "2026-03-07T00:00:00Z",
+                "2026-03-10T00:00:00Z",
+                vec!["2026-03-07T10:30:00Z", "2026-03-08T10:00:00Z", "2026-03-09T09:30:00Z"],
+            ),
+            (
+                "Pacific 01:30 on the fall-back night runs at the first 01:30 only",
+                daily("01:30", "Pacific Standard Time"),
+                "2026-10-31T00:00:00Z",
+                "2026-11-03T00:00:00Z",
+                vec!["2026-10-31T08:30:00Z", "2026-11-01T08:30:00Z", "2026-11-02T09:30:00Z"],
+            ),
+            (
+                "W. Europe 02:30 on 2026-03-29 (02:00 CET -> 03:00 CEST) runs at 03:00 CEST",
+                daily("02:30", "W. Europe Standard Time"),
+                "2026-03-28T00:00:00Z",
+                "2026-03-31T00:00:00Z",
+                vec!["2026-03-28T01:30:00Z", "2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"],
+            ),
+            (
+                "W. Europe 02:30 on 2026-10-25 (03:00 CEST -> 02:00 CET) runs once, at 02:30 CEST",
+                daily("02:30", "W. Europe Standard Time"),
+                "2026-10-24T00:00:00Z",
+                "2026-10-27T00:00:00Z",
+                vec!["2026-10-24T00:30:00Z", "2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+            ),
+            (
+                "India (no DST, +05:30) weekly Monday and Thursday 22:00",
+                Schedule::from_json(
+                    &json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly",
+                            "scheduleRunDays": ["thursday", "Monday"], "scheduleRunTimes": ["2020-01-01T22:00:00Z"]}),
+                    Some("India Standard Time"),
+                )
+                .unwrap(),
+                "2026-06-01T00:00:00Z",
+                "2026-06-12T00:00:00Z",
+                vec!["2026-06-01T16:30:00Z", "2026-06-04T16:30:00Z", "2026-06-08T16:30:00Z", "2026-06-11T16:30:00Z"],
+            ),
+            (
+                "V2 weekly Sunday 23:30 in W. Europe across the spring change",
+                Schedule::from_json(
+                    &json!({"schedulePolicyType": "SimpleSchedulePolicyV2", "scheduleRunFrequency": "Weekly",
+                            "weeklySchedule": {"scheduleRunDays": ["Sunday"], "scheduleRunTimes": ["2020-01-01T23:30:00+05:00"]}}),
+                    Some("W. Europe Standard Time"),
+                )
+                .unwrap(),
+                "2026-03-20T00:00:00Z",
+                "2026-04-06T00:00:00Z",
+                vec!["2026-03-22T22:30:00Z", "2026-03-29T21:30:00Z", "2026-04-05T21:30:00Z"],
+            ),
+            (
+                "hourly every 4 h from 08:00 for 12 h (end exclusive)",
+                hourly("08:00", 4, 12, "UTC"),
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T00:00:00Z",
+                vec!["2026-01-01T08:00:00Z", "2026-01-01T12:00:00Z", "2026-01-01T16:00:00Z"],
+            ),
+            (
+                "hourly every 4 h from 08:00 for 24 h crosses midnight, six a day",
+                hourly("08:00", 4, 24, "UTC"),
+                "2026-01-01T07:00:00Z",
+                "2026-01-02T08:00:00Z",
+                vec![
+                    "2026-01-01T08:00:00Z",
+                    "2026-01-01T12:00:00Z",
+                    "2026-01-01T16:00:00Z",
+                    "2026-01-01T20:00:00Z",
+                    "2026-01-02T00:00:00Z",
+                    "2026-01-02T04:00:00Z",
+                    "2026-01-02T08:00:00Z",
+                ],
+            ),
+            (
+                "hourly every 6 h from 20:00 for 12 h in India",
+                hourly("20:00", 6, 12, "India Standard Time"),
+                "2026-01-01T00:00:00Z",
+                "2026-01-02T18:00:00Z",
+                vec!["2026-01-01T14:30:00Z", "2026-01-01T20:30:00Z", "2026-01-02T14:30:00Z"],
+            ),
+            (
+                "hourly every 4 h from 00:00 on the Pacific spring-forward day",
+                hourly("00:00", 4, 24, "Pacific Standard Time"),
+                "2026-03-08T07:00:00Z",
+                "2026-03-09T07:00:00Z",
+                vec![
+                    "2026-03-08T08:00:00Z",
+                    "2026-03-08T11:00:00Z",
+                    "2026-03-08T15:00:00Z",
+                    "2026-03-08T19:00:00Z",
+                    "2026-03-08T23:00:00Z",
+                    "2026-03-09T03:00:00Z",
+                    "2026-03-09T07:00:00Z",
+                ],
+            ),
+            (
+                "hourly every 4 h from 01:00 on the Pacific fall-back day: 01:00 once",
+                hourly("01:00", 4, 24, "Pacific Standard Time"),
+                "2026-11-01T07:00:00Z",
+                "2026-11-02T10:00:00Z",
+                vec![
+                    "2026-11-01T08:00:00Z",
+                    "2026-11-01T13:00:00Z",
+                    "2026-11-01T17:00:00Z",
+                    "2026-11-01T21:00:00Z",
+                    "2026-11-02T01:00:00Z",
+                    "2026-11-02T05:00:00Z",
+                    "2026-11-02T09:00:00Z",
+                ],
+            ),
+        ];
+        for (what, s, after, until, want) in cases {
+            assert_eq!(all(&s, after, until), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_interval_is_half_open() {
+        let s = daily("02:00", "UTC");
+        assert_eq!(
+            all(&s, "2026-01-01T02:00:00Z", "2026-01-02T02:00:00Z"),
+            vec!["2026-01-02T02:00:00Z"]
+        );
+        assert_eq!(
+            s.next_slot(utc("2026-01-01T02:00:00Z")),
+            Some(utc("2026-01-02T02:00:00Z"))
+        );
+        assert_eq!(
+            s.next_slot(utc("2026-01-01T01:59:59Z")),
+            Some(utc("2026-01-01T02:00:00Z"))
+        );
+        assert!(all(&s, "2026-01-02T02:00:00Z", "2026-01-01T00:00:00Z").is_empty());
+    }
+
+    #[test]
+    fn missed_gives_at_most_the_latest_slot() {
+        let s = daily("02:00", "Pacific Standard Time");
+        let cases = [
+            // (last_done, now, expected)
+            (
+                Some("2026-01-01T10:00:00Z"),
+                "2026-01-31T12:00:00Z",
+                Some("2026-01-31T10:00:00Z"),
+            ),
+            (Some("2026-01-01T10:00:00Z"), "2026-01-01T12:00:00Z", None),
+            (
+                Some("2026-01-01T10:00:00Z"),
+                "2026-01-02T10:00:00Z",
+                Some("2026-01-02T10:00:00Z"),
+            ),
+            (Some("2026-01-01T10:00:00Z"), "2026-01-02T09:59:59Z", None),
+            (None, "2026-01-02T09:59:59Z", Some("2026-01-01T10:00:00Z")),
+            (
+                Some("2026-03-01T10:00:00Z"),
+                "2026-03-08T12:00:00Z",
+                Some("2026-03-08T10:00:00Z"),
+            ),
+        ];
+        for (last, now, want) in cases {
+            assert_eq!(s.missed(last.map(utc), utc(now)), want.map(utc), "{last:?} {now}");
+        }
+        let w = Schedule::new(
+            Tz::UTC,
+            Plan::Weekly {
+                days: vec![Weekday::Wed],
+                times: vec![NaiveTime::from_hms_opt(3, 0, 0).unwrap()],
+            },
+        )
+        .unwrap();
+        // Down for ten weeks: one run, for the latest Wednesday.
+        assert_eq!(
+            w.missed(Some(utc("2026-01-07T03:00:00Z")), utc("2026-03-20T00:00:00Z")),
+            Some(utc("2026-03-18T03:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn hourly_last_of_day() {
+        let s = hourly("08:00", 4, 12, "UTC");
+        assert!(!s.is_last_of_day(utc("2026-01-01T12:00:00Z")));
+        assert!(s.is_last_of_day(utc("2026-01-01T16:00:00Z")));
+        let s = hourly("08:00", 4, 24, "UTC");
+        assert!(s.is_last_of_day(utc("2026-01-01T20:00:00Z")));
+        assert!(!s.is_last_of_day(utc("2026-01-02T00:00:00Z")));
+        assert!(!s.is_last_of_day(utc("2026-01-02T04:00:00Z")));
+    }
+
+    #[test]
+    fn parse_errors_name_the_member() {
+        let cases = [
+            (
+                json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly", "scheduleRunTimes": ["2020-01-01T02:00:00Z"]}),
+                Some("UTC"),
+                "schedulePolicy.scheduleRunFrequency",
+            ),
+            (
+                json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily"}),
+                Some("UTC"),
+                "schedulePolicy.scheduleRunTimes",
+            ),
+            (
+                json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["noon"]}),
+                Some("UTC"),
+                "schedulePolicy.scheduleRunTimes",
+            ),
+            (
+                json!({"schedulePolicyType": "LogSchedulePolicy", "scheduleRunFrequency": "Daily"}),
+                Some("UTC"),
+                "schedulePolicy.schedulePolicyType",
+            ),
+            (
+                json!({"schedulePolicyType": "SimpleSchedulePolicyV2", "scheduleRunFrequency": "Hourly"}),
+                Some("UTC"),
+                "schedulePolicy.hourlySchedule",
+            ),
+            (
+                json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["2020-01-01T02:00:00Z"]}),
+                Some("Moon Time"),
+                "timeZone",
+            ),
+            (json!([]), None, "schedulePolicy"),
+        ];
+        for (j, tz, target) in cases {
+            let e = Schedule::from_json(&j, tz).expect_err(target);
+            assert_eq!(e.target(), target, "{j}: {e}");
+            assert_eq!(e.code(), "BMSUserErrorInvalidPolicyInput");
+        }
+    }
+
+    #[test]
+    fn the_default_policies_parse() {
+        let p = json!({"schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicyV2", "scheduleRunFrequency": "Hourly",
+                           "hourlySchedule": {"interval": 4, "scheduleWindowStartTime": "2026-01-01T08:00:00Z", "scheduleWindowDuration": 12}},
+                       "timeZone": "UTC"});
+        let s = Schedule::from_policy(&p).unwrap();
+        assert_eq!(s.frequency(), Frequency::Hourly);
+        let p = json!({"SchedulePolicy": {"schedulepolicytype": "SimpleSchedulePolicy", "scheduleRunFrequency": "daily", "scheduleRunTimes": ["2026-01-01T09:00:00Z"]}});
+        let s = Schedule::from_policy(&p).unwrap();
+        assert_eq!(s.zone(), Tz::UTC);
+        assert_eq!(
+            s.next_slot(utc("2026-05-05T00:00:00Z")),
+            Some(utc("2026-05-05T09:00:00Z"))
+        );
+    }
+}

@@ -368,3 +368,218 @@ fn months(x: &Map<String, Value>, p: &str) -> Result<Vec<u32>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveTime, TimeZone};
+    use serde_json::json;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn date(y: i32, m: u32, d: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, d).unwrap()
+    }
+
+    const T: &str = "2020-01-01T10:00:00Z";
+
+    fn daily_at_10(tz: &str) -> Schedule {
+        Schedule::from_json(
+            &json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": [T]}),
+            Some(tz),
+        )
+        .unwrap()
+    }
+
+    fn ltr(monthly: Value, yearly: Value) -> Retention {
+        Retention::from_json(&json!({"retentionPolicyType": "LongTermRetentionPolicy",
+            "dailySchedule": {"retentionTimes": [T], "retentionDuration": {"count": 7, "durationType": "Days"}},
+            "weeklySchedule": {"daysOfTheWeek": ["Sunday"], "retentionTimes": [T], "retentionDuration": {"count": 4, "durationType": "Weeks"}},
+            "monthlySchedule": monthly,
+            "yearlySchedule": yearly}))
+        .unwrap()
+    }
+
+    fn first_sunday_monthly() -> Value {
+        json!({"retentionScheduleFormatType": "Weekly", "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": ["First"]},
+               "retentionTimes": [T], "retentionDuration": {"count": 12, "durationType": "Months"}})
+    }
+
+    fn day_one_monthly() -> Value {
+        json!({"retentionScheduleFormatType": "Daily", "retentionScheduleDaily": {"daysOfTheMonth": [{"date": 1, "isLast": false}]},
+               "retentionTimes": [T], "retentionDuration": {"count": 12, "durationType": "Months"}})
+    }
+
+    fn january_first_yearly() -> Value {
+        json!({"retentionScheduleFormatType": "Daily", "monthsOfYear": ["January"],
+               "retentionScheduleDaily": {"daysOfTheMonth": [{"date": 1, "isLast": false}]},
+               "retentionTimes": [T], "retentionDuration": {"count": 2, "durationType": "Years"}})
+    }
+
+    /// Years, months and days compared as a tuple: "date + n months is after end" without the
+    /// implementation's calendar arithmetic (no clamping is needed for the days used here).
+    fn plus_months_after(d: NaiveDate, months: i32, end: NaiveDate) -> bool {
+        let total = d.year() * 12 + d.month0() as i32 + months;
+        (total / 12, total % 12 + 1, d.day()) > (end.year(), end.month() as i32, end.day())
+    }
+
+    /// 400 daily backups at 10:00 "W. Europe Standard Time" (2026-01-01 .. 2027-02-04, through both
+    /// 2026 DST changes); at the last backup, exactly what Azure keeps survives.
+    #[test]
+    fn four_hundred_days_of_daily_backups_keep_what_azure_keeps() {
+        let zone = crate::zone::windows_zone("W. Europe Standard Time").unwrap();
+        let s = daily_at_10("W. Europe Standard Time");
+        let (start, end) = (date(2026, 1, 1), date(2027, 2, 4));
+        let points: Vec<_> = s.slots(utc("2025-12-31T12:00:00Z"), utc("2027-02-04T12:00:00Z")).collect();
+        assert_eq!(points.len(), 400);
+        let now = *points.last().unwrap();
+        let at_ten = |d: NaiveDate| {
+            zone.from_local_datetime(&d.and_time(NaiveTime::from_hms_opt(10, 0, 0).unwrap()))
+                .single()
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        assert_eq!(points[0], at_ten(start));
+        assert_eq!(now, at_ten(end));
+
+        // Counting back from the end date, one tier at a time.
+        let mut daily = BTreeSet::new();
+        let mut weekly = BTreeSet::new();
+        let mut d = end;
+        for back in 0..28 {
+            if back < 7 {
+                daily.insert(d);
+            }
+            if d.weekday() == Weekday::Sun {
+                weekly.insert(d);
+            }
+            d = d.pred_opt().unwrap();
+        }
+        let months: Vec<(i32, u32)> = (0..14).map(|i| (2026 + i / 12, (i % 12) as u32 + 1)).collect();
+        let in_range = |d: &NaiveDate| (start..=end).contains(d);
+        let first_sundays: BTreeSet<NaiveDate> = months
+            .iter()
+            .map(|&(y, m)| (1..=7).map(|day| date(y, m, day)).find(|d| d.weekday() == Weekday::Sun).unwrap())
+            .filter(in_range)
+            .filter(|d| plus_months_after(*d, 12, end))
+            .collect();
+        let firsts: BTreeSet<NaiveDate> = months
+            .iter()
+            .map(|&(y, m)| date(y, m, 1))
+            .filter(in_range)
+            .filter(|d| plus_months_after(*d, 12, end))
+            .collect();
+        let yearly: BTreeSet<NaiveDate> = [date(2026, 1, 1), date(2027, 1, 1)]
+            .into_iter()
+            .filter(in_range)
+            .filter(|d| plus_months_after(*d, 24, end))
+            .collect();
+        assert_eq!((daily.len(), weekly.len(), first_sundays.len(), firsts.len(), yearly.len()), (7, 4, 11, 12, 2));
+
+        for (what, monthly_json, monthly, total) in [
+            ("monthly on the first Sunday", first_sunday_monthly(), &first_sundays, 23),
+            ("monthly on day 1", day_one_monthly(), &firsts, 22),
+        ] {
+            let r = ltr(monthly_json, january_first_yearly());
+            let want: BTreeSet<DateTime<Utc>> = daily
+                .iter()
+                .chain(&weekly)
+                .chain(monthly)
+                .chain(&yearly)
+                .map(|d| at_ten(*d))
+                .collect();
+            assert_eq!(want.len(), total, "{what}: overlaps counted once");
+            let got = r.survivors(&s, &points, now);
+            let show = |set: &BTreeSet<DateTime<Utc>>| set.iter().map(|t| zone.from_utc_datetime(&t.naive_utc()).date_naive().to_string()).collect::<Vec<_>>();
+            assert_eq!(show(&got), show(&want), "{what}");
+        }
+    }
+
+    #[test]
+    fn tiers_follow_the_day_rules() {
+        let s = daily_at_10("UTC");
+        let r = Retention::from_json(&json!({"retentionPolicyType": "LongTermRetentionPolicy",
+            "dailySchedule": {"retentionDuration": {"count": 7, "durationType": "Days"}},
+            "weeklySchedule": {"daysOfTheWeek": ["Saturday"], "retentionDuration": {"count": 4, "durationType": "Weeks"}},
+            "monthlySchedule": {"retentionScheduleFormatType": "Daily", "retentionScheduleDaily": {"daysOfTheMonth": [{"date": 15}, {"date": 0, "isLast": true}]},
+                                "retentionDuration": {"count": 1, "durationType": "Months"}},
+            "yearlySchedule": {"retentionScheduleFormatType": "Weekly", "monthsOfYear": ["February", "december"],
+                               "retentionScheduleWeekly": {"daysOfTheWeek": ["Friday"], "weeksOfTheMonth": ["Last"]},
+                               "retentionDuration": {"count": 3, "durationType": "Years"}}}))
+        .unwrap();
+        let t = |s: &str| utc(&format!("{s}T10:00:00Z"));
+        let tiers = |d: &str| {
+            let x = r.tiers(&s, t(d));
+            (x.daily, x.weekly, x.monthly, x.yearly)
+        };
+        let cases = [
+            ("2026-01-14", (true, false, false, false), "2026-01-21"),
+            ("2026-01-15", (true, false, true, false), "2026-02-15"),
+            ("2026-01-31", (true, true, true, false), "2026-02-28"), // Saturday, last day: 1 month clamps to Feb 28
+            ("2026-02-27", (true, false, false, true), "2029-02-27"), // last Friday of February
+            ("2026-02-20", (true, false, false, false), "2026-02-27"), // a Friday, not in the last seven days
+            ("2026-02-28", (true, true, true, false), "2026-03-28"), // Saturday and the last day
+            ("2026-12-25", (true, false, false, true), "2029-12-25"), // last Friday of December
+            ("2028-02-29", (true, false, true, false), "2028-03-29"), // leap day is the last day
+        ];
+        for (d, want, expiry) in cases {
+            assert_eq!(tiers(d), want, "{d}");
+            assert_eq!(r.expiry(&s, t(d)), Some(t(expiry)), "{d}");
+        }
+    }
+
+    #[test]
+    fn hourly_schedules_keep_only_the_last_point_of_the_day() {
+        let s = Schedule::from_json(
+            &json!({"schedulePolicyType": "SimpleSchedulePolicyV2", "scheduleRunFrequency": "Hourly",
+                    "hourlySchedule": {"interval": 4, "scheduleWindowStartTime": "2026-01-01T08:00:00Z", "scheduleWindowDuration": 12}}),
+            Some("India Standard Time"),
+        )
+        .unwrap();
+        let r = Retention::from_json(&json!({"retentionPolicyType": "LongTermRetentionPolicy",
+            "dailySchedule": {"retentionDuration": {"count": 30, "durationType": "Days"}}}))
+        .unwrap();
+        // Local 08:00, 12:00, 16:00 (+05:30) on 2026-03-01.
+        let points: Vec<_> = s.slots(utc("2026-02-28T20:00:00Z"), utc("2026-03-01T12:00:00Z")).collect();
+        assert_eq!(points, vec![utc("2026-03-01T02:30:00Z"), utc("2026-03-01T06:30:00Z"), utc("2026-03-01T10:30:00Z")]);
+        let kept: Vec<bool> = points.iter().map(|p| r.tiers(&s, *p).any()).collect();
+        assert_eq!(kept, vec![false, false, true]);
+        assert_eq!(r.expiry(&s, points[0]), None);
+        assert_eq!(r.expiry(&s, points[2]), Some(utc("2026-03-31T10:30:00Z")));
+        let survivors = r.survivors(&s, &points, utc("2026-03-02T00:00:00Z"));
+        assert_eq!(survivors.into_iter().collect::<Vec<_>>(), vec![points[2]]);
+    }
+
+    #[test]
+    fn simple_retention_and_local_calendar_durations() {
+        let s = daily_at_10("Pacific Standard Time");
+        let r = Retention::from_json(&json!({"retentionPolicyType": "SimpleRetentionPolicy",
+            "retentionDuration": {"count": 2, "durationType": "Days"}}))
+        .unwrap();
+        // 10:00 PST on Mar 7 + 2 local days = 10:00 PDT on Mar 9: 47 hours, across the spring change.
+        let p = utc("2026-03-07T18:00:00Z");
+        assert_eq!(r.expiry(&s, p), Some(utc("2026-03-09T17:00:00Z")));
+        assert!(r.survivors(&s, &[p], utc("2026-03-09T16:59:59Z")).contains(&p));
+        assert!(r.survivors(&s, &[p], utc("2026-03-09T17:00:00Z")).is_empty());
+    }
+
+    #[test]
+    fn parse_errors_name_the_member() {
+        let cases = [
+            (json!({"retentionPolicyType": "LongTermRetentionPolicy"}), "retentionPolicy.dailySchedule"),
+            (json!({"retentionPolicyType": "Forever"}), "retentionPolicy.retentionPolicyType"),
+            (json!({"retentionPolicyType": "SimpleRetentionPolicy", "retentionDuration": {"count": 0, "durationType": "Days"}}), "retentionPolicy.retentionDuration.count"),
+            (json!({"retentionPolicyType": "SimpleRetentionPolicy", "retentionDuration": {"count": 3, "durationType": "Fortnights"}}), "retentionPolicy.retentionDuration.durationType"),
+            (json!({"retentionPolicyType": "LongTermRetentionPolicy", "yearlySchedule": {"retentionScheduleFormatType": "Daily", "monthsOfYear": ["Smarch"],
+                    "retentionScheduleDaily": {"daysOfTheMonth": [{"date": 1}]}, "retentionDuration": {"count": 1, "durationType": "Years"}}}), "retentionPolicy.yearlySchedule.monthsOfYear"),
+            (json!({"retentionPolicyType": "LongTermRetentionPolicy", "monthlySchedule": {"retentionScheduleFormatType": "Weekly",
+                    "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": ["Fifth"]}, "retentionDuration": {"count": 1, "durationType": "Months"}}}), "retentionPolicy.monthlySchedule.retentionScheduleWeekly.weeksOfTheMonth"),
+        ];
+        for (j, target) in cases {
+            let e = Retention::from_json(&j).expect_err(target);
+            assert_eq!(e.target(), target, "{j}: {e}");
+        }
+    }
+}

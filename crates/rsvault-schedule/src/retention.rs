@@ -432,7 +432,9 @@ mod tests {
         let zone = crate::zone::windows_zone("W. Europe Standard Time").unwrap();
         let s = daily_at_10("W. Europe Standard Time");
         let (start, end) = (date(2026, 1, 1), date(2027, 2, 4));
-        let points: Vec<_> = s.slots(utc("2025-12-31T12:00:00Z"), utc("2027-02-04T12:00:00Z")).collect();
+        let points: Vec<_> = s
+            .slots(utc("2025-12-31T12:00:00Z"), utc("2027-02-04T12:00:00Z"))
+            .collect();
         assert_eq!(points.len(), 400);
         let now = *points.last().unwrap();
         let at_ten = |d: NaiveDate| {
@@ -461,7 +463,12 @@ mod tests {
         let in_range = |d: &NaiveDate| (start..=end).contains(d);
         let first_sundays: BTreeSet<NaiveDate> = months
             .iter()
-            .map(|&(y, m)| (1..=7).map(|day| date(y, m, day)).find(|d| d.weekday() == Weekday::Sun).unwrap())
+            .map(|&(y, m)| {
+                (1..=7)
+                    .map(|day| date(y, m, day))
+                    .find(|d| d.weekday() == Weekday::Sun)
+                    .unwrap()
+            })
             .filter(in_range)
             .filter(|d| plus_months_after(*d, 12, end))
             .collect();
@@ -476,10 +483,24 @@ mod tests {
             .filter(in_range)
             .filter(|d| plus_months_after(*d, 24, end))
             .collect();
-        assert_eq!((daily.len(), weekly.len(), first_sundays.len(), firsts.len(), yearly.len()), (7, 4, 11, 12, 2));
+        assert_eq!(
+            (
+                daily.len(),
+                weekly.len(),
+                first_sundays.len(),
+                firsts.len(),
+                yearly.len()
+            ),
+            (7, 4, 11, 12, 2)
+        );
 
         for (what, monthly_json, monthly, total) in [
-            ("monthly on the first Sunday", first_sunday_monthly(), &first_sundays, 23),
+            (
+                "monthly on the first Sunday",
+                first_sunday_monthly(),
+                &first_sundays,
+                23,
+            ),
             ("monthly on day 1", day_one_monthly(), &firsts, 22),
         ] {
             let r = ltr(monthly_json, january_first_yearly());
@@ -492,7 +513,11 @@ mod tests {
                 .collect();
             assert_eq!(want.len(), total, "{what}: overlaps counted once");
             let got = r.survivors(&s, &points, now);
-            let show = |set: &BTreeSet<DateTime<Utc>>| set.iter().map(|t| zone.from_utc_datetime(&t.naive_utc()).date_naive().to_string()).collect::<Vec<_>>();
+            let show = |set: &BTreeSet<DateTime<Utc>>| {
+                set.iter()
+                    .map(|t| zone.from_utc_datetime(&t.naive_utc()).date_naive().to_string())
+                    .collect::<Vec<_>>()
+            };
             assert_eq!(show(&got), show(&want), "{what}");
         }
     }
@@ -542,8 +567,17 @@ mod tests {
             "dailySchedule": {"retentionDuration": {"count": 30, "durationType": "Days"}}}))
         .unwrap();
         // Local 08:00, 12:00, 16:00 (+05:30) on 2026-03-01.
-        let points: Vec<_> = s.slots(utc("2026-02-28T20:00:00Z"), utc("2026-03-01T12:00:00Z")).collect();
-        assert_eq!(points, vec![utc("2026-03-01T02:30:00Z"), utc("2026-03-01T06:30:00Z"), utc("2026-03-01T10:30:00Z")]);
+        let points: Vec<_> = s
+            .slots(utc("2026-02-28T20:00:00Z"), utc("2026-03-01T12:00:00Z"))
+            .collect();
+        assert_eq!(
+            points,
+            vec![
+                utc("2026-03-01T02:30:00Z"),
+                utc("2026-03-01T06:30:00Z"),
+                utc("2026-03-01T10:30:00Z")
+            ]
+        );
         let kept: Vec<bool> = points.iter().map(|p| r.tiers(&s, *p).any()).collect();
         assert_eq!(kept, vec![false, false, true]);
         assert_eq!(r.expiry(&s, points[0]), None);
@@ -568,14 +602,32 @@ mod tests {
     #[test]
     fn parse_errors_name_the_member() {
         let cases = [
-            (json!({"retentionPolicyType": "LongTermRetentionPolicy"}), "retentionPolicy.dailySchedule"),
-            (json!({"retentionPolicyType": "Forever"}), "retentionPolicy.retentionPolicyType"),
-            (json!({"retentionPolicyType": "SimpleRetentionPolicy", "retentionDuration": {"count": 0, "durationType": "Days"}}), "retentionPolicy.retentionDuration.count"),
-            (json!({"retentionPolicyType": "SimpleRetentionPolicy", "retentionDuration": {"count": 3, "durationType": "Fortnights"}}), "retentionPolicy.retentionDuration.durationType"),
-            (json!({"retentionPolicyType": "LongTermRetentionPolicy", "yearlySchedule": {"retentionScheduleFormatType": "Daily", "monthsOfYear": ["Smarch"],
-                    "retentionScheduleDaily": {"daysOfTheMonth": [{"date": 1}]}, "retentionDuration": {"count": 1, "durationType": "Years"}}}), "retentionPolicy.yearlySchedule.monthsOfYear"),
-            (json!({"retentionPolicyType": "LongTermRetentionPolicy", "monthlySchedule": {"retentionScheduleFormatType": "Weekly",
-                    "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": ["Fifth"]}, "retentionDuration": {"count": 1, "durationType": "Months"}}}), "retentionPolicy.monthlySchedule.retentionScheduleWeekly.weeksOfTheMonth"),
+            (
+                json!({"retentionPolicyType": "LongTermRetentionPolicy"}),
+                "retentionPolicy.dailySchedule",
+            ),
+            (
+                json!({"retentionPolicyType": "Forever"}),
+                "retentionPolicy.retentionPolicyType",
+            ),
+            (
+                json!({"retentionPolicyType": "SimpleRetentionPolicy", "retentionDuration": {"count": 0, "durationType": "Days"}}),
+                "retentionPolicy.retentionDuration.count",
+            ),
+            (
+                json!({"retentionPolicyType": "SimpleRetentionPolicy", "retentionDuration": {"count": 3, "durationType": "Fortnights"}}),
+                "retentionPolicy.retentionDuration.durationType",
+            ),
+            (
+                json!({"retentionPolicyType": "LongTermRetentionPolicy", "yearlySchedule": {"retentionScheduleFormatType": "Daily", "monthsOfYear": ["Smarch"],
+                    "retentionScheduleDaily": {"daysOfTheMonth": [{"date": 1}]}, "retentionDuration": {"count": 1, "durationType": "Years"}}}),
+                "retentionPolicy.yearlySchedule.monthsOfYear",
+            ),
+            (
+                json!({"retentionPolicyType": "LongTermRetentionPolicy", "monthlySchedule": {"retentionScheduleFormatType": "Weekly",
+                    "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": ["Fifth"]}, "retentionDuration": {"count": 1, "durationType": "Months"}}}),
+                "retentionPolicy.monthlySchedule.retentionScheduleWeekly.weeksOfTheMonth",
+            ),
         ];
         for (j, target) in cases {
             let e = Retention::from_json(&j).expect_err(target);

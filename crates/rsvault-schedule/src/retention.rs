@@ -23,8 +23,8 @@
 //! # Expiry
 //! A point expires at the latest of (point + each qualifying tier's duration), computed on the
 //! local calendar of the policy's zone: Days and Weeks add whole local days, Months and Years add
-//! calendar months (a day past the end of the target month is clamped to its last day, so 31 Jan
-//! + 1 month = 28/29 Feb); the local result goes back to UTC by the daylight-saving rule of
+//! calendar months (a day past the end of the target month is clamped to its last day, so one
+//! month after 31 Jan is 28/29 Feb); the local result goes back to UTC by the daylight-saving rule of
 //! [`crate::schedule`]. Counting on the local calendar makes "daily, 7 days" keep exactly the last
 //! seven daily points whatever daylight saving did in between. A point is kept while
 //! `now < expiry`; a point in no tier is not kept by retention at all.

@@ -154,7 +154,7 @@ impl Schedule {
             )?,
             ("SimpleSchedulePolicy", "Daily") => Plan::Daily { times: times(m, path)? },
             ("SimpleSchedulePolicy", _) => Plan::Weekly {
-                days: json::weekdays(m, "scheduleRunDays", path)?,
+                days: run_days(m, path)?,
                 times: times(m, path)?,
             },
             (_, "Daily") => {
@@ -167,7 +167,7 @@ impl Schedule {
                 let p = format!("{path}weeklySchedule.");
                 let w = json::req_obj(m, "weeklySchedule", path)?;
                 Plan::Weekly {
-                    days: json::weekdays(w, "scheduleRunDays", &p)?,
+                    days: run_days(w, &p)?,
                     times: times(w, &p)?,
                 }
             }
@@ -321,6 +321,17 @@ fn times(m: &serde_json::Map<String, Value>, path: &str) -> Result<Vec<NaiveTime
         ));
     }
     Ok(out)
+}
+
+fn run_days(m: &serde_json::Map<String, Value>, path: &str) -> Result<Vec<Weekday>> {
+    let days = json::weekdays(m, "scheduleRunDays", path)?;
+    if days.is_empty() {
+        return Err(Error::invalid(
+            format!("{path}scheduleRunDays"),
+            format!("'{path}scheduleRunDays' needs at least one day."),
+        ));
+    }
+    Ok(days)
 }
 
 fn hourly(h: &serde_json::Map<String, Value>, path: &str) -> Result<Plan> {

@@ -603,7 +603,13 @@ mod tests {
             (
                 json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly", "scheduleRunTimes": ["2020-01-01T02:00:00Z"]}),
                 Some("UTC"),
-                "schedulePolicy.scheduleRunFrequency",
+                "schedulePolicy.scheduleRunDays",
+            ),
+            (
+                json!({"schedulePolicyType": "SimpleSchedulePolicyV2", "scheduleRunFrequency": "Weekly",
+                       "weeklySchedule": {"scheduleRunDays": [], "scheduleRunTimes": ["2020-01-01T02:00:00Z"]}}),
+                Some("UTC"),
+                "schedulePolicy.weeklySchedule.scheduleRunDays",
             ),
             (
                 json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily"}),

@@ -19,3 +19,15 @@ def test_python_quickstart_runs_as_written(server, capsys):
     out = capsys.readouterr().out
     assert "/providers/Microsoft.RecoveryServices/vaults/my-vault Succeeded" in out
     assert "['my-vault']" in out
+
+
+def test_backup_quickstart_runs_as_written(server, capsys):
+    text = README.read_text()
+    section = text[text.index("## Quickstart: back up a VM image"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    code = code.replace("rsvault-data/bootstrap.json", str(server.data_dir / "bootstrap.json"))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "backup Completed" in out
+    assert "restore Completed" in out
+    assert "same bytes: True" in out

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 /// Everything a request handler can reach.
 pub struct State {
-    pub control: Control,
+    pub control: Arc<Control>,
     pub config: Config,
     pub base_url: String,
     pub recorder: Option<Recorder>,

@@ -7,6 +7,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rsvault_control::datadir::{Bootstrap, DataDir};
+use rsvault_control::dataplane::{DataPlane, JobLimits};
+use rsvault_control::runner::JobRunner;
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::SharedClock;
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ pub struct Config {
     pub token_lifetime_secs: i64,
     /// Extra names or addresses for the server certificate.
     pub tls_hosts: Vec<String>,
+    /// How many backups and restores run at once.
+    pub jobs: JobLimits,
 }
 
 impl Config {
@@ -51,6 +55,7 @@ impl Config {
             page_size: 200,
             token_lifetime_secs: 3600,
             tls_hosts: vec![],
+            jobs: JobLimits::default(),
         }
     }
 }
@@ -73,18 +78,28 @@ pub struct Running {
     pub bootstrap: Bootstrap,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    runner: Option<JobRunner>,
 }
 
 impl Running {
-    /// Stops accepting, waits for in-flight requests (at most 10 s), and returns.
-    pub async fn shutdown(self) {
+    /// Stops accepting, waits for in-flight requests (at most 10 s), stops the job engine (running
+    /// jobs go back to the queue), and returns.
+    pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+        self.stop_jobs().await;
     }
 
     /// Waits until the server stops (after [`Running::shutdown`] from elsewhere, or forever).
-    pub async fn wait(self) {
-        let _ = self.task.await;
+    pub async fn wait(mut self) {
+        let _ = (&mut self.task).await;
+        self.stop_jobs().await;
+    }
+
+    async fn stop_jobs(&mut self) {
+        if let Some(r) = self.runner.take() {
+            let _ = tokio::task::spawn_blocking(move || r.stop()).await;
+        }
     }
 
     /// A handle that can stop the server.
@@ -159,15 +174,24 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         .read(|db| db.meta(rsvault_control::datadir::META_TENANT))
         .map_err(rsvault_core::Error::from)?
         .unwrap_or_default();
-    let control = Control::new(
-        store,
-        clock,
-        Settings {
-            page_size: config.page_size,
-            token_lifetime_secs: config.token_lifetime_secs,
-            issuer_url: format!("{base}/{tenant}/v2.0"),
-        },
-    )?;
+    let control = Arc::new(
+        Control::new(
+            store,
+            clock,
+            Settings {
+                page_size: config.page_size,
+                token_lifetime_secs: config.token_lifetime_secs,
+                issuer_url: format!("{base}/{tenant}/v2.0"),
+            },
+        )?
+        .with_data_plane(DataPlane::open(&config.data_dir, config.jobs)?),
+    );
+    let runner = {
+        let c = control.clone();
+        tokio::task::spawn_blocking(move || JobRunner::start(c))
+            .await
+            .map_err(|e| rsvault_core::Error::internal(format!("job engine start: {e}")))??
+    };
     let bootstrap = dir.publish_urls(&base)?;
     let recorder = match &config.traffic_dir {
         Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),
@@ -189,6 +213,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         bootstrap,
         shutdown: tx,
         task,
+        runner: Some(runner),
     })
 }
 

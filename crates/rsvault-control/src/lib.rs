@@ -9,15 +9,19 @@
 //! assignments and definitions, authorization), [`tokens`] (the token endpoint's logic), [`resources`]
 //! (subscriptions, resource groups), [`vaults`] (Recovery Services vaults), [`body`] (request body checks), [`disk`] (disk image probes),
 //! [`inventory`] (VMs, storage accounts and file shares), [`backup`] (policies, containers, protected
-//! items, jobs, operations, backup status and vault backup configuration).
+//! items, jobs, operations, recovery points, backup, restore, backup status and vault backup
+//! configuration), [`dataplane`] (vault repositories and their sealed passwords), [`runner`] (the job
+//! engine that runs backups and restores).
 
 pub mod access;
 pub mod backup;
 pub mod body;
 pub mod datadir;
+pub mod dataplane;
 pub mod disk;
 pub mod inventory;
 pub mod resources;
+pub mod runner;
 pub mod tokens;
 pub mod vaults;
 
@@ -53,6 +57,7 @@ pub struct Control {
     settings: Settings,
     tenant_id: String,
     issuer: RwLock<(String, Arc<Issuer>)>,
+    data: Option<dataplane::DataPlane>,
 }
 
 impl std::fmt::Debug for Control {
@@ -77,6 +82,7 @@ impl Control {
             settings,
             tenant_id,
             issuer: RwLock::new(issuer),
+            data: None,
         })
     }
 

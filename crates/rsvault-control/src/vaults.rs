@@ -446,10 +446,14 @@ impl Control {
             properties: None,
             target: None,
         };
-        self.store.write(|db| {
+        let secret = self.store.write(|db| {
+            let secret = db.vault_secret(&id)?;
             db.delete_resource(&id)?;
-            db.put_operation(&op)
+            db.delete_vault_secret(&id)?;
+            db.put_operation(&op)?;
+            Ok::<_, Error>(secret)
         })?;
+        self.remove_vault_repo(secret);
         Ok(Some(op.id))
     }
 

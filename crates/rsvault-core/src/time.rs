@@ -46,6 +46,11 @@ pub fn timestamp(t: DateTime<Utc>) -> String {
 }
 
 /// RFC 3339 with milliseconds, for places where Azure uses plain ISO time (`systemData`).
+/// The US text form the live service writes in job property bags: `6/15/2022 12:00:00 AM`.
+pub fn us_datetime(t: DateTime<Utc>) -> String {
+    t.format("%-m/%-d/%Y %-I:%M:%S %p").to_string()
+}
+
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
@@ -150,6 +155,18 @@ mod tests {
         for (d, want) in cases {
             assert_eq!(iso_duration(d), want);
         }
+    }
+
+    #[test]
+    fn us_datetime_is_the_property_bag_form() {
+        let t = DateTime::parse_from_rfc3339("2022-06-15T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(us_datetime(t), "6/15/2022 12:00:00 AM");
+        let t = DateTime::parse_from_rfc3339("2022-05-16T14:28:28.49Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(us_datetime(t), "5/16/2022 2:28:28 PM");
     }
 
     #[test]

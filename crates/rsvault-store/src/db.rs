@@ -39,7 +39,9 @@ fn page<T>(mut items: Vec<T>, limit: usize, key_of: impl Fn(&T) -> String) -> Pa
 const PRINCIPAL_COLS: &str = "client_id, object_id, tenant_id, display_name, secret_hash, created";
 const ASSIGNMENT_COLS: &str = "id, name, scope, role_definition_id, principal_id, principal_type, created, created_by";
 const OPERATION_COLS: &str = "id, scope_key, kind, status, start, end, error, properties, target";
-const JOB_COLS: &str = "id, vault_key, name, operation, status, backup_management_type, entity, start, end, body";
+const JOB_COLS: &str =
+    "id, vault_key, name, operation, status, backup_management_type, entity, start, end, body, phase, work";
+const RP_COLS: &str = "id, vault_key, item_key, name, time, expiry, body, engine";
 const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
 
 fn resource_row(r: &Row) -> rusqlite::Result<ResourceRow> {
@@ -83,6 +85,21 @@ fn job_row(r: &Row) -> rusqlite::Result<JobRow> {
         start: parse_ts(r.get(7)?)?,
         end: r.get::<_, Option<String>>(8)?.map(parse_ts).transpose()?,
         body: json(r.get(9)?)?,
+        phase: r.get(10)?,
+        work: r.get::<_, Option<String>>(11)?.map(json).transpose()?,
+    })
+}
+
+fn rp_row(r: &Row) -> rusqlite::Result<RecoveryPointRow> {
+    Ok(RecoveryPointRow {
+        id: r.get(0)?,
+        vault_key: r.get(1)?,
+        item_key: r.get(2)?,
+        name: r.get(3)?,
+        time: parse_ts(r.get(4)?)?,
+        expiry: r.get::<_, Option<String>>(5)?.map(parse_ts).transpose()?,
+        body: json(r.get(6)?)?,
+        engine: json(r.get(7)?)?,
     })
 }
 
@@ -374,6 +391,10 @@ impl Db<'_> {
             "DELETE FROM jobs WHERE vault_key = ?1 OR substr(vault_key, 1, length(?2)) = ?2",
             [k.clone(), format!("{k}/")],
         )?;
+        self.0.execute(
+            "DELETE FROM recovery_points WHERE substr(id_key, 1, length(?1)) = ?1",
+            [format!("{k}/")],
+        )?;
         Ok(self.0.execute("DELETE FROM resources WHERE id_key = ?1", [k])? > 0)
     }
 
@@ -575,7 +596,7 @@ impl Db<'_> {
     /// Inserts a job or replaces the one with the same id.
     pub fn put_job(&self, j: &JobRow) -> R<()> {
         self.0.execute(
-            &format!("INSERT OR REPLACE INTO jobs (id_key, {JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            &format!("INSERT OR REPLACE INTO jobs (id_key, {JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
             params![
                 key(&j.id),
                 j.id,
@@ -587,7 +608,9 @@ impl Db<'_> {
                 j.entity,
                 ts(&j.start),
                 j.end.as_ref().map(ts),
-                j.body.to_string()
+                j.body.to_string(),
+                j.phase,
+                j.work.as_ref().map(|w| w.to_string())
             ],
         )?;
         Ok(())
@@ -611,5 +634,104 @@ impl Db<'_> {
         ))?;
         let rows = st.query_map([key(vault)], job_row)?.collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
+    }
+
+    /// Jobs of every vault in a job-engine phase (`queued`, `running`), oldest first.
+    pub fn jobs_in_phase(&self, phase: &str) -> R<Vec<JobRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE phase = ?1 ORDER BY start, id_key"
+        ))?;
+        let rows = st.query_map([phase], job_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    // ---- recovery points ------------------------------------------------------------------
+    /// Inserts a recovery point or replaces the one with the same id.
+    pub fn put_recovery_point(&self, rp: &RecoveryPointRow) -> R<()> {
+        self.0.execute(
+            &format!("INSERT OR REPLACE INTO recovery_points (id_key, {RP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                key(&rp.id),
+                rp.id,
+                key(&rp.vault_key),
+                key(&rp.item_key),
+                rp.name,
+                ts(&rp.time),
+                rp.expiry.as_ref().map(ts),
+                rp.body.to_string(),
+                rp.engine.to_string()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn recovery_point(&self, id: &str) -> R<Option<RecoveryPointRow>> {
+        Ok(self
+            .0
+            .query_row(
+                &format!("SELECT {RP_COLS} FROM recovery_points WHERE id_key = ?1"),
+                [key(id)],
+                rp_row,
+            )
+            .optional()?)
+    }
+
+    /// The recovery points of a protected item, newest first.
+    pub fn recovery_points(&self, item: &str) -> R<Vec<RecoveryPointRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RP_COLS} FROM recovery_points WHERE item_key = ?1 ORDER BY time DESC, id_key DESC"
+        ))?;
+        let rows = st.query_map([key(item)], rp_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// The recovery points of a vault, oldest first.
+    pub fn vault_recovery_points(&self, vault: &str) -> R<Vec<RecoveryPointRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RP_COLS} FROM recovery_points WHERE vault_key = ?1 ORDER BY time, id_key"
+        ))?;
+        let rows = st.query_map([key(vault)], rp_row)?.collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    pub fn delete_recovery_point(&self, id: &str) -> R<bool> {
+        Ok(self
+            .0
+            .execute("DELETE FROM recovery_points WHERE id_key = ?1", [key(id)])?
+            > 0)
+    }
+
+    // ---- vault secrets --------------------------------------------------------------------
+    pub fn vault_secret(&self, vault: &str) -> R<Option<VaultSecretRow>> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT vault_key, sealed, repo, created FROM vault_secrets WHERE vault_key = ?1",
+                [key(vault)],
+                |r| {
+                    Ok(VaultSecretRow {
+                        vault_key: r.get(0)?,
+                        sealed: r.get(1)?,
+                        repo: r.get(2)?,
+                        created: parse_ts(r.get(3)?)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn delete_vault_secret(&self, vault: &str) -> R<bool> {
+        Ok(self
+            .0
+            .execute("DELETE FROM vault_secrets WHERE vault_key = ?1", [key(vault)])?
+            > 0)
+    }
+
+    /// Stores a vault's sealed password; an existing one is kept (returns `false`).
+    pub fn insert_vault_secret(&self, s: &VaultSecretRow) -> R<bool> {
+        Ok(self.0.execute(
+            "INSERT OR IGNORE INTO vault_secrets (vault_key, sealed, repo, created) VALUES (?1, ?2, ?3, ?4)",
+            params![key(&s.vault_key), s.sealed, s.repo, ts(&s.created)],
+        )? > 0)
     }
 }

@@ -50,6 +50,21 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_vault ON jobs (vault_key, start, id_key);
     ALTER TABLE operations ADD COLUMN target TEXT;
     "#,
+    // 4: data-plane work. A job the job engine runs carries its `phase` (`queued`, `running`, `done`)
+    // and `work` (what to do, JSON); recovery points are indexed here once the vault holds them; each
+    // vault's repository password is kept sealed with the server key.
+    r#"
+    ALTER TABLE jobs ADD COLUMN phase TEXT;
+    ALTER TABLE jobs ADD COLUMN work TEXT;
+    CREATE INDEX jobs_by_phase ON jobs (phase, start);
+    CREATE TABLE recovery_points (
+        id_key TEXT PRIMARY KEY, id TEXT NOT NULL, vault_key TEXT NOT NULL, item_key TEXT NOT NULL,
+        name TEXT NOT NULL, time TEXT NOT NULL, expiry TEXT, body TEXT NOT NULL, engine TEXT NOT NULL);
+    CREATE INDEX recovery_points_by_item ON recovery_points (item_key, time);
+    CREATE INDEX recovery_points_by_vault ON recovery_points (vault_key, time);
+    CREATE TABLE vault_secrets (
+        vault_key TEXT PRIMARY KEY, sealed TEXT NOT NULL, repo TEXT NOT NULL, created TEXT NOT NULL);
+    "#,
 ];
 
 /// Applies every migration newer than the store's `user_version`, each in its own transaction.

@@ -122,4 +122,36 @@ pub struct JobRow {
     pub start: DateTime<Utc>,
     pub end: Option<DateTime<Utc>>,
     pub body: Value,
+    /// For jobs the job engine runs: `queued`, `running` or `done`; `None` for jobs that completed
+    /// with their request.
+    pub phase: Option<String>,
+    /// What the job engine must do (its own JSON), kept for restarts.
+    pub work: Option<Value>,
+}
+
+/// A recovery point the vault holds: its ARM resource body and the engine's record of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryPointRow {
+    /// Full id (`{item}/recoveryPoints/{name}`).
+    pub id: String,
+    /// Lower-cased vault id.
+    pub vault_key: String,
+    /// Lower-cased protected item id.
+    pub item_key: String,
+    pub name: String,
+    pub time: DateTime<Utc>,
+    pub expiry: Option<DateTime<Utc>>,
+    /// The ARM resource (`id`, `name`, `type`, `properties`).
+    pub body: Value,
+    /// What the engine knows of it (snapshot id, kind, disks, sizes).
+    pub engine: Value,
+}
+
+/// A vault's sealed repository password and where its repository is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VaultSecretRow {
+    pub vault_key: String,
+    pub sealed: String,
+    pub repo: String,
+    pub created: DateTime<Utc>,
 }

@@ -2,7 +2,7 @@
 //!
 //! `serve` runs the HTTPS service; `principal` manages service principals; `keys rotate` rotates the
 //! token-signing key; `env` prints client set-up for a data dir; `vm add` / `share add` declare local
-//! workloads without ARM.
+//! workloads without ARM; `restic-env` prints what stock `restic` needs to open a vault.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +50,14 @@ enum Command {
     /// Declare local file shares (directories) without ARM.
     #[command(subcommand)]
     Share(ShareCommand),
+    /// Print RESTIC_REPOSITORY and RESTIC_PASSWORD lines with which stock `restic` opens a vault.
+    ResticEnv {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// The vault's ARM id (/subscriptions/…/providers/Microsoft.RecoveryServices/vaults/NAME).
+        #[arg(long)]
+        vault: String,
+    },
 }
 
 #[derive(Args)]
@@ -124,6 +132,12 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Backups and restores that run at once in the whole server (the others wait in the queue).
+    #[arg(long, default_value_t = 2)]
+    max_jobs: usize,
+    /// Backups and restores that run at once in one vault.
+    #[arg(long, default_value_t = 1)]
+    vault_jobs: usize,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +221,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.traffic_dir = args.traffic_dir;
     config.page_size = args.page_size.max(1);
     config.tls_hosts = args.tls_hosts;
+    config.jobs = rsvault_control::dataplane::JobLimits {
+        workers: args.max_jobs.max(1),
+        per_vault: args.vault_jobs.max(1),
+    };
     // Signal handlers exist before anyone is told we are up, so an early SIGTERM is still graceful.
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -289,6 +307,18 @@ async fn main() -> Result<()> {
             print_json(&serde_json::json!({ "kid": kid }))
         }
         Command::Env(dir) => env(&dir),
+        Command::ResticEnv { dir, vault } => {
+            let (repo, password) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let dp = rsvault_control::dataplane::DataPlane::open(&dir.data_dir, Default::default())?;
+                let c = offline_control(&dir)?.with_data_plane(dp);
+                Ok(c.restic_env(&vault)?)
+            })
+            .await??;
+            // Shell-quoted: the password is base64url, the path the data dir's.
+            println!("RESTIC_REPOSITORY='{}'", repo.display());
+            println!("RESTIC_PASSWORD='{}'", password.expose());
+            Ok(())
+        }
         // Disk probes run their own small runtime: keep them off the async threads.
         Command::Vm(VmCommand::Add { at, name, disks }) => {
             let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {

@@ -1,5 +1,6 @@
 //! The `rsvault` binary as an operator uses it: `serve` in a subprocess (ready line, graceful SIGTERM,
-//! restart), `principal` and `keys` against a live data dir, and `env`.
+//! restart), `principal` and `keys` against a live data dir, `env`, `restic-env` with stock `restic`,
+//! and a server killed (SIGKILL) in the middle of a backup.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -258,5 +259,195 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
     );
     assert_eq!(share["type"], "Microsoft.Storage/storageAccounts/fileServices/shares");
     assert!(files.join("docs").is_dir());
+    assert!(sigterm_and_wait(child).success());
+}
+
+/// Pseudo-random, incompressible bytes written in 8 MiB pieces.
+fn write_random(path: &Path, len: usize) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 8 << 20];
+    let mut left = len;
+    while left > 0 {
+        for c in buf.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            c.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(buf.len());
+        f.write_all(&buf[..n]).unwrap();
+        left -= n;
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+    url: String,
+    token: String,
+}
+
+impl Api {
+    async fn new(dir: &Path, url: &str) -> Api {
+        let ca = std::fs::read(dir.join("ca.pem")).unwrap();
+        let http = reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .build()
+            .unwrap();
+        let boot: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("bootstrap.json")).unwrap()).unwrap();
+        let tok: Value = http
+            .post(format!(
+                "{url}/{}/oauth2/v2.0/token",
+                boot["tenantId"].as_str().unwrap()
+            ))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", boot["clientId"].as_str().unwrap()),
+                ("client_secret", boot["clientSecret"].as_str().unwrap()),
+                ("scope", "https://management.azure.com/.default"),
+            ])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Api {
+            http,
+            url: url.to_string(),
+            token: tok["access_token"].as_str().unwrap().to_string(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                format!("{}{path}", self.url),
+            )
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.unwrap();
+        let st = r.status().as_u16();
+        let t = r.text().await.unwrap();
+        (
+            st,
+            if t.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&t).unwrap()
+            },
+        )
+    }
+}
+
+#[test]
+fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (child, url) = serve(&dir);
+    let disk = tmp.path().join("big.raw");
+    write_random(&disk, 1 << 30);
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "big",
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let vault = format!("/subscriptions/{sub}/resourceGroups/home/providers/Microsoft.RecoveryServices/vaults/v1");
+    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;big/protectedItems/VM;iaasvmcontainerv2;home;big");
+    const BK: &str = "api-version=2026-10-01";
+    let job = rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let (st, b) = api.call("PUT", &format!("{vault}?{BK}"), Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}}))).await;
+        assert_eq!(st, 201, "{b}");
+        let (st, b) = api
+            .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
+            .await;
+        assert_eq!(st, 202, "{b}");
+        let r = api
+            .http
+            .post(format!("{url}{item}/backup?{BK}"))
+            .bearer_auth(&api.token)
+            .json(&serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        let status = r.headers()["azure-asyncoperation"].to_str().unwrap().to_string();
+        let op: Value = api.http.get(&status).bearer_auth(&api.token).send().await.unwrap().json().await.unwrap();
+        let job = op["properties"]["jobId"].as_str().unwrap().to_string();
+        // Wait until the transfer runs, then kill the server outright.
+        for _ in 0..2000 {
+            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+            assert_eq!(j["properties"]["status"], "InProgress", "finished before the kill: {j}");
+            if j["properties"]["extendedInfo"]["tasksList"][1]["status"] == "InProgress" {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the transfer never started");
+    });
+    let mut child = child;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let (child, url) = serve(&dir);
+    rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let (st, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+        assert_eq!(st, 200);
+        let p = &j["properties"];
+        assert_eq!(p["status"], "Failed", "{j}");
+        assert!(
+            p["errorDetails"][0]["errorString"]
+                .as_str()
+                .unwrap()
+                .contains("stopped while this job ran"),
+            "{j}"
+        );
+        assert_eq!(p["extendedInfo"]["tasksList"][1]["status"], "Failed");
+        assert!(p["endTime"].is_string());
+        let (_, rps) = api.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+        assert_eq!(rps["value"], serde_json::json!([]), "no half recovery point");
+        let (_, it) = api.call("GET", &format!("{item}?{BK}"), None).await;
+        assert_eq!(it["properties"]["lastBackupStatus"], "Failed");
+    });
+    // Stock restic sees a valid repository with no snapshot.
+    let out = bin()
+        .args(["restic-env", "--data-dir"])
+        .arg(&dir)
+        .args(["--vault", &vault])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut restic = Command::new("restic");
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (k, v) = line.split_once('=').unwrap();
+        restic.env(k, v.trim_matches('\''));
+    }
+    let snaps = restic
+        .args(["snapshots", "--json", "--no-lock"])
+        .output()
+        .expect("restic (Debian package)");
+    assert!(snaps.status.success(), "{}", String::from_utf8_lossy(&snaps.stderr));
+    let list: Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert_eq!(list, serde_json::json!([]), "the killed backup left no snapshot");
     assert!(sigterm_and_wait(child).success());
 }

@@ -1,8 +1,10 @@
 //! Dispatch of the backup endpoints inside a vault and at subscription level, and their long-running
 //! operation shapes as the live service answers them (recorded in `azure-traffic/`):
 //!
-//! - item writes: `Location` = `{item}/operationResults/{op}`, `Azure-AsyncOperation` =
-//!   `{item}/operationsStatus/{op}`, both with the request's api-version;
+//! - item writes, backup and restore: `Location` = `{item}/operationResults/{op}`,
+//!   `Azure-AsyncOperation` = `{item}/operationsStatus/{op}`, both with the request's api-version;
+//! - job cancel and job export: `Location` = `backupJobs/{job}/operationResults/{op}` /
+//!   `backupJobs/operationResults/{op}`, `Azure-AsyncOperation` = the vault's `backupOperations/{op}`;
 //! - item DELETE: the vault-level `backupOperationResults/{op}` and `backupOperations/{op}`;
 //! - `refreshContainers` and container registration: `Azure-AsyncOperation` carries
 //!   `api-version=2019-05-13-preview` whatever the request used;
@@ -25,7 +27,11 @@ fn status(o: &OperationRow) -> Reply {
 
 /// 202 whose `Azure-AsyncOperation` carries Azure's fixed preview api-version.
 fn accepted_preview(ctx: &Ctx, location: &str, status_url: &str) -> Reply {
-    Reply::empty(202)
+    accepted_preview_with(ctx, Reply::empty(202), location, status_url)
+}
+
+fn accepted_preview_with(ctx: &Ctx, reply: Reply, location: &str, status_url: &str) -> Reply {
+    reply
         .header("Location", with_api_version(ctx, location))
         .header(
             "Azure-AsyncOperation",
@@ -84,8 +90,12 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
             Op::PutContainer => {
                 let id = c.register_container(sub, rg, v, fabric, container, &ctx.json()?)?;
                 let base = request_url(ctx);
-                accepted_preview(
+                // The 202 carries the container: the az CLI registers with `polling=False` and its
+                // SDK deserializes the first response's body before following `Location`.
+                let body = c.get_container(sub, rg, v, fabric, container)?;
+                accepted_preview_with(
                     ctx,
+                    Reply::json(202, body),
                     &format!("{base}/operationResults/{id}"),
                     &format!("{base}/operationsStatus/{id}"),
                 )
@@ -171,6 +181,61 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
                 }
             }
             Op::GetJob => Reply::ok(c.get_job(sub, rg, v, p.get("jobName"))?),
+            Op::CancelJob => {
+                let job = p.get("jobName");
+                let id = c.cancel_job(sub, rg, v, job)?;
+                let base = vault_base(ctx);
+                accepted(
+                    ctx,
+                    &format!("{base}/backupJobs/{job}/operationResults/{id}"),
+                    &format!("{base}/backupOperations/{id}"),
+                )
+            }
+            Op::JobOperationResult => {
+                let o = c.job_operation(sub, rg, v, p.get("jobName"), opid)?;
+                result(ctx, c.backup_operation_outcome(&o)?)
+            }
+            Op::ExportJobs => {
+                let id = c.export_jobs(sub, rg, v, filter)?;
+                let base = vault_base(ctx);
+                accepted(
+                    ctx,
+                    &format!("{base}/backupJobs/operationResults/{id}"),
+                    &format!("{base}/backupOperations/{id}"),
+                )
+            }
+            Op::ExportJobsResult => Reply::ok(c.export_jobs_result(sub, rg, v, opid)?),
+            Op::TriggerBackup => {
+                let id = c.trigger_backup(sub, rg, v, fabric, container, item, &ctx.json()?)?;
+                let base = request_url_up(ctx, 1);
+                accepted(
+                    ctx,
+                    &format!("{base}/operationResults/{id}"),
+                    &format!("{base}/operationsStatus/{id}"),
+                )
+            }
+            Op::ListRecoveryPoints => list(c.list_recovery_points(sub, rg, v, fabric, container, item, filter)?),
+            Op::GetRecoveryPoint => {
+                Reply::ok(c.get_recovery_point(sub, rg, v, fabric, container, item, p.get("recoveryPointId"))?)
+            }
+            Op::TriggerRestore => {
+                let id = c.trigger_restore(
+                    sub,
+                    rg,
+                    v,
+                    fabric,
+                    container,
+                    item,
+                    p.get("recoveryPointId"),
+                    &ctx.json()?,
+                )?;
+                let base = request_url_up(ctx, 3);
+                accepted(
+                    ctx,
+                    &format!("{base}/operationResults/{id}"),
+                    &format!("{base}/operationsStatus/{id}"),
+                )
+            }
             Op::ListJobs => {
                 let page = c.list_jobs(sub, rg, v, filter, skip_token(ctx)?.as_deref())?;
                 page_reply(ctx, page.items, page.next)

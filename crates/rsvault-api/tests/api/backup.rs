@@ -950,6 +950,8 @@ async fn jobs_list_newest_first_with_azures_filters_and_paging() {
                 end: Some(start + chrono::Duration::minutes(3)),
                 body: json!({"jobType": if i % 2 == 0 { "AzureIaaSVMJob" } else { "AzureStorageJob" }, "operation": operations[i as usize % 4], "status": statuses[i as usize % 5],
                              "entityFriendlyName": format!("vm{i}"), "backupManagementType": if i % 2 == 0 { "AzureIaasVM" } else { "AzureStorage" }}),
+                phase: None,
+                work: None,
             }
         })
         .collect();

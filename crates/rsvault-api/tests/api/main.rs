@@ -9,4 +9,5 @@ mod access;
 mod backup;
 mod conventions;
 mod identity;
+mod recovery;
 mod resources;

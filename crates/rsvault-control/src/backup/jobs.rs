@@ -3,14 +3,16 @@
 //! action they report.
 //!
 //! Jobs created by protection changes complete with the action; jobs of data-plane work (backup,
-//! restore) are created `InProgress` and updated by the job engine.
+//! restore) are created `InProgress` and queued, and updated by the job engine ([`crate::runner`]).
+//! Cancel and export are here too, with their operation records.
 
 use super::JOB_TYPE;
+use crate::runner::{CancelOutcome, QUEUED, RUNNING};
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Utc};
 use rsvault_core::odata::{Filter, Op};
 use rsvault_core::time;
-use rsvault_store::{JobRow, Page, ResourceRow};
+use rsvault_store::{JobRow, OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
 
 /// What a new job is about.
@@ -266,26 +268,102 @@ impl Control {
             start: now,
             end: Some(now),
             body: props,
+            phase: None,
+            work: None,
         }
     }
 
     /// The wire body of a job; a running job's `duration` grows with the clock, as the live service's does.
     pub fn job_body(&self, j: &JobRow) -> Value {
         let mut props = j.body.clone();
-        let end: DateTime<Utc> = j.end.unwrap_or_else(|| self.now());
+        let now = self.now();
+        let end: DateTime<Utc> = j.end.unwrap_or(now);
         props["duration"] = json!(time::iso_duration(end - j.start));
+        let cancellable = j.status == "InProgress" && matches!(j.phase.as_deref(), Some(QUEUED | RUNNING));
+        if cancellable {
+            props["actionsInfo"] = json!(["Cancellable"]);
+        } else if let Some(o) = props.as_object_mut() {
+            o.remove("actionsInfo");
+        }
+        super::recovery::render_tasks(&mut props, now);
         json!({"id": j.id, "name": j.name, "type": JOB_TYPE, "properties": props})
+    }
+
+    fn job_row(&self, v: &ResourceRow, vault: &str, name: &str) -> Result<JobRow> {
+        let id = format!("{}/backupJobs/{name}", v.id);
+        self.store.read(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
+            code: "BMSUserErrorJobNotFound",
+            message: format!("The job '{name}' was not found in vault '{vault}'."),
+        })
+    }
+
+    /// `POST …/backupJobs/{job}/cancel`: a queued job is cancelled at once, a running one stops at its
+    /// next chunk. Returns the operation id (its result URL is `backupJobs/{job}/operationResults/{op}`).
+    pub fn cancel_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<String> {
+        let v = self.vault_row(sub, rg, vault)?;
+        let j = self.job_row(&v, vault, name)?;
+        let outcome = if j.phase.is_some() {
+            self.cancel_job_run(&j.id)?
+        } else {
+            CancelOutcome::NotCancellable
+        };
+        if outcome == CancelOutcome::NotCancellable {
+            return Err(Error::Invalid {
+                code: "BMSUserErrorJobNotCancellable",
+                message: format!(
+                    "Job '{name}' cannot be cancelled: it is {} ({} jobs can be cancelled only while they are in progress).",
+                    j.status, j.operation
+                ),
+                target: None,
+            });
+        }
+        let op = self.finished_operation(&v, "CancelJob", Some(&j.id), None);
+        self.store.write(|db| db.put_operation(&op))?;
+        Ok(op.id)
+    }
+
+    /// An operation of a job (its cancel), for `backupJobs/{job}/operationResults/{op}`.
+    pub fn job_operation(&self, sub: &str, rg: &str, vault: &str, name: &str, op: &str) -> Result<OperationRow> {
+        let v = self.vault_row(sub, rg, vault)?;
+        let o = self.vault_operation(sub, rg, vault, op)?;
+        let want = format!("{}/backupJobs/{name}", v.id).to_ascii_lowercase();
+        if o.target.as_deref().map(str::to_ascii_lowercase) != Some(want) {
+            return Err(Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!("The operation '{op}' was not found for job '{name}'."),
+            });
+        }
+        Ok(o)
+    }
+
+    /// `POST …/backupJobsExport?$filter=…`: the ids of the matching jobs, as the operation's result.
+    pub fn export_jobs(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<String> {
+        let v = self.vault_row(sub, rg, vault)?;
+        let f = JobFilter::parse(filter)?;
+        let jobs = self.store.read(|db| db.jobs(&v.id))?;
+        let list: Vec<String> = jobs.iter().filter(|j| f.keeps(j)).map(|j| j.name.clone()).collect();
+        let props = json!({"objectType": "OperationResultInfo", "jobList": list});
+        let op = self.finished_operation(&v, "ExportJobs", None, Some(props));
+        self.store.write(|db| db.put_operation(&op))?;
+        Ok(op.id)
+    }
+
+    /// `GET …/backupJobs/operationResults/{op}`: the export's result.
+    pub fn export_jobs_result(&self, sub: &str, rg: &str, vault: &str, op: &str) -> Result<Value> {
+        let o = self.backup_operation(sub, rg, vault, op)?;
+        if o.kind != "ExportJobs" {
+            return Err(Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!("The operation '{op}' is not a job export."),
+            });
+        }
+        Ok(json!({"statusCode": "OK", "headers": {}, "operation": o.properties.unwrap_or(Value::Null)}))
     }
 
     /// `GET …/backupJobs/{job}`.
     pub fn get_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<Value> {
         let v = self.vault_row(sub, rg, vault)?;
-        let id = format!("{}/backupJobs/{name}", v.id);
-        let j = self.store.read(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
-            code: "BMSUserErrorJobNotFound",
-            message: format!("The job '{name}' was not found in vault '{vault}'."),
-        })?;
-        Ok(self.job_body(&j))
+        Ok(self.job_body(&self.job_row(&v, vault, name)?))
     }
 }
 

@@ -4,7 +4,8 @@
 //! Submodules: [`policies`] (backup policies and Azure's defaults), [`protection`] (discovery,
 //! containers, protectable and protected items), [`jobs`] (job records), [`status`] (`backupStatus`,
 //! `backupValidateFeatures`, `backupPreValidateProtection`), [`config`] (vault backup, storage and
-//! encryption configuration, usage summaries).
+//! encryption configuration, usage summaries), [`recovery`] (trigger backup, recovery points,
+//! restore, and what those jobs do).
 //!
 //! Every backup resource is a row of the generic resource table below its vault's id, so deleting a
 //! vault deletes them. Ids are built from the vault's stored id (the casing it was created with).
@@ -20,6 +21,7 @@ pub mod config;
 pub mod jobs;
 pub mod policies;
 pub mod protection;
+pub mod recovery;
 pub mod status;
 
 use crate::{Control, Error, Result};
@@ -248,6 +250,10 @@ impl Control {
     pub fn backup_operation_outcome(&self, o: &OperationRow) -> Result<OperationOutcome> {
         Ok(match o.status.as_str() {
             "InProgress" => OperationOutcome::Running,
+            // A backup's or restore's result is its job; the result URL has no body to give.
+            "Succeeded" if matches!(o.kind.as_str(), "Backup" | "Restore" | "CancelJob") => {
+                OperationOutcome::Done(None)
+            }
             "Succeeded" => OperationOutcome::Done(match &o.target {
                 Some(id) => self.store.read(|db| db.resource(id))?.map(|r| self.render(&r)),
                 None => None,

@@ -189,8 +189,14 @@ impl Control {
                         continue;
                     }
                     let item = format!("azurefileshare;{}", share.name);
+                    // Azure writes the container segment of these ids in lower case (the az CLI
+                    // compares it with the container's name lower-cased).
+                    let cid = match c.id.rsplit_once('/') {
+                        Some((up, name)) => format!("{up}/{}", name.to_ascii_lowercase()),
+                        None => c.id.clone(),
+                    };
                     out.push(json!({
-                        "id": format!("{}/protectableItems/{item}", c.id),
+                        "id": format!("{cid}/protectableItems/{item}"),
                         "name": item,
                         "type": PROTECTABLE_ITEM_TYPE,
                         "properties": {

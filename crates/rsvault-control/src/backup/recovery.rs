@@ -1,0 +1,1243 @@
+//! Backups and restores over the API: trigger a backup (`…/protectedItems/{item}/backup`), list and
+//! read recovery points, trigger a restore (`…/recoveryPoints/{rp}/restore`), and what those jobs do
+//! when the job engine ([`crate::runner`]) runs them.
+//!
+//! Accepting a backup or restore writes, in one transaction, an operation record that is already
+//! `Succeeded` with the job's id (`OperationStatusJobExtendedInfo`, as the live service answers the
+//! moment the job exists) and the job itself, `InProgress` and queued. The job's `work` carries
+//! everything it needs (disk paths, directories, targets), resolved when the request was accepted.
+//!
+//! A recovery point exists in the API only once the vault holds its snapshot: the row is written in
+//! the transaction that completes the job, after the engine committed the snapshot. A crash between
+//! the two is settled at the next start from the snapshot's tags ([`Control::recover_backup`]).
+
+use super::{item_id, ContainerName, ItemName};
+use crate::body;
+use crate::runner::{new_tasks, Failure, Finished, JobError, JobProgress, TaskSpec, QUEUED, RUNNING};
+use crate::{Control, Error, Result};
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use rsvault_core::odata::{Filter, Op};
+use rsvault_core::time;
+use rsvault_engine::{
+    Cancel, ConflictPolicy, DiskBackupRequest, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
+    ImageFormat, RecoveryPointInfo, RecoveryPointTags, Task, TreeBackupRequest, TreeRestoreRequest,
+};
+use rsvault_store::{JobRow, OperationRow, RecoveryPointRow, ResourceRow};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+
+pub const RECOVERY_POINT_TYPE: &str =
+    "Microsoft.RecoveryServices/vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints";
+
+const BACKUP_TASKS: &[TaskSpec] = &[
+    ("Take Snapshot", Task::Snapshot, 0),
+    ("Transfer data to vault", Task::Transfer, 100),
+];
+const RESTORE_TASKS: &[TaskSpec] = &[
+    ("Transfer data from vault", Task::Restore, 80),
+    ("Verify restored data", Task::Verify, 20),
+];
+
+/// What a data-plane job does, kept in its row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub(crate) enum Work {
+    #[serde(rename_all = "camelCase")]
+    Backup {
+        vault: String,
+        item: String,
+        recovery_point: String,
+        expiry: DateTime<Utc>,
+        /// VM disks, or empty for a share.
+        disks: Vec<DiskSource>,
+        /// The share's directory.
+        root: Option<PathBuf>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Restore {
+        vault: String,
+        item: String,
+        recovery_point: String,
+        target: RestoreTarget,
+    },
+}
+
+/// Where a restore goes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "to", rename_all = "camelCase")]
+pub(crate) enum RestoreTarget {
+    /// Images into a directory; with `new_vm`, a VM resource is declared over them.
+    #[serde(rename_all = "camelCase")]
+    Disks {
+        dir: PathBuf,
+        format: Option<ImageFormat>,
+        new_vm: Option<NewVm>,
+    },
+    /// Replace the VM's disks.
+    OriginalDisks,
+    /// Files of a share.
+    #[serde(rename_all = "camelCase")]
+    Tree {
+        target: Option<PathBuf>,
+        paths: Option<Vec<PathBuf>>,
+        conflict: ConflictPolicy,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct NewVm {
+    subscription: String,
+    resource_group: String,
+    name: String,
+    location: String,
+}
+
+fn invalid(code: &'static str, target: &str, message: impl Into<String>) -> Error {
+    Error::Invalid {
+        code,
+        message: message.into(),
+        target: Some(target.into()),
+    }
+}
+
+fn bad_input(target: &str, message: impl Into<String>) -> Error {
+    invalid("BMSUserErrorInvalidInput", target, message)
+}
+
+/// A recovery point id as Azure writes them: 14 to 15 digits.
+fn new_recovery_point_id() -> String {
+    rand::thread_rng()
+        .gen_range(10_000_000_000_000u64..999_999_999_999_999)
+        .to_string()
+}
+
+fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    super::jobs::parse_filter_time(s)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{} MB", bytes / (1 << 20))
+}
+
+/// The engine's error as a job shows it.
+fn job_failure(e: EngineError) -> Failure {
+    match e {
+        EngineError::Cancelled => Failure::Cancelled,
+        EngineError::Source { path, reason } => Failure::Failed(JobError::new(
+            100_001,
+            "The source could not be read",
+            format!("'{}' could not be read: {reason}.", path.display()),
+            "Check that the disk image or directory exists and that rsvault can read it, then run the backup again.",
+        )),
+        EngineError::Conflict { count, first } => Failure::Failed(JobError::new(
+            100_002,
+            "Restore target conflicts",
+            format!(
+                "{count} file(s) already exist at the target (first: '{}') and the copy option is FailOnConflict. Nothing was restored.",
+                first.display()
+            ),
+            "Restore with copyOptions 'Overwrite' or 'Skip', or to another location.",
+        )),
+        EngineError::VerificationFailed { path, reason } => Failure::Failed(JobError::new(
+            100_003,
+            "Restored data did not verify",
+            format!("'{}' does not match the recovery point: {reason}.", path.display()),
+            "Run the restore again; if it fails again, verify the vault.",
+        )),
+        EngineError::RecoveryPointNotFound(id) => Failure::Failed(JobError::new(
+            100_004,
+            "Recovery point not found",
+            format!("The vault no longer holds recovery point '{id}'."),
+            "Choose another recovery point.",
+        )),
+        other => Failure::Failed(JobError::new(
+            500_000,
+            "Internal error",
+            format!("The vault engine failed: {other}."),
+            "Run the operation again; report the server log if it happens again.",
+        )),
+    }
+}
+
+fn internal_failure(e: Error) -> Failure {
+    Failure::Failed(JobError::new(
+        500_000,
+        "Internal error",
+        e.to_string(),
+        "Run the operation again; report the server log if it happens again.",
+    ))
+}
+
+impl Control {
+    /// `POST …/protectedItems/{item}/backup`. Returns the operation id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn trigger_backup(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+        req: &Value,
+    ) -> Result<String> {
+        let (v, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
+        let p = row.body["properties"].clone();
+        let bmt = p["backupManagementType"].as_str().unwrap_or_default();
+        let m = body::object(req)?;
+        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
+            bad_input(
+                "properties",
+                "The backup request needs 'properties' with an 'objectType'.",
+            )
+        })?;
+        let kind = body::opt_str(props, "objectType", "properties.")?.ok_or_else(|| {
+            bad_input(
+                "properties.objectType",
+                "The backup request needs 'properties.objectType'.",
+            )
+        })?;
+        let want = if bmt == "AzureStorage" {
+            "AzureFileShareBackupRequest"
+        } else {
+            "IaasVMBackupRequest"
+        };
+        if kind.eq_ignore_ascii_case("AzureWorkloadBackupRequest") {
+            return Err(invalid(
+                "BMSUserErrorWorkloadNotProtected",
+                "properties.objectType",
+                format!("'{}' is not a SQL or SAP HANA workload: AzureWorkloadBackupRequest applies to workload items, and this vault protects none. Use {want}.", p["friendlyName"].as_str().unwrap_or(item)),
+            ));
+        }
+        if !kind.eq_ignore_ascii_case(want) {
+            return Err(bad_input(
+                "properties.objectType",
+                format!("'{kind}' does not apply to item '{item}' ({bmt}); use '{want}'."),
+            ));
+        }
+        let now = self.now();
+        let expiry = match body::opt_str(props, "recoveryPointExpiryTimeInUTC", "properties.")? {
+            Some(s) => parse_time(s).ok_or_else(|| {
+                bad_input(
+                    "properties.recoveryPointExpiryTimeInUTC",
+                    format!("'{s}' is not a valid recoveryPointExpiryTimeInUTC: use ISO-8601 UTC."),
+                )
+            })?,
+            None => now + chrono::Duration::days(30),
+        };
+        if expiry <= now {
+            return Err(invalid(
+                "UserErrorInvalidRecoveryPointExpiryTime",
+                "properties.recoveryPointExpiryTimeInUTC",
+                format!(
+                    "The recovery point expiry time {} is in the past; give a time after {}.",
+                    time::timestamp(expiry),
+                    time::timestamp(now)
+                ),
+            ));
+        }
+        if expiry > now + chrono::Duration::days(99 * 365) {
+            return Err(invalid(
+                "UserErrorInvalidRecoveryPointExpiryTime",
+                "properties.recoveryPointExpiryTimeInUTC",
+                "The recovery point expiry time can be at most 99 years away.",
+            ));
+        }
+        if p["isScheduledForDeferredDelete"].as_bool() == Some(true) {
+            return Err(invalid(
+                "BMSUserErrorItemSoftDeleted",
+                "",
+                format!("Item '{item}' is soft deleted. Undelete it before backing it up."),
+            ));
+        }
+        if p["protectionState"].as_str() == Some("ProtectionStopped") {
+            return Err(invalid(
+                "BMSUserErrorProtectionStopped",
+                "",
+                format!(
+                    "Protection of '{}' is stopped; resume protection (assign a policy) before taking a backup.",
+                    p["friendlyName"].as_str().unwrap_or(item)
+                ),
+            ));
+        }
+        self.enqueue_backup(&v, &row, expiry, true, now)
+    }
+
+    /// Queues a backup of an item (ad hoc or scheduled). Returns the operation id.
+    pub(crate) fn enqueue_backup(
+        &self,
+        v: &ResourceRow,
+        row: &ResourceRow,
+        expiry: DateTime<Utc>,
+        user_triggered: bool,
+        now: DateTime<Utc>,
+    ) -> Result<String> {
+        self.data()?;
+        let p = &row.body["properties"];
+        let bmt = p["backupManagementType"].as_str().unwrap_or("AzureIaasVM").to_string();
+        let friendly = p["friendlyName"].as_str().unwrap_or_default().to_string();
+        if let Some(j) = self.active_job_for(&row.id, "Backup")? {
+            return Err(Error::Conflict {
+                code: "UserErrorBackupOperationInProgress",
+                message: format!(
+                    "Another backup of '{friendly}' is in progress (job {}). Wait for it to finish, or cancel it.",
+                    j.name
+                ),
+            });
+        }
+        let source = p["sourceResourceId"].as_str().unwrap_or_default();
+        let (disks, root) = if bmt == "AzureStorage" {
+            let acct = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
+                invalid(
+                    "BMSUserErrorInvalidSourceResourceId",
+                    "",
+                    format!("The storage account '{source}' no longer exists."),
+                )
+            })?;
+            (vec![], Some(Self::account_dir(&acct)?.join(&friendly)))
+        } else {
+            let vm = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
+                invalid(
+                    "UserErrorVmNotFound",
+                    "",
+                    format!("The virtual machine '{source}' no longer exists; it cannot be backed up."),
+                )
+            })?;
+            let vm = self.vm_with_disks(vm)?;
+            let disks = vm
+                .disks
+                .iter()
+                .map(|d| DiskSource {
+                    name: d.name.clone(),
+                    path: d.info.path.clone(),
+                })
+                .collect();
+            (disks, None)
+        };
+        let rp = new_recovery_point_id();
+        let work = Work::Backup {
+            vault: v.id.clone(),
+            item: row.id.clone(),
+            recovery_point: rp,
+            expiry,
+            disks,
+            root,
+        };
+        let mut bag = Map::new();
+        if bmt == "AzureStorage" {
+            bag.insert("Data Transferred (in MB)".into(), json!("0"));
+            bag.insert("File Share Name".into(), json!(friendly));
+            bag.insert(
+                "Whether job is adhoc or scheduled.".into(),
+                json!(if user_triggered { "True" } else { "False" }),
+            );
+        } else {
+            bag.insert("VM Name".into(), json!(friendly));
+        }
+        bag.insert(
+            "Recovery Point Expiry Time in UTC".into(),
+            json!(time::us_datetime(expiry)),
+        );
+        let job = self.queued_job(
+            v,
+            "Backup",
+            &bmt,
+            &friendly,
+            p["containerName"].as_str().unwrap_or_default(),
+            bag,
+            BACKUP_TASKS,
+            &work,
+            user_triggered,
+            now,
+        );
+        self.commit_queued(v, job, &row.id)
+    }
+
+    /// A queued job of the job engine.
+    #[allow(clippy::too_many_arguments)]
+    fn queued_job(
+        &self,
+        v: &ResourceRow,
+        operation: &str,
+        bmt: &str,
+        entity: &str,
+        container: &str,
+        bag: Map<String, Value>,
+        tasks: &[TaskSpec],
+        work: &Work,
+        user_triggered: bool,
+        now: DateTime<Utc>,
+    ) -> JobRow {
+        let name = uuid::Uuid::new_v4().to_string();
+        let mut props = json!({
+            "jobType": super::jobs::job_type(bmt),
+            "entityFriendlyName": entity,
+            "backupManagementType": bmt,
+            "operation": operation,
+            "status": "InProgress",
+            "startTime": time::timestamp(now),
+            "activityId": uuid::Uuid::new_v4().to_string(),
+            "isUserTriggered": user_triggered,
+            "extendedInfo": {"tasksList": new_tasks(tasks), "propertyBag": bag},
+        });
+        if bmt == "AzureStorage" {
+            props["storageAccountName"] = json!(container.rsplit(';').next().unwrap_or_default());
+            props["storageAccountVersion"] = json!("Storage");
+        } else {
+            props["containerName"] = json!(container);
+            props["virtualMachineVersion"] = json!("Compute");
+            props["extendedInfo"]["progressPercentage"] = json!(0.0);
+        }
+        JobRow {
+            id: format!("{}/{}", v.id, format_args!("backupJobs/{name}")),
+            vault_key: v.id.to_ascii_lowercase(),
+            name,
+            operation: operation.into(),
+            status: "InProgress".into(),
+            backup_management_type: bmt.into(),
+            entity: entity.into(),
+            start: now,
+            end: None,
+            body: props,
+            phase: Some(QUEUED.into()),
+            work: Some(serde_json::to_value(work).expect("work serializes")),
+        }
+    }
+
+    fn commit_queued(&self, v: &ResourceRow, job: JobRow, target: &str) -> Result<String> {
+        let props = json!({"objectType": "OperationStatusJobExtendedInfo", "jobId": job.name});
+        let op: OperationRow = self.finished_operation(v, &job.operation, Some(target), Some(props));
+        self.store.write(|db| {
+            db.put_job(&job)?;
+            db.put_operation(&op)
+        })?;
+        self.wake_jobs();
+        Ok(op.id)
+    }
+
+    /// A queued or running job of `operation` for an item.
+    fn active_job_for(&self, item: &str, operation: &str) -> Result<Option<JobRow>> {
+        let mut jobs = self.store.read(|db| {
+            let mut q = db.jobs_in_phase(QUEUED)?;
+            q.extend(db.jobs_in_phase(RUNNING)?);
+            Ok::<_, Error>(q)
+        })?;
+        jobs.retain(|j| {
+            j.operation == operation
+                && j.work
+                    .as_ref()
+                    .and_then(|w| w["item"].as_str())
+                    .is_some_and(|i| i.eq_ignore_ascii_case(item))
+        });
+        Ok(jobs.into_iter().next())
+    }
+
+    // ---- recovery points ---------------------------------------------------------------------
+
+    /// `GET …/recoveryPoints` with Azure's `$filter` (`startDate`, `endDate`), newest first.
+    #[allow(clippy::too_many_arguments)]
+    pub fn list_recovery_points(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        let (_, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
+        let f = Filter::parse(filter.unwrap_or_default())?;
+        f.only(
+            &["startDate", "endDate", "restorePointQueryType", "extendedInfo"],
+            &["startDate", "endDate"],
+        )?;
+        let mut after = None;
+        let mut before = None;
+        for c in &f.clauses {
+            let is_start = c.field.eq_ignore_ascii_case("startDate");
+            if !is_start && !c.field.eq_ignore_ascii_case("endDate") {
+                continue;
+            }
+            let t = parse_time(&c.value).ok_or_else(|| {
+                bad_input(
+                    "$filter",
+                    format!(
+                        "'{}' is not a valid {}: use 'yyyy-MM-dd hh:mm:ss AM' or ISO-8601.",
+                        c.value, c.field
+                    ),
+                )
+            })?;
+            match (is_start, c.op) {
+                (true, Op::Eq | Op::Ge | Op::Gt) | (false, Op::Ge | Op::Gt) => after = Some(t),
+                (false, Op::Eq | Op::Le | Op::Lt) | (true, Op::Le | Op::Lt) => before = Some(t),
+                (_, Op::Ne) => return Err(bad_input("$filter", format!("'{}' cannot be used with 'ne'.", c.field))),
+            }
+        }
+        if let (Some(a), Some(b)) = (after, before) {
+            if a > b {
+                return Err(bad_input(
+                    "$filter",
+                    "The filter's startDate is later than its endDate.",
+                ));
+            }
+        }
+        let rps = self.store.read(|db| db.recovery_points(&row.id))?;
+        Ok(rps
+            .into_iter()
+            .filter(|r| after.is_none_or(|a| r.time >= a) && before.is_none_or(|b| r.time <= b))
+            .map(|r| r.body)
+            .collect())
+    }
+
+    /// `GET …/recoveryPoints/{rp}`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn get_recovery_point(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+        rp: &str,
+    ) -> Result<Value> {
+        Ok(self
+            .recovery_point_row(sub, rg, vault, fabric, container, item, rp)?
+            .2
+            .body)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn recovery_point_row(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+        rp: &str,
+    ) -> Result<(ResourceRow, ResourceRow, RecoveryPointRow)> {
+        let (v, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
+        let rp_row = self
+            .store
+            .read(|db| db.recovery_point(&format!("{}/recoveryPoints/{rp}", row.id)))?
+            .ok_or_else(|| Error::NotFound {
+                code: "BMSUserErrorRecoveryPointNotFound",
+                message: format!("Recovery point '{rp}' of item '{item}' was not found."),
+            })?;
+        Ok((v, row, rp_row))
+    }
+
+    /// The recovery point resource of a finished backup.
+    fn recovery_point_body(&self, item: &ResourceRow, info: &RecoveryPointInfo, rule: Option<&str>) -> Value {
+        let p = &item.body["properties"];
+        let id = format!("{}/recoveryPoints/{}", item.id, info.id);
+        let mut props_rp = json!({"isSoftDeleted": false});
+        if let Some(e) = info.expiry {
+            props_rp["expiryTime"] = json!(time::timestamp(e));
+        }
+        if let Some(r) = rule {
+            props_rp["ruleName"] = json!(r);
+        }
+        let tiers = json!([{"type": "HardenedRP", "status": "Valid"}]);
+        let changed = info.consistency == rsvault_engine::Consistency::Inconsistent;
+        let props = if info.kind == rsvault_engine::RecoveryPointKind::Tree {
+            json!({
+                "objectType": "AzureFileShareRecoveryPoint",
+                "recoveryPointType": "FileSystemConsistent",
+                "recoveryPointTime": time::timestamp(info.time),
+                "fileShareSnapshotUri": format!("file://{}", info.source_root.as_deref().unwrap_or(Path::new("")).display()),
+                "recoveryPointSizeInGB": info.total_size.div_ceil(1 << 30),
+                "recoveryPointProperties": props_rp,
+                "recoveryPointTierDetails": tiers,
+            })
+        } else {
+            let vm = self
+                .store
+                .read(|db| db.resource(p["sourceResourceId"].as_str().unwrap_or_default()))
+                .ok()
+                .flatten();
+            let luns: Vec<Value> = info
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let lun = vm
+                        .as_ref()
+                        .and_then(|vm| {
+                            vm.body
+                                .pointer("/properties/storageProfile/dataDisks")
+                                .and_then(Value::as_array)
+                                .and_then(|a| a.iter().find(|x| x["name"].as_str() == Some(&d.name)))
+                                .and_then(|x| x["lun"].as_i64())
+                        })
+                        .unwrap_or(i as i64 - 1);
+                    json!({"lun": lun, "name": d.name})
+                })
+                .collect();
+            json!({
+                "objectType": "IaasVMRecoveryPoint",
+                "recoveryPointType": "CrashConsistent",
+                "recoveryPointTime": time::timestamp(info.time),
+                "recoveryPointAdditionalInfo": if changed { "A disk changed while it was read: the copy may mix data from before and after the change." } else { "" },
+                "sourceVMStorageType": "NormalVMOnStandardStorage",
+                "isSourceVMEncrypted": false,
+                "isInstantIlrSessionActive": false,
+                "recoveryPointTierDetails": tiers,
+                "isManagedVirtualMachine": false,
+                "virtualMachineSize": vm.as_ref().and_then(|vm| vm.body.pointer("/properties/hardwareProfile/vmSize").and_then(Value::as_str)).unwrap_or(""),
+                "originalStorageAccountOption": false,
+                "osType": vm.as_ref().and_then(|vm| vm.body.pointer("/properties/storageProfile/osDisk/osType").and_then(Value::as_str)).unwrap_or("Linux"),
+                "recoveryPointDiskConfiguration": {
+                    "numberOfDisksIncludedInBackup": info.disks.len(),
+                    "numberOfDisksAttachedToVm": info.disks.len(),
+                    "includedDiskList": luns,
+                    "excludedDiskList": [],
+                },
+                "recoveryPointProperties": props_rp,
+            })
+        };
+        json!({"id": id, "name": info.id, "type": RECOVERY_POINT_TYPE, "properties": props})
+    }
+
+    /// What completing a backup writes: the recovery point row, and the item's last-backup fields.
+    fn backup_finished(&self, job: &JobRow, item_id: &str, info: RecoveryPointInfo, warnings: Vec<String>) -> Finished {
+        let item = self.store.read(|db| db.resource(item_id)).ok().flatten();
+        let status = if warnings.is_empty() && info.consistency != rsvault_engine::Consistency::Inconsistent {
+            "Completed"
+        } else {
+            "CompletedWithWarnings"
+        };
+        let mut bag = Map::new();
+        if job.backup_management_type == "AzureStorage" {
+            bag.insert(
+                "Data Transferred (in MB)".into(),
+                json!((info.added_size / (1 << 20)).to_string()),
+            );
+        } else {
+            bag.insert("Backup Size".into(), json!(mb(info.total_size)));
+        }
+        let Some(item) = item else {
+            return Finished {
+                status,
+                bag,
+                warnings,
+                commit: Box::new(|_| Ok(())),
+            };
+        };
+        let body = self.recovery_point_body(&item, &info, None);
+        let rp = RecoveryPointRow {
+            id: body["id"].as_str().unwrap_or_default().to_string(),
+            vault_key: super::vault_of(&item.id).to_ascii_lowercase(),
+            item_key: item.id.to_ascii_lowercase(),
+            name: info.id.clone(),
+            time: info.time,
+            expiry: info.expiry,
+            body,
+            engine: json!({"snapshotId": info.snapshot_id, "kind": info.kind, "totalSize": info.total_size, "addedSize": info.added_size}),
+        };
+        let item_id = item.id.clone();
+        Finished {
+            status,
+            bag,
+            warnings,
+            commit: Box::new(move |db| {
+                db.put_recovery_point(&rp)?;
+                if let Some(mut item) = db.resource(&item_id)? {
+                    let rps = db.recovery_points(&item_id)?;
+                    let p = &mut item.body["properties"];
+                    p["lastBackupStatus"] = json!(status);
+                    p["lastBackupTime"] = json!(time::timestamp(rp.time));
+                    p["lastRecoveryPoint"] = json!(time::timestamp(rp.time));
+                    if p["protectionState"].as_str() == Some("IRPending") {
+                        p["protectionState"] = json!("Protected");
+                    }
+                    p["extendedInfo"]["recoveryPointCount"] = json!(rps.len());
+                    if let Some(oldest) = rps.last() {
+                        p["extendedInfo"]["oldestRecoveryPoint"] = json!(time::timestamp(oldest.time));
+                    }
+                    db.put_resource(&item)?;
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// A crashed backup whose snapshot the vault holds: its completion, from the snapshot.
+    pub(crate) fn recover_backup(&self, job: &JobRow) -> Option<Finished> {
+        let Ok(Work::Backup {
+            vault,
+            item,
+            recovery_point,
+            ..
+        }) = serde_json::from_value::<Work>(job.work.clone()?)
+        else {
+            return None;
+        };
+        let repo = self.vault_repo(&vault).ok()?;
+        let info = self.data().ok()?.engine.recovery_point(&repo, &recovery_point).ok()?;
+        (info.job == job.name).then(|| self.backup_finished(job, &item, info, vec![]))
+    }
+
+    /// After a job ends (in its final transaction): a backup that did not complete marks its item.
+    pub(crate) fn after_job(&self, db: &rsvault_store::Db, job: &JobRow) -> Result<()> {
+        if job.operation != "Backup" || job.status.starts_with("Completed") {
+            return Ok(());
+        }
+        let Some(item) = job.work.as_ref().and_then(|w| w["item"].as_str()) else {
+            return Ok(());
+        };
+        if let Some(mut row) = db.resource(item)? {
+            row.body["properties"]["lastBackupStatus"] = json!(job.status);
+            if job.status == "Failed" {
+                row.body["properties"]["healthStatus"] = json!("ActionRequired");
+            }
+            db.put_resource(&row)?;
+        }
+        Ok(())
+    }
+
+    /// Carries out a data-plane job (called by a worker of the job engine).
+    pub(crate) fn execute_job(&self, job: &JobRow, cancel: &Cancel) -> std::result::Result<Finished, Failure> {
+        let work: Work = job
+            .work
+            .clone()
+            .and_then(|w| serde_json::from_value(w).ok())
+            .ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
+        let dp = self.data().map_err(internal_failure)?;
+        match work {
+            Work::Backup {
+                vault,
+                item,
+                recovery_point,
+                expiry,
+                disks,
+                root,
+            } => {
+                let repo = self.vault_repo(&vault).map_err(internal_failure)?;
+                let tags = RecoveryPointTags {
+                    vault: vault.clone(),
+                    item: item.clone(),
+                    job: job.name.clone(),
+                    recovery_point,
+                };
+                let progress = JobProgress::new(self, &job.id, BACKUP_TASKS);
+                let now = self.now();
+                let out = match root {
+                    Some(root) => dp.engine.backup_tree(
+                        &repo,
+                        &TreeBackupRequest {
+                            root,
+                            tags,
+                            time: now,
+                            expiry: Some(expiry),
+                            parent: None,
+                        },
+                        &progress,
+                        cancel,
+                    ),
+                    None => dp.engine.backup_disks(
+                        &repo,
+                        &DiskBackupRequest {
+                            disks,
+                            tags,
+                            time: now,
+                            expiry: Some(expiry),
+                            parent: None,
+                        },
+                        &progress,
+                        cancel,
+                    ),
+                }
+                .map_err(job_failure)?;
+                Ok(self.backup_finished(job, &item, out.recovery_point, out.warnings))
+            }
+            Work::Restore {
+                vault,
+                recovery_point,
+                target,
+                ..
+            } => {
+                let repo = self.vault_repo(&vault).map_err(internal_failure)?;
+                let progress = JobProgress::new(self, &job.id, RESTORE_TASKS);
+                let mut bag = Map::new();
+                match target {
+                    RestoreTarget::Tree {
+                        target,
+                        paths,
+                        conflict,
+                    } => {
+                        let out = dp
+                            .engine
+                            .restore_tree(
+                                &repo,
+                                &TreeRestoreRequest {
+                                    recovery_point,
+                                    paths,
+                                    target,
+                                    conflict,
+                                },
+                                &progress,
+                                cancel,
+                            )
+                            .map_err(job_failure)?;
+                        bag.insert(
+                            "Data Transferred (in MB)".into(),
+                            json!((out.bytes_restored / (1 << 20)).to_string()),
+                        );
+                        bag.insert("Number Of Restored Files".into(), json!(out.files_restored.to_string()));
+                        bag.insert("Number Of Skipped Files".into(), json!(out.files_skipped.to_string()));
+                        bag.insert("Number Of Failed Files".into(), json!("0"));
+                    }
+                    t => {
+                        let (target, format, new_vm) = match t {
+                            RestoreTarget::Disks { dir, format, new_vm } => {
+                                std::fs::create_dir_all(&dir).map_err(|e| {
+                                    Failure::Failed(JobError::new(
+                                        100_005,
+                                        "The restore target cannot be written",
+                                        format!("'{}' cannot be created: {e}.", dir.display()),
+                                        "Check the storage account's directory and its permissions.",
+                                    ))
+                                })?;
+                                (DiskRestoreTarget::Directory(dir), format, new_vm)
+                            }
+                            _ => (DiskRestoreTarget::Original, None, None),
+                        };
+                        let out = dp
+                            .engine
+                            .restore_disks(
+                                &repo,
+                                &DiskRestoreRequest {
+                                    recovery_point,
+                                    disks: None,
+                                    target,
+                                    format,
+                                },
+                                &progress,
+                                cancel,
+                            )
+                            .map_err(job_failure)?;
+                        bag.insert("Restored Size".into(), json!(mb(out.bytes_restored)));
+                        bag.insert(
+                            "Restored Disks".into(),
+                            json!(out
+                                .paths
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")),
+                        );
+                        if let Some(vm) = new_vm {
+                            self.declare_restored_vm(&vm, &out.paths).map_err(internal_failure)?;
+                            bag.insert("Target VM Name".into(), json!(vm.name));
+                        }
+                    }
+                }
+                Ok(Finished {
+                    status: "Completed",
+                    bag,
+                    warnings: vec![],
+                    commit: Box::new(|_| Ok(())),
+                })
+            }
+        }
+    }
+
+    /// `AlternateLocation`: a new VM resource over the restored images (the first is the OS disk).
+    fn declare_restored_vm(&self, vm: &NewVm, images: &[PathBuf]) -> Result<()> {
+        let uri = |p: &PathBuf| format!("file://{}", p.display());
+        let os = images
+            .first()
+            .ok_or_else(|| Error::internal("the restore wrote no disk"))?;
+        let data: Vec<Value> = images
+            .iter()
+            .skip(1)
+            .enumerate()
+            .map(|(i, p)| json!({"lun": i, "name": p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), "vhd": {"uri": uri(p)}}))
+            .collect();
+        let body = json!({
+            "location": vm.location,
+            "properties": {"storageProfile": {"osDisk": {"name": "osDisk", "vhd": {"uri": uri(os)}}, "dataDisks": data}},
+        });
+        self.put_vm(&vm.subscription, &vm.resource_group, &vm.name, &body)?;
+        Ok(())
+    }
+
+    // ---- restore -------------------------------------------------------------------------------
+
+    /// `POST …/recoveryPoints/{rp}/restore`. Returns the operation id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn trigger_restore(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        fabric: &str,
+        container: &str,
+        item: &str,
+        rp: &str,
+        req: &Value,
+    ) -> Result<String> {
+        self.data()?;
+        let (v, row, rp_row) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
+        let c = ContainerName::parse(container)?;
+        let i = ItemName::parse(item)?;
+        debug_assert!(item_id(&v.id, &c, &i).eq_ignore_ascii_case(&row.id));
+        let p = row.body["properties"].clone();
+        let bmt = p["backupManagementType"].as_str().unwrap_or("AzureIaasVM").to_string();
+        let friendly = p["friendlyName"].as_str().unwrap_or_default().to_string();
+        let m = body::object(req)?;
+        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
+            bad_input(
+                "properties",
+                "The restore request needs 'properties' with an 'objectType'.",
+            )
+        })?;
+        let kind = body::opt_str(props, "objectType", "properties.")?.ok_or_else(|| {
+            bad_input(
+                "properties.objectType",
+                "The restore request needs 'properties.objectType'.",
+            )
+        })?;
+        let want = if bmt == "AzureStorage" {
+            "AzureFileShareRestoreRequest"
+        } else {
+            "IaasVMRestoreRequest"
+        };
+        if !kind.eq_ignore_ascii_case(want) {
+            return Err(bad_input(
+                "properties.objectType",
+                format!("'{kind}' does not apply to item '{item}' ({bmt}); use '{want}'."),
+            ));
+        }
+        let recovery_type = body::opt_enum(
+            props,
+            "recoveryType",
+            "properties.",
+            &[
+                "Invalid",
+                "OriginalLocation",
+                "AlternateLocation",
+                "RestoreDisks",
+                "Offline",
+            ],
+        )?
+        .ok_or_else(|| {
+            bad_input(
+                "properties.recoveryType",
+                "The restore request needs 'properties.recoveryType'.",
+            )
+        })?;
+        let rp_time = time::us_datetime(rp_row.time);
+        let mut bag = Map::new();
+        let target = if bmt == "AzureStorage" {
+            let (target, bag_entries) = self.share_restore_target(sub, &p, &friendly, recovery_type, props)?;
+            bag.insert("Source File Share Name".into(), json!(friendly));
+            bag.insert(
+                "Source Storage Account Name".into(),
+                json!(p["containerName"].as_str().unwrap_or_default().rsplit(';').next()),
+            );
+            bag.extend(bag_entries);
+            bag.insert("Recovery point time ".into(), json!(rp_time));
+            target
+        } else {
+            let target = self.vm_restore_target(sub, &friendly, recovery_type, props, &mut bag)?;
+            bag.insert("Recovery point time ".into(), json!(rp_time));
+            target
+        };
+        let work = Work::Restore {
+            vault: v.id.clone(),
+            item: row.id.clone(),
+            recovery_point: rp.to_string(),
+            target,
+        };
+        let now = self.now();
+        let job = self.queued_job(
+            &v,
+            "Restore",
+            &bmt,
+            &friendly,
+            p["containerName"].as_str().unwrap_or_default(),
+            bag,
+            RESTORE_TASKS,
+            &work,
+            true,
+            now,
+        );
+        self.commit_queued(&v, job, &row.id)
+    }
+
+    /// A storage account named by id in a restore request, and its directory.
+    fn restore_account(&self, sub: &str, id: &str, target: &str) -> Result<(ResourceRow, PathBuf)> {
+        let rid = rsvault_core::ids::ResourceId::parse(id)
+            .map_err(|_| bad_input(target, format!("'{id}' is not a storage account id.")))?;
+        let ok_type = rid
+            .resource_type()
+            .is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.Storage/storageAccounts"));
+        let (Some(rg), true) = (rid.resource_group.as_deref(), ok_type) else {
+            return Err(bad_input(target, format!("'{id}' is not a storage account id.")));
+        };
+        let _ = sub;
+        let acct = self
+            .storage_account_row(&rid.subscription, rg, rid.name().unwrap_or_default())
+            .map_err(|_| {
+                invalid(
+                    "UserErrorStorageAccountNotFound",
+                    target,
+                    format!("The storage account '{id}' was not found."),
+                )
+            })?;
+        let dir = Self::account_dir(&acct)?;
+        Ok((acct, dir))
+    }
+
+    fn vm_restore_target(
+        &self,
+        sub: &str,
+        vm_name: &str,
+        recovery_type: &str,
+        props: &Map<String, Value>,
+        bag: &mut Map<String, Value>,
+    ) -> Result<RestoreTarget> {
+        let short = uuid::Uuid::new_v4().simple().to_string();
+        match recovery_type {
+            "RestoreDisks" | "AlternateLocation" => {
+                let acct_id = body::opt_str(props, "storageAccountId", "properties.")?.ok_or_else(|| {
+                    bad_input("properties.storageAccountId", "A disk restore needs 'storageAccountId': the storage account the disks are written to.")
+                })?;
+                let (acct, dir) = self.restore_account(sub, acct_id, "properties.storageAccountId")?;
+                bag.insert("Target Storage Account Name".into(), json!(acct.name));
+                if recovery_type == "RestoreDisks" {
+                    bag.insert("Job Type".into(), json!("Recover disks"));
+                    let dir = dir.join(format!("{}-{}", vm_name.to_ascii_lowercase(), &short[..12]));
+                    return Ok(RestoreTarget::Disks { dir, format: None, new_vm: None });
+                }
+                let vm_id = body::opt_str(props, "targetVirtualMachineId", "properties.")?.ok_or_else(|| {
+                    bad_input("properties.targetVirtualMachineId", "An AlternateLocation restore needs 'targetVirtualMachineId': the id of the VM to create.")
+                })?;
+                let rid = rsvault_core::ids::ResourceId::parse(vm_id)
+                    .map_err(|_| bad_input("properties.targetVirtualMachineId", format!("'{vm_id}' is not a virtual machine id.")))?;
+                let ok_type = rid
+                    .resource_type()
+                    .is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.Compute/virtualMachines"));
+                let (Some(rg), true, Some(name)) = (rid.resource_group.clone(), ok_type, rid.name().map(String::from)) else {
+                    return Err(bad_input("properties.targetVirtualMachineId", format!("'{vm_id}' is not a virtual machine id.")));
+                };
+                self.group_row(&rid.subscription, &rg)?;
+                if self.vm_row(&rid.subscription, &rg, &name).is_ok() {
+                    return Err(invalid(
+                        "UserErrorVmNameAlreadyExists",
+                        "properties.targetVirtualMachineId",
+                        format!("A virtual machine '{name}' already exists in resource group '{rg}'. Give the name of a new VM."),
+                    ));
+                }
+                let location = body::opt_str(props, "region", "properties.")?
+                    .map(crate::body::normalize_location)
+                    .unwrap_or_else(|| acct.body["location"].as_str().unwrap_or("westus").to_string());
+                bag.insert("Job Type".into(), json!("Restore to a new virtual machine"));
+                bag.insert("Target VM Name".into(), json!(name));
+                Ok(RestoreTarget::Disks {
+                    dir: dir.join(format!("{}-{}", name.to_ascii_lowercase(), &short[..12])),
+                    format: None,
+                    new_vm: Some(NewVm {
+                        subscription: rid.subscription.clone(),
+                        resource_group: rg,
+                        name,
+                        location,
+                    }),
+                })
+            }
+            "OriginalLocation" => {
+                bag.insert("Job Type".into(), json!("Replace existing disks"));
+                Ok(RestoreTarget::OriginalDisks)
+            }
+            other => Err(bad_input(
+                "properties.recoveryType",
+                format!("recoveryType '{other}' is not supported for VMs: use RestoreDisks, AlternateLocation or OriginalLocation."),
+            )),
+        }
+    }
+
+    fn share_restore_target(
+        &self,
+        sub: &str,
+        item_props: &Value,
+        share: &str,
+        recovery_type: &str,
+        props: &Map<String, Value>,
+    ) -> Result<(RestoreTarget, Map<String, Value>)> {
+        let conflict = match body::opt_enum(
+            props,
+            "copyOptions",
+            "properties.",
+            &["Invalid", "CreateCopy", "Skip", "Overwrite", "FailOnConflict"],
+        )? {
+            Some("Skip") => ConflictPolicy::Skip,
+            Some("FailOnConflict") => ConflictPolicy::FailOnConflict,
+            Some("Overwrite") | None => ConflictPolicy::Overwrite,
+            Some(other) => {
+                return Err(bad_input(
+                    "properties.copyOptions",
+                    format!("copyOptions '{other}' is not supported: use Overwrite, Skip or FailOnConflict."),
+                ))
+            }
+        };
+        let level = body::opt_enum(
+            props,
+            "restoreRequestType",
+            "properties.",
+            &["Invalid", "FullShareRestore", "ItemLevelRestore"],
+        )?
+        .unwrap_or("FullShareRestore");
+        let specs: Vec<Map<String, Value>> = match props.get("restoreFileSpecs") {
+            None | Some(Value::Null) => vec![],
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|s| {
+                    s.as_object().cloned().ok_or_else(|| {
+                        bad_input(
+                            "properties.restoreFileSpecs",
+                            "Each restoreFileSpecs entry must be an object.",
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?,
+            Some(_) => {
+                return Err(bad_input(
+                    "properties.restoreFileSpecs",
+                    "restoreFileSpecs must be an array.",
+                ))
+            }
+        };
+        let clean = |s: &str, target: &str| -> Result<PathBuf> {
+            let rel = s.trim_start_matches('/');
+            let p = PathBuf::from(rel);
+            if p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
+                return Err(bad_input(target, format!("'{s}' is not a path inside the share.")));
+            }
+            Ok(p)
+        };
+        let paths = if level == "ItemLevelRestore" {
+            if specs.is_empty() {
+                return Err(bad_input(
+                    "properties.restoreFileSpecs",
+                    "An ItemLevelRestore needs restoreFileSpecs naming the files or folders to restore.",
+                ));
+            }
+            Some(
+                specs
+                    .iter()
+                    .map(|s| {
+                        let path = s.get("path").and_then(Value::as_str).ok_or_else(|| {
+                            bad_input(
+                                "properties.restoreFileSpecs.path",
+                                "Each restoreFileSpecs entry needs a 'path'.",
+                            )
+                        })?;
+                        clean(path, "properties.restoreFileSpecs.path")
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
+        let folder = specs
+            .iter()
+            .find_map(|s| s.get("targetFolderPath").and_then(Value::as_str))
+            .filter(|f| !f.is_empty())
+            .map(|f| clean(f, "properties.restoreFileSpecs.targetFolderPath"))
+            .transpose()?;
+        let mut bag = Map::new();
+        let acct_name = item_props["containerName"]
+            .as_str()
+            .unwrap_or_default()
+            .rsplit(';')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let target = match recovery_type {
+            "OriginalLocation" => {
+                bag.insert("Job Type".into(), json!("Recovering to the original file share"));
+                bag.insert("RestoreDestination".into(), json!(format!("{acct_name}/{share}/")));
+                folder.and_then(|f| {
+                    let acct = self
+                        .store
+                        .read(|db| db.resource(item_props["sourceResourceId"].as_str().unwrap_or_default()))
+                        .ok()
+                        .flatten();
+                    acct.and_then(|a| Self::account_dir(&a).ok()).map(|d| d.join(share).join(f))
+                })
+            }
+            "AlternateLocation" => {
+                let td = body::opt_obj(props, "targetDetails", "properties.")?.ok_or_else(|| {
+                    bad_input("properties.targetDetails", "An AlternateLocation restore needs 'targetDetails' with the target share 'name' and storage account 'targetResourceId'.")
+                })?;
+                let name = td.get("name").and_then(Value::as_str).ok_or_else(|| bad_input("properties.targetDetails.name", "targetDetails needs the target file share 'name'."))?;
+                let acct_id = td.get("targetResourceId").and_then(Value::as_str).ok_or_else(|| {
+                    bad_input("properties.targetDetails.targetResourceId", "targetDetails needs 'targetResourceId': the target storage account id.")
+                })?;
+                let (acct, dir) = self.restore_account(sub, acct_id, "properties.targetDetails.targetResourceId")?;
+                self.share_row(&acct.subscription, acct.resource_group.as_deref().unwrap_or_default(), &acct.name, name)
+                    .map_err(|_| invalid("UserErrorFileShareNotFound", "properties.targetDetails.name", format!("The file share '{name}' was not found in storage account '{}'.", acct.name)))?;
+                bag.insert("Job Type".into(), json!("Recovering to an alternate file share"));
+                bag.insert("RestoreDestination".into(), json!(format!("{}/{name}/{}", acct.name, folder.as_deref().map(|f| f.display().to_string()).unwrap_or_default())));
+                let d = dir.join(name);
+                Some(match folder {
+                    Some(f) => d.join(f),
+                    None => d,
+                })
+            }
+            other => {
+                return Err(bad_input(
+                    "properties.recoveryType",
+                    format!("recoveryType '{other}' is not supported for file shares: use OriginalLocation or AlternateLocation."),
+                ))
+            }
+        };
+        Ok((
+            RestoreTarget::Tree {
+                target,
+                paths,
+                conflict,
+            },
+            bag,
+        ))
+    }
+}
+
+/// The rendering of a job for the wire, per its type: VM jobs carry task times and durations;
+/// storage jobs' tasks are `{taskId, status}` as the spec has them.
+pub(crate) fn render_tasks(props: &mut Value, now: DateTime<Utc>) {
+    let storage = props["jobType"].as_str() != Some("AzureIaaSVMJob");
+    if storage {
+        if let Some(x) = props.get_mut("extendedInfo").and_then(Value::as_object_mut) {
+            x.remove("progressPercentage");
+            x.remove("estimatedRemainingDuration");
+        }
+    }
+    let Some(list) = props
+        .pointer_mut("/extendedInfo/tasksList")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    for t in list.iter_mut().filter_map(Value::as_object_mut) {
+        if storage {
+            t.retain(|k, _| k == "taskId" || k == "status");
+            continue;
+        }
+        let at = |k: &str| t.get(k).and_then(Value::as_str).and_then(parse_time);
+        let d = match (at("startTime"), at("endTime")) {
+            (Some(s), Some(e)) => e - s,
+            (Some(s), None) => now - s,
+            _ => chrono::Duration::zero(),
+        };
+        t.insert("duration".into(), json!(time::iso_duration(d)));
+    }
+}

@@ -1,0 +1,158 @@
+//! The vaults' data as the control plane reaches it: one restic repository per vault, written
+//! through the engine ([`rsvault_engine::Engine`]), and the job engine's settings.
+//!
+//! * Each vault's repository is `DATA_DIR/vaults/{uuid}`, opened with the vault's own random password.
+//!   The password is stored only *sealed* with the server key (`DATA_DIR/engine.key`, see
+//!   [`rsvault_engine::keyring`]), in the `vault_secrets` table; it is never logged and never returned
+//!   by the ARM API (`rsvault restic-env` prints it, for the operator, on the machine).
+//! * A vault's password and repository are made on first use (its first backup job, or
+//!   `rsvault restic-env`). The sealed row is inserted with `INSERT OR IGNORE` and read back, so two
+//!   first uses (the server and the CLI) agree on one password.
+//! * Deleting a vault removes its repository directory after the vault's rows are gone.
+
+use crate::runner::Queue;
+use crate::{Control, Error, Result};
+use rsvault_engine::{Engine, EngineError, RepoSpec, ResticEngine, Secret, VaultKeys};
+use rsvault_store::VaultSecretRow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// How many data-plane jobs run at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobLimits {
+    /// Jobs running at once in the whole server.
+    pub workers: usize,
+    /// Jobs running at once in one vault; the others wait in the queue.
+    pub per_vault: usize,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            workers: 2,
+            per_vault: 1,
+        }
+    }
+}
+
+/// The data plane of a running server: the engine, the key that seals vault passwords, where the
+/// repositories live, and the job queue.
+pub struct DataPlane {
+    pub(crate) engine: Arc<dyn Engine>,
+    keys: VaultKeys,
+    vaults_dir: PathBuf,
+    pub(crate) limits: JobLimits,
+    pub(crate) queue: Queue,
+}
+
+impl DataPlane {
+    /// The data plane of a data dir with the restic-format engine.
+    pub fn open(data_dir: &Path, limits: JobLimits) -> Result<DataPlane> {
+        Self::with_engine(Arc::new(ResticEngine::new()), data_dir, limits)
+    }
+
+    /// The data plane of a data dir with a given engine.
+    pub fn with_engine(engine: Arc<dyn Engine>, data_dir: &Path, limits: JobLimits) -> Result<DataPlane> {
+        let keys = VaultKeys::load_or_create(data_dir).map_err(engine_error)?;
+        Ok(DataPlane {
+            engine,
+            keys,
+            vaults_dir: data_dir.join("vaults"),
+            limits: JobLimits {
+                workers: limits.workers.max(1),
+                per_vault: limits.per_vault.max(1),
+            },
+            queue: Queue::default(),
+        })
+    }
+}
+
+/// An engine error met outside a job (a job reports its errors in the job instead).
+pub(crate) fn engine_error(e: EngineError) -> Error {
+    match e {
+        EngineError::RecoveryPointNotFound(id) => Error::NotFound {
+            code: "BMSUserErrorRecoveryPointNotFound",
+            message: format!("Recovery point '{id}' was not found in the vault."),
+        },
+        other => Error::internal(format!("vault engine: {other}")),
+    }
+}
+
+impl Control {
+    /// This control plane with a data plane (backups, restores and the job engine).
+    pub fn with_data_plane(mut self, dp: DataPlane) -> Control {
+        self.data = Some(dp);
+        self
+    }
+
+    pub(crate) fn data(&self) -> Result<&DataPlane> {
+        self.data
+            .as_ref()
+            .ok_or_else(|| Error::internal("this rsvault process has no data plane (backups run in `rsvault serve`)"))
+    }
+
+    /// The repository of a vault, made on first use (password sealed and stored, repository initialised).
+    pub(crate) fn vault_repo(&self, vault_id: &str) -> Result<RepoSpec> {
+        let dp = self.data()?;
+        let row = match self.store.read(|db| db.vault_secret(vault_id))? {
+            Some(r) => r,
+            None => {
+                let password = VaultKeys::generate_password();
+                let sealed = dp
+                    .keys
+                    .seal(&vault_id.to_ascii_lowercase(), &password)
+                    .map_err(engine_error)?;
+                let repo = dp.vaults_dir.join(uuid::Uuid::new_v4().to_string());
+                let fresh = VaultSecretRow {
+                    vault_key: vault_id.to_ascii_lowercase(),
+                    sealed,
+                    repo: repo.to_string_lossy().into_owned(),
+                    created: self.now(),
+                };
+                self.store
+                    .write(|db| {
+                        db.insert_vault_secret(&fresh)?;
+                        db.vault_secret(vault_id)
+                    })?
+                    .ok_or_else(|| Error::internal("vault secret vanished after insert"))?
+            }
+        };
+        let password = dp
+            .keys
+            .open(&vault_id.to_ascii_lowercase(), &row.sealed)
+            .map_err(engine_error)?;
+        let spec = RepoSpec {
+            path: PathBuf::from(&row.repo),
+            password,
+        };
+        std::fs::create_dir_all(&dp.vaults_dir)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dp.vaults_dir.display())))?;
+        dp.engine.init(&spec).map_err(engine_error)?;
+        Ok(spec)
+    }
+
+    /// Where a vault's repository is and its password, for stock `restic` (`rsvault restic-env`).
+    pub fn restic_env(&self, vault_id: &str) -> Result<(PathBuf, Secret)> {
+        let v = self
+            .store
+            .read(|db| db.resource(vault_id))?
+            .filter(|r| r.type_key == crate::vaults::VAULT_TYPE.to_ascii_lowercase())
+            .ok_or_else(|| Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!("The vault '{vault_id}' was not found."),
+            })?;
+        let spec = self.vault_repo(&v.id)?;
+        Ok((spec.path, spec.password))
+    }
+
+    /// Removes a deleted vault's repository (best effort: a failure is logged, not returned).
+    pub(crate) fn remove_vault_repo(&self, row: Option<VaultSecretRow>) {
+        if let Some(r) = row {
+            if let Err(e) = std::fs::remove_dir_all(&r.repo) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository");
+                }
+            }
+        }
+    }
+}

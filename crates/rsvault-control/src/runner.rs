@@ -1,0 +1,537 @@
+//! The job engine: data-plane jobs (backups, restores) run here, off the request path.
+//!
+//! Life of a job: the request that accepts it writes the job row (`status: InProgress`,
+//! `phase: queued`, `work`: what to do, as JSON) in the same transaction as its operation record,
+//! and wakes the queue. A worker thread ([`JobLimits::workers`] of them) takes the oldest queued job
+//! whose vault runs fewer than [`JobLimits::per_vault`] jobs, marks it `running`, and carries it out
+//! through the engine. Progress goes into the job row (at every task change and at most once a
+//! second otherwise), so `GET backupJobs/{job}` reads it from the store like any job. The end
+//! (`Completed`, `CompletedWithWarnings`, `Failed`, `Cancelled`) is written in one transaction with
+//! what the job produced (the recovery point row, the protected item's last-backup fields).
+//!
+//! * **Cancel**: a queued job is cancelled at once; a running one goes `Cancelling` and its engine
+//!   call stops at the next chunk, committing nothing (the engine's guarantee), then `Cancelled`.
+//! * **Restart**: jobs still `queued` run after a restart. A job found `running` at start was
+//!   interrupted by a crash: a backup whose recovery point the vault already holds (the crash came
+//!   after the snapshot was committed) is completed from it; any other ends `Failed`, saying why.
+//!   A graceful stop cancels running engine calls (committing nothing) and puts their jobs back in
+//!   the queue, so they run again at the next start.
+//!
+//! *Architecture Invariant*: a job leaves `running` only in the transaction that records its end
+//! (or puts it back in the queue at a graceful stop); besides the worker running it, only cancel
+//! writes a running job's status (`Cancelling`), and progress writes only its `extendedInfo`.
+//! Lock order: the queue's mutex, then the store's.
+
+use crate::dataplane::{DataPlane, JobLimits};
+use crate::{Control, Result};
+use chrono::{DateTime, Utc};
+use rsvault_core::time;
+use rsvault_engine::{Cancel, Progress, Task};
+use rsvault_store::{Db, JobRow};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+pub const QUEUED: &str = "queued";
+pub const RUNNING: &str = "running";
+pub const DONE: &str = "done";
+
+/// The in-memory side of the queue: which jobs run, and their cancel flags.
+#[derive(Default)]
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    running: HashMap<String, Running>,
+    stopping: bool,
+}
+
+struct Running {
+    vault_key: String,
+    cancel: Cancel,
+}
+
+/// Writes made in the transaction that records a job's end.
+pub(crate) type Commit = Box<dyn FnOnce(&Db) -> Result<()> + Send>;
+
+/// A job's work that ended well.
+pub(crate) struct Finished {
+    /// `Completed` or `CompletedWithWarnings`.
+    pub status: &'static str,
+    /// Entries added to the job's `propertyBag`.
+    pub bag: Map<String, Value>,
+    /// Warnings shown in the job (`dynamicErrorMessage`).
+    pub warnings: Vec<String>,
+    /// Writes made in the transaction that records the job's end.
+    pub commit: Commit,
+}
+
+/// Why a job's work did not end well.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Its cancel flag was set (by a user, or by a graceful stop).
+    Cancelled,
+    /// It failed; the job shows this error.
+    Failed(JobError),
+}
+
+/// An error as jobs show it (`errorDetails`).
+#[derive(Debug, Clone)]
+pub(crate) struct JobError {
+    pub code: i64,
+    pub title: String,
+    pub message: String,
+    pub recommendations: Vec<String>,
+}
+
+impl JobError {
+    pub fn new(code: i64, title: &str, message: impl Into<String>, recommendation: &str) -> JobError {
+        JobError {
+            code,
+            title: title.into(),
+            message: message.into(),
+            recommendations: vec![recommendation.into()],
+        }
+    }
+}
+
+/// A task of a job as the engine reports it: its name in the job, the engine task, and its weight
+/// in the job's `progressPercentage`.
+pub(crate) type TaskSpec = (&'static str, Task, u32);
+
+/// The tasks list of a new job: every task `NotStarted`.
+pub(crate) fn new_tasks(tasks: &[TaskSpec]) -> Value {
+    Value::Array(
+        tasks
+            .iter()
+            .map(|(name, _, _)| json!({"taskId": name, "status": "NotStarted"}))
+            .collect(),
+    )
+}
+
+/// The running job engine: worker threads over the queue.
+pub struct JobRunner {
+    control: Arc<Control>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for JobRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRunner")
+            .field("threads", &self.threads.len())
+            .finish()
+    }
+}
+
+impl JobRunner {
+    /// Settles jobs a crash interrupted, then starts the workers.
+    pub fn start(control: Arc<Control>) -> Result<JobRunner> {
+        let workers = control.data()?.limits.workers;
+        control.recover_interrupted_jobs()?;
+        let threads = (0..workers)
+            .map(|i| {
+                let c = control.clone();
+                std::thread::Builder::new()
+                    .name(format!("rsvault-job-{i}"))
+                    .spawn(move || c.work_loop())
+                    .map_err(|e| crate::Error::internal(format!("cannot start a job worker: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(JobRunner { control, threads })
+    }
+
+    /// Stops the workers: running engine calls are cancelled and their jobs go back to the queue.
+    pub fn stop(self) {
+        if let Ok(dp) = self.control.data() {
+            let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.stopping = true;
+            for r in st.running.values() {
+                r.cancel.cancel();
+            }
+            dp.queue.wake.notify_all();
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What cancelling a job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelOutcome {
+    /// It was queued and is now `Cancelled`.
+    Cancelled,
+    /// It runs and is now `Cancelling`.
+    Cancelling,
+    /// It already ended (or is already being cancelled).
+    NotCancellable,
+}
+
+impl Control {
+    /// Wakes the workers (a job was queued).
+    pub(crate) fn wake_jobs(&self) {
+        if let Ok(dp) = self.data() {
+            let _guard = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+            dp.queue.wake.notify_all();
+        }
+    }
+
+    /// Cancels a data-plane job.
+    pub(crate) fn cancel_job_run(&self, job_id: &str) -> Result<CancelOutcome> {
+        let dp = self.data()?;
+        let st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.now();
+        let key = job_id.to_ascii_lowercase();
+        let running = st.running.get(&key);
+        let out = self.store.write(|db| -> Result<CancelOutcome> {
+            let Some(mut j) = db.job(job_id)? else {
+                return Ok(CancelOutcome::NotCancellable);
+            };
+            match (j.phase.as_deref(), running) {
+                (Some(QUEUED), _) => {
+                    j.status = "Cancelled".into();
+                    j.phase = Some(DONE.into());
+                    j.end = Some(now);
+                    j.body["status"] = json!("Cancelled");
+                    j.body["endTime"] = json!(time::timestamp(now));
+                    set_tasks(&mut j.body, |_| Some("Cancelled"), now);
+                    db.put_job(&j)?;
+                    Ok(CancelOutcome::Cancelled)
+                }
+                (Some(RUNNING), Some(r)) if j.status == "InProgress" => {
+                    r.cancel.cancel();
+                    j.status = "Cancelling".into();
+                    j.body["status"] = json!("Cancelling");
+                    db.put_job(&j)?;
+                    Ok(CancelOutcome::Cancelling)
+                }
+                _ => Ok(CancelOutcome::NotCancellable),
+            }
+        })?;
+        Ok(out)
+    }
+
+    /// At start: a job left `running` was interrupted by a crash.
+    fn recover_interrupted_jobs(&self) -> Result<()> {
+        let running = self.store.read(|db| db.jobs_in_phase(RUNNING))?;
+        for j in running {
+            let outcome = match self.recover_backup(&j) {
+                Some(done) => Ok(done),
+                None => Err(Failure::Failed(JobError::new(
+                    500_001,
+                    "The job was interrupted",
+                    "The rsvault server stopped while this job ran (a crash or a kill). Nothing it had written became visible: no recovery point was created and no restored file was left half-written under its final name.",
+                    "Run the operation again.",
+                ))),
+            };
+            tracing::warn!(job = %j.id, recovered = outcome.is_ok(), "settling a job interrupted by a crash");
+            self.finish_job(&j, outcome, false);
+        }
+        Ok(())
+    }
+
+    fn work_loop(&self) {
+        let Ok(dp) = self.data() else { return };
+        while let Some((job, cancel)) = self.next_job(dp) {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_job(&job, &cancel)))
+                .unwrap_or_else(|_| {
+                    Err(Failure::Failed(JobError::new(
+                        500_002,
+                        "Internal error",
+                        "The job's worker failed unexpectedly.",
+                        "Run the operation again; report the server log if it happens again.",
+                    )))
+                });
+            let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+            let stopping = st.stopping;
+            self.finish_job(&job, outcome, stopping);
+            st.running.remove(&job.id.to_ascii_lowercase());
+            dp.queue.wake.notify_all();
+        }
+    }
+
+    /// Waits for a job this worker may run; `None` when the engine stops.
+    fn next_job(&self, dp: &DataPlane) -> Option<(JobRow, Cancel)> {
+        let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if st.stopping {
+                return None;
+            }
+            match self.pick_job(&dp.limits, &st) {
+                Ok(Some(job)) => {
+                    let cancel = Cancel::new();
+                    st.running.insert(
+                        job.id.to_ascii_lowercase(),
+                        Running {
+                            vault_key: job.vault_key.clone(),
+                            cancel: cancel.clone(),
+                        },
+                    );
+                    return Some((job, cancel));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "cannot read the job queue"),
+            }
+            st = dp
+                .queue
+                .wake
+                .wait_timeout(st, Duration::from_secs(2))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn pick_job(&self, limits: &JobLimits, st: &QueueState) -> Result<Option<JobRow>> {
+        self.store.write(|db| {
+            for mut j in db.jobs_in_phase(QUEUED)? {
+                let busy = st.running.values().filter(|r| r.vault_key == j.vault_key).count();
+                if busy >= limits.per_vault {
+                    continue;
+                }
+                j.phase = Some(RUNNING.into());
+                db.put_job(&j)?;
+                return Ok(Some(j));
+            }
+            Ok(None)
+        })
+    }
+
+    /// Records a job's end (or, at a graceful stop, puts it back in the queue).
+    fn finish_job(&self, job: &JobRow, outcome: std::result::Result<Finished, Failure>, stopping: bool) {
+        let now = self.now();
+        let res = self.store.write(|db| -> Result<()> {
+            let Some(mut j) = db.job(&job.id)? else {
+                return Ok(()); // its vault was deleted meanwhile
+            };
+            if j.phase.as_deref() != Some(RUNNING) {
+                return Ok(());
+            }
+            let user_cancelled = j.status == "Cancelling";
+            let status = match outcome {
+                Ok(f) => {
+                    (f.commit)(db)?;
+                    if let Some(bag) = j
+                        .body
+                        .pointer_mut("/extendedInfo/propertyBag")
+                        .and_then(Value::as_object_mut)
+                    {
+                        bag.extend(f.bag);
+                    }
+                    if !f.warnings.is_empty() {
+                        j.body["extendedInfo"]["dynamicErrorMessage"] = json!(f.warnings.join(" "));
+                    }
+                    set_tasks(&mut j.body, |_| Some("Completed"), now);
+                    j.body["extendedInfo"]["progressPercentage"] = json!(100.0);
+                    j.body["extendedInfo"]["estimatedRemainingDuration"] = json!("PT0S");
+                    f.status
+                }
+                Err(Failure::Cancelled) if stopping && !user_cancelled => {
+                    j.phase = Some(QUEUED.into());
+                    set_tasks(&mut j.body, |_| Some("NotStarted"), now);
+                    strip_task_times(&mut j.body);
+                    db.put_job(&j)?;
+                    return Ok(());
+                }
+                Err(Failure::Cancelled) => {
+                    set_tasks(
+                        &mut j.body,
+                        |s| (s == "InProgress" || s == "NotStarted").then_some("Cancelled"),
+                        now,
+                    );
+                    "Cancelled"
+                }
+                Err(Failure::Failed(e)) => {
+                    set_tasks(
+                        &mut j.body,
+                        |s| match s {
+                            "InProgress" => Some("Failed"),
+                            "NotStarted" => Some("Cancelled"),
+                            _ => None,
+                        },
+                        now,
+                    );
+                    j.body["errorDetails"] = json!([{
+                        "errorCode": e.code,
+                        "errorTitle": e.title,
+                        "errorString": e.message,
+                        "recommendations": e.recommendations,
+                    }]);
+                    "Failed"
+                }
+            };
+            j.status = status.into();
+            j.phase = Some(DONE.into());
+            j.end = Some(now);
+            j.body["status"] = json!(status);
+            j.body["endTime"] = json!(time::timestamp(now));
+            self.after_job(db, &j)?;
+            db.put_job(&j)?;
+            Ok(())
+        });
+        if let Err(e) = res {
+            tracing::error!(job = %job.id, error = %e, "cannot record the end of a job");
+        }
+    }
+
+    /// Progress of a running job into its row: task states, `progressPercentage`,
+    /// `estimatedRemainingDuration`, and the bag's transferred bytes.
+    fn record_progress(&self, job_id: &str, tasks: &[TaskSpec], current: usize, done: u64, total: u64) {
+        let now = self.now();
+        let pct = if total == 0 {
+            0.0
+        } else {
+            (done.min(total) as f64 * 100.0 / total as f64).floor()
+        };
+        let res = self.store.write(|db| {
+            let Some(mut j) = db.job(job_id)? else { return Ok(()) };
+            if j.phase.as_deref() != Some(RUNNING) {
+                return Ok(());
+            }
+            let Some(list) = j
+                .body
+                .pointer_mut("/extendedInfo/tasksList")
+                .and_then(Value::as_array_mut)
+            else {
+                return Ok(());
+            };
+            let mut overall = 0.0;
+            let weights: u32 = tasks.iter().map(|t| t.2).sum::<u32>().max(1);
+            for (i, t) in list.iter_mut().enumerate() {
+                let status = t["status"].as_str().unwrap_or_default().to_string();
+                if i < current && (status == "NotStarted" || status == "InProgress") {
+                    if t.get("startTime").is_none() {
+                        t["startTime"] = json!(time::timestamp(now));
+                    }
+                    t["status"] = json!("Completed");
+                    t["endTime"] = json!(time::timestamp(now));
+                    t["progressPercentage"] = json!(100.0);
+                } else if i == current {
+                    if status == "NotStarted" {
+                        t["status"] = json!("InProgress");
+                        t["startTime"] = json!(time::timestamp(now));
+                    }
+                    t["progressPercentage"] = json!(pct);
+                    if total > 0 {
+                        t["taskExecutionDetails"] = json!(format!(
+                            "{} MB / {} MB Transferred",
+                            done / (1 << 20),
+                            total / (1 << 20)
+                        ));
+                    }
+                }
+                let p = t["progressPercentage"].as_f64().unwrap_or(0.0);
+                overall += p * f64::from(tasks.get(i).map_or(0, |x| x.2)) / f64::from(weights);
+            }
+            let overall = overall.floor();
+            j.body["extendedInfo"]["progressPercentage"] = json!(overall);
+            if overall > 0.0 {
+                let elapsed = (now - j.start).num_milliseconds().max(0) as f64;
+                let left = elapsed * (100.0 - overall) / overall;
+                j.body["extendedInfo"]["estimatedRemainingDuration"] =
+                    json!(time::iso_duration(chrono::Duration::milliseconds(left as i64)));
+            }
+            if tasks.get(current).is_some_and(|t| t.1 == Task::Transfer) {
+                if let Some(bag) = j
+                    .body
+                    .pointer_mut("/extendedInfo/propertyBag")
+                    .and_then(Value::as_object_mut)
+                {
+                    if bag.contains_key("Data Transferred (in MB)") {
+                        bag.insert("Data Transferred (in MB)".into(), json!((done / (1 << 20)).to_string()));
+                    }
+                }
+            }
+            db.put_job(&j)?;
+            Ok::<_, crate::Error>(())
+        });
+        if let Err(e) = res {
+            tracing::warn!(job = %job_id, error = %e, "cannot record job progress");
+        }
+    }
+}
+
+/// Sets each task's status by `f` (given its current status; `None` keeps it), stamping end times.
+fn set_tasks(body: &mut Value, f: impl Fn(&str) -> Option<&'static str>, now: DateTime<Utc>) {
+    if let Some(list) = body
+        .pointer_mut("/extendedInfo/tasksList")
+        .and_then(Value::as_array_mut)
+    {
+        for t in list {
+            let cur = t["status"].as_str().unwrap_or_default().to_string();
+            if cur == "Completed" || cur == "Failed" || cur == "Cancelled" {
+                continue;
+            }
+            if let Some(new) = f(&cur) {
+                if new == "Completed" {
+                    if t.get("startTime").is_none() {
+                        t["startTime"] = json!(time::timestamp(now));
+                    }
+                    t["progressPercentage"] = json!(100.0);
+                }
+                if new != "NotStarted" && t.get("startTime").is_some() {
+                    t["endTime"] = json!(time::timestamp(now));
+                }
+                t["status"] = json!(new);
+            }
+        }
+    }
+}
+
+fn strip_task_times(body: &mut Value) {
+    if let Some(list) = body
+        .pointer_mut("/extendedInfo/tasksList")
+        .and_then(Value::as_array_mut)
+    {
+        for t in list.iter_mut().filter_map(Value::as_object_mut) {
+            for k in ["startTime", "endTime", "progressPercentage", "taskExecutionDetails"] {
+                t.remove(k);
+            }
+        }
+    }
+}
+
+/// The engine's progress sink for one job: forwards to the job row at every task change, when a
+/// task ends, and at most once a second otherwise.
+pub(crate) struct JobProgress<'a> {
+    control: &'a Control,
+    job_id: String,
+    tasks: &'a [TaskSpec],
+    state: Mutex<(Option<usize>, Option<Instant>)>,
+}
+
+impl<'a> JobProgress<'a> {
+    pub fn new(control: &'a Control, job_id: &str, tasks: &'a [TaskSpec]) -> Self {
+        JobProgress {
+            control,
+            job_id: job_id.to_string(),
+            tasks,
+            state: Mutex::new((None, None)),
+        }
+    }
+}
+
+impl Progress for JobProgress<'_> {
+    fn update(&self, task: Task, done: u64, total: u64) {
+        let Some(idx) = self.tasks.iter().position(|t| t.1 == task) else {
+            return;
+        };
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (current, last) = &mut *st;
+        // Tasks only move forward: a late report of an earlier task is ignored.
+        if current.is_some_and(|c| idx < c) {
+            return;
+        }
+        let changed = *current != Some(idx);
+        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if changed || due || (total > 0 && done >= total) {
+            *current = Some(idx);
+            *last = Some(Instant::now());
+            self.control.record_progress(&self.job_id, self.tasks, idx, done, total);
+        }
+    }
+}

@@ -111,9 +111,53 @@ struct JobFilter {
     operation: Option<&'static str>,
     bmt: Option<&'static str>,
     job_id: Option<String>,
-    /// Jobs started in this window (inclusive / exclusive as the operators say).
+    /// Jobs started in this window.
+    window: Window,
+}
+
+/// A time window from a `$filter`'s start and end fields (`startTime`/`endTime` for jobs,
+/// `startDate`/`endDate` for recovery points), in Azure's time forms. The start field bounds from
+/// below and the end field from above; `eq` is inclusive, the other operators say what they mean.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Window {
     after: Option<(DateTime<Utc>, bool)>,
     before: Option<(DateTime<Utc>, bool)>,
+}
+
+impl Window {
+    pub(crate) fn parse(f: &Filter, start: &str, end: &str) -> Result<Window> {
+        let mut w = Window::default();
+        for c in &f.clauses {
+            let is_start = c.field.eq_ignore_ascii_case(start);
+            if !is_start && !c.field.eq_ignore_ascii_case(end) {
+                continue;
+            }
+            let t = parse_filter_time(&c.value).ok_or_else(|| {
+                filter_error(format!(
+                    "'{}' is not a valid {}: use 'yyyy-MM-dd hh:mm:ss AM' or ISO-8601.",
+                    c.value, c.field
+                ))
+            })?;
+            match (is_start, c.op) {
+                (true, Op::Eq | Op::Ge) | (false, Op::Ge) => w.after = Some((t, true)),
+                (_, Op::Gt) => w.after = Some((t, false)),
+                (false, Op::Eq | Op::Le) | (true, Op::Le) => w.before = Some((t, true)),
+                (_, Op::Lt) => w.before = Some((t, false)),
+                (_, Op::Ne) => return Err(filter_error(format!("'{}' cannot be used with 'ne'.", c.field))),
+            }
+        }
+        if let (Some((a, _)), Some((b, _))) = (w.after, w.before) {
+            if a > b {
+                return Err(filter_error(format!("The filter's {start} is later than its {end}.")));
+            }
+        }
+        Ok(w)
+    }
+
+    pub(crate) fn contains(&self, t: DateTime<Utc>) -> bool {
+        self.after.is_none_or(|(a, incl)| if incl { t >= a } else { t > a })
+            && self.before.is_none_or(|(b, incl)| if incl { t <= b } else { t < b })
+    }
 }
 
 impl JobFilter {
@@ -146,44 +190,13 @@ impl JobFilter {
                 })
                 .transpose()
         };
-        let mut out = JobFilter {
+        Ok(JobFilter {
             status: pick("status", STATUSES)?,
             operation: pick("operation", OPERATIONS)?,
             bmt: pick("backupManagementType", BMTS)?,
             job_id: f.eq("jobId").map(String::from),
-            after: None,
-            before: None,
-        };
-        for c in &f.clauses {
-            let is_start = c.field.eq_ignore_ascii_case("startTime");
-            if !is_start && !c.field.eq_ignore_ascii_case("endTime") {
-                continue;
-            }
-            let t = parse_filter_time(&c.value).ok_or_else(|| {
-                filter_error(format!(
-                    "'{}' is not a valid {}: use 'yyyy-MM-dd hh:mm:ss AM' or ISO-8601.",
-                    c.value, c.field
-                ))
-            })?;
-            // startTime bounds the window from below, endTime from above; `eq` means inclusive.
-            match (is_start, c.op) {
-                (true, Op::Eq | Op::Ge) => out.after = Some((t, true)),
-                (true, Op::Gt) => out.after = Some((t, false)),
-                (false, Op::Eq | Op::Le) => out.before = Some((t, true)),
-                (false, Op::Lt) => out.before = Some((t, false)),
-                (true, Op::Le) => out.before = Some((t, true)),
-                (true, Op::Lt) => out.before = Some((t, false)),
-                (false, Op::Ge) => out.after = Some((t, true)),
-                (false, Op::Gt) => out.after = Some((t, false)),
-                (_, Op::Ne) => return Err(filter_error(format!("'{}' cannot be used with 'ne'.", c.field))),
-            }
-        }
-        if let (Some((a, _)), Some((b, _))) = (out.after, out.before) {
-            if a > b {
-                return Err(filter_error("The filter's startTime is later than its endTime.".into()));
-            }
-        }
-        Ok(out)
+            window: Window::parse(&f, "startTime", "endTime")?,
+        })
     }
 
     fn keeps(&self, j: &JobRow) -> bool {
@@ -192,12 +205,7 @@ impl JobFilter {
             && eq(self.operation, &j.operation)
             && eq(self.bmt, &j.backup_management_type)
             && eq(self.job_id.as_deref(), &j.name)
-            && self
-                .after
-                .is_none_or(|(t, incl)| if incl { j.start >= t } else { j.start > t })
-            && self
-                .before
-                .is_none_or(|(t, incl)| if incl { j.start <= t } else { j.start < t })
+            && self.window.contains(j.start)
     }
 }
 

@@ -11,13 +11,13 @@
 //! the transaction that completes the job, after the engine committed the snapshot. A crash between
 //! the two is settled at the next start from the snapshot's tags ([`Control::recover_backup`]).
 
-use super::{item_id, ContainerName, ItemName};
+use super::jobs::Window;
 use crate::body;
 use crate::runner::{new_tasks, Failure, Finished, JobError, JobProgress, TaskSpec, QUEUED, RUNNING};
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use rsvault_core::odata::{Filter, Op};
+use rsvault_core::odata::Filter;
 use rsvault_core::time;
 use rsvault_engine::{
     Cancel, ConflictPolicy, DiskBackupRequest, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
@@ -107,6 +107,36 @@ fn bad_input(target: &str, message: impl Into<String>) -> Error {
     invalid("BMSUserErrorInvalidInput", target, message)
 }
 
+/// The `properties` of a backup or restore request and its `objectType`.
+fn typed_request<'a>(req: &'a Value, what: &str) -> Result<(&'a Map<String, Value>, &'a str)> {
+    let m = body::object(req)?;
+    let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
+        bad_input(
+            "properties",
+            format!("The {what} request needs 'properties' with an 'objectType'."),
+        )
+    })?;
+    let kind = body::opt_str(props, "objectType", "properties.")?.ok_or_else(|| {
+        bad_input(
+            "properties.objectType",
+            format!("The {what} request needs 'properties.objectType'."),
+        )
+    })?;
+    Ok((props, kind))
+}
+
+/// The request's `objectType` must be the one for the item's workload.
+fn check_kind(kind: &str, want: &str, item: &str, bmt: &str) -> Result<()> {
+    if kind.eq_ignore_ascii_case(want) {
+        Ok(())
+    } else {
+        Err(bad_input(
+            "properties.objectType",
+            format!("'{kind}' does not apply to item '{item}' ({bmt}); use '{want}'."),
+        ))
+    }
+}
+
 /// A recovery point id as Azure writes them: 14 to 15 digits.
 fn new_recovery_point_id() -> String {
     rand::thread_rng()
@@ -187,19 +217,7 @@ impl Control {
         let (v, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
         let p = row.body["properties"].clone();
         let bmt = p["backupManagementType"].as_str().unwrap_or_default();
-        let m = body::object(req)?;
-        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
-            bad_input(
-                "properties",
-                "The backup request needs 'properties' with an 'objectType'.",
-            )
-        })?;
-        let kind = body::opt_str(props, "objectType", "properties.")?.ok_or_else(|| {
-            bad_input(
-                "properties.objectType",
-                "The backup request needs 'properties.objectType'.",
-            )
-        })?;
+        let (props, kind) = typed_request(req, "backup")?;
         let want = if bmt == "AzureStorage" {
             "AzureFileShareBackupRequest"
         } else {
@@ -212,12 +230,7 @@ impl Control {
                 format!("'{}' is not a SQL or SAP HANA workload: AzureWorkloadBackupRequest applies to workload items, and this vault protects none. Use {want}.", p["friendlyName"].as_str().unwrap_or(item)),
             ));
         }
-        if !kind.eq_ignore_ascii_case(want) {
-            return Err(bad_input(
-                "properties.objectType",
-                format!("'{kind}' does not apply to item '{item}' ({bmt}); use '{want}'."),
-            ));
-        }
+        check_kind(kind, want, item, bmt)?;
         let now = self.now();
         let expiry = match body::opt_str(props, "recoveryPointExpiryTimeInUTC", "properties.")? {
             Some(s) => parse_time(s).ok_or_else(|| {
@@ -455,40 +468,11 @@ impl Control {
             &["startDate", "endDate", "restorePointQueryType", "extendedInfo"],
             &["startDate", "endDate"],
         )?;
-        let mut after = None;
-        let mut before = None;
-        for c in &f.clauses {
-            let is_start = c.field.eq_ignore_ascii_case("startDate");
-            if !is_start && !c.field.eq_ignore_ascii_case("endDate") {
-                continue;
-            }
-            let t = parse_time(&c.value).ok_or_else(|| {
-                bad_input(
-                    "$filter",
-                    format!(
-                        "'{}' is not a valid {}: use 'yyyy-MM-dd hh:mm:ss AM' or ISO-8601.",
-                        c.value, c.field
-                    ),
-                )
-            })?;
-            match (is_start, c.op) {
-                (true, Op::Eq | Op::Ge | Op::Gt) | (false, Op::Ge | Op::Gt) => after = Some(t),
-                (false, Op::Eq | Op::Le | Op::Lt) | (true, Op::Le | Op::Lt) => before = Some(t),
-                (_, Op::Ne) => return Err(bad_input("$filter", format!("'{}' cannot be used with 'ne'.", c.field))),
-            }
-        }
-        if let (Some(a), Some(b)) = (after, before) {
-            if a > b {
-                return Err(bad_input(
-                    "$filter",
-                    "The filter's startDate is later than its endDate.",
-                ));
-            }
-        }
+        let window = Window::parse(&f, "startDate", "endDate")?;
         let rps = self.store.read(|db| db.recovery_points(&row.id))?;
         Ok(rps
             .into_iter()
-            .filter(|r| after.is_none_or(|a| r.time >= a) && before.is_none_or(|b| r.time <= b))
+            .filter(|r| window.contains(r.time))
             .map(|r| r.body)
             .collect())
     }
@@ -886,36 +870,16 @@ impl Control {
     ) -> Result<String> {
         self.data()?;
         let (v, row, rp_row) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
-        let c = ContainerName::parse(container)?;
-        let i = ItemName::parse(item)?;
-        debug_assert!(item_id(&v.id, &c, &i).eq_ignore_ascii_case(&row.id));
         let p = row.body["properties"].clone();
         let bmt = p["backupManagementType"].as_str().unwrap_or("AzureIaasVM").to_string();
         let friendly = p["friendlyName"].as_str().unwrap_or_default().to_string();
-        let m = body::object(req)?;
-        let props = body::opt_obj(m, "properties", "")?.ok_or_else(|| {
-            bad_input(
-                "properties",
-                "The restore request needs 'properties' with an 'objectType'.",
-            )
-        })?;
-        let kind = body::opt_str(props, "objectType", "properties.")?.ok_or_else(|| {
-            bad_input(
-                "properties.objectType",
-                "The restore request needs 'properties.objectType'.",
-            )
-        })?;
+        let (props, kind) = typed_request(req, "restore")?;
         let want = if bmt == "AzureStorage" {
             "AzureFileShareRestoreRequest"
         } else {
             "IaasVMRestoreRequest"
         };
-        if !kind.eq_ignore_ascii_case(want) {
-            return Err(bad_input(
-                "properties.objectType",
-                format!("'{kind}' does not apply to item '{item}' ({bmt}); use '{want}'."),
-            ));
-        }
+        check_kind(kind, want, item, &bmt)?;
         let recovery_type = body::opt_enum(
             props,
             "recoveryType",
@@ -937,7 +901,7 @@ impl Control {
         let rp_time = time::us_datetime(rp_row.time);
         let mut bag = Map::new();
         let target = if bmt == "AzureStorage" {
-            let (target, bag_entries) = self.share_restore_target(sub, &p, &friendly, recovery_type, props)?;
+            let (target, bag_entries) = self.share_restore_target(&p, &friendly, recovery_type, props)?;
             bag.insert("Source File Share Name".into(), json!(friendly));
             bag.insert(
                 "Source Storage Account Name".into(),
@@ -947,7 +911,7 @@ impl Control {
             bag.insert("Recovery point time ".into(), json!(rp_time));
             target
         } else {
-            let target = self.vm_restore_target(sub, &friendly, recovery_type, props, &mut bag)?;
+            let target = self.vm_restore_target(&friendly, recovery_type, props, &mut bag)?;
             bag.insert("Recovery point time ".into(), json!(rp_time));
             target
         };
@@ -974,7 +938,7 @@ impl Control {
     }
 
     /// A storage account named by id in a restore request, and its directory.
-    fn restore_account(&self, sub: &str, id: &str, target: &str) -> Result<(ResourceRow, PathBuf)> {
+    fn restore_account(&self, id: &str, target: &str) -> Result<(ResourceRow, PathBuf)> {
         let rid = rsvault_core::ids::ResourceId::parse(id)
             .map_err(|_| bad_input(target, format!("'{id}' is not a storage account id.")))?;
         let ok_type = rid
@@ -983,7 +947,6 @@ impl Control {
         let (Some(rg), true) = (rid.resource_group.as_deref(), ok_type) else {
             return Err(bad_input(target, format!("'{id}' is not a storage account id.")));
         };
-        let _ = sub;
         let acct = self
             .storage_account_row(&rid.subscription, rg, rid.name().unwrap_or_default())
             .map_err(|_| {
@@ -999,7 +962,6 @@ impl Control {
 
     fn vm_restore_target(
         &self,
-        sub: &str,
         vm_name: &str,
         recovery_type: &str,
         props: &Map<String, Value>,
@@ -1011,7 +973,7 @@ impl Control {
                 let acct_id = body::opt_str(props, "storageAccountId", "properties.")?.ok_or_else(|| {
                     bad_input("properties.storageAccountId", "A disk restore needs 'storageAccountId': the storage account the disks are written to.")
                 })?;
-                let (acct, dir) = self.restore_account(sub, acct_id, "properties.storageAccountId")?;
+                let (acct, dir) = self.restore_account(acct_id, "properties.storageAccountId")?;
                 bag.insert("Target Storage Account Name".into(), json!(acct.name));
                 if recovery_type == "RestoreDisks" {
                     bag.insert("Job Type".into(), json!("Recover disks"));
@@ -1066,7 +1028,6 @@ impl Control {
 
     fn share_restore_target(
         &self,
-        sub: &str,
         item_props: &Value,
         share: &str,
         recovery_type: &str,
@@ -1182,7 +1143,7 @@ impl Control {
                 let acct_id = td.get("targetResourceId").and_then(Value::as_str).ok_or_else(|| {
                     bad_input("properties.targetDetails.targetResourceId", "targetDetails needs 'targetResourceId': the target storage account id.")
                 })?;
-                let (acct, dir) = self.restore_account(sub, acct_id, "properties.targetDetails.targetResourceId")?;
+                let (acct, dir) = self.restore_account(acct_id, "properties.targetDetails.targetResourceId")?;
                 self.share_row(&acct.subscription, acct.resource_group.as_deref().unwrap_or_default(), &acct.name, name)
                     .map_err(|_| invalid("UserErrorFileShareNotFound", "properties.targetDetails.name", format!("The file share '{name}' was not found in storage account '{}'.", acct.name)))?;
                 bag.insert("Job Type".into(), json!("Recovering to an alternate file share"));

@@ -38,7 +38,7 @@ fn oauth_error(ctx: &Ctx, status: u16, error: &str, description: &str) -> Reply 
             "error": error,
             "error_description": description,
             "error_codes": [description.strip_prefix("AADSTS").and_then(|d| d.split(':').next()).and_then(|c| c.parse::<u64>().ok()).unwrap_or(0)],
-            "timestamp": rsvault_core::time::timestamp(ctx.state.control.now()),
+            "timestamp": rsvault_core::time::timestamp(ctx.state.control.wall_now()),
             "trace_id": uuid::Uuid::new_v4().to_string(),
             "correlation_id": uuid::Uuid::new_v4().to_string(),
         }),
@@ -71,7 +71,7 @@ pub fn handle(ctx: &Ctx) -> Reply {
     match l[1].as_str() {
         "v2.0" | ".well-known" => openid_configuration(ctx, tenant),
         "discovery" => match control.issuer() {
-            Ok(i) => Reply::ok(i.jwks(control.now())),
+            Ok(i) => Reply::ok(i.jwks(control.wall_now())),
             Err(e) => crate::reply::error_reply(&e, &ctx.request_id),
         },
         _ => token(ctx, tenant),

@@ -160,7 +160,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
         }
     };
 
-    let now = state.control.now();
+    let now = state.control.wall_now();
     let mut common = vec![
         ("x-ms-request-id".to_string(), request_id.clone()),
         ("x-ms-correlation-request-id".to_string(), correlation.clone()),
@@ -364,6 +364,11 @@ fn arm_request(ctx: &Ctx) -> ArmResult {
         routes::find(&ctx.method, &ctx.segs, version.as_deref().unwrap_or_default()).map_err(|e| (e, None))?;
     let op = route.op;
     let fail = |e: Error| (e, Some(op));
+    if let Access::Owner(action) = route.access {
+        control.authorize_owner(&caller, action).map_err(fail)?;
+        let reply = arm::dispatch(ctx, &caller, op, &params).map_err(fail)?;
+        return Ok((reply, op));
+    }
     let version = version.ok_or(Error::MissingApiVersion).map_err(fail)?;
     let published = published(route);
     ApiVersion::parse(&version, published).map_err(fail)?;

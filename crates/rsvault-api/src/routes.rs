@@ -17,12 +17,16 @@ pub enum Access {
     Authenticated,
     /// A role granting this action at the request's scope.
     Action(&'static str),
+    /// rsvault's own server-wide admin endpoints: the Owner role at the root or a subscription. These
+    /// routes take no `api-version`.
+    Owner(&'static str),
 }
 
 /// The typed endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
     ListTenants,
+    AdvanceClock,
     ListSubscriptions,
     GetSubscription,
     ProviderOperations,
@@ -182,6 +186,7 @@ macro_rules! location {
 /// Every ARM route rsvault serves.
 pub const ROUTES: &[Route] = &[
     r("GET", "/tenants", Authenticated, Op::ListTenants),
+    r("POST", "/rsvault/admin/clock/advance", Owner("rsvault/admin/clock/advance/action"), Op::AdvanceClock),
     r("GET", "/subscriptions", Authenticated, Op::ListSubscriptions),
     r("GET", "/subscriptions/{subscriptionId}", Action("Microsoft.Resources/subscriptions/read"), Op::GetSubscription),
     r("GET", "/providers/Microsoft.RecoveryServices/operations", Authenticated, Op::ProviderOperations),

@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rsvault_control::datadir::{Bootstrap, DataDir};
 use rsvault_control::dataplane::{DataPlane, JobLimits};
 use rsvault_control::runner::JobRunner;
+use rsvault_control::scheduler::Scheduler;
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::SharedClock;
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub struct Config {
     pub tls_hosts: Vec<String>,
     /// How many backups and restores run at once.
     pub jobs: JobLimits,
+    /// How often the scheduler runs a policy pass (scheduled backups, retention, purge, GC).
+    pub policy_interval: Duration,
 }
 
 impl Config {
@@ -56,6 +59,7 @@ impl Config {
             token_lifetime_secs: 3600,
             tls_hosts: vec![],
             jobs: JobLimits::default(),
+            policy_interval: Duration::from_secs(30),
         }
     }
 }
@@ -79,6 +83,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     runner: Option<JobRunner>,
+    scheduler: Option<Scheduler>,
 }
 
 impl Running {
@@ -97,6 +102,9 @@ impl Running {
     }
 
     async fn stop_jobs(&mut self) {
+        if let Some(s) = self.scheduler.take() {
+            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
+        }
         if let Some(r) = self.runner.take() {
             let _ = tokio::task::spawn_blocking(move || r.stop()).await;
         }
@@ -186,12 +194,14 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         )?
         .with_data_plane(DataPlane::open(&config.data_dir, config.jobs)?),
     );
+    control.resume_test_clock()?;
     let runner = {
         let c = control.clone();
         tokio::task::spawn_blocking(move || JobRunner::start(c))
             .await
             .map_err(|e| rsvault_core::Error::internal(format!("job engine start: {e}")))??
     };
+    let scheduler = Scheduler::start(control.clone(), config.policy_interval)?;
     let bootstrap = dir.publish_urls(&base)?;
     let recorder = match &config.traffic_dir {
         Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),
@@ -214,6 +224,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         shutdown: tx,
         task,
         runner: Some(runner),
+        scheduler: Some(scheduler),
     })
 }
 

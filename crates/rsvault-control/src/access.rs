@@ -116,6 +116,25 @@ impl Control {
         })
     }
 
+    /// Allows a server-wide administrative `action` (rsvault's own admin endpoints) only to a caller
+    /// holding the Owner role at the root or a whole subscription; otherwise `AuthorizationFailed`.
+    pub fn authorize_owner(&self, caller: &Caller, action: &str) -> Result<()> {
+        let owner = rbac::find_role("Owner").map(|r| r.name.as_str());
+        let ok = self.grants(&caller.object_id)?.iter().any(|g| {
+            let depth = g.scope.split('/').filter(|s| !s.is_empty()).count();
+            depth <= 2 && rbac::find_role(&g.role_definition_id).map(|r| r.name.as_str()) == owner
+        });
+        if ok {
+            return Ok(());
+        }
+        Err(Error::AuthorizationFailed {
+            client: caller.client_id.clone(),
+            object_id: caller.object_id.clone(),
+            action: action.to_string(),
+            scope: "/".to_string(),
+        })
+    }
+
     /// True when the caller holds any assignment at, above or below `scope`.
     pub fn can_see(&self, caller: &Caller, scope: &str) -> Result<bool> {
         Ok(rbac::can_see(&self.grants(&caller.object_id)?, scope))

@@ -43,6 +43,7 @@ pub struct DataPlane {
     vaults_dir: PathBuf,
     pub(crate) limits: JobLimits,
     pub(crate) queue: Queue,
+    pub(crate) maintenance: crate::scheduler::Maintenance,
 }
 
 impl DataPlane {
@@ -63,6 +64,7 @@ impl DataPlane {
                 per_vault: limits.per_vault.max(1),
             },
             queue: Queue::default(),
+            maintenance: Default::default(),
         })
     }
 }

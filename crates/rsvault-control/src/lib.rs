@@ -11,7 +11,8 @@
 //! [`inventory`] (VMs, storage accounts and file shares), [`backup`] (policies, containers, protected
 //! items, jobs, operations, recovery points, backup, restore, backup status and vault backup
 //! configuration), [`dataplane`] (vault repositories and their sealed passwords), [`runner`] (the job
-//! engine that runs backups and restores).
+//! engine that runs backups and restores), [`scheduler`] (scheduled backups, retention, the soft-delete
+//! purge, garbage collection and the test clock's advance).
 
 pub mod access;
 pub mod backup;
@@ -22,6 +23,7 @@ pub mod disk;
 pub mod inventory;
 pub mod resources;
 pub mod runner;
+pub mod scheduler;
 pub mod tokens;
 pub mod vaults;
 
@@ -90,8 +92,21 @@ impl Control {
         &self.store
     }
 
+    /// The control plane's time: schedules, retention, soft delete, job and resource timestamps. Under
+    /// `--test-clock` it is virtual and moves only when told.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.clock.now()
+    }
+
+    /// The machine's real time, for what must not follow a virtual clock: token lifetimes (clients
+    /// judge expiry by their own clock) and the HTTP `Date` header.
+    pub fn wall_now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
+
+    /// The virtual clock, when the server runs with `--test-clock`.
+    pub fn test_clock(&self) -> Option<&rsvault_core::time::TestClock> {
+        self.clock.as_test_clock()
     }
 
     pub fn tenant_id(&self) -> &str {

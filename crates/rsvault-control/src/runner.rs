@@ -173,6 +173,13 @@ pub(crate) enum CancelOutcome {
 }
 
 impl Control {
+    /// True once the job engine is stopping (a graceful shutdown).
+    pub(crate) fn jobs_stopping(&self) -> bool {
+        self.data()
+            .map(|dp| dp.queue.state.lock().unwrap_or_else(|p| p.into_inner()).stopping)
+            .unwrap_or(true)
+    }
+
     /// Wakes the workers (a job was queued).
     pub(crate) fn wake_jobs(&self) {
         if let Ok(dp) = self.data() {

@@ -154,14 +154,14 @@ impl Control {
                 &principal.object_id,
                 &principal.client_id,
                 &audience,
-                self.now(),
+                self.wall_now(),
             )
             .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))
     }
 
     /// Verifies a bearer token and names its caller.
     pub fn authenticate(&self, token: &str) -> Result<crate::Caller> {
-        let claims = self.issuer()?.verify(token, self.now())?;
+        let claims = self.issuer()?.verify(token, self.wall_now())?;
         if !claims.tid.eq_ignore_ascii_case(&self.tenant_id) {
             return Err(Error::InvalidAuthenticationToken(format!(
                 "The access token is from the wrong tenant '{}'.",

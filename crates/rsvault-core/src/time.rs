@@ -11,6 +11,11 @@ use std::sync::Arc;
 /// The source of the current time.
 pub trait Clock: Send + Sync + std::fmt::Debug {
     fn now(&self) -> DateTime<Utc>;
+
+    /// The clock as a [`TestClock`], when it is one (`rsvault serve --test-clock`).
+    fn as_test_clock(&self) -> Option<&TestClock> {
+        None
+    }
 }
 
 /// The machine's wall clock.
@@ -20,6 +25,42 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> DateTime<Utc> {
         Utc::now()
+    }
+}
+
+/// A virtual clock that moves only when told (`rsvault serve --test-clock`): schedules, retention,
+/// soft delete and job timestamps read it, so a test can watch a month pass in seconds. It never
+/// moves backwards.
+#[derive(Debug)]
+pub struct TestClock {
+    now: std::sync::Mutex<DateTime<Utc>>,
+}
+
+impl TestClock {
+    /// A clock standing at `start`.
+    pub fn new(start: DateTime<Utc>) -> TestClock {
+        TestClock {
+            now: std::sync::Mutex::new(start),
+        }
+    }
+
+    /// Moves the clock to `t`; a `t` before the current time leaves it where it is. Returns the time.
+    pub fn move_to(&self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        if t > *now {
+            *now = t;
+        }
+        *now
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn as_test_clock(&self) -> Option<&TestClock> {
+        Some(self)
     }
 }
 
@@ -175,6 +216,21 @@ mod tests {
         assert_eq!(timestamp(t), "2019-10-04T05:39:37.6414Z");
         let t = Utc.with_ymd_and_hms(2019, 10, 4, 5, 39, 37).unwrap();
         assert_eq!(timestamp(t), "2019-10-04T05:39:37Z");
+    }
+
+    #[test]
+    fn test_clock_moves_only_forward_and_only_when_told() {
+        let start = DateTime::parse_from_rfc3339("2026-03-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let c = TestClock::new(start);
+        assert_eq!(c.now(), start);
+        assert_eq!(c.now(), start);
+        let later = start + Duration::days(30);
+        assert_eq!(c.move_to(later), later);
+        assert_eq!(c.move_to(start), later, "never backwards");
+        assert!(c.as_test_clock().is_some());
+        assert!(SystemClock.as_test_clock().is_none());
     }
 
     #[test]

@@ -683,15 +683,34 @@ impl Engine for ResticEngine {
             }
         }
         repo.delete_snapshots(&expired)?;
-        // The exclusive lock keeps rsvault's writers out, so unreferenced packs can go at once.
-        let opts = PruneOptions::default().instant_delete(true);
-        let plan = repo.prune_plan(&opts)?;
-        let st = &plan.stats;
-        report.packs_removed = st.packs.unused + st.packs_to_delete.remove + st.packs_unref;
-        let sizes = st.size_sum();
-        report.bytes_removed = sizes.remove + sizes.repackrm + st.size_to_delete.remove + st.size_unref;
-        repo.prune(&opts, plan)?;
-        LocalBackend::new(&spec.path).clean_tmp()?;
+        remove_unreferenced(&repo, spec, &mut report)?;
+        Ok(report)
+    }
+
+    fn collect_garbage(
+        &self,
+        spec: &RepoSpec,
+        keep: &dyn Fn(&RecoveryPointInfo) -> bool,
+        reclaim: bool,
+    ) -> Result<PruneReport> {
+        let _lock = RepoLock::exclusive(&spec.path)?;
+        let repo = self.open(spec, None)?;
+        let mut report = PruneReport::default();
+        let mut gone = Vec::new();
+        for s in repo.get_all_snapshots()? {
+            if let Some(m) = meta_of(&s) {
+                if !keep(&info_of(&s, m.clone())) {
+                    gone.push(s.id);
+                    if !report.expired.contains(&m.recovery_point) {
+                        report.expired.push(m.recovery_point);
+                    }
+                }
+            }
+        }
+        repo.delete_snapshots(&gone)?;
+        if reclaim {
+            remove_unreferenced(&repo, spec, &mut report)?;
+        }
         Ok(report)
     }
 
@@ -736,3 +755,18 @@ impl Engine for ResticEngine {
 }
 
 use std::os::unix::fs::DirBuilderExt;
+
+/// Removes the data no snapshot references (the second half of a prune), under the caller's
+/// exclusive lock.
+fn remove_unreferenced(repo: &Repo, spec: &RepoSpec, report: &mut PruneReport) -> Result<()> {
+    // The exclusive lock keeps rsvault's writers out, so unreferenced packs can go at once.
+    let opts = PruneOptions::default().instant_delete(true);
+    let plan = repo.prune_plan(&opts)?;
+    let st = &plan.stats;
+    report.packs_removed = st.packs.unused + st.packs_to_delete.remove + st.packs_unref;
+    let sizes = st.size_sum();
+    report.bytes_removed = sizes.remove + sizes.repackrm + st.size_to_delete.remove + st.size_unref;
+    repo.prune(&opts, plan)?;
+    LocalBackend::new(&spec.path).clean_tmp()?;
+    Ok(())
+}

@@ -82,6 +82,17 @@ pub trait Engine: Send + Sync {
     /// data (including orphans of cancelled or crashed backups).
     fn prune(&self, repo: &RepoSpec, now: chrono::DateTime<chrono::Utc>) -> Result<PruneReport>;
 
+    /// Keeps only the recovery points `keep` accepts (deleting the others' snapshots), then, when
+    /// `reclaim`, removes unreferenced data. The control plane's garbage collection: its metadata
+    /// store, not the expiry written in each snapshot, decides what lives. `expired` in the report
+    /// lists the recovery points deleted.
+    fn collect_garbage(
+        &self,
+        repo: &RepoSpec,
+        keep: &dyn Fn(&RecoveryPointInfo) -> bool,
+        reclaim: bool,
+    ) -> Result<PruneReport>;
+
     /// Restores VM disks as images, verified against the snapshot's content hashes.
     fn restore_disks(
         &self,

@@ -331,6 +331,17 @@ impl Db<'_> {
     }
 
     /// Every resource of one type below an id (any depth), in key order.
+    /// Every resource of a type, in every subscription (the scheduler's walk over protected items).
+    pub fn everywhere_of_type(&self, type_key: &str) -> R<Vec<ResourceRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RESOURCE_COLS} FROM resources WHERE type_key = ?1 ORDER BY id_key"
+        ))?;
+        let rows = st
+            .query_map([type_key.to_ascii_lowercase()], resource_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     pub fn all_below(&self, id: &str, type_key: &str) -> R<Vec<ResourceRow>> {
         let mut st = self.0.prepare(&format!(
             "SELECT {RESOURCE_COLS} FROM resources WHERE substr(id_key, 1, length(?1)) = ?1 AND type_key = ?2 ORDER BY id_key"
@@ -394,6 +405,10 @@ impl Db<'_> {
         self.0.execute(
             "DELETE FROM recovery_points WHERE substr(id_key, 1, length(?1)) = ?1",
             [format!("{k}/")],
+        )?;
+        self.0.execute(
+            "DELETE FROM schedule_slots WHERE item_key = ?1 OR substr(item_key, 1, length(?2)) = ?2",
+            [k.clone(), format!("{k}/")],
         )?;
         Ok(self.0.execute("DELETE FROM resources WHERE id_key = ?1", [k])? > 0)
     }
@@ -694,11 +709,48 @@ impl Db<'_> {
         Ok(rows)
     }
 
+    /// Recovery points whose expiry is in (`after`, `until`], soonest first.
+    pub fn recovery_points_expiring(&self, after: DateTime<Utc>, until: DateTime<Utc>) -> R<Vec<RecoveryPointRow>> {
+        let mut st = self.0.prepare(&format!(
+            "SELECT {RP_COLS} FROM recovery_points WHERE expiry > ?1 AND expiry <= ?2 ORDER BY expiry, id_key"
+        ))?;
+        let rows = st
+            .query_map([ts(&after), ts(&until)], rp_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     pub fn delete_recovery_point(&self, id: &str) -> R<bool> {
         Ok(self
             .0
             .execute("DELETE FROM recovery_points WHERE id_key = ?1", [key(id)])?
             > 0)
+    }
+
+    // ---- schedule claims -------------------------------------------------------------------
+    /// The last schedule slot an item was backed up for.
+    pub fn schedule_slot(&self, item: &str) -> R<Option<DateTime<Utc>>> {
+        self.0
+            .query_row(
+                "SELECT last_slot FROM schedule_slots WHERE item_key = ?1",
+                [key(item)],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .map(parse_ts)
+            .transpose()
+            .map_err(Into::into)
+    }
+
+    /// Claims `slot` for an item: true when it is later than the item's last claimed slot (and is now
+    /// recorded), false when that slot or a later one was already claimed.
+    pub fn claim_slot(&self, item: &str, slot: DateTime<Utc>) -> R<bool> {
+        let n = self.0.execute(
+            "INSERT INTO schedule_slots (item_key, last_slot) VALUES (?1, ?2)
+             ON CONFLICT (item_key) DO UPDATE SET last_slot = excluded.last_slot WHERE last_slot < excluded.last_slot",
+            [key(item), ts(&slot)],
+        )?;
+        Ok(n > 0)
     }
 
     // ---- vault secrets --------------------------------------------------------------------

@@ -65,6 +65,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE vault_secrets (
         vault_key TEXT PRIMARY KEY, sealed TEXT NOT NULL, repo TEXT NOT NULL, created TEXT NOT NULL);
     "#,
+    // 5: the scheduler's claims (the last schedule slot each protected item was backed up for, so a slot
+    // runs once across restarts and nodes), and recovery points by expiry for retention.
+    r#"
+    CREATE TABLE schedule_slots (item_key TEXT PRIMARY KEY, last_slot TEXT NOT NULL);
+    CREATE INDEX recovery_points_by_expiry ON recovery_points (expiry);
+    "#,
 ];
 
 /// Applies every migration newer than the store's `user_version`, each in its own transaction.

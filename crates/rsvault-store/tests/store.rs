@@ -135,3 +135,31 @@ fn deleting_a_group_deletes_its_resources_only() {
     assert_eq!(left.items.len(), 1);
     assert_eq!(left.items[0].resource_group.as_deref(), Some("rg2"));
 }
+
+#[test]
+fn a_schedule_slot_is_claimed_once_and_only_forwards() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("m.db")).unwrap();
+    let item = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v/backupFabrics/Azure/protectionContainers/c/protectedItems/i";
+    let t0: chrono::DateTime<Utc> = "2026-03-01T02:00:00Z".parse().unwrap();
+    let t1 = t0 + chrono::Duration::days(1);
+    assert_eq!(s.read(|db| db.schedule_slot(item)).unwrap(), None);
+    assert!(s.write(|db| db.claim_slot(item, t0)).unwrap(), "first claim");
+    assert!(!s.write(|db| db.claim_slot(item, t0)).unwrap(), "the same slot twice");
+    assert!(
+        !s.write(|db| db.claim_slot(&item.to_uppercase(), t0)).unwrap(),
+        "ids are case-insensitive"
+    );
+    assert!(s.write(|db| db.claim_slot(item, t1)).unwrap(), "a later slot");
+    assert!(
+        !s.write(|db| db.claim_slot(item, t0)).unwrap(),
+        "an earlier slot after a later one"
+    );
+    assert_eq!(s.read(|db| db.schedule_slot(item)).unwrap(), Some(t1));
+    // Deleting the vault drops its items' claims.
+    s.write(|db| {
+        db.delete_resource("/subscriptions/s/resourceGroups/rg/providers/Microsoft.RecoveryServices/vaults/v")
+    })
+    .unwrap();
+    assert_eq!(s.read(|db| db.schedule_slot(item)).unwrap(), None);
+}

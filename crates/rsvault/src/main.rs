@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rsvault_control::datadir::DataDir;
 use rsvault_control::{Control, Settings};
-use rsvault_core::time::{SharedClock, SystemClock};
+use rsvault_core::time::{Clock, SharedClock, SystemClock, TestClock};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -138,6 +138,14 @@ struct ServeArgs {
     /// Backups and restores that run at once in one vault.
     #[arg(long, default_value_t = 1)]
     vault_jobs: usize,
+    /// Run on a virtual clock that moves only when told (POST /rsvault/admin/clock/advance), for
+    /// testing automation: schedules, retention, soft delete and job times follow it. It starts at the
+    /// time a previous --test-clock run left, or now.
+    #[arg(long)]
+    test_clock: bool,
+    /// Seconds between policy passes (scheduled backups, retention, soft-delete purge, vault GC).
+    #[arg(long, default_value_t = 30)]
+    policy_interval: u64,
 }
 
 #[derive(Subcommand)]
@@ -229,7 +237,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let running = rsvault_api::start(config, clock()).await.context("starting rsvault")?;
+    config.policy_interval = std::time::Duration::from_secs(args.policy_interval.max(1));
+    let clock: SharedClock = if args.test_clock {
+        tracing::warn!("test clock on: time moves only through POST /rsvault/admin/clock/advance");
+        Arc::new(TestClock::new(SystemClock.now()))
+    } else {
+        clock()
+    };
+    let running = rsvault_api::start(config, clock).await.context("starting rsvault")?;
     // The ready line (scripts wait for it). A reader that went away must not stop the server, so
     // errors writing to stdout are ignored.
     {

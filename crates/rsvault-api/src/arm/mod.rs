@@ -14,6 +14,18 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
     let c = &ctx.state.control;
     Ok(match op {
         Op::ListTenants => Reply::ok(json!({ "value": c.list_tenants() })),
+        Op::AdvanceClock => {
+            let body = ctx.json()?;
+            let seconds = body
+                .get("seconds")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| Error::Invalid {
+                    code: "InvalidRequestContent",
+                    message: "The request body must be {\"seconds\": N} with N a whole number of seconds.".into(),
+                    target: Some("seconds".into()),
+                })?;
+            Reply::ok(c.advance_clock(seconds)?)
+        }
         Op::ListSubscriptions => {
             let subs = c.list_subscriptions(caller)?;
             Reply::ok(json!({ "count": {"type": "Total", "value": subs.len()}, "value": subs }))

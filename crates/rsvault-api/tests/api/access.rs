@@ -172,6 +172,7 @@ async fn authorization_matrix_covers_every_route() {
                     continue;
                 }
                 (Access::Authenticated, _) => true,
+                (Access::Owner(_), Some(role)) => *role == "Owner",
                 (Access::Action(_), Some("")) => false,
                 (Access::Action(a), Some(role)) => rbac::find_role(role).unwrap().allows(a),
             };

@@ -26,8 +26,12 @@ pub fn clock() -> SharedClock {
 }
 
 pub async fn start_with(config: Config, tmp: Option<tempfile::TempDir>) -> Server {
+    start_with_clock(config, tmp, clock()).await
+}
+
+pub async fn start_with_clock(config: Config, tmp: Option<tempfile::TempDir>, clock: SharedClock) -> Server {
     let dir = config.data_dir.clone();
-    let running = rsvault_api::start(config, clock()).await.expect("server starts");
+    let running = rsvault_api::start(config, clock).await.expect("server starts");
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     let http = Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())

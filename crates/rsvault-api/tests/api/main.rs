@@ -11,3 +11,4 @@ mod conventions;
 mod identity;
 mod recovery;
 mod resources;
+mod schedule;

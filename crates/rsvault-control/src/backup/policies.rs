@@ -45,6 +45,16 @@ fn bad(target: &str, message: impl Into<String>) -> Error {
 }
 
 /// Azure's policy name rule: 3-150 letters, digits, `-` or `_`, starting with a letter.
+/// The schedule and retention rules of `rsvault-schedule` (time zones, slots, which tiers can keep
+/// which points): what the scheduler will act on must be readable by it.
+fn schedule_rules(stored: &Map<String, Value>) -> Result<()> {
+    rsvault_schedule::validate::check_policy(&Value::Object(stored.clone())).map_err(|e| Error::Invalid {
+        code: rsvault_schedule::INVALID_POLICY_INPUT,
+        message: e.to_string(),
+        target: Some(e.target().to_string()),
+    })
+}
+
 fn check_name(name: &str) -> Result<()> {
     let ok = (3..=150).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
@@ -798,6 +808,7 @@ impl Control {
         let props =
             body::opt_obj(m, "properties", "")?.ok_or_else(|| bad("properties", "'properties' is required."))?;
         let stored = check_properties(props)?;
+        schedule_rules(&stored)?;
         let existing = self.store.read(|db| db.resource(&policy_id(&v.id, name)))?;
         if let Some(e) = &existing {
             let old = e
@@ -909,7 +920,9 @@ mod tests {
     use super::*;
 
     fn props(v: Value) -> Result<Map<String, Value>> {
-        check_properties(v.as_object().unwrap())
+        let m = check_properties(v.as_object().unwrap())?;
+        schedule_rules(&m)?;
+        Ok(m)
     }
 
     fn vm(schedule: Value, retention: Value) -> Value {

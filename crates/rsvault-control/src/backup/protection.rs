@@ -901,6 +901,8 @@ impl Control {
         }
         let empty_container = matches!(c, ContainerName::Vm { .. }).then(|| container_id(&v.id, &c));
         let op = self.commit_item_change(&v, None, None, job, Some((existing.id.clone(), empty_container)))?;
+        // Its recovery points' rows are gone; the scheduler's next pass deletes their data.
+        self.mark_vault(&v.id);
         Ok(Some(op))
     }
 

@@ -276,18 +276,22 @@ impl Control {
                 ),
             ));
         }
-        self.enqueue_backup(&v, &row, expiry, true, now)
+        self.enqueue_backup(&v, &row, expiry, None, now)
     }
 
-    /// Queues a backup of an item (ad hoc or scheduled). Returns the operation id.
+    /// Queues a backup of an item: ad hoc (`slot` is `None`), or scheduled for a schedule slot, which
+    /// is claimed in the transaction that queues the job (a slot already claimed, by an earlier run
+    /// or another node, queues nothing and answers `Conflict` with code `ScheduleSlotTaken`). Returns
+    /// the operation id.
     pub(crate) fn enqueue_backup(
         &self,
         v: &ResourceRow,
         row: &ResourceRow,
         expiry: DateTime<Utc>,
-        user_triggered: bool,
+        slot: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<String> {
+        let user_triggered = slot.is_none();
         self.data()?;
         let p = &row.body["properties"];
         let bmt = p["backupManagementType"].as_str().unwrap_or("AzureIaasVM").to_string();
@@ -366,7 +370,7 @@ impl Control {
             user_triggered,
             now,
         );
-        self.commit_queued(v, job, &row.id)
+        self.commit_queued(v, job, &row.id, slot)
     }
 
     /// A queued job of the job engine.
@@ -420,12 +424,24 @@ impl Control {
         }
     }
 
-    fn commit_queued(&self, v: &ResourceRow, job: JobRow, target: &str) -> Result<String> {
+    fn commit_queued(&self, v: &ResourceRow, job: JobRow, target: &str, slot: Option<DateTime<Utc>>) -> Result<String> {
         let props = json!({"objectType": "OperationStatusJobExtendedInfo", "jobId": job.name});
         let op: OperationRow = self.finished_operation(v, &job.operation, Some(target), Some(props));
         self.store.write(|db| {
+            if let Some(slot) = slot {
+                if !db.claim_slot(target, slot)? {
+                    return Err(Error::Conflict {
+                        code: "ScheduleSlotTaken",
+                        message: format!(
+                            "The schedule slot {} of '{target}' was already backed up.",
+                            time::timestamp(slot)
+                        ),
+                    });
+                }
+            }
             db.put_job(&job)?;
-            db.put_operation(&op)
+            db.put_operation(&op)?;
+            Ok::<_, Error>(())
         })?;
         self.wake_jobs();
         Ok(op.id)
@@ -633,7 +649,6 @@ impl Control {
             commit: Box::new(move |db| {
                 db.put_recovery_point(&rp)?;
                 if let Some(mut item) = db.resource(&item_id)? {
-                    let rps = db.recovery_points(&item_id)?;
                     let p = &mut item.body["properties"];
                     p["lastBackupStatus"] = json!(status);
                     p["lastBackupTime"] = json!(time::timestamp(rp.time));
@@ -641,10 +656,7 @@ impl Control {
                     if p["protectionState"].as_str() == Some("IRPending") {
                         p["protectionState"] = json!("Protected");
                     }
-                    p["extendedInfo"]["recoveryPointCount"] = json!(rps.len());
-                    if let Some(oldest) = rps.last() {
-                        p["extendedInfo"]["oldestRecoveryPoint"] = json!(time::timestamp(oldest.time));
-                    }
+                    count_points(db, &mut item)?;
                     db.put_resource(&item)?;
                 }
                 Ok(())
@@ -934,7 +946,7 @@ impl Control {
             true,
             now,
         );
-        self.commit_queued(&v, job, &row.id)
+        self.commit_queued(&v, job, &row.id, None)
     }
 
     /// A storage account named by id in a restore request, and its directory.
@@ -1174,6 +1186,25 @@ impl Control {
 
 /// The rendering of a job for the wire, per its type: VM jobs carry task times and durations;
 /// storage jobs' tasks are `{taskId, status}` as the spec has them.
+/// Writes an item's `recoveryPointCount` and `oldestRecoveryPoint` from its recovery point rows.
+pub(crate) fn count_points(
+    db: &rsvault_store::Db,
+    item: &mut ResourceRow,
+) -> std::result::Result<(), rsvault_store::StoreError> {
+    let rps = db.recovery_points(&item.id)?;
+    let x = &mut item.body["properties"]["extendedInfo"];
+    x["recoveryPointCount"] = json!(rps.len());
+    match rps.last() {
+        Some(oldest) => x["oldestRecoveryPoint"] = json!(time::timestamp(oldest.time)),
+        None => {
+            if let Some(o) = x.as_object_mut() {
+                o.remove("oldestRecoveryPoint");
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn render_tasks(props: &mut Value, now: DateTime<Utc>) {
     let storage = props["jobType"].as_str() != Some("AzureIaaSVMJob");
     if storage {

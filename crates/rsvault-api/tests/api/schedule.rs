@@ -1,0 +1,628 @@
+//! Issue 7 over HTTPS on a test clock: scheduled backups at the policy's local times (across a
+//! daylight-saving change), one job per slot across restarts, long-term retention over 400 days with
+//! prune and garbage collection, ad-hoc expiry, soft delete, undelete and the purge, and the admin
+//! clock endpoint's own answers.
+
+use crate::harness::*;
+use chrono::{DateTime, Datelike, Duration, Utc, Weekday};
+use rsvault_api::Config;
+use rsvault_core::time::TestClock;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const BK: &str = "api-version=2026-10-01";
+const VM_API: &str = "api-version=2024-07-01";
+const ST_API: &str = "api-version=2023-05-01";
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha(path: &Path) -> String {
+    format!("{:x}", Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+struct Env {
+    s: Server,
+    images: tempfile::TempDir,
+}
+
+/// A server on a test clock standing at `start`, with a group and a vault.
+async fn start_at(start: &str) -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = restart_at(tmp.path().join("data"), Some(tmp), start).await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    Env {
+        s,
+        images: tempfile::tempdir().unwrap(),
+    }
+}
+
+async fn restart_at(data: PathBuf, tmp: Option<tempfile::TempDir>, start: &str) -> Server {
+    let mut config = Config::new(data);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    // The scheduler's own thread runs once at start and then sleeps: the advances drive time.
+    config.policy_interval = std::time::Duration::from_secs(3600);
+    start_with_clock(config, tmp, Arc::new(TestClock::new(at(start)))).await
+}
+
+impl Env {
+    fn vault(&self) -> String {
+        self.s.vault_path("rg", "v1")
+    }
+    fn item(&self, vm: &str) -> String {
+        format!(
+            "{}/backupFabrics/Azure/protectionContainers/IaasVMContainer%3Biaasvmcontainerv2%3Brg%3B{vm}/protectedItems/VM%3Biaasvmcontainerv2%3Brg%3B{vm}",
+            self.vault()
+        )
+    }
+
+    async fn advance(&self, seconds: i64) -> Value {
+        let (st, b) = self
+            .s
+            .call(
+                "POST",
+                "/rsvault/admin/clock/advance",
+                Some(&json!({ "seconds": seconds })),
+            )
+            .await;
+        assert_eq!(st, 200, "{b}");
+        b
+    }
+
+    /// A VM over one image of `len` bytes, protected by `policy`.
+    async fn protect(&self, vm: &str, len: usize, policy: &str) -> PathBuf {
+        let img = self.images.path().join(format!("{vm}.img"));
+        std::fs::write(&img, noise(len, 1)).unwrap();
+        let body = json!({"location": "westus", "properties": {"storageProfile": {
+            "osDisk": {"osType": "Linux", "vhd": {"uri": format!("file://{}", img.display())}}}}});
+        let (st, b) = self
+            .s
+            .call(
+                "PUT",
+                &format!(
+                    "{}/providers/Microsoft.Compute/virtualMachines/{vm}?{VM_API}",
+                    self.s.rg_path("rg")
+                ),
+                Some(&body),
+            )
+            .await;
+        assert_eq!(st, 201, "{b}");
+        let pol = format!("{}/backupPolicies/{policy}", self.vault());
+        let (st, b) = self
+            .s
+            .call(
+                "PUT",
+                &format!("{}?{BK}", self.item(vm)),
+                Some(
+                    &json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": pol}}),
+                ),
+            )
+            .await;
+        assert_eq!(st, 202, "{b}");
+        img
+    }
+
+    async fn put_policy(&self, name: &str, props: Value) -> (u16, Value) {
+        self.s
+            .call(
+                "PUT",
+                &format!("{}/backupPolicies/{name}?{BK}", self.vault()),
+                Some(&json!({ "properties": props })),
+            )
+            .await
+    }
+
+    /// Every page of a list.
+    async fn list(&self, path: &str) -> Vec<Value> {
+        let mut out = vec![];
+        let (st, mut b) = self.s.call("GET", path, None).await;
+        assert_eq!(st, 200, "{b}");
+        loop {
+            out.extend(b["value"].as_array().unwrap().iter().cloned());
+            let Some(next) = b["nextLink"].as_str() else { break };
+            let next = next.strip_prefix(&self.s.base).unwrap().to_string();
+            let (st, nb) = self.s.call("GET", &next, None).await;
+            assert_eq!(st, 200, "{nb}");
+            b = nb;
+        }
+        out
+    }
+
+    async fn backup_jobs(&self) -> Vec<Value> {
+        let mut jobs = self
+            .list(&format!(
+                "{}/backupJobs?{BK}&$filter=operation eq 'Backup'",
+                self.vault()
+            ))
+            .await;
+        jobs.sort_by_key(|j| j["properties"]["startTime"].as_str().unwrap().to_string());
+        jobs
+    }
+
+    async fn points(&self, vm: &str) -> Vec<Value> {
+        self.list(&format!("{}/recoveryPoints?{BK}", self.item(vm))).await
+    }
+
+    async fn point_times(&self, vm: &str) -> BTreeSet<DateTime<Utc>> {
+        self.points(vm)
+            .await
+            .iter()
+            .map(|p| at(p["properties"]["recoveryPointTime"].as_str().unwrap()))
+            .collect()
+    }
+
+    /// The vault's repository directory (the server's own record of it).
+    fn repo(&self) -> PathBuf {
+        let c = self.s.offline();
+        let row = c.store().read(|db| db.vault_secret(&self.vault())).unwrap();
+        PathBuf::from(row.expect("the vault has a repository").repo)
+    }
+}
+
+fn files_in(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+}
+
+fn bytes_under(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() { bytes_under(&e.path()) } else { m.len() };
+    }
+    n
+}
+
+fn daily_policy(time_zone: &str, run: &str, retention: Value) -> Value {
+    json!({
+        "backupManagementType": "AzureIaasVM",
+        "instantRpRetentionRangeInDays": 2,
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": [run]},
+        "retentionPolicy": retention,
+        "timeZone": time_zone,
+    })
+}
+
+#[tokio::test]
+async fn scheduled_backups_run_at_local_times_across_dst_once_per_slot_even_across_restarts() {
+    // 2026-03-05 00:00Z is 16:00 on the 4th in Los Angeles; DST starts there on Sunday 8 March.
+    let e = start_at("2026-03-05T00:00:00Z").await;
+    let run = "2026-01-01T01:30:00Z";
+    let keep = json!({"retentionPolicyType": "LongTermRetentionPolicy",
+        "dailySchedule": {"retentionTimes": [run], "retentionDuration": {"count": 30, "durationType": "Days"}}});
+    let (st, b) = e
+        .put_policy("nightly", daily_policy("Pacific Standard Time", run, keep))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let img = e.protect("vm1", 1 << 20, "nightly").await;
+
+    let r = e.advance(6 * 86_400).await;
+    assert_eq!(r["time"], "2026-03-11T00:00:00Z", "{r}");
+    assert_eq!(r["scheduledBackups"], 6, "{r}");
+    let want: Vec<&str> = vec![
+        "2026-03-05T09:30:00Z", // 01:30 PST (UTC-8)
+        "2026-03-06T09:30:00Z",
+        "2026-03-07T09:30:00Z",
+        "2026-03-08T09:30:00Z", // 01:30 on the morning of the change, still PST
+        "2026-03-09T08:30:00Z", // 01:30 PDT (UTC-7)
+        "2026-03-10T08:30:00Z",
+    ];
+    let jobs = e.backup_jobs().await;
+    let starts: Vec<&str> = jobs
+        .iter()
+        .map(|j| j["properties"]["startTime"].as_str().unwrap())
+        .collect();
+    assert_eq!(starts, want);
+    for j in &jobs {
+        let p = &j["properties"];
+        assert_eq!(p["isUserTriggered"], false, "{j}");
+        assert_eq!(p["status"], "Completed", "{j}");
+        assert_eq!(p["entityFriendlyName"], "vm1");
+    }
+    let times: Vec<String> = e
+        .point_times("vm1")
+        .await
+        .iter()
+        .map(|t| rsvault_core::time::timestamp(*t))
+        .collect();
+    assert_eq!(times, want, "one recovery point per slot, at the slot's time");
+    let (_, item) = e.s.call("GET", &format!("{}?{BK}", e.item("vm1")), None).await;
+    assert_eq!(item["properties"]["protectionState"], "Protected");
+    assert_eq!(item["properties"]["lastBackupTime"], "2026-03-10T08:30:00Z");
+    assert_eq!(item["properties"]["extendedInfo"]["recoveryPointCount"], 6);
+
+    // A restart: the clock resumes where it was, and no slot runs twice.
+    let images = e.images;
+    let (data, tmp) = e.s.stop().await;
+    let s = restart_at(data.clone(), tmp, "2026-03-05T00:00:00Z").await;
+    let e = Env { s, images };
+    let r = e.advance(0).await;
+    assert_eq!(
+        (r["time"].as_str(), r["scheduledBackups"].as_u64()),
+        (Some("2026-03-11T00:00:00Z"), Some(0)),
+        "{r}"
+    );
+    assert_eq!(e.backup_jobs().await.len(), 6);
+
+    // A restart while a slot's backup runs (a graceful stop lets the request in flight, and so its
+    // job, finish): the slot is never run a second time.
+    std::fs::write(&img, noise(384 << 20, 2)).unwrap();
+    let mut fut = {
+        let http = e.s.http.clone();
+        let url = e.s.url("/rsvault/admin/clock/advance");
+        let token = e.s.token.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .bearer_auth(token)
+                .json(&json!({"seconds": 86_400}))
+                .send()
+                .await
+        })
+    };
+    let mut running = false;
+    for _ in 0..400 {
+        let jobs = e.backup_jobs().await;
+        if jobs.len() == 7 && jobs[6]["properties"]["status"] == "InProgress" {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(running, "the 7th slot's job never ran");
+    let images = e.images;
+    let (data, tmp) = e.s.stop().await;
+    let _ = (&mut fut).await;
+    let s = restart_at(data, tmp, "2026-03-05T00:00:00Z").await;
+    let e = Env { s, images };
+    let r = e.advance(0).await;
+    assert_eq!(r["scheduledBackups"], 0, "{r}");
+    let jobs = e.backup_jobs().await;
+    assert_eq!(jobs.len(), 7, "one job for the slot the restart met");
+    assert_eq!(jobs[6]["properties"]["status"], "Completed", "{}", jobs[6]);
+    assert_eq!(jobs[6]["properties"]["startTime"], "2026-03-11T08:30:00Z");
+    assert_eq!(e.points("vm1").await.len(), 7);
+    e.s.stop().await;
+}
+
+/// The points Azure keeps at `now` of a daily 02:00 UTC schedule that began on `first`, under daily 7 /
+/// weekly (Sunday) 4 / monthly (first Sunday) 12 / yearly (January's first Sunday) 2: written
+/// independently of rsvault-schedule, from the tiers' definitions.
+fn azure_keeps(first: DateTime<Utc>, now: DateTime<Utc>) -> BTreeSet<DateTime<Utc>> {
+    let mut kept = BTreeSet::new();
+    let mut t = first;
+    while t <= now {
+        let d = t.date_naive();
+        let sunday = d.weekday() == Weekday::Sun;
+        let first_sunday = sunday && d.day() <= 7;
+        let mut until = vec![t + Duration::days(7)];
+        if sunday {
+            until.push(t + Duration::weeks(4));
+        }
+        if first_sunday {
+            until.push(t.checked_add_months(chrono::Months::new(12)).unwrap());
+        }
+        if first_sunday && d.month() == 1 {
+            until.push(t.checked_add_months(chrono::Months::new(24)).unwrap());
+        }
+        if until.into_iter().any(|u| now < u) {
+            kept.insert(t);
+        }
+        t += Duration::days(1);
+    }
+    kept
+}
+
+#[tokio::test]
+async fn long_term_retention_over_400_days_keeps_what_azure_keeps_and_prune_keeps_their_data() {
+    let e = start_at("2026-01-01T00:00:00Z").await;
+    let run = "2026-01-01T02:00:00Z";
+    let ltr = json!({
+        "retentionPolicyType": "LongTermRetentionPolicy",
+        "dailySchedule": {"retentionTimes": [run], "retentionDuration": {"count": 7, "durationType": "Days"}},
+        "weeklySchedule": {"daysOfTheWeek": ["Sunday"], "retentionTimes": [run], "retentionDuration": {"count": 4, "durationType": "Weeks"}},
+        "monthlySchedule": {"retentionScheduleFormatType": "Weekly", "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": ["First"]},
+            "retentionTimes": [run], "retentionDuration": {"count": 12, "durationType": "Months"}},
+        "yearlySchedule": {"retentionScheduleFormatType": "Weekly", "monthsOfYear": ["January"],
+            "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": ["First"]},
+            "retentionTimes": [run], "retentionDuration": {"count": 2, "durationType": "Years"}},
+    });
+    let (st, b) = e.put_policy("ltr", daily_policy("UTC", run, ltr)).await;
+    assert_eq!(st, 200, "{b}");
+    // 8 MiB: the first 4 MiB never change, the last 4 MiB are rewritten before each 10-day step, so
+    // points of different steps hold different data and steps whose points all expired leave data
+    // to reclaim.
+    let img = e.protect("vm1", 8 << 20, "ltr").await;
+    let start = at("2026-01-01T00:00:00Z");
+    let mut versions = vec![]; // (first instant, sha of the image) per step
+    let mut biggest = 0;
+    let mut done = 0;
+    let mut step = 0u64;
+    while done < 400 {
+        let days = (400 - done).min(10);
+        let mut bytes = std::fs::read(&img).unwrap();
+        bytes.truncate(4 << 20);
+        bytes.extend(noise(4 << 20, 100 + step));
+        std::fs::write(&img, &bytes).unwrap();
+        versions.push((start + Duration::days(done), sha(&img)));
+        let r = e.advance(days * 86_400).await;
+        assert_eq!(r["scheduledBackups"], days, "{r}");
+        biggest = biggest.max(bytes_under(&e.repo().join("data")));
+        done += days;
+        step += 1;
+    }
+    let now = start + Duration::days(400);
+    let want = azure_keeps(at("2026-01-01T02:00:00Z"), now);
+    // 7 daily (Jan 29 - Feb 4), 3 more Sundays (Jan 10, 17, 24), 10 first Sundays (March - December
+    // 2026) and 2 January first Sundays (2026, 2027).
+    assert_eq!(want.len(), 7 + 3 + 10 + 2, "the independent enumeration itself");
+    let got = e.point_times("vm1").await;
+    assert_eq!(got, want, "kept points after 400 days");
+    // Expiry times follow the longest tier of each point.
+    for p in e.points("vm1").await {
+        let t = at(p["properties"]["recoveryPointTime"].as_str().unwrap());
+        let x = at(p["properties"]["recoveryPointProperties"]["expiryTime"]
+            .as_str()
+            .unwrap());
+        assert!(x > now, "a listed point has not expired: {p}");
+        if t.month() == 1 && t.day() <= 7 && t.weekday() == Weekday::Sun {
+            assert_eq!(x, t.checked_add_months(chrono::Months::new(24)).unwrap(), "yearly: {p}");
+        }
+    }
+    // The vault holds exactly the kept points, and garbage collection gave space back.
+    let repo = e.repo();
+    assert_eq!(files_in(&repo.join("snapshots")), want.len());
+    let now_bytes = bytes_under(&repo.join("data"));
+    assert!(
+        now_bytes < biggest,
+        "prune reclaimed nothing: {now_bytes} bytes now, {biggest} at most"
+    );
+
+    // The oldest kept point restores to the bytes the image had then.
+    let oldest = e
+        .points("vm1")
+        .await
+        .into_iter()
+        .min_by_key(|p| p["properties"]["recoveryPointTime"].as_str().unwrap().to_string())
+        .unwrap();
+    let t = at(oldest["properties"]["recoveryPointTime"].as_str().unwrap());
+    let want_sha = &versions.iter().rev().find(|(from, _)| *from <= t).unwrap().1;
+    assert_ne!(
+        want_sha,
+        &versions.last().unwrap().1,
+        "the oldest point predates today's image"
+    );
+    let restored = restore_disks(&e, "vm1", oldest["name"].as_str().unwrap()).await;
+    assert_eq!(&sha(&restored), want_sha, "restored bytes of the oldest kept point");
+    e.s.stop().await;
+}
+
+/// Restores a point's disks into a new storage account; returns the OS disk image.
+async fn restore_disks(e: &Env, vm: &str, rp: &str) -> PathBuf {
+    let d = e.images.path().join("restored");
+    std::fs::create_dir_all(&d).unwrap();
+    let acct = format!(
+        "{}/providers/Microsoft.Storage/storageAccounts/restoresa",
+        e.s.rg_path("rg")
+    );
+    let (st, b) = e
+        .s
+        .call(
+            "PUT",
+            &format!("{acct}?{ST_API}"),
+            Some(&json!({"location": "westus", "kind": "StorageV2", "sku": {"name": "Standard_LRS"}, "tags": {"rsvault-path": d}})),
+        )
+        .await;
+    assert!(st == 200 || st == 201, "{b}");
+    let vm_id = format!("{}/providers/Microsoft.Compute/virtualMachines/{vm}", e.s.rg_path("rg"));
+    let r = e
+        .s
+        .call_as(
+            Some(&e.s.token),
+            "POST",
+            &format!("{}/recoveryPoints/{rp}/restore?{BK}", e.item(vm)),
+            Some(&json!({"properties": {"objectType": "IaasVMRestoreRequest", "recoveryPointId": rp, "recoveryType": "RestoreDisks",
+                "sourceResourceId": vm_id, "storageAccountId": acct, "region": "westus"}})),
+        )
+        .await;
+    assert_eq!(r.status().as_u16(), 202);
+    let op = r.headers()["azure-asyncoperation"].to_str().unwrap().to_string();
+    let (_, opb) = e.s.call("GET", op.strip_prefix(&e.s.base).unwrap(), None).await;
+    let job = opb["properties"]["jobId"].as_str().unwrap().to_string();
+    for _ in 0..1200 {
+        let (_, j) =
+            e.s.call("GET", &format!("{}/backupJobs/{job}?{BK}", e.vault()), None)
+                .await;
+        match j["properties"]["status"].as_str().unwrap() {
+            "InProgress" => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            "Completed" => {
+                let dir = std::fs::read_dir(&d).unwrap().next().unwrap().unwrap().path();
+                let mut imgs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|x| x.unwrap().path()).collect();
+                imgs.sort();
+                return imgs.remove(0);
+            }
+            _ => panic!("restore failed: {j}"),
+        }
+    }
+    panic!("restore did not finish");
+}
+
+#[tokio::test]
+async fn ad_hoc_expiry_soft_delete_undelete_and_the_purge_follow_the_clock() {
+    let e = start_at("2026-06-01T00:00:00Z").await;
+    // A weekly Sunday policy keeping points 4 weeks, so scheduled points do not expire in this test.
+    let run = "2026-01-01T03:00:00Z";
+    let (st, b) = e
+        .put_policy(
+            "weekly",
+            json!({"backupManagementType": "AzureIaasVM", "timeZone": "UTC",
+                "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly", "scheduleRunDays": ["Sunday"], "scheduleRunTimes": [run]},
+                "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy",
+                    "weeklySchedule": {"daysOfTheWeek": ["Sunday"], "retentionTimes": [run], "retentionDuration": {"count": 4, "durationType": "Weeks"}}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    e.protect("vm1", 1 << 20, "weekly").await;
+    e.protect("vm2", 1 << 20, "weekly").await;
+
+    // An ad-hoc point kept 3 days.
+    let adhoc = |vm: &'static str| {
+        let e = &e;
+        async move {
+            let r = e
+                .s
+                .call_as(
+                    Some(&e.s.token),
+                    "POST",
+                    &format!("{}/backup?{BK}", e.item(vm)),
+                    Some(&json!({"properties": {"objectType": "IaasVMBackupRequest", "recoveryPointExpiryTimeInUTC": "2026-06-04T00:00:00Z"}})),
+                )
+                .await;
+            assert_eq!(r.status().as_u16(), 202);
+        }
+    };
+    adhoc("vm1").await;
+    adhoc("vm2").await;
+    e.advance(0).await; // waits for the queued jobs
+    assert_eq!(e.points("vm1").await.len(), 1);
+    let r = e.advance(3 * 86_400).await; // to 06-04 00:00: the ad-hoc points expire at that instant
+    assert_eq!(r["expiredRecoveryPoints"], 2, "{r}");
+    assert!(e.points("vm1").await.is_empty());
+    let r = e.advance(86_400).await; // Sunday 06-07 03:00 is a slot
+    assert_eq!(r["time"], "2026-06-05T00:00:00Z");
+    let r = e.advance(3 * 86_400).await;
+    assert_eq!(r["scheduledBackups"], 2, "{r}");
+    assert_eq!(e.points("vm1").await.len(), 1);
+
+    // Delete with soft delete on (the vault's default): 14 days of grace.
+    for vm in ["vm1", "vm2"] {
+        let (st, b) = e.s.call("DELETE", &format!("{}?{BK}", e.item(vm)), None).await;
+        assert_eq!(st, 202, "{b}");
+    }
+    let (_, item) = e.s.call("GET", &format!("{}?{BK}", e.item("vm1")), None).await;
+    let p = &item["properties"];
+    assert_eq!(p["isScheduledForDeferredDelete"], true, "{item}");
+    assert_eq!(p["deferredDeleteTimeInUTC"], "2026-06-22T00:00:00Z", "{item}");
+    assert_eq!(p["deferredDeleteTimeRemaining"], "14.00:00:00", "{item}");
+    // Undelete vm2: it comes back with protection stopped, and its points stay past their expiry.
+    let (st, b) =
+        e.s.call(
+            "PUT",
+            &format!("{}?{BK}", e.item("vm2")),
+            Some(
+                &json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "isRehydrate": true}}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 202, "{b}");
+
+    let r = e.advance(13 * 86_400).await;
+    assert_eq!(r["scheduledBackups"], 0, "no backups of deleted or stopped items: {r}");
+    let (st, item) = e.s.call("GET", &format!("{}?{BK}", e.item("vm1")), None).await;
+    assert_eq!(st, 200, "still there on day 13: {item}");
+    assert_eq!(item["properties"]["deferredDeleteTimeRemaining"], "1.00:00:00");
+    assert_eq!(
+        e.points("vm1").await.len(),
+        1,
+        "soft-deleted data is kept past its expiry"
+    );
+    let r = e.advance(86_400).await;
+    assert_eq!(r["purgedItems"], 1, "{r}");
+    let (st, b) = e.s.call("GET", &format!("{}?{BK}", e.item("vm1")), None).await;
+    assert_arm_error(st, &b, 404, "BMSUserErrorProtectedItemNotFound");
+    let (st, item2) = e.s.call("GET", &format!("{}?{BK}", e.item("vm2")), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(item2["properties"]["protectionState"], "ProtectionStopped", "{item2}");
+    assert_eq!(e.points("vm2").await.len(), 1, "a stopped item keeps its points");
+    // The vault holds vm2's point only.
+    assert_eq!(files_in(&e.repo().join("snapshots")), 1);
+    e.s.stop().await;
+}
+
+#[tokio::test]
+async fn the_clock_endpoint_is_absent_without_the_flag_and_checks_its_input() {
+    let s = start().await;
+    let (st, b) = s
+        .call("POST", "/rsvault/admin/clock/advance", Some(&json!({"seconds": 60})))
+        .await;
+    assert_arm_error(st, &b, 404, "NotFound");
+    s.stop().await;
+
+    let e = start_at("2026-01-01T00:00:00Z").await;
+    for (body, code) in [
+        (json!({}), "InvalidRequestContent"),
+        (json!({"seconds": "ten"}), "InvalidRequestContent"),
+        (json!({"seconds": -1}), "InvalidRequestContent"),
+    ] {
+        let (st, b) = e.s.call("POST", "/rsvault/admin/clock/advance", Some(&body)).await;
+        assert_arm_error(st, &b, 400, code);
+    }
+    let r = e.advance(90).await;
+    assert_eq!(r["time"], "2026-01-01T00:01:30Z");
+    // Job and resource times follow the clock; tokens do not (they still work).
+    let (st, v) =
+        e.s.call("GET", &format!("{}?api-version=2026-11-01", e.vault()), None)
+            .await;
+    assert_eq!(st, 200, "{v}");
+    e.s.stop().await;
+}
+
+#[tokio::test]
+async fn schedules_and_retentions_azure_rejects_are_rejected_with_its_code() {
+    let e = start_at("2026-01-01T00:00:00Z").await;
+    let run = "2026-01-01T02:00:00Z";
+    let daily = json!({"retentionPolicyType": "LongTermRetentionPolicy",
+        "dailySchedule": {"retentionTimes": [run], "retentionDuration": {"count": 7, "durationType": "Days"}}});
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "unknown time zone",
+            daily_policy("Mars Standard Time", run, daily.clone()),
+            "properties.timeZone",
+        ),
+        (
+            "monthly tier taking no week",
+            daily_policy(
+                "UTC",
+                run,
+                json!({"retentionPolicyType": "LongTermRetentionPolicy",
+                    "dailySchedule": {"retentionTimes": [run], "retentionDuration": {"count": 7, "durationType": "Days"}},
+                    "monthlySchedule": {"retentionScheduleFormatType": "Weekly", "retentionScheduleWeekly": {"daysOfTheWeek": ["Sunday"], "weeksOfTheMonth": []},
+                        "retentionTimes": [run], "retentionDuration": {"count": 12, "durationType": "Months"}}}),
+            ),
+            "weeksOfTheMonth",
+        ),
+        (
+            "weekly schedule with day-based monthly retention",
+            json!({"backupManagementType": "AzureIaasVM", "timeZone": "UTC",
+                "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly", "scheduleRunDays": ["Sunday"], "scheduleRunTimes": [run]},
+                "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy",
+                    "weeklySchedule": {"daysOfTheWeek": ["Sunday"], "retentionTimes": [run], "retentionDuration": {"count": 4, "durationType": "Weeks"}},
+                    "monthlySchedule": {"retentionScheduleFormatType": "Daily", "retentionScheduleDaily": {"daysOfTheMonth": [{"date": 1, "isLast": false}]},
+                        "retentionTimes": [run], "retentionDuration": {"count": 12, "durationType": "Months"}}}}),
+            "monthlySchedule",
+        ),
+    ];
+    for (what, props, target) in cases {
+        let (st, b) = e.put_policy("bad", props).await;
+        assert_arm_error(st, &b, 400, "BMSUserErrorInvalidPolicyInput");
+        let t = b["error"]["target"].as_str().unwrap_or_default();
+        assert!(t.contains(target), "{what}: target {t}: {b}");
+    }
+    e.s.stop().await;
+}

@@ -1,0 +1,566 @@
+//! Policies that act: scheduled backups, retention, the soft-delete purge and garbage collection,
+//! driven by the control plane's clock.
+//!
+//! One *pass* ([`Control::policy_pass`]) at an instant `now` does, in order:
+//! 1. **Purge**: soft-deleted items whose `deferredDeleteTimeInUTC` has come are deleted with their
+//!    recovery points (their vault is marked for garbage collection).
+//! 2. **Retention**: recovery points whose expiry has come are deleted, unless their item's
+//!    protection is stopped (Azure keeps the points of a stopped item, and of a soft-deleted one,
+//!    until its data is deleted). The item's `recoveryPointCount` and `oldestRecoveryPoint` follow.
+//! 3. **Schedule**: every protected item whose policy had a slot in (last claimed slot, `now`]
+//!    gets one backup job, `isUserTriggered: false`, for the latest such slot only (a server that was
+//!    down runs a missed slot once, not N times). The slot is claimed in the transaction that queues
+//!    the job (`schedule_slots`), so a slot runs once across restarts, and across nodes sharing the
+//!    store. A scheduled point's expiry comes from the policy's retention
+//!    ([`rsvault_schedule::Retention::expiry`]); a point no tier keeps (an hourly point that is not the
+//!    last of its day) lives `instantRpRetentionRangeInDays` (default 2) days.
+//! 4. **Garbage collection** of each marked vault: snapshots that no recovery point row and no
+//!    queued or running job claims are deleted at once; the data only they used is pruned at most
+//!    once every 7 days of clock time per vault (and at the first pass after a start), as backup
+//!    servers schedule their GC ([`rsvault_engine::Engine::collect_garbage`]). The store decides what
+//!    lives, read under the repository's exclusive lock, so a backup that has written its snapshot
+//!    but not yet committed its row (its job still `running`) is never collected.
+//!
+//! Passes run on the [`Scheduler`]'s own thread (never on an API request's), every
+//! `interval`, and are serialized by one lock, so two never overlap.
+//!
+//! With `--test-clock` the clock stands still until [`Control::advance_clock`] moves it: it steps
+//! from one due instant (slot, expiry, purge) to the next up to the target, running a pass at each
+//! and waiting for the jobs it queued, so "advance 30 days" runs every due backup and prune in order,
+//! each at its own time.
+//!
+//! *Architecture Invariant*: a slot is claimed and its job queued in one transaction; nothing else
+//! claims slots.
+
+use crate::backup::recovery::count_points;
+use crate::backup::{vault_of, ContainerName, PROTECTED_ITEM_TYPE};
+use crate::runner::{QUEUED, RUNNING};
+use crate::{Control, Error, Result};
+use chrono::{DateTime, Duration, Utc};
+use rsvault_core::time::{self, Clock};
+use rsvault_schedule::{Retention, Schedule};
+use rsvault_store::ResourceRow;
+use serde_json::{json, Value};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+/// The meta key where a test clock's time is kept across restarts.
+pub const META_TEST_CLOCK: &str = "test_clock";
+
+/// Longest an advance waits for the jobs of one step before giving up.
+const STEP_JOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
+
+/// The scheduler's shared state: the pass lock and the vaults awaiting garbage collection.
+#[derive(Debug, Default)]
+pub(crate) struct Maintenance {
+    pass: Mutex<()>,
+    dirty: Mutex<BTreeSet<String>>,
+    /// When each vault's unreferenced data was last pruned (this process's memory: a restart prunes
+    /// every vault at its first pass), and the vaults whose deleted snapshots left data to prune.
+    pruned: Mutex<(LastPrune, BTreeSet<String>)>,
+}
+
+type LastPrune = std::collections::HashMap<String, DateTime<Utc>>;
+
+/// How often a vault's unreferenced data is pruned (snapshots of expired points go at once).
+const PRUNE_EVERY: i64 = 7;
+
+/// What one pass (or one advance) did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    /// Scheduled backup jobs queued.
+    pub backups: usize,
+    /// Recovery points deleted because they expired.
+    pub expired: usize,
+    /// Soft-deleted items purged.
+    pub purged: usize,
+    /// Vault snapshots deleted by garbage collection (expired, purged or orphaned).
+    pub collected: usize,
+}
+
+impl PassReport {
+    fn add(&mut self, o: PassReport) {
+        self.backups += o.backups;
+        self.expired += o.expired;
+        self.purged += o.purged;
+        self.collected += o.collected;
+    }
+}
+
+/// The thread that runs policy passes on the wall of time.
+pub struct Scheduler {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish()
+    }
+}
+
+impl Scheduler {
+    /// Marks every vault for garbage collection (a crash may have left work undone), then runs a
+    /// pass at once and every `interval` after.
+    pub fn start(control: Arc<Control>, interval: std::time::Duration) -> Result<Scheduler> {
+        control.mark_all_vaults()?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("rsvault-scheduler".into())
+            .spawn(move || loop {
+                if let Err(e) = control.policy_pass(control.now()) {
+                    tracing::error!(error = %e, "policy pass failed");
+                }
+                let (lock, cv) = &*s;
+                let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let (stopped, _) = cv
+                    .wait_timeout_while(stopped, interval, |st| !*st)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *stopped {
+                    return;
+                }
+            })
+            .map_err(|e| Error::internal(format!("cannot start the scheduler: {e}")))?;
+        Ok(Scheduler {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread (after the pass it may be running).
+    pub fn stop(mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The schedule and retention of an item's policy, or `None` for an item that takes no scheduled
+/// backups (no policy, stopped, soft-deleted, or a policy the schedule library cannot read).
+struct Plan {
+    schedule: Schedule,
+    retention: Option<Retention>,
+    instant_days: i64,
+}
+
+fn active(item: &ResourceRow) -> bool {
+    let p = &item.body["properties"];
+    p["isScheduledForDeferredDelete"].as_bool() != Some(true)
+        && p["protectionState"].as_str() != Some("ProtectionStopped")
+}
+
+fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+impl Control {
+    fn maintenance(&self) -> Result<&Maintenance> {
+        Ok(&self.data()?.maintenance)
+    }
+
+    /// Marks a vault for garbage collection at the next pass.
+    pub(crate) fn mark_vault(&self, vault_id: &str) {
+        if let Ok(m) = self.maintenance() {
+            m.dirty
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(vault_id.to_ascii_lowercase());
+        }
+    }
+
+    fn mark_all_vaults(&self) -> Result<()> {
+        let vaults = self.store.read(|db| db.everywhere_of_type(crate::vaults::VAULT_TYPE))?;
+        for v in vaults {
+            self.mark_vault(&v.id);
+        }
+        Ok(())
+    }
+
+    fn plan_of(&self, item: &ResourceRow) -> Option<Plan> {
+        if !active(item) {
+            return None;
+        }
+        let policy_id = item.body["properties"]["policyId"].as_str().filter(|p| !p.is_empty())?;
+        let policy = self.store.read(|db| db.resource(policy_id)).ok()??;
+        let props = &policy.body["properties"];
+        let schedule = match Schedule::from_policy(props) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(policy = %policy.id, error = %e, "policy has no usable schedule");
+                return None;
+            }
+        };
+        Some(Plan {
+            schedule,
+            retention: Retention::from_policy(props).ok(),
+            instant_days: props["instantRpRetentionRangeInDays"].as_i64().unwrap_or(2),
+        })
+    }
+
+    /// The last slot an item was backed up for, or when its protection began.
+    fn last_slot(&self, item: &ResourceRow) -> Result<DateTime<Utc>> {
+        let claimed = self.store.read(|db| db.schedule_slot(&item.id))?;
+        Ok(claimed.map_or(item.created, |c| c.max(item.created)))
+    }
+
+    fn protected_items(&self) -> Result<Vec<ResourceRow>> {
+        Ok(self.store.read(|db| db.everywhere_of_type(PROTECTED_ITEM_TYPE))?)
+    }
+
+    /// One policy pass at `now` (see the module doc). Serialized with every other pass.
+    pub fn policy_pass(&self, now: DateTime<Utc>) -> Result<PassReport> {
+        let m = self.maintenance()?;
+        let _pass = m.pass.lock().unwrap_or_else(|p| p.into_inner());
+        self.pass_locked(now)
+    }
+
+    fn pass_locked(&self, now: DateTime<Utc>) -> Result<PassReport> {
+        let mut r = PassReport {
+            purged: self.purge_soft_deleted(now)?,
+            expired: self.expire_points(now)?,
+            ..PassReport::default()
+        };
+        r.backups = self.queue_scheduled(now)?;
+        r.collected = self.collect_marked()?;
+        Ok(r)
+    }
+
+    fn purge_soft_deleted(&self, now: DateTime<Utc>) -> Result<usize> {
+        let mut n = 0;
+        for item in self.protected_items()? {
+            let p = &item.body["properties"];
+            let due = p["isScheduledForDeferredDelete"].as_bool() == Some(true)
+                && parse_time(&p["deferredDeleteTimeInUTC"]).is_some_and(|t| t <= now);
+            if !due {
+                continue;
+            }
+            let container = item.parent_key.clone();
+            let vm_container = item
+                .id
+                .split('/')
+                .nth_back(2)
+                .is_some_and(|c| matches!(ContainerName::parse(c), Ok(ContainerName::Vm { .. })));
+            self.store.write(|db| -> Result<()> {
+                db.delete_resource(&item.id)?;
+                if let (Some(cid), true) = (&container, vm_container) {
+                    if db.count_below(cid, PROTECTED_ITEM_TYPE)? == 0 {
+                        db.delete_resource(cid)?;
+                    }
+                }
+                Ok(())
+            })?;
+            tracing::info!(item = %item.id, "soft delete period over: item and its recovery points purged");
+            self.mark_vault(vault_of(&item.id));
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn expire_points(&self, now: DateTime<Utc>) -> Result<usize> {
+        let due = self
+            .store
+            .read(|db| db.recovery_points_expiring(DateTime::<Utc>::MIN_UTC, now))?;
+        let mut n = 0;
+        let mut items = BTreeSet::new();
+        for rp in due {
+            let Some(item) = self.store.read(|db| db.resource(&rp.item_key))? else {
+                continue;
+            };
+            if !active(&item) {
+                continue;
+            }
+            self.store.write(|db| db.delete_recovery_point(&rp.id))?;
+            items.insert(item.id.clone());
+            self.mark_vault(vault_of(&item.id));
+            n += 1;
+        }
+        for id in items {
+            self.store.write(|db| -> Result<()> {
+                if let Some(mut item) = db.resource(&id)? {
+                    count_points(db, &mut item)?;
+                    db.put_resource(&item)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(n)
+    }
+
+    fn queue_scheduled(&self, now: DateTime<Utc>) -> Result<usize> {
+        let mut n = 0;
+        for item in self.protected_items()? {
+            let Some(plan) = self.plan_of(&item) else { continue };
+            let Some(slot) = plan.schedule.missed(Some(self.last_slot(&item)?), now) else {
+                continue;
+            };
+            let expiry = plan
+                .retention
+                .as_ref()
+                .and_then(|r| r.expiry(&plan.schedule, slot))
+                .unwrap_or_else(|| slot + Duration::days(plan.instant_days.max(1)));
+            let Some(vault) = self.store.read(|db| db.resource(vault_of(&item.id)))? else {
+                continue;
+            };
+            match self.enqueue_backup(&vault, &item, expiry, Some(slot), now) {
+                Ok(_) => n += 1,
+                Err(Error::Conflict {
+                    code: "ScheduleSlotTaken",
+                    ..
+                }) => {}
+                Err(e) => {
+                    // Azure skips a slot it cannot run (a backup still running, a VM gone); so do we,
+                    // once: the slot is claimed so it is not retried at every pass.
+                    tracing::warn!(item = %item.id, slot = %time::timestamp(slot), error = %e, "scheduled backup skipped");
+                    self.store.write(|db| db.claim_slot(&item.id, slot))?;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn collect_marked(&self) -> Result<usize> {
+        let m = self.maintenance()?;
+        let mut vaults = std::mem::take(&mut *m.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        {
+            // Vaults owing a prune whose week is up.
+            let now = self.now();
+            let p = m.pruned.lock().unwrap_or_else(|p| p.into_inner());
+            vaults.extend(
+                p.1.iter()
+                    .filter(|v| p.0.get(*v).is_none_or(|t| now - *t >= Duration::days(PRUNE_EVERY)))
+                    .cloned(),
+            );
+        }
+        let mut n = 0;
+        for v in vaults {
+            match self.collect_garbage(&v) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    tracing::warn!(vault = %v, error = %e, "garbage collection failed; retried at the next pass");
+                    self.mark_vault(&v);
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes the vault's snapshots the store no longer knows, and the data only they used.
+    fn collect_garbage(&self, vault_id: &str) -> Result<usize> {
+        if self.store.read(|db| db.vault_secret(vault_id))?.is_none() {
+            return Ok(0); // never backed up: no repository
+        }
+        if self.store.read(|db| db.resource(vault_id))?.is_none() {
+            return Ok(0); // deleted with its repository
+        }
+        let repo = self.vault_repo(vault_id)?;
+        // Read under the repository's exclusive lock, at the first snapshot looked at.
+        let live: std::cell::OnceCell<std::result::Result<HashSet<String>, String>> = std::cell::OnceCell::new();
+        let keep = |info: &rsvault_engine::RecoveryPointInfo| {
+            let set = live.get_or_init(|| self.live_points(vault_id).map_err(|e| e.to_string()));
+            match set {
+                Ok(s) => s.contains(&info.id.to_ascii_lowercase()),
+                Err(_) => true, // cannot tell: keep everything
+            }
+        };
+        let now = self.now();
+        let key = vault_id.to_ascii_lowercase();
+        let m = self.maintenance()?;
+        let reclaim = m
+            .pruned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(&key)
+            .is_none_or(|t| now - *t >= Duration::days(PRUNE_EVERY));
+        let report = self
+            .data()?
+            .engine
+            .collect_garbage(&repo, &keep, reclaim)
+            .map_err(crate::dataplane::engine_error)?;
+        {
+            let mut p = m.pruned.lock().unwrap_or_else(|p| p.into_inner());
+            if reclaim {
+                p.0.insert(key.clone(), now);
+                p.1.remove(&key);
+            } else if !report.expired.is_empty() {
+                p.1.insert(key);
+            }
+        }
+        if let Some(Err(e)) = live.get() {
+            return Err(Error::internal(format!("cannot read the vault's recovery points: {e}")));
+        }
+        if !report.expired.is_empty() || report.bytes_removed > 0 {
+            tracing::info!(vault = %vault_id, snapshots = report.expired.len(), packs = report.packs_removed, bytes = report.bytes_removed, "vault garbage collected");
+        }
+        Ok(report.expired.len())
+    }
+
+    /// Recovery point ids the vault must keep: its rows, and those of its queued or running jobs.
+    fn live_points(&self, vault_id: &str) -> Result<HashSet<String>> {
+        self.store.read(|db| {
+            let mut s: HashSet<String> = db
+                .vault_recovery_points(vault_id)?
+                .into_iter()
+                .map(|r| r.name.to_ascii_lowercase())
+                .collect();
+            let key = vault_id.to_ascii_lowercase();
+            for j in db.jobs_in_phase(QUEUED)?.into_iter().chain(db.jobs_in_phase(RUNNING)?) {
+                if j.vault_key == key {
+                    if let Some(rp) = j.work.as_ref().and_then(|w| w["recovery_point"].as_str()) {
+                        s.insert(rp.to_ascii_lowercase());
+                    }
+                }
+            }
+            Ok::<_, Error>(s)
+        })
+    }
+
+    /// The first instant after `after` at which a pass has something to do: a schedule slot, an
+    /// expiry or the end of a soft-delete period.
+    fn next_due(&self, after: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
+        let mut next: Option<DateTime<Utc>> = None;
+        let mut consider = |t: DateTime<Utc>| {
+            if t > after && next.is_none_or(|n| t < n) {
+                next = Some(t);
+            }
+        };
+        for item in self.protected_items()? {
+            let p = &item.body["properties"];
+            if p["isScheduledForDeferredDelete"].as_bool() == Some(true) {
+                if let Some(t) = parse_time(&p["deferredDeleteTimeInUTC"]) {
+                    consider(t);
+                }
+                continue;
+            }
+            if let Some(plan) = self.plan_of(&item) {
+                let from = self.last_slot(&item)?.max(after);
+                if let Some(t) = plan.schedule.next_slot(from) {
+                    consider(t);
+                }
+            }
+        }
+        // The first expiry after `after` of an item whose points expire.
+        let mut from = after;
+        loop {
+            let batch = self
+                .store
+                .read(|db| db.recovery_points_expiring(from, DateTime::<Utc>::MAX_UTC))?;
+            let Some(last) = batch.last().and_then(|r| r.expiry) else {
+                break;
+            };
+            let mut found = false;
+            for rp in &batch {
+                let item = self.store.read(|db| db.resource(&rp.item_key))?;
+                if item.as_ref().is_some_and(active) {
+                    if let Some(t) = rp.expiry {
+                        consider(t);
+                    }
+                    found = true;
+                    break;
+                }
+            }
+            if found || last <= from {
+                break;
+            }
+            from = last;
+        }
+        Ok(next)
+    }
+
+    /// Blocks until no data-plane job is queued or running.
+    fn wait_for_jobs(&self) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let busy = self.store.read(|db| {
+                Ok::<_, Error>(!db.jobs_in_phase(QUEUED)?.is_empty() || !db.jobs_in_phase(RUNNING)?.is_empty())
+            })?;
+            if !busy {
+                return Ok(());
+            }
+            if self.jobs_stopping() {
+                return Err(Error::internal(
+                    "the server is stopping; the clock advance was interrupted",
+                ));
+            }
+            if started.elapsed() > STEP_JOB_TIMEOUT {
+                return Err(Error::internal("jobs did not finish within 30 minutes of a clock step"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// `POST /rsvault/admin/clock/advance`: moves the test clock `seconds` forward, stopping at every
+    /// due instant on the way to run a pass and let its jobs finish. `NotFound` without
+    /// `--test-clock`. Returns the new time and what ran.
+    pub fn advance_clock(&self, seconds: i64) -> Result<Value> {
+        let clock = self.test_clock().ok_or_else(|| Error::NotFound {
+            code: "NotFound",
+            message: "The test clock is off: start the server with --test-clock to move time.".into(),
+        })?;
+        if !(0..=100 * 366 * 86_400).contains(&seconds) {
+            return Err(Error::Invalid {
+                code: "InvalidRequestContent",
+                message: "'seconds' must be a whole number from 0 to 3162240000 (100 years).".into(),
+                target: Some("seconds".into()),
+            });
+        }
+        let m = self.maintenance()?;
+        let _pass = m.pass.lock().unwrap_or_else(|p| p.into_inner());
+        let target = clock.now() + Duration::seconds(seconds);
+        let mut total = PassReport::default();
+        let mut steps = 0u64;
+        loop {
+            self.wait_for_jobs()?;
+            let now = clock.now();
+            total.add(self.pass_locked(now)?);
+            self.wait_for_jobs()?;
+            // Jobs that ended may have made points that expire, or marked vaults.
+            total.collected += self.collect_marked()?;
+            match self.next_due(now)? {
+                Some(t) if t <= target => {
+                    self.set_test_time(clock, t)?;
+                    steps += 1;
+                }
+                _ => break,
+            }
+        }
+        let now = self.set_test_time(clock, target)?;
+        total.add(self.pass_locked(now)?);
+        self.wait_for_jobs()?;
+        total.collected += self.collect_marked()?;
+        Ok(json!({
+            "time": time::timestamp(now),
+            "steps": steps,
+            "scheduledBackups": total.backups,
+            "expiredRecoveryPoints": total.expired,
+            "purgedItems": total.purged,
+        }))
+    }
+
+    fn set_test_time(&self, clock: &rsvault_core::time::TestClock, t: DateTime<Utc>) -> Result<DateTime<Utc>> {
+        let now = clock.move_to(t);
+        self.store.write(|db| db.set_meta(META_TEST_CLOCK, &now.to_rfc3339()))?;
+        Ok(now)
+    }
+
+    /// At start with `--test-clock`: the virtual time a previous run left, if later than the clock's.
+    pub fn resume_test_clock(&self) -> Result<()> {
+        if let Some(c) = self.test_clock() {
+            if let Some(t) = self
+                .store
+                .read(|db| db.meta(META_TEST_CLOCK))?
+                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
+            {
+                c.move_to(t.with_timezone(&Utc));
+            }
+        }
+        Ok(())
+    }
+}

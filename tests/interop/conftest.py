@@ -84,23 +84,21 @@ def _stop(proc: subprocess.Popen) -> None:
         raise AssertionError("rsvault did not stop within 20 s of SIGTERM")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory, pytestconfig):
+def _start(base: Path, extra: list[str]) -> tuple[subprocess.Popen, Server, object]:
+    """Starts `rsvault serve` with a data dir under `base`; returns the process, the server and its log."""
     binary = _bin_path()
     if not binary.exists():
         pytest.fail(f"rsvault binary not found: {binary} (build it or set RSVAULT_BIN)")
-    base = tmp_path_factory.mktemp("rsvault")
     data_dir, traffic_dir, log_file = base / "data", base / "traffic", base / "server.log"
     data_dir.mkdir()
     traffic_dir.mkdir()
     log = open(log_file, "wb")
     proc = subprocess.Popen(
-        [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", "--traffic-dir", str(traffic_dir)],
+        [str(binary), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0", *extra],
         stdout=subprocess.PIPE,
         stderr=log,
         cwd=base,
     )
-
     # Read stdout on a thread (and keep draining it so the server never blocks on a full pipe).
     ready = threading.Event()
     found: dict[str, str] = {}
@@ -141,6 +139,14 @@ def server(tmp_path_factory, pytestconfig):
         traffic_dir=traffic_dir,
         log_file=log_file,
     )
+    return proc, srv, log
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory, pytestconfig):
+    base = tmp_path_factory.mktemp("rsvault")
+    proc, srv, log = _start(base, ["--traffic-dir", str(base / "traffic")])
+    log_file, traffic_dir = srv.log_file, srv.traffic_dir
     pytestconfig.stash[SERVER_FILES] = f"rsvault log: {log_file}  traffic: {traffic_dir}"
     try:
         yield srv
@@ -163,6 +169,18 @@ def server(tmp_path_factory, pytestconfig):
         failures = "\n".join(l for l in (res.stdout + res.stderr).splitlines() if not l.startswith(("ok ", "skip ")))
         pytest.fail(f"oav validation of the recorded traffic failed ({report}):\n{failures}", pytrace=False)
 
+
+
+@pytest.fixture(scope="session")
+def clock_server(tmp_path_factory):
+    """A second server on a test clock (`--test-clock`): time moves only through `advance`."""
+    base = tmp_path_factory.mktemp("rsvault-clock")
+    proc, srv, log = _start(base, ["--test-clock"])
+    try:
+        yield srv
+    finally:
+        _stop(proc)
+        log.close()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

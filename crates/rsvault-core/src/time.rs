@@ -5,6 +5,7 @@
 //! to seven fractional digits and trailing zeros dropped, and durations in .NET's ISO-8601 form
 //! (`PT20M23.0896697S`).
 
+pub use chrono::SubsecRound;
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use std::sync::Arc;
 

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rsvault_control::datadir::DataDir;
 use rsvault_control::{Control, Settings};
-use rsvault_core::time::{Clock, SharedClock, SystemClock, TestClock};
+use rsvault_core::time::{Clock, SharedClock, SubsecRound, SystemClock, TestClock};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -240,7 +240,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.policy_interval = std::time::Duration::from_secs(args.policy_interval.max(1));
     let clock: SharedClock = if args.test_clock {
         tracing::warn!("test clock on: time moves only through POST /rsvault/admin/clock/advance");
-        Arc::new(TestClock::new(SystemClock.now()))
+        Arc::new(TestClock::new(SystemClock.now().trunc_subsecs(0)))
     } else {
         clock()
     };

@@ -474,7 +474,6 @@ impl Engine for ResticEngine {
             zstd: config
                 .zstd()?
                 .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
-            extra_verify: config.extra_verify(),
             // restic's 16 MiB unless the repository sets its own size (rustic_core's default
             // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep
             // the pipeline's memory down).

@@ -10,8 +10,10 @@
 //!   content (qcow2 through `imago`, raw directly), 4 MiB fixed-size chunks, unallocated regions
 //!   not read; hashed, compressed and encrypted on every core by the engine's own pipeline
 //!   (`diskpipe`), which writes the restic format itself (`format`), since rustic_core's
-//!   archiver chunks and hashes one file on one thread. Restores read, decrypt and verify in
-//!   parallel and write with direct I/O.
+//!   archiver chunks and hashes one file on one thread. Compressed blobs are not decompressed
+//!   again at backup time (rustic_core's `extra_verify`; restic does not do it either): every
+//!   restore checks each blob against its id. Restores read, decrypt and verify in parallel and
+//!   write with direct I/O.
 //! * File shares ([`Engine::backup_tree`]): the directory tree with metadata, restic's
 //!   content-defined chunks, unchanged files taken from the parent snapshot.
 //! * A recovery point is a snapshot tagged with vault, item, job and recovery point id, with the

@@ -23,11 +23,14 @@ use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
 use crate::disk::{probe, ReadStats};
 use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
 use crate::error::{EngineError, IoContext, Result};
-use crate::format::{id_bytes, key_file, write_file, BlobIndex, Crypto, RANDOM_SECRET_MIN_LEN, RANDOM_SECRET_SCRYPT};
+use crate::format::{
+    encode_file, id_bytes, key_file, write_file, BlobIndex, Crypto, RANDOM_SECRET_MIN_LEN, RANDOM_SECRET_SCRYPT,
+};
 use crate::pit::{View, ViewKind};
 use crate::progress::{report_while, Cancel, Counters, Progress, RusticBars, Task};
 use crate::sources::{TreeSource, Warnings};
 use crate::types::*;
+use crate::unchanged;
 use crate::Engine;
 
 /// The restic-format engine, written through rustic_core.
@@ -304,6 +307,54 @@ fn commit_consistency(
     repo.delete_snapshots(&[old])?;
     Ok(new)
 }
+
+/// Writes the snapshot of a share found unchanged since `parent`: the parent's root tree, a
+/// summary saying every entry was unmodified (and who made it).
+#[allow(clippy::field_reassign_with_default)] // `SnapshotSummary` is non-exhaustive.
+fn commit_unchanged<S: rustic_core::Open>(
+    repo: &Repository<S>,
+    be: &dyn rustic_core::WriteBackend,
+    mut snap: SnapshotFile,
+    parent: &SnapshotFile,
+    root: &Path,
+    u: unchanged::Unchanged,
+    start: rustic_core::jiff::Zoned,
+) -> Result<SnapshotFile> {
+    let mut sum = rustic_core::repofile::SnapshotSummary::default();
+    sum.command = UNCHANGED_COMMAND.into();
+    sum.files_unmodified = u.files;
+    sum.total_files_processed = u.files;
+    sum.dirs_unmodified = u.dirs;
+    sum.total_dirs_processed = u.dirs;
+    sum.total_bytes_processed = u.bytes;
+    sum.backup_start = start;
+    let end = rustic_core::jiff::Zoned::now();
+    let secs =
+        |a: &rustic_core::jiff::Zoned| (end.timestamp().as_nanosecond() - a.timestamp().as_nanosecond()) as f64 / 1e9;
+    sum.backup_duration = secs(&sum.backup_start);
+    sum.total_duration = secs(&snap.time);
+    sum.backup_end = end;
+    snap.summary = Some(sum);
+    // `check` made sure the root is UTF-8 and the parent's one path (rustic_core's form).
+    snap.paths = StringList::default();
+    snap.paths.add(root.to_string_lossy().into_owned());
+    snap.tree = parent.tree;
+    snap.parent = Some(parent.id);
+    snap.parents = vec![parent.id];
+    snap.id = Default::default();
+    let json = serde_json::to_vec(&snap).map_err(|e| EngineError::Repository(format!("snapshot: {e}")))?;
+    let crypto = Crypto::new(&repo.key())?;
+    let id = write_file(
+        be,
+        rustic_core::FileType::Snapshot,
+        encode_file(&crypto, &json, repo.config().zstd()?)?,
+    )?;
+    snap.id = id.into();
+    Ok(snap)
+}
+
+/// The summary's `command` of a tree snapshot made by reusing its parent's trees.
+pub(crate) const UNCHANGED_COMMAND: &str = "rsvault: unchanged since the parent, its trees reused";
 
 /// Sum of the sizes of the regular files under `dir` (symlinks not followed).
 fn regular_file_bytes(dir: &Path) -> u64 {
@@ -642,10 +693,25 @@ impl Engine for ResticEngine {
         ));
         let opts = BackupOptions::default()
             .no_scan(true)
-            .parent_opts(ParentOptions::default().parents(parent.into_iter().collect::<Vec<_>>()));
+            .parent_opts(ParentOptions::default().parents(parent.iter().cloned().collect::<Vec<_>>()));
         let paths = vec![root.clone()];
+        let parent_snap = match &parent {
+            Some(id) => plain.get_snapshots(&[id])?.pop(),
+            None => None,
+        };
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
-            let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
+            let repo = self
+                .open_with(spec, gate.clone(), Some(counters.clone()))?
+                .to_indexed_ids()?;
+            // A share unchanged since its parent: the parent's trees are reused and only the
+            // snapshot is written (see `unchanged`); otherwise rustic_core's archiver.
+            if let Some(p) = &parent_snap {
+                let start = rustic_core::jiff::Zoned::now();
+                if let Some(u) = unchanged::check(&root, p, |id| repo.get_tree(&id).ok(), cancel)? {
+                    counters.add(u.bytes);
+                    return commit_unchanged(&repo, gate.as_ref(), snap, p, &root, u, start);
+                }
+            }
             Ok(repo.archive(&opts, &source, snap, &paths)?)
         });
         let snap = result.map_err(|e| classify(e, cancel, &abort))?;

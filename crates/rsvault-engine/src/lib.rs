@@ -15,7 +15,10 @@
 //!   restore checks each blob against its id. Restores read, decrypt and verify in parallel and
 //!   write with direct I/O.
 //! * File shares ([`Engine::backup_tree`]): the directory tree with metadata, restic's
-//!   content-defined chunks, unchanged files taken from the parent snapshot.
+//!   content-defined chunks, unchanged files taken from the parent snapshot (rustic_core's
+//!   archiver). A share with no change at all since its parent (every entry's metadata equal,
+//!   none new or gone) skips the archiver: the new snapshot reuses the parent's trees
+//!   (`unchanged`).
 //! * Key files: restic's format records the scrypt parameters, so a repository whose password
 //!   is a generated 256-bit secret (the control plane's vault passwords) is created with light
 //!   ones ([`KeyDerivation::RandomSecret`]: N = 2^10 instead of 2^17; stretching a password that
@@ -27,7 +30,7 @@
 //! Modules: [`keyring`] (per-vault passwords sealed with the server key), [`disk`] (image
 //! probing/reading/writing), [`backend`] (storage rules: atomic writes, fsync, direct I/O,
 //! locking), [`progress`] (progress sink and cancellation); the rest is private (`engine`,
-//! `diskpipe`, `format`, `iobuf`, `restore`, `sources`, `pit`, `types`).
+//! `diskpipe`, `format`, `iobuf`, `restore`, `sources`, `unchanged`, `pit`, `types`).
 
 pub mod backend;
 pub mod disk;
@@ -42,6 +45,7 @@ pub mod progress;
 mod restore;
 mod sources;
 mod types;
+mod unchanged;
 
 pub use disk::{probe, DiskInfo, ImageFormat};
 pub use engine::ResticEngine;

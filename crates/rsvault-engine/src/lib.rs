@@ -7,7 +7,7 @@
 //! object-safe [`Engine`] trait only; [`ResticEngine`] is the rustic_core implementation.
 //!
 //! * VM disks ([`Engine::backup_disks`], [`Engine::restore_disks`]): each disk's guest-visible
-//!   content (qcow2 through `imago`, raw directly), 4 MiB fixed-size chunks, unallocated regions
+//!   content (qcow2 through `imago`, raw directly), 2 MiB fixed-size chunks, unallocated regions
 //!   not read; hashed, compressed and encrypted on every core by the engine's own pipeline
 //!   (`diskpipe`), which writes the restic format itself (`format`), since rustic_core's
 //!   archiver chunks and hashes one file on one thread. Compressed blobs are not decompressed

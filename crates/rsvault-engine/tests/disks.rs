@@ -167,7 +167,7 @@ fn changed_image_second_backup_and_original_location_restore() {
         .engine
         .backup_disks(&v.spec, &disk_req(d.clone(), "a"), &NoProgress, &Cancel::new())
         .unwrap();
-    // Change 100 KiB in one place: only the touched 4 MiB chunk is new.
+    // Change 100 KiB in one place: only the touched chunk is new.
     bytes[5_000_000..5_102_400].copy_from_slice(&noise(99, 102_400));
     fs::write(&raw, &bytes).unwrap();
     let second = v

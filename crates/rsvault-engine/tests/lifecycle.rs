@@ -336,7 +336,7 @@ fn stock_restic_restores_the_same_bytes() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], disk_rp.snapshot_id);
 
-    // Disk images are stored in fixed 4 MiB chunks (restic's own chunker would average 1 MiB).
+    // Disk images are stored in fixed-size chunks (restic's own chunker would vary them).
     let out = restic(&v.spec, &["cat", "snapshot", &disk_rp.snapshot_id]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -350,7 +350,11 @@ fn stock_restic_restores_the_same_bytes() {
         .find(|n| n["name"] == "disk0")
         .unwrap();
     let chunks = disk0["content"].as_array().unwrap().len();
-    assert_eq!(chunks, bytes.len().div_ceil(4 * 1024 * 1024), "fixed-size chunks");
+    assert_eq!(
+        chunks,
+        bytes.len().div_ceil(backend::DISK_CHUNK_SIZE),
+        "fixed-size chunks"
+    );
 
     let t = v.path("restic-out");
     let out = restic(

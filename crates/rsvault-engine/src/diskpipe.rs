@@ -9,7 +9,7 @@
 //! [`DISK_ZSTD_LEVEL`] when it asks for the default) and encrypted into the current pack. The
 //! compressed blob is not decompressed again to compare (rustic_core's `extra_verify`, which
 //! the repository config turns on by default, is not applied here; it cost ≈0.16 CPU-seconds
-//! per GiB): restic does not do it either, and every restore and every `verify` that reads
+//! for the benchmark's 1 GiB image): restic does not do it either, and every restore and every `verify` that reads
 //! data checks each blob's SHA-256 against its id, so a faulty compression cannot reach a
 //! restored disk unnoticed. The price: such a fault would be found at restore or verify time,
 //! not at backup time. Full packs go through

@@ -22,7 +22,7 @@
 //! * Key files: restic's format records the scrypt parameters, so a repository whose password
 //!   is a generated 256-bit secret (the control plane's vault passwords) is created with light
 //!   ones ([`KeyDerivation::RandomSecret`]: N = 2^10 instead of 2^17; stretching a password that
-//!   cannot be guessed adds no security, and saved ≈0.3 s and 128 MiB per open); any other
+//!   cannot be guessed adds no security, and it cost ≈0.3–0.5 s and 128 MiB per open); any other
 //!   password gets restic's ([`KeyDerivation::Restic`], the default). Stock restic opens both.
 //! * A recovery point is a snapshot tagged with vault, item, job and recovery point id, with the
 //!   details the API reports in the snapshot's description (JSON, see [`RecoveryPointInfo`]).

@@ -1,7 +1,8 @@
 //! The vaults' data as the control plane reaches it: one restic repository per vault, written
 //! through the engine ([`rsvault_engine::Engine`]), and the job engine's settings.
 //!
-//! * Each vault's repository is `DATA_DIR/vaults/{uuid}`, opened with the vault's own random password.
+//! * Each vault's repository is `DATA_DIR/vaults/{uuid}`, opened with the vault's own random password
+//!   (256 bits, so new repositories' key files use light scrypt parameters: `KeyDerivation::RandomSecret`).
 //!   The password is stored only *sealed* with the server key (`DATA_DIR/engine.key`, see
 //!   [`rsvault_engine::keyring`]), in the `vault_secrets` table; it is never logged and never returned
 //!   by the ARM API (`rsvault restic-env` prints it, for the operator, on the machine).
@@ -123,10 +124,10 @@ impl Control {
             .keys
             .open(&vault_id.to_ascii_lowercase(), &row.sealed)
             .map_err(engine_error)?;
-        let spec = RepoSpec {
-            path: PathBuf::from(&row.repo),
-            password,
-        };
+        // The password is a random 256-bit secret (`generate_password` above), so a new
+        // repository's key file gets light scrypt parameters (see `KeyDerivation::RandomSecret`);
+        // repositories made before keep theirs.
+        let spec = RepoSpec::with_random_secret(PathBuf::from(&row.repo), password);
         std::fs::create_dir_all(&dp.vaults_dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", dp.vaults_dir.display())))?;
         dp.engine.init(&spec).map_err(engine_error)?;

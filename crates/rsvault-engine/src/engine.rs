@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rustic_core::repofile::{SnapshotFile, Tree};
+use rustic_core::repofile::{MasterKey, SnapshotFile, Tree};
 use rustic_core::{
     BackupOptions, CheckOptions, ConfigOptions, Credentials, KeyOptions, OpenStatus, ParentOptions, PruneOptions,
     ReadSubsetOption, Repository, RepositoryBackends, RepositoryOptions, StringList,
@@ -23,17 +23,22 @@ use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
 use crate::disk::{probe, ReadStats};
 use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
 use crate::error::{EngineError, IoContext, Result};
-use crate::format::{id_bytes, BlobIndex, Crypto};
+use crate::format::{
+    encode_file, id_bytes, key_file, write_file, BlobIndex, Crypto, RANDOM_SECRET_MIN_LEN, RANDOM_SECRET_SCRYPT,
+};
 use crate::pit::{View, ViewKind};
 use crate::progress::{report_while, Cancel, Counters, Progress, RusticBars, Task};
 use crate::sources::{TreeSource, Warnings};
 use crate::types::*;
+use crate::unchanged;
 use crate::Engine;
 
 /// The restic-format engine, written through rustic_core.
 ///
-/// Opening a repository with its password costs a scrypt derivation (restic's key format: about
-/// 0.3 s and 128 MiB). The engine remembers each repository's master key after the first
+/// Opening a repository with its password costs a scrypt derivation with the parameters its key
+/// file records: about 0.3 s and 128 MiB with restic's, about a millisecond for a repository
+/// made with [`crate::KeyDerivation::RandomSecret`] (for generated 256-bit passwords only; see
+/// there why that is safe). The engine remembers each repository's master key after the first
 /// successful open, keyed by path and a SHA-256 of the password, so later calls skip it.
 ///
 /// Disk backups and restores use direct I/O (`O_DIRECT`) for pack files and restored raw
@@ -303,6 +308,54 @@ fn commit_consistency(
     Ok(new)
 }
 
+/// Writes the snapshot of a share found unchanged since `parent`: the parent's root tree, a
+/// summary saying every entry was unmodified (and who made it).
+#[allow(clippy::field_reassign_with_default)] // `SnapshotSummary` is non-exhaustive.
+fn commit_unchanged<S: rustic_core::Open>(
+    repo: &Repository<S>,
+    be: &dyn rustic_core::WriteBackend,
+    mut snap: SnapshotFile,
+    parent: &SnapshotFile,
+    root: &Path,
+    u: unchanged::Unchanged,
+    start: rustic_core::jiff::Zoned,
+) -> Result<SnapshotFile> {
+    let mut sum = rustic_core::repofile::SnapshotSummary::default();
+    sum.command = UNCHANGED_COMMAND.into();
+    sum.files_unmodified = u.files;
+    sum.total_files_processed = u.files;
+    sum.dirs_unmodified = u.dirs;
+    sum.total_dirs_processed = u.dirs;
+    sum.total_bytes_processed = u.bytes;
+    sum.backup_start = start;
+    let end = rustic_core::jiff::Zoned::now();
+    let secs =
+        |a: &rustic_core::jiff::Zoned| (end.timestamp().as_nanosecond() - a.timestamp().as_nanosecond()) as f64 / 1e9;
+    sum.backup_duration = secs(&sum.backup_start);
+    sum.total_duration = secs(&snap.time);
+    sum.backup_end = end;
+    snap.summary = Some(sum);
+    // `check` made sure the root is UTF-8 and the parent's one path (rustic_core's form).
+    snap.paths = StringList::default();
+    snap.paths.add(root.to_string_lossy().into_owned());
+    snap.tree = parent.tree;
+    snap.parent = Some(parent.id);
+    snap.parents = vec![parent.id];
+    snap.id = Default::default();
+    let json = serde_json::to_vec(&snap).map_err(|e| EngineError::Repository(format!("snapshot: {e}")))?;
+    let crypto = Crypto::new(&repo.key())?;
+    let id = write_file(
+        be,
+        rustic_core::FileType::Snapshot,
+        encode_file(&crypto, &json, repo.config().zstd()?)?,
+    )?;
+    snap.id = id.into();
+    Ok(snap)
+}
+
+/// The summary's `command` of a tree snapshot made by reusing its parent's trees.
+pub(crate) const UNCHANGED_COMMAND: &str = "rsvault: unchanged since the parent, its trees reused";
+
 /// Sum of the sizes of the regular files under `dir` (symlinks not followed).
 fn regular_file_bytes(dir: &Path) -> u64 {
     let mut total = 0;
@@ -336,6 +389,11 @@ fn parent_id(repo: &Repo, explicit: Option<&str>, fallback: Option<String>) -> R
 
 impl Engine for ResticEngine {
     fn init(&self, spec: &RepoSpec) -> Result<()> {
+        if spec.kdf == KeyDerivation::RandomSecret && spec.password.expose().len() < RANDOM_SECRET_MIN_LEN {
+            return Err(EngineError::InvalidRequest(format!(
+                "light key derivation needs a random password of at least {RANDOM_SECRET_MIN_LEN} characters"
+            )));
+        }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -346,14 +404,44 @@ impl Engine for ResticEngine {
             self.open(spec, None)?;
             return Ok(());
         }
+        // Key files without a config are left by an init that crashed in between; they can
+        // open nothing, and a stale one with the same password would be tried first.
+        if let Ok(rd) = std::fs::read_dir(spec.path.join("keys")) {
+            for e in rd.flatten() {
+                std::fs::remove_file(e.path()).ctx(|| format!("remove stale key {}", e.path().display()))?;
+            }
+        }
         let be = Arc::new(LocalBackend::new(&spec.path));
-        let backends = RepositoryBackends::new(be, None);
+        let backends = RepositoryBackends::new(be.clone(), None);
         let repo = Repository::new(&RepositoryOptions::default().no_cache(true), &backends)?;
-        let _ = repo.init(
-            &Credentials::password(spec.password.expose()),
-            &KeyOptions::default(),
-            &ConfigOptions::default(),
-        )?;
+        match spec.kdf {
+            KeyDerivation::Restic => {
+                let _ = repo.init(
+                    &Credentials::password(spec.password.expose()),
+                    &KeyOptions::default(),
+                    &ConfigOptions::default(),
+                )?;
+            }
+            KeyDerivation::RandomSecret => {
+                // rustic_core writes key files with N = 2^17 only: the key file is written
+                // here (first, as restic does, so a config never exists without a key), then
+                // rustic_core writes the config under the same master key.
+                let master = MasterKey::new();
+                let kf = key_file(&master, spec.password.expose(), RANDOM_SECRET_SCRYPT)?;
+                let json = serde_json::to_vec(&kf).map_err(|e| EngineError::Repository(format!("key file: {e}")))?;
+                rustic_core::WriteBackend::create(be.as_ref())?;
+                write_file(be.as_ref(), rustic_core::FileType::Key, json)?;
+                let _ = repo.init(
+                    &Credentials::Masterkey(master.clone()),
+                    &KeyOptions::default(),
+                    &ConfigOptions::default(),
+                )?;
+                self.keys
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(Self::cache_key(spec), master);
+            }
+        }
         Ok(())
     }
 
@@ -474,7 +562,6 @@ impl Engine for ResticEngine {
             zstd: config
                 .zstd()?
                 .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
-            extra_verify: config.extra_verify(),
             // restic's 16 MiB unless the repository sets its own size (rustic_core's default
             // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep
             // the pipeline's memory down).
@@ -606,10 +693,25 @@ impl Engine for ResticEngine {
         ));
         let opts = BackupOptions::default()
             .no_scan(true)
-            .parent_opts(ParentOptions::default().parents(parent.into_iter().collect::<Vec<_>>()));
+            .parent_opts(ParentOptions::default().parents(parent.iter().cloned().collect::<Vec<_>>()));
         let paths = vec![root.clone()];
+        let parent_snap = match &parent {
+            Some(id) => plain.get_snapshots(&[id])?.pop(),
+            None => None,
+        };
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
-            let repo = self.open_with(spec, gate, Some(counters.clone()))?.to_indexed_ids()?;
+            let repo = self
+                .open_with(spec, gate.clone(), Some(counters.clone()))?
+                .to_indexed_ids()?;
+            // A share unchanged since its parent: the parent's trees are reused and only the
+            // snapshot is written (see `unchanged`); otherwise rustic_core's archiver.
+            if let Some(p) = &parent_snap {
+                let start = rustic_core::jiff::Zoned::now();
+                if let Some(u) = unchanged::check(&root, p, |id| repo.get_tree(&id).ok(), cancel)? {
+                    counters.add(u.bytes);
+                    return commit_unchanged(&repo, gate.as_ref(), snap, p, &root, u, start);
+                }
+            }
             Ok(repo.archive(&opts, &source, snap, &paths)?)
         });
         let snap = result.map_err(|e| classify(e, cancel, &abort))?;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use aes256ctr_poly1305aes::aead::{AeadInPlace, Nonce, Tag};
 use aes256ctr_poly1305aes::Aes256CtrPoly1305Aes;
 use rand::RngCore;
-use rustic_core::repofile::{BlobType, IndexFile, MasterKey};
+use rustic_core::repofile::{BlobType, IndexFile, KeyFile, MasterKey};
 use rustic_core::{FileType, Id, WriteBackend};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -58,11 +58,17 @@ impl Crypto {
         if key.encrypt.len() != 32 || key.mac.k.len() != 16 || key.mac.r.len() != 16 {
             return Err(repo_err("unexpected master key layout"));
         }
-        let mut k = aes256ctr_poly1305aes::Key::default();
+        let mut k = [0u8; 64];
         k[0..32].copy_from_slice(&key.encrypt);
         k[32..48].copy_from_slice(&key.mac.k);
         k[48..64].copy_from_slice(&key.mac.r);
-        Ok(Self(Aes256CtrPoly1305Aes::new(&k)))
+        Ok(Self::from_bytes(&k))
+    }
+
+    /// From the 64 key bytes: AES-256 key, Poly1305 k, Poly1305 r (a master key's layout, and
+    /// that of the scrypt output that encrypts a key file).
+    pub fn from_bytes(k: &[u8; 64]) -> Self {
+        Self(Aes256CtrPoly1305Aes::new(aes256ctr_poly1305aes::Key::from_slice(k)))
     }
 
     /// Encrypts `buf[16..16+len]` in place: writes a fresh nonce into `buf[..16]` and the MAC
@@ -122,6 +128,34 @@ pub(crate) fn write_file(be: &dyn WriteBackend, tpe: FileType, bytes: Vec<u8>) -
     let id = Id::new(sha256(&bytes));
     be.write_bytes(tpe, &id, false, bytes.into())?;
     Ok(id)
+}
+
+/// scrypt parameters of key files for random 256-bit passwords ([`crate::KeyDerivation`]).
+pub(crate) const RANDOM_SECRET_SCRYPT: (u8, u32, u32) = (10, 8, 1);
+/// Smallest password [`crate::KeyDerivation::RandomSecret`] accepts: 256 bits in base64.
+pub(crate) const RANDOM_SECRET_MIN_LEN: usize = 43;
+
+/// A restic key file for `master`: `scrypt(password, salt, N, r, p)` gives 64 bytes (AES key,
+/// Poly1305 k, Poly1305 r), which encrypt the master key's JSON; N, r, p and the 64-byte salt
+/// are stored beside it. (rustic_core writes the same format but only with N = 2^17.)
+pub(crate) fn key_file(master: &MasterKey, password: &str, (log_n, r, p): (u8, u32, u32)) -> Result<KeyFile> {
+    let params = scrypt::Params::new(log_n, r, p).map_err(|e| repo_err(format!("scrypt parameters: {e}")))?;
+    let mut salt = vec![0u8; 64];
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    let mut derived = [0u8; 64];
+    scrypt::scrypt(password.as_bytes(), &salt, &params, &mut derived).map_err(|e| repo_err(format!("scrypt: {e}")))?;
+    let json = serde_json::to_vec(master).map_err(|e| repo_err(format!("master key: {e}")))?;
+    Ok(KeyFile {
+        hostname: None,
+        username: None,
+        created: Some(rustic_core::jiff::Zoned::now()),
+        kdf: "scrypt".into(),
+        n: 1 << log_n,
+        r,
+        p,
+        data: Crypto::from_bytes(&derived).encrypt(&json)?,
+        salt,
+    })
 }
 
 /// One blob as a pack header and an index name it.
@@ -405,6 +439,22 @@ mod tests {
         assert_eq!(h[37], 3);
         assert_eq!(u32::from_le_bytes(h[42..46].try_into().unwrap()), 9);
         assert_eq!(&h[46..78], &[2; 32]);
+    }
+
+    #[test]
+    fn light_key_file_opens_with_its_password_only() {
+        let master = MasterKey::new();
+        let kf = key_file(&master, "pw-0123456789", RANDOM_SECRET_SCRYPT).unwrap();
+        assert_eq!((kf.n, kf.r, kf.p, kf.salt.len()), (1024, 8, 1, 64));
+        // Through JSON, as a key file is stored, then opened the way rustic_core opens it.
+        let kf: KeyFile = serde_json::from_slice(&serde_json::to_vec(&kf).unwrap()).unwrap();
+        let key = kf.key_from_password(&"pw-0123456789").unwrap();
+        let (e, k, r) = key.to_keys();
+        assert_eq!(
+            (e, k, r),
+            (master.encrypt.clone(), master.mac.k.clone(), master.mac.r.clone())
+        );
+        assert!(kf.key_from_password(&"pw-0123456788").is_err());
     }
 
     #[test]

@@ -65,14 +65,20 @@ pub(crate) struct TreeSource {
     scanned: Arc<AtomicU64>,
 }
 
+/// The share as rustic_core reads it (one definition, so the archiver's source and the
+/// unchanged-tree check of `crate::unchanged` see the same nodes in the same order).
+pub(crate) fn local_source(root: &Path) -> RusticResult<LocalSource> {
+    LocalSource::new(
+        LocalSourceSaveOptions::default(),
+        &rustic_core::Excludes::default(),
+        &LocalSourceFilterOptions::default(),
+        &[root],
+    )
+}
+
 impl TreeSource {
     pub fn new(root: &Path, cancel: Cancel, warnings: Warnings) -> RusticResult<Self> {
-        let inner = LocalSource::new(
-            LocalSourceSaveOptions::default(),
-            &rustic_core::Excludes::default(),
-            &LocalSourceFilterOptions::default(),
-            &[root],
-        )?;
+        let inner = local_source(root)?;
         Ok(Self {
             inner,
             cancel,

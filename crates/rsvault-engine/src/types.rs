@@ -15,6 +15,52 @@ pub struct RepoSpec {
     pub path: PathBuf,
     /// The repository password (clear; see [`crate::VaultKeys`]).
     pub password: Secret,
+    /// How [`crate::Engine::init`] stretches the password when it creates the repository's
+    /// key file. Opening reads the parameters from the key file, so this matters only at
+    /// creation; an existing repository keeps the key file it has.
+    pub kdf: KeyDerivation,
+}
+
+/// The scrypt parameters of a new repository's key file (restic's key format records N, r
+/// and p, so stock `restic` opens either kind).
+///
+/// scrypt's cost exists to slow down guessing a password a person chose. A password that is
+/// itself a uniformly random 256-bit secret cannot be guessed whatever the KDF costs (2^256
+/// candidates; the key file's 64-byte salt rules out precomputation), so stretching it only
+/// costs every open ≈0.3 s of one core and 128 MiB. [`KeyDerivation::RandomSecret`] is
+/// therefore safe **only** for such passwords: those [`crate::VaultKeys::generate_password`]
+/// makes (the control plane's vault passwords). Anything a person typed or chose, or that
+/// came from elsewhere, must use [`KeyDerivation::Restic`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KeyDerivation {
+    /// The parameters of restic and rustic_core (N = 2^17, r = 8, p = 1: 128 MiB, ≈0.3 s).
+    #[default]
+    Restic,
+    /// Light parameters (N = 2^10, r = 8, p = 1: 1 MiB, about a millisecond) for a random
+    /// secret of at least 256 bits. `init` refuses it for a password shorter than the 43
+    /// characters of a base64 256-bit secret (a guard against misuse, not a proof of entropy).
+    RandomSecret,
+}
+
+impl RepoSpec {
+    /// A repository opened with a password of any origin (restic's scrypt parameters).
+    pub fn new(path: impl Into<PathBuf>, password: Secret) -> Self {
+        Self {
+            path: path.into(),
+            password,
+            kdf: KeyDerivation::Restic,
+        }
+    }
+
+    /// A repository whose password is a random 256-bit secret from
+    /// [`crate::VaultKeys::generate_password`] (light scrypt parameters, see
+    /// [`KeyDerivation::RandomSecret`]).
+    pub fn with_random_secret(path: impl Into<PathBuf>, password: Secret) -> Self {
+        Self {
+            kdf: KeyDerivation::RandomSecret,
+            ..Self::new(path, password)
+        }
+    }
 }
 
 /// One disk of a VM.

@@ -167,7 +167,7 @@ fn changed_image_second_backup_and_original_location_restore() {
         .engine
         .backup_disks(&v.spec, &disk_req(d.clone(), "a"), &NoProgress, &Cancel::new())
         .unwrap();
-    // Change 100 KiB in one place: only the touched 4 MiB chunk is new.
+    // Change 100 KiB in one place: only the touched chunk is new.
     bytes[5_000_000..5_102_400].copy_from_slice(&noise(99, 102_400));
     fs::write(&raw, &bytes).unwrap();
     let second = v
@@ -358,10 +358,7 @@ fn bad_requests_are_refused() {
         Err(EngineError::RecoveryPointNotFound(_))
     ));
     // A wrong password does not open the vault.
-    let wrong = RepoSpec {
-        path: v.spec.path.clone(),
-        password: VaultKeys::generate_password(),
-    };
+    let wrong = RepoSpec::new(v.spec.path.clone(), VaultKeys::generate_password());
     assert!(v.engine.init(&wrong).is_err());
     v.engine.init(&v.spec).unwrap();
 }
@@ -371,10 +368,8 @@ fn bad_requests_are_refused() {
 /// rustic_core's and stock restic's full data checks; with direct I/O and without.
 fn multi_pack_odd_size_round_trip(direct: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let spec = RepoSpec {
-        path: dir.path().join("repo"),
-        password: VaultKeys::generate_password(),
-    };
+    // restic's own scrypt parameters here (the other tests' vaults use the light ones).
+    let spec = RepoSpec::new(dir.path().join("repo"), VaultKeys::generate_password());
     let engine = ResticEngine::new().with_direct_io(direct);
     engine.init(&spec).unwrap();
     let raw = dir.path().join("big.raw");

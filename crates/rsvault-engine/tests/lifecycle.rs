@@ -235,10 +235,7 @@ fn crash_child() {
     };
     let mut it = args.split('\n');
     let (repo, pw, img) = (it.next().unwrap(), it.next().unwrap(), it.next().unwrap());
-    let spec = RepoSpec {
-        path: repo.into(),
-        password: Secret::new(pw),
-    };
+    let spec = RepoSpec::new(repo, Secret::new(pw));
     let _ = ResticEngine::new().backup_disks(
         &spec,
         &disk_req(Path::new(img), "crash", 0),
@@ -339,7 +336,7 @@ fn stock_restic_restores_the_same_bytes() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(list[0]["id"], disk_rp.snapshot_id);
 
-    // Disk images are stored in fixed 4 MiB chunks (restic's own chunker would average 1 MiB).
+    // Disk images are stored in fixed-size chunks (restic's own chunker would vary them).
     let out = restic(&v.spec, &["cat", "snapshot", &disk_rp.snapshot_id]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -353,7 +350,11 @@ fn stock_restic_restores_the_same_bytes() {
         .find(|n| n["name"] == "disk0")
         .unwrap();
     let chunks = disk0["content"].as_array().unwrap().len();
-    assert_eq!(chunks, bytes.len().div_ceil(4 * 1024 * 1024), "fixed-size chunks");
+    assert_eq!(
+        chunks,
+        bytes.len().div_ceil(backend::DISK_CHUNK_SIZE),
+        "fixed-size chunks"
+    );
 
     let t = v.path("restic-out");
     let out = restic(
@@ -386,4 +387,99 @@ fn stock_restic_restores_the_same_bytes() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The scrypt parameters in a new repository's key file: light for a generated 256-bit
+/// password (`KeyDerivation::RandomSecret`), restic's otherwise; stock restic opens both, and
+/// only with the right password.
+#[test]
+fn key_derivation_parameters_and_stock_restic() {
+    fn key_params(repo: &Path) -> (u64, u64, u64) {
+        let keys: Vec<_> = fs::read_dir(repo.join("keys")).unwrap().flatten().collect();
+        assert_eq!(keys.len(), 1, "one key file");
+        let k: serde_json::Value = serde_json::from_slice(&fs::read(keys[0].path()).unwrap()).unwrap();
+        let n = |f: &str| k[f].as_u64().unwrap();
+        (n("N"), n("r"), n("p"))
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let light = RepoSpec::with_random_secret(dir.path().join("light"), VaultKeys::generate_password());
+    let standard = RepoSpec::new(dir.path().join("standard"), VaultKeys::generate_password());
+    let e = ResticEngine::new();
+    e.init(&light).unwrap();
+    e.init(&standard).unwrap();
+    assert_eq!(key_params(&light.path), (1024, 8, 1));
+    assert_eq!(key_params(&standard.path), (131_072, 8, 1));
+    // A fresh engine (no cached master key) opens both through the key file; init is idempotent.
+    for s in [&light, &standard] {
+        let e = ResticEngine::new();
+        e.init(s).unwrap();
+        assert!(e
+            .recovery_points(s, &RecoveryPointFilter::default())
+            .unwrap()
+            .is_empty());
+        let wrong = RepoSpec::new(s.path.clone(), VaultKeys::generate_password());
+        assert!(ResticEngine::new().init(&wrong).is_err());
+    }
+    // A short (possibly human) password is refused the light parameters.
+    let short = RepoSpec::with_random_secret(dir.path().join("short"), Secret::new("correct horse battery"));
+    assert!(matches!(e.init(&short), Err(EngineError::InvalidRequest(_))));
+    assert!(!short.path.join("config").exists());
+
+    if !restic_available() {
+        eprintln!("SKIPPED (restic part): the `restic` binary is not installed");
+        return;
+    }
+    for s in [&light, &standard] {
+        let out = restic(s, &["cat", "config"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let wrong = RepoSpec::new(s.path.clone(), VaultKeys::generate_password());
+        assert!(!restic(&wrong, &["cat", "config"]).status.success());
+    }
+    // A key stock restic adds (restic's own parameters) opens the light repository for both.
+    let pw2 = v2_password();
+    let out = Command::new("restic")
+        .arg("-r")
+        .arg(&light.path)
+        .args(["key", "add", "--new-password-file"])
+        .arg(pw2.0.path())
+        .env("RESTIC_PASSWORD", light.password.expose())
+        .env("RESTIC_CACHE_DIR", dir.path().join("restic-cache"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = RepoSpec::new(light.path.clone(), pw2.1);
+    ResticEngine::new().init(&second).unwrap();
+
+    fn v2_password() -> (tempfile::NamedTempFile, Secret) {
+        let pw = VaultKeys::generate_password();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        fs::write(f.path(), pw.expose()).unwrap();
+        (f, pw)
+    }
+}
+
+/// A key file left by an init that stopped before writing the config does not keep the next
+/// init from making a working repository.
+#[test]
+fn init_after_a_crash_between_key_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = RepoSpec::with_random_secret(dir.path().join("repo"), VaultKeys::generate_password());
+    let e = ResticEngine::new();
+    e.init(&spec).unwrap();
+    let key = fs::read_dir(spec.path.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let stale = fs::read(&key).unwrap();
+    // Simulate the crash: a repository with a key (same password, another master key) and no config.
+    fs::remove_dir_all(&spec.path).unwrap();
+    fs::create_dir_all(spec.path.join("keys")).unwrap();
+    fs::write(spec.path.join("keys").join(key.file_name().unwrap()), stale).unwrap();
+    let e = ResticEngine::new();
+    e.init(&spec).unwrap();
+    assert!(ResticEngine::new()
+        .recovery_points(&spec, &RecoveryPointFilter::default())
+        .is_ok());
 }

@@ -344,3 +344,141 @@ fn item_level_restore_and_conflict_options() {
     );
     assert!(matches!(missing, Err(EngineError::InvalidRequest(_))));
 }
+
+/// The summary of a recovery point's snapshot, read with rustic_core.
+fn summary_of(v: &Vault, rp: &RecoveryPointInfo) -> (String, rustic_core::repofile::SnapshotSummary) {
+    use rustic_core::{Credentials, Repository, RepositoryBackends, RepositoryOptions};
+    let be = std::sync::Arc::new(backend::LocalBackend::new(&v.spec.path));
+    let repo = Repository::new(
+        &RepositoryOptions::default().no_cache(true),
+        &RepositoryBackends::new(be, None),
+    )
+    .unwrap()
+    .open(&Credentials::password(v.spec.password.expose()))
+    .unwrap();
+    let snap = repo.get_snapshots(&[&rp.snapshot_id]).unwrap().pop().unwrap();
+    (snap.tree.to_string(), snap.summary.unwrap())
+}
+
+/// An unchanged share reuses the parent's trees without rustic_core's archiver (the snapshot
+/// says so in its summary); any change deep in the share (content with size and mtime kept,
+/// mode, a new, removed or renamed file, a symlink's target) sends the backup through the
+/// archiver again, and what the fast path commits restores to the same tree (engine and stock
+/// restic), with a clean `restic check`.
+#[test]
+fn unchanged_share_reuses_parent_trees_and_changes_are_seen() {
+    let v = Vault::new();
+    let src = v.path("share");
+    sample_share(&src);
+    let mut n = 0;
+    let mut backup = |v: &Vault| {
+        n += 1;
+        let rp = v
+            .engine
+            .backup_tree(
+                &v.spec,
+                &tree_req(&src, &format!("rp{n}"), n),
+                &NoProgress,
+                &Cancel::new(),
+            )
+            .unwrap()
+            .recovery_point;
+        let (tree, sum) = summary_of(v, &rp);
+        (rp, tree, sum.command.starts_with("rsvault: unchanged"), sum)
+    };
+    let (_, t1, fast, _) = backup(&v);
+    assert!(!fast, "no parent: the archiver");
+    let (rp, t2, fast, sum) = backup(&v);
+    assert!(fast, "unchanged: the parent's trees");
+    assert_eq!(t2, t1);
+    assert_eq!(
+        (sum.files_unmodified, sum.dirs_unmodified),
+        (5, 2),
+        "4 files and a link, 2 dirs"
+    );
+    assert_eq!(rp.total_size, 300_000 + 10);
+
+    let deep = src.join("docs/deep/c");
+    type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let changes: Vec<Change> = vec![
+        (
+            "same size and mtime, new content (ctime moves)",
+            Box::new(|| {
+                fs::write(&deep, b"GAMMA").unwrap();
+                let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_200);
+                fs::File::open(&deep).unwrap().set_modified(t).unwrap();
+            }),
+        ),
+        (
+            "mode",
+            Box::new(|| fs::set_permissions(src.join("docs/b.bin"), fs::Permissions::from_mode(0o644)).unwrap()),
+        ),
+        ("removed file", Box::new(|| fs::remove_file(src.join("empty")).unwrap())),
+        (
+            "new file",
+            Box::new(|| fs::write(src.join("docs/deep/new"), b"new").unwrap()),
+        ),
+        (
+            "renamed file",
+            Box::new(|| fs::rename(src.join("docs/deep/new"), src.join("docs/deep/renamed")).unwrap()),
+        ),
+        (
+            "symlink target",
+            Box::new(|| {
+                fs::remove_file(src.join("link")).unwrap();
+                std::os::unix::fs::symlink("a.txt", src.join("link")).unwrap();
+            }),
+        ),
+    ];
+    let mut prev = t2;
+    let mut last = rp;
+    for (what, change) in changes {
+        change();
+        let (_, t, fast, _) = backup(&v);
+        assert!(!fast, "{what}: the archiver");
+        assert_ne!(t, prev, "{what}: a new tree");
+        let (rp, t_again, fast, _) = backup(&v);
+        assert!(fast, "{what}: unchanged again afterwards");
+        assert_eq!(t_again, t);
+        prev = t;
+        last = rp;
+    }
+
+    // The last fast-path recovery point restores to the share as it is now.
+    let dst = v.path("restored");
+    v.engine
+        .restore_tree(
+            &v.spec,
+            &TreeRestoreRequest {
+                recovery_point: last.id.clone(),
+                paths: None,
+                target: Some(dst.clone()),
+                conflict: ConflictPolicy::FailOnConflict,
+            },
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+    assert_eq!(snapshot_of(&src), snapshot_of(&dst));
+    assert_eq!(fs::read(dst.join("docs/deep/c")).unwrap(), b"GAMMA");
+
+    if !restic_available() {
+        eprintln!("SKIPPED (restic part): the `restic` binary is not installed");
+        return;
+    }
+    let out = restic(&v.spec, &["check", "--read-data"]);
+    assert!(
+        out.status.success(),
+        "restic check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = v.path("restic-out");
+    let out = restic(
+        &v.spec,
+        &["restore", &last.snapshot_id, "--target", t.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = t.join(fs::canonicalize(&src).unwrap().strip_prefix("/").unwrap());
+    assert_eq!(snapshot_of(&src), snapshot_of(&root));
+}

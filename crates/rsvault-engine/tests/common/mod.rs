@@ -23,10 +23,8 @@ pub struct Vault {
 impl Vault {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let spec = RepoSpec {
-            path: dir.path().join("repo"),
-            password: VaultKeys::generate_password(),
-        };
+        // As the control plane makes vaults: a generated password, light key derivation.
+        let spec = RepoSpec::with_random_secret(dir.path().join("repo"), VaultKeys::generate_password());
         let engine = ResticEngine::new();
         engine.init(&spec).unwrap();
         Self { dir, spec, engine }

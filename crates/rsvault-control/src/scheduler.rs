@@ -241,21 +241,14 @@ impl Control {
             if !due {
                 continue;
             }
-            let container = item.parent_key.clone();
             let vm_container = item
                 .id
                 .split('/')
                 .nth_back(2)
                 .is_some_and(|c| matches!(ContainerName::parse(c), Ok(ContainerName::Vm { .. })));
-            self.store.write(|db| -> Result<()> {
-                db.delete_resource(&item.id)?;
-                if let (Some(cid), true) = (&container, vm_container) {
-                    if db.count_below(cid, PROTECTED_ITEM_TYPE)? == 0 {
-                        db.delete_resource(cid)?;
-                    }
-                }
-                Ok(())
-            })?;
+            let container = item.parent_key.as_deref().filter(|_| vm_container);
+            self.store
+                .write(|db| crate::backup::protection::delete_item(db, &item.id, container))?;
             tracing::info!(item = %item.id, "soft delete period over: item and its recovery points purged");
             self.mark_vault(vault_of(&item.id));
             n += 1;

@@ -808,12 +808,7 @@ impl Control {
                 db.put_resource(r)?;
             }
             if let Some((item, empty_container)) = &delete {
-                db.delete_resource(item)?;
-                if let Some(cid) = empty_container {
-                    if db.count_below(cid, PROTECTED_ITEM_TYPE)? == 0 {
-                        db.delete_resource(cid)?;
-                    }
-                }
+                delete_item(db, item, empty_container.as_deref())?;
             }
             db.put_job(&job)?;
             db.put_operation(&op)
@@ -997,6 +992,22 @@ impl Control {
 }
 
 /// The item protecting `source_id` (and, for file shares, the share named `share`) among `items`.
+/// Deletes a protected item (and, below it, its recovery points), then `container` if that left it
+/// empty (a VM's container goes with its last item; a storage account's stays registered).
+pub(crate) fn delete_item(
+    db: &rsvault_store::Db,
+    item: &str,
+    container: Option<&str>,
+) -> std::result::Result<(), rsvault_store::StoreError> {
+    db.delete_resource(item)?;
+    if let Some(cid) = container {
+        if db.count_below(cid, PROTECTED_ITEM_TYPE)? == 0 {
+            db.delete_resource(cid)?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn protected_in<'a>(
     items: &'a [ResourceRow],
     source_id: &str,

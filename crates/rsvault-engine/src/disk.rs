@@ -7,11 +7,18 @@
 //! produced as zeros without touching the disk. Restored images are written with holes where the
 //! snapshot holds all-zero chunks (raw: a sparse file; qcow2: clusters never allocated).
 //! This module never shells out.
+//!
+//! Sources are opened once, through [`crate::safefs`]: no symlink is followed anywhere on the path,
+//! the file must be a regular file, and everything after (probe, snapshot, read) uses that one
+//! descriptor. A qcow2 image that names a backing file or an external data file is refused: `imago`
+//! opens it with a gate that denies every implicit open, so it never reads a file the image names
+//! (a user-made qcow2 whose backing file is `/etc/shadow` reads nothing of it). Restored images
+//! are created mode 0600, relative to an opened directory.
 
+use std::ffi::OsStr;
 use std::fs;
-use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
@@ -49,25 +56,65 @@ fn source_err(path: &Path, reason: impl Into<String>) -> EngineError {
     }
 }
 
-fn open_qcow2(path: &Path, write: bool) -> Result<Qcow2Image> {
-    let q = Qcow2::<imago::file::File>::builder_path(path)
+/// Refuses a qcow2 header that names a backing file or needs an external data file (checked
+/// before `imago` sees the image, for a clear reason; `imago`'s deny-all gate is the second line).
+fn check_qcow2_header(f: &fs::File, path: &Path) -> Result<()> {
+    let mut h = [0u8; 80];
+    let n = f.read_at(&mut h, 0).map_err(|e| source_err(path, e.to_string()))?;
+    if n < 72 {
+        return Err(source_err(path, "not a readable qcow2 image: short header"));
+    }
+    let be64 = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+    let version = u32::from_be_bytes(h[4..8].try_into().expect("4 bytes"));
+    if be64(8) != 0 {
+        return Err(source_err(
+            path,
+            "a qcow2 image with a backing file: rsvault backs up only self-contained images",
+        ));
+    }
+    // Incompatible feature bit 2: an external data file.
+    if version >= 3 && n >= 80 && be64(72) & 0b100 != 0 {
+        return Err(source_err(
+            path,
+            "a qcow2 image with an external data file: rsvault backs up only self-contained images",
+        ));
+    }
+    Ok(())
+}
+
+/// A qcow2 image over an already opened file; nothing else is ever opened.
+fn open_qcow2(f: fs::File, path: &Path, write: bool) -> Result<Qcow2Image> {
+    check_qcow2_header(&f, path)?;
+    let storage = imago::file::File::from_open_file(f, imago::StorageOpenOptions::new().filename(path).write(write))
+        .map_err(|e| source_err(path, e.to_string()))?;
+    let q = Qcow2::<imago::file::File>::builder(storage)
         .write(write)
-        .open(imago::PermissiveImplicitOpenGate::default())
+        .open(imago::DenyImplicitOpenGate::default())
         .map_err(|e| source_err(path, format!("not a readable qcow2 image: {e}")))?;
     Ok(FormatAccess::new(q))
 }
 
-/// Identifies a disk image and its virtual size (a real qcow2 parse, not just the magic).
+/// Opens a source image: no symlink followed on its path, a regular file.
+pub(crate) fn open_source(path: &Path) -> Result<fs::File> {
+    crate::safefs::open_regular(path).map_err(|e| source_err(path, e.to_string()))
+}
+
+/// Identifies a disk image and its virtual size (a real qcow2 parse, not just the magic). The
+/// path is opened as [`open_source`] does.
 pub fn probe(path: &Path) -> Result<DiskInfo> {
-    let mut f = fs::File::open(path).map_err(|e| source_err(path, e.to_string()))?;
+    probe_file(&open_source(path)?, path)
+}
+
+/// [`probe`] of an opened image.
+pub(crate) fn probe_file(f: &fs::File, path: &Path) -> Result<DiskInfo> {
     let meta = f.metadata().map_err(|e| source_err(path, e.to_string()))?;
     if !meta.is_file() {
         return Err(source_err(path, "not a regular file"));
     }
     let mut magic = [0u8; 4];
-    let n = f.read(&mut magic).map_err(|e| source_err(path, e.to_string()))?;
+    let n = f.read_at(&mut magic, 0).map_err(|e| source_err(path, e.to_string()))?;
     if n == 4 && &magic == QCOW2_MAGIC {
-        let q = open_qcow2(path, false)?;
+        let q = open_qcow2(f.try_clone().map_err(|e| source_err(path, e.to_string()))?, path, false)?;
         Ok(DiskInfo {
             format: ImageFormat::Qcow2,
             virtual_size: q.size(),
@@ -86,10 +133,10 @@ enum Image {
 }
 
 impl Image {
-    fn open(path: &Path, format: ImageFormat) -> Result<Self> {
+    fn from_file(f: fs::File, path: &Path, format: ImageFormat) -> Result<Self> {
         Ok(match format {
-            ImageFormat::Raw => Image::Raw(fs::File::open(path).map_err(|e| source_err(path, e.to_string()))?),
-            ImageFormat::Qcow2 => Image::Qcow2(Box::new(open_qcow2(path, false)?)),
+            ImageFormat::Raw => Image::Raw(f),
+            ImageFormat::Qcow2 => Image::Qcow2(Box::new(open_qcow2(f, path, false)?)),
         })
     }
 
@@ -162,46 +209,39 @@ pub(crate) enum ImageWriter {
 }
 
 impl ImageWriter {
-    /// Creates `path` (must not exist) as an empty image of `size` bytes; `direct`: raw images
-    /// may be written with direct I/O.
-    pub fn create(path: &Path, format: ImageFormat, size: u64, direct: bool) -> Result<Self> {
+    /// Creates `name` in the opened directory `dir` (must not exist; mode 0600, no symlink
+    /// followed) as an empty image of `size` bytes; `shown` names it in errors; `direct`: raw
+    /// images may be written with direct I/O. Returns the writer and a descriptor of the file.
+    pub fn create_in(
+        dir: &fs::File,
+        name: &OsStr,
+        shown: &Path,
+        format: ImageFormat,
+        size: u64,
+        direct: bool,
+    ) -> Result<(Self, fs::File)> {
+        let f = crate::safefs::open_in(dir, name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600)
+            .ctx(|| format!("create {}", shown.display()))?;
+        let handle = f.try_clone().ctx(|| format!("dup {}", shown.display()))?;
         match format {
             ImageFormat::Raw => {
-                let f = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(path)
-                    .ctx(|| format!("create {}", path.display()))?;
-                f.set_len(size).ctx(|| format!("size {}", path.display()))?;
+                f.set_len(size).ctx(|| format!("size {}", shown.display()))?;
                 let direct = direct
-                    .then(|| {
-                        fs::OpenOptions::new()
-                            .write(true)
-                            .custom_flags(libc::O_DIRECT)
-                            .open(path)
-                            .ok()
-                    })
+                    .then(|| crate::safefs::reopen(&f, libc::O_WRONLY | libc::O_DIRECT).ok())
                     .flatten();
-                Ok(Self::Raw(f, direct))
+                Ok((Self::Raw(f, direct), handle))
             }
             ImageFormat::Qcow2 => {
-                let f = fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create_new(true)
-                    .open(path)
-                    .ctx(|| format!("create {}", path.display()))?;
                 let storage =
-                    imago::file::File::from_open_file(f, imago::StorageOpenOptions::new().filename(path).write(true))
-                        .ctx(|| format!("open {}", path.display()))?;
+                    imago::file::File::from_open_file(f, imago::StorageOpenOptions::new().filename(shown).write(true))
+                        .ctx(|| format!("open {}", shown.display()))?;
                 let q = Qcow2::<imago::file::File>::create_builder(storage)
                     .size(size)
                     .create_open(imago::DenyImplicitOpenGate::default(), |image| {
                         Ok(Qcow2::<imago::file::File>::builder(image).backing(None).write(true))
                     })
-                    .ctx(|| format!("format qcow2 {}", path.display()))?;
-                Ok(Self::Qcow2(Box::new(FormatAccess::new(q))))
+                    .ctx(|| format!("format qcow2 {}", shown.display()))?;
+                Ok((Self::Qcow2(Box::new(FormatAccess::new(q))), handle))
             }
         }
     }
@@ -259,8 +299,9 @@ impl ImageWriter {
 pub(crate) struct ImageReader(Image);
 
 impl ImageReader {
-    pub fn open(path: &Path, format: ImageFormat) -> Result<Self> {
-        Ok(Self(Image::open(path, format)?))
+    /// A reader over an opened image file (`path` names it in errors).
+    pub fn from_file(f: fs::File, path: &Path, format: ImageFormat) -> Result<Self> {
+        Ok(Self(Image::from_file(f, path, format)?))
     }
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
         self.0.read_at(buf, off)

@@ -40,7 +40,7 @@ use rustic_core::{FileType, Id};
 
 use crate::backend::{Abort, GateBackend, LocalBackend, DISK_CHUNK_SIZE};
 use crate::disk::{ImageFormat, ImageReader, ImageWriter, ReadStats};
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, IoContext, Result};
 use crate::format::{
     encode_file, id_bytes, open_blob, repo_err, sha256, write_file, BlobIndex, BlobLoc, Crypto, Hash, IndexWriter,
     PackBuilder, CRYPTO_OVERHEAD,
@@ -79,8 +79,10 @@ pub(crate) struct Writer<'a> {
 /// One disk to back up.
 pub(crate) struct DiskJob {
     pub name: String,
-    /// The point-in-time view to read.
+    /// The source's path (for messages).
     pub path: PathBuf,
+    /// The point-in-time view to read, opened.
+    pub file: std::fs::File,
     pub format: ImageFormat,
     pub size: u64,
     pub mtime: Option<rustic_core::jiff::Timestamp>,
@@ -258,7 +260,8 @@ pub(crate) fn backup(
     let mut todo: Vec<(usize, usize)> = Vec::new(); // (job, number of chunks)
     for (j, job) in jobs.iter().enumerate() {
         if reused[j].is_none() {
-            readers.push(Some(ImageReader::open(&job.path, job.format)?));
+            let f = job.file.try_clone().ctx(|| format!("dup {}", job.path.display()))?;
+            readers.push(Some(ImageReader::from_file(f, &job.path, job.format)?));
             todo.push((j, job.size.div_ceil(chunk) as usize));
         } else {
             readers.push(None);

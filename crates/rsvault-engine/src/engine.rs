@@ -20,7 +20,7 @@ use rustic_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
-use crate::disk::{probe, ReadStats};
+use crate::disk::ReadStats;
 use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
 use crate::error::{EngineError, IoContext, Result};
 use crate::format::{
@@ -479,21 +479,24 @@ impl Engine for ResticEngine {
             )));
         }
 
-        // Take Snapshot.
-        let infos = req
-            .disks
-            .iter()
-            .map(|d| probe(&d.path).map(|i| (d, i)))
-            .collect::<Result<Vec<_>>>()?;
+        // Take Snapshot. Each source is opened once (no symlink followed, a regular file); the
+        // probe, the view and the read all use that descriptor.
+        let mut files = Vec::with_capacity(req.disks.len());
+        let mut infos = Vec::with_capacity(req.disks.len());
+        for d in &req.disks {
+            let f = crate::disk::open_source(&d.path)?;
+            infos.push((d, crate::disk::probe_file(&f, &d.path)?));
+            files.push(f);
+        }
         let total: u64 = infos.iter().map(|(_, i)| i.virtual_size).sum();
         progress.update(Task::Snapshot, 0, total);
         let mut views = Vec::new();
         let mut done = 0;
-        for (d, i) in &infos {
+        for ((d, i), f) in infos.iter().zip(files) {
             if cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
             }
-            views.push(View::take(&d.path)?);
+            views.push(View::take(&d.path, f)?);
             done += i.virtual_size;
             progress.update(Task::Snapshot, done, total);
         }
@@ -536,14 +539,11 @@ impl Engine for ResticEngine {
             .iter()
             .zip(&views)
             .map(|((d, i), v)| {
-                let m = std::fs::metadata(&d.path).ctx(|| format!("stat {}", d.path.display()))?;
-                let mtime = m
-                    .modified()
-                    .ok()
-                    .and_then(|t| rustic_core::jiff::Timestamp::try_from(t).ok());
+                let mtime = rustic_core::jiff::Timestamp::from_nanosecond(v.before().mtime_ns).ok();
                 Ok(DiskJob {
                     name: d.name.clone(),
-                    path: v.path().to_path_buf(),
+                    path: d.path.clone(),
+                    file: v.reader()?,
                     format: i.format,
                     size: i.virtual_size,
                     mtime,

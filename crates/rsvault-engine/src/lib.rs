@@ -43,6 +43,7 @@ pub mod keyring;
 mod pit;
 pub mod progress;
 mod restore;
+mod safefs;
 mod sources;
 mod types;
 mod unchanged;

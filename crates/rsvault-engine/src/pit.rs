@@ -8,10 +8,15 @@
 //! it. A guarded read that saw no change is as good as a point-in-time copy; one that saw a
 //! change is reported as [`crate::Consistency::Inconsistent`] with a warning, and the job ends
 //! `CompletedWithWarnings`.
+//!
+//! A view starts from the source already opened (no symlink followed, see [`crate::safefs`]): the
+//! clone is made from that descriptor, in the source's directory as opened, and a guarded read
+//! reads that descriptor; the path is only looked at again to tell whether it was replaced.
 
+use std::ffi::OsString;
 use std::fs;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,10 +47,15 @@ impl Stamp {
             dev: m.dev(),
         }
     }
-    pub fn of(path: &Path) -> Result<Self> {
-        Ok(Self::of_meta(
-            &fs::metadata(path).ctx(|| format!("stat {}", path.display()))?,
-        ))
+    /// The stamp of an open file, with the identity the path has now (not following a final
+    /// symlink; a path that is gone or is a symlink now reads as another file).
+    pub fn of_open(f: &fs::File, path: &Path) -> Result<Self> {
+        let mut s = Self::of_meta(&f.metadata().ctx(|| format!("stat {}", path.display()))?);
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_file() => (s.ino, s.dev) = (m.ino(), m.dev()),
+            _ => (s.ino, s.dev) = (0, 0),
+        }
+        Ok(s)
     }
     /// Describes what differs between `self` (before) and `after`, if anything.
     pub fn changes(&self, after: &Stamp) -> Option<String> {
@@ -77,37 +87,48 @@ pub(crate) enum ViewKind {
 #[derive(Debug)]
 pub(crate) struct View {
     source: PathBuf,
-    read_path: PathBuf,
+    file: fs::File,
+    read: fs::File,
     kind: ViewKind,
     before: Stamp,
-    clone: Option<PathBuf>,
+    /// The clone's directory (as opened) and name, removed on drop.
+    clone: Option<(fs::File, OsString)>,
 }
 
 impl View {
-    /// Takes the view: a reflink clone if possible, otherwise a guard.
-    pub fn take(source: &Path) -> Result<Self> {
-        let before = Stamp::of(source)?;
-        if let Some(clone) = try_reflink(source) {
+    /// Takes the view of the opened source `file` (found at `source`): a reflink clone if
+    /// possible, otherwise a guard.
+    pub fn take(source: &Path, file: fs::File) -> Result<Self> {
+        let before = Stamp::of_meta(&file.metadata().ctx(|| format!("stat {}", source.display()))?);
+        if let Some((dir, name, clone)) = try_reflink(source, &file) {
             return Ok(Self {
                 source: source.to_path_buf(),
-                read_path: clone.clone(),
+                file,
+                read: clone,
                 kind: ViewKind::Reflink,
                 before,
-                clone: Some(clone),
+                clone: Some((dir, name)),
             });
         }
+        let read = file.try_clone().ctx(|| format!("dup {}", source.display()))?;
         Ok(Self {
             source: source.to_path_buf(),
-            read_path: source.to_path_buf(),
+            file,
+            read,
             kind: ViewKind::Guarded,
             before,
             clone: None,
         })
     }
 
-    /// Where to read the point-in-time content.
-    pub fn path(&self) -> &Path {
-        &self.read_path
+    /// A descriptor of the point-in-time content.
+    pub fn reader(&self) -> Result<fs::File> {
+        self.read.try_clone().ctx(|| format!("dup {}", self.source.display()))
+    }
+
+    /// The source's stamp when the view was taken.
+    pub fn before(&self) -> Stamp {
+        self.before
     }
 
     pub fn kind(&self) -> ViewKind {
@@ -119,7 +140,7 @@ impl View {
         if self.kind == ViewKind::Reflink {
             return Ok(None);
         }
-        let after = Stamp::of(&self.source)?;
+        let after = Stamp::of_open(&self.file, &self.source)?;
         Ok(self.before.changes(&after).map(|what| {
             format!(
                 "{} changed while it was read ({what}); the copy may be inconsistent",
@@ -131,33 +152,29 @@ impl View {
 
 impl Drop for View {
     fn drop(&mut self) {
-        if let Some(c) = self.clone.take() {
-            let _ = fs::remove_file(c);
+        if let Some((dir, name)) = self.clone.take() {
+            let _ = crate::safefs::remove_in(&dir, &name);
         }
     }
 }
 
-fn try_reflink(source: &Path) -> Option<PathBuf> {
-    let dir = source.parent()?;
-    let name = source.file_name()?.to_string_lossy();
-    let dst = dir.join(format!(
-        ".{name}.rsvault-snap-{}-{}",
+/// A reflink clone of the opened `src`, next to `source` (its directory opened without following
+/// symlinks): the directory, the clone's name and the clone opened for reading.
+fn try_reflink(source: &Path, src: &fs::File) -> Option<(fs::File, OsString, fs::File)> {
+    let (dir, name) = crate::safefs::open_parent(source).ok()?;
+    let clone_name = OsString::from(format!(
+        ".{}.rsvault-snap-{}-{}",
+        name.to_string_lossy(),
         std::process::id(),
         CLONE_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
-    let src = fs::File::open(source).ok()?;
-    let out = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&dst)
-        .ok()?;
+    let out = crate::safefs::open_in(&dir, &clone_name, libc::O_RDWR | libc::O_CREAT | libc::O_EXCL, 0o600).ok()?;
     // SAFETY: FICLONE takes the source fd as its argument; both fds are owned and open.
     let r = unsafe { libc::ioctl(out.as_raw_fd(), FICLONE as _, src.as_raw_fd()) };
     if r == 0 {
-        Some(dst)
+        Some((dir, clone_name, out))
     } else {
-        let _ = fs::remove_file(&dst);
+        let _ = crate::safefs::remove_in(&dir, &clone_name);
         None
     }
 }
@@ -172,7 +189,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.img");
         fs::write(&p, vec![1u8; 4096]).unwrap();
-        let v = View::take(&p).unwrap();
+        let v = View::take(&p, crate::safefs::open_regular(&p).unwrap()).unwrap();
         if v.kind() == ViewKind::Reflink {
             // The clone is immune to changes of the source.
             fs::OpenOptions::new()
@@ -181,7 +198,9 @@ mod tests {
                 .unwrap()
                 .write_all(b"x")
                 .unwrap();
-            assert_eq!(fs::read(v.path()).unwrap(), vec![1u8; 4096]);
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut v.reader().unwrap(), &mut got).unwrap();
+            assert_eq!(got, vec![1u8; 4096]);
             assert_eq!(v.check().unwrap(), None);
             return;
         }

@@ -1,6 +1,10 @@
 //! Restores: VM disks as images, file share trees; both verified against the snapshot.
 //!
 //! Disks are written to a temporary file next to the final path (`.NAME.rsvault-restore-…`),
+//! created mode 0600 in the target directory opened once without following symlinks
+//! ([`crate::safefs`]); the conflict check, the temporary file, the rename and the clean-up all
+//! work relative to that descriptor, so a directory swapped for a symlink is never followed (an
+//! original-location image keeps the replaced file's owner and mode, set on the open file),
 //! all-zero chunks left as holes, by the parallel pipeline of `diskpipe`, which checks every
 //! blob's SHA-256 against the content id the snapshot names before it writes the bytes (the
 //! bytes handed to the kernel are the verified bytes; a read-back from the page cache would
@@ -22,7 +26,7 @@ use rustic_core::repofile::{Node, NodeType, Tree};
 use rustic_core::{IndexedFullStatus, LocalDestination, LsOptions, Repository, RestoreOptions, RusticResult};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{fsync_dir, LocalBackend};
+use crate::backend::LocalBackend;
 use crate::disk::{ImageFormat, ImageReader, ImageWriter};
 use crate::diskpipe::{self, read_blob, Target};
 use crate::engine::{find_point, ResticEngine};
@@ -82,27 +86,22 @@ fn layout(index: &BlobIndex, node: &Node) -> Result<Vec<(u64, usize, Hash)>> {
     Ok(out)
 }
 
-fn tmp_name(final_path: &Path) -> Result<PathBuf> {
-    let dir = final_path
-        .parent()
-        .ok_or_else(|| EngineError::InvalidRequest(format!("bad target {}", final_path.display())))?;
-    let name = final_path
-        .file_name()
-        .ok_or_else(|| EngineError::InvalidRequest(format!("bad target {}", final_path.display())))?;
-    Ok(dir.join(format!(
+/// The hidden temporary name next to a restored image's final name.
+fn tmp_name(name: &std::ffi::OsStr) -> std::ffi::OsString {
+    std::ffi::OsString::from(format!(
         ".{}.rsvault-restore-{}-{}",
         name.to_string_lossy(),
         std::process::id(),
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    )))
+    ))
 }
 
-/// Removes the temporary files it holds unless disarmed.
-struct TmpFiles(Vec<PathBuf>);
+/// Removes the temporary files it holds (each in its opened directory) unless disarmed.
+struct TmpFiles(Vec<(Arc<fs::File>, std::ffi::OsString)>);
 impl Drop for TmpFiles {
     fn drop(&mut self) {
-        for p in &self.0 {
-            let _ = fs::remove_file(p);
+        for (dir, name) in &self.0 {
+            let _ = crate::safefs::remove_in(dir, name);
         }
     }
 }
@@ -174,10 +173,26 @@ pub(crate) fn restore_disks(
     struct Job {
         size: u64,
         final_path: PathBuf,
-        tmp: PathBuf,
+        /// The final path's directory, opened without following symlinks; the final name in it.
+        dir: Arc<fs::File>,
+        name: std::ffi::OsString,
+        tmp: std::ffi::OsString,
+        tmp_path: PathBuf,
         format: ImageFormat,
         chunks: Vec<(u64, usize, Hash)>,
+        /// Owner, group and mode to give the image (an original-location restore keeps the
+        /// replaced file's); `None`: root's, 0600.
+        owner: Option<(u32, u32, u32)>,
     }
+    let open_dir = |d: &Path| -> Result<Arc<fs::File>> {
+        Ok(Arc::new(
+            crate::safefs::open_dir(d).ctx(|| format!("open directory {}", d.display()))?,
+        ))
+    };
+    let target_dir = match &req.target {
+        DiskRestoreTarget::Directory(dir) => Some(open_dir(dir)?),
+        DiskRestoreTarget::Original => None,
+    };
     let mut jobs = Vec::new();
     let mut tmps = TmpFiles(Vec::new());
     for name in &names {
@@ -191,15 +206,31 @@ pub(crate) fn restore_disks(
             .iter()
             .find(|n| n.name() == std::ffi::OsStr::new(name))
             .ok_or_else(|| EngineError::Repository(format!("disk '{name}' missing from tree")))?;
-        let (final_path, format) = match &req.target {
-            DiskRestoreTarget::Directory(dir) => {
-                let p = dir.join(name);
-                if fs::symlink_metadata(&p).is_ok() {
+        let (final_path, format, dir, owner) = match (&req.target, &target_dir) {
+            (DiskRestoreTarget::Directory(d), Some(dirfd)) => {
+                let p = d.join(name);
+                let there = crate::safefs::stat_in(dirfd, std::ffi::OsStr::new(name))
+                    .ctx(|| format!("stat {}", p.display()))?;
+                if there.is_some() {
                     return Err(EngineError::Conflict { count: 1, first: p });
                 }
-                (p, req.format.unwrap_or(ImageFormat::Raw))
+                (p, req.format.unwrap_or(ImageFormat::Raw), dirfd.clone(), None)
             }
-            DiskRestoreTarget::Original => (entry.source_path.clone(), req.format.unwrap_or(entry.source_format)),
+            _ => {
+                let p = entry.source_path.clone();
+                let parent = p
+                    .parent()
+                    .ok_or_else(|| EngineError::InvalidRequest(format!("bad target {}", p.display())))?;
+                let dirfd = open_dir(parent)?;
+                let file = p
+                    .file_name()
+                    .ok_or_else(|| EngineError::InvalidRequest(format!("bad target {}", p.display())))?;
+                let owner = crate::safefs::stat_in(&dirfd, file)
+                    .ctx(|| format!("stat {}", p.display()))?
+                    .filter(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+                    .map(|st| (st.st_uid, st.st_gid, st.st_mode & 0o777));
+                (p, req.format.unwrap_or(entry.source_format), dirfd, owner)
+            }
         };
         let chunks = layout(&index, node)?;
         let size: u64 = chunks.iter().map(|c| c.1 as u64).sum();
@@ -209,14 +240,22 @@ pub(crate) fn restore_disks(
                 node.meta.size
             )));
         }
-        let tmp = tmp_name(&final_path)?;
-        tmps.0.push(tmp.clone());
+        let fname = final_path
+            .file_name()
+            .ok_or_else(|| EngineError::InvalidRequest(format!("bad target {}", final_path.display())))?
+            .to_os_string();
+        let tmp = tmp_name(&fname);
+        let tmp_path = final_path.with_file_name(&tmp);
         jobs.push(Job {
             size,
             final_path,
+            dir,
+            name: fname,
             tmp,
+            tmp_path,
             format,
             chunks,
+            owner,
         });
     }
     let total: u64 = jobs.iter().map(|j| j.size).sum();
@@ -226,10 +265,14 @@ pub(crate) fn restore_disks(
     counters.set_total(total);
     let vcounters = Arc::new(Counters::default());
     vcounters.set_total(total);
-    let writers = jobs
-        .iter()
-        .map(|j| ImageWriter::create(&j.tmp, j.format, j.size, engine.direct_io()))
-        .collect::<Result<Vec<_>>>()?;
+    let mut writers = Vec::with_capacity(jobs.len());
+    let mut handles = Vec::with_capacity(jobs.len());
+    for j in &jobs {
+        let (w, h) = ImageWriter::create_in(&j.dir, &j.tmp, &j.tmp_path, j.format, j.size, engine.direct_io())?;
+        tmps.0.push((j.dir.clone(), j.tmp.clone()));
+        writers.push(w);
+        handles.push(h);
+    }
     report_while(progress, Task::Restore, &counters, || {
         report_while(progress, Task::Verify, &vcounters, || -> Result<()> {
             let targets: Vec<Target> = jobs
@@ -245,19 +288,24 @@ pub(crate) fn restore_disks(
         })
     })?;
     for (j, w) in jobs.iter().zip(writers) {
-        w.finish().ctx(|| format!("sync {}", j.tmp.display()))?;
+        w.finish().ctx(|| format!("sync {}", j.tmp_path.display()))?;
     }
 
     // A qcow2 target is also read back through the format layer: its bytes went through
     // imago's cluster allocation, not straight to the file.
-    for j in jobs.iter().filter(|j| j.format == ImageFormat::Qcow2) {
-        let reader = ImageReader::open(&j.tmp, j.format)?;
+    for (j, h) in jobs
+        .iter()
+        .zip(&handles)
+        .filter(|(j, _)| j.format == ImageFormat::Qcow2)
+    {
+        let f = h.try_clone().ctx(|| format!("dup {}", j.tmp_path.display()))?;
+        let reader = ImageReader::from_file(f, &j.tmp_path, j.format)?;
         parallel(j.chunks.len(), cancel, |i| {
             let (off, len, id) = &j.chunks[i];
             let mut buf = vec![0u8; *len];
             reader
                 .read_at(&mut buf, *off)
-                .ctx(|| format!("read back {}", j.tmp.display()))?;
+                .ctx(|| format!("read back {}", j.tmp_path.display()))?;
             if sha256(&buf) != *id {
                 return Err(EngineError::VerificationFailed {
                     path: j.final_path.clone(),
@@ -271,13 +319,22 @@ pub(crate) fn restore_disks(
         return Err(EngineError::Cancelled);
     }
 
-    // Commit: rename each verified image into place.
+    // Owner and mode, set on the open files: root's 0600, or the replaced image's.
+    for (j, h) in jobs.iter().zip(&handles) {
+        if let Some((uid, gid, mode)) = j.owner {
+            crate::safefs::set_owner_mode(h, uid, gid, mode)
+                .ctx(|| format!("set owner and mode of {}", j.tmp_path.display()))?;
+        }
+    }
+    drop(handles);
+
+    // Commit: rename each verified image into place, within its opened directory.
     let mut out = RestoreOutcome::default();
     for j in &jobs {
-        fs::rename(&j.tmp, &j.final_path).ctx(|| format!("rename to {}", j.final_path.display()))?;
-        if let Some(dir) = j.final_path.parent() {
-            fsync_dir(dir)?;
-        }
+        crate::safefs::rename_in(&j.dir, &j.tmp, &j.name).ctx(|| format!("rename to {}", j.final_path.display()))?;
+        j.dir
+            .sync_all()
+            .ctx(|| format!("fsync directory of {}", j.final_path.display()))?;
         out.files_restored += 1;
         out.bytes_restored += j.size;
         out.paths.push(j.final_path.clone());

@@ -437,3 +437,161 @@ fn multi_pack_odd_size_disk_round_trips() {
 fn multi_pack_odd_size_disk_round_trips_without_direct_io() {
     multi_pack_odd_size_round_trip(false);
 }
+
+fn restore_req(rp: &str, target: DiskRestoreTarget) -> DiskRestoreRequest {
+    DiskRestoreRequest {
+        recovery_point: rp.into(),
+        disks: None,
+        target,
+        format: None,
+    }
+}
+
+#[test]
+fn a_source_reached_through_a_symlink_is_refused() {
+    let v = Vault::new();
+    let real = v.path("real");
+    fs::create_dir(&real).unwrap();
+    make_raw(&real.join("d.raw"), 3);
+    std::os::unix::fs::symlink("/etc/hostname", v.path("to-etc")).unwrap();
+    std::os::unix::fs::symlink(real.join("d.raw"), v.path("to-disk")).unwrap();
+    std::os::unix::fs::symlink(&real, v.path("linked-dir")).unwrap();
+    for p in [v.path("to-etc"), v.path("to-disk"), v.path("linked-dir/d.raw")] {
+        assert!(matches!(probe(&p), Err(EngineError::Source { .. })), "{}", p.display());
+        let d = vec![DiskSource {
+            name: "d".into(),
+            path: p.clone(),
+        }];
+        let r = v
+            .engine
+            .backup_disks(&v.spec, &disk_req(d, "x"), &NoProgress, &Cancel::new());
+        assert!(matches!(r, Err(EngineError::Source { .. })), "{}: {r:?}", p.display());
+    }
+    // A FIFO or a directory is not an image either (and opening a FIFO does not hang).
+    let fifo = v.path("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    assert!(matches!(probe(&fifo), Err(EngineError::Source { .. })));
+    assert!(matches!(probe(&real), Err(EngineError::Source { .. })));
+    assert!(probe(&real.join("d.raw")).is_ok());
+    assert!(v
+        .engine
+        .recovery_points(&v.spec, &RecoveryPointFilter::default())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn a_qcow2_naming_a_backing_file_is_refused_and_its_backing_never_read() {
+    let v = Vault::new();
+    let q = v.path("x.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "/etc/hostname",
+        "-F",
+        "raw",
+        q.to_str().unwrap(),
+    ]);
+    let e = probe(&q).unwrap_err();
+    assert!(e.to_string().contains("backing file"), "{e}");
+    let d = vec![DiskSource {
+        name: "x".into(),
+        path: q,
+    }];
+    let r = v
+        .engine
+        .backup_disks(&v.spec, &disk_req(d, "x"), &NoProgress, &Cancel::new());
+    assert!(matches!(r, Err(EngineError::Source { .. })), "{r:?}");
+    assert!(v
+        .engine
+        .recovery_points(&v.spec, &RecoveryPointFilter::default())
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn restored_images_are_0600_and_an_original_keeps_its_owner_and_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let v = Vault::new();
+    let raw = v.path("d.raw");
+    let bytes = make_raw(&raw, 5);
+    fs::set_permissions(&raw, fs::Permissions::from_mode(0o640)).unwrap();
+    let d = vec![DiskSource {
+        name: "d".into(),
+        path: raw.clone(),
+    }];
+    v.engine
+        .backup_disks(&v.spec, &disk_req(d, "a"), &NoProgress, &Cancel::new())
+        .unwrap();
+    let out = v.path("out");
+    fs::create_dir(&out).unwrap();
+    v.engine
+        .restore_disks(
+            &v.spec,
+            &restore_req("a", DiskRestoreTarget::Directory(out.clone())),
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&out.join("d")), 0o600);
+    assert_eq!(fs::read(out.join("d")).unwrap(), bytes);
+    fs::write(&raw, b"changed").unwrap();
+    v.engine
+        .restore_disks(
+            &v.spec,
+            &restore_req("a", DiskRestoreTarget::Original),
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+    assert_eq!(fs::read(&raw).unwrap(), bytes);
+    assert_eq!(mode(&raw), 0o640);
+}
+
+#[test]
+fn a_disk_restore_never_writes_through_a_symlinked_directory() {
+    let v = Vault::new();
+    let src = v.path("src");
+    fs::create_dir(&src).unwrap();
+    let raw = src.join("d.raw");
+    make_raw(&raw, 9);
+    let d = vec![DiskSource {
+        name: "d".into(),
+        path: raw.clone(),
+    }];
+    v.engine
+        .backup_disks(&v.spec, &disk_req(d, "a"), &NoProgress, &Cancel::new())
+        .unwrap();
+    // A target directory that is a symlink: refused, nothing written where it points.
+    let elsewhere = v.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, v.path("link")).unwrap();
+    let r = v.engine.restore_disks(
+        &v.spec,
+        &restore_req("a", DiskRestoreTarget::Directory(v.path("link"))),
+        &NoProgress,
+        &Cancel::new(),
+    );
+    assert!(r.is_err(), "{r:?}");
+    // The original's directory swapped for a symlink after the backup: refused the same way.
+    fs::rename(&src, v.path("src-moved")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &src).unwrap();
+    let r = v.engine.restore_disks(
+        &v.spec,
+        &restore_req("a", DiskRestoreTarget::Original),
+        &NoProgress,
+        &Cancel::new(),
+    );
+    assert!(r.is_err(), "{r:?}");
+    assert_eq!(
+        fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through the symlink"
+    );
+}

@@ -8,6 +8,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rsvault_control::datadir::{Bootstrap, DataDir};
 use rsvault_control::dataplane::{DataPlane, JobLimits};
+use rsvault_control::hostaccess::HostGrants;
 use rsvault_control::runner::JobRunner;
 use rsvault_control::scheduler::Scheduler;
 use rsvault_control::{Control, Settings};
@@ -42,6 +43,9 @@ pub struct Config {
     pub jobs: JobLimits,
     /// How often the scheduler runs a policy pass (scheduled backups, retention, purge, GC).
     pub policy_interval: Duration,
+    /// The host roots requests may name (`--allow-path`); none by default: no grant, no host path.
+    /// The data dir is never granted, whatever these say.
+    pub host_grants: HostGrants,
 }
 
 impl Config {
@@ -60,6 +64,7 @@ impl Config {
             tls_hosts: vec![],
             jobs: JobLimits::default(),
             policy_interval: Duration::from_secs(30),
+            host_grants: HostGrants::default(),
         }
     }
 }
@@ -192,8 +197,15 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
                 issuer_url: format!("{base}/{tenant}/v2.0"),
             },
         )?
-        .with_data_plane(DataPlane::open(&config.data_dir, config.jobs)?),
+        .with_data_plane(DataPlane::open(&config.data_dir, config.jobs)?)
+        .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
     );
+    if config.host_grants.is_empty() {
+        tracing::warn!("no --allow-path grant: requests can name no host path (no VM disks, storage accounts or restores)");
+    }
+    for g in config.host_grants.grants() {
+        tracing::info!(root = %g.root().display(), scope = g.scope().unwrap_or("/"), "host path granted");
+    }
     control.resume_test_clock()?;
     let runner = {
         let c = control.clone();

@@ -2,11 +2,13 @@
 //! virtual (guest-visible) size.
 //!
 //! Images are probed by the vault engine's reader (`rsvault_engine::disk`: qcow2 through `imago`,
-//! backing files included, never by shelling out; anything else is raw, its size its length). A URI that is not an
-//! absolute `file://` path, or an image that cannot be opened, is the caller's 400.
+//! never by shelling out; anything else is raw, its size its length). A URI that is not an absolute
+//! `file://` path is the caller's 400 `InvalidParameter`; an image that cannot be used (not granted,
+//! missing, unreadable, a symlink, a qcow2 with a backing file) is the generic 400 of
+//! [`crate::hostaccess::unavailable`].
 
 use rsvault_core::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use rsvault_engine::disk::ImageFormat as DiskFormat;
 
@@ -54,16 +56,17 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Opens an image (through the vault engine's reader) and reads its format and virtual size.
-pub fn probe(uri: &str, target: &str) -> Result<DiskInfo> {
-    let path = path_of_uri(uri, target)?;
-    let info = rsvault_engine::disk::probe(&path).map_err(|e| Error::Invalid {
-        code: "InvalidParameter",
-        message: format!("The disk image '{}' ({target}) cannot be read: {e}.", path.display()),
-        target: Some(target.to_string()),
+/// Opens an image (through the vault engine's reader, which follows no symlink and refuses qcow2
+/// backing and external data files) and reads its format and virtual size. `path` has passed the
+/// grant check ([`crate::hostaccess`]); any failure is the same generic error naming the path as the
+/// request gave it (`shown`), so an answer never tells why an image cannot be used.
+pub fn probe(path: &Path, shown: &str, target: &str) -> Result<DiskInfo> {
+    let info = rsvault_engine::disk::probe(path).map_err(|e| {
+        tracing::info!(path = %path.display(), reason = %e, "disk image refused");
+        crate::hostaccess::unavailable(shown, Some(target))
     })?;
     Ok(DiskInfo {
-        path,
+        path: path.to_path_buf(),
         format: info.format,
         virtual_size: info.virtual_size,
     })
@@ -95,7 +98,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let raw = dir.path().join("d.raw");
         std::fs::write(&raw, vec![7u8; 3 * 65536]).unwrap();
-        let info = probe(&format!("file://{}", raw.display()), "t").unwrap();
+        let info = probe(&raw, "r", "t").unwrap();
         assert_eq!((info.format, info.virtual_size), (DiskFormat::Raw, 3 * 65536));
         let q = dir.path().join("d.qcow2");
         // qemu-img (Debian's qemu-utils, installed by scripts/setup-test-env) only builds the fixture.
@@ -106,15 +109,16 @@ mod tests {
             .status()
             .expect("qemu-img (qemu-utils) is needed to build qcow2 fixtures");
         assert!(ok.success());
-        let info = probe(&format!("file://{}", q.display()), "t").unwrap();
+        let info = probe(&q, "q", "t").unwrap();
         assert_eq!((info.format, info.virtual_size), (DiskFormat::Qcow2, 64 << 20));
-        let missing = probe(&format!("file://{}/nope.img", dir.path().display()), "t").unwrap_err();
-        assert_eq!(missing.code(), "InvalidParameter");
+        let missing = probe(&dir.path().join("nope.img"), "nope", "t").unwrap_err();
+        assert_eq!(missing.code(), crate::hostaccess::UNAVAILABLE_CODE);
         let corrupt = dir.path().join("bad.qcow2");
         std::fs::write(&corrupt, b"QFI\xfb\0\0\0\x03garbage").unwrap();
         assert_eq!(
-            probe(&format!("file://{}", corrupt.display()), "t").unwrap_err().code(),
-            "InvalidParameter"
+            probe(&corrupt, "bad", "t").unwrap_err().to_string(),
+            missing.to_string().replace("nope", "bad"),
+            "a corrupt image and a missing one answer alike"
         );
     }
 }

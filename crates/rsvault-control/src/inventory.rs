@@ -5,14 +5,17 @@
 //! the directory `{rsvault-path}/{share}`).
 //!
 //! The same calls back the ARM routes and the `rsvault vm add` / `rsvault share add` commands. Every
-//! disk is probed when a VM is written (format, virtual size), so a missing or unreadable image is a
-//! 400 at declaration time rather than a failed backup later.
+//! host path (disk image, account directory, share directory) passes the operator's grants
+//! ([`crate::hostaccess`]) and is used resolved; every disk is probed when a VM is written (format,
+//! virtual size), so an image that cannot be used is a 400 at declaration time rather than a failed
+//! backup later. Refusals are one generic error, whatever the reason.
 
 use crate::disk::{self, DiskInfo};
+use crate::hostaccess::{unavailable, HostGrants};
 use crate::{body, resources::tags_or_empty, Control, Error, Result};
 use rsvault_store::{Page, ResourceRow};
 use serde_json::{json, Map, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub const VM_TYPE: &str = "Microsoft.Compute/virtualMachines";
 pub const ACCOUNT_TYPE: &str = "Microsoft.Storage/storageAccounts";
@@ -93,8 +96,15 @@ fn check_share_name(name: &str) -> Result<()> {
     }
 }
 
-/// Reads one `{name?, lun?, vhd: {uri}}` disk member and probes its image.
-fn disk_of(m: &Map<String, Value>, path: &str, default_name: &str) -> Result<(Value, VmDisk)> {
+/// Reads one `{name?, lun?, vhd: {uri}}` disk member, checks its path against the grants for the VM
+/// `vm_id` and probes its image.
+fn disk_of(
+    grants: &HostGrants,
+    vm_id: &str,
+    m: &Map<String, Value>,
+    path: &str,
+    default_name: &str,
+) -> Result<(Value, VmDisk)> {
     let vhd = body::opt_obj(m, "vhd", path)?;
     let uri = vhd
         .map(|v| body::opt_str(v, "uri", &format!("{path}vhd.")))
@@ -107,7 +117,10 @@ fn disk_of(m: &Map<String, Value>, path: &str, default_name: &str) -> Result<(Va
                 format!("Required parameter '{path}vhd.uri' is missing (null): rsvault disks are local images named by file:///absolute/path URIs."),
             )
         })?;
-    let info = disk::probe(uri, &format!("{path}vhd.uri"))?;
+    let target = format!("{path}vhd.uri");
+    let local = disk::path_of_uri(uri, &target)?;
+    let resolved = grants.check_named(&local, uri, vm_id, Some(&target))?;
+    let info = disk::probe(&resolved, uri, &target)?;
     let name = body::opt_str(m, "name", path)?.unwrap_or(default_name).to_string();
     let lun = body::opt_int(m, "lun", path)?;
     let gib = info.virtual_size.div_ceil(1 << 30);
@@ -127,8 +140,8 @@ fn disk_of(m: &Map<String, Value>, path: &str, default_name: &str) -> Result<(Va
     Ok((out, VmDisk { name, lun, info }))
 }
 
-/// The storage profile of a VM body: every disk probed.
-fn storage_profile(props: &Map<String, Value>) -> Result<(Value, Vec<VmDisk>)> {
+/// The storage profile of a VM body: every disk checked against the grants and probed.
+fn storage_profile(grants: &HostGrants, vm_id: &str, props: &Map<String, Value>) -> Result<(Value, Vec<VmDisk>)> {
     let sp = body::opt_obj(props, "storageProfile", "properties.")?.ok_or_else(|| {
         invalid(
             "InvalidParameter",
@@ -143,7 +156,7 @@ fn storage_profile(props: &Map<String, Value>) -> Result<(Value, Vec<VmDisk>)> {
             "Required parameter 'properties.storageProfile.osDisk' is missing (null).".into(),
         )
     })?;
-    let (os_body, os_disk) = disk_of(os, "properties.storageProfile.osDisk.", "osDisk")?;
+    let (os_body, os_disk) = disk_of(grants, vm_id, os, "properties.storageProfile.osDisk.", "osDisk")?;
     let mut disks = vec![os_disk];
     let mut data = Vec::new();
     match sp.get("dataDisks") {
@@ -152,7 +165,7 @@ fn storage_profile(props: &Map<String, Value>) -> Result<(Value, Vec<VmDisk>)> {
             for (i, d) in a.iter().enumerate() {
                 let path = format!("properties.storageProfile.dataDisks[{i}].");
                 let m = body::object(d)?;
-                let (b, mut disk) = disk_of(m, &path, &format!("dataDisk{i}"))?;
+                let (b, mut disk) = disk_of(grants, vm_id, m, &path, &format!("dataDisk{i}"))?;
                 let lun = disk.lun.unwrap_or(i as i64);
                 if disks.iter().any(|x| x.lun == Some(lun)) {
                     return Err(invalid(
@@ -229,8 +242,8 @@ impl Control {
         let location = body::location(m)?;
         let tags = tags_or_empty(m)?;
         let props = body::opt_obj(m, "properties", "")?.cloned().unwrap_or_default();
-        let (profile, _) = storage_profile(&props)?;
         let id = self.group_resource_id(sub, &group.name, VM_TYPE, name);
+        let (profile, _) = storage_profile(&self.grants, &id, &props)?;
         let existing = self.store.read(|db| db.resource(&id))?;
         let vm_id = existing
             .as_ref()
@@ -278,7 +291,8 @@ impl Control {
         Ok(self.vm_row(sub, rg, name)?.body)
     }
 
-    /// A VM with its disks probed now: fails with a 400 naming the disk when an image vanished.
+    /// A VM with its disks checked against the grants and probed now: fails with a 400 naming the
+    /// disk when an image cannot be used any more.
     pub fn vm_with_disks(&self, row: ResourceRow) -> Result<Vm> {
         let props = row
             .body
@@ -286,7 +300,7 @@ impl Control {
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let (_, disks) = storage_profile(&props)?;
+        let (_, disks) = storage_profile(&self.grants, &row.id, &props)?;
         Ok(Vm { row, disks })
     }
 
@@ -319,7 +333,7 @@ impl Control {
 
     // ---- storage accounts and file shares ---------------------------------------------------
 
-    /// `PUT` a storage account; its tag `rsvault-path` must name an existing local directory.
+    /// `PUT` a storage account; its tag `rsvault-path` must name an existing, granted local directory.
     pub fn put_storage_account(&self, sub: &str, rg: &str, name: &str, req: &Value) -> Result<(bool, Value)> {
         self.subscription_row(sub)?;
         let group = self.group_row(sub, rg)?;
@@ -336,15 +350,12 @@ impl Control {
                 ),
             )
         })?;
-        let path = PathBuf::from(dir);
-        if !path.is_absolute() || !path.is_dir() {
-            return Err(invalid(
-                "InvalidParameter",
-                "tags.rsvault-path",
-                format!("The tag '{PATH_TAG}' must name an existing local directory by its absolute path; '{dir}' is not one."),
-            ));
-        }
         let id = self.group_resource_id(sub, &group.name, ACCOUNT_TYPE, name);
+        let path = PathBuf::from(dir);
+        let resolved = self.grants.check_named(&path, dir, &id, Some("tags.rsvault-path"))?;
+        if !resolved.is_dir() {
+            return Err(unavailable(dir, Some("tags.rsvault-path")));
+        }
         let existing = self.store.read(|db| db.resource(&id))?;
         let kind = body::opt_str(m, "kind", "")?.unwrap_or("StorageV2");
         let sku = m
@@ -398,20 +409,45 @@ impl Control {
         self.list_group_resources(sub, rg, ACCOUNT_TYPE, after)
     }
 
-    /// The local directory of a storage account row.
-    pub fn account_dir(row: &ResourceRow) -> Result<PathBuf> {
-        row.body
+    /// The local directory of a storage account row, checked against the grants now and resolved.
+    pub fn account_dir(&self, row: &ResourceRow) -> Result<PathBuf> {
+        let dir = row
+            .body
             .pointer(&format!("/tags/{PATH_TAG}"))
             .and_then(Value::as_str)
-            .map(PathBuf::from)
-            .ok_or_else(|| Error::internal(format!("storage account {} has no {PATH_TAG} tag", row.id)))
+            .ok_or_else(|| Error::internal(format!("storage account {} has no {PATH_TAG} tag", row.id)))?;
+        let resolved = self.grants.check(Path::new(dir), &row.id)?;
+        if !resolved.is_dir() {
+            return Err(unavailable(dir, None));
+        }
+        Ok(resolved)
+    }
+
+    /// The directory of share `share` of an account: `{account dir}/{share}`, checked and resolved,
+    /// and not a symlink (its resolved path is the account's resolved directory and the name).
+    /// `create`: made when missing.
+    pub fn share_dir(&self, acct: &ResourceRow, share: &str, create: bool) -> Result<PathBuf> {
+        let want = self.account_dir(acct)?.join(share);
+        let shown = want.display().to_string();
+        if create && std::fs::symlink_metadata(&want).is_err() {
+            std::fs::create_dir(&want).map_err(|e| {
+                tracing::info!(path = %shown, error = %e, "share directory not created");
+                unavailable(&shown, None)
+            })?;
+        }
+        let got = self.grants.check(&want, &acct.id)?;
+        if got != want || !got.is_dir() {
+            return Err(unavailable(&shown, None));
+        }
+        Ok(got)
     }
 
     fn share_id(account: &ResourceRow, share: &str) -> String {
         format!("{}/fileServices/default/shares/{share}", account.id)
     }
 
-    /// `PUT` a file share: the directory `{rsvault-path}/{share}`, created when missing.
+    /// `PUT` a file share: the directory `{rsvault-path}/{share}` (granted, not a symlink), created
+    /// when missing.
     pub fn put_share(&self, sub: &str, rg: &str, account: &str, share: &str, req: &Value) -> Result<(bool, Value)> {
         let acct = self.storage_account_row(sub, rg, account)?;
         check_share_name(share)?;
@@ -429,14 +465,7 @@ impl Control {
                 "The value for one of the HTTP headers is not in the correct format: shareQuota must be between 1 and 102400 GiB.".into(),
             ));
         }
-        let dir = Self::account_dir(&acct)?.join(share);
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            invalid(
-                "InvalidParameter",
-                "name",
-                format!("The share directory '{}' cannot be created: {e}.", dir.display()),
-            )
-        })?;
+        self.share_dir(&acct, share, true)?;
         let id = Self::share_id(&acct, share);
         let existing = self.store.read(|db| db.resource(&id))?;
         let now = self.now();
@@ -536,7 +565,8 @@ impl Control {
         Ok(self.put_vm(sub, rg, name, &body)?.1)
     }
 
-    /// Declares a storage account at `dir` (created if missing) and a share `{dir}/{share}` in it.
+    /// Declares a storage account at `dir` (created if missing, when granted) and a share
+    /// `{dir}/{share}` in it.
     pub fn declare_share(
         &self,
         sub: &str,
@@ -546,8 +576,10 @@ impl Control {
         share: &str,
         location: &str,
     ) -> Result<Value> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::bad_request(format!("{}: {e}", dir.display())))?;
         let dir = std::path::absolute(dir).map_err(|e| Error::bad_request(format!("{}: {e}", dir.display())))?;
+        let id = self.group_resource_id(sub, rg, ACCOUNT_TYPE, account);
+        let resolved = self.grants.check(&dir, &id)?;
+        std::fs::create_dir_all(&resolved).map_err(|_| unavailable(&dir.display().to_string(), None))?;
         self.ensure_group(sub, rg, location)?;
         self.put_storage_account(
             sub,

@@ -8,6 +8,7 @@
 //! Modules: [`datadir`] (first start and the files of a data dir), [`access`] (principals, role
 //! assignments and definitions, authorization), [`tokens`] (the token endpoint's logic), [`resources`]
 //! (subscriptions, resource groups), [`vaults`] (Recovery Services vaults), [`body`] (request body checks), [`disk`] (disk image probes),
+//! [`hostaccess`] (the operator's host-path grants: no grant, no host path),
 //! [`inventory`] (VMs, storage accounts and file shares), [`backup`] (policies, containers, protected
 //! items, jobs, operations, recovery points, backup, restore, backup status and vault backup
 //! configuration), [`dataplane`] (vault repositories and their sealed passwords), [`runner`] (the job
@@ -20,6 +21,7 @@ pub mod body;
 pub mod datadir;
 pub mod dataplane;
 pub mod disk;
+pub mod hostaccess;
 pub mod inventory;
 pub mod resources;
 pub mod runner;
@@ -60,6 +62,7 @@ pub struct Control {
     tenant_id: String,
     issuer: RwLock<(String, Arc<Issuer>)>,
     data: Option<dataplane::DataPlane>,
+    grants: hostaccess::HostGrants,
 }
 
 impl std::fmt::Debug for Control {
@@ -85,6 +88,7 @@ impl Control {
             tenant_id,
             issuer: RwLock::new(issuer),
             data: None,
+            grants: hostaccess::HostGrants::default(),
         })
     }
 
@@ -115,5 +119,15 @@ impl Control {
 
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The host roots this control plane may use (none unless given: no grant, no host path).
+    pub fn with_host_grants(mut self, grants: hostaccess::HostGrants) -> Control {
+        self.grants = grants;
+        self
+    }
+
+    pub fn host_grants(&self) -> &hostaccess::HostGrants {
+        &self.grants
     }
 }

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rsvault_control::datadir::DataDir;
+use rsvault_control::hostaccess::{Grant, HostGrants};
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::{Clock, SharedClock, SubsecRound, SystemClock, TestClock};
 use std::io::Write;
@@ -60,10 +61,27 @@ enum Command {
     },
 }
 
+/// `--allow-path DIR[=SCOPE]`: a host root rsvault may use, for every resource or only those of a
+/// subscription or resource group.
+#[derive(Args, Clone, Default)]
+struct AllowPathArg {
+    /// A host directory requests may name (disk images, storage account and share directories,
+    /// restore targets), repeatable: `DIR` for every resource, or `DIR=/subscriptions/SUB` or
+    /// `DIR=/subscriptions/SUB/resourceGroups/GROUP` for that scope only. No grant, no host path.
+    #[arg(long = "allow-path", value_name = "DIR[=SCOPE]", value_parser = parse_grant)]
+    allow_path: Vec<Grant>,
+}
+
+fn parse_grant(s: &str) -> std::result::Result<Grant, String> {
+    Grant::parse(s)
+}
+
 #[derive(Args)]
 struct Placement {
     #[command(flatten)]
     dir: DataDirArg,
+    #[command(flatten)]
+    grants: AllowPathArg,
     /// Resource group (created when missing).
     #[arg(long, short = 'g')]
     group: String,
@@ -146,6 +164,8 @@ struct ServeArgs {
     /// Seconds between policy passes (scheduled backups, retention, soft-delete purge, vault GC).
     #[arg(long, default_value_t = 30)]
     policy_interval: u64,
+    #[command(flatten)]
+    grants: AllowPathArg,
 }
 
 #[derive(Subcommand)]
@@ -201,6 +221,13 @@ fn offline_control(dir: &DataDirArg) -> Result<Control> {
     Ok(Control::new(store, clock(), settings)?)
 }
 
+/// The offline control plane of `vm add` / `share add`: the paths they name must pass the same
+/// grants as the server's (`--allow-path`, the data dir never granted).
+fn granted_control(at: &Placement) -> Result<Control> {
+    let grants = HostGrants::new(at.grants.allow_path.clone()).excluding(&at.dir.data_dir);
+    Ok(offline_control(&at.dir)?.with_host_grants(grants))
+}
+
 fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
@@ -238,6 +265,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     config.policy_interval = std::time::Duration::from_secs(args.policy_interval.max(1));
+    config.host_grants = HostGrants::new(args.grants.allow_path);
     let clock: SharedClock = if args.test_clock {
         tracing::warn!("test clock on: time moves only through POST /rsvault/admin/clock/advance");
         Arc::new(TestClock::new(SystemClock.now().trunc_subsecs(0)))
@@ -337,7 +365,7 @@ async fn main() -> Result<()> {
         // Disk probes run their own small runtime: keep them off the async threads.
         Command::Vm(VmCommand::Add { at, name, disks }) => {
             let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-                let c = offline_control(&at.dir)?;
+                let c = granted_control(&at)?;
                 let sub = at.subscription.map_or_else(|| c.default_subscription(), Ok)?;
                 Ok(c.declare_vm(&sub, &at.group, &name, &at.location, &disks)?)
             })
@@ -350,7 +378,7 @@ async fn main() -> Result<()> {
             path,
             share,
         }) => {
-            let c = offline_control(&at.dir)?;
+            let c = granted_control(&at)?;
             let sub = at.subscription.map_or_else(|| c.default_subscription(), Ok)?;
             print_json(&c.declare_share(&sub, &at.group, &account, &path, &share, &at.location)?)
         }

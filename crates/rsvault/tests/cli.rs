@@ -13,10 +13,17 @@ fn bin() -> Command {
 }
 
 fn serve(dir: &Path) -> (Child, String) {
-    let mut child = bin()
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
+    serve_granting(dir, &[])
+}
+
+/// `serve` with an `--allow-path` per root.
+fn serve_granting(dir: &Path, roots: &[&Path]) -> (Child, String) {
+    let mut cmd = bin();
+    cmd.args(["serve", "--data-dir"]).arg(dir).args(["--listen", "127.0.0.1:0"]);
+    for r in roots {
+        cmd.arg("--allow-path").arg(r);
+    }
+    let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -188,10 +195,13 @@ fn commands_refuse_a_dir_that_was_never_started() {
 fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let (child, _url) = serve(&dir);
-    let os = tmp.path().join("os.raw");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (child, _url) = serve_granting(&dir, &[&host]);
+    let os = host.join("os.raw");
     std::fs::write(&os, vec![0u8; 1 << 20]).unwrap();
-    let data = tmp.path().join("data.qcow2");
+    let data = host.join("data.qcow2");
     assert!(Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2"])
         .arg(&data)
@@ -211,6 +221,7 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
             os.to_str().unwrap(),
             "--disk",
             data.to_str().unwrap(),
+            &grant,
         ],
         &dir,
     );
@@ -220,28 +231,35 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
         .unwrap()
         .ends_with("/resourceGroups/home/providers/Microsoft.Compute/virtualMachines/nas1"));
     assert_eq!(vm["properties"]["storageProfile"]["dataDisks"][0]["diskSizeGB"], 2);
-    let missing = bin()
-        .args([
-            "vm",
-            "add",
-            "-g",
-            "home",
-            "--name",
-            "nas2",
-            "--disk",
-            "/nonexistent/disk.img",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(!missing.status.success());
-    assert!(
-        String::from_utf8_lossy(&missing.stderr).contains("cannot be read"),
-        "{}",
-        String::from_utf8_lossy(&missing.stderr)
-    );
-    let files = tmp.path().join("files");
+    // The CLI's paths pass the same grants: a missing image, one outside the grant, and one
+    // without any --allow-path are all refused alike.
+    let ungranted = tmp.path().join("outside.raw");
+    std::fs::write(&ungranted, vec![0u8; 4096]).unwrap();
+    for (disk, with_grant) in [
+        (host.join("nonexistent.img"), true),
+        (ungranted.clone(), true),
+        (os.clone(), false),
+    ] {
+        let mut cmd = bin();
+        cmd.args(["vm", "add", "-g", "home", "--name", "nas2", "--disk"])
+            .arg(&disk)
+            .arg("--data-dir")
+            .arg(&dir);
+        if with_grant {
+            cmd.arg(&grant);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{}", disk.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "The path 'file://{}' is not available to rsvault",
+                disk.display()
+            )),
+            "{err}"
+        );
+    }
+    let files = host.join("files");
     let share = run_json(
         &[
             "share",
@@ -254,6 +272,7 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
             files.to_str().unwrap(),
             "--share",
             "docs",
+            &grant,
         ],
         &dir,
     );
@@ -349,8 +368,11 @@ impl Api {
 fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_point() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
-    let (child, url) = serve(&dir);
-    let disk = tmp.path().join("big.raw");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (child, url) = serve_granting(&dir, &[&host]);
+    let disk = host.join("big.raw");
     write_random(&disk, 1 << 30);
     let vm = run_json(
         &[
@@ -362,6 +384,7 @@ fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_
             "big",
             "--disk",
             disk.to_str().unwrap(),
+            &grant,
         ],
         &dir,
     );
@@ -408,7 +431,7 @@ fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let (child, url) = serve(&dir);
+    let (child, url) = serve_granting(&dir, &[&host]);
     rt.block_on(async {
         let api = Api::new(&dir, &url).await;
         let (st, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;

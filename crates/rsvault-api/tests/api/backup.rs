@@ -105,7 +105,7 @@ async fn protect(s: &Server, item: &str, body: &Value) -> String {
 async fn vms_are_declared_with_probed_disk_images() {
     let s = start().await;
     s.make_group("rg").await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = s.tempdir();
     let (raw, q) = images(tmp.path());
     let p = format!("{}?{VM_API}", vm_path(&s, "rg", "web1"));
     let (st, b) = s.call("PUT", &p, Some(&vm_body(&raw, &[&q]))).await;
@@ -136,7 +136,7 @@ async fn vms_are_declared_with_probed_disk_images() {
 
     let gone = tmp.path().join("missing.qcow2");
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("missing image", vm_body(&gone, &[]), 400, "InvalidParameter"),
+        ("missing image", vm_body(&gone, &[]), 400, "UserErrorHostPathNotAvailable"),
         (
             "not a file URI",
             json!({"location": "westus", "properties": {"storageProfile": {"osDisk": {"vhd": {"uri": "https://x.blob.core.windows.net/v/os.vhd"}}}}}),
@@ -155,7 +155,7 @@ async fn vms_are_declared_with_probed_disk_images() {
             400,
             "LocationRequired",
         ),
-        ("a directory", vm_body(tmp.path(), &[]), 400, "InvalidParameter"),
+        ("a directory", vm_body(tmp.path(), &[]), 400, "UserErrorHostPathNotAvailable"),
     ];
     for (what, body, want, code) in cases {
         let (st, b) = s
@@ -270,7 +270,7 @@ async fn vm_protection_lifecycle_with_soft_delete_and_backup_status() {
     s.make_group("rg").await;
     s.make_group("apps").await;
     s.make_vault("rg", "v1").await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = s.tempdir();
     let (raw, q) = images(tmp.path());
     let (st, vm) = s
         .call(
@@ -537,7 +537,7 @@ async fn enabling_protection_rejects_what_azure_rejects() {
     let s = start().await;
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = s.tempdir();
     let (raw, _) = images(tmp.path());
     let doomed = tmp.path().join("doomed.raw");
     std::fs::write(&doomed, [0u8; 4096]).unwrap();
@@ -557,7 +557,7 @@ async fn enabling_protection_rejects_what_azure_rejects() {
         ("unknown policy", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "NoSuchPolicy")}}), "BMSUserErrorPolicyNotFound"),
         ("policy of another workload", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "HourlyLogBackup")}}), "BMSUserErrorPolicyWorkloadMismatch"),
         ("missing VM", item_path(&s, "rg", "v1", "rg", "ghost"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "BMSUserErrorInvalidSourceResourceId"),
-        ("image that vanished", item_path(&s, "rg", "v1", "rg", "vm2"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "InvalidParameter"),
+        ("image that vanished", item_path(&s, "rg", "v1", "rg", "vm2"), json!({"properties": {"protectedItemType": vm_type, "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "UserErrorHostPathNotAvailable"),
         ("no policy", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": vm_type}}), "BMSUserErrorInvalidConfigureProtectionRequest"),
         ("wrong item type", item_path(&s, "rg", "v1", "rg", "vm1"), json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "BMSUserErrorInvalidConfigureProtectionRequest"),
         ("item outside its container", format!("{}/backupFabrics/Azure/protectionContainers/iaasvmcontainerv2%3Brg%3Bvm1/protectedItems/vm%3Biaasvmcontainerv2%3Brg%3Bvm2", s.vault_path("rg", "v1")), json!({"properties": {"policyId": policy_ref(&s, "rg", "v1", "DefaultPolicy")}}), "BMSUserErrorInvalidConfigureProtectionRequest"),
@@ -606,7 +606,7 @@ async fn file_shares_are_registered_discovered_and_protected() {
     let s = start().await;
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = s.tempdir();
     let acct = format!("{}/providers/Microsoft.Storage/storageAccounts/files1", s.rg_path("rg"));
     let (st, b) = s
         .call(
@@ -724,7 +724,7 @@ async fn changing_a_policy_in_use_is_a_long_running_operation() {
     let s = start().await;
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = s.tempdir();
     let (raw, _) = images(tmp.path());
     s.call(
         "PUT",
@@ -876,7 +876,7 @@ async fn pre_validation_answers_for_protectable_missing_and_taken_vms() {
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
     s.make_vault("rg", "v2").await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = s.tempdir();
     let (raw, _) = images(tmp.path());
     let (_, vm) = s
         .call(

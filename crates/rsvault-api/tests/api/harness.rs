@@ -1,12 +1,18 @@
 //! Starts a real rsvault server in-process and talks to it over HTTPS.
+//!
+//! A test server's temp dir holds `data/` (the data dir) and `host/`, the one host root it grants
+//! (`--allow-path`): tests put disk images and storage account directories below
+//! [`Server::host_dir`] (e.g. with [`Server::tempdir`]). [`start_ungranted`] starts one without
+//! any grant.
 
 use reqwest::{Client, Method, Response};
 use rsvault_api::{Config, Running};
 use rsvault_control::datadir::Bootstrap;
+use rsvault_control::hostaccess::{Grant, HostGrants};
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::{SharedClock, SystemClock};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub const API: &str = "api-version=2026-11-01";
@@ -55,7 +61,28 @@ pub async fn start_with_clock(config: Config, tmp: Option<tempfile::TempDir>, cl
     s
 }
 
+/// The host root granted to a test server whose data dir is `data_dir`: `host/` beside it.
+pub fn host_root(data_dir: &Path) -> PathBuf {
+    data_dir.parent().expect("a data dir has a parent").join("host")
+}
+
+/// A test server's configuration: an ephemeral port and its host root (created) granted.
+pub fn test_config(data_dir: PathBuf) -> Config {
+    let host = host_root(&data_dir);
+    std::fs::create_dir_all(&host).unwrap();
+    let mut config = Config::new(data_dir);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.host_grants = HostGrants::new(vec![Grant::new(&host, None).unwrap()]);
+    config
+}
+
 pub async fn start() -> Server {
+    let tmp = tempfile::tempdir().unwrap();
+    start_with(test_config(tmp.path().join("data")), Some(tmp)).await
+}
+
+/// A server with no `--allow-path` at all.
+pub async fn start_ungranted() -> Server {
     let tmp = tempfile::tempdir().unwrap();
     let mut config = Config::new(tmp.path().join("data"));
     config.listen = "127.0.0.1:0".parse().unwrap();
@@ -65,6 +92,16 @@ pub async fn start() -> Server {
 impl Server {
     pub fn sub(&self) -> &str {
         &self.boot.subscription_id
+    }
+
+    /// The host root this server grants (see [`test_config`]).
+    pub fn host_dir(&self) -> PathBuf {
+        host_root(&self.dir)
+    }
+
+    /// A fresh directory inside the granted host root.
+    pub fn tempdir(&self) -> tempfile::TempDir {
+        tempfile::tempdir_in(self.host_dir()).unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -114,7 +114,7 @@ async fn fixture() -> Fixture {
     let s = start().await;
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = s.tempdir();
     let dir = tmp.path().to_path_buf();
     Fixture { s, _tmp: tmp, dir }
 }
@@ -851,9 +851,7 @@ async fn a_backup_interrupted_by_a_graceful_restart_runs_again_after_it() {
     assert_eq!(running["properties"]["status"], "InProgress", "{running}");
     let Fixture { s, _tmp, dir } = f;
     let (data_dir, tmp) = s.stop().await;
-    let mut config = rsvault_api::Config::new(data_dir);
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let s = start_with(config, tmp).await;
+    let s = start_with(test_config(data_dir), tmp).await;
     let f = Fixture { s, _tmp, dir };
     let end = wait_job(&f, &job_id).await.pop().unwrap();
     assert_eq!(end["properties"]["status"], "Completed", "{end}");

@@ -257,9 +257,7 @@ async fn restart_on_the_same_dir_keeps_everything() {
     let v = s.make_vault("rg", "keep").await;
     let (client, secret) = (s.boot.client_id.clone(), s.boot.client_secret.clone());
     let (dir, tmp) = s.stop().await;
-    let mut config = rsvault_api::Config::new(dir);
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    let s2 = start_with(config, tmp).await;
+    let s2 = start_with(test_config(dir), tmp).await;
     assert_eq!(
         (s2.boot.client_id.clone(), s2.boot.client_secret.clone()),
         (client, secret)

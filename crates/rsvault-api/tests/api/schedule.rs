@@ -5,7 +5,6 @@
 
 use crate::harness::*;
 use chrono::{DateTime, Datelike, Duration, Utc, Weekday};
-use rsvault_api::Config;
 use rsvault_core::time::TestClock;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -50,14 +49,13 @@ async fn start_at(start: &str) -> Env {
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
     Env {
+        images: s.tempdir(),
         s,
-        images: tempfile::tempdir().unwrap(),
     }
 }
 
 async fn restart_at(data: PathBuf, tmp: Option<tempfile::TempDir>, start: &str) -> Server {
-    let mut config = Config::new(data);
-    config.listen = "127.0.0.1:0".parse().unwrap();
+    let mut config = test_config(data);
     // The scheduler's own thread runs once at start and then sleeps: the advances drive time.
     config.policy_interval = std::time::Duration::from_secs(3600);
     start_with_clock(config, tmp, Arc::new(TestClock::new(at(start)))).await

@@ -6,6 +6,9 @@
 //! `Succeeded` with the job's id (`OperationStatusJobExtendedInfo`, as the live service answers the
 //! moment the job exists) and the job itself, `InProgress` and queued. The job's `work` carries
 //! everything it needs (disk paths, directories, targets), resolved when the request was accepted.
+//! Every host path is checked against the operator's grants ([`crate::hostaccess`]) when the request
+//! is accepted and again when the job runs (the grants may have changed at a restart); a path that no
+//! longer passes fails the job without touching it.
 //!
 //! A recovery point exists in the API only once the vault holds its snapshot: the row is written in
 //! the transaction that completes the job, after the engine committed the snapshot. A crash between
@@ -54,6 +57,10 @@ pub(crate) enum Work {
         disks: Vec<DiskSource>,
         /// The share's directory.
         root: Option<PathBuf>,
+        /// The VM or storage account whose paths these are (for the grant check when the job runs;
+        /// absent in jobs queued before grants existed: then the item's source).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resource: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     Restore {
@@ -61,6 +68,10 @@ pub(crate) enum Work {
         item: String,
         recovery_point: String,
         target: RestoreTarget,
+        /// The resource whose paths the restore writes (the target storage account, or the source
+        /// VM or account for an original-location restore); absent: the item's source.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resource: Option<String>,
     },
 }
 
@@ -192,6 +203,16 @@ fn job_failure(e: EngineError) -> Failure {
     }
 }
 
+/// A job whose host path does not pass the grants any more (the same words as the request's error).
+fn path_failure(path: &Path) -> Failure {
+    Failure::Failed(JobError::new(
+        100_006,
+        "The path is not available",
+        crate::hostaccess::unavailable_message(&path.display().to_string()),
+        "Ask the operator to grant the path (rsvault serve --allow-path DIR), then run the operation again.",
+    ))
+}
+
 fn internal_failure(e: Error) -> Failure {
     Failure::Failed(JobError::new(
         500_000,
@@ -306,7 +327,7 @@ impl Control {
             });
         }
         let source = p["sourceResourceId"].as_str().unwrap_or_default();
-        let (disks, root) = if bmt == "AzureStorage" {
+        let (disks, root, resource) = if bmt == "AzureStorage" {
             let acct = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
                 invalid(
                     "BMSUserErrorInvalidSourceResourceId",
@@ -314,7 +335,8 @@ impl Control {
                     format!("The storage account '{source}' no longer exists."),
                 )
             })?;
-            (vec![], Some(Self::account_dir(&acct)?.join(&friendly)))
+            let root = self.share_dir(&acct, &friendly, false)?;
+            (vec![], Some(root), acct.id)
         } else {
             let vm = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
                 invalid(
@@ -332,7 +354,7 @@ impl Control {
                     path: d.info.path.clone(),
                 })
                 .collect();
-            (disks, None)
+            (disks, None, vm.row.id)
         };
         let rp = new_recovery_point_id();
         let work = Work::Backup {
@@ -342,6 +364,7 @@ impl Control {
             expiry,
             disks,
             root,
+            resource: Some(resource),
         };
         let mut bag = Map::new();
         if bmt == "AzureStorage" {
@@ -714,7 +737,12 @@ impl Control {
                 expiry,
                 disks,
                 root,
+                resource,
             } => {
+                let resource = self.job_resource(resource, &item);
+                for p in disks.iter().map(|d| &d.path).chain(root.as_ref()) {
+                    self.grants.recheck(p, &resource).map_err(|_| path_failure(p))?;
+                }
                 let repo = self.vault_repo(&vault).map_err(internal_failure)?;
                 let tags = RecoveryPointTags {
                     vault: vault.clone(),
@@ -755,11 +783,33 @@ impl Control {
             }
             Work::Restore {
                 vault,
+                item,
                 recovery_point,
                 target,
-                ..
+                resource,
             } => {
+                let resource = self.job_resource(resource, &item);
                 let repo = self.vault_repo(&vault).map_err(internal_failure)?;
+                // Every path the restore writes passes the grants again, now.
+                match &target {
+                    RestoreTarget::Disks { dir, .. } => {
+                        self.grants.recheck(dir, &resource).map_err(|_| path_failure(dir))?;
+                    }
+                    RestoreTarget::OriginalDisks | RestoreTarget::Tree { target: None, .. } => {
+                        let info = dp.engine.recovery_point(&repo, &recovery_point).map_err(job_failure)?;
+                        for p in info
+                            .disks
+                            .iter()
+                            .map(|d| &d.source_path)
+                            .chain(info.source_root.as_ref())
+                        {
+                            self.grants.recheck(p, &resource).map_err(|_| path_failure(p))?;
+                        }
+                    }
+                    RestoreTarget::Tree { target: Some(t), .. } => {
+                        self.grants.recheck(t, &resource).map_err(|_| path_failure(t))?;
+                    }
+                }
                 let progress = JobProgress::new(self, &job.id, RESTORE_TASKS);
                 let mut bag = Map::new();
                 match target {
@@ -845,6 +895,19 @@ impl Control {
         }
     }
 
+    /// The resource a job's paths are checked for: the one its work names, else (jobs queued before
+    /// grants existed) the item's source resource.
+    fn job_resource(&self, resource: Option<String>, item: &str) -> String {
+        resource.unwrap_or_else(|| {
+            self.store
+                .read(|db| db.resource(item))
+                .ok()
+                .flatten()
+                .and_then(|r| r.body["properties"]["sourceResourceId"].as_str().map(String::from))
+                .unwrap_or_default()
+        })
+    }
+
     /// `AlternateLocation`: a new VM resource over the restored images (the first is the OS disk).
     fn declare_restored_vm(&self, vm: &NewVm, images: &[PathBuf]) -> Result<()> {
         let uri = |p: &PathBuf| format!("file://{}", p.display());
@@ -912,8 +975,8 @@ impl Control {
         })?;
         let rp_time = time::us_datetime(rp_row.time);
         let mut bag = Map::new();
-        let target = if bmt == "AzureStorage" {
-            let (target, bag_entries) = self.share_restore_target(&p, &friendly, recovery_type, props)?;
+        let (target, resource) = if bmt == "AzureStorage" {
+            let (target, bag_entries, resource) = self.share_restore_target(&p, &friendly, recovery_type, props)?;
             bag.insert("Source File Share Name".into(), json!(friendly));
             bag.insert(
                 "Source Storage Account Name".into(),
@@ -921,17 +984,30 @@ impl Control {
             );
             bag.extend(bag_entries);
             bag.insert("Recovery point time ".into(), json!(rp_time));
-            target
+            (target, resource)
         } else {
-            let target = self.vm_restore_target(&friendly, recovery_type, props, &mut bag)?;
+            let source = p["sourceResourceId"].as_str().unwrap_or_default();
+            let (target, resource) = self.vm_restore_target(&friendly, source, recovery_type, props, &mut bag)?;
             bag.insert("Recovery point time ".into(), json!(rp_time));
-            target
+            (target, resource)
         };
+        if let RestoreTarget::OriginalDisks = target {
+            // The images the restore replaces are the recovery point's sources: granted now?
+            let info = self
+                .data()?
+                .engine
+                .recovery_point(&self.vault_repo(&v.id)?, rp)
+                .map_err(|e| Error::internal(format!("reading recovery point {rp}: {e}")))?;
+            for d in &info.disks {
+                self.grants.recheck(&d.source_path, &resource)?;
+            }
+        }
         let work = Work::Restore {
             vault: v.id.clone(),
             item: row.id.clone(),
             recovery_point: rp.to_string(),
             target,
+            resource: Some(resource),
         };
         let now = self.now();
         let job = self.queued_job(
@@ -968,17 +1044,19 @@ impl Control {
                     format!("The storage account '{id}' was not found."),
                 )
             })?;
-        let dir = Self::account_dir(&acct)?;
+        let dir = self.account_dir(&acct)?;
         Ok((acct, dir))
     }
 
+    /// Where a VM restore goes, and the resource whose paths it writes.
     fn vm_restore_target(
         &self,
         vm_name: &str,
+        source: &str,
         recovery_type: &str,
         props: &Map<String, Value>,
         bag: &mut Map<String, Value>,
-    ) -> Result<RestoreTarget> {
+    ) -> Result<(RestoreTarget, String)> {
         let short = uuid::Uuid::new_v4().simple().to_string();
         match recovery_type {
             "RestoreDisks" | "AlternateLocation" => {
@@ -990,7 +1068,7 @@ impl Control {
                 if recovery_type == "RestoreDisks" {
                     bag.insert("Job Type".into(), json!("Recover disks"));
                     let dir = dir.join(format!("{}-{}", vm_name.to_ascii_lowercase(), &short[..12]));
-                    return Ok(RestoreTarget::Disks { dir, format: None, new_vm: None });
+                    return Ok((RestoreTarget::Disks { dir, format: None, new_vm: None }, acct.id));
                 }
                 let vm_id = body::opt_str(props, "targetVirtualMachineId", "properties.")?.ok_or_else(|| {
                     bad_input("properties.targetVirtualMachineId", "An AlternateLocation restore needs 'targetVirtualMachineId': the id of the VM to create.")
@@ -1016,20 +1094,23 @@ impl Control {
                     .unwrap_or_else(|| acct.body["location"].as_str().unwrap_or("westus").to_string());
                 bag.insert("Job Type".into(), json!("Restore to a new virtual machine"));
                 bag.insert("Target VM Name".into(), json!(name));
-                Ok(RestoreTarget::Disks {
-                    dir: dir.join(format!("{}-{}", name.to_ascii_lowercase(), &short[..12])),
-                    format: None,
-                    new_vm: Some(NewVm {
-                        subscription: rid.subscription.clone(),
-                        resource_group: rg,
-                        name,
-                        location,
-                    }),
-                })
+                Ok((
+                    RestoreTarget::Disks {
+                        dir: dir.join(format!("{}-{}", name.to_ascii_lowercase(), &short[..12])),
+                        format: None,
+                        new_vm: Some(NewVm {
+                            subscription: rid.subscription.clone(),
+                            resource_group: rg,
+                            name,
+                            location,
+                        }),
+                    },
+                    acct.id,
+                ))
             }
             "OriginalLocation" => {
                 bag.insert("Job Type".into(), json!("Replace existing disks"));
-                Ok(RestoreTarget::OriginalDisks)
+                Ok((RestoreTarget::OriginalDisks, source.to_string()))
             }
             other => Err(bad_input(
                 "properties.recoveryType",
@@ -1044,7 +1125,7 @@ impl Control {
         share: &str,
         recovery_type: &str,
         props: &Map<String, Value>,
-    ) -> Result<(RestoreTarget, Map<String, Value>)> {
+    ) -> Result<(RestoreTarget, Map<String, Value>, String)> {
         let conflict = match body::opt_enum(
             props,
             "copyOptions",
@@ -1134,18 +1215,24 @@ impl Control {
             .next()
             .unwrap_or_default()
             .to_string();
-        let target = match recovery_type {
+        let (target, resource) = match recovery_type {
             "OriginalLocation" => {
                 bag.insert("Job Type".into(), json!("Recovering to the original file share"));
                 bag.insert("RestoreDestination".into(), json!(format!("{acct_name}/{share}/")));
-                folder.and_then(|f| {
-                    let acct = self
-                        .store
-                        .read(|db| db.resource(item_props["sourceResourceId"].as_str().unwrap_or_default()))
-                        .ok()
-                        .flatten();
-                    acct.and_then(|a| Self::account_dir(&a).ok()).map(|d| d.join(share).join(f))
-                })
+                let source = item_props["sourceResourceId"].as_str().unwrap_or_default();
+                let acct = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
+                    invalid(
+                        "BMSUserErrorInvalidSourceResourceId",
+                        "",
+                        format!("The storage account '{source}' no longer exists."),
+                    )
+                })?;
+                let d = self.share_dir(&acct, share, false)?;
+                let t = match folder {
+                    Some(f) => self.grants.check(&d.join(f), &acct.id)?,
+                    None => d,
+                };
+                (Some(t), acct.id)
             }
             "AlternateLocation" => {
                 let td = body::opt_obj(props, "targetDetails", "properties.")?.ok_or_else(|| {
@@ -1155,16 +1242,17 @@ impl Control {
                 let acct_id = td.get("targetResourceId").and_then(Value::as_str).ok_or_else(|| {
                     bad_input("properties.targetDetails.targetResourceId", "targetDetails needs 'targetResourceId': the target storage account id.")
                 })?;
-                let (acct, dir) = self.restore_account(acct_id, "properties.targetDetails.targetResourceId")?;
+                let (acct, _) = self.restore_account(acct_id, "properties.targetDetails.targetResourceId")?;
                 self.share_row(&acct.subscription, acct.resource_group.as_deref().unwrap_or_default(), &acct.name, name)
                     .map_err(|_| invalid("UserErrorFileShareNotFound", "properties.targetDetails.name", format!("The file share '{name}' was not found in storage account '{}'.", acct.name)))?;
                 bag.insert("Job Type".into(), json!("Recovering to an alternate file share"));
                 bag.insert("RestoreDestination".into(), json!(format!("{}/{name}/{}", acct.name, folder.as_deref().map(|f| f.display().to_string()).unwrap_or_default())));
-                let d = dir.join(name);
-                Some(match folder {
-                    Some(f) => d.join(f),
+                let d = self.share_dir(&acct, name, false)?;
+                let t = match folder {
+                    Some(f) => self.grants.check(&d.join(f), &acct.id)?,
                     None => d,
-                })
+                };
+                (Some(t), acct.id)
             }
             other => {
                 return Err(bad_input(
@@ -1180,6 +1268,7 @@ impl Control {
                 conflict,
             },
             bag,
+            resource,
         ))
     }
 }

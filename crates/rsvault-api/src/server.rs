@@ -201,7 +201,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
     );
     if config.host_grants.is_empty() {
-        tracing::warn!("no --allow-path grant: requests can name no host path (no VM disks, storage accounts or restores)");
+        tracing::warn!(
+            "no --allow-path grant: requests can name no host path (no VM disks, storage accounts or restores)"
+        );
     }
     for g in config.host_grants.grants() {
         tracing::info!(root = %g.root().display(), scope = g.scope().unwrap_or("/"), "host path granted");

@@ -19,15 +19,13 @@ fn serve(dir: &Path) -> (Child, String) {
 /// `serve` with an `--allow-path` per root.
 fn serve_granting(dir: &Path, roots: &[&Path]) -> (Child, String) {
     let mut cmd = bin();
-    cmd.args(["serve", "--data-dir"]).arg(dir).args(["--listen", "127.0.0.1:0"]);
+    cmd.args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"]);
     for r in roots {
         cmd.arg("--allow-path").arg(r);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let mut line = String::new();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     reader.read_line(&mut line).unwrap();

@@ -136,7 +136,12 @@ async fn vms_are_declared_with_probed_disk_images() {
 
     let gone = tmp.path().join("missing.qcow2");
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        ("missing image", vm_body(&gone, &[]), 400, "UserErrorHostPathNotAvailable"),
+        (
+            "missing image",
+            vm_body(&gone, &[]),
+            400,
+            "UserErrorHostPathNotAvailable",
+        ),
         (
             "not a file URI",
             json!({"location": "westus", "properties": {"storageProfile": {"osDisk": {"vhd": {"uri": "https://x.blob.core.windows.net/v/os.vhd"}}}}}),
@@ -155,7 +160,12 @@ async fn vms_are_declared_with_probed_disk_images() {
             400,
             "LocationRequired",
         ),
-        ("a directory", vm_body(tmp.path(), &[]), 400, "UserErrorHostPathNotAvailable"),
+        (
+            "a directory",
+            vm_body(tmp.path(), &[]),
+            400,
+            "UserErrorHostPathNotAvailable",
+        ),
     ];
     for (what, body, want, code) in cases {
         let (st, b) = s

@@ -12,3 +12,4 @@ mod identity;
 mod recovery;
 mod resources;
 mod schedule;
+mod security;

@@ -48,10 +48,7 @@ async fn start_at(start: &str) -> Env {
     let s = restart_at(tmp.path().join("data"), Some(tmp), start).await;
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
-    Env {
-        images: s.tempdir(),
-        s,
-    }
+    Env { images: s.tempdir(), s }
 }
 
 async fn restart_at(data: PathBuf, tmp: Option<tempfile::TempDir>, start: &str) -> Server {

@@ -1,7 +1,9 @@
 """Session fixtures for the interop tests: a real rsvault server driven by real Azure clients.
 
 The `server` fixture starts `$RSVAULT_BIN` (default target/debug/rsvault) with a temporary data dir and
-traffic dir, waits for its ready line, and reads bootstrap.json. At the end of the session it stops the
+traffic dir, waits for its ready line, and reads bootstrap.json. Both servers grant (`--allow-path`) the
+session's pytest base temp dir, where every `tmp_path_factory.mktemp` directory the tests put disk images,
+shares and restores in lives (rsvault never grants its own data dir, even below a grant). At the end of the session it stops the
 server (SIGTERM) and validates every recorded ARM request/response against Azure's 2026-11-01 specs with
 `node tools/oav/validate.js`; violations fail the session. Set RSVAULT_SKIP_OAV=1 to skip that step.
 """
@@ -84,6 +86,11 @@ def _stop(proc: subprocess.Popen) -> None:
         raise AssertionError("rsvault did not stop within 20 s of SIGTERM")
 
 
+def _grants(tmp_path_factory) -> list[str]:
+    """The host roots the test servers grant: the session's base temp dir."""
+    return ["--allow-path", str(tmp_path_factory.getbasetemp().resolve())]
+
+
 def _start(base: Path, extra: list[str]) -> tuple[subprocess.Popen, Server, object]:
     """Starts `rsvault serve` with a data dir under `base`; returns the process, the server and its log."""
     binary = _bin_path()
@@ -145,7 +152,7 @@ def _start(base: Path, extra: list[str]) -> tuple[subprocess.Popen, Server, obje
 @pytest.fixture(scope="session")
 def server(tmp_path_factory, pytestconfig):
     base = tmp_path_factory.mktemp("rsvault")
-    proc, srv, log = _start(base, ["--traffic-dir", str(base / "traffic")])
+    proc, srv, log = _start(base, ["--traffic-dir", str(base / "traffic"), *_grants(tmp_path_factory)])
     log_file, traffic_dir = srv.log_file, srv.traffic_dir
     pytestconfig.stash[SERVER_FILES] = f"rsvault log: {log_file}  traffic: {traffic_dir}"
     try:
@@ -175,7 +182,7 @@ def server(tmp_path_factory, pytestconfig):
 def clock_server(tmp_path_factory):
     """A second server on a test clock (`--test-clock`): time moves only through `advance`."""
     base = tmp_path_factory.mktemp("rsvault-clock")
-    proc, srv, log = _start(base, ["--test-clock"])
+    proc, srv, log = _start(base, ["--test-clock", *_grants(tmp_path_factory)])
     try:
         yield srv
     finally:

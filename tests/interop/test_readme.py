@@ -21,11 +21,16 @@ def test_python_quickstart_runs_as_written(server, capsys):
     assert "['my-vault']" in out
 
 
-def test_backup_quickstart_runs_as_written(server, capsys):
+def test_backup_quickstart_runs_as_written(server, capsys, tmp_path_factory):
     text = README.read_text()
     section = text[text.index("## Quickstart: back up a VM image"):]
+    assert "serve --allow-path rsvault-host" in section
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     code = code.replace("rsvault-data/bootstrap.json", str(server.data_dir / "bootstrap.json"))
+    # The quickstart's granted directory: one the test server grants (conftest: --allow-path).
+    granted = 'os.path.abspath("rsvault-host")'
+    assert granted in code
+    code = code.replace(granted, repr(str(tmp_path_factory.mktemp("rsvault-host"))))
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "backup Completed" in out

@@ -48,15 +48,20 @@ pub struct Grant {
 }
 
 impl Grant {
-    /// Parses `DIR` or `DIR=/subscriptions/S[/resourceGroups/G]`. `DIR` must be an absolute path
-    /// of an existing directory; it is resolved now (a grant of a symlink grants its target).
+    /// Parses the operator's `DIR` or `DIR=/subscriptions/S[/resourceGroups/G]` (the last
+    /// `=/subscriptions/` splits). `DIR` must be an existing directory; a relative one is taken from
+    /// the current directory; it is resolved now (a grant of a symlink grants its target).
     pub fn parse(spec: &str) -> std::result::Result<Grant, String> {
         let lower = spec.to_ascii_lowercase();
         let (dir, scope) = match lower.rfind("=/subscriptions/") {
             Some(i) => (&spec[..i], Some(&spec[i + 1..])),
             None => (spec, None),
         };
-        Grant::new(Path::new(dir), scope)
+        if dir.is_empty() {
+            return Err(format!("'{spec}' names no directory"));
+        }
+        let dir = std::path::absolute(dir).map_err(|e| format!("'{dir}': {e}"))?;
+        Grant::new(&dir, scope)
     }
 
     /// A grant of `root` (absolute, an existing directory) at `scope` (`None`: every resource).
@@ -224,7 +229,8 @@ mod tests {
         let g = Grant::parse(&format!("{}=/subscriptions/s1/resourceGroups/G/", d.path().display())).unwrap();
         assert_eq!(g.scope(), Some("/subscriptions/s1/resourceGroups/G"));
         for bad in [
-            "relative/dir".to_string(),
+            "no/such/relative/dir".to_string(),
+            "=/subscriptions/s1".to_string(),
             "/no/such/dir/anywhere".to_string(),
             format!("{}=/subscriptions/", d.path().display()),
             format!("{}=/subscriptions/s/vaults/x", d.path().display()),

@@ -206,7 +206,7 @@ fn job_failure(e: EngineError) -> Failure {
 /// A job whose host path does not pass the grants any more (the same words as the request's error).
 fn path_failure(path: &Path) -> Failure {
     Failure::Failed(JobError::new(
-        100_006,
+        100_013,
         "The path is not available",
         crate::hostaccess::unavailable_message(&path.display().to_string()),
         "Ask the operator to grant the path (rsvault serve --allow-path DIR), then run the operation again.",

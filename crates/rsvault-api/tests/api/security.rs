@@ -560,3 +560,66 @@ async fn a_disk_swapped_for_a_symlink_after_the_backup_was_accepted_is_not_read(
     assert_eq!(f.wait(&first).await["properties"]["status"], "Completed");
     f.s.stop().await;
 }
+
+#[tokio::test]
+async fn after_a_restart_without_the_grant_backups_and_restores_of_its_paths_are_refused() {
+    let f = flow().await;
+    let host = f.s.host_dir();
+    let disk = host.join("vm1.raw");
+    write_bytes(&disk, 1 << 20, 4);
+    f.protect("vm1", &disk).await;
+    let job = f.backup("vm1").await;
+    assert_eq!(f.wait(&job).await["properties"]["status"], "Completed");
+    let rp = f.recovery_points("vm1").await[0]["name"].as_str().unwrap().to_string();
+    let restores = host.join("restores");
+    std::fs::create_dir(&restores).unwrap();
+    let acct = acct_url(&f.s, "g", "restores1");
+    let (st, b) = f
+        .call(
+            "PUT",
+            &format!("{acct}?{ST_API}"),
+            Some(&acct_body(&restores.display().to_string())),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    // The operator withdraws the grant.
+    let (dir, tmp) = f.s.stop().await;
+    let mut config = test_config(dir);
+    config.host_grants = HostGrants::default();
+    let s = start_with(config, tmp).await;
+    // Tokens name the issuer's URL (a new port): a fresh Contributor of the group.
+    let token = s.principal(Some("Contributor"), &s.rg_path("g")).await;
+    let f = Flow { s, token };
+    let (st, b) = f
+        .call(
+            "POST",
+            &format!("{}/backup?{BK}", f.item("vm1")),
+            Some(&json!({"properties": {"objectType": "IaasVMBackupRequest"}})),
+        )
+        .await;
+    assert_eq!((st, &b["error"]["code"]), (400, &json!(UNAVAILABLE)), "{b}");
+    for body in [
+        json!({"properties": {"objectType": "IaasVMRestoreRequest", "recoveryPointId": rp, "recoveryType": "RestoreDisks", "storageAccountId": acct, "region": "westus"}}),
+        json!({"properties": {"objectType": "IaasVMRestoreRequest", "recoveryPointId": rp, "recoveryType": "OriginalLocation", "region": "westus"}}),
+    ] {
+        let (st, b) = f
+            .call(
+                "POST",
+                &format!("{}/recoveryPoints/{rp}/restore?{BK}", f.item("vm1")),
+                Some(&body),
+            )
+            .await;
+        assert_eq!((st, &b["error"]["code"]), (400, &json!(UNAVAILABLE)), "{b}");
+    }
+    assert_eq!(std::fs::read_dir(&restores).unwrap().count(), 0, "nothing restored");
+    let (_, jobs) = f.call("GET", &format!("{}/backupJobs?{BK}", f.vault()), None).await;
+    assert!(
+        jobs["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["properties"]["operation"] != "Restore"),
+        "no restore job was queued: {jobs}"
+    );
+    f.s.stop().await;
+}

@@ -1082,6 +1082,8 @@ impl Control {
                     return Err(bad_input("properties.targetVirtualMachineId", format!("'{vm_id}' is not a virtual machine id.")));
                 };
                 self.group_row(&rid.subscription, &rg)?;
+                // The new VM's disks live in the account's directory: a grant must serve it too.
+                self.grants.check(&dir, &rid.text)?;
                 if self.vm_row(&rid.subscription, &rg, &name).is_ok() {
                     return Err(invalid(
                         "UserErrorVmNameAlreadyExists",

@@ -5,6 +5,11 @@
 //! just logged: rustic_core's archiver skips an entry whose read fails and still commits the
 //! snapshot, so every failure here is also recorded as a warning, and cancellation stops the
 //! walk and fails every further read.
+//!
+//! Each file is opened by rsvault, not by the walker: through [`crate::safefs`] (no symlink
+//! followed anywhere on its path, a regular file), and it must be the file the walk saw (same
+//! device and inode). A file swapped for a symlink or another file between the walk and the open
+//! is skipped with a warning, never read.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -95,9 +100,24 @@ pub(crate) struct TreeOpen {
     inner: <LocalSource as ReadSource>::Open,
     path: PathBuf,
     before: Option<(u64, Option<i128>, Option<i128>)>,
+    /// Device and inode the walk saw (0: not known).
+    ident: (u64, u64),
     cancel: Cancel,
     warnings: Warnings,
     scanned: Arc<AtomicU64>,
+}
+
+/// Opens a file of the tree as the walk saw it, following no symlink.
+fn open_walked(path: &std::path::Path, ident: (u64, u64)) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let f = crate::safefs::open_regular(path)?;
+    let m = f.metadata()?;
+    // rustic_core records the device only for hard-linked files (0 otherwise).
+    let (dev, ino) = ident;
+    if (dev != 0 && dev != m.dev()) || (ino != 0 && ino != m.ino()) {
+        return Err(std::io::Error::other("it was replaced after the walk saw it"));
+    }
+    Ok(f)
 }
 
 fn ts_ns(t: Option<rustic_core::jiff::Timestamp>) -> Option<i128> {
@@ -110,7 +130,9 @@ impl ReadSourceOpen for TreeOpen {
         if self.cancel.is_cancelled() {
             return Err(RusticError::new(ErrorKind::InputOutput, "cancelled"));
         }
-        match self.inner.open() {
+        // The walker's own open would follow a symlink swapped in after the walk.
+        let _ = self.inner;
+        match open_walked(&self.path, self.ident) {
             Ok(file) => Ok(GuardedFile {
                 file,
                 path: self.path,
@@ -121,12 +143,13 @@ impl ReadSourceOpen for TreeOpen {
                 read: 0,
             }),
             Err(e) => {
-                self.warnings.push(format!(
-                    "{} was not backed up: {}",
-                    self.path.display(),
-                    e.display_log()
-                ));
-                Err(e)
+                self.warnings
+                    .push(format!("{} was not backed up: {e}", self.path.display()));
+                Err(
+                    RusticError::new(ErrorKind::InputOutput, "{path} was not backed up: {reason}")
+                        .attach_context("path", self.path.display().to_string())
+                        .attach_context("reason", e.to_string()),
+                )
             }
         }
     }
@@ -194,11 +217,13 @@ impl Iterator for TreeIter {
             Ok(e) => {
                 let before = (e.node.node_type == NodeType::File)
                     .then(|| (e.node.meta.size, ts_ns(e.node.meta.mtime), ts_ns(e.node.meta.ctime)));
+                let ident = (e.node.meta.device_id, e.node.meta.inode);
                 Ok(ReadSourceEntry {
                     open: e.open.map(|inner| TreeOpen {
                         inner,
                         path: e.path.clone(),
                         before,
+                        ident,
                         cancel: self.cancel.clone(),
                         warnings: self.warnings.clone(),
                         scanned: self.scanned.clone(),
@@ -228,5 +253,30 @@ impl ReadSource for TreeSource {
             warnings: self.warnings.clone(),
             scanned: self.scanned.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_walked_file_is_opened_only_as_the_walk_saw_it() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, b"x").unwrap();
+        let m = fs::metadata(&f).unwrap();
+        let ident = (m.dev(), m.ino());
+        assert!(open_walked(&f, ident).is_ok());
+        assert!(open_walked(&f, (0, 0)).is_ok());
+        // Replaced by another file, or by a symlink to a file outside: not opened.
+        fs::write(d.path().join("other"), b"y").unwrap(); // made first: its inode cannot be f's
+        fs::remove_file(&f).unwrap();
+        fs::hard_link(d.path().join("other"), &f).unwrap();
+        assert!(open_walked(&f, ident).is_err());
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", &f).unwrap();
+        assert!(open_walked(&f, (0, 0)).is_err());
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! `serve` runs the HTTPS service; `principal` manages service principals; `keys rotate` rotates the
 //! token-signing key; `env` prints client set-up for a data dir; `vm add` / `share add` declare local
-//! workloads without ARM; `restic-env` prints what stock `restic` needs to open a vault.
+//! workloads without ARM; `restic-env` prints what stock `restic` needs to open a vault. `serve`,
+//! `vm add` and `share add` take `--allow-path DIR[=SCOPE]`: the host roots their paths may use
+//! (`rsvault_control::hostaccess`; no grant, no host path).
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};

@@ -623,3 +623,91 @@ async fn after_a_restart_without_the_grant_backups_and_restores_of_its_paths_are
     );
     f.s.stop().await;
 }
+
+#[tokio::test]
+async fn a_share_restore_into_a_folder_that_leads_out_of_the_grants_is_refused() {
+    let f = flow().await;
+    let host = f.s.host_dir();
+    let acct_dir = host.join("files");
+    std::fs::create_dir(&acct_dir).unwrap();
+    let acct = acct_url(&f.s, "g", "files1");
+    let (st, b) = f
+        .call(
+            "PUT",
+            &format!("{acct}?{ST_API}"),
+            Some(&acct_body(&acct_dir.display().to_string())),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = f
+        .call(
+            "PUT",
+            &format!("{acct}/fileServices/default/shares/docs?{ST_API}"),
+            Some(&json!({})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    std::fs::write(acct_dir.join("docs/a.txt"), "alpha").unwrap();
+    let container = format!(
+        "{}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Bg%3Bfiles1",
+        f.vault()
+    );
+    let (st, b) = f
+        .call(
+            "PUT",
+            &format!("{container}?{BK}"),
+            Some(&json!({"properties": {"backupManagementType": "AzureStorage", "containerType": "StorageContainer", "sourceResourceId": acct}})),
+        )
+        .await;
+    assert!(st == 200 || st == 202, "{b}");
+    let pol = json!({"properties": {"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare",
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["2026-01-01T03:00:00Z"]},
+        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": ["2026-01-01T03:00:00Z"], "retentionDuration": {"count": 30, "durationType": "Days"}}},
+        "timeZone": "UTC"}});
+    let (st, b) = f
+        .call("PUT", &format!("{}/backupPolicies/afs?{BK}", f.vault()), Some(&pol))
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let item = format!("{container}/protectedItems/AzureFileShare%3Bdocs");
+    let (st, b) = f
+        .call(
+            "PUT",
+            &format!("{item}?{BK}"),
+            Some(&json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": format!("{}/backupPolicies/afs", f.vault()), "sourceResourceId": acct}})),
+        )
+        .await;
+    assert_eq!(st, 202, "{b}");
+    let job = f
+        .start_job(
+            &format!("{item}/backup?{BK}"),
+            &json!({"properties": {"objectType": "AzureFileShareBackupRequest"}}),
+        )
+        .await;
+    assert_eq!(f.wait(&job).await["properties"]["status"], "Completed");
+    let (_, rps) = f.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+    let rp = rps["value"][0]["name"].as_str().unwrap().to_string();
+    // A local user plants a symlink inside the share, to a directory outside every grant, and the
+    // caller restores "into" it, in place and to an alternate share.
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), acct_dir.join("docs/out")).unwrap();
+    for recovery_type in ["OriginalLocation", "AlternateLocation"] {
+        let body = json!({"properties": {"objectType": "AzureFileShareRestoreRequest", "recoveryType": recovery_type,
+            "sourceResourceId": acct, "copyOptions": "Overwrite", "restoreRequestType": "FullShareRestore",
+            "restoreFileSpecs": [{"targetFolderPath": "out/etc"}],
+            "targetDetails": {"name": "docs", "targetResourceId": acct}}});
+        let (st, b) = f
+            .call("POST", &format!("{item}/recoveryPoints/{rp}/restore?{BK}"), Some(&body))
+            .await;
+        assert_eq!(
+            (st, &b["error"]["code"]),
+            (400, &json!(UNAVAILABLE)),
+            "{recovery_type}: {b}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    f.s.stop().await;
+}

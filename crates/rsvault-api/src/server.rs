@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rsvault_control::datadir::{Bootstrap, DataDir};
-use rsvault_control::dataplane::{DataPlane, JobLimits};
+use rsvault_control::dataplane::{DataPlane, EngineOverride, JobLimits};
 use rsvault_control::runner::JobRunner;
 use rsvault_control::scheduler::Scheduler;
 use rsvault_control::{Control, Settings};
@@ -42,6 +42,8 @@ pub struct Config {
     pub jobs: JobLimits,
     /// How often the scheduler runs a policy pass (scheduled backups, retention, purge, GC).
     pub policy_interval: Duration,
+    /// Run this engine instead of the restic-format one (tests wrap the real engine to inject faults).
+    pub engine: Option<EngineOverride>,
 }
 
 impl Config {
@@ -60,6 +62,7 @@ impl Config {
             tls_hosts: vec![],
             jobs: JobLimits::default(),
             policy_interval: Duration::from_secs(30),
+            engine: None,
         }
     }
 }
@@ -84,6 +87,7 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
     runner: Option<JobRunner>,
     scheduler: Option<Scheduler>,
+    control: Arc<Control>,
 }
 
 impl Running {
@@ -108,6 +112,11 @@ impl Running {
         if let Some(r) = self.runner.take() {
             let _ = tokio::task::spawn_blocking(move || r.stop()).await;
         }
+    }
+
+    /// The server's control plane (for the binary's and tests' direct calls).
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
     }
 
     /// A handle that can stop the server.
@@ -192,7 +201,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
                 issuer_url: format!("{base}/{tenant}/v2.0"),
             },
         )?
-        .with_data_plane(DataPlane::open(&config.data_dir, config.jobs)?),
+        .with_data_plane(match &config.engine {
+            Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?,
+            None => DataPlane::open(&config.data_dir, config.jobs)?,
+        }),
     );
     control.resume_test_clock()?;
     let runner = {
@@ -208,7 +220,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         None => None,
     };
     let state = Arc::new(State {
-        control,
+        control: control.clone(),
         config: config.clone(),
         base_url: base.clone(),
         recorder,
@@ -225,6 +237,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         task,
         runner: Some(runner),
         scheduler: Some(scheduler),
+        control,
     })
 }
 

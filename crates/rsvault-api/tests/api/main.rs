@@ -8,6 +8,7 @@ mod harness;
 mod access;
 mod backup;
 mod conventions;
+mod faults;
 mod identity;
 mod recovery;
 mod resources;

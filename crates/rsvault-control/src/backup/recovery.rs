@@ -64,6 +64,30 @@ pub(crate) enum Work {
     },
 }
 
+impl Work {
+    /// The work a job row carries; `None` for a job without one (an export, a control-plane job) or
+    /// one this version cannot read. Every reader of a job's work goes through here: the row's JSON
+    /// is this type's serde form (camelCase), never indexed by hand.
+    pub(crate) fn of(job: &JobRow) -> Option<Work> {
+        serde_json::from_value(job.work.clone()?).ok()
+    }
+
+    /// The protected item the job is for.
+    pub(crate) fn item(&self) -> &str {
+        match self {
+            Work::Backup { item, .. } | Work::Restore { item, .. } => item,
+        }
+    }
+
+    /// The recovery point the job makes (a backup) or reads (a restore): its snapshot must stay in
+    /// the vault while the job is queued or running.
+    pub(crate) fn recovery_point(&self) -> &str {
+        match self {
+            Work::Backup { recovery_point, .. } | Work::Restore { recovery_point, .. } => recovery_point,
+        }
+    }
+}
+
 /// Where a restore goes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "to", rename_all = "camelCase")]
@@ -454,13 +478,7 @@ impl Control {
             q.extend(db.jobs_in_phase(RUNNING)?);
             Ok::<_, Error>(q)
         })?;
-        jobs.retain(|j| {
-            j.operation == operation
-                && j.work
-                    .as_ref()
-                    .and_then(|w| w["item"].as_str())
-                    .is_some_and(|i| i.eq_ignore_ascii_case(item))
-        });
+        jobs.retain(|j| j.operation == operation && Work::of(j).is_some_and(|w| w.item().eq_ignore_ascii_case(item)));
         Ok(jobs.into_iter().next())
     }
 
@@ -666,12 +684,12 @@ impl Control {
 
     /// A crashed backup whose snapshot the vault holds: its completion, from the snapshot.
     pub(crate) fn recover_backup(&self, job: &JobRow) -> Option<Finished> {
-        let Ok(Work::Backup {
+        let Some(Work::Backup {
             vault,
             item,
             recovery_point,
             ..
-        }) = serde_json::from_value::<Work>(job.work.clone()?)
+        }) = Work::of(job)
         else {
             return None;
         };
@@ -685,10 +703,10 @@ impl Control {
         if job.operation != "Backup" || job.status.starts_with("Completed") {
             return Ok(());
         }
-        let Some(item) = job.work.as_ref().and_then(|w| w["item"].as_str()) else {
+        let Some(work) = Work::of(job) else {
             return Ok(());
         };
-        if let Some(mut row) = db.resource(item)? {
+        if let Some(mut row) = db.resource(work.item())? {
             row.body["properties"]["lastBackupStatus"] = json!(job.status);
             if job.status == "Failed" {
                 row.body["properties"]["healthStatus"] = json!("ActionRequired");
@@ -700,11 +718,8 @@ impl Control {
 
     /// Carries out a data-plane job (called by a worker of the job engine).
     pub(crate) fn execute_job(&self, job: &JobRow, cancel: &Cancel) -> std::result::Result<Finished, Failure> {
-        let work: Work = job
-            .work
-            .clone()
-            .and_then(|w| serde_json::from_value(w).ok())
-            .ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
+        let work =
+            Work::of(job).ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
         let dp = self.data().map_err(internal_failure)?;
         match work {
             Work::Backup {

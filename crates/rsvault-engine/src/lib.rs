@@ -30,7 +30,8 @@
 //! Modules: [`keyring`] (per-vault passwords sealed with the server key), [`disk`] (image
 //! probing/reading/writing), [`backend`] (storage rules: atomic writes, fsync, direct I/O,
 //! locking), [`progress`] (progress sink and cancellation); the rest is private (`engine`,
-//! `diskpipe`, `format`, `iobuf`, `restore`, `sources`, `unchanged`, `pit`, `types`).
+//! `diskpipe`, `format`, `iobuf`, `restore`, `treerestore` (symlink-safe, all-or-nothing tree
+//! restores), `sources`, `unchanged`, `pit`, `types`).
 
 pub mod backend;
 pub mod disk;
@@ -44,6 +45,7 @@ mod pit;
 pub mod progress;
 mod restore;
 mod sources;
+mod treerestore;
 mod types;
 mod unchanged;
 
@@ -52,6 +54,7 @@ pub use engine::ResticEngine;
 pub use error::{EngineError, Result};
 pub use keyring::{Secret, VaultKeys};
 pub use progress::{Cancel, NoProgress, Progress, Task};
+pub use treerestore::remove_leftovers as remove_restore_leftovers;
 pub use types::*;
 
 /// The narrow interface the job layer calls. All calls block; run them on a blocking thread.

@@ -225,3 +225,160 @@ async fn hard_delete_during_a_backup_never_loses_the_backup() {
     }
     f.s.stop().await;
 }
+
+/// Backs up the share and returns its one recovery point's restore URL.
+async fn share_point(f: &Fixture, acct: &str, share: &str) -> String {
+    let job = accept(
+        f,
+        &f.s.url(&format!("{}/backup?{BK}", f.share_item(acct, share))),
+        &json!({"properties": {"objectType": "AzureFileShareBackupRequest"}}),
+    )
+    .await;
+    let end = wait_job(f, &job).await.pop().unwrap();
+    assert_eq!(end["properties"]["status"], "Completed", "{end}");
+    let (_, _, rps) = send(
+        &f.s,
+        "GET",
+        &format!("{}/recoveryPoints?{BK}", f.share_item(acct, share)),
+        None,
+    )
+    .await;
+    let rp = rps["value"][0]["name"].as_str().unwrap().to_string();
+    f.s.url(&format!(
+        "{}/recoveryPoints/{rp}/restore?{BK}",
+        f.share_item(acct, share)
+    ))
+}
+
+fn original_overwrite(f: &Fixture, acct: &str) -> Value {
+    json!({"properties": {"objectType": "AzureFileShareRestoreRequest", "recoveryType": "OriginalLocation",
+        "sourceResourceId": f.account_id(acct), "copyOptions": "Overwrite", "restoreRequestType": "FullShareRestore"}})
+}
+
+/// Every regular file below `dir` (relative path → bytes), and any restore temporaries.
+fn files_below(dir: &std::path::Path) -> (std::collections::BTreeMap<String, Vec<u8>>, Vec<String>) {
+    let mut files = std::collections::BTreeMap::new();
+    let mut temps = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(dir).unwrap().display().to_string();
+            if rel.contains(".rsvault-restore-") {
+                temps.push(rel.clone());
+            }
+            let t = e.file_type().unwrap();
+            if t.is_dir() {
+                stack.push(p);
+            } else if t.is_file() {
+                files.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    (files, temps)
+}
+
+/// A cancelled OriginalLocation + Overwrite share restore changes no file: every file is the live
+/// version, none is half-written, and no temporary is left.
+#[tokio::test]
+async fn cancelled_share_restore_leaves_every_file_as_it_was() {
+    let f = fixture().await;
+    let share = protect_share(&f, "filesa", "docs", |d| {
+        for i in 0..24 {
+            let sub = d.join(format!("dir{}", i % 3));
+            std::fs::create_dir_all(&sub).unwrap();
+            write_random(&sub.join(format!("f{i}.bin")), 4 << 20, i as u64 + 1);
+        }
+    })
+    .await;
+    let restore = share_point(&f, "filesa", "docs").await;
+    for i in 0..24 {
+        write_random(&share.join(format!("dir{}/f{i}.bin", i % 3)), 4 << 20, i as u64 + 1000);
+    }
+    let (live, _) = files_below(&share);
+    let job = accept(&f, &restore, &original_overwrite(&f, "filesa")).await;
+    let running = wait_transfer_any(&f, &job).await;
+    assert_eq!(
+        running["properties"]["status"], "InProgress",
+        "finished before the cancel: {running}"
+    );
+    let (st, _, _) = send(
+        &f.s,
+        "POST",
+        &format!("{}/backupJobs/{job}/cancel?{BK}", f.vault()),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202);
+    let end = wait_job(&f, &job).await.pop().unwrap();
+    assert_eq!(end["properties"]["status"], "Cancelled", "{end}");
+    let (after, temps) = files_below(&share);
+    assert_eq!(temps, Vec::<String>::new(), "temporaries left behind");
+    assert!(after == live, "a cancelled restore changed files");
+    f.s.stop().await;
+}
+
+/// Waits until a job's first task (a restore's transfer) runs.
+async fn wait_transfer_any(f: &Fixture, id: &str) -> Value {
+    for _ in 0..2400 {
+        let b = job(f, id).await;
+        let t = &b["properties"]["extendedInfo"]["tasksList"][0];
+        if t["status"] == "InProgress" || b["properties"]["status"] != "InProgress" {
+            return b;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("job {id} never started");
+}
+
+/// A directory of the share swapped for a symbolic link after the backup (what a local user who can
+/// write the share can do): the restore refuses to go through it, and nothing outside changes.
+#[tokio::test]
+async fn share_restore_never_follows_a_directory_swapped_for_a_link() {
+    let f = fixture().await;
+    let share = protect_share(&f, "filesa", "docs", |d| {
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/secret.txt"), "from the backup").unwrap();
+        std::fs::write(d.join("top.txt"), "top v1").unwrap();
+    })
+    .await;
+    let restore = share_point(&f, "filesa", "docs").await;
+    let outside = f.dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::remove_dir_all(share.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&outside, share.join("sub")).unwrap();
+    std::fs::write(share.join("top.txt"), "top v2").unwrap();
+    let job = accept(&f, &restore, &original_overwrite(&f, "filesa")).await;
+    let end = wait_job(&f, &job).await.pop().unwrap();
+    let p = &end["properties"];
+    assert_eq!(p["status"], "Failed", "{end}");
+    assert_eq!(p["errorDetails"][0]["errorCode"], 100005, "{end}");
+    assert!(
+        p["errorDetails"][0]["errorString"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link"),
+        "{end}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "a file was written through the link"
+    );
+    assert_eq!(
+        std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777,
+        0o700,
+        "the link's target was chmod'ed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(share.join("top.txt")).unwrap(),
+        "top v2",
+        "a failed restore renamed files"
+    );
+    let (_, temps) = files_below(&share);
+    assert_eq!(temps, Vec::<String>::new());
+    f.s.stop().await;
+}

@@ -174,6 +174,43 @@ pub(crate) async fn protect_vm(f: &Fixture, vm: &str, os: &Path, data: &[&Path])
     assert_eq!(st, 202, "{b}");
 }
 
+/// A storage account `acct` with a share `share` whose directory `fill` fills, its container
+/// registered and the share protected with a daily policy `afs`. Returns the share's directory.
+pub(crate) async fn protect_share(f: &Fixture, acct: &str, share: &str, fill: impl FnOnce(&Path)) -> PathBuf {
+    let acct_dir = account(f, acct).await;
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/fileServices/default/shares/{share}?{ST_API}", f.account_id(acct)),
+        Some(&json!({"properties": {}})),
+    )
+    .await;
+    assert!(st == 200 || st == 201, "{b}");
+    let dir = acct_dir.join(share);
+    fill(&dir);
+    let container = format!(
+        "{}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3B{acct}",
+        f.vault()
+    );
+    let (st, _, b) = send(&f.s, "PUT", &format!("{container}?{BK}"), Some(&json!({"properties": {"backupManagementType": "AzureStorage", "containerType": "StorageContainer", "sourceResourceId": f.account_id(acct)}}))).await;
+    assert!(st == 200 || st == 202, "{b}");
+    let pol = json!({"properties": {"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare",
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["2026-01-01T03:00:00Z"]},
+        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": ["2026-01-01T03:00:00Z"], "retentionDuration": {"count": 30, "durationType": "Days"}}},
+        "timeZone": "UTC"}});
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/backupPolicies/afs?{BK}", f.vault()),
+        Some(&pol),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (st, _, b) = send(&f.s, "PUT", &format!("{}?{BK}", f.share_item(acct, share)), Some(&json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": format!("{}/backupPolicies/afs", f.vault()), "sourceResourceId": f.account_id(acct)}}))).await;
+    assert_eq!(st, 202, "{b}");
+    dir
+}
+
 /// POSTs a backup or restore, checks the 202's headers, follows `Azure-AsyncOperation` to its job id.
 pub(crate) async fn accept(f: &Fixture, url: &str, body: &Value) -> String {
     let (st, h, b) = send(&f.s, "POST", url, Some(body)).await;
@@ -601,40 +638,12 @@ fn urlencoding(s: &str) -> String {
 #[tokio::test]
 async fn share_backup_and_restores_with_each_copy_option() {
     let f = fixture().await;
-    let acct_dir = account(&f, "filesa").await;
-    let (st, _, b) = send(
-        &f.s,
-        "PUT",
-        &format!("{}/fileServices/default/shares/docs?{ST_API}", f.account_id("filesa")),
-        Some(&json!({"properties": {}})),
-    )
+    let share = protect_share(&f, "filesa", "docs", |share| {
+        std::fs::create_dir_all(share.join("sub")).unwrap();
+        std::fs::write(share.join("a.txt"), "alpha v1").unwrap();
+        std::fs::write(share.join("sub/b.txt"), "beta v1").unwrap();
+    })
     .await;
-    assert!(st == 200 || st == 201, "{b}");
-    let share = acct_dir.join("docs");
-    std::fs::create_dir_all(share.join("sub")).unwrap();
-    std::fs::write(share.join("a.txt"), "alpha v1").unwrap();
-    std::fs::write(share.join("sub/b.txt"), "beta v1").unwrap();
-    // Register the account and protect the share.
-    let container = format!(
-        "{}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3Bfilesa",
-        f.vault()
-    );
-    let (st, _, b) = send(&f.s, "PUT", &format!("{container}?{BK}"), Some(&json!({"properties": {"backupManagementType": "AzureStorage", "containerType": "StorageContainer", "sourceResourceId": f.account_id("filesa")}}))).await;
-    assert!(st == 200 || st == 202, "{b}");
-    let pol = json!({"properties": {"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare",
-        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["2026-01-01T03:00:00Z"]},
-        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": ["2026-01-01T03:00:00Z"], "retentionDuration": {"count": 30, "durationType": "Days"}}},
-        "timeZone": "UTC"}});
-    let (st, _, b) = send(
-        &f.s,
-        "PUT",
-        &format!("{}/backupPolicies/afs?{BK}", f.vault()),
-        Some(&pol),
-    )
-    .await;
-    assert_eq!(st, 200, "{b}");
-    let (st, _, b) = send(&f.s, "PUT", &format!("{}?{BK}", f.share_item("filesa", "docs")), Some(&json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": format!("{}/backupPolicies/afs", f.vault()), "sourceResourceId": f.account_id("filesa")}}))).await;
-    assert_eq!(st, 202, "{b}");
 
     let job_id = accept(
         &f,
@@ -731,6 +740,7 @@ async fn share_backup_and_restores_with_each_copy_option() {
     let jid = accept(&f, &restore, &alt).await;
     let j = wait_job(&f, &jid).await.pop().unwrap();
     assert_eq!(j["properties"]["status"], "Completed", "{j}");
+    let acct_dir = share.parent().unwrap();
     assert_eq!(
         std::fs::read_to_string(acct_dir.join("other/restored/a.txt")).unwrap(),
         "alpha v1"

@@ -207,6 +207,18 @@ fn job_failure(e: EngineError) -> Failure {
             format!("The vault no longer holds recovery point '{id}'."),
             "Choose another recovery point.",
         )),
+        EngineError::Target { path, reason } => Failure::Failed(JobError::new(
+            100_005,
+            "The restore target cannot be written",
+            format!("'{}' cannot be written: {reason}. No existing file was changed by the part of the restore that failed.", path.display()),
+            "Check the target directory, its permissions and free space (a restore never follows symbolic links), then run the restore again.",
+        )),
+        EngineError::Io { context, source } if source.raw_os_error() == Some(libc_enospc()) => Failure::Failed(JobError::new(
+            100_006,
+            "Not enough space",
+            format!("No space left on the device while trying to {context}. Nothing partial was kept."),
+            "Free space on the vault's or the target's file system, then run the operation again.",
+        )),
         other => Failure::Failed(JobError::new(
             500_000,
             "Internal error",
@@ -214,6 +226,11 @@ fn job_failure(e: EngineError) -> Failure {
             "Run the operation again; report the server log if it happens again.",
         )),
     }
+}
+
+/// `ENOSPC` (28 on Linux).
+const fn libc_enospc() -> i32 {
+    28
 }
 
 fn internal_failure(e: Error) -> Failure {
@@ -698,6 +715,51 @@ impl Control {
         (info.job == job.name).then(|| self.backup_finished(job, &item, info, vec![]))
     }
 
+    /// A restore a crash interrupted: removes the temporary files it left in its target (restores
+    /// write under temporary names and rename at the end, so nothing else of it can be half-written).
+    /// Returns how many were removed.
+    pub(crate) fn remove_restore_leftovers(&self, job: &JobRow) -> usize {
+        let Some(Work::Restore {
+            vault,
+            recovery_point,
+            target,
+            ..
+        }) = Work::of(job)
+        else {
+            return 0;
+        };
+        let info = || {
+            let repo = self.vault_repo(&vault).ok()?;
+            self.data().ok()?.engine.recovery_point(&repo, &recovery_point).ok()
+        };
+        let dirs: Vec<(PathBuf, bool)> = match target {
+            RestoreTarget::Tree { target: Some(t), .. } => vec![(t, true)],
+            RestoreTarget::Tree { target: None, .. } => info()
+                .and_then(|i| i.source_root)
+                .map(|r| vec![(r, true)])
+                .unwrap_or_default(),
+            RestoreTarget::Disks { dir, .. } => vec![(dir, false)],
+            RestoreTarget::OriginalDisks => info()
+                .map(|i| {
+                    i.disks
+                        .iter()
+                        .filter_map(|d| d.source_path.parent().map(|p| (p.to_path_buf(), false)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut n = 0;
+        for (dir, recursive) in dirs {
+            match rsvault_engine::remove_restore_leftovers(&dir, recursive) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, dir = %dir.display(), error = %e, "cannot remove an interrupted restore's temporary files")
+                }
+            }
+        }
+        n
+    }
+
     /// After a job ends (in its final transaction): a backup that did not complete marks its item.
     pub(crate) fn after_job(&self, db: &rsvault_store::Db, job: &JobRow) -> Result<()> {
         if job.operation != "Backup" || job.status.starts_with("Completed") {
@@ -706,6 +768,9 @@ impl Control {
         let Some(work) = Work::of(job) else {
             return Ok(());
         };
+        // Whatever an unfinished backup left in the vault (a snapshot committed before a later step
+        // failed, packs of a cancelled one) is no recovery point: the vault's next pass collects it.
+        self.mark_vault(&job.vault_key);
         if let Some(mut row) = db.resource(work.item())? {
             row.body["properties"]["lastBackupStatus"] = json!(job.status);
             if job.status == "Failed" {

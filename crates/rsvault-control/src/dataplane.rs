@@ -56,6 +56,7 @@ pub struct DataPlane {
     pub(crate) limits: JobLimits,
     pub(crate) queue: Queue,
     pub(crate) maintenance: crate::scheduler::Maintenance,
+    pub(crate) faults: crate::faults::Armed,
 }
 
 impl DataPlane {
@@ -77,6 +78,7 @@ impl DataPlane {
             },
             queue: Queue::default(),
             maintenance: Default::default(),
+            faults: Default::default(),
         })
     }
 }

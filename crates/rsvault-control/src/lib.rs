@@ -20,6 +20,7 @@ pub mod body;
 pub mod datadir;
 pub mod dataplane;
 pub mod disk;
+pub mod faults;
 pub mod inventory;
 pub mod resources;
 pub mod runner;

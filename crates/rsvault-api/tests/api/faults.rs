@@ -2,6 +2,7 @@
 //! around the real one, pausing where the fault must land) and the races users met, end to end over
 //! HTTPS with a real vault on disk.
 
+use crate::harness::*;
 use crate::recovery::*;
 use rsvault_control::dataplane::EngineOverride;
 use rsvault_engine::{
@@ -380,5 +381,151 @@ async fn share_restore_never_follows_a_directory_swapped_for_a_link() {
     );
     let (_, temps) = files_below(&share);
     assert_eq!(temps, Vec::<String>::new());
+    f.s.stop().await;
+}
+
+/// Issue 19 item 6: faults users can rehearse. On a `--test-clock` server an Owner arms a failure, a
+/// hang and a warning for an item; each next backup meets its fault through the real API, and the
+/// list and clear routes work. Without `--test-clock` every fault route answers 404; a Contributor
+/// gets 403.
+#[tokio::test]
+async fn armed_faults_fail_hang_or_warn_the_next_jobs_and_are_cleared() {
+    let f = fixture_with(|_| {}).await;
+    let (st, b) = f.s.call("GET", "/rsvault/admin/faults", None).await;
+    assert_arm_error(st, &b, 404, "NotFound");
+    f.s.stop().await;
+
+    let clock: rsvault_core::time::SharedClock = Arc::new(rsvault_core::time::TestClock::new(chrono::Utc::now()));
+    let data = tempfile::tempdir().unwrap();
+    let mut config = rsvault_api::Config::new(data.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.policy_interval = Duration::from_secs(3600);
+    let s = start_with_clock(config, Some(data), clock).await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let work = tempfile::tempdir().unwrap();
+    let f = Fixture {
+        s,
+        dir: work.path().to_path_buf(),
+        _tmp: work,
+    };
+    let os = f.dir.join("a.raw");
+    write_random(&os, 4 << 20, 5);
+    protect_vm(&f, "a", &os, &[]).await;
+    let backup_url = f.s.url(&format!("{}/backup?{BK}", f.item("a")));
+
+    // Bad requests name the problem; a Contributor cannot arm.
+    for (body, target) in [
+        (json!({}), "scope"),
+        (json!({"scope": f.item("a"), "action": "Explode"}), "action"),
+        (json!({"scope": f.item("a"), "operation": "Delete"}), "operation"),
+        (json!({"scope": f.item("a"), "count": 0}), "count"),
+        (json!({"scope": "not-an-id"}), "scope"),
+    ] {
+        let (st, b) = f.s.call("POST", "/rsvault/admin/faults", Some(&body)).await;
+        assert_arm_error(st, &b, 400, "InvalidRequestContent");
+        assert_eq!(b["error"]["target"], target, "{b}");
+    }
+    let contributor =
+        f.s.principal(Some("Contributor"), &format!("/subscriptions/{}", f.s.sub()))
+            .await;
+    let r =
+        f.s.call_as(
+            Some(&contributor),
+            "POST",
+            "/rsvault/admin/faults",
+            Some(&json!({"scope": f.item("a")})),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+
+    // 1. Fail, scoped to the vault, for backups: the next backup fails with the given error.
+    let (st, fault) =
+        f.s.call(
+            "POST",
+            "/rsvault/admin/faults",
+            Some(
+                &json!({"scope": f.vault(), "operation": "Backup", "action": "Fail", "errorCode": 400233,
+                "errorTitle": "UserErrorVmNotFound", "message": "The VM was not found (rehearsal)."}),
+            ),
+        )
+        .await;
+    assert_eq!(st, 201, "{fault}");
+    let (_, list) = f.s.call("GET", "/rsvault/admin/faults", None).await;
+    assert_eq!(list["value"].as_array().unwrap().len(), 1, "{list}");
+    let job1 = accept(&f, &backup_url, &backup_body()).await;
+    let end = wait_job(&f, &job1).await.pop().unwrap();
+    let p = &end["properties"];
+    assert_eq!(p["status"], "Failed", "{end}");
+    assert_eq!(p["errorDetails"][0]["errorCode"], 400233);
+    assert_eq!(p["errorDetails"][0]["errorTitle"], "UserErrorVmNotFound");
+    assert_eq!(p["errorDetails"][0]["errorString"], "The VM was not found (rehearsal).");
+    let (_, list) = f.s.call("GET", "/rsvault/admin/faults", None).await;
+    assert_eq!(list["value"], json!([]), "a count-1 fault fires once");
+
+    // 2. Hang: the job stays InProgress until cancelled, then Cancelled.
+    let (st, _) =
+        f.s.call(
+            "POST",
+            "/rsvault/admin/faults",
+            Some(&json!({"scope": f.item("a"), "action": "Hang"})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let job2 = accept(&f, &backup_url, &backup_body()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(job(&f, &job2).await["properties"]["status"], "InProgress");
+    let (st, _, _) = send(
+        &f.s,
+        "POST",
+        &format!("{}/backupJobs/{job2}/cancel?{BK}", f.vault()),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202);
+    let end = wait_job(&f, &job2).await.pop().unwrap();
+    assert_eq!(end["properties"]["status"], "Cancelled", "{end}");
+
+    // 3. CompletedWithWarnings: the backup runs and its point exists; the job carries the warning.
+    let (st, _) = f
+        .s
+        .call(
+            "POST",
+            "/rsvault/admin/faults",
+            Some(&json!({"scope": f.item("a"), "action": "CompletedWithWarnings", "message": "Snapshot was crash consistent only."})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let job3 = accept(&f, &backup_url, &backup_body()).await;
+    let end = wait_job(&f, &job3).await.pop().unwrap();
+    assert_eq!(end["properties"]["status"], "CompletedWithWarnings", "{end}");
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("a")), None).await;
+    assert_eq!(rps["value"].as_array().unwrap().len(), 1);
+
+    // Clear one and all; an unknown id is 404; the next backup is untouched.
+    let (_, armed) =
+        f.s.call(
+            "POST",
+            "/rsvault/admin/faults",
+            Some(&json!({"scope": f.item("a"), "count": 5})),
+        )
+        .await;
+    let (st, _) =
+        f.s.call(
+            "DELETE",
+            &format!("/rsvault/admin/faults/{}", armed["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(st, 204);
+    let (st, b) = f.s.call("DELETE", "/rsvault/admin/faults/nope", None).await;
+    assert_arm_error(st, &b, 404, "NotFound");
+    f.s.call("POST", "/rsvault/admin/faults", Some(&json!({"scope": f.item("a")})))
+        .await;
+    let (st, _) = f.s.call("DELETE", "/rsvault/admin/faults", None).await;
+    assert_eq!(st, 204);
+    let job4 = accept(&f, &backup_url, &backup_body()).await;
+    let end = wait_job(&f, &job4).await.pop().unwrap();
+    assert_eq!(end["properties"]["status"], "Completed", "{end}");
     f.s.stop().await;
 }

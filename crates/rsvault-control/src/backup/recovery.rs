@@ -13,6 +13,7 @@
 
 use super::jobs::Window;
 use crate::body;
+use crate::faults::FaultAction;
 use crate::runner::{new_tasks, Failure, Finished, JobError, JobProgress, TaskSpec, QUEUED, RUNNING};
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Utc};
@@ -786,6 +787,20 @@ impl Control {
         let work =
             Work::of(job).ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
         let dp = self.data().map_err(internal_failure)?;
+        let mut warn = None;
+        if let Some(f) = self.take_fault(job, &work) {
+            tracing::info!(job = %job.id, fault = %f.id, action = ?f.action, "a rehearsed fault meets the job");
+            match f.action {
+                FaultAction::Fail => return Err(Failure::Failed(f.job_error())),
+                FaultAction::Hang => loop {
+                    if cancel.is_cancelled() {
+                        return Err(Failure::Cancelled);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                },
+                FaultAction::CompletedWithWarnings => warn = Some(f.message),
+            }
+        }
         match work {
             Work::Backup {
                 vault,
@@ -831,7 +846,9 @@ impl Control {
                     ),
                 }
                 .map_err(job_failure)?;
-                Ok(self.backup_finished(job, &item, out.recovery_point, out.warnings))
+                let mut warnings = out.warnings;
+                warnings.extend(warn);
+                Ok(self.backup_finished(job, &item, out.recovery_point, warnings))
             }
             Work::Restore {
                 vault,
@@ -916,9 +933,13 @@ impl Control {
                     }
                 }
                 Ok(Finished {
-                    status: "Completed",
+                    status: if warn.is_some() {
+                        "CompletedWithWarnings"
+                    } else {
+                        "Completed"
+                    },
                     bag,
-                    warnings: vec![],
+                    warnings: warn.into_iter().collect(),
                     commit: Box::new(|_| Ok(())),
                 })
             }

@@ -54,6 +54,7 @@ pub fn status_of(kind: ErrorKind) -> u16 {
         ErrorKind::Conflict => 409,
         ErrorKind::PreconditionFailed => 412,
         ErrorKind::PayloadTooLarge => 413,
+        ErrorKind::InsufficientStorage => 507,
         ErrorKind::Internal => 500,
     }
 }

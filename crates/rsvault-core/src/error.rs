@@ -17,6 +17,8 @@ pub enum ErrorKind {
     Conflict,
     PreconditionFailed,
     PayloadTooLarge,
+    /// The server cannot store what the request asks (its file system is full): 507.
+    InsufficientStorage,
     Internal,
 }
 
@@ -88,6 +90,8 @@ pub enum Error {
         action: String,
         scope: String,
     },
+    #[error("The server cannot write its metadata store: the file system holding its data directory is full ({0}). Nothing was changed; free space there and retry the request.")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -119,6 +123,7 @@ impl Error {
             InvalidAuthenticationTokenAudience(_) => "InvalidAuthenticationTokenAudience",
             ExpiredAuthenticationToken { .. } => "ExpiredAuthenticationToken",
             AuthorizationFailed { .. } => "AuthorizationFailed",
+            InsufficientStorage(_) => "InsufficientStorage",
             Internal(_) => "InternalServerError",
         }
     }
@@ -148,6 +153,7 @@ impl Error {
             | InvalidAuthenticationTokenAudience(_)
             | ExpiredAuthenticationToken { .. } => ErrorKind::Unauthorized,
             AuthorizationFailed { .. } => ErrorKind::Forbidden,
+            InsufficientStorage(_) => ErrorKind::InsufficientStorage,
             Internal(_) => ErrorKind::Internal,
         }
     }

@@ -529,3 +529,113 @@ async fn armed_faults_fail_hang_or_warn_the_next_jobs_and_are_cleared() {
     assert_eq!(end["properties"]["status"], "Completed", "{end}");
     f.s.stop().await;
 }
+
+/// Unmounts a test file system when dropped.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a `mib` MiB tmpfs at `dir` (the test runs as root, as the test command does).
+fn small_fs(dir: &std::path::Path, mib: u64) {
+    std::fs::create_dir_all(dir).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mounting a small tmpfs needs root");
+}
+
+/// Issue 19: the vault's file system fills during a backup. The job fails with a user error that
+/// says so; once space is back the next backup succeeds without a restart (the failed backup's packs
+/// are gone); a backup that would start on a nearly full file system is refused before it writes.
+#[tokio::test]
+async fn a_full_vault_disk_fails_the_backup_and_the_next_succeeds_once_space_is_back() {
+    let f = fixture_with(|c| small_fs(&c.data_dir.join("vaults"), 48)).await;
+    let _m = Mounted(f.s.dir.join("vaults"));
+    let os = f.dir.join("a.raw");
+    write_random(&os, 80 << 20, 9);
+    protect_vm(&f, "a", &os, &[]).await;
+    let url = f.s.url(&format!("{}/backup?{BK}", f.item("a")));
+    let j = accept(&f, &url, &backup_body()).await;
+    let end = wait_job(&f, &j).await.pop().unwrap();
+    let p = &end["properties"];
+    assert_eq!(p["status"], "Failed", "{end}");
+    assert_eq!(p["errorDetails"][0]["errorCode"], 100006, "{end}");
+    assert_eq!(p["errorDetails"][0]["errorTitle"], "Not enough space", "{end}");
+
+    // Space is back (the image is smaller now): no restart needed.
+    write_random(&os, 8 << 20, 10);
+    let j = accept(&f, &url, &backup_body()).await;
+    let end = wait_job(&f, &j).await.pop().unwrap();
+    assert_eq!(end["properties"]["status"], "Completed", "{end}");
+
+    // Nearly full: refused before writing, with the figures; fine again once freed.
+    let free = rsvault_engine::backend::free_space(&f.s.dir.join("vaults")).unwrap();
+    let filler = f.s.dir.join("vaults").join("filler");
+    std::fs::write(&filler, vec![1u8; (free - (16 << 20)) as usize]).unwrap();
+    let j = accept(&f, &url, &backup_body()).await;
+    let end = wait_job(&f, &j).await.pop().unwrap();
+    let p = &end["properties"];
+    assert_eq!(p["status"], "Failed", "{end}");
+    assert!(
+        p["errorDetails"][0]["errorString"]
+            .as_str()
+            .unwrap()
+            .contains("Nothing was written"),
+        "{end}"
+    );
+    std::fs::remove_file(&filler).unwrap();
+    let j = accept(&f, &url, &backup_body()).await;
+    let end = wait_job(&f, &j).await.pop().unwrap();
+    assert_eq!(end["properties"]["status"], "Completed", "{end}");
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("a")), None).await;
+    assert_eq!(rps["value"].as_array().unwrap().len(), 2);
+    f.s.stop().await;
+}
+
+/// Issue 19: the metadata store's file system fills. A write answers 507 `InsufficientStorage` that
+/// names the cause (not a bare 500), reads still work, and writes work again once space is freed,
+/// without a restart.
+#[tokio::test]
+async fn a_full_store_disk_answers_insufficient_storage_and_recovers() {
+    let f = fixture_with(|c| small_fs(&c.data_dir, 8)).await;
+    let _m = Mounted(f.s.dir.clone());
+    let free = rsvault_engine::backend::free_space(&f.s.dir).unwrap();
+    let filler = f.s.dir.join("filler");
+    std::fs::write(&filler, vec![1u8; free as usize]).ok(); // fills it to the last block (ENOSPC at the end is fine)
+    let body = json!({"location": "westus", "tags": {"pad": "x".repeat(20000)}});
+    let mut saw_full = None;
+    for i in 0..20 {
+        let (st, b) =
+            f.s.call(
+                "PUT",
+                &format!("{}?api-version=2021-04-01", f.s.rg_path(&format!("g{i}"))),
+                Some(&body),
+            )
+            .await;
+        if st != 201 {
+            saw_full = Some((st, b));
+            break;
+        }
+    }
+    let (st, b) = saw_full.expect("writes kept succeeding on a full file system");
+    assert_arm_error(st, &b, 507, "InsufficientStorage");
+    assert!(b["error"]["message"].as_str().unwrap().contains("full"), "{b}");
+    let (st, _) = f.s.call("GET", &format!("{}?{API}", f.vault()), None).await;
+    assert_eq!(st, 200, "reads work on a full disk");
+    std::fs::remove_file(&filler).unwrap();
+    let (st, b) =
+        f.s.call(
+            "PUT",
+            &format!("{}?api-version=2021-04-01", f.s.rg_path("after")),
+            Some(&body),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    f.s.stop().await;
+}

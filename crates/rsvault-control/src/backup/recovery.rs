@@ -214,10 +214,10 @@ fn job_failure(e: EngineError) -> Failure {
             format!("'{}' cannot be written: {reason}. No existing file was changed by the part of the restore that failed.", path.display()),
             "Check the target directory, its permissions and free space (a restore never follows symbolic links), then run the restore again.",
         )),
-        EngineError::Io { context, source } if source.raw_os_error() == Some(libc_enospc()) => Failure::Failed(JobError::new(
+        e if is_enospc(&e) => Failure::Failed(JobError::new(
             100_006,
             "Not enough space",
-            format!("No space left on the device while trying to {context}. Nothing partial was kept."),
+            format!("No space left on the device: {e}. The job kept nothing partial: no recovery point was made and no restored file was renamed into place."),
             "Free space on the vault's or the target's file system, then run the operation again.",
         )),
         other => Failure::Failed(JobError::new(
@@ -229,9 +229,36 @@ fn job_failure(e: EngineError) -> Failure {
     }
 }
 
-/// `ENOSPC` (28 on Linux).
-const fn libc_enospc() -> i32 {
-    28
+/// Free space a backup needs on the vault's file system before it starts.
+const MIN_FREE_FOR_BACKUP: u64 = 32 << 20;
+
+/// Fails the job before it writes anything when `dir`'s file system has less than `need` bytes free.
+fn check_space(dir: &Path, need: u64, what: &str) -> std::result::Result<(), Failure> {
+    match rsvault_engine::backend::free_space(dir) {
+        Some(free) if free < need => Err(Failure::Failed(JobError::new(
+            100_006,
+            "Not enough space",
+            format!(
+                "The file system of {what} ('{}') has {} MiB free; this job needs at least {} MiB. Nothing was written.",
+                dir.display(),
+                free >> 20,
+                need.div_ceil(1 << 20)
+            ),
+            "Free space on that file system, then run the operation again.",
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A file system was full (`ENOSPC`, 28 on Linux), however deep in the engine's error it is.
+fn is_enospc(e: &EngineError) -> bool {
+    match e {
+        EngineError::Io { source, .. } if source.raw_os_error() == Some(28) => true,
+        other => {
+            let text = other.to_string();
+            text.contains("No space left on device") || text.contains("os error 28")
+        }
+    }
 }
 
 fn internal_failure(e: Error) -> Failure {
@@ -811,6 +838,7 @@ impl Control {
                 root,
             } => {
                 let repo = self.vault_repo(&vault).map_err(internal_failure)?;
+                check_space(&repo.path, MIN_FREE_FOR_BACKUP, "the vault's storage")?;
                 let tags = RecoveryPointTags {
                     vault: vault.clone(),
                     item: item.clone(),
@@ -857,6 +885,22 @@ impl Control {
                 ..
             } => {
                 let repo = self.vault_repo(&vault).map_err(internal_failure)?;
+                // Restores write whole copies before renaming them: the target needs the point's size.
+                if let Ok(info) = dp.engine.recovery_point(&repo, &recovery_point) {
+                    let dirs: Vec<PathBuf> = match &target {
+                        RestoreTarget::Disks { dir, .. } => vec![dir.clone()],
+                        RestoreTarget::Tree { target: Some(t), .. } => vec![t.clone()],
+                        RestoreTarget::Tree { target: None, .. } => info.source_root.iter().cloned().collect(),
+                        RestoreTarget::OriginalDisks => info
+                            .disks
+                            .iter()
+                            .filter_map(|d| d.source_path.parent().map(Path::to_path_buf))
+                            .collect(),
+                    };
+                    if let Some(dir) = dirs.first() {
+                        check_space(dir, info.total_size, "the restore target")?;
+                    }
+                }
                 let progress = JobProgress::new(self, &job.id, RESTORE_TASKS);
                 let mut bag = Map::new();
                 match target {

@@ -9,6 +9,7 @@ mod access;
 mod backup;
 mod conventions;
 mod identity;
+mod limits;
 mod recovery;
 mod resources;
 mod schedule;

@@ -350,23 +350,30 @@ struct Admitted {
 }
 
 /// Why a request was refused before its handler, and how far it got.
-type Refused = (Error, Option<Op>, Option<Caller>);
+type Refused = Box<(Error, Option<Op>, Option<Caller>)>;
 
 /// An ARM request: admitted from its headers alone, then its body, then its handler.
 async fn arm_request(state: &Arc<State>, head: &Arc<Head>, segs: Vec<String>, body: Incoming) -> Outcome {
     let (st, h, sg) = (state.clone(), head.clone(), segs.clone());
     let admitted = tokio::task::spawn_blocking(move || admit(&st, &h, sg))
         .await
-        .unwrap_or_else(|e| Err((Error::internal(format!("handler panicked: {e}")), None, None)));
+        .unwrap_or_else(|e| {
+            Err(Box::new((
+                Error::internal(format!("handler panicked: {e}")),
+                None,
+                None,
+            )))
+        });
     let a = match admitted {
         Ok(a) => a,
-        Err((e, op, caller)) => {
+        Err(refused) => {
+            let (e, op, caller) = *refused;
             return Outcome {
                 reply: arm_error(state, head, &e),
                 op,
                 caller,
                 body: Bytes::new(),
-            }
+            };
         }
     };
     let (bytes, permit) = match read_body(state, body, &head.headers, state.config.max_body_bytes).await {
@@ -528,15 +535,15 @@ fn admit(state: &State, head: &Head, segs: Vec<String>) -> Result<Admitted, Refu
     let empty = Bytes::new();
     let ctx = Ctx::new(state, head, segs, &empty);
     let control = &state.control;
-    let token = bearer(&ctx).map_err(|e| (e, None, None))?;
-    let caller: Caller = control.authenticate(&token).map_err(|e| (e, None, None))?;
+    let token = bearer(&ctx).map_err(|e| Box::new((e, None, None)))?;
+    let caller: Caller = control.authenticate(&token).map_err(|e| Box::new((e, None, None)))?;
     let version = ctx.query("api-version").map(String::from);
     let (route, params) = match routes::find(&ctx.method, &ctx.segs, version.as_deref().unwrap_or_default()) {
         Ok(x) => x,
-        Err(e) => return Err((e, None, Some(caller))),
+        Err(e) => return Err(Box::new((e, None, Some(caller)))),
     };
     let op = route.op;
-    let fail = |e: Error| (e, Some(op), Some(caller.clone()));
+    let fail = |e: Error| Box::new((e, Some(op), Some(caller.clone())));
     if let Access::Owner(action) = route.access {
         control.authorize_owner(&caller, action).map_err(fail)?;
         return Ok(Admitted { caller, op, params });

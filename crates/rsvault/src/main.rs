@@ -264,14 +264,15 @@ fn raise_nofile_limit(max_connections: usize) {
     }
     // Room for the store, the vault engine's files and the listener besides the connections.
     let need = max_connections as u64 + 256;
-    if (lim.rlim_cur as u64) < need {
+    let have: u64 = lim.rlim_cur;
+    if have < need {
         tracing::warn!(
-            nofile = lim.rlim_cur as u64,
+            nofile = have,
             max_connections,
             "the open-file limit is below --max-connections plus headroom; raise it (ulimit -n) or lower the cap"
         );
     } else {
-        tracing::info!(nofile = lim.rlim_cur as u64, "open-file limit");
+        tracing::info!(nofile = have, "open-file limit");
     }
 }
 

@@ -4,7 +4,8 @@
 //!
 //! The token endpoint is metered: each attempt takes one from its client id's and its peer address's
 //! token buckets (a successful one gives them back), so guessing is slowed to the configured rate (429
-//! with `Retry-After`) while other clients still log in; at most a few secret checks run at once (beyond
+//! with `Retry-After`) while other clients still log in; an empty client-id bucket binds only addresses
+//! that have failed lately, so guessers cannot lock a client out of a clean address; at most a few secret checks run at once (beyond
 //! that, 503 at once rather than a queue). A failed login is logged with its client id and peer address,
 //! never its secret.
 
@@ -190,18 +191,28 @@ fn token(ctx: &Ctx, tenant: &str) -> Reply {
         .map(|c| c.chars().take(128).collect())
         .unwrap_or_default();
     let client_key = client_id.to_ascii_lowercase();
+    // The client id's bucket binds addresses that have failed lately; one that has not (its own bucket
+    // is full) still gets its attempt, so guessing a client id from elsewhere cannot lock it out.
+    let clean_addr = guards.token_by_addr.is_full(&addr);
     if let Err(wait) = guards.token_by_addr.take(&addr) {
         tracing::warn!(client_id = %client_id, peer = %ctx.peer, "token request throttled (address)");
         return throttled(ctx.state, wait);
     }
+    let mut took_client = true;
     if let Err(wait) = guards.token_by_client.take(&client_key) {
-        guards.token_by_addr.give_back(&addr);
-        tracing::warn!(client_id = %client_id, peer = %ctx.peer, "token request throttled (client id)");
-        return throttled(ctx.state, wait);
+        if clean_addr {
+            took_client = false;
+        } else {
+            guards.token_by_addr.give_back(&addr);
+            tracing::warn!(client_id = %client_id, peer = %ctx.peer, "token request throttled (client id)");
+            return throttled(ctx.state, wait);
+        }
     }
     let give_back = || {
         guards.token_by_addr.give_back(&addr);
-        guards.token_by_client.give_back(&client_key);
+        if took_client {
+            guards.token_by_client.give_back(&client_key);
+        }
     };
     let Ok(_check) = guards.secret_checks.clone().try_acquire_owned() else {
         give_back();

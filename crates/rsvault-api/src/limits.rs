@@ -278,6 +278,16 @@ impl RateLimiter {
         Ok(())
     }
 
+    /// True when `key` has nothing taken (never seen, or refilled to its burst).
+    pub fn is_full(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let g = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        match g.get(key) {
+            None => true,
+            Some(&(t, since)) => self.level(t, since, now) >= f64::from(self.rate.burst.max(1)),
+        }
+    }
+
     /// Gives back one attempt taken for `key` (a successful login does not count against it).
     pub fn give_back(&self, key: &str) {
         let now = Instant::now();
@@ -358,6 +368,7 @@ mod tests {
         r.give_back("c");
         assert!(r.take("c").is_ok(), "a success is given back");
         assert_eq!(r.wait_secs("never-seen"), 0);
+        assert!(r.is_full("never-seen") && !r.is_full("c"));
     }
 
     #[test]

@@ -314,7 +314,19 @@ async fn token_guessing_is_throttled_while_other_clients_still_log_in() {
         seen.push(st);
     }
     assert_eq!(seen, vec![401, 401, 401, 429, 429]);
-    // Another client id from the same address still logs in.
+    let other = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(s.dir.join("ca.pem")).unwrap()).unwrap())
+        .tls_built_in_root_certs(false)
+        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    // The guessing address is held back even with the right secret; the victim, from an address that
+    // has not failed, still logs in: guessing cannot lock a client out.
+    let (st, _, _) = token_request(&s.http, &s, &victim.client_id, &victim.client_secret).await;
+    assert_eq!(st, 429);
+    let (st, _, b) = token_request(&other, &s, &victim.client_id, &victim.client_secret).await;
+    assert_eq!(st, 200, "{b}");
+    // Another client id from the guessing address still logs in.
     let (st, _, b) = token_request(&s.http, &s, &s.boot.client_id, &s.boot.client_secret).await;
     assert_eq!(st, 200, "{b}");
     // Per address: spraying client ids from one address is throttled too (3 + 5 failures so far
@@ -326,12 +338,6 @@ async fn token_guessing_is_throttled_while_other_clients_still_log_in() {
     }
     assert_eq!(statuses, vec![401, 401, 401, 401, 401, 429, 429]);
     // … while a client from another address logs in.
-    let other = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(s.dir.join("ca.pem")).unwrap()).unwrap())
-        .tls_built_in_root_certs(false)
-        .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
-        .build()
-        .unwrap();
     let (st, _, b) = token_request(&other, &s, &s.boot.client_id, &s.boot.client_secret).await;
     assert_eq!(st, 200, "{b}");
 }

@@ -185,7 +185,7 @@ fn token(ctx: &Ctx, tenant: &str) -> Reply {
         }
     }
     let guards = &ctx.state.guards;
-    let addr = ctx.peer.ip().to_string();
+    let addr = crate::limits::peer_key(ctx.peer.ip()).to_string();
     let client_id: String = form
         .get("client_id")
         .map(|c| c.chars().take(128).collect())

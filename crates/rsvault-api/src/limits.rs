@@ -72,6 +72,21 @@ impl Default for Limits {
     }
 }
 
+/// The address a peer is metered under: itself for IPv4 (an IPv4-mapped IPv6 address as IPv4), its /64
+/// for IPv6 (one host commonly holds a whole /64).
+pub fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
 /// The shared meters requests draw on.
 #[derive(Debug)]
 pub struct Guards {
@@ -121,6 +136,7 @@ impl ConnLimiter {
 
     /// A slot for a connection from `ip`, or `None` when either cap is reached.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        let ip = peer_key(ip);
         let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let per = g.1.get(&ip).copied().unwrap_or(0);
         if g.0 >= self.max_total || per >= self.max_per_addr {
@@ -350,6 +366,21 @@ mod tests {
         drop(a1);
         assert_eq!(l.open(), 2);
         assert!(l.admit(a).is_some(), "a closed connection gives its place back");
+    }
+
+    #[test]
+    fn ipv6_peers_are_metered_by_their_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(peer_key(a), peer_key(b));
+        assert_ne!(peer_key(a), peer_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(peer_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+        let l = ConnLimiter::new(10, 1);
+        let _a = l.admit(a).unwrap();
+        assert!(l.admit(b).is_none(), "the same /64");
+        assert!(l.admit(c).is_some());
     }
 
     #[test]

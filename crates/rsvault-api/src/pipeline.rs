@@ -321,7 +321,10 @@ async fn read_body(
 /// An anonymous request: discovery, JWKS, `metadata/endpoints` or the token endpoint.
 async fn identity_request(state: &Arc<State>, head: &Arc<Head>, segs: Vec<String>, body: Incoming) -> Outcome {
     if identity::is_token_request(&head.method, &segs) {
-        let wait = state.guards.token_by_addr.wait_secs(&head.peer.ip().to_string());
+        let wait = state
+            .guards
+            .token_by_addr
+            .wait_secs(&crate::limits::peer_key(head.peer.ip()).to_string());
         if wait > 0 {
             return Outcome::refused(identity::throttled(state, wait));
         }

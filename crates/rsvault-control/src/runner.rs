@@ -263,11 +263,14 @@ impl Control {
                         "Run the operation again; report the server log if it happens again.",
                     )))
                 });
-            let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
-            let stopping = st.stopping;
-            self.finish_job(&job, outcome, stopping);
-            st.running.remove(&job.id.to_ascii_lowercase());
-            dp.queue.wake.notify_all();
+            {
+                let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+                let stopping = st.stopping;
+                self.finish_job(&job, outcome, stopping);
+                st.running.remove(&job.id.to_ascii_lowercase());
+                dp.queue.wake.notify_all();
+            }
+            rsvault_engine::release_free_memory();
         }
     }
 

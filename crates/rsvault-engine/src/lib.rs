@@ -57,6 +57,17 @@ pub use progress::{Cancel, NoProgress, Progress, Task};
 pub use treerestore::remove_leftovers as remove_restore_leftovers;
 pub use types::*;
 
+/// Returns the heap's free pages to the kernel (glibc otherwise keeps them in its per-thread arenas,
+/// and a server that ran a wave of backups would hold their buffers' pages while idle). The job
+/// engine calls it after each job.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The narrow interface the job layer calls. All calls block; run them on a blocking thread.
 /// Long calls report to `progress` and stop early (committing nothing) when `cancel` is set.
 pub trait Engine: Send + Sync {

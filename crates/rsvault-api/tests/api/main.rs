@@ -10,6 +10,7 @@ mod backup;
 mod conventions;
 mod faults;
 mod identity;
+mod limits;
 mod recovery;
 mod resources;
 mod schedule;

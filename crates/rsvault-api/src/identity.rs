@@ -1,21 +1,22 @@
 //! The Entra-compatible endpoints on the same listener: OpenID discovery (v2.0 and ADFS), JWKS, the
 //! token endpoint (v2.0, v1 and ADFS paths), instance discovery, and ARM's `metadata/endpoints`.
 //! These are anonymous; every other path is ARM and needs a token.
+//!
+//! The token endpoint is metered: each attempt takes one from its client id's and its peer address's
+//! token buckets (a successful one gives them back), so guessing is slowed to the configured rate (429
+//! with `Retry-After`) while other clients still log in; an empty client-id bucket binds only addresses
+//! that have failed lately, so guessers cannot lock a client out of a clean address; at most a few secret checks run at once (beyond
+//! that, 503 at once rather than a queue). A failed login is logged with its client id and peer address,
+//! never its secret.
 
-use crate::pipeline::Ctx;
-use crate::reply::Reply;
+use crate::pipeline::{Ctx, State};
+use crate::reply::{status_of, Reply};
 use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-fn segs(path: &str) -> Vec<String> {
-    rsvault_core::ids::decode_path(path).unwrap_or_default()
-}
-
-/// True for the anonymous identity and metadata paths.
-pub fn is_identity_path(path: &str) -> bool {
-    let s = segs(path);
-    let s: Vec<&str> = s.iter().map(String::as_str).collect();
+/// True for the decoded segments of an anonymous identity or metadata path.
+pub fn is_identity(s: &[String]) -> bool {
     let lower: Vec<String> = s.iter().map(|x| x.to_ascii_lowercase()).collect();
     let l: Vec<&str> = lower.iter().map(String::as_str).collect();
     matches!(
@@ -31,14 +32,50 @@ pub fn is_identity_path(path: &str) -> bool {
     )
 }
 
+/// True for a POST to a token endpoint.
+pub fn is_token_request(method: &str, segs: &[String]) -> bool {
+    method == "POST" && segs.last().is_some_and(|s| s.eq_ignore_ascii_case("token")) && is_identity(segs)
+}
+
 fn oauth_error(ctx: &Ctx, status: u16, error: &str, description: &str) -> Reply {
+    oauth_error_at(ctx.state, status, error, description)
+}
+
+/// The token endpoint's answer when a caller has tried too often: 429, `Retry-After`, an OAuth body.
+pub fn throttled(state: &State, retry_after_secs: u64) -> Reply {
+    oauth_error_at(
+        state,
+        429,
+        "temporarily_unavailable",
+        &format!("AADSTS50196: Too many requests for this client or from this address. Retry after {retry_after_secs} seconds."),
+    )
+    .header("Retry-After", retry_after_secs.to_string())
+}
+
+/// An anonymous request refused before its handler (body too large, too slow, server busy), in OAuth's
+/// error shape; the status is [`status_of`] the error's kind.
+pub fn failed(state: &State, e: &rsvault_core::Error) -> Reply {
+    let status = status_of(e.kind());
+    let error = if status >= 500 {
+        "temporarily_unavailable"
+    } else {
+        "invalid_request"
+    };
+    let r = oauth_error_at(state, status, error, &format!("AADSTS90000: {e}"));
+    match e {
+        rsvault_core::Error::ServerBusy { retry_after_secs } => r.header("Retry-After", retry_after_secs.to_string()),
+        _ => r,
+    }
+}
+
+fn oauth_error_at(state: &State, status: u16, error: &str, description: &str) -> Reply {
     Reply::json(
         status,
         json!({
             "error": error,
             "error_description": description,
             "error_codes": [description.strip_prefix("AADSTS").and_then(|d| d.split(':').next()).and_then(|c| c.parse::<u64>().ok()).unwrap_or(0)],
-            "timestamp": rsvault_core::time::timestamp(ctx.state.control.wall_now()),
+            "timestamp": rsvault_core::time::timestamp(state.control.wall_now()),
             "trace_id": uuid::Uuid::new_v4().to_string(),
             "correlation_id": uuid::Uuid::new_v4().to_string(),
         }),
@@ -147,8 +184,49 @@ fn token(ctx: &Ctx, tenant: &str) -> Reply {
             form.entry("client_secret".into()).or_insert_with(|| dec(&secret));
         }
     }
+    let guards = &ctx.state.guards;
+    let addr = crate::limits::peer_key(ctx.peer.ip()).to_string();
+    let client_id: String = form
+        .get("client_id")
+        .map(|c| c.chars().take(128).collect())
+        .unwrap_or_default();
+    let client_key = client_id.to_ascii_lowercase();
+    // The client id's bucket binds addresses that have failed lately; one that has not (its own bucket
+    // is full) still gets its attempt, so guessing a client id from elsewhere cannot lock it out.
+    let clean_addr = guards.token_by_addr.is_full(&addr);
+    if let Err(wait) = guards.token_by_addr.take(&addr) {
+        tracing::warn!(client_id = %client_id, peer = %ctx.peer, "token request throttled (address)");
+        return throttled(ctx.state, wait);
+    }
+    let mut took_client = true;
+    if let Err(wait) = guards.token_by_client.take(&client_key) {
+        if clean_addr {
+            took_client = false;
+        } else {
+            guards.token_by_addr.give_back(&addr);
+            tracing::warn!(client_id = %client_id, peer = %ctx.peer, "token request throttled (client id)");
+            return throttled(ctx.state, wait);
+        }
+    }
+    let give_back = || {
+        guards.token_by_addr.give_back(&addr);
+        if took_client {
+            guards.token_by_client.give_back(&client_key);
+        }
+    };
+    let Ok(_check) = guards.secret_checks.clone().try_acquire_owned() else {
+        give_back();
+        return oauth_error(
+            ctx,
+            503,
+            "temporarily_unavailable",
+            "AADSTS90033: The server is busy checking other credentials. Retry after 1 second.",
+        )
+        .header("Retry-After", "1");
+    };
     match ctx.state.control.token_request(tenant, &form) {
         Ok(t) => {
+            give_back();
             let mut body = json!({
                 "token_type": "Bearer",
                 "expires_in": t.expires_in,
@@ -161,10 +239,19 @@ fn token(ctx: &Ctx, tenant: &str) -> Reply {
                 body["expires_on"] = json!(t.claims.exp.to_string());
                 body["not_before"] = json!(t.claims.nbf.to_string());
             }
-            tracing::info!(client_id = %t.claims.appid, "issued access token");
+            tracing::info!(client_id = %t.claims.appid, object_id = %t.claims.oid, peer = %ctx.peer, "issued access token");
             Reply::ok(body)
         }
-        Err(e) => oauth_error(ctx, if e.unauthorized { 401 } else { 400 }, e.error, &e.description),
+        Err(e) => {
+            if e.unauthorized {
+                tracing::warn!(client_id = %client_id, peer = %ctx.peer, error = e.error, "failed login");
+            } else {
+                // A malformed request checked no secret: it does not count against the buckets.
+                give_back();
+                tracing::info!(client_id = %client_id, peer = %ctx.peer, error = e.error, "token request refused");
+            }
+            oauth_error(ctx, if e.unauthorized { 401 } else { 400 }, e.error, &e.description)
+        }
     }
 }
 

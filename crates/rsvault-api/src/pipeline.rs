@@ -1,25 +1,39 @@
 //! The request pipeline: every request, identity or ARM, passes through [`handle`].
 //!
-//! Order for ARM requests (each step answers with its ARM error and stops): body size → bearer token →
-//! route → `api-version` → subscription exists → role grants the route's action at the path's scope →
-//! body is JSON → conditional headers → handler. The handler runs on the blocking pool (the control plane
-//! does SQLite and hashing), so async workers never wait on disk.
+//! *Architecture Invariant*: no body byte before authentication. Order for ARM requests (each step
+//! answers with its ARM error and stops): path segments (a segment decoding to `/`, `\`, `.` or `..` is a
+//! 400) → bearer token → route → `api-version` → subscription exists → role grants the route's action at
+//! the path's scope → only now the body: its declared size, then its bytes, within the body timeout and
+//! the server-wide in-flight budget → body is JSON → conditional headers → handler. A refused caller's
+//! body is never read. Anonymous (identity) requests read at most [`Limits::anonymous_body_bytes`]; the
+//! token endpoint is metered per client id and per address. Blocking work (token checks, SQLite,
+//! hashing) runs on the blocking pool, so async workers never wait on disk.
+//!
+//! Every URL the server writes (discovery, `metadata/endpoints`, `Location`, `Azure-AsyncOperation`,
+//! `nextLink`) starts with the configured base URL, never with the request's `Host`. Each request is
+//! logged once, naming its caller (object id and client id) and peer address; only authenticated
+//! exchanges are recorded by the traffic recorder.
+//!
+//! [`Limits::anonymous_body_bytes`]: crate::limits::Limits::anonymous_body_bytes
 
+use crate::limits::Guards;
 use crate::reply::{error_reply, render, Reply};
 use crate::routes::{self, Access, Op, Params, Route};
 use crate::traffic::{Exchange, Recorder};
 use crate::{arm, identity, Config};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
 use hyper::{HeaderMap, Request, Response};
 use rsvault_control::{Caller, Control};
 use rsvault_core::apiversion::ApiVersion;
 use rsvault_core::ids::decode_path;
 use rsvault_core::{time, Error};
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::OwnedSemaphorePermit;
 
 /// Everything a request handler can reach.
 pub struct State {
@@ -27,6 +41,20 @@ pub struct State {
     pub config: Config,
     pub base_url: String,
     pub recorder: Option<Recorder>,
+    pub guards: Guards,
+}
+
+/// What is known of a request before its body: its line, headers and origin.
+pub struct Head {
+    pub method: String,
+    /// The raw path as sent (its casing is echoed in returned URLs).
+    pub raw_path: String,
+    pub query_text: String,
+    pub headers: HeaderMap,
+    /// The configured base URL (`https://host:port`), never the request's `Host`.
+    pub base: String,
+    pub request_id: String,
+    pub peer: SocketAddr,
 }
 
 /// A parsed request, as handlers see it.
@@ -39,9 +67,30 @@ pub struct Ctx<'a> {
     pub query: Vec<(String, String)>,
     pub headers: &'a HeaderMap,
     pub body: &'a Bytes,
-    /// `https://host:port` as the client addressed us.
+    /// The configured base URL (`https://host:port`), never the request's `Host`.
     pub base: String,
     pub request_id: String,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+impl<'a> Ctx<'a> {
+    fn new(state: &'a State, head: &'a Head, segs: Vec<String>, body: &'a Bytes) -> Ctx<'a> {
+        Ctx {
+            state,
+            method: head.method.clone(),
+            raw_path: head.raw_path.clone(),
+            segs,
+            query: url::form_urlencoded::parse(head.query_text.as_bytes())
+                .into_owned()
+                .collect(),
+            headers: &head.headers,
+            body,
+            base: head.base.clone(),
+            request_id: head.request_id.clone(),
+            peer: head.peer,
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -83,8 +132,29 @@ fn header_or_new(h: &HeaderMap, name: &str) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-/// Handles one HTTP request.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// What became of a request.
+struct Outcome {
+    reply: Reply,
+    op: Option<Op>,
+    /// The authenticated caller, when there is one.
+    caller: Option<Caller>,
+    /// The body, when it was read.
+    body: Bytes,
+}
+
+impl Outcome {
+    fn refused(reply: Reply) -> Outcome {
+        Outcome {
+            reply,
+            op: None,
+            caller: None,
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// Handles one HTTP request from `peer`.
+pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let started = Instant::now();
     let request_id = uuid::Uuid::new_v4().to_string();
     let (parts, body) = req.into_parts();
@@ -94,72 +164,44 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
         .get("x-ms-client-request-id")
         .and_then(|v| v.to_str().ok())
         .map(String::from);
-    let host = parts
-        .headers
-        .get(hyper::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(String::from)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()));
-    let base = host
-        .map(|h| format!("https://{h}"))
-        .unwrap_or_else(|| state.base_url.clone());
-    let method = parts.method.as_str().to_string();
-    let raw_path = parts.uri.path().to_string();
-    let query_text = parts.uri.query().unwrap_or_default().to_string();
-
-    let body = match Limited::new(body, state.config.max_body_bytes).collect().await {
-        Ok(b) => Ok(b.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(Error::PayloadTooLarge {
-            limit: state.config.max_body_bytes,
-        }),
-        Err(e) => Err(Error::InvalidRequestContent(format!(
-            "the request body could not be read: {e}"
-        ))),
-    };
-    let is_identity = identity::is_identity_path(&raw_path);
-
-    let st = state.clone();
-    let (m, p, q, b, hdrs, rid) = (
-        method.clone(),
-        raw_path.clone(),
-        query_text.clone(),
-        base.clone(),
-        parts.headers.clone(),
-        request_id.clone(),
-    );
-    let (reply, op) = match body {
-        Err(e) => (error_reply(&e, &request_id), None),
-        Ok(bytes) => {
-            let body_for_record = bytes.clone();
-            let res = tokio::task::spawn_blocking(move || process(&st, &m, &p, &q, &hdrs, &bytes, &b, &rid)).await;
-            let (reply, op) = match res {
-                Ok(x) => x,
-                Err(e) => (
-                    error_reply(&Error::internal(format!("handler panicked: {e}")), &request_id),
-                    None,
-                ),
-            };
-            if let (Some(rec), false) = (&state.recorder, is_identity) {
-                rec.record(&Exchange {
-                    method: &method,
-                    url: &format!(
-                        "{base}{raw_path}{}",
-                        if query_text.is_empty() {
-                            String::new()
-                        } else {
-                            format!("?{query_text}")
-                        }
-                    ),
-                    request_headers: &parts.headers,
-                    request_body: &body_for_record,
-                    reply: &reply,
-                    op: op.map(|o: Op| format!("{o:?}")),
-                });
-            }
-            (reply, op)
-        }
+    let head = Arc::new(Head {
+        method: parts.method.as_str().to_string(),
+        raw_path: parts.uri.path().to_string(),
+        query_text: parts.uri.query().unwrap_or_default().to_string(),
+        headers: parts.headers,
+        base: state.base_url.clone(),
+        request_id: request_id.clone(),
+        peer,
+    });
+    let segs = decode_path(&head.raw_path);
+    let is_identity = segs.as_ref().is_ok_and(|s| identity::is_identity(s));
+    let outcome = match segs {
+        Err(e) => Outcome::refused(error_reply(&e, &request_id)),
+        Ok(segs) if is_identity => identity_request(&state, &head, segs, body).await,
+        Ok(segs) => arm_request(&state, &head, segs, body).await,
     };
 
+    if let (Some(rec), Some(_)) = (&state.recorder, &outcome.caller) {
+        rec.record(&Exchange {
+            method: &head.method,
+            url: &format!(
+                "{}{}{}",
+                head.base,
+                head.raw_path,
+                if head.query_text.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{}", head.query_text)
+                }
+            ),
+            request_headers: &head.headers,
+            request_body: &outcome.body,
+            reply: &outcome.reply,
+            op: outcome.op.map(|o: Op| format!("{o:?}")),
+        });
+    }
+
+    let reply = &outcome.reply;
     let now = state.control.wall_now();
     let mut common = vec![
         ("x-ms-request-id".to_string(), request_id.clone()),
@@ -176,74 +218,210 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<
         common.push(("x-ms-client-request-id".to_string(), c.clone()));
     }
     if !is_identity {
-        let (name, left) = match method.as_str() {
+        let (name, left) = match head.method.as_str() {
             "GET" | "HEAD" => ("x-ms-ratelimit-remaining-subscription-reads", "11999"),
             "DELETE" => ("x-ms-ratelimit-remaining-subscription-deletes", "11999"),
             _ => ("x-ms-ratelimit-remaining-subscription-writes", "1199"),
         };
         common.push((name.to_string(), left.to_string()));
     }
-    let response = render(&reply, &common, method == "HEAD");
+    let response = render(reply, &common, head.method == "HEAD");
+    let (object_id, client_id) = outcome
+        .caller
+        .as_ref()
+        .map(|c| (c.object_id.as_str(), c.client_id.as_str()))
+        .unwrap_or(("-", "-"));
     tracing::info!(
         request_id = %request_id,
         correlation_id = %correlation,
-        method = %method,
-        path = %raw_path,
-        op = ?op,
+        method = %head.method,
+        path = %head.raw_path,
+        op = ?outcome.op,
         status = reply.status,
+        object_id,
+        client_id,
+        peer = %peer,
         latency_ms = started.elapsed().as_secs_f64() * 1000.0,
         "request"
     );
     response
 }
 
-#[allow(clippy::too_many_arguments)]
-fn process(
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Reads a body of at most `limit` bytes within the body timeout, holding its bytes from the
+/// server-wide in-flight budget (the permit returned gives them back when dropped).
+async fn read_body(
     state: &State,
-    method: &str,
-    raw_path: &str,
-    query: &str,
+    mut body: Incoming,
     headers: &HeaderMap,
-    body: &Bytes,
-    base: &str,
-    request_id: &str,
-) -> (Reply, Option<Op>) {
-    let segs = match decode_path(raw_path) {
-        Ok(s) => s,
-        Err(e) => return (error_reply(&e, request_id), None),
-    };
-    let ctx = Ctx {
-        state,
-        method: method.to_string(),
-        raw_path: raw_path.to_string(),
-        segs,
-        query: url::form_urlencoded::parse(query.as_bytes()).into_owned().collect(),
-        headers,
-        body,
-        base: base.to_string(),
-        request_id: request_id.to_string(),
-    };
-    if identity::is_identity_path(raw_path) {
-        return (identity::handle(&ctx), None);
+    limit: usize,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Error> {
+    if body.is_end_stream() {
+        return Ok((Bytes::new(), None));
     }
-    match arm_request(&ctx) {
-        Ok((reply, op)) => (reply, Some(op)),
-        Err((e, op)) => {
-            let mut r = error_reply(&e, request_id);
-            if e.kind() == rsvault_core::ErrorKind::Unauthorized {
-                let desc = e.to_string().replace('"', "'");
-                r = r.header(
-                    "WWW-Authenticate",
-                    format!(
-                        "Bearer authorization_uri=\"{}/{}\", error=\"invalid_token\", error_description=\"{desc}\"",
-                        ctx.base,
-                        state.control.tenant_id()
-                    ),
-                );
+    let too_large = || Error::PayloadTooLarge { limit };
+    let busy = || Error::ServerBusy { retry_after_secs: 1 };
+    let declared = content_length(headers);
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let budget = &state.guards.body_budget;
+    let reserve = |n: usize| -> Result<OwnedSemaphorePermit, Error> {
+        let n = u32::try_from(n).map_err(|_| too_large())?;
+        budget.clone().try_acquire_many_owned(n).map_err(|_| busy())
+    };
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    let mut reserved = 0usize;
+    if let Some(n) = declared.filter(|n| *n > 0) {
+        held = Some(reserve(n as usize)?);
+        reserved = n as usize;
+    }
+    let timeout = state.config.limits.body_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(reserved);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(Error::RequestTimeout {
+                    seconds: timeout.as_secs().max(1),
+                })
             }
-            (r, op)
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(Error::InvalidRequestContent(format!(
+                    "the request body could not be read: {e}"
+                )))
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let len = buf.len() + data.len();
+        if len > limit {
+            return Err(too_large());
+        }
+        if len > reserved {
+            let more = reserve(len - reserved)?;
+            match &mut held {
+                Some(p) => p.merge(more),
+                None => held = Some(more),
+            }
+            reserved = len;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
+}
+
+/// An anonymous request: discovery, JWKS, `metadata/endpoints` or the token endpoint.
+async fn identity_request(state: &Arc<State>, head: &Arc<Head>, segs: Vec<String>, body: Incoming) -> Outcome {
+    if identity::is_token_request(&head.method, &segs) {
+        let wait = state
+            .guards
+            .token_by_addr
+            .wait_secs(&crate::limits::peer_key(head.peer.ip()).to_string());
+        if wait > 0 {
+            return Outcome::refused(identity::throttled(state, wait));
         }
     }
+    let (bytes, permit) = match read_body(state, body, &head.headers, state.config.limits.anonymous_body_bytes).await {
+        Ok(x) => x,
+        Err(e) => return Outcome::refused(identity::failed(state, &e)),
+    };
+    let (st, h) = (state.clone(), head.clone());
+    let res = tokio::task::spawn_blocking(move || {
+        let ctx = Ctx::new(&st, &h, segs, &bytes);
+        identity::handle(&ctx)
+    })
+    .await;
+    drop(permit);
+    Outcome::refused(
+        res.unwrap_or_else(|e| error_reply(&Error::internal(format!("handler panicked: {e}")), &head.request_id)),
+    )
+}
+
+/// A request the pipeline admitted: its caller and route.
+struct Admitted {
+    caller: Caller,
+    op: Op,
+    params: Params,
+}
+
+/// Why a request was refused before its handler, and how far it got.
+type Refused = Box<(Error, Option<Op>, Option<Caller>)>;
+
+/// An ARM request: admitted from its headers alone, then its body, then its handler.
+async fn arm_request(state: &Arc<State>, head: &Arc<Head>, segs: Vec<String>, body: Incoming) -> Outcome {
+    let (st, h, sg) = (state.clone(), head.clone(), segs.clone());
+    let admitted = tokio::task::spawn_blocking(move || admit(&st, &h, sg))
+        .await
+        .unwrap_or_else(|e| {
+            Err(Box::new((
+                Error::internal(format!("handler panicked: {e}")),
+                None,
+                None,
+            )))
+        });
+    let a = match admitted {
+        Ok(a) => a,
+        Err(refused) => {
+            let (e, op, caller) = *refused;
+            return Outcome {
+                reply: arm_error(state, head, &e),
+                op,
+                caller,
+                body: Bytes::new(),
+            };
+        }
+    };
+    let (bytes, permit) = match read_body(state, body, &head.headers, state.config.max_body_bytes).await {
+        Ok(x) => x,
+        Err(e) => {
+            return Outcome {
+                reply: arm_error(state, head, &e),
+                op: Some(a.op),
+                caller: Some(a.caller),
+                body: Bytes::new(),
+            }
+        }
+    };
+    let (st, h, b) = (state.clone(), head.clone(), bytes.clone());
+    let (caller, op, params) = (a.caller.clone(), a.op, a.params);
+    let res = tokio::task::spawn_blocking(move || {
+        let ctx = Ctx::new(&st, &h, segs, &b);
+        arm::dispatch(&ctx, &caller, op, &params)
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::internal(format!("handler panicked: {e}"))));
+    drop(permit);
+    Outcome {
+        reply: res.unwrap_or_else(|e| arm_error(state, head, &e)),
+        op: Some(a.op),
+        caller: Some(a.caller),
+        body: bytes,
+    }
+}
+
+/// The ARM error reply, with `WWW-Authenticate` on a 401.
+fn arm_error(state: &State, head: &Head, e: &Error) -> Reply {
+    let mut r = error_reply(e, &head.request_id);
+    if e.kind() == rsvault_core::ErrorKind::Unauthorized {
+        let desc = e.to_string().replace('"', "'");
+        r = r.header(
+            "WWW-Authenticate",
+            format!(
+                "Bearer authorization_uri=\"{}/{}\", error=\"invalid_token\", error_description=\"{desc}\"",
+                head.base,
+                state.control.tenant_id()
+            ),
+        );
+    }
+    r
 }
 
 fn bearer(ctx: &Ctx) -> Result<String, Error> {
@@ -353,26 +531,30 @@ fn published(route: &Route) -> &'static [&'static str] {
     }
 }
 
-type ArmResult = Result<(Reply, Op), (Error, Option<Op>)>;
-
-fn arm_request(ctx: &Ctx) -> ArmResult {
-    let control = &ctx.state.control;
-    let token = bearer(ctx).map_err(|e| (e, None))?;
-    let caller: Caller = control.authenticate(&token).map_err(|e| (e, None))?;
+/// Everything that can be decided from the request line and headers: the token, the route, the
+/// `api-version`, the subscription and the caller's role for the route's action at the path's scope
+/// (the same segments the handler reads).
+fn admit(state: &State, head: &Head, segs: Vec<String>) -> Result<Admitted, Refused> {
+    let empty = Bytes::new();
+    let ctx = Ctx::new(state, head, segs, &empty);
+    let control = &state.control;
+    let token = bearer(&ctx).map_err(|e| Box::new((e, None, None)))?;
+    let caller: Caller = control.authenticate(&token).map_err(|e| Box::new((e, None, None)))?;
     let version = ctx.query("api-version").map(String::from);
-    let (route, params) =
-        routes::find(&ctx.method, &ctx.segs, version.as_deref().unwrap_or_default()).map_err(|e| (e, None))?;
+    let (route, params) = match routes::find(&ctx.method, &ctx.segs, version.as_deref().unwrap_or_default()) {
+        Ok(x) => x,
+        Err(e) => return Err(Box::new((e, None, Some(caller)))),
+    };
     let op = route.op;
-    let fail = |e: Error| (e, Some(op));
+    let fail = |e: Error| Box::new((e, Some(op), Some(caller.clone())));
     if let Access::Owner(action) = route.access {
         control.authorize_owner(&caller, action).map_err(fail)?;
-        let reply = arm::dispatch(ctx, &caller, op, &params).map_err(fail)?;
-        return Ok((reply, op));
+        return Ok(Admitted { caller, op, params });
     }
     let version = version.ok_or(Error::MissingApiVersion).map_err(fail)?;
     let published = published(route);
     ApiVersion::parse(&version, published).map_err(fail)?;
-    if ctx.state.config.strict_api_versions && !ApiVersion::is_published(&version, published) {
+    if state.config.strict_api_versions && !ApiVersion::is_published(&version, published) {
         return Err(fail(Error::InvalidApiVersion {
             version,
             supported: published.join(", "),
@@ -384,8 +566,7 @@ fn arm_request(ctx: &Ctx) -> ArmResult {
     if let Access::Action(action) = route.access {
         control.authorize(&caller, action, &ctx.scope()).map_err(fail)?;
     }
-    let reply = arm::dispatch(ctx, &caller, op, &params).map_err(fail)?;
-    Ok((reply, op))
+    Ok(Admitted { caller, op, params })
 }
 
 /// Used by handlers that page: the absolute `nextLink` for a continuation key.

@@ -54,6 +54,9 @@ pub fn status_of(kind: ErrorKind) -> u16 {
         ErrorKind::Conflict => 409,
         ErrorKind::PreconditionFailed => 412,
         ErrorKind::PayloadTooLarge => 413,
+        ErrorKind::InsufficientStorage => 507,
+        ErrorKind::RequestTimeout => 408,
+        ErrorKind::ServiceUnavailable => 503,
         ErrorKind::Internal => 500,
     }
 }
@@ -71,7 +74,11 @@ pub fn error_reply(e: &Error, request_id: &str) -> Reply {
     if let Some(t) = e.target() {
         err["target"] = json!(t);
     }
-    Reply::json(status_of(e.kind()), json!({ "error": err }))
+    let reply = Reply::json(status_of(e.kind()), json!({ "error": err }));
+    match e {
+        Error::ServerBusy { retry_after_secs } => reply.header("Retry-After", retry_after_secs.to_string()),
+        _ => reply,
+    }
 }
 
 /// Renders a reply into an HTTP response with the given extra headers.

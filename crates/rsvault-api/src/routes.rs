@@ -27,6 +27,10 @@ pub enum Access {
 pub enum Op {
     ListTenants,
     AdvanceClock,
+    ListFaults,
+    ArmFault,
+    ClearFaults,
+    ClearFault,
     ListSubscriptions,
     GetSubscription,
     ProviderOperations,
@@ -187,6 +191,10 @@ macro_rules! location {
 pub const ROUTES: &[Route] = &[
     r("GET", "/tenants", Authenticated, Op::ListTenants),
     r("POST", "/rsvault/admin/clock/advance", Owner("rsvault/admin/clock/advance/action"), Op::AdvanceClock),
+    r("GET", "/rsvault/admin/faults", Owner("rsvault/admin/faults/read"), Op::ListFaults),
+    r("POST", "/rsvault/admin/faults", Owner("rsvault/admin/faults/write"), Op::ArmFault),
+    r("DELETE", "/rsvault/admin/faults", Owner("rsvault/admin/faults/delete"), Op::ClearFaults),
+    r("DELETE", "/rsvault/admin/faults/{faultId}", Owner("rsvault/admin/faults/delete"), Op::ClearFault),
     r("GET", "/subscriptions", Authenticated, Op::ListSubscriptions),
     r("GET", "/subscriptions/{subscriptionId}", Action("Microsoft.Resources/subscriptions/read"), Op::GetSubscription),
     r("GET", "/providers/Microsoft.RecoveryServices/operations", Authenticated, Op::ProviderOperations),

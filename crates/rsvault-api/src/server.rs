@@ -1,13 +1,19 @@
 //! The HTTPS listener: first-start bootstrap, TLS from the data dir's CA, one task per connection, and
 //! graceful shutdown (stop accepting, let in-flight requests finish, bounded by a deadline).
+//!
+//! Every connection lives under [`crate::limits`]: admitted only under the total and per-address caps
+//! (else closed right after accept), handshake and headers within the header timeout, closed when idle,
+//! HTTP/2 with a small stream cap and bounded windows and header lists. Accept errors (say, out of file
+//! descriptors) are logged at most once a second, with a count.
 
+use crate::limits::{Activity, ConnLimiter, Guards, Limits, LogEvery};
 use crate::pipeline::{self, State};
 use crate::traffic::Recorder;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rsvault_control::datadir::{Bootstrap, DataDir};
-use rsvault_control::dataplane::{DataPlane, JobLimits};
+use rsvault_control::dataplane::{DataPlane, EngineOverride, JobLimits};
 use rsvault_control::hostaccess::HostGrants;
 use rsvault_control::runner::JobRunner;
 use rsvault_control::scheduler::Scheduler;
@@ -43,6 +49,10 @@ pub struct Config {
     pub jobs: JobLimits,
     /// How often the scheduler runs a policy pass (scheduled backups, retention, purge, GC).
     pub policy_interval: Duration,
+    /// Run this engine instead of the restic-format one (tests wrap the real engine to inject faults).
+    pub engine: Option<EngineOverride>,
+    /// Connection, body, timeout and token-endpoint limits.
+    pub limits: Limits,
     /// The host roots requests may name (`--allow-path`); none by default: no grant, no host path.
     /// The data dir is never granted, whatever these say.
     pub host_grants: HostGrants,
@@ -64,6 +74,8 @@ impl Config {
             tls_hosts: vec![],
             jobs: JobLimits::default(),
             policy_interval: Duration::from_secs(30),
+            engine: None,
+            limits: Limits::default(),
             host_grants: HostGrants::default(),
         }
     }
@@ -89,6 +101,7 @@ pub struct Running {
     task: tokio::task::JoinHandle<()>,
     runner: Option<JobRunner>,
     scheduler: Option<Scheduler>,
+    control: Arc<Control>,
 }
 
 impl Running {
@@ -113,6 +126,11 @@ impl Running {
         if let Some(r) = self.runner.take() {
             let _ = tokio::task::spawn_blocking(move || r.stop()).await;
         }
+    }
+
+    /// The server's control plane (for the binary's and tests' direct calls).
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
     }
 
     /// A handle that can stop the server.
@@ -197,7 +215,10 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
                 issuer_url: format!("{base}/{tenant}/v2.0"),
             },
         )?
-        .with_data_plane(DataPlane::open(&config.data_dir, config.jobs)?)
+        .with_data_plane(match &config.engine {
+            Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?,
+            None => DataPlane::open(&config.data_dir, config.jobs)?,
+        })
         .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
     );
     if config.host_grants.is_empty() {
@@ -222,7 +243,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         None => None,
     };
     let state = Arc::new(State {
-        control,
+        control: control.clone(),
+        guards: Guards::new(&config.limits),
         config: config.clone(),
         base_url: base.clone(),
         recorder,
@@ -239,6 +261,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         task,
         runner: Some(runner),
         scheduler: Some(scheduler),
+        control,
     })
 }
 
@@ -249,43 +272,37 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let limits = state.config.limits.clone();
+    let admit = ConnLimiter::new(limits.max_connections, limits.max_connections_per_addr);
+    let accept_errors = LogEvery::new(Duration::from_secs(1));
+    let refused = LogEvery::new(Duration::from_secs(1));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (tcp, peer) = match accepted {
                     Ok(x) => x,
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
+                        if let Some(n) = accept_errors.hit() {
+                            tracing::warn!(error = %e, count = n, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 };
+                let Some(slot) = admit.admit(peer.ip()) else {
+                    if let Some(n) = refused.hit() {
+                        tracing::warn!(%peer, count = n, open = admit.open(), "connection refused: too many connections");
+                    }
+                    drop(tcp);
+                    continue;
+                };
                 let acceptor = acceptor.clone();
                 let state = state.clone();
-                let mut stop = stop.clone();
+                let stop = stop.clone();
+                let limits = limits.clone();
                 conns.spawn(async move {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(t)) => t,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let svc = service_fn(move |req: hyper::Request<Incoming>| {
-                        let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(state, req).await) }
-                    });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let conn = builder.serve_connection(TokioIo::new(tls), svc);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        _ = conn.as_mut() => {}
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            let _ = conn.await;
-                        }
-                    }
+                    let _slot = slot;
+                    serve_connection(tcp, peer, acceptor, state, limits, stop).await;
                 });
             }
             _ = stop.changed() => break,
@@ -306,4 +323,87 @@ async fn accept_loop(
         }
     }
     tracing::info!("rsvault stopped");
+}
+
+/// How long an idle connection told to close may take to finish what it is writing.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+async fn serve_connection(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<State>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let tls = match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => return,
+    };
+    let activity = Activity::new();
+    let svc = {
+        let activity = activity.clone();
+        service_fn(move |req: hyper::Request<Incoming>| {
+            let state = state.clone();
+            let in_flight = activity.start();
+            async move {
+                let resp = pipeline::handle(state, peer, req).await;
+                drop(in_flight);
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(64 * 1024)
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_pending_accept_reset_streams(limits.h2_max_streams as usize)
+        .keep_alive_interval(limits.idle_timeout / 2)
+        .keep_alive_timeout(limits.header_timeout);
+    let conn = builder.serve_connection(TokioIo::new(tls), svc);
+    tokio::pin!(conn);
+    let mut stopping = false;
+    loop {
+        let idle_at = activity.idle_deadline(limits.header_timeout, limits.idle_timeout);
+        // Look again at least every half of the shorter timeout: activity moves the deadline, and a
+        // request in flight has its own limits (body timeout, handler).
+        let tick = std::time::Instant::now() + limits.idle_timeout.min(limits.header_timeout) / 2;
+        let wake = idle_at.map_or(tick, |d| d.min(tick));
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.changed() => {
+                stopping = true;
+                break;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let still_idle = activity
+                    .idle_deadline(limits.header_timeout, limits.idle_timeout)
+                    .is_some_and(|d| d <= std::time::Instant::now());
+                if still_idle {
+                    tracing::debug!(%peer, "closing an idle connection");
+                    break;
+                }
+            }
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    if stopping {
+        // In-flight requests finish; the server's own shutdown deadline bounds this.
+        let _ = conn.await;
+    } else {
+        let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+    }
 }

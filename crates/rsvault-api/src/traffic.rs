@@ -1,6 +1,7 @@
 //! Optional recording of ARM exchanges in the traffic format `oav validate-traffic` reads:
 //! one JSON file per exchange with `liveRequest` and `liveResponse`. The `Authorization` header is never
-//! written.
+//! written. Only exchanges of an authenticated caller are recorded (the pipeline decides), each in a new
+//! file readable by its owner only (0600).
 
 use crate::reply::Reply;
 use bytes::Bytes;
@@ -59,7 +60,17 @@ impl Recorder {
             "rsvaultOperation": x.op,
         });
         let name = format!("{n:06}-{}-{}.json", x.method, x.op.as_deref().unwrap_or("Unrouted"));
-        if let Err(e) = std::fs::write(self.dir.join(name), serde_json::to_vec_pretty(&doc).unwrap_or_default()) {
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(self.dir.join(&name))?;
+            f.write_all(&serde_json::to_vec_pretty(&doc).unwrap_or_default())
+        };
+        if let Err(e) = write() {
             tracing::warn!(error = %e, "could not record traffic");
         }
     }

@@ -148,7 +148,7 @@ impl Control {
         let client_id = uuid::Uuid::new_v4().to_string();
         let object_id = uuid::Uuid::new_v4().to_string();
         let secret = secrets::generate();
-        let hash = secrets::hash(&secret);
+        let hash = secrets::hash_generated(&secret);
         self.store.write(|db| {
             db.insert_principal(&PrincipalRow {
                 client_id: client_id.clone(),
@@ -233,7 +233,7 @@ impl Control {
     /// Gives a principal a new secret; the old one stops working at once.
     pub fn reset_secret(&self, client_id: &str) -> Result<NewPrincipal> {
         let secret = secrets::generate();
-        let hash = secrets::hash(&secret);
+        let hash = secrets::hash_generated(&secret);
         let p = self
             .store
             .read(|db| db.principal(client_id))?

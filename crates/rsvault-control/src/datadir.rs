@@ -102,7 +102,7 @@ impl DataDir {
                 object_id: object_id.clone(),
                 tenant_id: tenant.clone(),
                 display_name: "rsvault-bootstrap-owner".into(),
-                secret_hash: secrets::hash(&secret),
+                secret_hash: secrets::hash_generated(&secret),
                 created: now,
             })?;
             let scope = format!("/subscriptions/{subscription}");

@@ -36,6 +36,17 @@ impl Default for JobLimits {
     }
 }
 
+/// An engine to run instead of the restic-format one: how tests put a fault (a pause, an error) at
+/// an exact point of a job, around the real engine.
+#[derive(Clone)]
+pub struct EngineOverride(pub Arc<dyn Engine>);
+
+impl std::fmt::Debug for EngineOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EngineOverride")
+    }
+}
+
 /// The data plane of a running server: the engine, the key that seals vault passwords, where the
 /// repositories live, and the job queue.
 pub struct DataPlane {
@@ -45,6 +56,7 @@ pub struct DataPlane {
     pub(crate) limits: JobLimits,
     pub(crate) queue: Queue,
     pub(crate) maintenance: crate::scheduler::Maintenance,
+    pub(crate) faults: crate::faults::Armed,
 }
 
 impl DataPlane {
@@ -66,6 +78,7 @@ impl DataPlane {
             },
             queue: Queue::default(),
             maintenance: Default::default(),
+            faults: Default::default(),
         })
     }
 }

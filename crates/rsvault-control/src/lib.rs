@@ -21,6 +21,7 @@ pub mod body;
 pub mod datadir;
 pub mod dataplane;
 pub mod disk;
+pub mod faults;
 pub mod hostaccess;
 pub mod inventory;
 pub mod resources;

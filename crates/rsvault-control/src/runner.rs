@@ -227,16 +227,25 @@ impl Control {
     fn recover_interrupted_jobs(&self) -> Result<()> {
         let running = self.store.read(|db| db.jobs_in_phase(RUNNING))?;
         for j in running {
+            let leftovers = self.remove_restore_leftovers(&j);
             let outcome = match self.recover_backup(&j) {
                 Some(done) => Ok(done),
+                // Cancelled before the crash: the user's cancel is what happened.
+                None if j.status == "Cancelling" => Err(Failure::Cancelled),
+                None if j.operation == "Restore" => Err(Failure::Failed(JobError::new(
+                    500_001,
+                    "The job was interrupted",
+                    "The rsvault server stopped while this restore ran (a crash or a kill). Every target file is either as it was before the restore or completely restored, never a mix: files are written under temporary names and renamed into place only when all of them are written and verified, and the temporary files the interruption left were removed at the next start.",
+                    "Run the restore again.",
+                ))),
                 None => Err(Failure::Failed(JobError::new(
                     500_001,
                     "The job was interrupted",
-                    "The rsvault server stopped while this job ran (a crash or a kill). Nothing it had written became visible: no recovery point was created and no restored file was left half-written under its final name.",
+                    "The rsvault server stopped while this job ran (a crash or a kill). No recovery point was created.",
                     "Run the operation again.",
                 ))),
             };
-            tracing::warn!(job = %j.id, recovered = outcome.is_ok(), "settling a job interrupted by a crash");
+            tracing::warn!(job = %j.id, recovered = outcome.is_ok(), leftovers, "settling a job interrupted by a crash");
             self.finish_job(&j, outcome, false);
         }
         Ok(())
@@ -254,11 +263,14 @@ impl Control {
                         "Run the operation again; report the server log if it happens again.",
                     )))
                 });
-            let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
-            let stopping = st.stopping;
-            self.finish_job(&job, outcome, stopping);
-            st.running.remove(&job.id.to_ascii_lowercase());
-            dp.queue.wake.notify_all();
+            {
+                let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+                let stopping = st.stopping;
+                self.finish_job(&job, outcome, stopping);
+                st.running.remove(&job.id.to_ascii_lowercase());
+                dp.queue.wake.notify_all();
+            }
+            rsvault_engine::release_free_memory();
         }
     }
 
@@ -353,6 +365,7 @@ impl Control {
                     "Cancelled"
                 }
                 Err(Failure::Failed(e)) => {
+                    tracing::warn!(job = %j.id, operation = %j.operation, code = e.code, title = %e.title, error = %e.message, "job failed");
                     set_tasks(
                         &mut j.body,
                         |s| match s {

@@ -32,7 +32,7 @@
 //! *Architecture Invariant*: a slot is claimed and its job queued in one transaction; nothing else
 //! claims slots.
 
-use crate::backup::recovery::count_points;
+use crate::backup::recovery::{count_points, Work};
 use crate::backup::{vault_of, ContainerName, PROTECTED_ITEM_TYPE};
 use crate::runner::{QUEUED, RUNNING};
 use crate::{Control, Error, Result};
@@ -44,6 +44,25 @@ use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+
+/// What garbage collection must keep in one vault (read from the store).
+#[derive(Debug, Default)]
+struct Live {
+    /// Recovery point ids (lower case): the rows, and the points active jobs make or read.
+    points: HashSet<String>,
+    /// Names of the vault's queued and running jobs (lower case): a snapshot tagged with one is kept.
+    jobs: HashSet<String>,
+    /// An active job's work could not be read: keep every snapshot.
+    everything: bool,
+}
+
+impl Live {
+    fn keeps(&self, info: &rsvault_engine::RecoveryPointInfo) -> bool {
+        self.everything
+            || self.points.contains(&info.id.to_ascii_lowercase())
+            || self.jobs.contains(&info.job.to_ascii_lowercase())
+    }
+}
 
 /// The meta key where a test clock's time is kept across restarts.
 pub const META_TEST_CLOCK: &str = "test_clock";
@@ -344,6 +363,14 @@ impl Control {
         Ok(n)
     }
 
+    /// Garbage collection of one vault now, between passes (what a pass does for a marked vault).
+    /// Returns how many recovery points' snapshots went.
+    pub fn collect_garbage_now(&self, vault_id: &str) -> Result<usize> {
+        let m = self.maintenance()?;
+        let _pass = m.pass.lock().unwrap_or_else(|p| p.into_inner());
+        self.collect_garbage(vault_id)
+    }
+
     /// Deletes the vault's snapshots the store no longer knows, and the data only they used.
     fn collect_garbage(&self, vault_id: &str) -> Result<usize> {
         if self.store.read(|db| db.vault_secret(vault_id))?.is_none() {
@@ -354,11 +381,10 @@ impl Control {
         }
         let repo = self.vault_repo(vault_id)?;
         // Read under the repository's exclusive lock, at the first snapshot looked at.
-        let live: std::cell::OnceCell<std::result::Result<HashSet<String>, String>> = std::cell::OnceCell::new();
+        let live: std::cell::OnceCell<std::result::Result<Live, String>> = std::cell::OnceCell::new();
         let keep = |info: &rsvault_engine::RecoveryPointInfo| {
-            let set = live.get_or_init(|| self.live_points(vault_id).map_err(|e| e.to_string()));
-            match set {
-                Ok(s) => s.contains(&info.id.to_ascii_lowercase()),
+            match live.get_or_init(|| self.live_points(vault_id).map_err(|e| e.to_string())) {
+                Ok(l) => l.keeps(info),
                 Err(_) => true, // cannot tell: keep everything
             }
         };
@@ -395,23 +421,35 @@ impl Control {
         Ok(report.expired.len())
     }
 
-    /// Recovery point ids the vault must keep: its rows, and those of its queued or running jobs.
-    fn live_points(&self, vault_id: &str) -> Result<HashSet<String>> {
+    /// What the vault must keep: its recovery point rows, and whatever its queued or running jobs make
+    /// or read. A running backup's snapshot is committed before its row is written; between the two
+    /// only its job names it, so the job's typed [`Work`] and the snapshot's job tag both keep it. An
+    /// active job of the vault whose work cannot be read makes the whole vault kept.
+    fn live_points(&self, vault_id: &str) -> Result<Live> {
         self.store.read(|db| {
-            let mut s: HashSet<String> = db
-                .vault_recovery_points(vault_id)?
-                .into_iter()
-                .map(|r| r.name.to_ascii_lowercase())
-                .collect();
+            let mut live = Live {
+                points: db
+                    .vault_recovery_points(vault_id)?
+                    .into_iter()
+                    .map(|r| r.name.to_ascii_lowercase())
+                    .collect(),
+                ..Live::default()
+            };
             let key = vault_id.to_ascii_lowercase();
             for j in db.jobs_in_phase(QUEUED)?.into_iter().chain(db.jobs_in_phase(RUNNING)?) {
-                if j.vault_key == key {
-                    if let Some(rp) = j.work.as_ref().and_then(|w| w["recovery_point"].as_str()) {
-                        s.insert(rp.to_ascii_lowercase());
+                if j.vault_key != key {
+                    continue;
+                }
+                live.jobs.insert(j.name.to_ascii_lowercase());
+                match Work::of(&j) {
+                    Some(w) => {
+                        live.points.insert(w.recovery_point().to_ascii_lowercase());
                     }
+                    None if j.work.is_some() => live.everything = true,
+                    None => {}
                 }
             }
-            Ok::<_, Error>(s)
+            Ok::<_, Error>(live)
         })
     }
 

@@ -128,22 +128,32 @@ impl Control {
         let audience = tokens::audience_for_scope(scope).ok_or_else(|| {
             oauth(false, "invalid_scope", format!("AADSTS500011: The resource principal named {scope} was not found in the tenant named {}. rsvault issues tokens for Azure Resource Manager only.", self.tenant_id))
         })?;
+        // An unknown client id and a wrong secret answer alike: same status, same words, and the same
+        // work (a fast check against nothing), so neither tells whether the client id exists.
+        let bad_credentials = || {
+            oauth(true, "invalid_client", format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'."))
+        };
         let principal = self
             .store
             .read(|db| db.principal(client_id))
-            .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))?
-            .ok_or_else(|| {
-                oauth(
-                    false,
-                    "unauthorized_client",
-                    format!(
-                        "AADSTS700016: Application with identifier '{client_id}' was not found in the directory '{}'.",
-                        self.tenant_id
-                    ),
-                )
-            })?;
+            .map_err(|e| oauth(false, "temporarily_unavailable", format!("AADSTS50000: {e}")))?;
+        let Some(principal) = principal else {
+            secrets::verify_unknown(secret);
+            return Err(bad_credentials());
+        };
         if !secrets::verify(secret, &principal.secret_hash) {
-            return Err(oauth(true, "invalid_client", format!("AADSTS7000215: Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '{client_id}'.")));
+            return Err(bad_credentials());
+        }
+        if secrets::is_slow(&principal.secret_hash) && secrets::looks_generated(secret) {
+            // A row from before the fast form: the secret is rsvault's own 240-bit kind, so its next
+            // checks can be fast. A failure to rewrite only keeps the slow form.
+            let fast = secrets::hash_generated(secret);
+            if let Err(e) = self
+                .store
+                .write(|db| db.set_principal_secret(&principal.client_id, &fast))
+            {
+                tracing::warn!(client_id = %principal.client_id, error = %e, "could not re-hash a client secret");
+            }
         }
         let issuer = self
             .issuer()

@@ -17,6 +17,12 @@ pub enum ErrorKind {
     Conflict,
     PreconditionFailed,
     PayloadTooLarge,
+    /// The server cannot store what the request asks (its file system is full): 507.
+    InsufficientStorage,
+    /// The request's body did not arrive in time.
+    RequestTimeout,
+    /// The server is out of a resource for now (the client should retry later).
+    ServiceUnavailable,
     Internal,
 }
 
@@ -73,6 +79,10 @@ pub enum Error {
     PreconditionFailed,
     #[error("The request content size exceeds the maximum size of {limit} bytes.")]
     PayloadTooLarge { limit: usize },
+    #[error("The request body was not received within {seconds} seconds.")]
+    RequestTimeout { seconds: u64 },
+    #[error("The server is busy. Please retry the request after {retry_after_secs} seconds.")]
+    ServerBusy { retry_after_secs: u64 },
     #[error("{0}")]
     AuthenticationFailed(String),
     #[error("{0}")]
@@ -88,6 +98,8 @@ pub enum Error {
         action: String,
         scope: String,
     },
+    #[error("The server cannot write its metadata store: the file system holding its data directory is full ({0}). Nothing was changed; free space there and retry the request.")]
+    InsufficientStorage(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -114,11 +126,14 @@ impl Error {
             InvalidRequestContent(_) => "InvalidRequestContent",
             PreconditionFailed => "PreconditionFailed",
             PayloadTooLarge { .. } => "RequestEntityTooLarge",
+            RequestTimeout { .. } => "RequestTimeout",
+            ServerBusy { .. } => "ServerBusy",
             AuthenticationFailed(_) => "AuthenticationFailed",
             InvalidAuthenticationToken(_) => "InvalidAuthenticationToken",
             InvalidAuthenticationTokenAudience(_) => "InvalidAuthenticationTokenAudience",
             ExpiredAuthenticationToken { .. } => "ExpiredAuthenticationToken",
             AuthorizationFailed { .. } => "AuthorizationFailed",
+            InsufficientStorage(_) => "InsufficientStorage",
             Internal(_) => "InternalServerError",
         }
     }
@@ -143,11 +158,14 @@ impl Error {
             Conflict { .. } => ErrorKind::Conflict,
             PreconditionFailed => ErrorKind::PreconditionFailed,
             PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
+            RequestTimeout { .. } => ErrorKind::RequestTimeout,
+            ServerBusy { .. } => ErrorKind::ServiceUnavailable,
             AuthenticationFailed(_)
             | InvalidAuthenticationToken(_)
             | InvalidAuthenticationTokenAudience(_)
             | ExpiredAuthenticationToken { .. } => ErrorKind::Unauthorized,
             AuthorizationFailed { .. } => ErrorKind::Forbidden,
+            InsufficientStorage(_) => ErrorKind::InsufficientStorage,
             Internal(_) => ErrorKind::Internal,
         }
     }
@@ -186,6 +204,8 @@ mod tests {
             Error::MissingApiVersion,
             Error::PreconditionFailed,
             Error::PayloadTooLarge { limit: 1 },
+            Error::RequestTimeout { seconds: 1 },
+            Error::ServerBusy { retry_after_secs: 1 },
             Error::internal("x"),
         ];
         for e in errors {

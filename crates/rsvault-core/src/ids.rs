@@ -9,14 +9,24 @@ use crate::{Error, Result};
 use percent_encoding::percent_decode_str;
 
 /// Splits a URL path into percent-decoded segments, dropping empty ones (`//`, trailing `/`).
+///
+/// A segment that is, or decodes to, `.` or `..`, or that decodes to text containing `/` or `\`, is
+/// refused: every segment names one thing, so the scope authorization checks (the segments joined by
+/// `/`) splits back into exactly the segments the handler reads.
 pub fn decode_path(path: &str) -> Result<Vec<String>> {
     path.split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {
-            percent_decode_str(s)
+            let seg = percent_decode_str(s)
                 .decode_utf8()
                 .map(|c| c.into_owned())
-                .map_err(|_| Error::bad_request(format!("The request path segment '{s}' is not valid UTF-8.")))
+                .map_err(|_| Error::bad_request(format!("The request path segment '{s}' is not valid UTF-8.")))?;
+            if seg == "." || seg == ".." || seg.contains(['/', '\\']) {
+                return Err(Error::bad_request(format!(
+                    "The request path segment '{s}' is not allowed: a segment cannot be '.' or '..' or contain '/' or '\\'."
+                )));
+            }
+            Ok(seg)
         })
         .collect()
 }
@@ -148,6 +158,26 @@ mod tests {
     fn decodes_percent_encoded_semicolons() {
         let segs = decode_path("/a/IaasVMContainer%3Biaasvmcontainerv2%3Brg%3Bvm/").unwrap();
         assert_eq!(segs, vec!["a", "IaasVMContainer;iaasvmcontainerv2;rg;vm"]);
+    }
+
+    #[test]
+    fn segments_that_decode_to_separators_or_dots_are_refused() {
+        for bad in [
+            "/a/b%2Fc",
+            "/a/b%2fc",
+            "/a/%2e%2e/b",
+            "/a/../b",
+            "/a/./b",
+            "/a/%2E",
+            "/a/b%5Cc",
+            "/a/b\\c",
+        ] {
+            assert!(decode_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            decode_path("/a/..b/.well-known").unwrap(),
+            vec!["a", "..b", ".well-known"]
+        );
     }
 
     #[test]

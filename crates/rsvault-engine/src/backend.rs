@@ -11,8 +11,10 @@
 //!   directories 0700.
 //! * **Write order makes a recovery point.** Pack files, then the index that names them, then the
 //!   snapshot file. The snapshot file is the commit: a backup that is cancelled, fails or is
-//!   killed before it never becomes a recovery point, and its packs are orphans that the next
-//!   prune reclaims. [`GateBackend`] refuses the snapshot write when the call was cancelled or
+//!   killed before it never becomes a recovery point. A backup that fails or is cancelled before
+//!   its index is written removes its own packs at once ([`GateBackend::discard_unindexed`]: no
+//!   reader can know them, and a full disk gets its space back); later orphans, and those of a
+//!   killed backup, are reclaimed by the next prune. [`GateBackend`] refuses the snapshot write when the call was cancelled or
 //!   a source failed (rustic_core's archiver skips unreadable entries with a warning; for a disk
 //!   that would silently produce a recovery point without it).
 //! * **Locking.** `rsvault.lock` in the repository root is `flock`ed: shared by backups, restores
@@ -384,11 +386,42 @@ pub(crate) struct GateBackend {
     inner: Arc<LocalBackend>,
     cancel: Cancel,
     abort: Abort,
+    /// Packs this backup wrote, and whether an index naming them was written.
+    written: Mutex<(Vec<Id>, bool)>,
 }
 
 impl GateBackend {
     pub fn new(inner: Arc<LocalBackend>, cancel: Cancel, abort: Abort) -> Self {
-        Self { inner, cancel, abort }
+        Self {
+            inner,
+            cancel,
+            abort,
+            written: Mutex::new((Vec::new(), false)),
+        }
+    }
+
+    fn wrote(&self, tpe: FileType, id: &Id) {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match tpe {
+            FileType::Pack => w.0.push(*id),
+            FileType::Index => w.1 = true,
+            _ => {}
+        }
+    }
+
+    /// After a failed or cancelled backup: removes the packs it wrote if no index names them yet
+    /// (no reader can know them), so a backup that failed for lack of space gives the space back at
+    /// once instead of at the next prune. Returns how many were removed.
+    pub fn discard_unindexed(&self) -> usize {
+        let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if w.1 {
+            return 0;
+        }
+        let packs = std::mem::take(&mut w.0);
+        packs
+            .iter()
+            .filter(|id| self.inner.remove(FileType::Pack, id, false).is_ok())
+            .count()
     }
 }
 
@@ -402,7 +435,9 @@ impl GateBackend {
         if matches!(tpe, FileType::Snapshot | FileType::Config) {
             return Err(RusticError::new(ErrorKind::Backend, "only packs are written directly"));
         }
-        self.inner.write_aligned(tpe, id, data)
+        self.inner.write_aligned(tpe, id, data)?;
+        self.wrote(tpe, id);
+        Ok(())
     }
 }
 
@@ -444,11 +479,26 @@ impl WriteBackend for GateBackend {
                 );
             }
         }
-        self.inner.write_bytes(tpe, id, cacheable, content)
+        self.inner.write_bytes(tpe, id, cacheable, content)?;
+        self.wrote(tpe, id);
+        Ok(())
     }
     fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
         self.inner.remove(tpe, id, cacheable)
     }
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `path` (or its nearest
+/// existing ancestor); `None` when it cannot be told.
+pub fn free_space(path: &Path) -> Option<u64> {
+    let mut p = Some(path);
+    while let Some(cur) = p {
+        if let Ok(st) = rustix::fs::statvfs(cur) {
+            return Some(st.f_bavail.saturating_mul(st.f_frsize));
+        }
+        p = cur.parent();
+    }
+    None
 }
 
 /// An `flock` on `rsvault.lock` in the repository root (see the module doc).

@@ -583,7 +583,10 @@ impl Engine for ResticEngine {
             };
             diskpipe::backup(&writer, &index, parent, &jobs, snap, cancel, &abort, &stats, &counters)
         });
-        let snap = result.map_err(|e| classify(e, cancel, &abort))?;
+        let snap = result.map_err(|e| {
+            gate.discard_unindexed();
+            classify(e, cancel, &abort)
+        })?;
         // A cancel that arrives after the commit is too late: the recovery point is complete.
 
         let mut warnings = Vec::new();
@@ -714,7 +717,10 @@ impl Engine for ResticEngine {
             }
             Ok(repo.archive(&opts, &source, snap, &paths)?)
         });
-        let snap = result.map_err(|e| classify(e, cancel, &abort))?;
+        let snap = result.map_err(|e| {
+            gate.discard_unindexed();
+            classify(e, cancel, &abort)
+        })?;
         let list = warnings.take();
         let consistency = if warnings.changed() {
             Consistency::Inconsistent

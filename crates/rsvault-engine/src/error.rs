@@ -45,6 +45,15 @@ pub enum EngineError {
         /// What did not match.
         reason: String,
     },
+    /// A restore target cannot be written: read-only, no permission, no space, or a symbolic link
+    /// where the restore needs a directory (restores never follow links).
+    #[error("restore target '{path}': {reason}")]
+    Target {
+        /// The target path.
+        path: PathBuf,
+        /// Why it cannot be written.
+        reason: String,
+    },
     /// The vault key material cannot be used (wrong server key, damaged sealed blob).
     #[error("vault key: {0}")]
     Key(String),

@@ -30,7 +30,8 @@
 //! Modules: [`keyring`] (per-vault passwords sealed with the server key), [`disk`] (image
 //! probing/reading/writing), [`backend`] (storage rules: atomic writes, fsync, direct I/O,
 //! locking), [`progress`] (progress sink and cancellation); the rest is private (`engine`,
-//! `diskpipe`, `format`, `iobuf`, `restore`, `sources`, `unchanged`, `pit`, `types`).
+//! `diskpipe`, `format`, `iobuf`, `restore`, `treerestore` (symlink-safe, all-or-nothing tree
+//! restores), `sources`, `unchanged`, `pit`, `types`).
 
 pub mod backend;
 pub mod disk;
@@ -45,6 +46,7 @@ pub mod progress;
 mod restore;
 mod safefs;
 mod sources;
+mod treerestore;
 mod types;
 mod unchanged;
 
@@ -53,7 +55,19 @@ pub use engine::ResticEngine;
 pub use error::{EngineError, Result};
 pub use keyring::{Secret, VaultKeys};
 pub use progress::{Cancel, NoProgress, Progress, Task};
+pub use treerestore::remove_leftovers as remove_restore_leftovers;
 pub use types::*;
+
+/// Returns the heap's free pages to the kernel (glibc otherwise keeps them in its per-thread arenas,
+/// and a server that ran a wave of backups would hold their buffers' pages while idle). The job
+/// engine calls it after each job.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
 
 /// The narrow interface the job layer calls. All calls block; run them on a blocking thread.
 /// Long calls report to `progress` and stop early (committing nothing) when `cancel` is set.

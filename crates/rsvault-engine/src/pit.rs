@@ -140,7 +140,19 @@ impl View {
         if self.kind == ViewKind::Reflink {
             return Ok(None);
         }
-        let after = Stamp::of_open(&self.file, &self.source)?;
+        // Called after the snapshot is committed: a source that vanished is a warning on a complete
+        // recovery point (what was read is what the open file held), never an error that would
+        // leave a committed snapshot without its job's record. The open descriptor gives the
+        // content's stamp; the path (not followed) tells whether the file there is still the one read.
+        let after = match Stamp::of_open(&self.file, &self.source) {
+            Ok(a) => a,
+            Err(e) => {
+                return Ok(Some(format!(
+                    "{} vanished or became unreadable while it was read ({e}); the copy may be inconsistent",
+                    self.source.display()
+                )))
+            }
+        };
         Ok(self.before.changes(&after).map(|what| {
             format!(
                 "{} changed while it was read ({what}); the copy may be inconsistent",

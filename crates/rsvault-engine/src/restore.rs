@@ -11,20 +11,18 @@
 //! check nothing more). A qcow2 target is also re-read through `imago` after writing, since its
 //! bytes went through the format layer's cluster allocation. Images are `fsync`ed and only then
 //! renamed over the final path (the directory is `fsync`ed). A VM's disks are all restored and
-//! verified before the first rename, so a failure leaves the originals untouched. Trees are
-//! restored with rustic_core's restorer (modes, mtimes, symlinks; ownership when running as
-//! root), after the conflict option has been applied, and every restored file is re-read and
-//! compared with its content ids.
+//! verified before the first rename, so a failure leaves the originals untouched. Trees go through
+//! `treerestore`: every file under a temporary name relative to directories opened without following
+//! links, re-read and compared with its content ids, then all renamed into place (modes, times and,
+//! as root, owners set on the open files).
 
 use std::fs;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rustic_core::repofile::{Node, NodeType, Tree};
-use rustic_core::{IndexedFullStatus, LocalDestination, LsOptions, Repository, RestoreOptions, RusticResult};
-use sha2::{Digest, Sha256};
+use rustic_core::repofile::{Node, Tree};
+use rustic_core::{LsOptions, RusticResult};
 
 use crate::backend::LocalBackend;
 use crate::disk::{ImageFormat, ImageReader, ImageWriter};
@@ -33,9 +31,8 @@ use crate::engine::{find_point, ResticEngine};
 use crate::error::{EngineError, IoContext, Result};
 use crate::format::{id_bytes, sha256, BlobIndex, Crypto, Hash, CRYPTO_OVERHEAD};
 use crate::progress::{report_while, Cancel, Counters, Progress, Task};
+use crate::treerestore;
 use crate::types::*;
-
-type FullRepo = Repository<IndexedFullStatus>;
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -47,22 +44,6 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
-}
-
-fn sha_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-/// A file's content as (offset, length, id hex) triples, from rustic_core's index.
-fn repo_layout(repo: &FullRepo, node: &Node) -> Result<Vec<(u64, usize, String)>> {
-    let mut off = 0u64;
-    let mut out = Vec::new();
-    for id in node.content.iter().flatten() {
-        let len = repo.get_index_entry(id)?.data_length() as usize;
-        out.push((off, len, id.into_inner().to_hex().as_str().to_string()));
-        off += len as u64;
-    }
-    Ok(out)
 }
 
 /// A disk's content as (offset, length, content id) triples.
@@ -392,7 +373,7 @@ pub(crate) fn restore_tree(
         repo.ls(&node, &LsOptions::default())?.collect::<RusticResult<_>>()?
     };
 
-    let mut selected: Vec<(PathBuf, Node)> = match &req.paths {
+    let selected: Vec<(PathBuf, Node)> = match &req.paths {
         None => entries,
         Some(paths) => {
             let sels = paths.iter().map(|p| relative(p)).collect::<Result<Vec<_>>>()?;
@@ -411,124 +392,23 @@ pub(crate) fn restore_tree(
         }
     };
 
-    // Conflicts: an existing non-directory entry where a file or link would go.
-    let conflicts: Vec<usize> = selected
-        .iter()
-        .enumerate()
-        .filter(|(_, (p, n))| !n.is_dir() && fs::symlink_metadata(target.join(p)).is_ok())
-        .map(|(i, _)| i)
-        .collect();
-    let mut skipped = 0;
-    match req.conflict {
-        ConflictPolicy::FailOnConflict if !conflicts.is_empty() => {
-            return Err(EngineError::Conflict {
-                count: conflicts.len(),
-                first: target.join(&selected[conflicts[0]].0),
-            });
-        }
-        ConflictPolicy::Skip => {
-            skipped = conflicts.len() as u64;
-            let drop: std::collections::HashSet<usize> = conflicts.into_iter().collect();
-            selected = selected
-                .into_iter()
-                .enumerate()
-                .filter(|(i, _)| !drop.contains(i))
-                .map(|(_, e)| e)
-                .collect();
-        }
-        ConflictPolicy::Overwrite => {
-            for &i in &conflicts {
-                let (p, n) = &selected[i];
-                let dest = target.join(p);
-                let m = fs::symlink_metadata(&dest).ctx(|| format!("stat {}", dest.display()))?;
-                if m.is_dir() {
-                    return Err(EngineError::Conflict { count: 1, first: dest });
-                }
-                // The restorer rewrites regular files in place; anything else is replaced.
-                if !(m.is_file() && n.is_file()) {
-                    fs::remove_file(&dest).ctx(|| format!("remove {}", dest.display()))?;
-                }
-            }
-        }
-        ConflictPolicy::FailOnConflict => {}
-    }
     if cancel.is_cancelled() {
         return Err(EngineError::Cancelled);
     }
-
-    fs::create_dir_all(&target).ctx(|| format!("create {}", target.display()))?;
-    let dest_str = format!("{}/", target.display());
-    let dest = LocalDestination::new(&dest_str, true, false)?;
-    // SAFETY: geteuid has no preconditions.
-    let root_user = unsafe { libc::geteuid() } == 0;
-    let opts = RestoreOptions::default().verify_existing(true).no_ownership(!root_user);
-    report_while(progress, Task::Restore, &counters, || -> Result<()> {
-        let plan = repo.prepare_restore(&opts, selected.iter().cloned().map(Ok), &dest, false)?;
-        repo.restore(plan, &opts, selected.iter().cloned().map(Ok), &dest)?;
-        Ok(())
-    })?;
-
-    // Verify every restored file and link.
-    let total: u64 = selected
-        .iter()
-        .filter(|(_, n)| n.is_file())
-        .map(|(_, n)| n.meta.size)
-        .sum();
+    // Written under temporary names relative to opened directories, verified, then renamed into
+    // place (the rules are in `treerestore`).
     let vcounters = Arc::new(Counters::default());
-    vcounters.set_total(total);
-    let mut out = RestoreOutcome {
-        files_skipped: skipped,
-        paths: vec![target.clone()],
-        ..Default::default()
-    };
-    report_while(progress, Task::Verify, &vcounters, || -> Result<()> {
-        for (p, n) in &selected {
-            let dest = target.join(p);
-            match &n.node_type {
-                NodeType::File => {
-                    let chunks = repo_layout(&repo, n)?;
-                    let mut f = fs::File::open(&dest).ctx(|| format!("open {}", dest.display()))?;
-                    let mut buf = Vec::new();
-                    for (off, len, id) in chunks {
-                        if cancel.is_cancelled() {
-                            return Err(EngineError::Cancelled);
-                        }
-                        buf.resize(len, 0);
-                        f.read_exact(&mut buf).map_err(|e| EngineError::VerificationFailed {
-                            path: dest.clone(),
-                            reason: format!("reading at {off}: {e}"),
-                        })?;
-                        if sha_hex(&buf) != id {
-                            return Err(EngineError::VerificationFailed {
-                                path: dest.clone(),
-                                reason: format!("bytes at offset {off} do not match the snapshot"),
-                            });
-                        }
-                        vcounters.add(len as u64);
-                    }
-                    if f.read(&mut [0u8; 1]).ctx(|| format!("read {}", dest.display()))? != 0 {
-                        return Err(EngineError::VerificationFailed {
-                            path: dest.clone(),
-                            reason: "longer than in the snapshot".into(),
-                        });
-                    }
-                    out.files_restored += 1;
-                    out.bytes_restored += n.meta.size;
-                }
-                NodeType::Symlink { .. } => {
-                    let got = fs::read_link(&dest).ctx(|| format!("readlink {}", dest.display()))?;
-                    if got != n.node_type.to_link() {
-                        return Err(EngineError::VerificationFailed {
-                            path: dest.clone(),
-                            reason: "symlink target differs".into(),
-                        });
-                    }
-                    out.files_restored += 1;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
+    let staged = report_while(progress, Task::Restore, &counters, || {
+        treerestore::stage(&repo, selected, &target, req.conflict, &counters, cancel)
     })?;
-    Ok(out)
+    report_while(progress, Task::Verify, &vcounters, || {
+        staged.verify(&repo, &vcounters, cancel)
+    })?;
+    let done = staged.commit()?;
+    Ok(RestoreOutcome {
+        files_restored: done.files_restored,
+        files_skipped: done.files_skipped,
+        bytes_restored: done.bytes_restored,
+        paths: vec![target.clone()],
+    })
 }

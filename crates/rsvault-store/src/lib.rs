@@ -38,7 +38,14 @@ pub enum StoreError {
 
 impl From<StoreError> for rsvault_core::Error {
     fn from(e: StoreError) -> Self {
-        rsvault_core::Error::internal(e)
+        match &e {
+            // A full disk is the operator's to fix, and the client's to retry: say so, not "internal".
+            StoreError::Sqlite(s) if s.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) => {
+                tracing::error!(error = %e, "the metadata store's file system is full");
+                rsvault_core::Error::InsufficientStorage(s.to_string())
+            }
+            _ => rsvault_core::Error::internal(e),
+        }
     }
 }
 

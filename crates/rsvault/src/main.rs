@@ -166,6 +166,27 @@ struct ServeArgs {
     /// Seconds between policy passes (scheduled backups, retention, soft-delete purge, vault GC).
     #[arg(long, default_value_t = 30)]
     policy_interval: u64,
+    /// Open connections in all (more are closed right after accept).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Open connections from one peer address.
+    #[arg(long, default_value_t = 128)]
+    max_connections_per_addr: usize,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, default_value_t = 120)]
+    idle_timeout: u64,
+    /// Seconds allowed for the TLS handshake and for a request's headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
+    /// Seconds allowed to receive a request body.
+    #[arg(long, default_value_t = 30)]
+    body_timeout: u64,
+    /// MiB of request bodies held in memory at once (beyond it: 503 ServerBusy).
+    #[arg(long, default_value_t = 64)]
+    inflight_body_mib: usize,
+    /// Token requests per client id per minute (burst of the same size); successful ones are not counted.
+    #[arg(long, default_value_t = 10)]
+    token_rate: u32,
     #[command(flatten)]
     grants: AllowPathArg,
 }
@@ -248,6 +269,54 @@ fn init_logging(format: &str) {
     }
 }
 
+/// glibc gives each thread that allocates its own arena (up to 8 per core) and keeps freed pages in
+/// them: the job workers and the engine's pipeline threads left hundreds of MiB behind after a wave of
+/// backups. Two arenas are plenty for a server whose allocations are large, short-lived buffers;
+/// the job engine also returns free pages after each job (`rsvault_engine::release_free_memory`).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before the worker threads start.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit, so the connection cap (not the descriptor limit)
+/// is what refuses connections; warns when even the hard limit is below what the cap needs.
+fn raise_nofile_limit(max_connections: usize) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+    }
+    // Room for the store, the vault engine's files and the listener besides the connections.
+    let need = max_connections as u64 + 256;
+    let have: u64 = lim.rlim_cur;
+    if have < need {
+        tracing::warn!(
+            nofile = have,
+            max_connections,
+            "the open-file limit is below --max-connections plus headroom; raise it (ulimit -n) or lower the cap"
+        );
+    } else {
+        tracing::info!(nofile = have, "open-file limit");
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(&args.log_format);
     let mut config = rsvault_api::Config::new(args.dir.data_dir.clone());
@@ -267,6 +336,27 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     config.policy_interval = std::time::Duration::from_secs(args.policy_interval.max(1));
+    {
+        use std::time::Duration;
+        let l = &mut config.limits;
+        l.max_connections = args.max_connections.max(1);
+        l.max_connections_per_addr = args.max_connections_per_addr.max(1);
+        l.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
+        l.header_timeout = Duration::from_secs(args.header_timeout.max(1));
+        l.body_timeout = Duration::from_secs(args.body_timeout.max(1));
+        l.inflight_body_bytes = args.inflight_body_mib.max(1).saturating_mul(1024 * 1024);
+        let per_client = args.token_rate.max(1);
+        l.token_rate_per_client = rsvault_api::Rate {
+            burst: per_client,
+            per_minute: per_client,
+        };
+        l.token_rate_per_addr = rsvault_api::Rate {
+            burst: per_client.saturating_mul(6),
+            per_minute: per_client.saturating_mul(6),
+        };
+    }
+    raise_nofile_limit(config.limits.max_connections);
+    limit_malloc_arenas();
     config.host_grants = HostGrants::new(args.grants.allow_path);
     let clock: SharedClock = if args.test_clock {
         tracing::warn!("test clock on: time moves only through POST /rsvault/admin/clock/advance");

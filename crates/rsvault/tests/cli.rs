@@ -472,3 +472,191 @@ fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_
     assert_eq!(list, serde_json::json!([]), "the killed backup left no snapshot");
     assert!(sigterm_and_wait(child).success());
 }
+
+/// POSTs a backup or restore and follows its operation to the job id.
+async fn post_job(api: &Api, path: String, body: Value) -> String {
+    let r = api
+        .http
+        .post(format!("{}{path}", api.url))
+        .bearer_auth(&api.token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let status = r.headers()["azure-asyncoperation"].to_str().unwrap().to_string();
+    let op: Value = api
+        .http
+        .get(&status)
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    op["properties"]["jobId"].as_str().unwrap().to_string()
+}
+
+/// `len` bytes of a xorshift stream seeded with `seed`.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Issue 19: SIGKILL during an OriginalLocation + Overwrite share restore, at several moments. After
+/// the restart every file is either the live version or the restored one (never a mix), no
+/// temporary is left, and the job says what happened.
+#[test]
+fn a_server_killed_during_a_share_restore_leaves_every_file_whole() {
+    const FILES: u64 = 32;
+    const LEN: usize = 2 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (mut child, mut url) = serve_granting(&dir, &[&host]);
+    let files = host.join("files");
+    let share = run_json(
+        &[
+            "share",
+            "add",
+            "-g",
+            "home",
+            "--account",
+            "files1",
+            "--path",
+            files.to_str().unwrap(),
+            "--share",
+            "docs",
+            &grant,
+        ],
+        &dir,
+    );
+    let sub = share["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let docs = files.join("docs");
+    let path_of = |i: u64| docs.join(format!("d{}", i % 4)).join(format!("f{i}.bin"));
+    for i in 0..FILES {
+        std::fs::create_dir_all(path_of(i).parent().unwrap()).unwrap();
+        std::fs::write(path_of(i), pattern(i + 1, LEN)).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    const BK: &str = "api-version=2026-10-01";
+    let rg = format!("/subscriptions/{sub}/resourceGroups/home");
+    let vault = format!("{rg}/providers/Microsoft.RecoveryServices/vaults/v1");
+    let acct = format!("{rg}/providers/Microsoft.Storage/storageAccounts/files1");
+    let container = format!("{vault}/backupFabrics/Azure/protectionContainers/StorageContainer;Storage;home;files1");
+    let item = format!("{container}/protectedItems/AzureFileShare;docs");
+    let rp = rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let calls = [
+            (format!("{vault}?{BK}"), serde_json::json!({"location": "westus", "sku": {"name": "Standard"}})),
+            (format!("{container}?{BK}"), serde_json::json!({"properties": {"backupManagementType": "AzureStorage", "containerType": "StorageContainer", "sourceResourceId": acct}})),
+            (format!("{vault}/backupPolicies/afs?{BK}"), serde_json::json!({"properties": {"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare",
+                "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["2026-01-01T03:00:00Z"]},
+                "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": ["2026-01-01T03:00:00Z"], "retentionDuration": {"count": 30, "durationType": "Days"}}},
+                "timeZone": "UTC"}})),
+            (format!("{item}?{BK}"), serde_json::json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": format!("{vault}/backupPolicies/afs"), "sourceResourceId": acct}})),
+        ];
+        for (path, body) in calls {
+            let (st, b) = api.call("PUT", &path, Some(body)).await;
+            assert!((200..300).contains(&st), "{path}: {st} {b}");
+        }
+        let job = post_job(&api, format!("{item}/backup?{BK}"), serde_json::json!({"properties": {"objectType": "AzureFileShareBackupRequest"}})).await;
+        for _ in 0..3000 {
+            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+            match j["properties"]["status"].as_str().unwrap() {
+                "InProgress" => tokio::time::sleep(Duration::from_millis(50)).await,
+                "Completed" => {
+                    let (_, rps) = api.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+                    return rps["value"][0]["name"].as_str().unwrap().to_string();
+                }
+                _ => panic!("backup: {j}"),
+            }
+        }
+        panic!("the backup did not finish");
+    });
+    let mut killed_in_transfer = 0;
+    for (round, delay_ms) in [0u64, 300, 900].into_iter().enumerate() {
+        let live_seed = |i: u64| 1000 * (round as u64 + 1) + i;
+        for i in 0..FILES {
+            std::fs::write(path_of(i), pattern(live_seed(i), LEN)).unwrap();
+        }
+        let job = rt.block_on(async {
+            let api = Api::new(&dir, &url).await;
+            let job = post_job(&api, format!("{item}/recoveryPoints/{rp}/restore?{BK}"), serde_json::json!({"properties": {"objectType": "AzureFileShareRestoreRequest",
+                "recoveryType": "OriginalLocation", "sourceResourceId": acct, "copyOptions": "Overwrite", "restoreRequestType": "FullShareRestore"}})).await;
+            for _ in 0..3000 {
+                let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+                if j["properties"]["extendedInfo"]["tasksList"][0]["status"] == "InProgress" || j["properties"]["status"] != "InProgress" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+            if j["properties"]["extendedInfo"]["tasksList"][0]["status"] == "InProgress" {
+                killed_in_transfer += 1;
+            }
+            job
+        });
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        (child, url) = serve_granting(&dir, &[&host]);
+        // Every file whole: the live version or the backed-up one; no temporary left.
+        let mut restored = 0;
+        for i in 0..FILES {
+            let got = std::fs::read(path_of(i)).unwrap();
+            if got == pattern(i + 1, LEN) {
+                restored += 1;
+            } else {
+                assert!(
+                    got == pattern(live_seed(i), LEN),
+                    "round {round}: {} is a mix",
+                    path_of(i).display()
+                );
+            }
+        }
+        let mut stack = vec![docs.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                let name = e.file_name().to_string_lossy().into_owned();
+                assert!(!name.contains(".rsvault-restore-"), "round {round}: leftover {name}");
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                }
+            }
+        }
+        rt.block_on(async {
+            let api = Api::new(&dir, &url).await;
+            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+            let p = &j["properties"];
+            match p["status"].as_str().unwrap() {
+                "Completed" => assert_eq!(restored, FILES, "round {round}: completed but not all restored"),
+                "Failed" => assert!(
+                    p["errorDetails"][0]["errorString"]
+                        .as_str()
+                        .unwrap()
+                        .contains("never a mix"),
+                    "{j}"
+                ),
+                other => panic!("round {round}: job left {other}: {j}"),
+            }
+        });
+    }
+    assert!(killed_in_transfer > 0, "no kill landed while the restore ran");
+    assert!(sigterm_and_wait(child).success());
+}

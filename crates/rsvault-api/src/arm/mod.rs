@@ -26,6 +26,16 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
                 })?;
             Reply::ok(c.advance_clock(seconds)?)
         }
+        Op::ListFaults => Reply::ok(c.list_faults()?),
+        Op::ArmFault => Reply::json(201, c.arm_fault(&ctx.json()?)?),
+        Op::ClearFaults => {
+            c.clear_faults(None)?;
+            Reply::empty(204)
+        }
+        Op::ClearFault => {
+            c.clear_faults(Some(p.get("faultId")))?;
+            Reply::empty(204)
+        }
         Op::ListSubscriptions => {
             let subs = c.list_subscriptions(caller)?;
             Reply::ok(json!({ "count": {"type": "Total", "value": subs.len()}, "value": subs }))

@@ -66,8 +66,8 @@ async fn token_endpoint_errors_are_oauth2_errors() {
                 ("client_secret", &secret),
                 ("scope", arm),
             ],
-            400,
-            "unauthorized_client",
+            401,
+            "invalid_client",
         ),
         (
             t.clone(),

@@ -8,12 +8,12 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const BK: &str = "api-version=2026-10-01";
-const VM_API: &str = "api-version=2024-07-01";
-const ST_API: &str = "api-version=2023-05-01";
+pub(crate) const BK: &str = "api-version=2026-10-01";
+pub(crate) const VM_API: &str = "api-version=2024-07-01";
+pub(crate) const ST_API: &str = "api-version=2023-05-01";
 
 /// Pseudo-random bytes (xorshift), incompressible, reproducible from `seed`.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {
@@ -26,7 +26,7 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-fn write_random(path: &Path, len: usize, seed: u64) {
+pub(crate) fn write_random(path: &Path, len: usize, seed: u64) {
     use std::io::Write;
     let mut f = std::fs::File::create(path).unwrap();
     let chunk = 8 << 20;
@@ -42,7 +42,7 @@ fn write_random(path: &Path, len: usize, seed: u64) {
 }
 
 /// Sends to a path of the server (or a full URL, as headers give them).
-async fn send(s: &Server, method: &str, path: &str, body: Option<&Value>) -> (u16, HeaderMap, Value) {
+pub(crate) async fn send(s: &Server, method: &str, path: &str, body: Option<&Value>) -> (u16, HeaderMap, Value) {
     let path = path.strip_prefix(&s.base).unwrap_or(path);
     let r = s.call_as(Some(&s.token), method, path, body).await;
     let st = r.status().as_u16();
@@ -59,14 +59,14 @@ async fn send(s: &Server, method: &str, path: &str, body: Option<&Value>) -> (u1
     )
 }
 
-fn header(h: &HeaderMap, name: &str) -> String {
+pub(crate) fn header(h: &HeaderMap, name: &str) -> String {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
 }
 
-async fn get_url(s: &Server, url: &str) -> (u16, Value) {
+pub(crate) async fn get_url(s: &Server, url: &str) -> (u16, Value) {
     let r = s.http.get(url).bearer_auth(&s.token).send().await.unwrap();
     let st = r.status().as_u16();
     let t = r.text().await.unwrap();
@@ -80,29 +80,29 @@ async fn get_url(s: &Server, url: &str) -> (u16, Value) {
     )
 }
 
-struct Fixture {
-    s: Server,
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
+pub(crate) struct Fixture {
+    pub(crate) s: Server,
+    pub(crate) _tmp: tempfile::TempDir,
+    pub(crate) dir: PathBuf,
 }
 
 impl Fixture {
-    fn vault(&self) -> String {
+    pub(crate) fn vault(&self) -> String {
         self.s.vault_path("rg", "v1")
     }
-    fn item(&self, vm: &str) -> String {
+    pub(crate) fn item(&self, vm: &str) -> String {
         format!(
             "{}/backupFabrics/Azure/protectionContainers/IaasVMContainer%3Biaasvmcontainerv2%3Brg%3B{vm}/protectedItems/VM%3Biaasvmcontainerv2%3Brg%3B{vm}",
             self.vault()
         )
     }
-    fn share_item(&self, acct: &str, share: &str) -> String {
+    pub(crate) fn share_item(&self, acct: &str, share: &str) -> String {
         format!(
             "{}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3B{acct}/protectedItems/AzureFileShare%3B{share}",
             self.vault()
         )
     }
-    fn account_id(&self, acct: &str) -> String {
+    pub(crate) fn account_id(&self, acct: &str) -> String {
         format!(
             "{}/providers/Microsoft.Storage/storageAccounts/{acct}",
             self.s.rg_path("rg")
@@ -110,8 +110,16 @@ impl Fixture {
     }
 }
 
-async fn fixture() -> Fixture {
-    let s = start().await;
+pub(crate) async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+/// A server started with a changed configuration, a group `rg`, a vault `v1`, and a work directory.
+pub(crate) async fn fixture_with(change: impl FnOnce(&mut rsvault_api::Config)) -> Fixture {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path().join("data"));
+    change(&mut config);
+    let s = start_with(config, Some(data)).await;
     s.make_group("rg").await;
     s.make_vault("rg", "v1").await;
     let tmp = s.tempdir();
@@ -120,7 +128,7 @@ async fn fixture() -> Fixture {
 }
 
 /// A storage account over `dir/{acct}`.
-async fn account(f: &Fixture, acct: &str) -> PathBuf {
+pub(crate) async fn account(f: &Fixture, acct: &str) -> PathBuf {
     let d = f.dir.join(acct);
     std::fs::create_dir_all(&d).unwrap();
     let (st, _, b) = send(
@@ -135,7 +143,7 @@ async fn account(f: &Fixture, acct: &str) -> PathBuf {
 }
 
 /// Declares a VM over the images and enables protection with DefaultPolicy.
-async fn protect_vm(f: &Fixture, vm: &str, os: &Path, data: &[&Path]) {
+pub(crate) async fn protect_vm(f: &Fixture, vm: &str, os: &Path, data: &[&Path]) {
     let disks: Vec<Value> = data
         .iter()
         .enumerate()
@@ -165,8 +173,45 @@ async fn protect_vm(f: &Fixture, vm: &str, os: &Path, data: &[&Path]) {
     assert_eq!(st, 202, "{b}");
 }
 
+/// A storage account `acct` with a share `share` whose directory `fill` fills, its container
+/// registered and the share protected with a daily policy `afs`. Returns the share's directory.
+pub(crate) async fn protect_share(f: &Fixture, acct: &str, share: &str, fill: impl FnOnce(&Path)) -> PathBuf {
+    let acct_dir = account(f, acct).await;
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/fileServices/default/shares/{share}?{ST_API}", f.account_id(acct)),
+        Some(&json!({"properties": {}})),
+    )
+    .await;
+    assert!(st == 200 || st == 201, "{b}");
+    let dir = acct_dir.join(share);
+    fill(&dir);
+    let container = format!(
+        "{}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3B{acct}",
+        f.vault()
+    );
+    let (st, _, b) = send(&f.s, "PUT", &format!("{container}?{BK}"), Some(&json!({"properties": {"backupManagementType": "AzureStorage", "containerType": "StorageContainer", "sourceResourceId": f.account_id(acct)}}))).await;
+    assert!(st == 200 || st == 202, "{b}");
+    let pol = json!({"properties": {"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare",
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["2026-01-01T03:00:00Z"]},
+        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": ["2026-01-01T03:00:00Z"], "retentionDuration": {"count": 30, "durationType": "Days"}}},
+        "timeZone": "UTC"}});
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/backupPolicies/afs?{BK}", f.vault()),
+        Some(&pol),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (st, _, b) = send(&f.s, "PUT", &format!("{}?{BK}", f.share_item(acct, share)), Some(&json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": format!("{}/backupPolicies/afs", f.vault()), "sourceResourceId": f.account_id(acct)}}))).await;
+    assert_eq!(st, 202, "{b}");
+    dir
+}
+
 /// POSTs a backup or restore, checks the 202's headers, follows `Azure-AsyncOperation` to its job id.
-async fn accept(f: &Fixture, url: &str, body: &Value) -> String {
+pub(crate) async fn accept(f: &Fixture, url: &str, body: &Value) -> String {
     let (st, h, b) = send(&f.s, "POST", url, Some(body)).await;
     assert_eq!(st, 202, "{b}");
     assert_eq!(b, Value::Null, "a 202 has an empty body");
@@ -203,14 +248,14 @@ async fn accept(f: &Fixture, url: &str, body: &Value) -> String {
     job
 }
 
-async fn job(f: &Fixture, id: &str) -> Value {
+pub(crate) async fn job(f: &Fixture, id: &str) -> Value {
     let (st, _, b) = send(&f.s, "GET", &format!("{}/backupJobs/{id}?{BK}", f.vault()), None).await;
     assert_eq!(st, 200, "{b}");
     b
 }
 
 /// Polls a job until it leaves InProgress/Cancelling; returns every body seen.
-async fn wait_job(f: &Fixture, id: &str) -> Vec<Value> {
+pub(crate) async fn wait_job(f: &Fixture, id: &str) -> Vec<Value> {
     let mut seen = vec![];
     for _ in 0..2400 {
         let b = job(f, id).await;
@@ -592,40 +637,12 @@ fn urlencoding(s: &str) -> String {
 #[tokio::test]
 async fn share_backup_and_restores_with_each_copy_option() {
     let f = fixture().await;
-    let acct_dir = account(&f, "filesa").await;
-    let (st, _, b) = send(
-        &f.s,
-        "PUT",
-        &format!("{}/fileServices/default/shares/docs?{ST_API}", f.account_id("filesa")),
-        Some(&json!({"properties": {}})),
-    )
+    let share = protect_share(&f, "filesa", "docs", |share| {
+        std::fs::create_dir_all(share.join("sub")).unwrap();
+        std::fs::write(share.join("a.txt"), "alpha v1").unwrap();
+        std::fs::write(share.join("sub/b.txt"), "beta v1").unwrap();
+    })
     .await;
-    assert!(st == 200 || st == 201, "{b}");
-    let share = acct_dir.join("docs");
-    std::fs::create_dir_all(share.join("sub")).unwrap();
-    std::fs::write(share.join("a.txt"), "alpha v1").unwrap();
-    std::fs::write(share.join("sub/b.txt"), "beta v1").unwrap();
-    // Register the account and protect the share.
-    let container = format!(
-        "{}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3Bfilesa",
-        f.vault()
-    );
-    let (st, _, b) = send(&f.s, "PUT", &format!("{container}?{BK}"), Some(&json!({"properties": {"backupManagementType": "AzureStorage", "containerType": "StorageContainer", "sourceResourceId": f.account_id("filesa")}}))).await;
-    assert!(st == 200 || st == 202, "{b}");
-    let pol = json!({"properties": {"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare",
-        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": ["2026-01-01T03:00:00Z"]},
-        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": ["2026-01-01T03:00:00Z"], "retentionDuration": {"count": 30, "durationType": "Days"}}},
-        "timeZone": "UTC"}});
-    let (st, _, b) = send(
-        &f.s,
-        "PUT",
-        &format!("{}/backupPolicies/afs?{BK}", f.vault()),
-        Some(&pol),
-    )
-    .await;
-    assert_eq!(st, 200, "{b}");
-    let (st, _, b) = send(&f.s, "PUT", &format!("{}?{BK}", f.share_item("filesa", "docs")), Some(&json!({"properties": {"protectedItemType": "AzureFileShareProtectedItem", "policyId": format!("{}/backupPolicies/afs", f.vault()), "sourceResourceId": f.account_id("filesa")}}))).await;
-    assert_eq!(st, 202, "{b}");
 
     let job_id = accept(
         &f,
@@ -722,6 +739,7 @@ async fn share_backup_and_restores_with_each_copy_option() {
     let jid = accept(&f, &restore, &alt).await;
     let j = wait_job(&f, &jid).await.pop().unwrap();
     assert_eq!(j["properties"]["status"], "Completed", "{j}");
+    let acct_dir = share.parent().unwrap();
     assert_eq!(
         std::fs::read_to_string(acct_dir.join("other/restored/a.txt")).unwrap(),
         "alpha v1"
@@ -739,14 +757,14 @@ async fn share_backup_and_restores_with_each_copy_option() {
 
 /// A VM whose one disk is `mib` MiB of random data: big enough that a backup is still transferring
 /// when the test acts on it.
-async fn big_vm(f: &Fixture, vm: &str, mib: usize) {
+pub(crate) async fn big_vm(f: &Fixture, vm: &str, mib: usize) {
     let os = f.dir.join(format!("{vm}.raw"));
     write_random(&os, mib << 20, 3);
     protect_vm(f, vm, &os, &[]).await;
 }
 
 /// Waits until the job's transfer task is running.
-async fn wait_transfer(f: &Fixture, id: &str) -> Value {
+pub(crate) async fn wait_transfer(f: &Fixture, id: &str) -> Value {
     for _ in 0..2400 {
         let b = job(f, id).await;
         let t = &b["properties"]["extendedInfo"]["tasksList"][1];

@@ -16,6 +16,7 @@
 
 use super::jobs::Window;
 use crate::body;
+use crate::faults::FaultAction;
 use crate::runner::{new_tasks, Failure, Finished, JobError, JobProgress, TaskSpec, QUEUED, RUNNING};
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Utc};
@@ -73,6 +74,30 @@ pub(crate) enum Work {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resource: Option<String>,
     },
+}
+
+impl Work {
+    /// The work a job row carries; `None` for a job without one (an export, a control-plane job) or
+    /// one this version cannot read. Every reader of a job's work goes through here: the row's JSON
+    /// is this type's serde form (camelCase), never indexed by hand.
+    pub(crate) fn of(job: &JobRow) -> Option<Work> {
+        serde_json::from_value(job.work.clone()?).ok()
+    }
+
+    /// The protected item the job is for.
+    pub(crate) fn item(&self) -> &str {
+        match self {
+            Work::Backup { item, .. } | Work::Restore { item, .. } => item,
+        }
+    }
+
+    /// The recovery point the job makes (a backup) or reads (a restore): its snapshot must stay in
+    /// the vault while the job is queued or running.
+    pub(crate) fn recovery_point(&self) -> &str {
+        match self {
+            Work::Backup { recovery_point, .. } | Work::Restore { recovery_point, .. } => recovery_point,
+        }
+    }
 }
 
 /// Where a restore goes.
@@ -194,6 +219,18 @@ fn job_failure(e: EngineError) -> Failure {
             format!("The vault no longer holds recovery point '{id}'."),
             "Choose another recovery point.",
         )),
+        EngineError::Target { path, reason } => Failure::Failed(JobError::new(
+            100_005,
+            "The restore target cannot be written",
+            format!("'{}' cannot be written: {reason}. No existing file was changed by the part of the restore that failed.", path.display()),
+            "Check the target directory, its permissions and free space (a restore never follows symbolic links), then run the restore again.",
+        )),
+        e if is_enospc(&e) => Failure::Failed(JobError::new(
+            100_006,
+            "Not enough space",
+            format!("No space left on the device: {e}. The job kept nothing partial: no recovery point was made and no restored file was renamed into place."),
+            "Free space on the vault's or the target's file system, then run the operation again.",
+        )),
         other => Failure::Failed(JobError::new(
             500_000,
             "Internal error",
@@ -211,6 +248,38 @@ fn path_failure(path: &Path) -> Failure {
         crate::hostaccess::unavailable_message(&path.display().to_string()),
         "Ask the operator to grant the path (rsvault serve --allow-path DIR), then run the operation again.",
     ))
+}
+
+/// Free space a backup needs on the vault's file system before it starts.
+const MIN_FREE_FOR_BACKUP: u64 = 32 << 20;
+
+/// Fails the job before it writes anything when `dir`'s file system has less than `need` bytes free.
+fn check_space(dir: &Path, need: u64, what: &str) -> std::result::Result<(), Failure> {
+    match rsvault_engine::backend::free_space(dir) {
+        Some(free) if free < need => Err(Failure::Failed(JobError::new(
+            100_006,
+            "Not enough space",
+            format!(
+                "The file system of {what} ('{}') has {} MiB free; this job needs at least {} MiB. Nothing was written.",
+                dir.display(),
+                free >> 20,
+                need.div_ceil(1 << 20)
+            ),
+            "Free space on that file system, then run the operation again.",
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// A file system was full (`ENOSPC`, 28 on Linux), however deep in the engine's error it is.
+fn is_enospc(e: &EngineError) -> bool {
+    match e {
+        EngineError::Io { source, .. } if source.raw_os_error() == Some(28) => true,
+        other => {
+            let text = other.to_string();
+            text.contains("No space left on device") || text.contains("os error 28")
+        }
+    }
 }
 
 fn internal_failure(e: Error) -> Failure {
@@ -477,13 +546,7 @@ impl Control {
             q.extend(db.jobs_in_phase(RUNNING)?);
             Ok::<_, Error>(q)
         })?;
-        jobs.retain(|j| {
-            j.operation == operation
-                && j.work
-                    .as_ref()
-                    .and_then(|w| w["item"].as_str())
-                    .is_some_and(|i| i.eq_ignore_ascii_case(item))
-        });
+        jobs.retain(|j| j.operation == operation && Work::of(j).is_some_and(|w| w.item().eq_ignore_ascii_case(item)));
         Ok(jobs.into_iter().next())
     }
 
@@ -689,12 +752,12 @@ impl Control {
 
     /// A crashed backup whose snapshot the vault holds: its completion, from the snapshot.
     pub(crate) fn recover_backup(&self, job: &JobRow) -> Option<Finished> {
-        let Ok(Work::Backup {
+        let Some(Work::Backup {
             vault,
             item,
             recovery_point,
             ..
-        }) = serde_json::from_value::<Work>(job.work.clone()?)
+        }) = Work::of(job)
         else {
             return None;
         };
@@ -703,15 +766,63 @@ impl Control {
         (info.job == job.name).then(|| self.backup_finished(job, &item, info, vec![]))
     }
 
+    /// A restore a crash interrupted: removes the temporary files it left in its target (restores
+    /// write under temporary names and rename at the end, so nothing else of it can be half-written).
+    /// Returns how many were removed.
+    pub(crate) fn remove_restore_leftovers(&self, job: &JobRow) -> usize {
+        let Some(Work::Restore {
+            vault,
+            recovery_point,
+            target,
+            ..
+        }) = Work::of(job)
+        else {
+            return 0;
+        };
+        let info = || {
+            let repo = self.vault_repo(&vault).ok()?;
+            self.data().ok()?.engine.recovery_point(&repo, &recovery_point).ok()
+        };
+        let dirs: Vec<(PathBuf, bool)> = match target {
+            RestoreTarget::Tree { target: Some(t), .. } => vec![(t, true)],
+            RestoreTarget::Tree { target: None, .. } => info()
+                .and_then(|i| i.source_root)
+                .map(|r| vec![(r, true)])
+                .unwrap_or_default(),
+            RestoreTarget::Disks { dir, .. } => vec![(dir, false)],
+            RestoreTarget::OriginalDisks => info()
+                .map(|i| {
+                    i.disks
+                        .iter()
+                        .filter_map(|d| d.source_path.parent().map(|p| (p.to_path_buf(), false)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let mut n = 0;
+        for (dir, recursive) in dirs {
+            match rsvault_engine::remove_restore_leftovers(&dir, recursive) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    tracing::warn!(job = %job.id, dir = %dir.display(), error = %e, "cannot remove an interrupted restore's temporary files")
+                }
+            }
+        }
+        n
+    }
+
     /// After a job ends (in its final transaction): a backup that did not complete marks its item.
     pub(crate) fn after_job(&self, db: &rsvault_store::Db, job: &JobRow) -> Result<()> {
         if job.operation != "Backup" || job.status.starts_with("Completed") {
             return Ok(());
         }
-        let Some(item) = job.work.as_ref().and_then(|w| w["item"].as_str()) else {
+        let Some(work) = Work::of(job) else {
             return Ok(());
         };
-        if let Some(mut row) = db.resource(item)? {
+        // Whatever an unfinished backup left in the vault (a snapshot committed before a later step
+        // failed, packs of a cancelled one) is no recovery point: the vault's next pass collects it.
+        self.mark_vault(&job.vault_key);
+        if let Some(mut row) = db.resource(work.item())? {
             row.body["properties"]["lastBackupStatus"] = json!(job.status);
             if job.status == "Failed" {
                 row.body["properties"]["healthStatus"] = json!("ActionRequired");
@@ -723,12 +834,23 @@ impl Control {
 
     /// Carries out a data-plane job (called by a worker of the job engine).
     pub(crate) fn execute_job(&self, job: &JobRow, cancel: &Cancel) -> std::result::Result<Finished, Failure> {
-        let work: Work = job
-            .work
-            .clone()
-            .and_then(|w| serde_json::from_value(w).ok())
-            .ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
+        let work =
+            Work::of(job).ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
         let dp = self.data().map_err(internal_failure)?;
+        let mut warn = None;
+        if let Some(f) = self.take_fault(job, &work) {
+            tracing::info!(job = %job.id, fault = %f.id, action = ?f.action, "a rehearsed fault meets the job");
+            match f.action {
+                FaultAction::Fail => return Err(Failure::Failed(f.job_error())),
+                FaultAction::Hang => loop {
+                    if cancel.is_cancelled() {
+                        return Err(Failure::Cancelled);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                },
+                FaultAction::CompletedWithWarnings => warn = Some(f.message),
+            }
+        }
         match work {
             Work::Backup {
                 vault,
@@ -744,6 +866,7 @@ impl Control {
                     self.grants.recheck(p, &resource).map_err(|_| path_failure(p))?;
                 }
                 let repo = self.vault_repo(&vault).map_err(internal_failure)?;
+                check_space(&repo.path, MIN_FREE_FOR_BACKUP, "the vault's storage")?;
                 let tags = RecoveryPointTags {
                     vault: vault.clone(),
                     item: item.clone(),
@@ -779,7 +902,9 @@ impl Control {
                     ),
                 }
                 .map_err(job_failure)?;
-                Ok(self.backup_finished(job, &item, out.recovery_point, out.warnings))
+                let mut warnings = out.warnings;
+                warnings.extend(warn);
+                Ok(self.backup_finished(job, &item, out.recovery_point, warnings))
             }
             Work::Restore {
                 vault,
@@ -808,6 +933,22 @@ impl Control {
                     }
                     RestoreTarget::Tree { target: Some(t), .. } => {
                         self.grants.recheck(t, &resource).map_err(|_| path_failure(t))?;
+                    }
+                }
+                // Restores write whole copies before renaming them: the target needs the point's size.
+                if let Ok(info) = dp.engine.recovery_point(&repo, &recovery_point) {
+                    let dirs: Vec<PathBuf> = match &target {
+                        RestoreTarget::Disks { dir, .. } => vec![dir.clone()],
+                        RestoreTarget::Tree { target: Some(t), .. } => vec![t.clone()],
+                        RestoreTarget::Tree { target: None, .. } => info.source_root.iter().cloned().collect(),
+                        RestoreTarget::OriginalDisks => info
+                            .disks
+                            .iter()
+                            .filter_map(|d| d.source_path.parent().map(Path::to_path_buf))
+                            .collect(),
+                    };
+                    if let Some(dir) = dirs.first() {
+                        check_space(dir, info.total_size, "the restore target")?;
                     }
                 }
                 let progress = JobProgress::new(self, &job.id, RESTORE_TASKS);
@@ -886,9 +1027,13 @@ impl Control {
                     }
                 }
                 Ok(Finished {
-                    status: "Completed",
+                    status: if warn.is_some() {
+                        "CompletedWithWarnings"
+                    } else {
+                        "Completed"
+                    },
                     bag,
-                    warnings: vec![],
+                    warnings: warn.into_iter().collect(),
                     commit: Box::new(|_| Ok(())),
                 })
             }

@@ -1,0 +1,641 @@
+//! File share restores that never leave a file half-written and never follow a link they did not make.
+//!
+//! Storage rules (what a crash, a cancel or a hostile local user can and cannot cause):
+//!
+//! * **Relative to opened directories.** The target root is reached from `/` one component at a time,
+//!   each opened with `O_DIRECTORY | O_NOFOLLOW`, and every directory below it the same way from its
+//!   parent's descriptor. A symbolic link met on the way (a directory swapped for a link after the
+//!   backup, or after the request was checked) is refused, never followed; no write, `chmod` or
+//!   `chown` ever goes through a path string.
+//! * **Temporary name, then rename.** Each file (and symbolic link) is written under a temporary name in
+//!   its final directory (`.NAME.rsvault-restore-PID-N`, created `O_EXCL | O_NOFOLLOW`, mode 0600),
+//!   `fsync`ed, then re-read through its descriptor and checked against the snapshot's content ids.
+//!   Only when *every* file of the restore is written and verified do owners, modes and times go onto
+//!   the temporaries (`fchown`, `fchmod`, `futimens` on the open file) and each is renamed over its
+//!   final name (`renameat`); the directories are `fsync`ed. So an interrupted restore leaves every
+//!   file either as it was or as restored, never mixed: a failure or cancel before the renames changes
+//!   no existing file, and a crash during them leaves whole files on both sides of the line.
+//! * **Leftovers.** A crash leaves temporaries; [`remove_leftovers`] removes them (the job engine calls
+//!   it for every restore a crash interrupted, at start). A failure or cancel removes its own.
+//! * Directories are created 0700 and get their snapshot mode, owner and times after their contents.
+//!   Owners are restored only when running as root. Entries that are not files, directories or
+//!   symbolic links (devices, FIFOs, sockets) are not restored.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustic_core::repofile::{BlobType, Node};
+use rustic_core::{BlobId, IndexedFullStatus, Repository};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
+use rustix::io::Errno;
+use sha2::{Digest, Sha256};
+
+use crate::error::{EngineError, Result};
+use crate::progress::{Cancel, Counters};
+use crate::types::ConflictPolicy;
+
+type FullRepo = Repository<IndexedFullStatus>;
+
+/// The part of a temporary file's name that marks it as a restore's.
+pub(crate) const TMP_MARK: &str = ".rsvault-restore-";
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn target_err(path: &Path, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Target {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+fn io_of(e: Errno) -> std::io::Error {
+    std::io::Error::from_raw_os_error(e.raw_os_error())
+}
+
+/// A temporary name next to `name`.
+pub(crate) fn tmp_name(name: &OsStr) -> OsString {
+    let bytes = name.as_bytes();
+    let keep = &bytes[..bytes.len().min(180)];
+    let mut s = OsString::from(".");
+    s.push(OsStr::from_bytes(keep));
+    s.push(format!(
+        "{TMP_MARK}{}-{}",
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    s
+}
+
+fn is_tmp_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    b.first() == Some(&b'.') && b.windows(TMP_MARK.len()).any(|w| w == TMP_MARK.as_bytes())
+}
+
+fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Opens an absolute directory path from `/`, one component at a time, never following a link;
+/// creates missing components (0700) when `create`.
+pub(crate) fn open_root(path: &Path, create: bool) -> Result<OwnedFd> {
+    if !path.is_absolute() {
+        return Err(target_err(path, "the restore target must be an absolute path"));
+    }
+    let root = rustix::fs::open("/", OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| target_err(path, io_of(e)))?;
+    walk(&root, path, create, path)
+}
+
+/// Opens `rel` below `dir` (components `..` refused), never following a link.
+fn walk(dir: &OwnedFd, rel: &Path, create: bool, shown: &Path) -> Result<OwnedFd> {
+    let mut cur = rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| target_err(shown, io_of(e)))?;
+    for c in rel.components() {
+        let name = match c {
+            Component::Normal(n) => n,
+            Component::RootDir | Component::CurDir => continue,
+            _ => return Err(target_err(shown, "'..' is not allowed in a restore path")),
+        };
+        cur = match open_dir_at(&cur, name) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) if create => {
+                match rustix::fs::mkdirat(&cur, name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(target_err(shown, io_of(e))),
+                }
+                open_dir_at(&cur, name).map_err(|e| unsafe_component(shown, name, e))?
+            }
+            Err(e) => return Err(unsafe_component(shown, name, e)),
+        };
+    }
+    Ok(cur)
+}
+
+fn unsafe_component(shown: &Path, name: &OsStr, e: Errno) -> EngineError {
+    match e {
+        Errno::LOOP | Errno::NOTDIR => target_err(
+            shown,
+            format!(
+                "'{}' on the way is a symbolic link or not a directory; restores never follow links",
+                name.to_string_lossy()
+            ),
+        ),
+        e => target_err(shown, io_of(e)),
+    }
+}
+
+/// Lower-level file type of an existing entry, without following a link.
+fn existing(dir: &OwnedFd, name: &OsStr) -> Option<rustix::fs::FileType> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode))
+}
+
+/// A path's parent (relative, possibly empty) and its last component.
+fn split(rel: &Path) -> Result<(PathBuf, OsString)> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| EngineError::InvalidRequest(format!("bad entry path '{}'", rel.display())))?;
+    Ok((
+        rel.parent().map(Path::to_path_buf).unwrap_or_default(),
+        name.to_os_string(),
+    ))
+}
+
+/// Directory descriptors by relative path, the last one reused (entries come in tree order).
+struct Dirs<'a> {
+    root: &'a OwnedFd,
+    target: &'a Path,
+    last: Option<(PathBuf, OwnedFd)>,
+}
+
+impl Dirs<'_> {
+    fn get(&mut self, rel: &Path, create: bool) -> Result<&OwnedFd> {
+        if self.last.as_ref().is_none_or(|(p, _)| p != rel) {
+            let fd = walk(self.root, rel, create, &self.target.join(rel))?;
+            self.last = Some((rel.to_path_buf(), fd));
+        }
+        Ok(&self.last.as_ref().expect("just set").1)
+    }
+}
+
+/// A written and verified entry waiting for its rename.
+struct Pending {
+    parent: PathBuf,
+    tmp: OsString,
+    name: OsString,
+    node: Node,
+}
+
+/// What a tree restore did.
+#[derive(Debug, Default)]
+pub(crate) struct TreeOutcome {
+    pub files_restored: u64,
+    pub files_skipped: u64,
+    pub bytes_restored: u64,
+}
+
+fn go_mode_to_unix(go: u32) -> u32 {
+    let mut m = go & 0o777;
+    if go & (1 << 23) != 0 {
+        m |= 0o4000;
+    }
+    if go & (1 << 22) != 0 {
+        m |= 0o2000;
+    }
+    if go & (1 << 20) != 0 {
+        m |= 0o1000;
+    }
+    m
+}
+
+fn times_of(node: &Node) -> Option<Timestamps> {
+    let ts = |t: &rustic_core::jiff::Timestamp| Timespec {
+        tv_sec: t.as_second(),
+        tv_nsec: t.subsec_nanosecond().into(),
+    };
+    let m = *node.meta.mtime.as_ref()?;
+    let a = node.meta.atime.unwrap_or(m);
+    Some(Timestamps {
+        last_access: ts(&a),
+        last_modification: ts(&m),
+    })
+}
+
+fn owner_of(node: &Node) -> (Option<Uid>, Option<Gid>) {
+    (node.meta.uid.map(Uid::from_raw), node.meta.gid.map(Gid::from_raw))
+}
+
+/// Sets owner, mode and times on an open file or directory (owner first: `chown` clears set-id bits).
+fn apply_meta(fd: &OwnedFd, node: &Node, as_root: bool, shown: &Path) -> Result<()> {
+    if as_root {
+        let (u, g) = owner_of(node);
+        rustix::fs::fchown(fd, u, g).map_err(|e| target_err(shown, io_of(e)))?;
+    }
+    if let Some(mode) = node.meta.mode {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(go_mode_to_unix(mode))).map_err(|e| target_err(shown, io_of(e)))?;
+    }
+    if let Some(t) = times_of(node) {
+        rustix::fs::futimens(fd, &t).map_err(|e| target_err(shown, io_of(e)))?;
+    }
+    Ok(())
+}
+
+fn id_hex(id: &rustic_core::DataId) -> String {
+    id.into_inner().to_hex().as_str().to_string()
+}
+
+fn sha_hex(data: &[u8]) -> String {
+    crate::restore::hex(&Sha256::digest(data))
+}
+
+/// A restore whose files are written under temporary names and not yet renamed. Dropped without
+/// [`Staged::commit`], it removes its temporaries (a failure or cancel changes no existing file).
+pub(crate) struct Staged<'a> {
+    target: &'a Path,
+    root: OwnedFd,
+    as_root: bool,
+    pending: Vec<Pending>,
+    dirs: Vec<(PathBuf, Node)>,
+    out: TreeOutcome,
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        for p in &self.pending {
+            if let Ok(d) = walk(&self.root, &p.parent, false, self.target) {
+                let _ = rustix::fs::unlinkat(&d, &p.tmp, AtFlags::empty());
+            }
+        }
+    }
+}
+
+/// Checks conflicts (before anything is written), then writes `entries` (paths relative to the share
+/// root, in tree order) under temporary names below `target`, creating directories.
+pub(crate) fn stage<'a>(
+    repo: &FullRepo,
+    entries: Vec<(PathBuf, Node)>,
+    target: &'a Path,
+    conflict: ConflictPolicy,
+    transfer: &Counters,
+    cancel: &Cancel,
+) -> Result<Staged<'a>> {
+    // SAFETY: geteuid has no preconditions.
+    let as_root = unsafe { libc::geteuid() } == 0;
+    let root = open_root(target, true)?;
+    let mut out = TreeOutcome::default();
+    let mut selected = Vec::with_capacity(entries.len());
+    {
+        let mut dirs = Dirs {
+            root: &root,
+            target,
+            last: None,
+        };
+        let mut conflicts: Vec<PathBuf> = Vec::new();
+        for (rel, node) in entries {
+            if node.is_dir() {
+                selected.push((rel, node));
+                continue;
+            }
+            if !(node.is_file() || node.is_symlink()) {
+                continue; // devices, FIFOs, sockets: not restored
+            }
+            let (parent, name) = split(&rel)?;
+            let there = match dirs.get(&parent, false) {
+                Ok(d) => existing(d, &name),
+                Err(EngineError::Target { .. }) => None, // missing parent: made (or refused) later
+                Err(e) => return Err(e),
+            };
+            match there {
+                Some(rustix::fs::FileType::Directory) => {
+                    return Err(EngineError::Conflict {
+                        count: 1,
+                        first: target.join(&rel),
+                    })
+                }
+                Some(_) => match conflict {
+                    ConflictPolicy::Skip => {
+                        out.files_skipped += 1;
+                        continue;
+                    }
+                    ConflictPolicy::FailOnConflict => conflicts.push(target.join(&rel)),
+                    ConflictPolicy::Overwrite => {}
+                },
+                None => {}
+            }
+            selected.push((rel, node));
+        }
+        if let Some(first) = conflicts.first() {
+            return Err(EngineError::Conflict {
+                count: conflicts.len(),
+                first: first.clone(),
+            });
+        }
+    }
+    transfer.set_total(
+        selected
+            .iter()
+            .filter(|(_, n)| n.is_file())
+            .map(|(_, n)| n.meta.size)
+            .sum(),
+    );
+    let mut staged = Staged {
+        target,
+        root,
+        as_root,
+        pending: Vec::new(),
+        dirs: Vec::new(),
+        out,
+    };
+    let root = rustix::io::dup(&staged.root).map_err(|e| target_err(target, io_of(e)))?;
+    let mut dirs = Dirs {
+        root: &root,
+        target,
+        last: None,
+    };
+    for (rel, node) in selected {
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        if node.is_dir() {
+            dirs.get(&rel, true)?;
+            staged.dirs.push((rel, node));
+            continue;
+        }
+        let (parent, name) = split(&rel)?;
+        let shown = target.join(&rel);
+        let dir = dirs.get(&parent, true)?;
+        let tmp = tmp_name(&name);
+        if node.is_symlink() {
+            rustix::fs::symlinkat(node.node_type.to_link(), dir, &tmp).map_err(|e| target_err(&shown, io_of(e)))?;
+            staged.pending.push(Pending {
+                parent,
+                tmp,
+                name,
+                node,
+            });
+            continue;
+        }
+        let fd = rustix::fs::openat(
+            dir,
+            &tmp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| target_err(&shown, io_of(e)))?;
+        let content: Vec<rustic_core::DataId> = node.content.iter().flatten().copied().collect();
+        staged.pending.push(Pending {
+            parent,
+            tmp,
+            name,
+            node,
+        });
+        let mut f = std::fs::File::from(fd);
+        for id in &content {
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let data = repo.get_blob_cached(&BlobId::from(id.into_inner()), BlobType::Data)?;
+            if sha_hex(&data) != id_hex(id) {
+                return Err(EngineError::VerificationFailed {
+                    path: shown.clone(),
+                    reason: "a blob read from the vault does not match its id".into(),
+                });
+            }
+            f.write_all(&data).map_err(|e| target_err(&shown, e))?;
+            transfer.add(data.len() as u64);
+        }
+        f.sync_all().map_err(|e| target_err(&shown, e))?;
+    }
+    Ok(staged)
+}
+
+impl Staged<'_> {
+    /// Re-reads every temporary through its descriptor and checks it against the snapshot.
+    pub(crate) fn verify(&self, repo: &FullRepo, verify: &Counters, cancel: &Cancel) -> Result<()> {
+        verify.set_total(
+            self.pending
+                .iter()
+                .filter(|p| p.node.is_file())
+                .map(|p| p.node.meta.size)
+                .sum(),
+        );
+        let mut dirs = Dirs {
+            root: &self.root,
+            target: self.target,
+            last: None,
+        };
+        for p in &self.pending {
+            let shown = self.target.join(&p.parent).join(&p.name);
+            let dir = dirs.get(&p.parent, false)?;
+            if p.node.is_symlink() {
+                let got = rustix::fs::readlinkat(dir, &p.tmp, Vec::new()).map_err(|e| target_err(&shown, io_of(e)))?;
+                if Path::new(OsStr::from_bytes(got.as_bytes())) != p.node.node_type.to_link() {
+                    return Err(EngineError::VerificationFailed {
+                        path: shown,
+                        reason: "symlink target differs".into(),
+                    });
+                }
+                continue;
+            }
+            let fd = rustix::fs::openat(
+                dir,
+                &p.tmp,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| target_err(&shown, io_of(e)))?;
+            let mut f = std::fs::File::from(fd);
+            let mut buf = Vec::new();
+            let mut off = 0u64;
+            for id in p.node.content.iter().flatten() {
+                if cancel.is_cancelled() {
+                    return Err(EngineError::Cancelled);
+                }
+                let len = repo.get_index_entry(id)?.data_length() as usize;
+                buf.resize(len, 0);
+                f.read_exact(&mut buf).map_err(|e| EngineError::VerificationFailed {
+                    path: shown.clone(),
+                    reason: format!("reading at {off}: {e}"),
+                })?;
+                if sha_hex(&buf) != id_hex(id) {
+                    return Err(EngineError::VerificationFailed {
+                        path: shown.clone(),
+                        reason: format!("bytes at offset {off} do not match the snapshot"),
+                    });
+                }
+                off += len as u64;
+                verify.add(len as u64);
+            }
+            if f.read(&mut [0u8; 1]).map_err(|e| target_err(&shown, e))? != 0 {
+                return Err(EngineError::VerificationFailed {
+                    path: shown,
+                    reason: "longer than in the snapshot".into(),
+                });
+            }
+        }
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Owners, modes and times onto the temporaries, then every rename; then the directories' own
+    /// metadata, deepest first.
+    pub(crate) fn commit(mut self) -> Result<TreeOutcome> {
+        let root = rustix::io::dup(&self.root).map_err(|e| target_err(self.target, io_of(e)))?;
+        let target = self.target;
+        let mut dirs = Dirs {
+            root: &root,
+            target,
+            last: None,
+        };
+        for p in &self.pending {
+            let shown = target.join(&p.parent).join(&p.name);
+            let dir = dirs.get(&p.parent, false)?;
+            if p.node.is_symlink() {
+                if self.as_root {
+                    let (u, g) = owner_of(&p.node);
+                    rustix::fs::chownat(dir, &p.tmp, u, g, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| target_err(&shown, io_of(e)))?;
+                }
+                if let Some(t) = times_of(&p.node) {
+                    rustix::fs::utimensat(dir, &p.tmp, &t, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| target_err(&shown, io_of(e)))?;
+                }
+            } else {
+                let fd = rustix::fs::openat(
+                    dir,
+                    &p.tmp,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| target_err(&shown, io_of(e)))?;
+                apply_meta(&fd, &p.node, self.as_root, &shown)?;
+            }
+        }
+        // The renames: from here on each file is either as it was or as restored.
+        let pending = std::mem::take(&mut self.pending);
+        let mut synced: Option<PathBuf> = None;
+        for (i, p) in pending.iter().enumerate() {
+            let shown = target.join(&p.parent).join(&p.name);
+            let res = dirs.get(&p.parent, false).and_then(|dir| {
+                rustix::fs::renameat(dir, &p.tmp, dir, &p.name).map_err(|e| target_err(&shown, io_of(e)))
+            });
+            if let Err(e) = res {
+                self.pending = pending.into_iter().skip(i).collect();
+                return Err(e);
+            }
+            if synced.as_ref() != Some(&p.parent) {
+                if let Some(prev) = synced.replace(p.parent.clone()) {
+                    if let Ok(d) = walk(&root, &prev, false, target) {
+                        let _ = rustix::fs::fsync(&d);
+                    }
+                }
+            }
+            if p.node.is_file() {
+                self.out.bytes_restored += p.node.meta.size;
+            }
+            self.out.files_restored += 1;
+        }
+        if let Some(last) = synced {
+            if let Ok(d) = walk(&root, &last, false, target) {
+                let _ = rustix::fs::fsync(&d);
+            }
+        }
+        let mut made = std::mem::take(&mut self.dirs);
+        made.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (rel, node) in &made {
+            let shown = target.join(rel);
+            let fd = walk(&root, rel, false, &shown)?;
+            apply_meta(&fd, node, self.as_root, &shown)?;
+        }
+        Ok(std::mem::take(&mut self.out))
+    }
+}
+
+/// Removes the temporaries an interrupted restore left under `dir` (recursively when `recursive`;
+/// links are never followed). Returns how many were removed. A missing `dir` has none.
+pub fn remove_leftovers(dir: &Path, recursive: bool) -> Result<usize> {
+    let fd = match open_root(dir, false) {
+        Ok(fd) => fd,
+        Err(_) => return Ok(0),
+    };
+    let mut n = 0;
+    sweep(&fd, dir, recursive, 0, &mut n)?;
+    Ok(n)
+}
+
+fn sweep(dir: &OwnedFd, shown: &Path, recursive: bool, depth: usize, n: &mut usize) -> Result<()> {
+    if depth > 256 {
+        return Ok(());
+    }
+    let mut subdirs = Vec::new();
+    {
+        let d = rustix::fs::Dir::read_from(dir).map_err(|e| target_err(shown, io_of(e)))?;
+        for entry in d {
+            let entry = entry.map_err(|e| target_err(shown, io_of(e)))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let ft = entry.file_type();
+            if is_tmp_name(&name) && ft != rustix::fs::FileType::Directory {
+                if rustix::fs::unlinkat(dir, &name, AtFlags::empty()).is_ok() {
+                    *n += 1;
+                }
+            } else if recursive && ft == rustix::fs::FileType::Directory {
+                subdirs.push(name);
+            }
+        }
+    }
+    for name in subdirs {
+        if let Ok(sub) = open_dir_at(dir, &name) {
+            sweep(&sub, &shown.join(&name), recursive, depth + 1, n)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporary_names_are_recognised_and_bounded() {
+        let long = OsString::from("x".repeat(255));
+        for name in [OsStr::new("a.txt"), OsStr::new(".hidden"), long.as_os_str()] {
+            let t = tmp_name(name);
+            assert!(is_tmp_name(&t), "{t:?}");
+            assert!(t.len() <= 255, "{}", t.len());
+        }
+        assert!(!is_tmp_name(OsStr::new("report.rsvault-restore-notes")));
+        assert!(!is_tmp_name(OsStr::new("plain")));
+    }
+
+    #[test]
+    fn open_root_refuses_a_symlink_on_the_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, tmp.path().join("link")).unwrap();
+        assert!(open_root(&real.join("a/b"), true).is_ok());
+        assert!(real.join("a/b").is_dir());
+        let err = open_root(&tmp.path().join("link/a"), true).unwrap_err();
+        assert!(matches!(err, EngineError::Target { .. }), "{err}");
+        assert!(open_root(Path::new("relative"), true).is_err());
+    }
+
+    #[test]
+    fn leftovers_are_removed_and_links_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("share");
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(root.join(tmp_name(OsStr::new("a"))), b"x").unwrap();
+        std::fs::write(root.join("sub").join(tmp_name(OsStr::new("b"))), b"x").unwrap();
+        std::fs::write(root.join("keep.txt"), b"x").unwrap();
+        std::fs::write(outside.join(tmp_name(OsStr::new("c"))), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        assert_eq!(remove_leftovers(&root, false).unwrap(), 1);
+        assert_eq!(remove_leftovers(&root, true).unwrap(), 1);
+        assert!(root.join("keep.txt").exists());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "a link was followed");
+        assert_eq!(remove_leftovers(&tmp.path().join("missing"), true).unwrap(), 0);
+    }
+}

@@ -652,15 +652,27 @@ async fn wait_job(api: &Api, vault: &str, job: &str) -> Value {
 
 /// Runs stock `restic check` on a vault of the data dir.
 fn restic_check(dir: &Path, vault: &str) {
-    let out = bin().args(["restic-env", "--data-dir"]).arg(dir).args(["--vault", vault]).output().unwrap();
+    let out = bin()
+        .args(["restic-env", "--data-dir"])
+        .arg(dir)
+        .args(["--vault", vault])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut restic = Command::new("restic");
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let (k, v) = line.split_once('=').unwrap();
         restic.env(k, v.trim_matches('\''));
     }
-    let check = restic.args(["check", "--no-lock"]).output().expect("restic (Debian package)");
-    assert!(check.status.success(), "restic check: {}", String::from_utf8_lossy(&check.stderr));
+    let check = restic
+        .args(["check", "--no-lock"])
+        .output()
+        .expect("restic (Debian package)");
+    assert!(
+        check.status.success(),
+        "restic check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
 
 /// Issue 19: SIGKILL during a RestoreDisks restore left a full-size hidden temporary image in the
@@ -673,10 +685,33 @@ fn a_server_killed_during_a_disk_restore_leaves_no_temporary_image() {
     let (mut child, mut url) = serve(&dir);
     let disk = tmp.path().join("big.raw");
     write_random(&disk, 512 << 20);
-    let vm = run_json(&["vm", "add", "-g", "home", "--name", "big", "--disk", disk.to_str().unwrap()], &dir);
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "big",
+            "--disk",
+            disk.to_str().unwrap(),
+        ],
+        &dir,
+    );
     let files = tmp.path().join("restores");
     run_json(
-        &["share", "add", "-g", "home", "--account", "restores1", "--path", files.to_str().unwrap(), "--share", "unused"],
+        &[
+            "share",
+            "add",
+            "-g",
+            "home",
+            "--account",
+            "restores1",
+            "--path",
+            files.to_str().unwrap(),
+            "--share",
+            "unused",
+        ],
         &dir,
     );
     let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
@@ -684,7 +719,10 @@ fn a_server_killed_during_a_disk_restore_leaves_no_temporary_image() {
     let vault = format!("{rg}/providers/Microsoft.RecoveryServices/vaults/v1");
     let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;big/protectedItems/VM;iaasvmcontainerv2;home;big");
     const BK: &str = "api-version=2026-10-01";
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let restore_body = serde_json::json!({"properties": {"objectType": "IaasVMRestoreRequest", "recoveryType": "RestoreDisks",
         "sourceResourceId": format!("{rg}/providers/Microsoft.Compute/virtualMachines/big"),
         "storageAccountId": format!("{rg}/providers/Microsoft.Storage/storageAccounts/restores1"), "region": "westus"}});
@@ -733,17 +771,30 @@ fn a_server_killed_during_a_disk_restore_leaves_no_temporary_image() {
         }
         out
     };
-    assert_eq!(leftovers(&files), Vec::<String>::new(), "a temporary image survived the restart");
+    assert_eq!(
+        leftovers(&files),
+        Vec::<String>::new(),
+        "a temporary image survived the restart"
+    );
     rt.block_on(async {
         let api = Api::new(&dir, &url).await;
         let j = wait_job(&api, &vault, &job).await;
         assert_eq!(j["properties"]["status"], "Failed", "{j}");
-        assert!(j["properties"]["errorDetails"][0]["errorString"].as_str().unwrap().contains("never a mix"), "{j}");
+        assert!(
+            j["properties"]["errorDetails"][0]["errorString"]
+                .as_str()
+                .unwrap()
+                .contains("never a mix"),
+            "{j}"
+        );
         // The point still restores, byte for byte.
         let mut body = restore_body.clone();
         body["properties"]["recoveryPointId"] = serde_json::json!(rp);
         let again = post_job(&api, format!("{item}/recoveryPoints/{rp}/restore?{BK}"), body).await;
-        assert_eq!(wait_job(&api, &vault, &again).await["properties"]["status"], "Completed");
+        assert_eq!(
+            wait_job(&api, &vault, &again).await["properties"]["status"],
+            "Completed"
+        );
     });
     let images: Vec<_> = std::fs::read_dir(&files)
         .unwrap()
@@ -752,7 +803,10 @@ fn a_server_killed_during_a_disk_restore_leaves_no_temporary_image() {
         .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
         .collect();
     assert_eq!(images.len(), 1, "{images:?}");
-    assert!(std::fs::read(&images[0]).unwrap() == std::fs::read(&disk).unwrap(), "restored image differs");
+    assert!(
+        std::fs::read(&images[0]).unwrap() == std::fs::read(&disk).unwrap(),
+        "restored image differs"
+    );
     restic_check(&dir, &vault);
     assert!(sigterm_and_wait(child).success());
 }

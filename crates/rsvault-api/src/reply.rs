@@ -57,6 +57,7 @@ pub fn status_of(kind: ErrorKind) -> u16 {
         ErrorKind::InsufficientStorage => 507,
         ErrorKind::RequestTimeout => 408,
         ErrorKind::ServiceUnavailable => 503,
+        ErrorKind::TooManyRequests => 429,
         ErrorKind::Internal => 500,
     }
 }
@@ -76,7 +77,9 @@ pub fn error_reply(e: &Error, request_id: &str) -> Reply {
     }
     let reply = Reply::json(status_of(e.kind()), json!({ "error": err }));
     match e {
-        Error::ServerBusy { retry_after_secs } => reply.header("Retry-After", retry_after_secs.to_string()),
+        Error::ServerBusy { retry_after_secs } | Error::Throttled { retry_after_secs, .. } => {
+            reply.header("Retry-After", retry_after_secs.to_string())
+        }
         _ => reply,
     }
 }

@@ -23,6 +23,8 @@ pub enum ErrorKind {
     RequestTimeout,
     /// The server is out of a resource for now (the client should retry later).
     ServiceUnavailable,
+    /// The caller asked for more than a limit allows right now: 429 with `Retry-After`.
+    TooManyRequests,
     Internal,
 }
 
@@ -83,6 +85,8 @@ pub enum Error {
     RequestTimeout { seconds: u64 },
     #[error("The server is busy. Please retry the request after {retry_after_secs} seconds.")]
     ServerBusy { retry_after_secs: u64 },
+    #[error("{message}")]
+    Throttled { message: String, retry_after_secs: u64 },
     #[error("{0}")]
     AuthenticationFailed(String),
     #[error("{0}")]
@@ -128,6 +132,7 @@ impl Error {
             PayloadTooLarge { .. } => "RequestEntityTooLarge",
             RequestTimeout { .. } => "RequestTimeout",
             ServerBusy { .. } => "ServerBusy",
+            Throttled { .. } => "TooManyRequests",
             AuthenticationFailed(_) => "AuthenticationFailed",
             InvalidAuthenticationToken(_) => "InvalidAuthenticationToken",
             InvalidAuthenticationTokenAudience(_) => "InvalidAuthenticationTokenAudience",
@@ -160,6 +165,7 @@ impl Error {
             PayloadTooLarge { .. } => ErrorKind::PayloadTooLarge,
             RequestTimeout { .. } => ErrorKind::RequestTimeout,
             ServerBusy { .. } => ErrorKind::ServiceUnavailable,
+            Throttled { .. } => ErrorKind::TooManyRequests,
             AuthenticationFailed(_)
             | InvalidAuthenticationToken(_)
             | InvalidAuthenticationTokenAudience(_)

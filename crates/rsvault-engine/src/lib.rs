@@ -61,7 +61,13 @@ pub use types::*;
 /// Returns the heap's free pages to the kernel (glibc otherwise keeps them in its per-thread arenas,
 /// and a server that ran a wave of backups would hold their buffers' pages while idle). The job
 /// engine calls it after each job.
+/// `RSVAULT_MEMORY_TUNING=off` turns this (and the binary's arena limit) off, for the side-by-side
+/// benchmark (`scripts/bench-memory`).
 pub fn release_free_memory() {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var("RSVAULT_MEMORY_TUNING").is_ok_and(|v| v == "off")) {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {

@@ -274,6 +274,9 @@ fn init_logging(format: &str) {
 /// backups. Two arenas are plenty for a server whose allocations are large, short-lived buffers;
 /// the job engine also returns free pages after each job (`rsvault_engine::release_free_memory`).
 fn limit_malloc_arenas() {
+    if std::env::var("RSVAULT_MEMORY_TUNING").is_ok_and(|v| v == "off") {
+        return; // the benchmark's "before" column
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before the worker threads start.
     unsafe {

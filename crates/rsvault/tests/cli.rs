@@ -658,5 +658,185 @@ fn a_server_killed_during_a_share_restore_leaves_every_file_whole() {
         });
     }
     assert!(killed_in_transfer > 0, "no kill landed while the restore ran");
+    restic_check(&dir, &vault);
+    assert!(sigterm_and_wait(child).success());
+}
+
+/// Polls a job until it leaves InProgress.
+async fn wait_job(api: &Api, vault: &str, job: &str) -> Value {
+    const BK: &str = "api-version=2026-10-01";
+    for _ in 0..6000 {
+        let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+        if j["properties"]["status"] != "InProgress" {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("job {job} did not end");
+}
+
+/// Runs stock `restic check` on a vault of the data dir.
+fn restic_check(dir: &Path, vault: &str) {
+    let out = bin()
+        .args(["restic-env", "--data-dir"])
+        .arg(dir)
+        .args(["--vault", vault])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut restic = Command::new("restic");
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let (k, v) = line.split_once('=').unwrap();
+        restic.env(k, v.trim_matches('\''));
+    }
+    let check = restic
+        .args(["check", "--no-lock"])
+        .output()
+        .expect("restic (Debian package)");
+    assert!(
+        check.status.success(),
+        "restic check: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+/// Issue 19: SIGKILL during a RestoreDisks restore left a full-size hidden temporary image in the
+/// target forever. After the restart it is gone, the job says what happened, the vault passes stock
+/// `restic check`, and the point still restores.
+#[test]
+fn a_server_killed_during_a_disk_restore_leaves_no_temporary_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (mut child, mut url) = serve_granting(&dir, &[&host]);
+    let disk = host.join("big.raw");
+    write_random(&disk, 512 << 20);
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "big",
+            "--disk",
+            disk.to_str().unwrap(),
+            &grant,
+        ],
+        &dir,
+    );
+    let files = host.join("restores");
+    run_json(
+        &[
+            "share",
+            "add",
+            "-g",
+            "home",
+            "--account",
+            "restores1",
+            "--path",
+            files.to_str().unwrap(),
+            "--share",
+            "unused",
+            &grant,
+        ],
+        &dir,
+    );
+    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let rg = format!("/subscriptions/{sub}/resourceGroups/home");
+    let vault = format!("{rg}/providers/Microsoft.RecoveryServices/vaults/v1");
+    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;big/protectedItems/VM;iaasvmcontainerv2;home;big");
+    const BK: &str = "api-version=2026-10-01";
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let restore_body = serde_json::json!({"properties": {"objectType": "IaasVMRestoreRequest", "recoveryType": "RestoreDisks",
+        "sourceResourceId": format!("{rg}/providers/Microsoft.Compute/virtualMachines/big"),
+        "storageAccountId": format!("{rg}/providers/Microsoft.Storage/storageAccounts/restores1"), "region": "westus"}});
+    let (rp, job) = rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let (st, b) = api.call("PUT", &format!("{vault}?{BK}"), Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}}))).await;
+        assert_eq!(st, 201, "{b}");
+        let (st, b) = api
+            .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
+            .await;
+        assert_eq!(st, 202, "{b}");
+        let job = post_job(&api, format!("{item}/backup?{BK}"), serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}})).await;
+        assert_eq!(wait_job(&api, &vault, &job).await["properties"]["status"], "Completed");
+        let (_, rps) = api.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+        let rp = rps["value"][0]["name"].as_str().unwrap().to_string();
+        let mut body = restore_body.clone();
+        body["properties"]["recoveryPointId"] = serde_json::json!(rp);
+        let job = post_job(&api, format!("{item}/recoveryPoints/{rp}/restore?{BK}"), body).await;
+        for _ in 0..3000 {
+            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+            assert_eq!(j["properties"]["status"], "InProgress", "the restore ended before the kill: {j}");
+            let tasks = &j["properties"]["extendedInfo"]["tasksList"];
+            if tasks[0]["status"] == "InProgress" || tasks[1]["status"] == "InProgress" {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                return (rp, job);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the restore never started");
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    (child, url) = serve_granting(&dir, &[&host]);
+    let leftovers = |d: &Path| -> Vec<String> {
+        let mut out = vec![];
+        let mut stack = vec![d.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else if e.file_name().to_string_lossy().contains(".rsvault-restore-") {
+                    out.push(e.path().display().to_string());
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(
+        leftovers(&files),
+        Vec::<String>::new(),
+        "a temporary image survived the restart"
+    );
+    rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let j = wait_job(&api, &vault, &job).await;
+        assert_eq!(j["properties"]["status"], "Failed", "{j}");
+        assert!(
+            j["properties"]["errorDetails"][0]["errorString"]
+                .as_str()
+                .unwrap()
+                .contains("never a mix"),
+            "{j}"
+        );
+        // The point still restores, byte for byte.
+        let mut body = restore_body.clone();
+        body["properties"]["recoveryPointId"] = serde_json::json!(rp);
+        let again = post_job(&api, format!("{item}/recoveryPoints/{rp}/restore?{BK}"), body).await;
+        assert_eq!(
+            wait_job(&api, &vault, &again).await["properties"]["status"],
+            "Completed"
+        );
+    });
+    let images: Vec<_> = std::fs::read_dir(&files)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir() && !p.ends_with("unused"))
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert!(
+        std::fs::read(&images[0]).unwrap() == std::fs::read(&disk).unwrap(),
+        "restored image differs"
+    );
+    restic_check(&dir, &vault);
     assert!(sigterm_and_wait(child).success());
 }

@@ -384,6 +384,23 @@ async fn share_restore_never_follows_a_directory_swapped_for_a_link() {
     f.s.stop().await;
 }
 
+/// A `--test-clock` server (the faults route needs it), a group `rg`, a vault `v1`, a work directory.
+async fn test_clock_fixture() -> Fixture {
+    let clock: rsvault_core::time::SharedClock = Arc::new(rsvault_core::time::TestClock::new(chrono::Utc::now()));
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path().join("data"));
+    config.policy_interval = Duration::from_secs(3600);
+    let s = start_with_clock(config, Some(data), clock).await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let work = s.tempdir();
+    Fixture {
+        s,
+        dir: work.path().to_path_buf(),
+        _tmp: work,
+    }
+}
+
 /// Issue 19 item 6: faults users can rehearse. On a `--test-clock` server an Owner arms a failure, a
 /// hang and a warning for an item; each next backup meets its fault through the real API, and the
 /// list and clear routes work. Without `--test-clock` every fault route answers 404; a Contributor
@@ -395,19 +412,7 @@ async fn armed_faults_fail_hang_or_warn_the_next_jobs_and_are_cleared() {
     assert_arm_error(st, &b, 404, "NotFound");
     f.s.stop().await;
 
-    let clock: rsvault_core::time::SharedClock = Arc::new(rsvault_core::time::TestClock::new(chrono::Utc::now()));
-    let data = tempfile::tempdir().unwrap();
-    let mut config = test_config(data.path().join("data"));
-    config.policy_interval = Duration::from_secs(3600);
-    let s = start_with_clock(config, Some(data), clock).await;
-    s.make_group("rg").await;
-    s.make_vault("rg", "v1").await;
-    let work = s.tempdir();
-    let f = Fixture {
-        s,
-        dir: work.path().to_path_buf(),
-        _tmp: work,
-    };
+    let f = test_clock_fixture().await;
     let os = f.dir.join("a.raw");
     write_random(&os, 4 << 20, 5);
     protect_vm(&f, "a", &os, &[]).await;
@@ -636,5 +641,125 @@ async fn a_full_store_disk_answers_insufficient_storage_and_recovers() {
         )
         .await;
     assert_eq!(st, 201, "{b}");
+    f.s.stop().await;
+}
+
+/// The vault's snapshots, read with stock `restic` (`rsvault restic-env` gives the same values).
+fn restic_snapshot_count(f: &Fixture) -> usize {
+    let control = f.s.running.as_ref().unwrap().control();
+    let (repo, password) = control.restic_env(&f.vault()).unwrap();
+    let out = std::process::Command::new("restic")
+        .args(["snapshots", "--json", "--no-lock"])
+        .env("RESTIC_REPOSITORY", repo)
+        .env("RESTIC_PASSWORD", password.expose())
+        .output()
+        .expect("restic (Debian package)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// Issue 19: a disk image deleted, or cut short, while it is read. Either way the job ends (a warning
+/// or a source error), never `500000`, and the vault holds exactly the snapshots the API lists: no
+/// committed snapshot without its recovery point.
+#[tokio::test]
+async fn a_source_that_vanishes_or_shrinks_mid_backup_leaves_no_orphan() {
+    let f = fixture().await;
+    for (vm, how) in [("gone", "delete"), ("short", "truncate")] {
+        let os = f.dir.join(format!("{vm}.raw"));
+        write_random(&os, 768 << 20, 21);
+        protect_vm(&f, vm, &os, &[]).await;
+        let job = accept(&f, &f.s.url(&format!("{}/backup?{BK}", f.item(vm))), &backup_body()).await;
+        let running = wait_transfer(&f, &job).await;
+        assert_eq!(
+            running["properties"]["status"], "InProgress",
+            "{how}: finished too soon"
+        );
+        match how {
+            "delete" => std::fs::remove_file(&os).unwrap(),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&os)
+                .unwrap()
+                .set_len(1 << 20)
+                .unwrap(),
+        }
+        let end = wait_job(&f, &job).await.pop().unwrap();
+        let p = &end["properties"];
+        let status = p["status"].as_str().unwrap();
+        assert!(status == "CompletedWithWarnings" || status == "Failed", "{how}: {end}");
+        if status == "Failed" {
+            assert_ne!(p["errorDetails"][0]["errorCode"], 500000, "{how}: {end}");
+        }
+        let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item(vm)), None).await;
+        let listed = rps["value"].as_array().unwrap().len();
+        assert_eq!(listed, usize::from(status == "CompletedWithWarnings"), "{how}: {end}");
+    }
+    let (_, _, a) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("gone")), None).await;
+    let (_, _, b) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("short")), None).await;
+    let listed = a["value"].as_array().unwrap().len() + b["value"].as_array().unwrap().len();
+    assert_eq!(
+        restic_snapshot_count(&f),
+        listed,
+        "the vault holds a snapshot the API does not list"
+    );
+    f.s.stop().await;
+}
+
+/// Issue 13: each restore writes a whole copy, and 25 were once queued in 0.2 s. A vault takes at most
+/// `MAX_ACTIVE_RESTORES_PER_VAULT` queued or running restores; the next gets ARM's 429
+/// `TooManyRequests` with `Retry-After`, and restores are accepted again once the queue drains.
+#[tokio::test]
+async fn restores_beyond_the_vault_queue_cap_get_429_with_retry_after() {
+    let f = test_clock_fixture().await;
+    let os = f.dir.join("a.raw");
+    write_random(&os, 2 << 20, 3);
+    protect_vm(&f, "a", &os, &[]).await;
+    let j = accept(&f, &f.s.url(&format!("{}/backup?{BK}", f.item("a"))), &backup_body()).await;
+    assert_eq!(
+        wait_job(&f, &j).await.pop().unwrap()["properties"]["status"],
+        "Completed"
+    );
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("a")), None).await;
+    let rp = rps["value"][0]["name"].as_str().unwrap().to_string();
+    account(&f, "restoresa").await;
+    let body = json!({"properties": {"objectType": "IaasVMRestoreRequest", "recoveryPointId": rp, "recoveryType": "RestoreDisks",
+        "sourceResourceId": format!("{}/providers/Microsoft.Compute/virtualMachines/a", f.s.rg_path("rg")),
+        "storageAccountId": f.account_id("restoresa"), "region": "westus"}});
+    let url = f.s.url(&format!("{}/recoveryPoints/{rp}/restore?{BK}", f.item("a")));
+    // The first restore hangs (a rehearsed fault); the others queue behind it (one job per vault).
+    let (st, _) =
+        f.s.call(
+            "POST",
+            "/rsvault/admin/faults",
+            Some(&json!({"scope": f.vault(), "operation": "Restore", "action": "Hang"})),
+        )
+        .await;
+    assert_eq!(st, 201);
+    let cap = rsvault_control::backup::recovery::MAX_ACTIVE_RESTORES_PER_VAULT;
+    let mut jobs = vec![];
+    for _ in 0..cap {
+        jobs.push(accept(&f, &url, &body).await);
+    }
+    let (st, h, b) = send(&f.s, "POST", &url, Some(&body)).await;
+    assert_arm_error(st, &b, 429, "TooManyRequests");
+    assert!(h.get("retry-after").is_some(), "429 without Retry-After");
+    for j in &jobs {
+        send(&f.s, "POST", &format!("{}/backupJobs/{j}/cancel?{BK}", f.vault()), None).await;
+    }
+    for j in &jobs {
+        assert_eq!(
+            wait_job(&f, j).await.pop().unwrap()["properties"]["status"],
+            "Cancelled"
+        );
+    }
+    let again = accept(&f, &url, &body).await;
+    assert_eq!(
+        wait_job(&f, &again).await.pop().unwrap()["properties"]["status"],
+        "Completed"
+    );
     f.s.stop().await;
 }

@@ -250,6 +250,9 @@ fn path_failure(path: &Path) -> Failure {
     ))
 }
 
+/// Restores a vault holds queued or running at once; more are refused with 429 and `Retry-After`.
+pub const MAX_ACTIVE_RESTORES_PER_VAULT: usize = 8;
+
 /// Free space a backup needs on the vault's file system before it starts.
 const MIN_FREE_FOR_BACKUP: u64 = 32 << 20;
 
@@ -1090,6 +1093,24 @@ impl Control {
     ) -> Result<String> {
         self.data()?;
         let (v, row, rp_row) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
+        // Each restore writes a whole copy: a vault queues a bounded number (25 copies in 0.2 s was
+        // a way to fill a disk).
+        let active = self.store.read(|db| {
+            let mut q = db.jobs_in_phase(QUEUED)?;
+            q.extend(db.jobs_in_phase(RUNNING)?);
+            Ok::<_, Error>(q)
+        })?;
+        let vkey = v.id.to_ascii_lowercase();
+        let restores = active
+            .iter()
+            .filter(|j| j.vault_key == vkey && j.operation == "Restore")
+            .count();
+        if restores >= MAX_ACTIVE_RESTORES_PER_VAULT {
+            return Err(Error::Throttled {
+                message: format!("The vault already has {restores} restores queued or running, the most it takes at once. Retry when one of them has ended."),
+                retry_after_secs: 30,
+            });
+        }
         let p = row.body["properties"].clone();
         let bmt = p["backupManagementType"].as_str().unwrap_or("AzureIaasVM").to_string();
         let friendly = p["friendlyName"].as_str().unwrap_or_default().to_string();

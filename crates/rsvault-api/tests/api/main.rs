@@ -11,6 +11,7 @@ mod conventions;
 mod faults;
 mod identity;
 mod limits;
+mod linked;
 mod recovery;
 mod resources;
 mod schedule;

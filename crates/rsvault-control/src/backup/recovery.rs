@@ -15,7 +15,7 @@ use super::jobs::Window;
 use crate::body;
 use crate::faults::FaultAction;
 use crate::runner::{new_tasks, Failure, Finished, JobError, JobProgress, TaskSpec, QUEUED, RUNNING};
-use crate::{Control, Error, Result};
+use crate::{Caller, Control, Error, Result};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use rsvault_core::odata::Filter;
@@ -227,6 +227,42 @@ fn job_failure(e: EngineError) -> Failure {
             "Run the operation again; report the server log if it happens again.",
         )),
     }
+}
+
+/// What a restore request writes beyond the vault, as (action, scope) pairs the caller must hold
+/// (`item` is the protected item's `properties`):
+/// the target storage account (write), the new VM (write, in its group), or the item's own VM or
+/// storage account for an original-location restore. Named from the request alone.
+fn restore_linked_scopes(
+    item: &Value,
+    bmt: &str,
+    recovery_type: &str,
+    props: &Map<String, Value>,
+) -> Vec<(&'static str, String)> {
+    const VM_WRITE: &str = "Microsoft.Compute/virtualMachines/write";
+    const ACCOUNT_WRITE: &str = "Microsoft.Storage/storageAccounts/write";
+    let s = |k: &str| props.get(k).and_then(Value::as_str).map(String::from);
+    let source = item["sourceResourceId"].as_str().map(String::from);
+    let mut out = Vec::new();
+    match (bmt, recovery_type) {
+        ("AzureStorage", "AlternateLocation") => {
+            if let Some(t) = props
+                .get("targetDetails")
+                .and_then(|t| t.get("targetResourceId"))
+                .and_then(Value::as_str)
+            {
+                out.push((ACCOUNT_WRITE, t.to_string()));
+            }
+        }
+        ("AzureStorage", _) => out.extend(source.map(|s| (ACCOUNT_WRITE, s))),
+        (_, "OriginalLocation") => out.extend(source.map(|s| (VM_WRITE, s))),
+        (_, "AlternateLocation") => {
+            out.extend(s("storageAccountId").map(|a| (ACCOUNT_WRITE, a)));
+            out.extend(s("targetVirtualMachineId").map(|v| (VM_WRITE, v)));
+        }
+        _ => out.extend(s("storageAccountId").map(|a| (ACCOUNT_WRITE, a))),
+    }
+    out
 }
 
 /// Restores a vault holds queued or running at once; more are refused with 429 and `Retry-After`.
@@ -1019,6 +1055,7 @@ impl Control {
     #[allow(clippy::too_many_arguments)]
     pub fn trigger_restore(
         &self,
+        caller: &Caller,
         sub: &str,
         rg: &str,
         vault: &str,
@@ -1076,6 +1113,15 @@ impl Control {
                 "The restore request needs 'properties.recoveryType'.",
             )
         })?;
+        // Linked access: the restore writes into resources beyond the vault's path.
+        let linked = restore_linked_scopes(&p, &bmt, recovery_type, props);
+        let linked: Vec<(&str, &str)> = linked.iter().map(|(a, s)| (*a, s.as_str())).collect();
+        self.authorize_linked(
+            caller,
+            "Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/restore/action",
+            &rp_row.id,
+            &linked,
+        )?;
         let rp_time = time::us_datetime(rp_row.time);
         let mut bag = Map::new();
         let target = if bmt == "AzureStorage" {

@@ -596,6 +596,16 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// Deletes the operation records scoped to a resource or below it (its vault's, its items'…);
+    /// returns how many went.
+    pub fn delete_operations_below(&self, scope: &str) -> R<usize> {
+        let k = key(scope);
+        Ok(self.0.execute(
+            "DELETE FROM operations WHERE scope_key = ?1 OR substr(scope_key, 1, length(?2)) = ?2",
+            [k.clone(), format!("{k}/")],
+        )?)
+    }
+
     pub fn operation(&self, id: &str) -> R<Option<OperationRow>> {
         Ok(self
             .0

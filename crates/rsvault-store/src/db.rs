@@ -789,6 +789,34 @@ impl Db<'_> {
             > 0)
     }
 
+    /// Sealed passwords whose vault row is gone (what group deletes left before they deleted each
+    /// vault through its own delete).
+    pub fn orphaned_vault_secrets(&self) -> R<Vec<VaultSecretRow>> {
+        let mut st = self.0.prepare(
+            "SELECT vault_key, sealed, repo, created FROM vault_secrets
+             WHERE vault_key NOT IN (SELECT id_key FROM resources) ORDER BY vault_key",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(VaultSecretRow {
+                    vault_key: r.get(0)?,
+                    sealed: r.get(1)?,
+                    repo: r.get(2)?,
+                    created: parse_ts(r.get(3)?)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes the recovery point rows whose vault row is gone; returns how many went.
+    pub fn delete_orphaned_recovery_points(&self) -> R<usize> {
+        Ok(self.0.execute(
+            "DELETE FROM recovery_points WHERE vault_key NOT IN (SELECT id_key FROM resources)",
+            [],
+        )?)
+    }
+
     /// Stores a vault's sealed password; an existing one is kept (returns `false`).
     pub fn insert_vault_secret(&self, s: &VaultSecretRow) -> R<bool> {
         Ok(self.0.execute(

@@ -458,3 +458,39 @@ async fn a_mutable_vault_keeps_its_soft_delete_and_retention_behaviour() {
     let (st, b) = s.call("GET", &format!("{}?{BK}", item_of(s, "v1", "vm1")), None).await;
     assert_arm_error(st, &b, 404, "BMSUserErrorProtectedItemNotFound");
 }
+
+#[tokio::test]
+async fn leftovers_of_a_group_an_older_version_deleted_are_removed_at_start() {
+    let f = server().await;
+    f.s.make_vault("rg", "v1").await;
+    protect(&f, "v1", "vm1", &f.dir.join("vm1.raw")).await;
+    back_up(&f, "v1", "vm1").await;
+    assert_eq!(vaults_on_disk(&f.s).len(), 1);
+    let sub = f.s.sub().to_string();
+    let Fixture { s, _tmp, dir } = f;
+    let (data, tmp) = s.stop().await;
+    // What a group delete did before it went through each vault's delete: the rows only.
+    let store = rsvault_store::Store::open(&data.join("meta.db")).unwrap();
+    store.write(|db| db.delete_group(&sub, "rg")).unwrap();
+    assert_eq!(store.read(|db| db.orphaned_vault_secrets()).unwrap().len(), 1);
+    drop(store);
+
+    let mut config = rsvault_api::Config::new(data);
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    let s = start_with(config, tmp).await;
+    let f = Fixture { s, _tmp, dir };
+    assert_eq!(vaults_on_disk(&f.s), Vec::<String>::new(), "the repository is gone");
+    f.s.make_group("rg").await;
+    f.s.make_vault("rg", "v1").await;
+    protect(&f, "v1", "vm1", &f.dir.join("vm1.raw")).await;
+    let item = item_of(&f.s, "v1", "vm1");
+    let (st, _, rps) = send(&f.s, "GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+    assert_eq!((st, &rps["value"]), (200, &json!([])), "{rps}");
+    let offline = rsvault_store::Store::open(&f.s.dir.join("meta.db")).unwrap();
+    assert!(offline.read(|db| db.orphaned_vault_secrets()).unwrap().is_empty());
+    let vault_id = f.s.vault_path("rg", "v1");
+    assert!(
+        offline.read(|db| db.vault_secret(&vault_id)).unwrap().is_none(),
+        "no password until first use"
+    );
+}

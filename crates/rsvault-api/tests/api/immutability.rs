@@ -60,6 +60,11 @@ async fn back_up(f: &Fixture, vault: &str, vm: &str) -> String {
     let expiry = (chrono::Utc::now() + chrono::Duration::days(10))
         .format("%Y-%m-%dT00:00:00.000Z")
         .to_string();
+    back_up_until(f, vault, vm, &expiry).await
+}
+
+/// Backs the item up with a point that expires at `expiry`; returns the point's name.
+async fn back_up_until(f: &Fixture, vault: &str, vm: &str, expiry: &str) -> String {
     let item = item_of(&f.s, vault, vm);
     let (st, h, b) = send(
         &f.s,
@@ -493,4 +498,53 @@ async fn leftovers_of_a_group_an_older_version_deleted_are_removed_at_start() {
         offline.read(|db| db.vault_secret(&vault_id)).unwrap().is_none(),
         "no password until first use"
     );
+}
+
+#[tokio::test]
+async fn an_immutable_vault_purges_a_soft_deleted_item_only_after_its_points_expire() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = rsvault_api::Config::new(data.path().join("data"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.policy_interval = std::time::Duration::from_secs(3600);
+    let start: chrono::DateTime<chrono::Utc> = "2026-03-02T10:00:00Z".parse().unwrap();
+    let clock = std::sync::Arc::new(rsvault_core::time::TestClock::new(start));
+    let s = start_with_clock(config, Some(data), clock).await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let f = Fixture {
+        dir: tmp.path().to_path_buf(),
+        _tmp: tmp,
+        s,
+    };
+    let s = &f.s;
+    protect(&f, "v1", "vm1", &f.dir.join("vm1.raw")).await;
+    let rp = back_up_until(&f, "v1", "vm1", "2026-04-01T00:00:00.000Z").await;
+    // Soft deleted (purge due on 16 March), then the vault is made immutable.
+    let item = format!("{}?{BK}", item_of(s, "v1", "vm1"));
+    let (st, _, b) = send(s, "DELETE", &item, None).await;
+    assert_eq!(st, 202, "{b}");
+    let vp = format!("{}?{API}", s.vault_path("rg", "v1"));
+    let locked = json!({"properties": {"securitySettings": {"immutabilitySettings": {"state": "Locked"}}}});
+    assert_eq!(s.call("PATCH", &vp, Some(&locked)).await.0, 200);
+    let advance = |days: i64| {
+        let body = json!({"seconds": days * 86400});
+        async move { s.call("POST", "/rsvault/admin/clock/advance", Some(&body)).await }
+    };
+    let (st, b) = advance(20).await;
+    assert_eq!((st, &b["purgedItems"]), (200, &json!(0)), "{b}");
+    let (st, it) = s.call("GET", &item, None).await;
+    assert_eq!(st, 200, "kept past its soft-delete period: {it}");
+    let (_, rps) = s
+        .call("GET", &format!("{}/recoveryPoints?{BK}", item_of(s, "v1", "vm1")), None)
+        .await;
+    assert_eq!(rps["value"][0]["name"], rp.as_str(), "{rps}");
+    let (st, b) = advance(15).await;
+    assert_eq!(
+        (st, &b["purgedItems"]),
+        (200, &json!(1)),
+        "purged once its point expired: {b}"
+    );
+    let (st, b) = s.call("GET", &item, None).await;
+    assert_arm_error(st, &b, 404, "BMSUserErrorProtectedItemNotFound");
 }

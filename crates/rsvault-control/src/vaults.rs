@@ -342,9 +342,12 @@ impl Control {
             "properties": props,
             "systemData": system_data(caller, &created_at, &stamp, created_by.as_ref()),
         });
-        if let Some(e) = &existing {
-            crate::immutability::check_settings_change(&e.body, &v)?;
-        }
+        // A new vault starts from Azure's defaults (soft delete on, not immutable).
+        let before = existing
+            .as_ref()
+            .map(|e| e.body.clone())
+            .unwrap_or_else(|| json!({"properties": default_properties()}));
+        crate::immutability::check_settings_change(&before, &v)?;
         let previous_identity = existing.as_ref().and_then(|e| e.body.get("identity"));
         if let Some(identity) =
             identity_body(&self.tenant_id, m, previous_identity).or_else(|| previous_identity.cloned())

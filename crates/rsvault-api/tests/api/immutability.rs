@@ -548,3 +548,22 @@ async fn an_immutable_vault_purges_a_soft_deleted_item_only_after_its_points_exp
     let (st, b) = s.call("GET", &item, None).await;
     assert_arm_error(st, &b, 404, "BMSUserErrorProtectedItemNotFound");
 }
+
+#[tokio::test]
+async fn a_new_vault_cannot_be_immutable_without_soft_delete() {
+    let f = server().await;
+    let s = &f.s;
+    let vp = format!("{}?{API}", s.vault_path("rg", "v1"));
+    for state in ["Unlocked", "Locked"] {
+        let body = json!({"location": "westus", "sku": {"name": "Standard"}, "properties": {"securitySettings": {
+            "immutabilitySettings": {"state": state}, "softDeleteSettings": {"softDeleteState": "Disabled"}}}});
+        let (st, b) = s.call("PUT", &vp, Some(&body)).await;
+        assert_arm_error(st, &b, 400, BLOCKED);
+        let (st, b) = s.call("GET", &vp, None).await;
+        assert_arm_error(st, &b, 404, "ResourceNotFound");
+    }
+    let body = json!({"location": "westus", "sku": {"name": "Standard"}, "properties": {"securitySettings": {
+        "immutabilitySettings": {"state": "Locked"}, "softDeleteSettings": {"softDeleteState": "AlwaysON"}}}});
+    let (st, b) = s.call("PUT", &vp, Some(&body)).await;
+    assert_eq!(st, 201, "{b}");
+}

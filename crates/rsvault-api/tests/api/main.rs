@@ -10,6 +10,7 @@ mod backup;
 mod conventions;
 mod faults;
 mod identity;
+mod immutability;
 mod limits;
 mod linked;
 mod recovery;

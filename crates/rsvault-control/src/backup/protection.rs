@@ -17,6 +17,7 @@ use super::{
     check_fabric, container_id, item_id, vault_of, ContainerName, ItemName, CONTAINER_TYPE, PROTECTABLE_ITEM_TYPE,
     PROTECTED_ITEM_TYPE,
 };
+use crate::immutability::{self, retention_cut, Immutability};
 use crate::inventory::{ACCOUNT_TYPE, SHARE_TYPE, VM_TYPE};
 use crate::{body, Caller, Control, Error, Result};
 use rand::Rng;
@@ -841,6 +842,23 @@ impl Control {
         }
         let policy = policy.ok_or_else(|| configure_error("Input for configure protection is not in proper format: give a policyId, or protectionState 'ProtectionStopped' to stop protection."))?;
         let pol = self.policy_for(&v, policy, &w)?;
+        if Immutability::of(&v.body).enforced() {
+            let current = p["policyId"]
+                .as_str()
+                .filter(|id| !id.is_empty() && !id.eq_ignore_ascii_case(&pol.id));
+            if let Some(old) = current
+                .map(|id| self.store.read(|db| db.resource(id)))
+                .transpose()?
+                .flatten()
+            {
+                if retention_cut(&old.body["properties"], &pol.body["properties"]).is_some() {
+                    return Err(immutability::blocked(
+                        &format!("Moving '{item}' from policy '{}' to policy '{}', which keeps recovery points for less time,", old.name, pol.name),
+                        Some("properties.policyId"),
+                    ));
+                }
+            }
+        }
         let was_stopped = p["protectionState"].as_str() == Some("ProtectionStopped");
         let o = p.as_object_mut().expect("item properties are an object");
         o.insert("policyId".into(), json!(pol.id));
@@ -948,6 +966,16 @@ impl Control {
                 "BMSUserErrorItemSoftDeleted",
                 format!("Item '{item}' is already soft deleted. It is purged when its retention period ends, or undelete it first."),
             ));
+        }
+        if Immutability::of(&v.body).enforced() {
+            let now = self.now();
+            let points = self.store.read(|db| db.recovery_points(&existing.id))?;
+            if points.iter().any(|rp| rp.expiry.is_none_or(|e| e > now)) {
+                return Err(immutability::blocked(
+                    &format!("Stopping protection of '{item}' and deleting its backup data, whose recovery points have not expired,"),
+                    None,
+                ));
+            }
         }
         let (soft, days) = soft_delete(&v);
         let job = self.job_for(&v, "DeleteBackupData", &b["properties"], None);

@@ -580,7 +580,7 @@ impl Control {
         item: &str,
         filter: Option<&str>,
     ) -> Result<Vec<Value>> {
-        let (_, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
+        let (v, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
         let f = Filter::parse(filter.unwrap_or_default())?;
         f.only(
             &["startDate", "endDate", "restorePointQueryType", "extendedInfo"],
@@ -591,7 +591,7 @@ impl Control {
         Ok(rps
             .into_iter()
             .filter(|r| window.contains(r.time))
-            .map(|r| r.body)
+            .map(|r| rendered_point(&v, r))
             .collect())
     }
 
@@ -607,10 +607,8 @@ impl Control {
         item: &str,
         rp: &str,
     ) -> Result<Value> {
-        Ok(self
-            .recovery_point_row(sub, rg, vault, fabric, container, item, rp)?
-            .2
-            .body)
+        let (v, _, rp) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
+        Ok(rendered_point(&v, rp))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1399,6 +1397,21 @@ impl Control {
 /// The rendering of a job for the wire, per its type: VM jobs carry task times and durations;
 /// storage jobs' tasks are `{taskId, status}` as the spec has them.
 /// Writes an item's `recoveryPointCount` and `oldestRecoveryPoint` from its recovery point rows.
+/// A recovery point as clients see it: its stored body, with the immutability its vault gives it
+/// (`recoveryPointProperties.immutabilityProperties`; immutability follows the point's own expiry,
+/// "as per policy", so no separate `expiryTime`).
+fn rendered_point(vault: &ResourceRow, rp: RecoveryPointRow) -> Value {
+    let mut b = rp.body;
+    let immutable = crate::immutability::Immutability::of(&vault.body).enforced();
+    if let Some(props) = b
+        .pointer_mut("/properties/recoveryPointProperties")
+        .and_then(Value::as_object_mut)
+    {
+        props.insert("immutabilityProperties".into(), json!({"isImmutable": immutable}));
+    }
+    b
+}
+
 pub(crate) fn count_points(
     db: &rsvault_store::Db,
     item: &mut ResourceRow,

@@ -888,3 +888,49 @@ async fn cancel_then_crash_ends_cancelled() {
     second.stop().await;
     f.s.stop().await;
 }
+
+/// Issue 19: a share restore into a read-only target ended `500000 Internal error` with the engine's
+/// raw text. It is a user error (100005) that names the target, and nothing is written.
+#[tokio::test]
+async fn a_restore_into_a_read_only_target_is_a_user_error() {
+    let f = fixture().await;
+    let share = protect_share(&f, "filesa", "docs", |d| {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("a.txt"), "alpha").unwrap();
+    })
+    .await;
+    let restore = share_point(&f, "filesa", "docs").await;
+    // The alternate share lives on a file system mounted read-only.
+    let acct_dir = share.parent().unwrap().to_path_buf();
+    let ro = acct_dir.join("frozen");
+    small_fs(&ro, 4);
+    let _m = Mounted(ro.clone());
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let alt = json!({"properties": {"objectType": "AzureFileShareRestoreRequest", "recoveryType": "AlternateLocation", "sourceResourceId": f.account_id("filesa"),
+        "copyOptions": "Overwrite", "restoreRequestType": "FullShareRestore", "restoreFileSpecs": [{"targetFolderPath": "restored"}],
+        "targetDetails": {"name": "frozen", "targetResourceId": f.account_id("filesa")}}});
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/fileServices/default/shares/frozen?{ST_API}", f.account_id("filesa")),
+        Some(&json!({"properties": {}})),
+    )
+    .await;
+    assert!(st == 200 || st == 201, "{b}");
+    let job = accept(&f, &restore, &alt).await;
+    let end = wait_job(&f, &job).await.pop().unwrap();
+    let p = &end["properties"];
+    assert_eq!(p["status"], "Failed", "{end}");
+    assert_eq!(p["errorDetails"][0]["errorCode"], 100005, "{end}");
+    assert!(
+        p["errorDetails"][0]["errorString"].as_str().unwrap().contains("frozen"),
+        "{end}"
+    );
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
+    f.s.stop().await;
+}

@@ -181,7 +181,17 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         Ok(segs) => arm_request(&state, &head, segs, body).await,
     };
 
-    if let (Some(rec), Some(_)) = (&state.recorder, &outcome.caller) {
+    // Recorded: authenticated exchanges whose body (if any) was read. A request refused before its
+    // body (an authorization failure) would be recorded with a body it never had.
+    let unread_body = outcome.body.is_empty()
+        && (head.headers.contains_key(hyper::header::TRANSFER_ENCODING)
+            || head
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_some_and(|n| n > 0));
+    if let (Some(rec), Some(_), false) = (&state.recorder, &outcome.caller, unread_body) {
         rec.record(&Exchange {
             method: &head.method,
             url: &format!(

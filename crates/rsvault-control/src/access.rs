@@ -116,6 +116,29 @@ impl Control {
         })
     }
 
+    /// ARM's linked access check: a caller allowed `action` on `scope` (checked by the pipeline) must
+    /// also hold each `(linked_action, linked_scope)` for the resources the request reaches beyond its
+    /// own path (the VM a vault protects, the storage account a restore writes). Otherwise
+    /// `LinkedAuthorizationFailed` (403), as ARM answers; nothing is looked up first, so the answer
+    /// says nothing about whether the linked resource exists.
+    pub fn authorize_linked(&self, caller: &Caller, action: &str, scope: &str, linked: &[(&str, &str)]) -> Result<()> {
+        let grants = self.grants(&caller.object_id)?;
+        for (linked_action, linked_scope) in linked {
+            if !rbac::is_allowed(&grants, linked_action, linked_scope) {
+                return Err(Error::LinkedAuthorizationFailed(format!(
+                    "The client '{}' with object id '{}' has permission to perform action '{action}' on scope '{scope}'; however, it does not have permission to perform action(s) '{linked_action}' on the linked scope(s) '{linked_scope}' (respectively) or the linked scope(s) are invalid.",
+                    caller.client_id, caller.object_id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// True when the caller may perform `action` at `scope`.
+    pub fn may(&self, caller: &Caller, action: &str, scope: &str) -> Result<bool> {
+        Ok(rbac::is_allowed(&self.grants(&caller.object_id)?, action, scope))
+    }
+
     /// Allows a server-wide administrative `action` (rsvault's own admin endpoints) only to a caller
     /// holding the Owner role at the root or a whole subscription; otherwise `AuthorizationFailed`.
     pub fn authorize_owner(&self, caller: &Caller, action: &str) -> Result<()> {

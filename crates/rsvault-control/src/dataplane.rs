@@ -9,7 +9,10 @@
 //! * A vault's password and repository are made on first use (its first backup job, or
 //!   `rsvault restic-env`). The sealed row is inserted with `INSERT OR IGNORE` and read back, so two
 //!   first uses (the server and the CLI) agree on one password.
-//! * Deleting a vault removes its repository directory after the vault's rows are gone.
+//! * Deleting a vault (its own DELETE, or its resource group's) removes its sealed password in the
+//!   transaction that removes its rows, and its repository directory after; a vault re-created
+//!   with the same name gets a new password and a new repository. Leftovers of deleted vaults from
+//!   older data dirs are removed at start (`remove_orphaned_vault_data`).
 
 use crate::runner::Queue;
 use crate::{Control, Error, Result};
@@ -159,6 +162,30 @@ impl Control {
             })?;
         let spec = self.vault_repo(&v.id)?;
         Ok((spec.path, spec.password))
+    }
+
+    /// Removes what deleted vaults left behind in data dirs from before group deletes went through
+    /// each vault's delete: sealed passwords and recovery point rows whose vault row is gone, and
+    /// their repositories, so a vault re-created with the same name starts empty. Run at start,
+    /// before the job workers. Returns how many vaults' leftovers went.
+    pub(crate) fn remove_orphaned_vault_data(&self) -> Result<usize> {
+        let orphans = self.store.write(|db| {
+            let orphans = db.orphaned_vault_secrets()?;
+            for o in &orphans {
+                db.delete_vault_secret(&o.vault_key)?;
+            }
+            let points = db.delete_orphaned_recovery_points()?;
+            if points > 0 {
+                tracing::warn!(points, "removed recovery point rows of deleted vaults");
+            }
+            Ok::<_, Error>(orphans)
+        })?;
+        let n = orphans.len();
+        for o in orphans {
+            tracing::warn!(vault = %o.vault_key, repo = %o.repo, "removing the password and repository of a deleted vault");
+            self.remove_vault_repo(Some(o));
+        }
+        Ok(n)
     }
 
     /// Removes a deleted vault's repository (best effort: a failure is logged, not returned).

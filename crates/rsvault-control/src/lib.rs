@@ -13,7 +13,8 @@
 //! items, jobs, operations, recovery points, backup, restore, backup status and vault backup
 //! configuration), [`dataplane`] (vault repositories and their sealed passwords), [`runner`] (the job
 //! engine that runs backups and restores), [`scheduler`] (scheduled backups, retention, the soft-delete
-//! purge, garbage collection and the test clock's advance).
+//! purge, garbage collection and the test clock's advance), [`immutability`] (immutable vaults and
+//! always-on soft delete: what they refuse).
 
 pub mod access;
 pub mod backup;
@@ -23,6 +24,7 @@ pub mod dataplane;
 pub mod disk;
 pub mod faults;
 pub mod hostaccess;
+pub mod immutability;
 pub mod inventory;
 pub mod resources;
 pub mod runner;

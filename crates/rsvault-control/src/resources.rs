@@ -135,11 +135,44 @@ impl Control {
         Ok(group_body(&row))
     }
 
-    /// Deletes a group and everything in it.
+    /// Deletes a group and everything in it, each resource the way its own DELETE does: a vault that
+    /// still holds protected items (soft-deleted ones included) refuses, as its own DELETE does, and
+    /// then nothing is deleted; every other vault goes with its rows, jobs, operation records,
+    /// recovery point rows, sealed password and repository. VMs, storage accounts and shares are
+    /// declarations and just go. One transaction decides and deletes.
     pub fn delete_group(&self, sub: &str, name: &str) -> Result<()> {
         self.subscription_row(sub)?;
         self.group_row(sub, name)?;
-        self.store.write(|db| db.delete_group(sub, name))?;
+        let vault_type = crate::vaults::VAULT_TYPE;
+        let secrets = self.store.write(|db| {
+            let vaults: Vec<_> = db
+                .all_of_type(sub, vault_type)?
+                .into_iter()
+                .filter(|v| {
+                    v.resource_group
+                        .as_deref()
+                        .is_some_and(|g| g.eq_ignore_ascii_case(name))
+                })
+                .collect();
+            for v in &vaults {
+                let items = db.count_below(&v.id, crate::vaults::PROTECTED_ITEM_TYPE)?;
+                if items > 0 {
+                    return Err(crate::vaults::not_empty(&v.name, items));
+                }
+            }
+            let mut secrets = vec![];
+            for v in &vaults {
+                secrets.push(db.vault_secret(&v.id)?);
+                db.delete_resource(&v.id)?;
+                db.delete_vault_secret(&v.id)?;
+                db.delete_operations_below(&v.id)?;
+            }
+            db.delete_group(sub, name)?;
+            Ok::<_, Error>(secrets)
+        })?;
+        for s in secrets {
+            self.remove_vault_repo(s);
+        }
         Ok(())
     }
 

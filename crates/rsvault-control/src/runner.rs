@@ -129,9 +129,10 @@ impl std::fmt::Debug for JobRunner {
 }
 
 impl JobRunner {
-    /// Settles jobs a crash interrupted, then starts the workers.
+    /// Removes deleted vaults' leftovers, settles jobs a crash interrupted, then starts the workers.
     pub fn start(control: Arc<Control>) -> Result<JobRunner> {
         let workers = control.data()?.limits.workers;
+        control.remove_orphaned_vault_data()?;
         control.recover_interrupted_jobs()?;
         let threads = (0..workers)
             .map(|i| {

@@ -3,7 +3,8 @@
 //!
 //! One *pass* ([`Control::policy_pass`]) at an instant `now` does, in order:
 //! 1. **Purge**: soft-deleted items whose `deferredDeleteTimeInUTC` has come are deleted with their
-//!    recovery points (their vault is marked for garbage collection).
+//!    recovery points (their vault is marked for garbage collection). In an immutable vault
+//!    (`Unlocked` or `Locked`) an item waits until none of its points is unexpired.
 //! 2. **Retention**: recovery points whose expiry has come are deleted, unless their item's
 //!    protection is stopped (Azure keeps the points of a stopped item, and of a soft-deleted one,
 //!    until its data is deleted). The item's `recoveryPointCount` and `oldestRecoveryPoint` follow.
@@ -34,6 +35,7 @@
 
 use crate::backup::recovery::{count_points, Work};
 use crate::backup::{vault_of, ContainerName, PROTECTED_ITEM_TYPE};
+use crate::immutability::Immutability;
 use crate::runner::{QUEUED, RUNNING};
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Duration, Utc};
@@ -257,7 +259,7 @@ impl Control {
             let p = &item.body["properties"];
             let due = p["isScheduledForDeferredDelete"].as_bool() == Some(true)
                 && parse_time(&p["deferredDeleteTimeInUTC"]).is_some_and(|t| t <= now);
-            if !due {
+            if !due || self.immutably_kept(&item, now)? {
                 continue;
             }
             let vm_container = item
@@ -273,6 +275,18 @@ impl Control {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Whether an item's vault is immutable and still holds a point of the item that has not
+    /// expired: then the end of its soft-delete period does not purge it (an immutable vault loses
+    /// no point before its expiry); a later pass does, once its points have expired.
+    fn immutably_kept(&self, item: &ResourceRow, now: DateTime<Utc>) -> Result<bool> {
+        let vault = self.store.read(|db| db.resource(vault_of(&item.id)))?;
+        if !vault.is_some_and(|v| Immutability::of(&v.body).enforced()) {
+            return Ok(false);
+        }
+        let points = self.store.read(|db| db.recovery_points(&item.id))?;
+        Ok(points.iter().any(|rp| rp.expiry.is_none_or(|e| e > now)))
     }
 
     fn expire_points(&self, now: DateTime<Utc>) -> Result<usize> {
@@ -467,6 +481,15 @@ impl Control {
             if p["isScheduledForDeferredDelete"].as_bool() == Some(true) {
                 if let Some(t) = parse_time(&p["deferredDeleteTimeInUTC"]) {
                     consider(t);
+                    // In an immutable vault the purge waits for the item's points to expire.
+                    let vault = self.store.read(|db| db.resource(vault_of(&item.id)))?;
+                    if vault.is_some_and(|v| Immutability::of(&v.body).enforced()) {
+                        for rp in self.store.read(|db| db.recovery_points(&item.id))? {
+                            if let Some(e) = rp.expiry.filter(|e| *e > t) {
+                                consider(e);
+                            }
+                        }
+                    }
                 }
                 continue;
             }

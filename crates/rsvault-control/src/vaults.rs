@@ -262,6 +262,16 @@ fn random_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
+/// Why a vault that still holds protected items (soft-deleted ones included) cannot be deleted: the
+/// answer of its own DELETE and of a DELETE of its resource group.
+pub(crate) fn not_empty(name: &str, items: i64) -> Error {
+    Error::Invalid {
+        code: "ServiceResourceNotEmptyWithBackendMessage",
+        message: format!("Vault {name} cannot be deleted as there are existing resources within the vault. Please delete any replicated items, registered servers, Hyper-V sites (Used for Site Recovery), policy associations for storage accounts and Azure Backup items ({items} protected items) and try again."),
+        target: None,
+    }
+}
+
 impl Control {
     fn vault_id(&self, sub: &str, rg: &str, name: &str) -> String {
         format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{VAULT_TYPE}/{name}")
@@ -332,6 +342,12 @@ impl Control {
             "properties": props,
             "systemData": system_data(caller, &created_at, &stamp, created_by.as_ref()),
         });
+        // A new vault starts from Azure's defaults (soft delete on, not immutable).
+        let before = existing
+            .as_ref()
+            .map(|e| e.body.clone())
+            .unwrap_or_else(|| json!({"properties": default_properties()}));
+        crate::immutability::check_settings_change(&before, &v)?;
         let previous_identity = existing.as_ref().and_then(|e| e.body.get("identity"));
         if let Some(identity) =
             identity_body(&self.tenant_id, m, previous_identity).or_else(|| previous_identity.cloned())
@@ -389,6 +405,7 @@ impl Control {
         let m = body::object(&req)?;
         let tags = body::tags(m)?;
         let now = self.now();
+        let before = row.body.clone();
         let v = &mut row.body;
         if let Some(t) = tags {
             v["tags"] = Value::Object(t);
@@ -411,6 +428,7 @@ impl Control {
         let created_by = v.pointer("/systemData/createdBy").cloned();
         v["systemData"] = system_data(caller, &created_at, &time::rfc3339(now), created_by.as_ref());
         row.etag = v["etag"].as_str().unwrap_or_default().to_string();
+        crate::immutability::check_settings_change(&before, &row.body)?;
         row.updated = now;
         self.store.write(|db| db.put_resource(&row))?;
         Ok(row.body)
@@ -428,11 +446,7 @@ impl Control {
         }
         let items = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
         if items > 0 {
-            return Err(Error::Invalid {
-                code: "ServiceResourceNotEmptyWithBackendMessage",
-                message: format!("Vault {name} cannot be deleted as there are existing resources within the vault. Please delete any replicated items, registered servers, Hyper-V sites (Used for Site Recovery), policy associations for storage accounts and Azure Backup items ({items} protected items) and try again."),
-                target: None,
-            });
+            return Err(not_empty(name, items));
         }
         let now = self.now();
         let op = OperationRow {
@@ -450,6 +464,7 @@ impl Control {
             let secret = db.vault_secret(&id)?;
             db.delete_resource(&id)?;
             db.delete_vault_secret(&id)?;
+            db.delete_operations_below(&id)?;
             db.put_operation(&op)?;
             Ok::<_, Error>(secret)
         })?;

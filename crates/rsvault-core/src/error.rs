@@ -102,6 +102,9 @@ pub enum Error {
         action: String,
         scope: String,
     },
+    /// ARM's linked access refusal; the message names the caller, the action and the linked ones.
+    #[error("{0}")]
+    LinkedAuthorizationFailed(String),
     #[error("The server cannot write its metadata store: the file system holding its data directory is full ({0}). Nothing was changed; free space there and retry the request.")]
     InsufficientStorage(String),
     #[error("{0}")]
@@ -138,6 +141,7 @@ impl Error {
             InvalidAuthenticationTokenAudience(_) => "InvalidAuthenticationTokenAudience",
             ExpiredAuthenticationToken { .. } => "ExpiredAuthenticationToken",
             AuthorizationFailed { .. } => "AuthorizationFailed",
+            LinkedAuthorizationFailed(_) => "LinkedAuthorizationFailed",
             InsufficientStorage(_) => "InsufficientStorage",
             Internal(_) => "InternalServerError",
         }
@@ -170,7 +174,7 @@ impl Error {
             | InvalidAuthenticationToken(_)
             | InvalidAuthenticationTokenAudience(_)
             | ExpiredAuthenticationToken { .. } => ErrorKind::Unauthorized,
-            AuthorizationFailed { .. } => ErrorKind::Forbidden,
+            AuthorizationFailed { .. } | LinkedAuthorizationFailed(_) => ErrorKind::Forbidden,
             InsufficientStorage(_) => ErrorKind::InsufficientStorage,
             Internal(_) => ErrorKind::Internal,
         }

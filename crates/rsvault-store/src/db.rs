@@ -596,6 +596,16 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// Deletes the operation records scoped to a resource or below it (its vault's, its items'…);
+    /// returns how many went.
+    pub fn delete_operations_below(&self, scope: &str) -> R<usize> {
+        let k = key(scope);
+        Ok(self.0.execute(
+            "DELETE FROM operations WHERE scope_key = ?1 OR substr(scope_key, 1, length(?2)) = ?2",
+            [k.clone(), format!("{k}/")],
+        )?)
+    }
+
     pub fn operation(&self, id: &str) -> R<Option<OperationRow>> {
         Ok(self
             .0
@@ -777,6 +787,34 @@ impl Db<'_> {
             .0
             .execute("DELETE FROM vault_secrets WHERE vault_key = ?1", [key(vault)])?
             > 0)
+    }
+
+    /// Sealed passwords whose vault row is gone (what group deletes left before they deleted each
+    /// vault through its own delete).
+    pub fn orphaned_vault_secrets(&self) -> R<Vec<VaultSecretRow>> {
+        let mut st = self.0.prepare(
+            "SELECT vault_key, sealed, repo, created FROM vault_secrets
+             WHERE vault_key NOT IN (SELECT id_key FROM resources) ORDER BY vault_key",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(VaultSecretRow {
+                    vault_key: r.get(0)?,
+                    sealed: r.get(1)?,
+                    repo: r.get(2)?,
+                    created: parse_ts(r.get(3)?)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes the recovery point rows whose vault row is gone; returns how many went.
+    pub fn delete_orphaned_recovery_points(&self) -> R<usize> {
+        Ok(self.0.execute(
+            "DELETE FROM recovery_points WHERE vault_key NOT IN (SELECT id_key FROM resources)",
+            [],
+        )?)
     }
 
     /// Stores a vault's sealed password; an existing one is kept (returns `false`).

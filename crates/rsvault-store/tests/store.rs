@@ -163,3 +163,44 @@ fn a_schedule_slot_is_claimed_once_and_only_forwards() {
     .unwrap();
     assert_eq!(s.read(|db| db.schedule_slot(item)).unwrap(), None);
 }
+
+#[test]
+fn leftovers_of_deleted_vaults_are_found_and_only_they() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&dir.path().join("m.db")).unwrap();
+    let now = Utc::now();
+    let (kept, gone) = (vault("s", "rg", "kept"), vault("s", "rg", "gone"));
+    s.write(|db| {
+        for v in [&kept, &gone] {
+            db.put_resource(v)?;
+            db.insert_vault_secret(&VaultSecretRow {
+                vault_key: v.id.to_ascii_lowercase(),
+                sealed: "sealed".into(),
+                repo: format!("/repos/{}", v.name),
+                created: now,
+            })?;
+            db.put_recovery_point(&RecoveryPointRow {
+                id: format!("{}/item/recoveryPoints/1", v.id),
+                vault_key: v.id.to_ascii_lowercase(),
+                item_key: format!("{}/item", v.id).to_ascii_lowercase(),
+                name: "1".into(),
+                time: now,
+                expiry: None,
+                body: json!({}),
+                engine: json!({}),
+            })?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
+    assert!(s.read(|db| db.orphaned_vault_secrets()).unwrap().is_empty());
+    // What a group delete did before it went through each vault's delete: the rows only.
+    s.write(|db| db.delete_group("s", "rg")).unwrap();
+    s.write(|db| db.put_resource(&kept)).unwrap();
+    let orphans = s.read(|db| db.orphaned_vault_secrets()).unwrap();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].repo, "/repos/gone");
+    assert_eq!(s.write(|db| db.delete_orphaned_recovery_points()).unwrap(), 1);
+    assert_eq!(s.read(|db| db.vault_recovery_points(&kept.id)).unwrap().len(), 1);
+    assert!(s.read(|db| db.vault_recovery_points(&gone.id)).unwrap().is_empty());
+}

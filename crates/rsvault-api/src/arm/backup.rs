@@ -15,7 +15,7 @@ use crate::pipeline::{page_reply, skip_token, Ctx};
 use crate::reply::Reply;
 use crate::routes::{Op, Params};
 use rsvault_control::backup::OperationOutcome;
-use rsvault_control::{Control, Result};
+use rsvault_control::{Caller, Control, Result};
 use rsvault_store::OperationRow;
 use serde_json::json;
 
@@ -57,7 +57,7 @@ fn list(items: Vec<serde_json::Value>) -> Reply {
 }
 
 /// Carries out a backup endpoint; `None` when `op` is not one.
-pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
+pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Option<Result<Reply>> {
     let c = &ctx.state.control;
     let (sub, rg, v) = (p.sub(), p.rg(), p.vault());
     let (fabric, container, item) = (p.get("fabricName"), p.get("containerName"), p.get("protectedItemName"));
@@ -88,7 +88,7 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
             }
             Op::ListProtectableContainers => list(c.list_protectable_containers(sub, rg, v, fabric, filter)?),
             Op::PutContainer => {
-                let id = c.register_container(sub, rg, v, fabric, container, &ctx.json()?)?;
+                let id = c.register_container(caller, sub, rg, v, fabric, container, &ctx.json()?)?;
                 let base = request_url(ctx);
                 // The 202 carries the container: the az CLI registers with `polling=False` and its
                 // SDK deserializes the first response's body before following `Location`.
@@ -121,7 +121,7 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
             }
             Op::ContainerOperationStatus => status(&c.container_operation(sub, rg, v, fabric, container, opid)?),
             Op::PutItem => {
-                let id = c.put_protected_item(sub, rg, v, fabric, container, item, &ctx.json()?)?;
+                let id = c.put_protected_item(caller, sub, rg, v, fabric, container, item, &ctx.json()?)?;
                 let base = request_url(ctx);
                 accepted(
                     ctx,
@@ -146,7 +146,7 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
                 result(ctx, c.backup_operation_outcome(&o)?)
             }
             Op::ItemOperationStatus => status(&c.item_operation(sub, rg, v, fabric, container, item, opid)?),
-            Op::ListProtectableItems => list(c.list_protectable_items(sub, rg, v, filter)?),
+            Op::ListProtectableItems => list(c.list_protectable_items(caller, sub, rg, v, filter)?),
             Op::ListProtectedItems => list(c.list_protected_items(sub, rg, v, filter)?),
             Op::ListContainers => list(c.list_containers(sub, rg, v, filter)?),
             Op::ListPolicies => list(c.list_policies(sub, rg, v, filter)?),
@@ -220,6 +220,7 @@ pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
             }
             Op::TriggerRestore => {
                 let id = c.trigger_restore(
+                    caller,
                     sub,
                     rg,
                     v,

@@ -142,7 +142,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
         Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
         _ => {
             return inventory::dispatch(ctx, op, p)
-                .or_else(|| backup::dispatch(ctx, op, p))
+                .or_else(|| backup::dispatch(ctx, caller, op, p))
                 .unwrap_or_else(|| Err(Error::internal(format!("no handler for {op:?}"))))
         }
     })

@@ -195,8 +195,12 @@ async fn hard_delete_during_a_backup_never_loses_the_backup() {
     )
     .await;
     assert_eq!(st, 200, "{b}");
-    const ROUNDS: usize = 4;
-    for round in 0..ROUNDS {
+    // 4 rounds in the suite; RSVAULT_TRIAL_ROUNDS=20 repeats the issue's trial in full.
+    let rounds: usize = std::env::var("RSVAULT_TRIAL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(4);
+    for round in 0..rounds {
         let a = format!("a{round}");
         let b = format!("b{round}");
         let a_img = f.dir.join(format!("{a}.raw"));
@@ -761,5 +765,170 @@ async fn restores_beyond_the_vault_queue_cap_get_429_with_retry_after() {
         wait_job(&f, &again).await.pop().unwrap()["properties"]["status"],
         "Completed"
     );
+    f.s.stop().await;
+}
+
+/// An engine whose armed backup is stuck (it does not see its cancel) until released: a job that was
+/// asked to cancel and then lost its process.
+struct StuckBackup {
+    inner: ResticEngine,
+    entered: Mutex<Sender<()>>,
+    release: Mutex<Receiver<()>>,
+}
+
+impl Engine for StuckBackup {
+    fn init(&self, repo: &RepoSpec) -> Result<()> {
+        self.inner.init(repo)
+    }
+    fn backup_disks(&self, _: &RepoSpec, _: &DiskBackupRequest, _: &dyn Progress, _: &Cancel) -> Result<BackupOutcome> {
+        let _ = self.entered.lock().unwrap().send(());
+        let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(300));
+        Err(rsvault_engine::EngineError::Cancelled)
+    }
+    fn backup_tree(&self, r: &RepoSpec, q: &TreeBackupRequest, p: &dyn Progress, c: &Cancel) -> Result<BackupOutcome> {
+        self.inner.backup_tree(r, q, p, c)
+    }
+    fn recovery_points(&self, repo: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {
+        self.inner.recovery_points(repo, filter)
+    }
+    fn recovery_point(&self, repo: &RepoSpec, id: &str) -> Result<RecoveryPointInfo> {
+        self.inner.recovery_point(repo, id)
+    }
+    fn delete_recovery_points(&self, repo: &RepoSpec, ids: &[String]) -> Result<usize> {
+        self.inner.delete_recovery_points(repo, ids)
+    }
+    fn prune(&self, repo: &RepoSpec, now: chrono::DateTime<chrono::Utc>) -> Result<PruneReport> {
+        self.inner.prune(repo, now)
+    }
+    fn collect_garbage(
+        &self,
+        repo: &RepoSpec,
+        keep: &dyn Fn(&RecoveryPointInfo) -> bool,
+        reclaim: bool,
+    ) -> Result<PruneReport> {
+        self.inner.collect_garbage(repo, keep, reclaim)
+    }
+    fn restore_disks(
+        &self,
+        r: &RepoSpec,
+        q: &DiskRestoreRequest,
+        p: &dyn Progress,
+        c: &Cancel,
+    ) -> Result<RestoreOutcome> {
+        self.inner.restore_disks(r, q, p, c)
+    }
+    fn restore_tree(
+        &self,
+        r: &RepoSpec,
+        q: &TreeRestoreRequest,
+        p: &dyn Progress,
+        c: &Cancel,
+    ) -> Result<RestoreOutcome> {
+        self.inner.restore_tree(r, q, p, c)
+    }
+    fn verify(&self, repo: &RepoSpec, read_data: ReadData) -> Result<VerifyReport> {
+        self.inner.verify(repo, read_data)
+    }
+}
+
+/// Issue 19: cancel, then a crash before the engine noticed. The job was `Cancelling`; the next start
+/// settles it `Cancelled` (what the user asked for), not `Failed` with the crash's words. The crash is
+/// a second server taking over the data dir while the first one's worker is stuck.
+#[tokio::test]
+async fn cancel_then_crash_ends_cancelled() {
+    let (entered_tx, entered_rx) = channel();
+    let (release_tx, release_rx) = channel();
+    let engine = Arc::new(StuckBackup {
+        inner: ResticEngine::new(),
+        entered: Mutex::new(entered_tx),
+        release: Mutex::new(release_rx),
+    });
+    let f = fixture_with(move |c| {
+        c.engine = Some(EngineOverride(engine));
+        c.policy_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let os = f.dir.join("a.raw");
+    write_random(&os, 1 << 20, 4);
+    protect_vm(&f, "a", &os, &[]).await;
+    let job_id = accept(&f, &f.s.url(&format!("{}/backup?{BK}", f.item("a"))), &backup_body()).await;
+    tokio::task::spawn_blocking(move || {
+        entered_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the backup started")
+    })
+    .await
+    .unwrap();
+    let (st, _, _) = send(
+        &f.s,
+        "POST",
+        &format!("{}/backupJobs/{job_id}/cancel?{BK}", f.vault()),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202);
+    assert_eq!(job(&f, &job_id).await["properties"]["status"], "Cancelling");
+    // The "restart": another server over the same data dir, as after a kill.
+    let mut config = test_config(f.s.dir.clone());
+    config.policy_interval = Duration::from_secs(3600);
+    let second = start_with(config, None).await;
+    let (st, body) = second
+        .call(
+            "GET",
+            &format!("{}/backupJobs/{job_id}?{BK}", second.vault_path("rg", "v1")),
+            None,
+        )
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(body["properties"]["status"], "Cancelled", "{body}");
+    assert!(body["properties"]["errorDetails"].is_null(), "{body}");
+    release_tx.send(()).unwrap();
+    second.stop().await;
+    f.s.stop().await;
+}
+
+/// Issue 19: a share restore into a read-only target ended `500000 Internal error` with the engine's
+/// raw text. It is a user error (100005) that names the target, and nothing is written.
+#[tokio::test]
+async fn a_restore_into_a_read_only_target_is_a_user_error() {
+    let f = fixture().await;
+    let share = protect_share(&f, "filesa", "docs", |d| {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("a.txt"), "alpha").unwrap();
+    })
+    .await;
+    let restore = share_point(&f, "filesa", "docs").await;
+    // The alternate share lives on a file system mounted read-only.
+    let acct_dir = share.parent().unwrap().to_path_buf();
+    let ro = acct_dir.join("frozen");
+    small_fs(&ro, 4);
+    let _m = Mounted(ro.clone());
+    let st = std::process::Command::new("mount")
+        .args(["-o", "remount,ro"])
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let alt = json!({"properties": {"objectType": "AzureFileShareRestoreRequest", "recoveryType": "AlternateLocation", "sourceResourceId": f.account_id("filesa"),
+        "copyOptions": "Overwrite", "restoreRequestType": "FullShareRestore", "restoreFileSpecs": [{"targetFolderPath": "restored"}],
+        "targetDetails": {"name": "frozen", "targetResourceId": f.account_id("filesa")}}});
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/fileServices/default/shares/frozen?{ST_API}", f.account_id("filesa")),
+        Some(&json!({"properties": {}})),
+    )
+    .await;
+    assert!(st == 200 || st == 201, "{b}");
+    let job = accept(&f, &restore, &alt).await;
+    let end = wait_job(&f, &job).await.pop().unwrap();
+    let p = &end["properties"];
+    assert_eq!(p["status"], "Failed", "{end}");
+    assert_eq!(p["errorDetails"][0]["errorCode"], 100005, "{end}");
+    assert!(
+        p["errorDetails"][0]["errorString"].as_str().unwrap().contains("frozen"),
+        "{end}"
+    );
+    assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
     f.s.stop().await;
 }

@@ -49,16 +49,9 @@ impl Control {
             .pointer("/properties/securitySettings/softDeleteSettings")
             .cloned()
             .unwrap_or_else(|| json!({}));
-        let current = sd["softDeleteState"].as_str().unwrap_or("Enabled").to_string();
+        let before = v.body.clone();
         let mut sd = sd;
         if let Some(state) = body::opt_enum(&props, "softDeleteFeatureState", "properties.", SOFT_DELETE_STATES)? {
-            if current == "AlwaysON" && state != "AlwaysON" {
-                return Err(Error::Invalid {
-                    code: "BMSUserErrorSoftDeleteAlwaysOnCannotBeDisabled",
-                    message: "Soft delete is always on for this vault and cannot be changed.".into(),
-                    target: Some("properties.softDeleteFeatureState".into()),
-                });
-            }
             sd["softDeleteState"] = json!(state);
         }
         if let Some(state) = body::opt_enum(&props, "enhancedSecurityState", "properties.", SOFT_DELETE_STATES)? {
@@ -79,6 +72,15 @@ impl Control {
             p["securitySettings"] = json!({});
         }
         p["securitySettings"]["softDeleteSettings"] = sd;
+        // AlwaysON stays on; an immutable vault keeps soft delete (the vault PATCH's own rules).
+        crate::immutability::check_settings_change(&before, &v.body).map_err(|e| match e {
+            Error::Invalid { code, message, .. } => Error::Invalid {
+                code,
+                message,
+                target: Some("properties.softDeleteFeatureState".into()),
+            },
+            other => other,
+        })?;
         v.updated = self.now();
         v.body["etag"] = json!(rsvault_core::time::datetime_etag(v.updated));
         v.etag = v.body["etag"].as_str().unwrap_or_default().to_string();

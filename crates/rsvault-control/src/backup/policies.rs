@@ -10,6 +10,7 @@
 
 use super::jobs::NewJob;
 use super::{policy_id, POLICY_TYPE, PROTECTED_ITEM_TYPE};
+use crate::immutability::{self, retention_cut, Immutability};
 use crate::{body, Control, Error, Result};
 use chrono::{DateTime, Duration, Timelike, Utc};
 use rsvault_core::odata::Filter;
@@ -832,6 +833,17 @@ impl Control {
         if items.is_empty() {
             self.store.write(|db| db.put_resource(&row))?;
             return Ok((None, self.render_policy(&row)));
+        }
+        if let Some(e) = existing.as_ref().filter(|_| Immutability::of(&v.body).enforced()) {
+            if let Some(tier) = retention_cut(&e.body["properties"], &row.body["properties"]) {
+                return Err(immutability::blocked(
+                    &format!(
+                        "Reducing the retention of policy '{name}', which protects {} item(s),",
+                        items.len()
+                    ),
+                    Some(&tier),
+                ));
+            }
         }
         let jobs: Vec<_> = items
             .iter()

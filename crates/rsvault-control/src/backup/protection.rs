@@ -17,8 +17,9 @@ use super::{
     check_fabric, container_id, item_id, vault_of, ContainerName, ItemName, CONTAINER_TYPE, PROTECTABLE_ITEM_TYPE,
     PROTECTED_ITEM_TYPE,
 };
+use crate::immutability::{self, retention_cut, Immutability};
 use crate::inventory::{ACCOUNT_TYPE, SHARE_TYPE, VM_TYPE};
-use crate::{body, Control, Error, Result};
+use crate::{body, Caller, Control, Error, Result};
 use rand::Rng;
 use rsvault_core::odata::Filter;
 use rsvault_core::time;
@@ -120,7 +121,14 @@ impl Control {
 
     /// `GET backupProtectableItems`: VMs in the vault's region and shares of registered storage accounts
     /// that no vault protects yet.
-    pub fn list_protectable_items(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<Vec<Value>> {
+    pub fn list_protectable_items(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<Value>> {
         let v = self.vault_row(sub, rg, vault)?;
         let f = Filter::parse(filter.unwrap_or_default())?;
         f.only(
@@ -216,7 +224,50 @@ impl Control {
         if let Some(name) = f.eq("friendlyName") {
             out.retain(|i| eq_ci(i.pointer("/properties/friendlyName").and_then(Value::as_str), name));
         }
-        Ok(out)
+        // Only what the caller may read, as Azure lists it.
+        let mut visible = Vec::with_capacity(out.len());
+        for i in out {
+            let (action, source) = match i.pointer("/properties/virtualMachineId").and_then(Value::as_str) {
+                Some(vm) => ("Microsoft.Compute/virtualMachines/read", vm),
+                None => (
+                    "Microsoft.Storage/storageAccounts/read",
+                    i.pointer("/properties/parentContainerFabricId")
+                        .and_then(Value::as_str)
+                        .unwrap_or("/"),
+                ),
+            };
+            if self.may(caller, action, source)? {
+                visible.push(i);
+            }
+        }
+        Ok(visible)
+    }
+
+    /// The linked access enabling protection of (or registering) what a container names needs: read
+    /// and write on the VM or storage account, named from the container alone (nothing looked up).
+    fn check_source_access(
+        &self,
+        caller: &Caller,
+        sub: &str,
+        c: &ContainerName,
+        action: &str,
+        scope: &str,
+    ) -> Result<()> {
+        let (id, read, write) = match c {
+            ContainerName::Vm { rg, vm } => (
+                format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}"),
+                "Microsoft.Compute/virtualMachines/read",
+                "Microsoft.Compute/virtualMachines/write",
+            ),
+            ContainerName::Storage { rg, account } => (
+                format!(
+                    "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Storage/storageAccounts/{account}"
+                ),
+                "Microsoft.Storage/storageAccounts/read",
+                "Microsoft.Storage/storageAccounts/write",
+            ),
+        };
+        self.authorize_linked(caller, action, scope, &[(read, &id), (write, &id)])
     }
 
     /// `GET backupFabrics/Azure/protectableContainers`: storage accounts in the vault's region that no
@@ -324,8 +375,10 @@ impl Control {
 
     /// `PUT backupFabrics/Azure/protectionContainers/{c}`: registers a storage account (or VM) with the
     /// vault. Returns the operation id.
+    #[allow(clippy::too_many_arguments)]
     pub fn register_container(
         &self,
+        caller: &Caller,
         sub: &str,
         rg: &str,
         vault: &str,
@@ -335,6 +388,13 @@ impl Control {
     ) -> Result<String> {
         let v = self.fabric_vault(sub, rg, vault, fabric)?;
         let c = ContainerName::parse(container)?;
+        self.check_source_access(
+            caller,
+            sub,
+            &c,
+            "Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/write",
+            &container_id(&v.id, &c),
+        )?;
         let m = if req.is_null() {
             Map::new()
         } else {
@@ -638,6 +698,7 @@ impl Control {
     #[allow(clippy::too_many_arguments)]
     pub fn put_protected_item(
         &self,
+        caller: &Caller,
         sub: &str,
         rg: &str,
         vault: &str,
@@ -653,6 +714,15 @@ impl Control {
         })?;
         let id = item_id(&v.id, &c, &i);
         let existing = self.store.read(|db| db.resource(&id))?;
+        if existing.is_none() {
+            self.check_source_access(
+                caller,
+                sub,
+                &c,
+                "Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/write",
+                &id,
+            )?;
+        }
         let w = self.workload(sub, &c, &i);
         let declared_type = body::opt_str(props, "protectedItemType", "properties.")?;
         let policy = body::opt_str(props, "policyId", "properties.")?.filter(|p| !p.is_empty());
@@ -772,6 +842,23 @@ impl Control {
         }
         let policy = policy.ok_or_else(|| configure_error("Input for configure protection is not in proper format: give a policyId, or protectionState 'ProtectionStopped' to stop protection."))?;
         let pol = self.policy_for(&v, policy, &w)?;
+        if Immutability::of(&v.body).enforced() {
+            let current = p["policyId"]
+                .as_str()
+                .filter(|id| !id.is_empty() && !id.eq_ignore_ascii_case(&pol.id));
+            if let Some(old) = current
+                .map(|id| self.store.read(|db| db.resource(id)))
+                .transpose()?
+                .flatten()
+            {
+                if retention_cut(&old.body["properties"], &pol.body["properties"]).is_some() {
+                    return Err(immutability::blocked(
+                        &format!("Moving '{item}' from policy '{}' to policy '{}', which keeps recovery points for less time,", old.name, pol.name),
+                        Some("properties.policyId"),
+                    ));
+                }
+            }
+        }
         let was_stopped = p["protectionState"].as_str() == Some("ProtectionStopped");
         let o = p.as_object_mut().expect("item properties are an object");
         o.insert("policyId".into(), json!(pol.id));
@@ -879,6 +966,16 @@ impl Control {
                 "BMSUserErrorItemSoftDeleted",
                 format!("Item '{item}' is already soft deleted. It is purged when its retention period ends, or undelete it first."),
             ));
+        }
+        if Immutability::of(&v.body).enforced() {
+            let now = self.now();
+            let points = self.store.read(|db| db.recovery_points(&existing.id))?;
+            if points.iter().any(|rp| rp.expiry.is_none_or(|e| e > now)) {
+                return Err(immutability::blocked(
+                    &format!("Stopping protection of '{item}' and deleting its backup data, whose recovery points have not expired,"),
+                    None,
+                ));
+            }
         }
         let (soft, days) = soft_delete(&v);
         let job = self.job_for(&v, "DeleteBackupData", &b["properties"], None);

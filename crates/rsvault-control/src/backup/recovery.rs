@@ -18,7 +18,7 @@ use super::jobs::Window;
 use crate::body;
 use crate::faults::FaultAction;
 use crate::runner::{new_tasks, Failure, Finished, JobError, JobProgress, TaskSpec, QUEUED, RUNNING};
-use crate::{Control, Error, Result};
+use crate::{Caller, Control, Error, Result};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use rsvault_core::odata::Filter;
@@ -248,6 +248,42 @@ fn path_failure(path: &Path) -> Failure {
         crate::hostaccess::unavailable_message(&path.display().to_string()),
         "Ask the operator to grant the path (rsvault serve --allow-path DIR), then run the operation again.",
     ))
+}
+
+/// What a restore request writes beyond the vault, as (action, scope) pairs the caller must hold
+/// (`item` is the protected item's `properties`):
+/// the target storage account (write), the new VM (write, in its group), or the item's own VM or
+/// storage account for an original-location restore. Named from the request alone.
+fn restore_linked_scopes(
+    item: &Value,
+    bmt: &str,
+    recovery_type: &str,
+    props: &Map<String, Value>,
+) -> Vec<(&'static str, String)> {
+    const VM_WRITE: &str = "Microsoft.Compute/virtualMachines/write";
+    const ACCOUNT_WRITE: &str = "Microsoft.Storage/storageAccounts/write";
+    let s = |k: &str| props.get(k).and_then(Value::as_str).map(String::from);
+    let source = item["sourceResourceId"].as_str().map(String::from);
+    let mut out = Vec::new();
+    match (bmt, recovery_type) {
+        ("AzureStorage", "AlternateLocation") => {
+            if let Some(t) = props
+                .get("targetDetails")
+                .and_then(|t| t.get("targetResourceId"))
+                .and_then(Value::as_str)
+            {
+                out.push((ACCOUNT_WRITE, t.to_string()));
+            }
+        }
+        ("AzureStorage", _) => out.extend(source.map(|s| (ACCOUNT_WRITE, s))),
+        (_, "OriginalLocation") => out.extend(source.map(|s| (VM_WRITE, s))),
+        (_, "AlternateLocation") => {
+            out.extend(s("storageAccountId").map(|a| (ACCOUNT_WRITE, a)));
+            out.extend(s("targetVirtualMachineId").map(|v| (VM_WRITE, v)));
+        }
+        _ => out.extend(s("storageAccountId").map(|a| (ACCOUNT_WRITE, a))),
+    }
+    out
 }
 
 /// Restores a vault holds queued or running at once; more are refused with 429 and `Retry-After`.
@@ -567,7 +603,7 @@ impl Control {
         item: &str,
         filter: Option<&str>,
     ) -> Result<Vec<Value>> {
-        let (_, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
+        let (v, row) = self.protected_item_row(sub, rg, vault, fabric, container, item)?;
         let f = Filter::parse(filter.unwrap_or_default())?;
         f.only(
             &["startDate", "endDate", "restorePointQueryType", "extendedInfo"],
@@ -578,7 +614,7 @@ impl Control {
         Ok(rps
             .into_iter()
             .filter(|r| window.contains(r.time))
-            .map(|r| r.body)
+            .map(|r| rendered_point(&v, r))
             .collect())
     }
 
@@ -594,10 +630,8 @@ impl Control {
         item: &str,
         rp: &str,
     ) -> Result<Value> {
-        Ok(self
-            .recovery_point_row(sub, rg, vault, fabric, container, item, rp)?
-            .2
-            .body)
+        let (v, _, rp) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
+        Ok(rendered_point(&v, rp))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1082,6 +1116,7 @@ impl Control {
     #[allow(clippy::too_many_arguments)]
     pub fn trigger_restore(
         &self,
+        caller: &Caller,
         sub: &str,
         rg: &str,
         vault: &str,
@@ -1139,6 +1174,15 @@ impl Control {
                 "The restore request needs 'properties.recoveryType'.",
             )
         })?;
+        // Linked access: the restore writes into resources beyond the vault's path.
+        let linked = restore_linked_scopes(&p, &bmt, recovery_type, props);
+        let linked: Vec<(&str, &str)> = linked.iter().map(|(a, s)| (*a, s.as_str())).collect();
+        self.authorize_linked(
+            caller,
+            "Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/restore/action",
+            &rp_row.id,
+            &linked,
+        )?;
         let rp_time = time::us_datetime(rp_row.time);
         let mut bag = Map::new();
         let (target, resource) = if bmt == "AzureStorage" {
@@ -1444,6 +1488,21 @@ impl Control {
 /// The rendering of a job for the wire, per its type: VM jobs carry task times and durations;
 /// storage jobs' tasks are `{taskId, status}` as the spec has them.
 /// Writes an item's `recoveryPointCount` and `oldestRecoveryPoint` from its recovery point rows.
+/// A recovery point as clients see it: its stored body, with the immutability its vault gives it
+/// (`recoveryPointProperties.immutabilityProperties`; immutability follows the point's own expiry,
+/// "as per policy", so no separate `expiryTime`).
+fn rendered_point(vault: &ResourceRow, rp: RecoveryPointRow) -> Value {
+    let mut b = rp.body;
+    let immutable = crate::immutability::Immutability::of(&vault.body).enforced();
+    if let Some(props) = b
+        .pointer_mut("/properties/recoveryPointProperties")
+        .and_then(Value::as_object_mut)
+    {
+        props.insert("immutabilityProperties".into(), json!({"isImmutable": immutable}));
+    }
+    b
+}
+
 pub(crate) fn count_points(
     db: &rsvault_store::Db,
     item: &mut ResourceRow,

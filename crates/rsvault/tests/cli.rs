@@ -13,10 +13,16 @@ fn bin() -> Command {
 }
 
 fn serve(dir: &Path) -> (Child, String) {
+    serve_with(dir, &[])
+}
+
+/// `serve` with extra options; returns the child and its URL once it is ready.
+fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
     let mut child = bin()
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -829,25 +835,9 @@ fn a_server_killed_during_garbage_collection_and_prune_loses_nothing() {
     let dir = tmp.path().join("data");
     let images = tmp.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
-    let serve_fast = |dir: &Path| -> (Child, String) {
-        let mut child = bin()
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--policy-interval", "1"])
-            .args(grant_args(tmp.path()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        reader.read_line(&mut line).unwrap();
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        (
-            child,
-            line.trim().strip_prefix("rsvault listening on ").unwrap().to_string(),
-        )
-    };
+    let mut fast = vec!["--policy-interval".to_string(), "1".to_string()];
+    fast.extend(grant_args(tmp.path()));
+    let serve_fast = |dir: &Path| serve_with(dir, &fast);
     let (mut child, mut url) = serve_fast(&dir);
     let vm_add = |name: &str| {
         let disk = images.join(format!("{name}.raw"));

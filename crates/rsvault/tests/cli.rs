@@ -570,7 +570,7 @@ fn a_server_killed_during_a_share_restore_leaves_every_file_whole() {
         panic!("the backup did not finish");
     });
     let mut killed_in_transfer = 0;
-    for (round, delay_ms) in [0u64, 300, 900].into_iter().enumerate() {
+    for (round, delay_ms) in kill_moments(&[0, 300, 900]).into_iter().enumerate() {
         let live_seed = |i: u64| 1000 * (round as u64 + 1) + i;
         for i in 0..FILES {
             std::fs::write(path_of(i), pattern(live_seed(i), LEN)).unwrap();
@@ -912,7 +912,8 @@ fn a_server_killed_during_garbage_collection_and_prune_loses_nothing() {
     });
     // recovery point name -> (vm, expected bytes seed)
     let mut expected: Vec<(String, String, u64)> = vec![];
-    for (round, delay_ms) in [0u64, 150, 400, 800, 1200].into_iter().enumerate() {
+    // Five moments in the suite; RSVAULT_KILL_ROUNDS=N runs N rounds over the same moments.
+    for (round, delay_ms) in kill_moments(&[0, 150, 400, 800, 1200]).into_iter().enumerate() {
         let doomed = format!("gone{round}");
         vm_add(&doomed);
         rt.block_on(async {
@@ -1013,4 +1014,14 @@ fn grant_args(root: &Path) -> Vec<String> {
     } else {
         vec![]
     }
+}
+
+/// The kill delays (ms) of a kill test: `moments` once, or `RSVAULT_KILL_ROUNDS` rounds cycling
+/// through them.
+fn kill_moments(moments: &[u64]) -> Vec<u64> {
+    let n = std::env::var("RSVAULT_KILL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(moments.len());
+    moments.iter().copied().cycle().take(n).collect()
 }

@@ -13,19 +13,26 @@ fn bin() -> Command {
 }
 
 fn serve(dir: &Path) -> (Child, String) {
-    serve_granting(dir, &[])
+    serve_with(dir, &[])
 }
 
 /// `serve` with an `--allow-path` per root.
 fn serve_granting(dir: &Path, roots: &[&Path]) -> (Child, String) {
-    let mut cmd = bin();
-    cmd.args(["serve", "--data-dir"])
+    let extra: Vec<String> = roots.iter().map(|r| format!("--allow-path={}", r.display())).collect();
+    serve_with(dir, &extra)
+}
+
+/// `serve` with extra options; returns the child and its URL once it is ready.
+fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
+    let mut child = bin()
+        .args(["serve", "--data-dir"])
         .arg(dir)
-        .args(["--listen", "127.0.0.1:0"]);
-    for r in roots {
-        cmd.arg("--allow-path").arg(r);
-    }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     reader.read_line(&mut line).unwrap();
@@ -589,7 +596,7 @@ fn a_server_killed_during_a_share_restore_leaves_every_file_whole() {
         panic!("the backup did not finish");
     });
     let mut killed_in_transfer = 0;
-    for (round, delay_ms) in [0u64, 300, 900].into_iter().enumerate() {
+    for (round, delay_ms) in kill_moments(&[0, 300, 900]).into_iter().enumerate() {
         let live_seed = |i: u64| 1000 * (round as u64 + 1) + i;
         for i in 0..FILES {
             std::fs::write(path_of(i), pattern(live_seed(i), LEN)).unwrap();
@@ -859,25 +866,9 @@ fn a_server_killed_during_garbage_collection_and_prune_loses_nothing() {
     let dir = tmp.path().join("data");
     let images = tmp.path().join("images");
     std::fs::create_dir_all(&images).unwrap();
-    let serve_fast = |dir: &Path| -> (Child, String) {
-        let mut child = bin()
-            .args(["serve", "--data-dir"])
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0", "--policy-interval", "1"])
-            .args(grant_args(tmp.path()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut reader = BufReader::new(child.stdout.take().unwrap());
-        reader.read_line(&mut line).unwrap();
-        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-        (
-            child,
-            line.trim().strip_prefix("rsvault listening on ").unwrap().to_string(),
-        )
-    };
+    let mut fast = vec!["--policy-interval".to_string(), "1".to_string()];
+    fast.extend(grant_args(tmp.path()));
+    let serve_fast = |dir: &Path| serve_with(dir, &fast);
     let (mut child, mut url) = serve_fast(&dir);
     let vm_add = |name: &str| {
         let disk = images.join(format!("{name}.raw"));
@@ -952,7 +943,8 @@ fn a_server_killed_during_garbage_collection_and_prune_loses_nothing() {
     });
     // recovery point name -> (vm, expected bytes seed)
     let mut expected: Vec<(String, String, u64)> = vec![];
-    for (round, delay_ms) in [0u64, 150, 400, 800, 1200].into_iter().enumerate() {
+    // Five moments in the suite; RSVAULT_KILL_ROUNDS=N runs N rounds over the same moments.
+    for (round, delay_ms) in kill_moments(&[0, 150, 400, 800, 1200]).into_iter().enumerate() {
         let doomed = format!("gone{round}");
         vm_add(&doomed);
         rt.block_on(async {
@@ -1053,4 +1045,14 @@ fn grant_args(root: &Path) -> Vec<String> {
     } else {
         vec![]
     }
+}
+
+/// The kill delays (ms) of a kill test: `moments` once, or `RSVAULT_KILL_ROUNDS` rounds cycling
+/// through them.
+fn kill_moments(moments: &[u64]) -> Vec<u64> {
+    let n = std::env::var("RSVAULT_KILL_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(moments.len());
+    moments.iter().copied().cycle().take(n).collect()
 }

@@ -12,29 +12,21 @@ use rsvault_engine::{
 };
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The real engine, except that an armed backup stops after its snapshot is committed (before the
-/// job records it) until the test releases it.
-struct PauseAfterSnapshot {
+/// What a disk backup runs: the real engine's call.
+type RealBackup<'a> = &'a dyn Fn() -> Result<BackupOutcome>;
+
+/// The real engine with a hook around disk backups: the hook decides whether and when the real call
+/// runs (to pause after the snapshot is committed, or to be stuck without seeing a cancel).
+struct Hooked {
     inner: ResticEngine,
-    armed: AtomicBool,
-    paused: Mutex<Sender<()>>,
-    release: Mutex<Receiver<()>>,
+    disk_backup: Box<dyn Fn(RealBackup) -> Result<BackupOutcome> + Send + Sync>,
 }
 
-impl PauseAfterSnapshot {
-    fn pause_if_armed(&self) {
-        if self.armed.swap(false, Ordering::SeqCst) {
-            let _ = self.paused.lock().unwrap().send(());
-            let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(300));
-        }
-    }
-}
-
-impl Engine for PauseAfterSnapshot {
+impl Engine for Hooked {
     fn init(&self, repo: &RepoSpec) -> Result<()> {
         self.inner.init(repo)
     }
@@ -45,9 +37,7 @@ impl Engine for PauseAfterSnapshot {
         progress: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<BackupOutcome> {
-        let out = self.inner.backup_disks(repo, req, progress, cancel)?;
-        self.pause_if_armed();
-        Ok(out)
+        (self.disk_backup)(&|| self.inner.backup_disks(repo, req, progress, cancel))
     }
     fn backup_tree(
         &self,
@@ -56,9 +46,7 @@ impl Engine for PauseAfterSnapshot {
         progress: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<BackupOutcome> {
-        let out = self.inner.backup_tree(repo, req, progress, cancel)?;
-        self.pause_if_armed();
-        Ok(out)
+        self.inner.backup_tree(repo, req, progress, cancel)
     }
     fn recovery_points(&self, repo: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {
         self.inner.recovery_points(repo, filter)
@@ -139,20 +127,28 @@ async fn restore_matches(f: &Fixture, vm: &str, acct: &str, want: &[u8]) {
 /// be listed and restore byte for byte.
 #[tokio::test]
 async fn gc_between_snapshot_commit_and_its_row_keeps_the_snapshot() {
-    let (paused_tx, paused_rx) = channel();
-    let (release_tx, release_rx) = channel();
-    let engine = Arc::new(PauseAfterSnapshot {
+    let (paused_tx, paused_rx) = channel::<()>();
+    let (release_tx, release_rx) = channel::<()>();
+    // Armed: the next disk backup stops after its snapshot is committed, until released.
+    let armed = Arc::new(AtomicBool::new(false));
+    let (paused_tx, release_rx) = (Mutex::new(paused_tx), Mutex::new(release_rx));
+    let arm = armed.clone();
+    let engine = Hooked {
         inner: ResticEngine::new(),
-        armed: AtomicBool::new(false),
-        paused: Mutex::new(paused_tx),
-        release: Mutex::new(release_rx),
-    });
-    let e = engine.clone();
-    let f = fixture_with(move |c| c.engine = Some(EngineOverride(e))).await;
+        disk_backup: Box::new(move |run| {
+            let out = run()?;
+            if arm.swap(false, Ordering::SeqCst) {
+                let _ = paused_tx.lock().unwrap().send(());
+                let _ = release_rx.lock().unwrap().recv_timeout(Duration::from_secs(300));
+            }
+            Ok(out)
+        }),
+    };
+    let f = fixture_with(move |c| c.engine = Some(EngineOverride(Arc::new(engine)))).await;
     let os = f.dir.join("a.raw");
     write_random(&os, 8 << 20, 11);
     protect_vm(&f, "a", &os, &[]).await;
-    engine.armed.store(true, Ordering::SeqCst);
+    armed.store(true, Ordering::SeqCst);
     let job_id = accept(&f, &f.s.url(&format!("{}/backup?{BK}", f.item("a"))), &backup_body()).await;
     let paused_rx = tokio::task::spawn_blocking(move || {
         paused_rx
@@ -768,83 +764,25 @@ async fn restores_beyond_the_vault_queue_cap_get_429_with_retry_after() {
     f.s.stop().await;
 }
 
-/// An engine whose armed backup is stuck (it does not see its cancel) until released: a job that was
-/// asked to cancel and then lost its process.
-struct StuckBackup {
-    inner: ResticEngine,
-    entered: Mutex<Sender<()>>,
-    release: Mutex<Receiver<()>>,
-}
-
-impl Engine for StuckBackup {
-    fn init(&self, repo: &RepoSpec) -> Result<()> {
-        self.inner.init(repo)
-    }
-    fn backup_disks(&self, _: &RepoSpec, _: &DiskBackupRequest, _: &dyn Progress, _: &Cancel) -> Result<BackupOutcome> {
-        let _ = self.entered.lock().unwrap().send(());
-        let _ = self.release.lock().unwrap().recv_timeout(Duration::from_secs(300));
-        Err(rsvault_engine::EngineError::Cancelled)
-    }
-    fn backup_tree(&self, r: &RepoSpec, q: &TreeBackupRequest, p: &dyn Progress, c: &Cancel) -> Result<BackupOutcome> {
-        self.inner.backup_tree(r, q, p, c)
-    }
-    fn recovery_points(&self, repo: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {
-        self.inner.recovery_points(repo, filter)
-    }
-    fn recovery_point(&self, repo: &RepoSpec, id: &str) -> Result<RecoveryPointInfo> {
-        self.inner.recovery_point(repo, id)
-    }
-    fn delete_recovery_points(&self, repo: &RepoSpec, ids: &[String]) -> Result<usize> {
-        self.inner.delete_recovery_points(repo, ids)
-    }
-    fn prune(&self, repo: &RepoSpec, now: chrono::DateTime<chrono::Utc>) -> Result<PruneReport> {
-        self.inner.prune(repo, now)
-    }
-    fn collect_garbage(
-        &self,
-        repo: &RepoSpec,
-        keep: &dyn Fn(&RecoveryPointInfo) -> bool,
-        reclaim: bool,
-    ) -> Result<PruneReport> {
-        self.inner.collect_garbage(repo, keep, reclaim)
-    }
-    fn restore_disks(
-        &self,
-        r: &RepoSpec,
-        q: &DiskRestoreRequest,
-        p: &dyn Progress,
-        c: &Cancel,
-    ) -> Result<RestoreOutcome> {
-        self.inner.restore_disks(r, q, p, c)
-    }
-    fn restore_tree(
-        &self,
-        r: &RepoSpec,
-        q: &TreeRestoreRequest,
-        p: &dyn Progress,
-        c: &Cancel,
-    ) -> Result<RestoreOutcome> {
-        self.inner.restore_tree(r, q, p, c)
-    }
-    fn verify(&self, repo: &RepoSpec, read_data: ReadData) -> Result<VerifyReport> {
-        self.inner.verify(repo, read_data)
-    }
-}
-
 /// Issue 19: cancel, then a crash before the engine noticed. The job was `Cancelling`; the next start
 /// settles it `Cancelled` (what the user asked for), not `Failed` with the crash's words. The crash is
 /// a second server taking over the data dir while the first one's worker is stuck.
 #[tokio::test]
 async fn cancel_then_crash_ends_cancelled() {
-    let (entered_tx, entered_rx) = channel();
-    let (release_tx, release_rx) = channel();
-    let engine = Arc::new(StuckBackup {
+    let (entered_tx, entered_rx) = channel::<()>();
+    let (release_tx, release_rx) = channel::<()>();
+    let (entered_tx, release_rx) = (Mutex::new(entered_tx), Mutex::new(release_rx));
+    // Every disk backup is stuck, blind to its cancel, until released; then it gives up.
+    let engine = Hooked {
         inner: ResticEngine::new(),
-        entered: Mutex::new(entered_tx),
-        release: Mutex::new(release_rx),
-    });
+        disk_backup: Box::new(move |_run| {
+            let _ = entered_tx.lock().unwrap().send(());
+            let _ = release_rx.lock().unwrap().recv_timeout(Duration::from_secs(300));
+            Err(rsvault_engine::EngineError::Cancelled)
+        }),
+    };
     let f = fixture_with(move |c| {
-        c.engine = Some(EngineOverride(engine));
+        c.engine = Some(EngineOverride(Arc::new(engine)));
         c.policy_interval = Duration::from_secs(3600);
     })
     .await;

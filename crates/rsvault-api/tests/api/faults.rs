@@ -345,13 +345,43 @@ async fn share_restore_never_follows_a_directory_swapped_for_a_link() {
     })
     .await;
     let restore = share_point(&f, "filesa", "docs").await;
+    // A root-owned directory the attacker wants root to write into and chmod.
     let outside = f.dir.join("outside");
     std::fs::create_dir_all(&outside).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::fs::remove_dir_all(share.join("sub")).unwrap();
-    std::os::unix::fs::symlink(&outside, share.join("sub")).unwrap();
-    std::fs::write(share.join("top.txt"), "top v2").unwrap();
+    // The share belongs to an unprivileged local user, who swaps a directory for a link (as that
+    // user, through runuser).
+    let user = local_user();
+    for dir in share.ancestors().take_while(|d| *d != std::path::Path::new("/tmp")) {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001)).unwrap();
+    }
+    let st = std::process::Command::new("chown")
+        .args(["-R", &user])
+        .arg(&share)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let swap = std::process::Command::new("runuser")
+        .args([
+            "-u",
+            &user,
+            "--",
+            "sh",
+            "-c",
+            r#"rm -rf "$1/sub" && ln -s "$2" "$1/sub" && echo "top v2" > "$1/top.txt""#,
+            "sh",
+        ])
+        .arg(&share)
+        .arg(&outside)
+        .status()
+        .unwrap();
+    assert!(swap.success(), "the unprivileged user could not swap the directory");
+    assert!(std::fs::symlink_metadata(share.join("sub"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let job = accept(&f, &restore, &original_overwrite(&f, "filesa")).await;
     let end = wait_job(&f, &job).await.pop().unwrap();
     let p = &end["properties"];
@@ -376,7 +406,7 @@ async fn share_restore_never_follows_a_directory_swapped_for_a_link() {
     );
     assert_eq!(
         std::fs::read_to_string(share.join("top.txt")).unwrap(),
-        "top v2",
+        "top v2\n",
         "a failed restore renamed files"
     );
     let (_, temps) = files_below(&share);
@@ -869,4 +899,32 @@ async fn a_restore_into_a_read_only_target_is_a_user_error() {
     );
     assert_eq!(std::fs::read_dir(&ro).unwrap().count(), 0);
     f.s.stop().await;
+}
+
+/// An unprivileged local user for the attacks a local user can make (created once with `useradd`).
+fn local_user() -> String {
+    let name = "rsvault-mallory";
+    let known = std::process::Command::new("id")
+        .arg(name)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    if !known {
+        let st = std::process::Command::new("useradd")
+            .args(["--system", "--no-create-home", "--shell", "/bin/sh", name])
+            .status()
+            .unwrap();
+        // Another test may have created it meanwhile.
+        assert!(
+            st.success()
+                || std::process::Command::new("id")
+                    .arg(name)
+                    .output()
+                    .unwrap()
+                    .status
+                    .success()
+        );
+    }
+    name.to_string()
 }

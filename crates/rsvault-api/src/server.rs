@@ -56,6 +56,8 @@ pub struct Config {
     /// The host roots requests may name (`--allow-path`); none by default: no grant, no host path.
     /// The data dir is never granted, whatever these say.
     pub host_grants: HostGrants,
+    /// Where vaults' repositories live (`--storage FILE`); by default, the data dir.
+    pub storage: rsvault_control::storage::StorageTargets,
 }
 
 impl Config {
@@ -77,6 +79,7 @@ impl Config {
             engine: None,
             limits: Limits::default(),
             host_grants: HostGrants::default(),
+            storage: Default::default(),
         }
     }
 }
@@ -216,8 +219,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
             },
         )?
         .with_data_plane(match &config.engine {
-            Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?,
-            None => DataPlane::open(&config.data_dir, config.jobs)?,
+            Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?.with_storage(config.storage.clone()),
+            None => DataPlane::open(&config.data_dir, config.jobs)?.with_storage(config.storage.clone()),
         })
         .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
     );

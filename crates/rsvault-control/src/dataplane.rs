@@ -16,7 +16,7 @@
 
 use crate::runner::Queue;
 use crate::{Control, Error, Result};
-use rsvault_engine::{Engine, EngineError, RepoSpec, ResticEngine, Secret, VaultKeys};
+use rsvault_engine::{Engine, EngineError, RepoLocation, RepoSpec, ResticEngine, Secret, VaultKeys};
 use rsvault_store::VaultSecretRow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,6 +60,7 @@ pub struct DataPlane {
     pub(crate) queue: Queue,
     pub(crate) maintenance: crate::scheduler::Maintenance,
     pub(crate) faults: crate::faults::Armed,
+    pub(crate) storage: crate::storage::StorageTargets,
 }
 
 impl DataPlane {
@@ -82,7 +83,14 @@ impl DataPlane {
             queue: Queue::default(),
             maintenance: Default::default(),
             faults: Default::default(),
+            storage: Default::default(),
         })
+    }
+
+    /// The same data plane with the operator's storage targets (new vaults go where they say).
+    pub fn with_storage(mut self, storage: crate::storage::StorageTargets) -> DataPlane {
+        self.storage = storage;
+        self
     }
 }
 
@@ -93,6 +101,9 @@ pub(crate) fn engine_error(e: EngineError) -> Error {
             code: "BMSUserErrorRecoveryPointNotFound",
             message: format!("Recovery point '{id}' was not found in the vault."),
         },
+        EngineError::Storage { target, reason } => Error::StorageUnavailable(format!(
+            "The vault's storage '{target}' is not available: {reason}. Retry the request later."
+        )),
         other => Error::internal(format!("vault engine: {other}")),
     }
 }
@@ -112,6 +123,14 @@ impl Control {
 
     /// The repository of a vault, made on first use (password sealed and stored, repository initialised).
     pub(crate) fn vault_repo(&self, vault_id: &str) -> Result<RepoSpec> {
+        let spec = self.vault_spec(vault_id)?;
+        self.data()?.engine.init(&spec).map_err(engine_error)?;
+        Ok(spec)
+    }
+
+    /// Where a vault's repository is and how to open it, its location and password chosen and
+    /// stored on first use; the repository itself is not touched.
+    pub(crate) fn vault_spec(&self, vault_id: &str) -> Result<RepoSpec> {
         let dp = self.data()?;
         let row = match self.store.read(|db| db.vault_secret(vault_id))? {
             Some(r) => r,
@@ -121,11 +140,21 @@ impl Control {
                     .keys
                     .seal(&vault_id.to_ascii_lowercase(), &password)
                     .map_err(engine_error)?;
-                let repo = dp.vaults_dir.join(uuid::Uuid::new_v4().to_string());
+                // The vault's tag, else the server's default, picks where it lives; then it stays.
+                let tag = self.store.read(|db| db.resource(vault_id))?.and_then(|r| {
+                    r.body["tags"][crate::storage::TARGET_TAG]
+                        .as_str()
+                        .map(str::to_string)
+                });
+                let name = uuid::Uuid::new_v4().to_string();
+                let repo = match dp.storage.choose(tag.as_deref())? {
+                    None => dp.vaults_dir.join(name).to_string_lossy().into_owned(),
+                    Some(store) => format!("{}:vaults/{name}", store.name()),
+                };
                 let fresh = VaultSecretRow {
                     vault_key: vault_id.to_ascii_lowercase(),
                     sealed,
-                    repo: repo.to_string_lossy().into_owned(),
+                    repo,
                     created: self.now(),
                 };
                 self.store
@@ -143,15 +172,18 @@ impl Control {
         // The password is a random 256-bit secret (`generate_password` above), so a new
         // repository's key file gets light scrypt parameters (see `KeyDerivation::RandomSecret`);
         // repositories made before keep theirs.
-        let spec = RepoSpec::with_random_secret(PathBuf::from(&row.repo), password);
-        std::fs::create_dir_all(&dp.vaults_dir)
-            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dp.vaults_dir.display())))?;
-        dp.engine.init(&spec).map_err(engine_error)?;
-        Ok(spec)
+        Ok(match dp.storage.resolve(&row.repo)? {
+            RepoLocation::Local(path) => {
+                std::fs::create_dir_all(&dp.vaults_dir)
+                    .map_err(|e| Error::internal(format!("cannot create {}: {e}", dp.vaults_dir.display())))?;
+                RepoSpec::with_random_secret(path, password)
+            }
+            RepoLocation::Object(o) => RepoSpec::in_object_store(o, password),
+        })
     }
 
     /// Where a vault's repository is and its password, for stock `restic` (`rsvault restic-env`).
-    pub fn restic_env(&self, vault_id: &str) -> Result<(PathBuf, Secret)> {
+    pub fn restic_env(&self, vault_id: &str) -> Result<(RepoLocation, Secret)> {
         let v = self
             .store
             .read(|db| db.resource(vault_id))?
@@ -161,7 +193,7 @@ impl Control {
                 message: format!("The vault '{vault_id}' was not found."),
             })?;
         let spec = self.vault_repo(&v.id)?;
-        Ok((spec.path, spec.password))
+        Ok((spec.location, spec.password))
     }
 
     /// Removes what deleted vaults left behind in data dirs from before group deletes went through
@@ -188,14 +220,29 @@ impl Control {
         Ok(n)
     }
 
-    /// Removes a deleted vault's repository (best effort: a failure is logged, not returned).
+    /// Removes a deleted vault's repository (best effort: a failure is logged, not returned). On an
+    /// object store every object under the vault's prefix is deleted.
     pub(crate) fn remove_vault_repo(&self, row: Option<VaultSecretRow>) {
-        if let Some(r) = row {
-            if let Err(e) = std::fs::remove_dir_all(&r.repo) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository");
+        let Some(r) = row else { return };
+        let loc = match self.data().and_then(|dp| dp.storage.resolve(&r.repo)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository");
+                return;
+            }
+        };
+        match loc {
+            RepoLocation::Local(dir) => {
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository");
+                    }
                 }
             }
+            RepoLocation::Object(o) => match o.store.remove_all(&o.path) {
+                Ok(n) => tracing::info!(repo = %r.repo, objects = n, "removed a deleted vault's repository"),
+                Err(e) => tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository"),
+            },
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod inventory;
 pub mod resources;
 pub mod runner;
 pub mod scheduler;
+pub mod storage;
 pub mod tokens;
 pub mod vaults;
 

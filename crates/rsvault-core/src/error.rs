@@ -107,6 +107,9 @@ pub enum Error {
     LinkedAuthorizationFailed(String),
     #[error("The server cannot write its metadata store: the file system holding its data directory is full ({0}). Nothing was changed; free space there and retry the request.")]
     InsufficientStorage(String),
+    /// Something the request needs outside rsvault (a vault's object store) did not answer.
+    #[error("{0}")]
+    StorageUnavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -143,6 +146,7 @@ impl Error {
             AuthorizationFailed { .. } => "AuthorizationFailed",
             LinkedAuthorizationFailed(_) => "LinkedAuthorizationFailed",
             InsufficientStorage(_) => "InsufficientStorage",
+            StorageUnavailable(_) => "ServiceUnavailable",
             Internal(_) => "InternalServerError",
         }
     }
@@ -176,6 +180,7 @@ impl Error {
             | ExpiredAuthenticationToken { .. } => ErrorKind::Unauthorized,
             AuthorizationFailed { .. } | LinkedAuthorizationFailed(_) => ErrorKind::Forbidden,
             InsufficientStorage(_) => ErrorKind::InsufficientStorage,
+            StorageUnavailable(_) => ErrorKind::ServiceUnavailable,
             Internal(_) => ErrorKind::Internal,
         }
     }

@@ -40,7 +40,9 @@ use rustic_core::{BytesList, ErrorKind, FileType, Id, ReadBackend, RusticError, 
 
 use crate::error::{EngineError, IoContext, Result};
 use crate::iobuf::{AlignedBuf, ALIGN};
+use crate::objstore::ObjectRepo;
 use crate::progress::Cancel;
+use crate::types::{RepoLocation, RepoSpec};
 
 /// Chunk size for disk images. Every changed chunk is stored again, so smaller chunks store less
 /// after scattered writes (the benchmark's 1 % of 100 KiB writes: 303 MB with 4 MiB chunks,
@@ -383,7 +385,7 @@ impl Abort {
 /// (the commit) once aborted, and the config always.
 #[derive(Debug)]
 pub(crate) struct GateBackend {
-    inner: Arc<LocalBackend>,
+    inner: Arc<VaultBackend>,
     cancel: Cancel,
     abort: Abort,
     /// Packs this backup wrote, and whether an index naming them was written.
@@ -391,7 +393,7 @@ pub(crate) struct GateBackend {
 }
 
 impl GateBackend {
-    pub fn new(inner: Arc<LocalBackend>, cancel: Cancel, abort: Abort) -> Self {
+    pub fn new(inner: Arc<VaultBackend>, cancel: Cancel, abort: Abort) -> Self {
         Self {
             inner,
             cancel,
@@ -426,7 +428,7 @@ impl GateBackend {
 }
 
 impl GateBackend {
-    /// [`LocalBackend::write_aligned`], refused once cancelled (packs, index files; never the
+    /// [`VaultBackend::write_aligned`], refused once cancelled (packs, index files; never the
     /// snapshot, which goes through [`WriteBackend::write_bytes`] and its checks).
     pub fn write_aligned(&self, tpe: FileType, id: &Id, data: &AlignedBuf) -> RusticResult<()> {
         if self.cancel.is_cancelled() {
@@ -501,18 +503,26 @@ pub fn free_space(path: &Path) -> Option<u64> {
     None
 }
 
-/// An `flock` on `rsvault.lock` in the repository root (see the module doc).
+/// A repository's lock (see the module doc): an `flock` on `rsvault.lock` in a local
+/// repository's root, a per-node lock for one on an object store.
 #[derive(Debug)]
-pub(crate) struct RepoLock {
-    _file: fs::File,
+pub(crate) enum RepoLock {
+    File { _held: fs::File },
+    Object { _held: crate::objstore::ObjectLockGuard },
 }
 
 impl RepoLock {
-    pub fn shared(root: &Path) -> Result<Self> {
-        Self::take(root, libc::LOCK_SH)
+    pub fn shared(spec: &RepoSpec) -> Result<Self> {
+        Self::of(spec, false)
     }
-    pub fn exclusive(root: &Path) -> Result<Self> {
-        Self::take(root, libc::LOCK_EX)
+    pub fn exclusive(spec: &RepoSpec) -> Result<Self> {
+        Self::of(spec, true)
+    }
+    fn of(spec: &RepoSpec, exclusive: bool) -> Result<Self> {
+        match &spec.location {
+            RepoLocation::Local(root) => Self::take(root, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH }),
+            RepoLocation::Object(o) => Ok(RepoLock::Object { _held: o.lock(exclusive) }),
+        }
     }
     fn take(root: &Path, how: libc::c_int) -> Result<Self> {
         use std::os::fd::AsRawFd;
@@ -528,12 +538,154 @@ impl RepoLock {
             // SAFETY: flock on a valid, owned file descriptor.
             let r = unsafe { libc::flock(file.as_raw_fd(), how) };
             if r == 0 {
-                return Ok(Self { _file: file });
+                return Ok(RepoLock::File { _held: file });
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(EngineError::io(format!("lock {}", p.display()), e));
             }
+        }
+    }
+}
+
+/// The backend of one vault's repository, wherever it lives: the engine's pipelines write and
+/// read through this, rustic_core through its `ReadBackend` / `WriteBackend` impls.
+#[derive(Debug)]
+pub enum VaultBackend {
+    /// A local directory.
+    Local(LocalBackend),
+    /// A prefix on an object store.
+    Object(ObjectRepo),
+}
+
+impl VaultBackend {
+    /// The backend of `spec`'s repository (`direct`: direct I/O for a local one).
+    pub fn of(spec: &RepoSpec, direct: bool) -> Self {
+        match &spec.location {
+            RepoLocation::Local(p) => VaultBackend::Local(LocalBackend::new(p).with_direct_io(direct)),
+            RepoLocation::Object(o) => VaultBackend::Object(o.clone()),
+        }
+    }
+
+    /// Makes the repository's place (a local directory; nothing on an object store).
+    pub(crate) fn prepare(&self) -> Result<()> {
+        match self {
+            VaultBackend::Local(l) => fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&l.root)
+                .ctx(|| format!("create {}", l.root.display())),
+            VaultBackend::Object(_) => Ok(()),
+        }
+    }
+
+    /// Whether the repository exists (its `config` does).
+    pub(crate) fn has_config(&self) -> Result<bool> {
+        match self {
+            VaultBackend::Local(l) => Ok(l.root.join("config").is_file()),
+            VaultBackend::Object(o) => o.has_config(),
+        }
+    }
+
+    /// Reads `buf.len()` bytes of pack `id` at `offset` into `buf`.
+    pub(crate) fn read_pack_range(&self, id: &Id, offset: u32, buf: &mut [u8]) -> Result<()> {
+        match self {
+            VaultBackend::Local(l) => l.read_pack_range(id, offset, buf),
+            VaultBackend::Object(o) => {
+                let b = o.read_range(id, offset, buf.len() as u32)?;
+                buf.copy_from_slice(&b);
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes a pack or index from an aligned buffer (direct I/O locally, one PUT remotely).
+    pub(crate) fn write_aligned(&self, tpe: FileType, id: &Id, data: &AlignedBuf) -> RusticResult<()> {
+        match self {
+            VaultBackend::Local(l) => l.write_aligned(tpe, id, data),
+            VaultBackend::Object(o) => o.put(tpe, id, Bytes::copy_from_slice(data.as_slice())),
+        }
+    }
+
+    /// Reads `[offset, offset+len)` of pack `id` into `buf`; returns where the bytes start in it.
+    pub(crate) fn read_pack_direct(&self, id: &Id, offset: u32, len: u32, buf: &mut AlignedBuf) -> Result<usize> {
+        match self {
+            VaultBackend::Local(l) => l.read_pack_direct(id, offset, len, buf),
+            VaultBackend::Object(o) => {
+                let b = o.read_range(id, offset, len)?;
+                buf.set_len(len as usize);
+                buf.as_mut_slice().copy_from_slice(&b);
+                Ok(0)
+            }
+        }
+    }
+
+    /// Removes leftovers of interrupted writes (a local repository's `tmp/`; an object store has
+    /// none). Call only under the exclusive lock.
+    pub fn clean_tmp(&self) -> Result<usize> {
+        match self {
+            VaultBackend::Local(l) => l.clean_tmp(),
+            VaultBackend::Object(_) => Ok(0),
+        }
+    }
+
+    /// Whether deleting unreferenced packs must wait a grace period (object stores, which other
+    /// nodes may be reading without this node's lock).
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self, VaultBackend::Object(_))
+    }
+}
+
+impl ReadBackend for VaultBackend {
+    fn location(&self) -> String {
+        match self {
+            VaultBackend::Local(l) => l.location(),
+            VaultBackend::Object(o) => o.location(),
+        }
+    }
+    fn list_with_size(&self, tpe: FileType) -> RusticResult<Vec<(Id, u32)>> {
+        match self {
+            VaultBackend::Local(l) => l.list_with_size(tpe),
+            VaultBackend::Object(o) => o.list_with_size(tpe),
+        }
+    }
+    fn read_full(&self, tpe: FileType, id: &Id) -> RusticResult<Bytes> {
+        match self {
+            VaultBackend::Local(l) => l.read_full(tpe, id),
+            VaultBackend::Object(o) => o.read_full(tpe, id),
+        }
+    }
+    fn read_partial(&self, tpe: FileType, id: &Id, cacheable: bool, offset: u32, length: u32) -> RusticResult<Bytes> {
+        match self {
+            VaultBackend::Local(l) => l.read_partial(tpe, id, cacheable, offset, length),
+            VaultBackend::Object(o) => o.read_partial(tpe, id, cacheable, offset, length),
+        }
+    }
+    fn warmup_path(&self, tpe: FileType, id: &Id) -> String {
+        match self {
+            VaultBackend::Local(l) => l.warmup_path(tpe, id),
+            VaultBackend::Object(o) => o.warmup_path(tpe, id),
+        }
+    }
+}
+
+impl WriteBackend for VaultBackend {
+    fn create(&self) -> RusticResult<()> {
+        match self {
+            VaultBackend::Local(l) => l.create(),
+            VaultBackend::Object(o) => o.create(),
+        }
+    }
+    fn write_bytes(&self, tpe: FileType, id: &Id, cacheable: bool, content: BytesList) -> RusticResult<()> {
+        match self {
+            VaultBackend::Local(l) => l.write_bytes(tpe, id, cacheable, content),
+            VaultBackend::Object(o) => o.write_bytes(tpe, id, cacheable, content),
+        }
+    }
+    fn remove(&self, tpe: FileType, id: &Id, cacheable: bool) -> RusticResult<()> {
+        match self {
+            VaultBackend::Local(l) => l.remove(tpe, id, cacheable),
+            VaultBackend::Object(o) => o.remove(tpe, id, cacheable),
         }
     }
 }

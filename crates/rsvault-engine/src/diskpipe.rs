@@ -38,7 +38,7 @@ use std::sync::Mutex;
 use rustic_core::repofile::{BlobType, Metadata, Node, NodeType, SnapshotFile, SnapshotSummary, Tree};
 use rustic_core::{FileType, Id};
 
-use crate::backend::{Abort, GateBackend, LocalBackend, DISK_CHUNK_SIZE};
+use crate::backend::{Abort, GateBackend, VaultBackend, DISK_CHUNK_SIZE};
 use crate::disk::{ImageFormat, ImageReader, ImageWriter, ReadStats};
 use crate::error::{EngineError, IoContext, Result};
 use crate::format::{
@@ -532,7 +532,7 @@ struct Range {
 /// it is written (see the module doc). `done` counts restored bytes, `verified` the bytes
 /// checked against the snapshot (all-zero chunks are checked by their id alone).
 pub(crate) fn restore(
-    be: &LocalBackend,
+    be: &VaultBackend,
     crypto: &Crypto,
     index: &BlobIndex,
     targets: &[Target],
@@ -632,7 +632,7 @@ pub(crate) fn restore(
 
 #[allow(clippy::too_many_arguments)]
 fn restore_range(
-    be: &LocalBackend,
+    be: &VaultBackend,
     crypto: &Crypto,
     r: &Range,
     targets: &[Target],
@@ -695,7 +695,7 @@ fn restore_range(
 }
 
 /// Reads the blob `id` at `loc` (a tree, say), checked against its id.
-pub(crate) fn read_blob(be: &LocalBackend, crypto: &Crypto, loc: &BlobLoc, id: &Hash) -> Result<Vec<u8>> {
+pub(crate) fn read_blob(be: &VaultBackend, crypto: &Crypto, loc: &BlobLoc, id: &Hash) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; loc.length as usize];
     be.read_pack_range(&Id::new(loc.pack), loc.offset, &mut buf)?;
     let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| repo_err(format!("zstd: {e}")))?;

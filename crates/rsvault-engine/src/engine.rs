@@ -19,10 +19,10 @@ use rustic_core::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Abort, GateBackend, LocalBackend, RepoLock};
+use crate::backend::{Abort, GateBackend, RepoLock, VaultBackend};
 use crate::disk::ReadStats;
 use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
-use crate::error::{EngineError, IoContext, Result};
+use crate::error::{EngineError, Result};
 use crate::format::{
     encode_file, id_bytes, key_file, write_file, BlobIndex, Crypto, RANDOM_SECRET_MIN_LEN, RANDOM_SECRET_SCRYPT,
 };
@@ -58,7 +58,7 @@ impl Default for ResticEngine {
     }
 }
 
-type KeyCache = std::collections::HashMap<(PathBuf, String), rustic_core::repofile::MasterKey>;
+type KeyCache = std::collections::HashMap<(String, String), rustic_core::repofile::MasterKey>;
 
 impl ResticEngine {
     /// A new engine.
@@ -103,10 +103,10 @@ pub(crate) struct RpMeta {
 pub(crate) type Repo = Repository<OpenStatus>;
 
 impl ResticEngine {
-    fn cache_key(spec: &RepoSpec) -> (PathBuf, String) {
+    fn cache_key(spec: &RepoSpec) -> (String, String) {
         use sha2::Digest;
         (
-            spec.path.clone(),
+            spec.location.to_string(),
             crate::restore::hex(&sha2::Sha256::digest(spec.password.expose().as_bytes())),
         )
     }
@@ -140,13 +140,11 @@ impl ResticEngine {
     }
 
     pub(crate) fn open(&self, spec: &RepoSpec, counters: Option<Arc<Counters>>) -> Result<Repo> {
-        if !spec.path.join("config").is_file() {
-            return Err(EngineError::Repository(format!(
-                "no repository at {}",
-                spec.path.display()
-            )));
+        let be = VaultBackend::of(spec, false);
+        if !be.has_config()? {
+            return Err(EngineError::Repository(format!("no repository at {}", spec.location)));
         }
-        self.open_with(spec, Arc::new(LocalBackend::new(&spec.path)), counters)
+        self.open_with(spec, Arc::new(be), counters)
     }
 }
 
@@ -394,24 +392,18 @@ impl Engine for ResticEngine {
                 "light key derivation needs a random password of at least {RANDOM_SECRET_MIN_LEN} characters"
             )));
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&spec.path)
-            .ctx(|| format!("create {}", spec.path.display()))?;
-        let _lock = RepoLock::exclusive(&spec.path)?;
-        if spec.path.join("config").is_file() {
+        let be = Arc::new(VaultBackend::of(spec, false));
+        be.prepare()?;
+        let _lock = RepoLock::exclusive(spec)?;
+        if be.has_config()? {
             self.open(spec, None)?;
             return Ok(());
         }
         // Key files without a config are left by an init that crashed in between; they can
         // open nothing, and a stale one with the same password would be tried first.
-        if let Ok(rd) = std::fs::read_dir(spec.path.join("keys")) {
-            for e in rd.flatten() {
-                std::fs::remove_file(e.path()).ctx(|| format!("remove stale key {}", e.path().display()))?;
-            }
+        for (id, _) in rustic_core::ReadBackend::list_with_size(be.as_ref(), rustic_core::FileType::Key)? {
+            rustic_core::WriteBackend::remove(be.as_ref(), rustic_core::FileType::Key, &id, false)?;
         }
-        let be = Arc::new(LocalBackend::new(&spec.path));
         let backends = RepositoryBackends::new(be.clone(), None);
         let repo = Repository::new(&RepositoryOptions::default().no_cache(true), &backends)?;
         match spec.kdf {
@@ -467,7 +459,7 @@ impl Engine for ResticEngine {
                 return Err(EngineError::InvalidRequest(format!("duplicate disk name '{}'", d.name)));
             }
         }
-        let _lock = RepoLock::shared(&spec.path)?;
+        let _lock = RepoLock::shared(spec)?;
         let plain = self.open(spec, None)?;
         if all_points(&plain)?
             .iter()
@@ -552,7 +544,7 @@ impl Engine for ResticEngine {
             .collect::<Result<Vec<_>>>()?;
         let counters = Arc::new(Counters::default());
         counters.set_total(total);
-        let local = Arc::new(LocalBackend::new(&spec.path).with_direct_io(self.direct_io));
+        let local = Arc::new(VaultBackend::of(spec, self.direct_io));
         let gate = GateBackend::new(local.clone(), cancel.clone(), abort.clone());
         let crypto = Crypto::new(&plain.key())?;
         let config = plain.config();
@@ -644,7 +636,7 @@ impl Engine for ResticEngine {
             let root = root.clone();
             std::thread::spawn(move || regular_file_bytes(&root))
         };
-        let _lock = RepoLock::shared(&spec.path)?;
+        let _lock = RepoLock::shared(spec)?;
         let plain = self.open(spec, None)?;
         if all_points(&plain)?
             .iter()
@@ -690,7 +682,7 @@ impl Engine for ResticEngine {
         // The walk above gives the total; rustic_core's own size scan (a third walk) is off.
         counters.set_total(meta.total_size.unwrap_or(0));
         let gate = Arc::new(GateBackend::new(
-            Arc::new(LocalBackend::new(&spec.path)),
+            Arc::new(VaultBackend::of(spec, false)),
             cancel.clone(),
             abort.clone(),
         ));
@@ -741,7 +733,7 @@ impl Engine for ResticEngine {
     }
 
     fn recovery_points(&self, spec: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {
-        let _lock = RepoLock::shared(&spec.path)?;
+        let _lock = RepoLock::shared(spec)?;
         let repo = self.open(spec, None)?;
         Ok(all_points(&repo)?
             .into_iter()
@@ -752,14 +744,14 @@ impl Engine for ResticEngine {
     }
 
     fn recovery_point(&self, spec: &RepoSpec, id: &str) -> Result<RecoveryPointInfo> {
-        let _lock = RepoLock::shared(&spec.path)?;
+        let _lock = RepoLock::shared(spec)?;
         let repo = self.open(spec, None)?;
         let (s, m) = find_point(&repo, id)?;
         Ok(info_of(&s, m))
     }
 
     fn delete_recovery_points(&self, spec: &RepoSpec, ids: &[String]) -> Result<usize> {
-        let _lock = RepoLock::exclusive(&spec.path)?;
+        let _lock = RepoLock::exclusive(spec)?;
         let repo = self.open(spec, None)?;
         let wanted: HashSet<&str> = ids.iter().map(String::as_str).collect();
         // Every snapshot of a wanted recovery point (including crash duplicates).
@@ -776,7 +768,7 @@ impl Engine for ResticEngine {
     }
 
     fn prune(&self, spec: &RepoSpec, now: DateTime<Utc>) -> Result<PruneReport> {
-        let _lock = RepoLock::exclusive(&spec.path)?;
+        let _lock = RepoLock::exclusive(spec)?;
         let repo = self.open(spec, None)?;
         let mut report = PruneReport::default();
         let mut expired = Vec::new();
@@ -801,7 +793,7 @@ impl Engine for ResticEngine {
         keep: &dyn Fn(&RecoveryPointInfo) -> bool,
         reclaim: bool,
     ) -> Result<PruneReport> {
-        let _lock = RepoLock::exclusive(&spec.path)?;
+        let _lock = RepoLock::exclusive(spec)?;
         let repo = self.open(spec, None)?;
         let mut report = PruneReport::default();
         let mut gone = Vec::new();
@@ -829,7 +821,7 @@ impl Engine for ResticEngine {
         progress: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<RestoreOutcome> {
-        let _lock = RepoLock::shared(&spec.path)?;
+        let _lock = RepoLock::shared(spec)?;
         crate::restore::restore_disks(self, spec, req, progress, cancel)
     }
 
@@ -840,12 +832,12 @@ impl Engine for ResticEngine {
         progress: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<RestoreOutcome> {
-        let _lock = RepoLock::shared(&spec.path)?;
+        let _lock = RepoLock::shared(spec)?;
         crate::restore::restore_tree(self, spec, req, progress, cancel)
     }
 
     fn verify(&self, spec: &RepoSpec, read_data: ReadData) -> Result<VerifyReport> {
-        let _lock = RepoLock::exclusive(&spec.path)?;
+        let _lock = RepoLock::exclusive(spec)?;
         let repo = self.open(spec, None)?;
         let opts = match read_data {
             ReadData::None => CheckOptions::default(),
@@ -862,19 +854,30 @@ impl Engine for ResticEngine {
     }
 }
 
-use std::os::unix::fs::DirBuilderExt;
 
 /// Removes the data no snapshot references (the second half of a prune), under the caller's
 /// exclusive lock.
+/// How long a pack marked unreferenced stays on an object store before a prune deletes it.
+pub const OBJECT_DELETE_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 fn remove_unreferenced(repo: &Repo, spec: &RepoSpec, report: &mut PruneReport) -> Result<()> {
-    // The exclusive lock keeps rsvault's writers out, so unreferenced packs can go at once.
-    let opts = PruneOptions::default().instant_delete(true);
+    // Locally, the exclusive lock keeps rsvault's writers out, so unreferenced packs can go at
+    // once. On an object store, which other nodes may read without this node's lock, they go in
+    // two phases: marked now (the index records them), deleted by a prune at least
+    // `OBJECT_DELETE_GRACE` later, and kept if an index references them again meanwhile.
+    let be = VaultBackend::of(spec, false);
+    let opts = match be.is_remote() {
+        false => PruneOptions::default().instant_delete(true),
+        true => PruneOptions::default()
+            .instant_delete(false)
+            .keep_delete(rustic_core::jiff::Span::new().seconds(OBJECT_DELETE_GRACE.as_secs() as i64)),
+    };
     let plan = repo.prune_plan(&opts)?;
     let st = &plan.stats;
     report.packs_removed = st.packs.unused + st.packs_to_delete.remove + st.packs_unref;
     let sizes = st.size_sum();
     report.bytes_removed = sizes.remove + sizes.repackrm + st.size_to_delete.remove + st.size_unref;
     repo.prune(&opts, plan)?;
-    LocalBackend::new(&spec.path).clean_tmp()?;
+    be.clean_tmp()?;
     Ok(())
 }

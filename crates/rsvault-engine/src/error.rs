@@ -60,6 +60,14 @@ pub enum EngineError {
     /// An error reported by rustic_core while operating on the repository.
     #[error("repository: {0}")]
     Repository(String),
+    /// An object store holding the vault refused, failed or did not answer (after retries).
+    #[error("vault storage '{target}': {reason}")]
+    Storage {
+        /// The operator's name of the storage target.
+        target: String,
+        /// What failed, and how.
+        reason: String,
+    },
     /// A local I/O error outside the repository.
     #[error("{context}: {source}")]
     Io {

@@ -40,6 +40,7 @@ mod engine;
 pub mod error;
 mod format;
 mod iobuf;
+pub mod objstore;
 pub mod keyring;
 mod pit;
 pub mod progress;

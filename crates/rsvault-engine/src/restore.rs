@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use rustic_core::repofile::{Node, Tree};
 use rustic_core::{LsOptions, RusticResult};
 
-use crate::backend::LocalBackend;
+use crate::backend::VaultBackend;
 use crate::disk::{ImageFormat, ImageReader, ImageWriter};
 use crate::diskpipe::{self, read_blob, Target};
 use crate::engine::{find_point, ResticEngine};
@@ -137,7 +137,7 @@ pub(crate) fn restore_disks(
             req.recovery_point
         )));
     }
-    let local = LocalBackend::new(&spec.path).with_direct_io(engine.direct_io());
+    let local = VaultBackend::of(spec, engine.direct_io());
     let crypto = Crypto::new(&repo.key())?;
     let index = BlobIndex::load(&repo)?;
     let tree_id = id_bytes(&snap.tree.into_inner());

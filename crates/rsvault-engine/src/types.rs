@@ -8,11 +8,29 @@ use serde::{Deserialize, Serialize};
 use crate::disk::ImageFormat;
 use crate::keyring::Secret;
 
+/// Where a vault's repository lives.
+#[derive(Debug, Clone)]
+pub enum RepoLocation {
+    /// A local directory (restic's layout; [`crate::backend`]'s storage rules).
+    Local(PathBuf),
+    /// A prefix on an object store ([`crate::objstore`]'s storage rules).
+    Object(crate::objstore::ObjectRepo),
+}
+
+impl std::fmt::Display for RepoLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RepoLocation::Local(p) => write!(f, "{}", p.display()),
+            RepoLocation::Object(o) => f.write_str(&o.location()),
+        }
+    }
+}
+
 /// Where a vault's repository is and how to open it.
 #[derive(Debug, Clone)]
 pub struct RepoSpec {
-    /// The repository directory.
-    pub path: PathBuf,
+    /// Where the repository is.
+    pub location: RepoLocation,
     /// The repository password (clear; see [`crate::VaultKeys`]).
     pub password: Secret,
     /// How [`crate::Engine::init`] stretches the password when it creates the repository's
@@ -46,7 +64,7 @@ impl RepoSpec {
     /// A repository opened with a password of any origin (restic's scrypt parameters).
     pub fn new(path: impl Into<PathBuf>, password: Secret) -> Self {
         Self {
-            path: path.into(),
+            location: RepoLocation::Local(path.into()),
             password,
             kdf: KeyDerivation::Restic,
         }
@@ -59,6 +77,24 @@ impl RepoSpec {
         Self {
             kdf: KeyDerivation::RandomSecret,
             ..Self::new(path, password)
+        }
+    }
+
+    /// A repository on an object store whose password is a random 256-bit secret (see
+    /// [`RepoSpec::with_random_secret`]).
+    pub fn in_object_store(repo: crate::objstore::ObjectRepo, password: Secret) -> Self {
+        Self {
+            location: RepoLocation::Object(repo),
+            password,
+            kdf: KeyDerivation::RandomSecret,
+        }
+    }
+
+    /// The repository's directory, when it is a local one.
+    pub fn local_path(&self) -> Option<&std::path::Path> {
+        match &self.location {
+            RepoLocation::Local(p) => Some(p),
+            RepoLocation::Object(_) => None,
         }
     }
 }

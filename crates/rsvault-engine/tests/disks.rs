@@ -358,7 +358,7 @@ fn bad_requests_are_refused() {
         Err(EngineError::RecoveryPointNotFound(_))
     ));
     // A wrong password does not open the vault.
-    let wrong = RepoSpec::new(v.spec.path.clone(), VaultKeys::generate_password());
+    let wrong = RepoSpec::new(v.spec.local_path().unwrap().to_path_buf(), VaultKeys::generate_password());
     assert!(v.engine.init(&wrong).is_err());
     v.engine.init(&v.spec).unwrap();
 }
@@ -384,7 +384,7 @@ fn multi_pack_odd_size_round_trip(direct: bool) {
         .backup_disks(&spec, &disk_req(d, "m"), &NoProgress, &Cancel::new())
         .unwrap();
     assert_eq!(out.bytes_scanned, bytes.len() as u64);
-    let packs = walk(&spec.path.join("data"));
+    let packs = walk(spec.local_path().unwrap().join("data"));
     assert!(packs.len() >= 3, "{} packs", packs.len());
     let target = dir.path().join("out");
     fs::create_dir(&target).unwrap();

@@ -53,7 +53,7 @@ fn delete_expiry_prune_and_verify() {
         .unwrap();
     let rp = v.engine.recovery_point(&v.spec, "old").unwrap();
     assert_eq!(rp.expiry, r2.expiry);
-    let size_before = du(&v.spec.path.join("data"));
+    let size_before = du(v.spec.local_path().unwrap().join("data"));
 
     // Nothing expired yet.
     let rep = v.engine.prune(&v.spec, t0() + chrono::Duration::hours(1)).unwrap();
@@ -64,7 +64,7 @@ fn delete_expiry_prune_and_verify() {
     let rep = v.engine.prune(&v.spec, t0() + chrono::Duration::days(2)).unwrap();
     assert_eq!(rep.expired, ["old"]);
     assert!(rep.bytes_removed > 0, "{rep:?}");
-    let size_after = du(&v.spec.path.join("data"));
+    let size_after = du(v.spec.local_path().unwrap().join("data"));
     assert!(size_after < size_before * 7 / 10, "{size_after} vs {size_before}");
     assert!(matches!(
         v.engine.recovery_point(&v.spec, "old"),
@@ -99,7 +99,7 @@ fn delete_expiry_prune_and_verify() {
         1
     );
     v.engine.prune(&v.spec, t0()).unwrap();
-    assert_eq!(pack_count(&v.spec.path), 0);
+    assert_eq!(pack_count(v.spec.local_path().unwrap()), 0);
     assert!(v.engine.verify(&v.spec, ReadData::None).unwrap().ok);
 }
 
@@ -113,7 +113,7 @@ fn verify_finds_a_damaged_pack() {
         .unwrap();
     assert!(v.engine.verify(&v.spec, ReadData::All).unwrap().ok);
     // Flip a byte in the middle of the largest pack.
-    let mut packs: Vec<_> = walk_files(&v.spec.path.join("data"));
+    let mut packs: Vec<_> = walk_files(v.spec.local_path().unwrap().join("data"));
     packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
     let victim = packs.last().unwrap();
     let mut bytes = fs::read(victim).unwrap();
@@ -184,7 +184,7 @@ fn cancellation_mid_transfer_commits_nothing() {
     let img = v.path("big.raw");
     big_image(&img, 160);
     let cancel = Cancel::new();
-    let repo = v.spec.path.clone();
+    let repo = v.spec.local_path().unwrap().to_path_buf();
     let c2 = cancel.clone();
     let watcher = std::thread::spawn(move || {
         let seen = wait_for_pack(&repo, Duration::from_secs(60));
@@ -213,11 +213,11 @@ fn cancellation_mid_transfer_commits_nothing() {
         .recovery_points(&v.spec, &Default::default())
         .unwrap()
         .is_empty());
-    assert!(fs::read_dir(v.spec.path.join("snapshots")).unwrap().next().is_none());
+    assert!(fs::read_dir(v.spec.local_path().unwrap().join("snapshots")).unwrap().next().is_none());
     assert!(v.engine.verify(&v.spec, ReadData::None).unwrap().ok);
     // The orphan packs go with the next prune.
     v.engine.prune(&v.spec, t0()).unwrap();
-    assert_eq!(pack_count(&v.spec.path), 0);
+    assert_eq!(pack_count(v.spec.local_path().unwrap()), 0);
     // And the vault works normally afterwards.
     let small = v.path("small.raw");
     make_raw(&small, 2);
@@ -256,7 +256,7 @@ fn killed_backup_leaves_a_valid_vault() {
             "RSVAULT_CRASH_CHILD",
             format!(
                 "{}\n{}\n{}",
-                v.spec.path.display(),
+                v.spec.local_path().unwrap().display(),
                 v.spec.password.expose(),
                 img.display()
             ),
@@ -264,7 +264,7 @@ fn killed_backup_leaves_a_valid_vault() {
         .spawn()
         .unwrap();
     assert!(
-        wait_for_pack(&v.spec.path, Duration::from_secs(60)),
+        wait_for_pack(v.spec.local_path().unwrap(), Duration::from_secs(60)),
         "child wrote no pack"
     );
     child.kill().unwrap(); // SIGKILL
@@ -278,8 +278,8 @@ fn killed_backup_leaves_a_valid_vault() {
     let r = v.engine.verify(&v.spec, ReadData::All).unwrap();
     assert!(r.ok, "{:?}", r.problems);
     v.engine.prune(&v.spec, t0()).unwrap();
-    assert_eq!(pack_count(&v.spec.path), 0);
-    assert_eq!(fs::read_dir(v.spec.path.join("tmp")).unwrap().count(), 0);
+    assert_eq!(pack_count(v.spec.local_path().unwrap()), 0);
+    assert_eq!(fs::read_dir(v.spec.local_path().unwrap().join("tmp")).unwrap().count(), 0);
     let small = v.path("small.raw");
     make_raw(&small, 9);
     v.engine
@@ -466,7 +466,7 @@ fn init_after_a_crash_between_key_and_config() {
     let spec = RepoSpec::with_random_secret(dir.path().join("repo"), VaultKeys::generate_password());
     let e = ResticEngine::new();
     e.init(&spec).unwrap();
-    let key = fs::read_dir(spec.path.join("keys"))
+    let key = fs::read_dir(spec.local_path().unwrap().join("keys"))
         .unwrap()
         .next()
         .unwrap()
@@ -474,9 +474,9 @@ fn init_after_a_crash_between_key_and_config() {
         .path();
     let stale = fs::read(&key).unwrap();
     // Simulate the crash: a repository with a key (same password, another master key) and no config.
-    fs::remove_dir_all(&spec.path).unwrap();
-    fs::create_dir_all(spec.path.join("keys")).unwrap();
-    fs::write(spec.path.join("keys").join(key.file_name().unwrap()), stale).unwrap();
+    fs::remove_dir_all(spec.local_path().unwrap()).unwrap();
+    fs::create_dir_all(spec.local_path().unwrap().join("keys")).unwrap();
+    fs::write(spec.local_path().unwrap().join("keys").join(key.file_name().unwrap()), stale).unwrap();
     let e = ResticEngine::new();
     e.init(&spec).unwrap();
     assert!(ResticEngine::new()

@@ -348,7 +348,7 @@ fn item_level_restore_and_conflict_options() {
 /// The summary of a recovery point's snapshot, read with rustic_core.
 fn summary_of(v: &Vault, rp: &RecoveryPointInfo) -> (String, rustic_core::repofile::SnapshotSummary) {
     use rustic_core::{Credentials, Repository, RepositoryBackends, RepositoryOptions};
-    let be = std::sync::Arc::new(backend::LocalBackend::new(&v.spec.path));
+    let be = std::sync::Arc::new(backend::LocalBackend::new(v.spec.local_path().unwrap()));
     let repo = Repository::new(
         &RepositoryOptions::default().no_cache(true),
         &RepositoryBackends::new(be, None),

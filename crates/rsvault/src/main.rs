@@ -60,6 +60,9 @@ enum Command {
         /// The vault's ARM id (/subscriptions/…/providers/Microsoft.RecoveryServices/vaults/NAME).
         #[arg(long)]
         vault: String,
+        /// The server's storage file, for vaults in object storage (as `serve --storage`).
+        #[arg(long, env = "RSVAULT_STORAGE")]
+        storage: Option<PathBuf>,
     },
 }
 
@@ -128,6 +131,10 @@ enum ShareCommand {
 struct ServeArgs {
     #[command(flatten)]
     dir: DataDirArg,
+    /// Where vaults live: a TOML file (mode 0600) of object-storage targets, S3 or Azure Blob, and
+    /// the default for new vaults (see the README). Without it, vaults live in the data dir.
+    #[arg(long, env = "RSVAULT_STORAGE")]
+    storage: Option<PathBuf>,
     /// Address to listen on (port 0 picks a free port).
     #[arg(long, env = "RSVAULT_LISTEN", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
@@ -320,6 +327,18 @@ fn raise_nofile_limit(max_connections: usize) {
     }
 }
 
+/// The operator's storage targets (`--storage FILE`), or the data dir alone.
+fn load_storage(path: Option<&std::path::Path>) -> Result<rsvault_control::storage::StorageTargets> {
+    let Some(path) = path else {
+        return Ok(Default::default());
+    };
+    let t = rsvault_control::storage::StorageTargets::load(path)?;
+    for s in t.targets() {
+        tracing::info!(target_name = s.name(), settings = ?s.target(), "vault storage target");
+    }
+    Ok(t)
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(&args.log_format);
     let mut config = rsvault_api::Config::new(args.dir.data_dir.clone());
@@ -361,6 +380,10 @@ async fn serve(args: ServeArgs) -> Result<()> {
     raise_nofile_limit(config.limits.max_connections);
     limit_malloc_arenas();
     config.host_grants = HostGrants::new(args.grants.allow_path);
+    config.storage = {
+        let path = args.storage.clone();
+        tokio::task::spawn_blocking(move || load_storage(path.as_deref())).await??
+    };
     let clock: SharedClock = if args.test_clock {
         tracing::warn!("test clock on: time moves only through POST /rsvault/admin/clock/advance");
         Arc::new(TestClock::new(SystemClock.now().trunc_subsecs(0)))
@@ -445,15 +468,23 @@ async fn main() -> Result<()> {
             print_json(&serde_json::json!({ "kid": kid }))
         }
         Command::Env(dir) => env(&dir),
-        Command::ResticEnv { dir, vault } => {
+        Command::ResticEnv { dir, vault, storage } => {
             let (repo, password) = tokio::task::spawn_blocking(move || -> Result<_> {
-                let dp = rsvault_control::dataplane::DataPlane::open(&dir.data_dir, Default::default())?;
+                let dp = rsvault_control::dataplane::DataPlane::open(&dir.data_dir, Default::default())?
+                    .with_storage(load_storage(storage.as_deref())?);
                 let c = offline_control(&dir)?.with_data_plane(dp);
                 Ok(c.restic_env(&vault)?)
             })
             .await??;
-            // Shell-quoted: the password is base64url, the path the data dir's.
-            println!("RESTIC_REPOSITORY='{}'", repo.display());
+            // Shell-quoted: the password is base64url, the path the data dir's, the rest the
+            // operator's storage file's.
+            let vars = match repo {
+                rsvault_engine::RepoLocation::Local(p) => vec![("RESTIC_REPOSITORY".to_string(), p.display().to_string())],
+                rsvault_engine::RepoLocation::Object(o) => o.store.target().restic_env(&o.path),
+            };
+            for (k, v) in vars {
+                println!("{k}='{}'", v.replace('\'', "'\\''"));
+            }
             println!("RESTIC_PASSWORD='{}'", password.expose());
             Ok(())
         }

@@ -24,7 +24,7 @@ use rand::Rng;
 use rsvault_core::odata::Filter;
 use rsvault_core::time;
 use rsvault_engine::{
-    Cancel, ConflictPolicy, DiskBackupRequest, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
+    Cancel, ConflictPolicy, DiskBackupRequest, RepoSpec, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
     ImageFormat, RecoveryPointInfo, RecoveryPointTags, Task, TreeBackupRequest, TreeRestoreRequest,
 };
 use rsvault_store::{JobRow, OperationRow, RecoveryPointRow, ResourceRow};
@@ -225,6 +225,12 @@ fn job_failure(e: EngineError) -> Failure {
             format!("'{}' cannot be written: {reason}. No existing file was changed by the part of the restore that failed.", path.display()),
             "Check the target directory, its permissions and free space (a restore never follows symbolic links), then run the restore again.",
         )),
+        EngineError::Storage { target, reason } => Failure::Failed(JobError::new(
+            100_007,
+            "The vault's storage is not available",
+            format!("The vault's storage '{target}' failed or did not answer: {reason}. Nothing partial was kept: a backup made no recovery point, a restore renamed no file into place."),
+            "Check that the object store is reachable and accepts rsvault's credentials, then run the operation again.",
+        )),
         e if is_enospc(&e) => Failure::Failed(JobError::new(
             100_006,
             "Not enough space",
@@ -318,6 +324,19 @@ fn is_enospc(e: &EngineError) -> bool {
             let text = other.to_string();
             text.contains("No space left on device") || text.contains("os error 28")
         }
+    }
+}
+
+impl Control {
+    /// A job's vault repository, made on first use; a storage failure is the job's, in its words.
+    fn job_repo(&self, vault: &str) -> std::result::Result<RepoSpec, Failure> {
+        let spec = self.vault_spec(vault).map_err(internal_failure)?;
+        self.data()
+            .map_err(internal_failure)?
+            .engine
+            .init(&spec)
+            .map_err(job_failure)?;
+        Ok(spec)
     }
 }
 
@@ -902,8 +921,10 @@ impl Control {
                 for p in disks.iter().map(|d| &d.path).chain(root.as_ref()) {
                     self.grants.recheck(p, &resource).map_err(|_| path_failure(p))?;
                 }
-                let repo = self.vault_repo(&vault).map_err(internal_failure)?;
-                check_space(&repo.path, MIN_FREE_FOR_BACKUP, "the vault's storage")?;
+                let repo = self.job_repo(&vault)?;
+                if let Some(dir) = repo.local_path() {
+                    check_space(dir, MIN_FREE_FOR_BACKUP, "the vault's storage")?;
+                }
                 let tags = RecoveryPointTags {
                     vault: vault.clone(),
                     item: item.clone(),
@@ -951,7 +972,7 @@ impl Control {
                 resource,
             } => {
                 let resource = self.job_resource(resource, &item);
-                let repo = self.vault_repo(&vault).map_err(internal_failure)?;
+                let repo = self.job_repo(&vault)?;
                 // Every path the restore writes passes the grants again, now.
                 match &target {
                     RestoreTarget::Disks { dir, .. } => {

@@ -114,14 +114,65 @@ pub fn restic_available() -> bool {
 }
 
 pub fn restic(spec: &RepoSpec, args: &[&str]) -> std::process::Output {
-    Command::new("restic")
-        .arg("-r")
-        .arg(&spec.path)
-        .args(args)
+    let mut cmd = Command::new("restic");
+    match &spec.location {
+        RepoLocation::Local(p) => {
+            cmd.arg("-r")
+                .arg(p)
+                .env("RESTIC_CACHE_DIR", p.parent().unwrap().join("restic-cache"));
+        }
+        RepoLocation::Object(o) => {
+            cmd.arg("--no-cache").envs(o.store.target().restic_env(&o.path));
+        }
+    }
+    cmd.args(args)
         .env("RESTIC_PASSWORD", spec.password.expose())
-        .env("RESTIC_CACHE_DIR", spec.path.parent().unwrap().join("restic-cache"))
         .output()
         .expect("run restic")
+}
+
+/// The object stores the test command started (scripts/object-test-servers), from the
+/// environment. A kind that is missing fails the test under `RSVAULT_REQUIRE_OBJECT_STORES=1`
+/// (the test command sets it) and is skipped, with a note, otherwise.
+pub fn object_targets() -> Vec<(&'static str, objstore::ObjectTarget)> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let mut out = vec![];
+    match (var("RSVAULT_TEST_S3_ENDPOINT"), var("RSVAULT_TEST_S3_BUCKET")) {
+        (Some(endpoint), Some(bucket)) => out.push((
+            "s3",
+            objstore::ObjectTarget::S3 {
+                endpoint,
+                bucket,
+                region: var("RSVAULT_TEST_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                prefix: "engine-tests".into(),
+                access_key_id: var("RSVAULT_TEST_S3_ACCESS_KEY_ID").unwrap_or_default(),
+                secret_access_key: var("RSVAULT_TEST_S3_SECRET_ACCESS_KEY").unwrap_or_default(),
+            },
+        )),
+        _ => missing("S3 (RSVAULT_TEST_S3_*)"),
+    }
+    match (var("RSVAULT_TEST_AZBLOB_ENDPOINT"), var("RSVAULT_TEST_AZBLOB_CONTAINER")) {
+        (Some(endpoint), Some(container)) => out.push((
+            "azblob",
+            objstore::ObjectTarget::Azblob {
+                endpoint,
+                account: var("RSVAULT_TEST_AZBLOB_ACCOUNT").unwrap_or_default(),
+                container,
+                prefix: "engine-tests".into(),
+                account_key: var("RSVAULT_TEST_AZBLOB_KEY"),
+                sas_token: None,
+            },
+        )),
+        _ => missing("Azure Blob (RSVAULT_TEST_AZBLOB_*)"),
+    }
+    out
+}
+
+fn missing(what: &str) {
+    if std::env::var("RSVAULT_REQUIRE_OBJECT_STORES").as_deref() == Ok("1") {
+        panic!("no {what} object store to test against: run the tests through scripts/test");
+    }
+    eprintln!("note: no {what} object store in the environment; its tests are skipped (scripts/test starts one)");
 }
 
 /// Sum of file sizes under `dir`.

@@ -219,7 +219,9 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
             },
         )?
         .with_data_plane(match &config.engine {
-            Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?.with_storage(config.storage.clone()),
+            Some(e) => {
+                DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?.with_storage(config.storage.clone())
+            }
             None => DataPlane::open(&config.data_dir, config.jobs)?.with_storage(config.storage.clone()),
         })
         .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),

@@ -141,11 +141,10 @@ impl Control {
                     .seal(&vault_id.to_ascii_lowercase(), &password)
                     .map_err(engine_error)?;
                 // The vault's tag, else the server's default, picks where it lives; then it stays.
-                let tag = self.store.read(|db| db.resource(vault_id))?.and_then(|r| {
-                    r.body["tags"][crate::storage::TARGET_TAG]
-                        .as_str()
-                        .map(str::to_string)
-                });
+                let tag = self
+                    .store
+                    .read(|db| db.resource(vault_id))?
+                    .and_then(|r| r.body["tags"][crate::storage::TARGET_TAG].as_str().map(str::to_string));
                 let name = uuid::Uuid::new_v4().to_string();
                 let repo = match dp.storage.choose(tag.as_deref())? {
                     None => dp.vaults_dir.join(name).to_string_lossy().into_owned(),

@@ -113,7 +113,10 @@ impl StorageTargets {
     ) -> std::result::Result<StorageTargets, String> {
         let mut out = BTreeMap::new();
         for (name, t) in targets {
-            if name == LOCAL || name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if name == LOCAL
+                || name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
                 return Err(format!(
                     "target name '{name}': use letters, digits, '-' and '_' ('{LOCAL}' is the data dir)"
                 ));
@@ -134,7 +137,12 @@ impl StorageTargets {
     pub fn choose(&self, tag: Option<&str>) -> Result<Option<Arc<ObjectStore>>> {
         match tag.or(self.default.as_deref()) {
             None | Some(LOCAL) => Ok(None),
-            Some(name) => self.targets.get(name).cloned().map(Some).ok_or_else(|| unknown_target(name)),
+            Some(name) => self
+                .targets
+                .get(name)
+                .cloned()
+                .map(Some)
+                .ok_or_else(|| unknown_target(name)),
         }
     }
 
@@ -151,9 +159,11 @@ impl StorageTargets {
         if repo.starts_with('/') {
             return Ok(RepoLocation::Local(PathBuf::from(repo)));
         }
-        let (name, path) = repo
-            .split_once(':')
-            .ok_or_else(|| Error::internal(format!("vault location '{repo}' is neither a directory nor TARGET:PATH")))?;
+        let (name, path) = repo.split_once(':').ok_or_else(|| {
+            Error::internal(format!(
+                "vault location '{repo}' is neither a directory nor TARGET:PATH"
+            ))
+        })?;
         let store = self.targets.get(name).cloned().ok_or_else(|| {
             Error::internal(format!(
                 "vault location '{repo}' names storage target '{name}', which the server's storage file does not declare"
@@ -174,9 +184,7 @@ impl StorageTargets {
 fn unknown_target(name: &str) -> Error {
     Error::Invalid {
         code: "BadRequest",
-        message: format!(
-            "The storage target '{name}' named by tag '{TARGET_TAG}' is not one this server declares."
-        ),
+        message: format!("The storage target '{name}' named by tag '{TARGET_TAG}' is not one this server declares."),
         target: Some("tags".into()),
     }
 }
@@ -225,7 +233,10 @@ account_key = "VE9QLVNFQ1JFVC0y"
         assert!(t.resolve("gone:vaults/u1").is_err());
         // Debug output of the whole configuration carries no secret.
         let dbg = format!("{t:?}");
-        assert!(!dbg.contains("TOP-SECRET") && !dbg.contains("VE9QLVNFQ1JFVC0y"), "{dbg}");
+        assert!(
+            !dbg.contains("TOP-SECRET") && !dbg.contains("VE9QLVNFQ1JFVC0y"),
+            "{dbg}"
+        );
     }
 
     #[test]

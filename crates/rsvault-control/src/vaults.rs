@@ -302,6 +302,7 @@ impl Control {
         let location = body::location(m)?;
         let tags = tags_or_empty(m)?;
         let id = self.vault_id(sub, &group.name, name);
+        self.check_storage_tag(&id, &tags)?;
         let existing = self.store.read(|db| db.resource(&id))?;
         let now = self.now();
         let stamp = time::rfc3339(now);
@@ -397,6 +398,36 @@ impl Control {
     }
 
     /// `PATCH` a vault: tags replace, properties merge, sku and identity replace.
+    /// A vault's `rsvault-storage-target` tag must name a declared target, and cannot move a vault
+    /// whose repository already exists (its location is fixed at first use).
+    fn check_storage_tag(&self, vault_id: &str, tags: &serde_json::Map<String, Value>) -> Result<()> {
+        let Some(dp) = self.data.as_ref() else {
+            return Ok(());
+        };
+        let Some(want) = tags.get(crate::storage::TARGET_TAG) else {
+            return Ok(());
+        };
+        let want = want.as_str().unwrap_or_default();
+        dp.storage.check_name(want)?;
+        if let Some(row) = self.store.read(|db| db.vault_secret(vault_id))? {
+            let now = match row.repo.starts_with('/') {
+                true => crate::storage::LOCAL,
+                false => row.repo.split(':').next().unwrap_or_default(),
+            };
+            if now != want {
+                return Err(Error::Invalid {
+                    code: "BadRequest",
+                    message: format!(
+                        "The vault's data is stored on '{now}'; tag '{}' cannot move it to '{want}'.",
+                        crate::storage::TARGET_TAG
+                    ),
+                    target: Some("tags".into()),
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn patch_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<Value> {
         let mut row = self.vault_row(sub, rg, name)?;
         let mut req = req.clone();
@@ -404,6 +435,9 @@ impl Control {
         check_vault_body(&mut req)?;
         let m = body::object(&req)?;
         let tags = body::tags(m)?;
+        if let Some(t) = &tags {
+            self.check_storage_tag(&row.id, t)?;
+        }
         let now = self.now();
         let before = row.body.clone();
         let v = &mut row.body;

@@ -521,7 +521,9 @@ impl RepoLock {
     fn of(spec: &RepoSpec, exclusive: bool) -> Result<Self> {
         match &spec.location {
             RepoLocation::Local(root) => Self::take(root, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH }),
-            RepoLocation::Object(o) => Ok(RepoLock::Object { _held: o.lock(exclusive) }),
+            RepoLocation::Object(o) => Ok(RepoLock::Object {
+                _held: o.lock(exclusive),
+            }),
         }
     }
     fn take(root: &Path, how: libc::c_int) -> Result<Self> {

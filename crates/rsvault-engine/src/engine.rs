@@ -854,7 +854,6 @@ impl Engine for ResticEngine {
     }
 }
 
-
 /// Removes the data no snapshot references (the second half of a prune), under the caller's
 /// exclusive lock.
 /// How long a pack marked unreferenced stays on an object store before a prune deletes it.

@@ -268,7 +268,11 @@ impl ObjectStore {
             }
         };
         let op = op
-            .layer(TimeoutLayer::new().with_timeout(REQUEST_TIMEOUT).with_io_timeout(IO_TIMEOUT))
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(REQUEST_TIMEOUT)
+                    .with_io_timeout(IO_TIMEOUT),
+            )
             .layer(
                 RetryLayer::new()
                     .with_max_times(RETRIES)
@@ -380,10 +384,14 @@ impl ObjectRepo {
     }
 
     fn rerr(&self, what: &str, key: &str, e: opendal::Error) -> Box<RusticError> {
-        RusticError::with_source(ErrorKind::Backend, "{what} `{key}` on object store `{target}` failed", e)
-            .attach_context("what", what.to_string())
-            .attach_context("key", key.to_string())
-            .attach_context("target", self.store.name.clone())
+        RusticError::with_source(
+            ErrorKind::Backend,
+            "{what} `{key}` on object store `{target}` failed",
+            e,
+        )
+        .attach_context("what", what.to_string())
+        .attach_context("key", key.to_string())
+        .attach_context("target", self.store.name.clone())
     }
 
     /// Whether the repository's `config` exists.
@@ -655,7 +663,8 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(rx.try_recv().is_err(), "the writer got in while readers held the lock");
         drop((r1, r2, other));
-        rx.recv_timeout(Duration::from_secs(5)).expect("the writer got the lock after the readers left");
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the writer got the lock after the readers left");
         t.join().unwrap();
     }
 }

@@ -17,6 +17,17 @@ pub enum RepoLocation {
     Object(crate::objstore::ObjectRepo),
 }
 
+impl RepoLocation {
+    /// What stock `restic` needs to find the repository (`RESTIC_REPOSITORY`, and an object
+    /// store's credentials): for the operator only, never for a log.
+    pub fn restic_env(&self) -> Vec<(String, String)> {
+        match self {
+            RepoLocation::Local(p) => vec![("RESTIC_REPOSITORY".into(), p.display().to_string())],
+            RepoLocation::Object(o) => o.store.target().restic_env(&o.path),
+        }
+    }
+}
+
 impl std::fmt::Display for RepoLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -358,7 +358,10 @@ fn bad_requests_are_refused() {
         Err(EngineError::RecoveryPointNotFound(_))
     ));
     // A wrong password does not open the vault.
-    let wrong = RepoSpec::new(v.spec.local_path().unwrap().to_path_buf(), VaultKeys::generate_password());
+    let wrong = RepoSpec::new(
+        v.spec.local_path().unwrap().to_path_buf(),
+        VaultKeys::generate_password(),
+    );
     assert!(v.engine.init(&wrong).is_err());
     v.engine.init(&v.spec).unwrap();
 }

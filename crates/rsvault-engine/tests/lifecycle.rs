@@ -213,7 +213,10 @@ fn cancellation_mid_transfer_commits_nothing() {
         .recovery_points(&v.spec, &Default::default())
         .unwrap()
         .is_empty());
-    assert!(fs::read_dir(v.spec.local_path().unwrap().join("snapshots")).unwrap().next().is_none());
+    assert!(fs::read_dir(v.spec.local_path().unwrap().join("snapshots"))
+        .unwrap()
+        .next()
+        .is_none());
     assert!(v.engine.verify(&v.spec, ReadData::None).unwrap().ok);
     // The orphan packs go with the next prune.
     v.engine.prune(&v.spec, t0()).unwrap();
@@ -279,7 +282,10 @@ fn killed_backup_leaves_a_valid_vault() {
     assert!(r.ok, "{:?}", r.problems);
     v.engine.prune(&v.spec, t0()).unwrap();
     assert_eq!(pack_count(v.spec.local_path().unwrap()), 0);
-    assert_eq!(fs::read_dir(v.spec.local_path().unwrap().join("tmp")).unwrap().count(), 0);
+    assert_eq!(
+        fs::read_dir(v.spec.local_path().unwrap().join("tmp")).unwrap().count(),
+        0
+    );
     let small = v.path("small.raw");
     make_raw(&small, 9);
     v.engine
@@ -476,7 +482,11 @@ fn init_after_a_crash_between_key_and_config() {
     // Simulate the crash: a repository with a key (same password, another master key) and no config.
     fs::remove_dir_all(spec.local_path().unwrap()).unwrap();
     fs::create_dir_all(spec.local_path().unwrap().join("keys")).unwrap();
-    fs::write(spec.local_path().unwrap().join("keys").join(key.file_name().unwrap()), stale).unwrap();
+    fs::write(
+        spec.local_path().unwrap().join("keys").join(key.file_name().unwrap()),
+        stale,
+    )
+    .unwrap();
     let e = ResticEngine::new();
     e.init(&spec).unwrap();
     assert!(ResticEngine::new()

@@ -45,7 +45,10 @@ fn tree_of(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                out.push((p.strip_prefix(dir).unwrap().display().to_string(), fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    fs::read(&p).unwrap(),
+                ));
             }
         }
     }
@@ -84,7 +87,12 @@ fn disks_and_trees_round_trip_through_object_storage_and_restic_reads_the_s3_vau
         bytes[at..at + 4096].fill(0xab);
         fs::write(&raw, &bytes).unwrap();
         let second = engine
-            .backup_disks(&spec, &disk_req(disks[..1].to_vec(), "b", 2), &NoProgress, &Cancel::new())
+            .backup_disks(
+                &spec,
+                &disk_req(disks[..1].to_vec(), "b", 2),
+                &NoProgress,
+                &Cancel::new(),
+            )
             .unwrap();
         assert!(
             second.bytes_added < first.bytes_added / 4,
@@ -129,7 +137,10 @@ fn disks_and_trees_round_trip_through_object_storage_and_restic_reads_the_s3_vau
                 &Cancel::new(),
             )
             .unwrap();
-        assert!(fs::read(out.join("os")).unwrap() == bytes, "{kind}: restored disk differs");
+        assert!(
+            fs::read(out.join("os")).unwrap() == bytes,
+            "{kind}: restored disk differs"
+        );
         let tree_out = dir.path().join("tree-out");
         fs::create_dir(&tree_out).unwrap();
         engine
@@ -169,12 +180,24 @@ fn disks_and_trees_round_trip_through_object_storage_and_restic_reads_the_s3_vau
         engine.prune(&spec, t0()).unwrap();
         let check = engine.verify(&spec, ReadData::All).unwrap();
         assert!(check.ok, "{kind} after prune: {:?}", check.problems);
-        assert_eq!(engine.recovery_points(&spec, &RecoveryPointFilter::default()).unwrap().len(), 2);
+        assert_eq!(
+            engine
+                .recovery_points(&spec, &RecoveryPointFilter::default())
+                .unwrap()
+                .len(),
+            2
+        );
 
         // Removing the vault's prefix removes the repository.
-        let RepoLocation::Object(o) = &spec.location else { unreachable!() };
+        let RepoLocation::Object(o) = &spec.location else {
+            unreachable!()
+        };
         assert!(store.remove_all(&o.path).unwrap() > 0);
-        assert_eq!(store.remove_all(&o.path).unwrap(), 0, "{kind}: objects left after removal");
+        assert_eq!(
+            store.remove_all(&o.path).unwrap(),
+            0,
+            "{kind}: objects left after removal"
+        );
         assert!(engine.recovery_points(&spec, &RecoveryPointFilter::default()).is_err());
     }
 }
@@ -182,7 +205,11 @@ fn disks_and_trees_round_trip_through_object_storage_and_restic_reads_the_s3_vau
 #[test]
 fn an_object_store_that_does_not_answer_fails_with_a_storage_error_naming_it() {
     // A port nothing listens on (bound, then closed).
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     for target in [
         ObjectTarget::S3 {
             endpoint: format!("http://127.0.0.1:{port}"),

@@ -478,11 +478,7 @@ async fn main() -> Result<()> {
             .await??;
             // Shell-quoted: the password is base64url, the path the data dir's, the rest the
             // operator's storage file's.
-            let vars = match repo {
-                rsvault_engine::RepoLocation::Local(p) => vec![("RESTIC_REPOSITORY".to_string(), p.display().to_string())],
-                rsvault_engine::RepoLocation::Object(o) => o.store.target().restic_env(&o.path),
-            };
-            for (k, v) in vars {
+            for (k, v) in repo.restic_env() {
                 println!("{k}='{}'", v.replace('\'', "'\\''"));
             }
             println!("RESTIC_PASSWORD='{}'", password.expose());

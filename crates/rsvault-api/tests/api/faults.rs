@@ -680,7 +680,7 @@ fn restic_snapshot_count(f: &Fixture) -> usize {
     let (repo, password) = control.restic_env(&f.vault()).unwrap();
     let out = std::process::Command::new("restic")
         .args(["snapshots", "--json", "--no-lock"])
-        .env("RESTIC_REPOSITORY", repo)
+        .envs(repo.restic_env())
         .env("RESTIC_PASSWORD", password.expose())
         .output()
         .expect("restic (Debian package)");

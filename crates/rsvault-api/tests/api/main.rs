@@ -13,6 +13,7 @@ mod identity;
 mod immutability;
 mod limits;
 mod linked;
+mod objstore;
 mod recovery;
 mod resources;
 mod schedule;

@@ -24,8 +24,8 @@ use rand::Rng;
 use rsvault_core::odata::Filter;
 use rsvault_core::time;
 use rsvault_engine::{
-    Cancel, ConflictPolicy, DiskBackupRequest, RepoSpec, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
-    ImageFormat, RecoveryPointInfo, RecoveryPointTags, Task, TreeBackupRequest, TreeRestoreRequest,
+    Cancel, ConflictPolicy, DiskBackupRequest, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
+    ImageFormat, RecoveryPointInfo, RecoveryPointTags, RepoSpec, Task, TreeBackupRequest, TreeRestoreRequest,
 };
 use rsvault_store::{JobRow, OperationRow, RecoveryPointRow, ResourceRow};
 use serde::{Deserialize, Serialize};

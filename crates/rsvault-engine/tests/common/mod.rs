@@ -121,8 +121,8 @@ pub fn restic(spec: &RepoSpec, args: &[&str]) -> std::process::Output {
                 .arg(p)
                 .env("RESTIC_CACHE_DIR", p.parent().unwrap().join("restic-cache"));
         }
-        RepoLocation::Object(o) => {
-            cmd.arg("--no-cache").envs(o.store.target().restic_env(&o.path));
+        RepoLocation::Object(_) => {
+            cmd.arg("--no-cache").envs(spec.location.restic_env());
         }
     }
     cmd.args(args)
@@ -151,7 +151,10 @@ pub fn object_targets() -> Vec<(&'static str, objstore::ObjectTarget)> {
         )),
         _ => missing("S3 (RSVAULT_TEST_S3_*)"),
     }
-    match (var("RSVAULT_TEST_AZBLOB_ENDPOINT"), var("RSVAULT_TEST_AZBLOB_CONTAINER")) {
+    match (
+        var("RSVAULT_TEST_AZBLOB_ENDPOINT"),
+        var("RSVAULT_TEST_AZBLOB_CONTAINER"),
+    ) {
         (Some(endpoint), Some(container)) => out.push((
             "azblob",
             objstore::ObjectTarget::Azblob {

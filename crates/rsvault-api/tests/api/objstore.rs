@@ -1,0 +1,350 @@
+//! Issue 15 over HTTPS: vaults whose repositories live in object storage (the S3 server and
+//! Azurite the test command starts): protect, back up, list, restore, delete; a store that stops
+//! answering fails the job saying why, and a later backup succeeds.
+
+use crate::recovery::*;
+use rsvault_control::storage::StorageTargets;
+use rsvault_engine::objstore::ObjectTarget;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The object stores the test command started, from the environment (see
+/// `scripts/object-test-servers`); a missing one fails under `RSVAULT_REQUIRE_OBJECT_STORES=1`.
+pub(crate) fn object_targets() -> Vec<(&'static str, ObjectTarget)> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let require = std::env::var("RSVAULT_REQUIRE_OBJECT_STORES").as_deref() == Ok("1");
+    let mut out = vec![];
+    match (var("RSVAULT_TEST_S3_ENDPOINT"), var("RSVAULT_TEST_S3_BUCKET")) {
+        (Some(endpoint), Some(bucket)) => out.push((
+            "s3",
+            ObjectTarget::S3 {
+                endpoint,
+                bucket,
+                region: var("RSVAULT_TEST_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+                prefix: "api-tests".into(),
+                access_key_id: var("RSVAULT_TEST_S3_ACCESS_KEY_ID").unwrap_or_default(),
+                secret_access_key: var("RSVAULT_TEST_S3_SECRET_ACCESS_KEY").unwrap_or_default(),
+            },
+        )),
+        _ if require => panic!("no S3 server in the environment: run the tests through scripts/test"),
+        _ => eprintln!("note: no S3 server (RSVAULT_TEST_S3_*): its API tests are skipped"),
+    }
+    match (
+        var("RSVAULT_TEST_AZBLOB_ENDPOINT"),
+        var("RSVAULT_TEST_AZBLOB_CONTAINER"),
+    ) {
+        (Some(endpoint), Some(container)) => out.push((
+            "blob",
+            ObjectTarget::Azblob {
+                endpoint,
+                account: var("RSVAULT_TEST_AZBLOB_ACCOUNT").unwrap_or_default(),
+                container,
+                prefix: "api-tests".into(),
+                account_key: var("RSVAULT_TEST_AZBLOB_KEY"),
+                sas_token: None,
+            },
+        )),
+        _ if require => panic!("no Azure Blob server in the environment: run the tests through scripts/test"),
+        _ => eprintln!("note: no Azure Blob server (RSVAULT_TEST_AZBLOB_*): its API tests are skipped"),
+    }
+    out
+}
+
+fn targets(list: Vec<(&str, ObjectTarget)>, default: Option<&str>) -> StorageTargets {
+    let map: BTreeMap<String, ObjectTarget> = list.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
+    StorageTargets::from_targets(map, default.map(str::to_string)).unwrap()
+}
+
+/// The location recorded for vault `rg/v1` (no credentials: `TARGET:vaults/UUID` or a directory).
+fn vault_location(f: &Fixture) -> String {
+    let store = rsvault_store::Store::open(&f.s.dir.join("meta.db")).unwrap();
+    store
+        .read(|db| db.vault_secret(&f.vault()))
+        .unwrap()
+        .expect("the vault has a repository")
+        .repo
+}
+
+async fn backup(f: &Fixture, vm: &str) -> Value {
+    let job = accept(
+        f,
+        &f.s.url(&format!("{}/backup?{BK}", f.item(vm))),
+        &json!({"properties": {"objectType": "IaasVMBackupRequest"}}),
+    )
+    .await;
+    wait_job(f, &job).await.pop().unwrap()
+}
+
+async fn restore_disks(f: &Fixture, vm: &str, rp: &str, acct: &str) -> (Value, std::path::PathBuf) {
+    let dir = account(f, acct).await;
+    let vm_id = format!("{}/providers/Microsoft.Compute/virtualMachines/{vm}", f.s.rg_path("rg"));
+    let job = accept(
+        f,
+        &f.s.url(&format!("{}/recoveryPoints/{rp}/restore?{BK}", f.item(vm))),
+        &json!({"properties": {"objectType": "IaasVMRestoreRequest", "recoveryPointId": rp, "recoveryType": "RestoreDisks",
+            "sourceResourceId": vm_id, "storageAccountId": f.account_id(acct), "region": "westus",
+            "createNewCloudService": false, "originalStorageAccountOption": false}}),
+    )
+    .await;
+    (wait_job(f, &job).await.pop().unwrap(), dir)
+}
+
+fn restored_files(dir: &Path) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    out.sort_by_key(|c| c.len());
+    out
+}
+
+#[tokio::test]
+async fn vm_and_share_vaults_in_object_storage_back_up_and_restore_through_the_api() {
+    for (kind, target) in object_targets() {
+        let f = fixture_with(|c| c.storage = targets(vec![(kind, target)], Some(kind))).await;
+        let os = f.dir.join("os.raw");
+        write_random(&os, 12 << 20, 3);
+        let data = f.dir.join("data.raw");
+        write_random(&data, 6 << 20, 4);
+        protect_vm(&f, "vm1", &os, &[&data]).await;
+        let done = backup(&f, "vm1").await;
+        assert_eq!(done["properties"]["status"], "Completed", "{kind}: {done}");
+        let loc = vault_location(&f);
+        assert!(loc.starts_with(&format!("{kind}:vaults/")), "{kind}: {loc}");
+
+        let (st, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+        assert_eq!(st, 200, "{rps}");
+        let rp = rps["value"][0]["name"].as_str().unwrap().to_string();
+        let (r, dir) = restore_disks(&f, "vm1", &rp, "restoresa").await;
+        assert_eq!(r["properties"]["status"], "Completed", "{kind}: {r}");
+        assert_eq!(
+            restored_files(&dir),
+            vec![std::fs::read(&data).unwrap(), std::fs::read(&os).unwrap()],
+            "{kind}: restored disks differ"
+        );
+
+        // A share in the same vault, restored to another location.
+        let share = protect_share(&f, "filesa", "docs", |d| {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join("a.txt"), b"object storage").unwrap();
+            write_random(&d.join("sub/b.bin"), 1 << 20, 5);
+        })
+        .await;
+        let job = accept(
+            &f,
+            &f.s.url(&format!("{}/backup?{BK}", f.share_item("filesa", "docs"))),
+            &json!({"properties": {"objectType": "AzureFileShareBackupRequest"}}),
+        )
+        .await;
+        let done = wait_job(&f, &job).await.pop().unwrap();
+        assert_eq!(done["properties"]["status"], "Completed", "{kind}: {done}");
+        let (_, _, rps) = send(
+            &f.s,
+            "GET",
+            &format!("{}/recoveryPoints?{BK}", f.share_item("filesa", "docs")),
+            None,
+        )
+        .await;
+        let rp = rps["value"][0]["name"].as_str().unwrap().to_string();
+        let alt = account(&f, "altsa").await;
+        let (st, _, b) = send(
+            &f.s,
+            "PUT",
+            &format!("{}/fileServices/default/shares/docs?{ST_API}", f.account_id("altsa")),
+            Some(&json!({"properties": {}})),
+        )
+        .await;
+        assert!(st == 200 || st == 201, "{b}");
+        let job = accept(
+            &f,
+            &f.s.url(&format!("{}/recoveryPoints/{rp}/restore?{BK}", f.share_item("filesa", "docs"))),
+            &json!({"properties": {"objectType": "AzureFileShareRestoreRequest", "recoveryType": "AlternateLocation",
+                "sourceResourceId": f.account_id("filesa"), "copyOptions": "Overwrite", "restoreRequestType": "FullShareRestore",
+                "restoreFileSpecs": [{"targetFolderPath": "restored"}],
+                "targetDetails": {"name": "docs", "targetResourceId": f.account_id("altsa")}}}),
+        )
+        .await;
+        let done = wait_job(&f, &job).await.pop().unwrap();
+        assert_eq!(done["properties"]["status"], "Completed", "{kind}: {done}");
+        let restored = alt.join("docs/restored");
+        assert_eq!(std::fs::read(restored.join("a.txt")).unwrap(), b"object storage");
+        assert_eq!(
+            std::fs::read(restored.join("sub/b.bin")).unwrap(),
+            std::fs::read(share.join("sub/b.bin")).unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_vault_tag_chooses_its_target_and_an_unknown_one_is_refused() {
+    let list = object_targets();
+    let Some((kind, target)) = list.into_iter().next() else {
+        return;
+    };
+    // The default is the data dir; the vault's tag sends it to the object store.
+    let f = fixture_with(|c| c.storage = targets(vec![(kind, target)], None)).await;
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}?api-version=2024-04-01", f.s.vault_path("rg", "tagged")),
+        Some(&json!({"location": "westus", "sku": {"name": "Standard"}, "properties": {}, "tags": {"rsvault-storage-target": "nosuch"}})),
+    )
+    .await;
+    crate::harness::assert_arm_error(st, &b, 400, "BadRequest");
+    let (st, _, b) = send(
+        &f.s,
+        "PATCH",
+        &format!("{}?api-version=2024-04-01", f.vault()),
+        Some(&json!({"tags": {"rsvault-storage-target": kind}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let os = f.dir.join("os.raw");
+    write_random(&os, 4 << 20, 6);
+    protect_vm(&f, "vm1", &os, &[]).await;
+    let done = backup(&f, "vm1").await;
+    assert_eq!(done["properties"]["status"], "Completed", "{done}");
+    assert!(
+        vault_location(&f).starts_with(&format!("{kind}:vaults/")),
+        "{}",
+        vault_location(&f)
+    );
+}
+
+/// A TCP relay to an object store that can be switched off (open connections cut, new ones
+/// closed at once): the fault a stopped or unreachable store is.
+struct Relay {
+    addr: std::net::SocketAddr,
+    up: Arc<AtomicBool>,
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl Relay {
+    fn set(&self, up: bool) {
+        self.up.store(up, Ordering::SeqCst);
+        if !up {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+async fn relay(upstream: std::net::SocketAddr) -> Relay {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let up = Arc::new(AtomicBool::new(true));
+    let (cut, _) = tokio::sync::watch::channel(0u64);
+    let on = up.clone();
+    let cuts = cut.clone();
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            if !on.load(Ordering::SeqCst) {
+                drop(c);
+                continue;
+            }
+            let mut cut = cuts.subscribe();
+            tokio::spawn(async move {
+                if let Ok(mut u) = tokio::net::TcpStream::connect(upstream).await {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                        _ = cut.changed() => {}
+                    }
+                }
+            });
+        }
+    });
+    Relay { addr, up, cut }
+}
+
+fn through(target: &ObjectTarget, relay: std::net::SocketAddr) -> (ObjectTarget, std::net::SocketAddr) {
+    let swap = |endpoint: &str| -> (String, std::net::SocketAddr) {
+        let u = url::Url::parse(endpoint).unwrap();
+        let up: std::net::SocketAddr = format!("{}:{}", u.host_str().unwrap(), u.port().unwrap())
+            .parse()
+            .unwrap();
+        (endpoint.replacen(&up.to_string(), &relay.to_string(), 1), up)
+    };
+    match target.clone() {
+        ObjectTarget::S3 {
+            endpoint,
+            bucket,
+            region,
+            prefix,
+            access_key_id,
+            secret_access_key,
+        } => {
+            let (endpoint, up) = swap(&endpoint);
+            (
+                ObjectTarget::S3 {
+                    endpoint,
+                    bucket,
+                    region,
+                    prefix,
+                    access_key_id,
+                    secret_access_key,
+                },
+                up,
+            )
+        }
+        ObjectTarget::Azblob {
+            endpoint,
+            account,
+            container,
+            prefix,
+            account_key,
+            sas_token,
+        } => {
+            let (endpoint, up) = swap(&endpoint);
+            (
+                ObjectTarget::Azblob {
+                    endpoint,
+                    account,
+                    container,
+                    prefix,
+                    account_key,
+                    sas_token,
+                },
+                up,
+            )
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_stops_answering_fails_the_job_saying_why_and_a_later_backup_succeeds() {
+    for (kind, target) in object_targets() {
+        // The relay's address is known only once it listens: bind it to the real upstream first.
+        let (_, upstream) = through(&target, "127.0.0.1:1".parse().unwrap());
+        let r = relay(upstream).await;
+        let (target, _) = through(&target, r.addr);
+        let f = fixture_with(|c| c.storage = targets(vec![(kind, target)], Some(kind))).await;
+        let os = f.dir.join("os.raw");
+        write_random(&os, 4 << 20, 8);
+        protect_vm(&f, "vm1", &os, &[]).await;
+        let ok = backup(&f, "vm1").await;
+        assert_eq!(ok["properties"]["status"], "Completed", "{kind}: {ok}");
+
+        r.set(false);
+        let failed = backup(&f, "vm1").await;
+        let p = &failed["properties"];
+        assert_eq!(p["status"], "Failed", "{kind}: {failed}");
+        let err = &p["errorDetails"][0];
+        assert_eq!(err["errorCode"], 100007, "{kind}: {failed}");
+        assert!(
+            err["errorString"].as_str().unwrap().contains(&format!("'{kind}'")),
+            "{err}"
+        );
+        // The item reports the failure; the vault still lists only the good point.
+        let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+        assert_eq!(rps["value"].as_array().unwrap().len(), 1, "{kind}: {rps}");
+
+        r.set(true);
+        let again = backup(&f, "vm1").await;
+        assert_eq!(again["properties"]["status"], "Completed", "{kind}: {again}");
+        let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+        assert_eq!(rps["value"].as_array().unwrap().len(), 2, "{kind}: {rps}");
+    }
+}

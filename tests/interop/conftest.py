@@ -44,6 +44,7 @@ class Server:
     data_dir: Path
     traffic_dir: Path
     log_file: Path
+    storage_file: Path | None = None
 
     def credential(self):
         from azure.identity import ClientSecretCredential
@@ -183,6 +184,52 @@ def clock_server(tmp_path_factory):
     """A second server on a test clock (`--test-clock`): time moves only through `advance`."""
     base = tmp_path_factory.mktemp("rsvault-clock")
     proc, srv, log = _start(base, ["--test-clock", *_grants(tmp_path_factory)])
+    try:
+        yield srv
+    finally:
+        _stop(proc)
+        log.close()
+
+
+def _storage_file(base: Path) -> Path:
+    """A storage file declaring the object stores the test command started (`s3`, the default, and
+    `blob`); see scripts/object-test-servers."""
+    env = os.environ
+    if not env.get("RSVAULT_TEST_S3_ENDPOINT") or not env.get("RSVAULT_TEST_AZBLOB_ENDPOINT"):
+        if env.get("RSVAULT_REQUIRE_OBJECT_STORES") == "1":
+            pytest.fail("no object stores in the environment: run the tests through scripts/test")
+        pytest.skip("no object stores in the environment (scripts/test starts them)")
+    f = base / "storage.toml"
+    f.write_text(
+        'default = "s3"\n'
+        "[targets.s3]\n"
+        'kind = "s3"\n'
+        f'endpoint = "{env["RSVAULT_TEST_S3_ENDPOINT"]}"\n'
+        f'bucket = "{env["RSVAULT_TEST_S3_BUCKET"]}"\n'
+        f'region = "{env.get("RSVAULT_TEST_S3_REGION", "us-east-1")}"\n'
+        'prefix = "interop"\n'
+        f'access_key_id = "{env["RSVAULT_TEST_S3_ACCESS_KEY_ID"]}"\n'
+        f'secret_access_key = "{env["RSVAULT_TEST_S3_SECRET_ACCESS_KEY"]}"\n'
+        "[targets.blob]\n"
+        'kind = "azblob"\n'
+        f'endpoint = "{env["RSVAULT_TEST_AZBLOB_ENDPOINT"]}"\n'
+        f'account = "{env["RSVAULT_TEST_AZBLOB_ACCOUNT"]}"\n'
+        f'container = "{env["RSVAULT_TEST_AZBLOB_CONTAINER"]}"\n'
+        'prefix = "interop"\n'
+        f'account_key = "{env["RSVAULT_TEST_AZBLOB_KEY"]}"\n'
+    )
+    f.chmod(0o600)
+    return f
+
+
+@pytest.fixture(scope="session")
+def object_server(tmp_path_factory):
+    """A server whose vaults live in object storage (`--storage`): Garage (S3) by default, Azurite
+    (Azure Blob) for a vault tagged `rsvault-storage-target: blob`."""
+    base = tmp_path_factory.mktemp("rsvault-objects")
+    storage = _storage_file(base)
+    proc, srv, log = _start(base, ["--storage", str(storage), *_grants(tmp_path_factory)])
+    srv.storage_file = storage
     try:
         yield srv
     finally:

@@ -387,7 +387,7 @@ fn multi_pack_odd_size_round_trip(direct: bool) {
         .backup_disks(&spec, &disk_req(d, "m"), &NoProgress, &Cancel::new())
         .unwrap();
     assert_eq!(out.bytes_scanned, bytes.len() as u64);
-    let packs = walk(spec.local_path().unwrap().join("data"));
+    let packs = walk(&spec.local_path().unwrap().join("data"));
     assert!(packs.len() >= 3, "{} packs", packs.len());
     let target = dir.path().join("out");
     fs::create_dir(&target).unwrap();

@@ -53,7 +53,7 @@ fn delete_expiry_prune_and_verify() {
         .unwrap();
     let rp = v.engine.recovery_point(&v.spec, "old").unwrap();
     assert_eq!(rp.expiry, r2.expiry);
-    let size_before = du(v.spec.local_path().unwrap().join("data"));
+    let size_before = du(&v.spec.local_path().unwrap().join("data"));
 
     // Nothing expired yet.
     let rep = v.engine.prune(&v.spec, t0() + chrono::Duration::hours(1)).unwrap();
@@ -64,7 +64,7 @@ fn delete_expiry_prune_and_verify() {
     let rep = v.engine.prune(&v.spec, t0() + chrono::Duration::days(2)).unwrap();
     assert_eq!(rep.expired, ["old"]);
     assert!(rep.bytes_removed > 0, "{rep:?}");
-    let size_after = du(v.spec.local_path().unwrap().join("data"));
+    let size_after = du(&v.spec.local_path().unwrap().join("data"));
     assert!(size_after < size_before * 7 / 10, "{size_after} vs {size_before}");
     assert!(matches!(
         v.engine.recovery_point(&v.spec, "old"),
@@ -113,7 +113,7 @@ fn verify_finds_a_damaged_pack() {
         .unwrap();
     assert!(v.engine.verify(&v.spec, ReadData::All).unwrap().ok);
     // Flip a byte in the middle of the largest pack.
-    let mut packs: Vec<_> = walk_files(v.spec.local_path().unwrap().join("data"));
+    let mut packs: Vec<_> = walk_files(&v.spec.local_path().unwrap().join("data"));
     packs.sort_by_key(|p| fs::metadata(p).unwrap().len());
     let victim = packs.last().unwrap();
     let mut bytes = fs::read(victim).unwrap();
@@ -413,8 +413,8 @@ fn key_derivation_parameters_and_stock_restic() {
     let e = ResticEngine::new();
     e.init(&light).unwrap();
     e.init(&standard).unwrap();
-    assert_eq!(key_params(&light.path), (1024, 8, 1));
-    assert_eq!(key_params(&standard.path), (131_072, 8, 1));
+    assert_eq!(key_params(light.local_path().unwrap()), (1024, 8, 1));
+    assert_eq!(key_params(standard.local_path().unwrap()), (131_072, 8, 1));
     // A fresh engine (no cached master key) opens both through the key file; init is idempotent.
     for s in [&light, &standard] {
         let e = ResticEngine::new();
@@ -423,13 +423,13 @@ fn key_derivation_parameters_and_stock_restic() {
             .recovery_points(s, &RecoveryPointFilter::default())
             .unwrap()
             .is_empty());
-        let wrong = RepoSpec::new(s.path.clone(), VaultKeys::generate_password());
+        let wrong = RepoSpec::new(s.local_path().unwrap().to_path_buf(), VaultKeys::generate_password());
         assert!(ResticEngine::new().init(&wrong).is_err());
     }
     // A short (possibly human) password is refused the light parameters.
     let short = RepoSpec::with_random_secret(dir.path().join("short"), Secret::new("correct horse battery"));
     assert!(matches!(e.init(&short), Err(EngineError::InvalidRequest(_))));
-    assert!(!short.path.join("config").exists());
+    assert!(!short.local_path().unwrap().join("config").exists());
 
     if !restic_available() {
         eprintln!("SKIPPED (restic part): the `restic` binary is not installed");
@@ -438,14 +438,14 @@ fn key_derivation_parameters_and_stock_restic() {
     for s in [&light, &standard] {
         let out = restic(s, &["cat", "config"]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let wrong = RepoSpec::new(s.path.clone(), VaultKeys::generate_password());
+        let wrong = RepoSpec::new(s.local_path().unwrap().to_path_buf(), VaultKeys::generate_password());
         assert!(!restic(&wrong, &["cat", "config"]).status.success());
     }
     // A key stock restic adds (restic's own parameters) opens the light repository for both.
     let pw2 = v2_password();
     let out = Command::new("restic")
         .arg("-r")
-        .arg(&light.path)
+        .arg(light.local_path().unwrap())
         .args(["key", "add", "--new-password-file"])
         .arg(pw2.0.path())
         .env("RESTIC_PASSWORD", light.password.expose())
@@ -453,7 +453,7 @@ fn key_derivation_parameters_and_stock_restic() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let second = RepoSpec::new(light.path.clone(), pw2.1);
+    let second = RepoSpec::new(light.local_path().unwrap().to_path_buf(), pw2.1);
     ResticEngine::new().init(&second).unwrap();
 
     fn v2_password() -> (tempfile::NamedTempFile, Secret) {

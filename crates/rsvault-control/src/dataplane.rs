@@ -181,6 +181,32 @@ impl Control {
         })
     }
 
+    /// Where a geo-redundant vault's copy lives: the operator's secondary target, under the same
+    /// `vaults/UUID` as the primary, with the same password. `None` when the vault is not
+    /// `GeoRedundant`, no secondary is declared, or the vault's primary is that very target.
+    pub(crate) fn secondary_spec(&self, vault_id: &str, primary: &RepoSpec) -> Result<Option<RepoSpec>> {
+        let Some(store) = self.data()?.storage.secondary().cloned() else {
+            return Ok(None);
+        };
+        if self.vault_redundancy(vault_id)?.0 != "GeoRedundant" {
+            return Ok(None);
+        }
+        let path = match &primary.location {
+            RepoLocation::Object(o) if o.store.name() == store.name() => return Ok(None),
+            RepoLocation::Object(o) => o.path.clone(),
+            RepoLocation::Local(dir) => format!(
+                "vaults/{}",
+                dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+        };
+        Ok(Some(RepoSpec::in_object_store(
+            rsvault_engine::objstore::ObjectRepo { store, path },
+            primary.password.clone(),
+        )))
+    }
+
     /// Where a vault's repository is and its password, for stock `restic` (`rsvault restic-env`).
     pub fn restic_env(&self, vault_id: &str) -> Result<(RepoLocation, Secret)> {
         let v = self
@@ -223,6 +249,15 @@ impl Control {
     /// object store every object under the vault's prefix is deleted.
     pub(crate) fn remove_vault_repo(&self, row: Option<VaultSecretRow>) {
         let Some(r) = row else { return };
+        // A geo-redundant vault's copy goes too (whatever the vault's settings were).
+        if let Some(sec) = self.data().ok().and_then(|dp| dp.storage.secondary().cloned()) {
+            let name = r.repo.rsplit('/').next().unwrap_or_default();
+            if !name.is_empty() {
+                if let Err(e) = sec.remove_all(&format!("vaults/{name}")) {
+                    tracing::warn!(repo = %r.repo, secondary = sec.name(), error = %e, "could not remove a deleted vault's secondary copy");
+                }
+            }
+        }
         let loc = match self.data().and_then(|dp| dp.storage.resolve(&r.repo)) {
             Ok(l) => l,
             Err(e) => {

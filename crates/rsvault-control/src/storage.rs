@@ -8,11 +8,16 @@
 //!   keeps only its location: an absolute directory, or `TARGET:vaults/UUID` (the target's name and
 //!   the vault's immutable prefix on it). The target's settings are looked up by name at each use, so
 //!   rotating a key is an edit of the file and a restart.
+//! * **Geo-redundancy**: `secondary = "NAME"` names the target every `GeoRedundant` vault (Azure's
+//!   default `storageType`) is copied to after each backup, under the same `vaults/UUID` prefix
+//!   ([`rsvault_engine::replicate`]); with `crossRegionRestoreFlag: true`, a restore whose primary
+//!   cannot be read reads the secondary.
 //! * **A vault chooses at first use**: the tag `rsvault-storage-target` on the vault names a target
 //!   (or `local`); otherwise the file's `default`. Once the repository exists, its location is fixed.
 //!
 //! ```toml
 //! default = "offsite"
+//! secondary = "blob"         # optional: where GeoRedundant vaults are copied
 //! [targets.offsite]
 //! kind = "s3"
 //! endpoint = "https://s3.example.net"
@@ -63,6 +68,8 @@ struct File {
     #[serde(default)]
     default: Option<String>,
     #[serde(default)]
+    secondary: Option<String>,
+    #[serde(default)]
     targets: BTreeMap<String, ObjectTarget>,
 }
 
@@ -71,6 +78,7 @@ struct File {
 pub struct StorageTargets {
     targets: BTreeMap<String, Arc<ObjectStore>>,
     default: Option<String>,
+    secondary: Option<Arc<ObjectStore>>,
 }
 
 impl StorageTargets {
@@ -103,7 +111,31 @@ impl StorageTargets {
                 None => format!("not a valid storage file: {}", e.message()),
             })
         })?;
-        Self::from_targets(file.targets, file.default).map_err(invalid)
+        Self::from_targets(file.targets, file.default)
+            .and_then(|t| t.with_secondary(file.secondary.as_deref()))
+            .map_err(invalid)
+    }
+
+    /// The same targets with `secondary` (a declared target's name) as the copy of geo-redundant vaults.
+    pub fn with_secondary(mut self, secondary: Option<&str>) -> std::result::Result<StorageTargets, String> {
+        self.secondary = match secondary {
+            None => None,
+            Some(name) => Some(
+                self.targets
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("secondary target '{name}' is not declared"))?,
+            ),
+        };
+        if self.secondary.is_some() && self.default.is_some() && self.default.as_deref() == secondary {
+            return Err("the secondary target must differ from the default one".into());
+        }
+        Ok(self)
+    }
+
+    /// Where geo-redundant vaults are copied, when the operator named a secondary target.
+    pub fn secondary(&self) -> Option<&Arc<ObjectStore>> {
+        self.secondary.as_ref()
     }
 
     /// Targets from their settings (`default`: the one new vaults use; `None` or `local`: the data dir).
@@ -130,7 +162,11 @@ impl StorageTargets {
                 return Err(format!("default target '{d}' is not declared"));
             }
         }
-        Ok(StorageTargets { targets: out, default })
+        Ok(StorageTargets {
+            targets: out,
+            default,
+            secondary: None,
+        })
     }
 
     /// The target a new vault goes to: its tag's, else the default (`None`: the data dir).

@@ -44,6 +44,7 @@ pub mod keyring;
 pub mod objstore;
 mod pit;
 pub mod progress;
+pub mod replicate;
 mod restore;
 mod safefs;
 mod sources;

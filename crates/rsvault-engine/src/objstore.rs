@@ -189,9 +189,18 @@ pub struct ObjectStore {
     name: String,
     target: ObjectTarget,
     op: blocking::Operator,
-    // Dropped after `op` (field order), which may hold handles into it.
-    _rt: tokio::runtime::Runtime,
+    /// The runtime opendal's requests run on; shut down without blocking when the store is
+    /// dropped (which may happen on an async thread).
+    rt: Option<tokio::runtime::Runtime>,
     locks: ObjectLocks,
+}
+
+impl Drop for ObjectStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for ObjectStore {
@@ -288,7 +297,7 @@ impl ObjectStore {
             name: name.to_string(),
             target,
             op,
-            _rt: rt,
+            rt: Some(rt),
             locks: ObjectLocks::default(),
         }))
     }

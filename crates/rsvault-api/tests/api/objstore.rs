@@ -348,3 +348,105 @@ async fn a_store_that_stops_answering_fails_the_job_saying_why_and_a_later_backu
         assert_eq!(rps["value"].as_array().unwrap().len(), 2, "{kind}: {rps}");
     }
 }
+
+#[tokio::test]
+async fn a_geo_redundant_vault_restores_from_its_secondary_after_the_primary_is_gone() {
+    let list = object_targets();
+    if list.len() < 2 {
+        assert!(
+            std::env::var("RSVAULT_REQUIRE_OBJECT_STORES").as_deref() != Ok("1"),
+            "geo-redundancy needs both object stores"
+        );
+        return;
+    }
+    // Primary: Azure Blob; secondary: S3 (so stock restic can read the copy).
+    let blob = list.iter().find(|(k, _)| *k == "blob").unwrap().1.clone();
+    let s3 = list.iter().find(|(k, _)| *k == "s3").unwrap().1.clone();
+    let f = fixture_with(|c| {
+        c.storage = targets(vec![("blob", blob.clone()), ("s3", s3.clone())], Some("blob"))
+            .with_secondary(Some("s3"))
+            .unwrap()
+    })
+    .await;
+    let config = format!("{}/backupstorageconfig/vaultstorageconfig?{BK}", f.vault());
+    let (st, _, b) = send(
+        &f.s,
+        "PATCH",
+        &config,
+        Some(&json!({"properties": {"crossRegionRestoreFlag": true}})),
+    )
+    .await;
+    assert!(st == 200 || st == 204, "{b}");
+    let (_, _, b) = send(&f.s, "GET", &config, None).await;
+    assert_eq!(b["properties"]["storageType"], "GeoRedundant", "{b}");
+
+    let os = f.dir.join("os.raw");
+    write_random(&os, 6 << 20, 11);
+    protect_vm(&f, "vm1", &os, &[]).await;
+    let done = backup(&f, "vm1").await;
+    let p = &done["properties"];
+    assert_eq!(p["status"], "Completed", "{done}");
+    assert_eq!(
+        p["extendedInfo"]["propertyBag"]["Secondary Copy"], "Completed",
+        "{done}"
+    );
+    let loc = vault_location(&f);
+    let path = loc.strip_prefix("blob:").expect("the vault lives on blob").to_string();
+
+    // Stock restic reads the secondary copy (S3) with the vault's password.
+    // (Object-store calls block: off the async threads, as the server makes them.)
+    let control = f.s.running.as_ref().unwrap().control();
+    let vault = f.vault();
+    let (_, password) = tokio::task::spawn_blocking(move || control.restic_env(&vault).unwrap())
+        .await
+        .unwrap();
+    let secondary = rsvault_engine::RepoLocation::Object(rsvault_engine::objstore::ObjectRepo {
+        store: rsvault_engine::objstore::ObjectStore::connect("s3", s3.clone()).unwrap(),
+        path: path.clone(),
+    });
+    let out = std::process::Command::new("restic")
+        .args(["snapshots", "--json", "--no-lock", "--no-cache"])
+        .envs(secondary.restic_env())
+        .env("RESTIC_PASSWORD", password.expose())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap().len(), 1);
+
+    // The primary is removed entirely.
+    let primary = rsvault_engine::objstore::ObjectStore::connect("blob", blob.clone()).unwrap();
+    let p2 = path.clone();
+    let removed = tokio::task::spawn_blocking(move || primary.remove_all(&p2).unwrap())
+        .await
+        .unwrap();
+    assert!(removed > 0);
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+    let rp = rps["value"][0]["name"].as_str().unwrap().to_string();
+    let (r, dir) = restore_disks(&f, "vm1", &rp, "crrsa").await;
+    let p = &r["properties"];
+    assert_eq!(p["status"], "Completed", "{r}");
+    assert!(
+        p["extendedInfo"]["propertyBag"]["Restored From"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("'s3'"),
+        "{r}"
+    );
+    assert_eq!(
+        restored_files(&dir),
+        vec![std::fs::read(&os).unwrap()],
+        "restored byte for byte"
+    );
+
+    // Without cross-region restore, the same restore fails.
+    let (st, _, b) = send(
+        &f.s,
+        "PATCH",
+        &config,
+        Some(&json!({"properties": {"crossRegionRestoreFlag": false}})),
+    )
+    .await;
+    assert!(st == 200 || st == 204, "{b}");
+    let (r, _) = restore_disks(&f, "vm1", &rp, "crrsa2").await;
+    assert_eq!(r["properties"]["status"], "Failed", "{r}");
+}

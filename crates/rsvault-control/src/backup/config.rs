@@ -93,6 +93,22 @@ impl Control {
         Ok(self.store.read(|db| db.resource(&id))?)
     }
 
+    /// A vault's redundancy as its storage configuration says: its `storageType` and whether
+    /// cross-region restore is on.
+    pub(crate) fn vault_redundancy(&self, vault_id: &str) -> Result<(String, bool)> {
+        let Some(v) = self.store.read(|db| db.resource(vault_id))? else {
+            return Ok(("LocallyRedundant".into(), false));
+        };
+        let b = self.storage_config_body(&v)?;
+        Ok((
+            b["properties"]["storageType"]
+                .as_str()
+                .unwrap_or("GeoRedundant")
+                .to_string(),
+            b["properties"]["crossRegionRestoreFlag"].as_bool().unwrap_or(false),
+        ))
+    }
+
     /// `GET backupstorageconfig/vaultstorageconfig`.
     pub fn get_storage_config(&self, sub: &str, rg: &str, vault: &str) -> Result<Value> {
         let v = self.vault_row(sub, rg, vault)?;

@@ -328,6 +328,67 @@ fn is_enospc(e: &EngineError) -> bool {
 }
 
 impl Control {
+    /// Copies a geo-redundant vault to its secondary (`None`: not geo-redundant, or no secondary).
+    /// A failed copy is the job's warning, in words; the next backup's copy resumes it.
+    fn copy_to_secondary(
+        &self,
+        vault: &str,
+        repo: &RepoSpec,
+        cancel: &Cancel,
+    ) -> Option<std::result::Result<rsvault_engine::replicate::SyncReport, String>> {
+        let secondary = match self.secondary_spec(vault, repo) {
+            Ok(s) => s?,
+            Err(e) => return Some(Err(format!("The copy to the secondary storage could not start: {e}."))),
+        };
+        let t = std::time::Instant::now();
+        let r = rsvault_engine::replicate::sync(repo, &secondary, cancel).map_err(|e| {
+            format!("The recovery point was made, but its copy to the secondary storage failed: {e}. The next backup copies what is missing.")
+        });
+        match &r {
+            Ok(rep) => tracing::info!(
+                vault,
+                files = rep.files_copied,
+                bytes = rep.bytes_copied,
+                removed = rep.files_removed,
+                ms = t.elapsed().as_millis() as u64,
+                "vault copied to its secondary"
+            ),
+            Err(e) => tracing::warn!(vault, error = %e, "vault copy to its secondary failed"),
+        }
+        Some(r)
+    }
+
+    /// The repository a restore reads: the vault's own; or, when that cannot be read (its store
+    /// is gone or does not answer) and the vault is geo-redundant with `crossRegionRestoreFlag`
+    /// on, its secondary copy (the name of whose target is returned beside it).
+    fn restore_repo(&self, vault: &str, rp: &str) -> std::result::Result<(RepoSpec, Option<String>), Failure> {
+        let dp = self.data().map_err(internal_failure)?;
+        let primary = self.vault_spec(vault).map_err(internal_failure)?;
+        let err = match dp.engine.recovery_point(&primary, rp) {
+            Ok(_) => return Ok((primary, None)),
+            Err(e) => e,
+        };
+        let crr = self.vault_redundancy(vault).map(|r| r.1).unwrap_or(false);
+        if crr {
+            if let Ok(Some(sec)) = self.secondary_spec(vault, &primary) {
+                match dp.engine.recovery_point(&sec, rp) {
+                    Ok(_) => {
+                        tracing::warn!(vault, primary_error = %err, "restoring from the vault's secondary copy");
+                        let name = match &sec.location {
+                            rsvault_engine::RepoLocation::Object(o) => o.store.name().to_string(),
+                            other => other.to_string(),
+                        };
+                        return Ok((sec, Some(name)));
+                    }
+                    Err(e) => {
+                        tracing::warn!(vault, error = %e, "the vault's secondary copy cannot serve the restore either")
+                    }
+                }
+            }
+        }
+        Err(job_failure(err))
+    }
+
     /// A job's vault repository, made on first use; a storage failure is the job's, in its words.
     fn job_repo(&self, vault: &str) -> std::result::Result<RepoSpec, Failure> {
         let spec = self.vault_spec(vault).map_err(internal_failure)?;
@@ -962,7 +1023,19 @@ impl Control {
                 .map_err(job_failure)?;
                 let mut warnings = out.warnings;
                 warnings.extend(warn);
-                Ok(self.backup_finished(job, &item, out.recovery_point, warnings))
+                // A geo-redundant vault's copy, before the job ends: the job says how it went.
+                let copy = self.copy_to_secondary(&vault, &repo, cancel);
+                if let Some(Err(why)) = &copy {
+                    warnings.push(why.clone());
+                }
+                let mut fin = self.backup_finished(job, &item, out.recovery_point, warnings);
+                if let Some(c) = copy {
+                    fin.bag.insert(
+                        "Secondary Copy".into(),
+                        json!(if c.is_ok() { "Completed" } else { "Failed" }),
+                    );
+                }
+                Ok(fin)
             }
             Work::Restore {
                 vault,
@@ -972,7 +1045,7 @@ impl Control {
                 resource,
             } => {
                 let resource = self.job_resource(resource, &item);
-                let repo = self.job_repo(&vault)?;
+                let (repo, secondary) = self.restore_repo(&vault, &recovery_point)?;
                 // Every path the restore writes passes the grants again, now.
                 match &target {
                     RestoreTarget::Disks { dir, .. } => {
@@ -1011,6 +1084,12 @@ impl Control {
                 }
                 let progress = JobProgress::new(self, &job.id, RESTORE_TASKS);
                 let mut bag = Map::new();
+                if let Some(name) = secondary {
+                    bag.insert(
+                        "Restored From".into(),
+                        json!(format!("Secondary storage '{name}' (cross-region restore)")),
+                    );
+                }
                 match target {
                     RestoreTarget::Tree {
                         target,

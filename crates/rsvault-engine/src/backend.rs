@@ -428,6 +428,11 @@ impl GateBackend {
 }
 
 impl GateBackend {
+    /// Whether the vault is on an object store.
+    pub fn is_remote(&self) -> bool {
+        self.inner.is_remote()
+    }
+
     /// [`VaultBackend::write_aligned`], refused once cancelled (packs, index files; never the
     /// snapshot, which goes through [`WriteBackend::write_bytes`] and its checks).
     pub fn write_aligned(&self, tpe: FileType, id: &Id, data: &AlignedBuf) -> RusticResult<()> {

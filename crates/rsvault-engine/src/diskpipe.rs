@@ -14,7 +14,8 @@
 //! restored disk unnoticed. The price: such a fault would be found at restore or verify time,
 //! not at backup time. Full packs go through
 //! a one-slot channel to a writer thread that writes them by the storage rules of
-//! [`crate::backend`] (with direct I/O). Memory is bounded: one read buffer and one scratch
+//! [`crate::backend`] (with direct I/O; on an object store, [`REMOTE_WRITERS`] threads, each
+//! one PUT in flight). Memory is bounded: one read buffer and one scratch
 //! buffer per worker, one pack being filled, one queued, one being written (plus one kept for
 //! reuse). A disk whose size and modification time equal its node in the parent recovery point
 //! is not read at all: its content list is reused. Only after every pack is written are the
@@ -159,6 +160,9 @@ impl<'a> Sealer<'a> {
     }
 }
 
+/// Pack uploads in flight at once to an object store.
+pub(crate) const REMOTE_WRITERS: usize = 4;
+
 /// Writes one finished pack (direct I/O); returns its size and its buffer for reuse.
 fn write_pack(w: &Writer, index: &Mutex<IndexWriter>, pack: PackBuilder) -> Result<(u64, AlignedBuf)> {
     let (bytes, id, blobs) = pack.finish(w.crypto)?;
@@ -279,23 +283,32 @@ pub(crate) fn backup(
     };
 
     std::thread::scope(|s| {
-        let writer = s.spawn(|| {
-            for pack in pack_rx {
-                if fail.stopped() {
-                    continue;
-                }
-                match write_pack(w, &index_out, pack) {
-                    Ok((n, buf)) => {
-                        packed_total.fetch_add(n, Ordering::Relaxed);
-                        let mut sp = spare.lock().unwrap_or_else(|p| p.into_inner());
-                        if sp.len() < 2 {
-                            sp.push(buf);
+        // One writer for a local directory (direct I/O keeps the disk busy); several uploads in
+        // flight for an object store, where each PUT waits on the network.
+        let writers: Vec<_> = (0..if w.be.is_remote() { REMOTE_WRITERS } else { 1 })
+            .map(|_| {
+                let pack_rx = pack_rx.clone();
+                let (fail, index_out, packed_total, spare) = (&fail, &index_out, &packed_total, &spare);
+                s.spawn(move || {
+                    for pack in pack_rx {
+                        if fail.stopped() {
+                            continue;
+                        }
+                        match write_pack(w, index_out, pack) {
+                            Ok((n, buf)) => {
+                                packed_total.fetch_add(n, Ordering::Relaxed);
+                                let mut sp = spare.lock().unwrap_or_else(|p| p.into_inner());
+                                if sp.len() < 2 {
+                                    sp.push(buf);
+                                }
+                            }
+                            Err(e) => fail.set(e),
                         }
                     }
-                    Err(e) => fail.set(e),
-                }
-            }
-        });
+                })
+            })
+            .collect();
+        drop(pack_rx);
         let mut workers = Vec::new();
         // One more than the cores: a worker waiting for the disk leaves the cores to the others.
         for _ in 0..WORKERS + 1 {
@@ -400,7 +413,7 @@ pub(crate) fn backup(
             let _ = pack_tx.send(last);
         }
         drop(pack_tx);
-        if writer.join().is_err() {
+        if writers.into_iter().any(|h| h.join().is_err()) {
             fail.set(repo_err("the pack writer panicked"));
         }
     });

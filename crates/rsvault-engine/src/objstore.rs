@@ -556,11 +556,14 @@ impl WriteBackend for ObjectRepo {
     }
 }
 
+/// Repository root → (readers, writer held), and the condition waiters sleep on.
+type LockTable = (Mutex<HashMap<String, (usize, bool)>>, Condvar);
+
 /// Per-node reader/writer locks of object-store repositories, by repository root.
 #[derive(Debug, Default)]
 pub(crate) struct ObjectLocks {
     // root → (readers, writer held)
-    state: Arc<(Mutex<HashMap<String, (usize, bool)>>, Condvar)>,
+    state: Arc<LockTable>,
 }
 
 impl ObjectLocks {
@@ -593,7 +596,7 @@ impl ObjectLocks {
 /// A held [`ObjectLocks`] lock; released when dropped.
 #[derive(Debug)]
 pub(crate) struct ObjectLockGuard {
-    state: Arc<(Mutex<HashMap<String, (usize, bool)>>, Condvar)>,
+    state: Arc<LockTable>,
     root: String,
     exclusive: bool,
 }

@@ -371,14 +371,62 @@ impl Api {
 
 #[test]
 fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_point() {
+    killed_backup_leaves_no_recovery_point(1 << 30, false);
+}
+
+/// Issue 15: the same kill while the packs go to an S3 store (Garage, started by the test
+/// command): the vault there stays clean for stock `restic check`, and the next backup completes.
+#[test]
+fn a_server_killed_while_uploading_to_s3_leaves_the_vault_clean_and_the_next_backup_completes() {
+    killed_backup_leaves_no_recovery_point(256 << 20, true);
+}
+
+/// The server's storage file for the S3 store the test command started (`None` outside it,
+/// unless `RSVAULT_REQUIRE_OBJECT_STORES=1`, which makes that a failure).
+fn s3_storage_file(dir: &Path) -> Option<std::path::PathBuf> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let Some(endpoint) = var("RSVAULT_TEST_S3_ENDPOINT") else {
+        assert!(
+            std::env::var("RSVAULT_REQUIRE_OBJECT_STORES").as_deref() != Ok("1"),
+            "no S3 store in the environment: run the tests through scripts/test"
+        );
+        eprintln!("note: no S3 store (RSVAULT_TEST_S3_*): skipped");
+        return None;
+    };
+    let f = dir.join("storage.toml");
+    std::fs::write(
+        &f,
+        format!(
+            "default = \"s3\"\n[targets.s3]\nkind = \"s3\"\nendpoint = \"{endpoint}\"\nbucket = \"{}\"\nregion = \"{}\"\nprefix = \"cli-tests\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+            var("RSVAULT_TEST_S3_BUCKET").unwrap(),
+            var("RSVAULT_TEST_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+            var("RSVAULT_TEST_S3_ACCESS_KEY_ID").unwrap(),
+            var("RSVAULT_TEST_S3_SECRET_ACCESS_KEY").unwrap()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Some(f)
+}
+
+fn killed_backup_leaves_no_recovery_point(size: usize, s3: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let host = tmp.path().join("host");
     std::fs::create_dir(&host).unwrap();
     let grant = format!("--allow-path={}", host.display());
-    let (child, url) = serve_granting(&dir, &[&host]);
+    let storage = match s3 {
+        false => vec![],
+        true => match s3_storage_file(tmp.path()) {
+            Some(f) => vec!["--storage".to_string(), f.display().to_string()],
+            None => return,
+        },
+    };
+    let serve_args: Vec<String> = [grant.clone()].into_iter().chain(storage.iter().cloned()).collect();
+    let (child, url) = serve_with(&dir, &serve_args);
     let disk = host.join("big.raw");
-    write_random(&disk, 1 << 30);
+    write_random(&disk, size);
     let vm = run_json(
         &[
             "vm",
@@ -436,7 +484,7 @@ fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let (child, url) = serve_granting(&dir, &[&host]);
+    let (child, url) = serve_with(&dir, &serve_args);
     rt.block_on(async {
         let api = Api::new(&dir, &url).await;
         let (st, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
@@ -462,6 +510,7 @@ fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_
         .args(["restic-env", "--data-dir"])
         .arg(&dir)
         .args(["--vault", &vault])
+        .args(&storage)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -477,7 +526,44 @@ fn a_server_killed_during_a_backup_restarts_with_the_job_failed_and_no_recovery_
     assert!(snaps.status.success(), "{}", String::from_utf8_lossy(&snaps.stderr));
     let list: Value = serde_json::from_slice(&snaps.stdout).unwrap();
     assert_eq!(list, serde_json::json!([]), "the killed backup left no snapshot");
+    if s3 {
+        let mut again = Command::new("restic");
+        for line in String::from_utf8(out_env(&dir, &vault, &storage)).unwrap().lines() {
+            let (k, v) = line.split_once('=').unwrap();
+            again.env(k, v.trim_matches('\''));
+        }
+        let check = again.args(["check", "--no-lock", "--no-cache"]).output().unwrap();
+        assert!(
+            check.status.success(),
+            "restic check: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        // The next backup completes, into the same vault on S3.
+        rt.block_on(async {
+            let api = Api::new(&dir, &url).await;
+            let job = post_job(
+                &api,
+                format!("{item}/backup?{BK}"),
+                serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}}),
+            )
+            .await;
+            let j = wait_job(&api, &vault, &job).await;
+            assert_eq!(j["properties"]["status"], "Completed", "{j}");
+        });
+    }
     assert!(sigterm_and_wait(child).success());
+}
+
+fn out_env(dir: &Path, vault: &str, storage: &[String]) -> Vec<u8> {
+    let out = bin()
+        .args(["restic-env", "--data-dir"])
+        .arg(dir)
+        .args(["--vault", vault])
+        .args(storage)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
 }
 
 /// POSTs a backup or restore and follows its operation to the job id.

@@ -66,7 +66,12 @@ pub struct DataPlane {
 impl DataPlane {
     /// The data plane of a data dir with the restic-format engine.
     pub fn open(data_dir: &Path, limits: JobLimits) -> Result<DataPlane> {
-        Self::with_engine(Arc::new(ResticEngine::new()), data_dir, limits)
+        // Object-store vaults' index and snapshot files are cached on this node.
+        Self::with_engine(
+            Arc::new(ResticEngine::new().with_cache_dir(data_dir.join("cache"))),
+            data_dir,
+            limits,
+        )
     }
 
     /// The data plane of a data dir with a given engine.

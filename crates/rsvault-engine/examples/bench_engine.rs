@@ -166,8 +166,43 @@ fn me(args: &[&str]) -> Command {
     c
 }
 
+/// A repository directory, or `s3:PATH` on the S3 store of `RSVAULT_TEST_S3_*`.
 fn spec(repo: &str) -> RepoSpec {
-    RepoSpec::with_random_secret(repo, Secret::new(password()))
+    match repo.strip_prefix("s3:") {
+        None => RepoSpec::with_random_secret(repo, Secret::new(password())),
+        Some(path) => RepoSpec::in_object_store(
+            rsvault_engine::objstore::ObjectRepo {
+                store: rsvault_engine::objstore::ObjectStore::connect("bench-s3", s3_target().unwrap()).unwrap(),
+                path: path.to_string(),
+            },
+            Secret::new(password()),
+        ),
+    }
+}
+
+/// The S3 store the benchmark may use (scripts/bench-engine starts Garage when it is built).
+fn s3_target() -> Option<rsvault_engine::objstore::ObjectTarget> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    Some(rsvault_engine::objstore::ObjectTarget::S3 {
+        endpoint: var("RSVAULT_TEST_S3_ENDPOINT")?,
+        bucket: var("RSVAULT_TEST_S3_BUCKET")?,
+        region: var("RSVAULT_TEST_S3_REGION").unwrap_or_else(|| "us-east-1".into()),
+        prefix: "bench".into(),
+        access_key_id: var("RSVAULT_TEST_S3_ACCESS_KEY_ID")?,
+        secret_access_key: var("RSVAULT_TEST_S3_SECRET_ACCESS_KEY")?,
+    })
+}
+
+/// Stock restic on the S3 store, at `path` below the benchmark's prefix.
+fn restic_s3(path: &str, cache: &Path, args: &[&str]) -> Command {
+    let repo = spec(&format!("s3:{path}"));
+    let mut c = Command::new("restic");
+    c.args(args).arg("--quiet");
+    c.envs(repo.location.restic_env())
+        .env("RESTIC_PASSWORD", password())
+        .env("RESTIC_CACHE_DIR", cache)
+        .stdout(std::process::Stdio::null());
+    c
 }
 
 fn tags(rp: &str) -> RecoveryPointTags {
@@ -394,6 +429,51 @@ fn main() {
     let restic_out = p("out-restic").join(p("image.raw").strip_prefix("/").unwrap());
     assert_eq!(sha(&restic_out), want, "restic restore differs");
 
+    // The same image operations against an S3 store (Garage on loopback), when there is one.
+    if s3_target().is_some() {
+        let run_id = format!("{:x}", std::process::id());
+        let ours = format!("s3:{run_id}/ours");
+        let theirs = format!("{run_id}/restic");
+        let cache = p("restic-s3.cache");
+        measure(&mut me(&["init", &ours]));
+        measure(&mut restic_s3(&theirs, &cache, &["init", "--repository-version", "2"]));
+        let mut remote = |op: &'static str, ours: &mut Command, theirs: &mut Command| {
+            eprintln!("{op}: rsvault ...");
+            let (t, rss) = measure(ours);
+            let o = (t, rss, u64::MAX);
+            eprintln!("{op}: restic ...");
+            let (t, rss) = measure(theirs);
+            rows.push(Row {
+                op,
+                bytes: img,
+                ours: o,
+                theirs: (t, rss, u64::MAX),
+            });
+        };
+        remote(
+            "full image backup (raw) to S3",
+            &mut me(&["disk", &ours, &ps("image.raw"), "s3-full"]),
+            &mut restic_s3(&theirs, &cache, &["backup", &ps("image.raw")]),
+        );
+        measure(&mut me(&["change", &ps("image.raw")]));
+        remote(
+            "backup after 1% changed (raw) to S3",
+            &mut me(&["disk", &ours, &ps("image.raw"), "s3-changed"]),
+            &mut restic_s3(&theirs, &cache, &["backup", &ps("image.raw")]),
+        );
+        let _ = fs::remove_dir_all(p("out-ours"));
+        let _ = fs::remove_dir_all(p("out-restic"));
+        fs::create_dir_all(p("out-ours")).unwrap();
+        remote(
+            "image restore (raw) from S3",
+            &mut me(&["restore", &ours, &ps("out-ours"), "s3-changed"]),
+            &mut restic_s3(&theirs, &cache, &["restore", "latest", "--target", &ps("out-restic")]),
+        );
+        let want = sha(&p("image.raw"));
+        assert_eq!(sha(&p("out-ours/disk0")), want, "rsvault S3 restore differs");
+        assert_eq!(sha(&restic_out), want, "restic S3 restore differs");
+    }
+
     let cpu = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu
         .lines()
@@ -425,12 +505,15 @@ fn main() {
             ("rsvault", r.ours, format!("{ratio:.2}x")),
             ("restic", r.theirs, "1.00x".to_string()),
         ] {
+            let stored = match m.2 {
+                u64::MAX => "—".to_string(),
+                n => n.to_string(),
+            };
             println!(
-                "| {} | {tool} | {:.2} | {:.0} | {} | {} MiB | {ratio} |",
+                "| {} | {tool} | {:.2} | {:.0} | {stored} | {} MiB | {ratio} |",
                 r.op,
                 m.0,
                 mb(r.bytes, m.0),
-                m.2,
                 m.1 / MIB as u64
             );
         }

@@ -47,6 +47,7 @@ use crate::Engine;
 pub struct ResticEngine {
     keys: Arc<std::sync::Mutex<KeyCache>>,
     direct_io: bool,
+    cache_dir: Option<PathBuf>,
 }
 
 impl Default for ResticEngine {
@@ -54,6 +55,7 @@ impl Default for ResticEngine {
         Self {
             keys: Arc::default(),
             direct_io: true,
+            cache_dir: None,
         }
     }
 }
@@ -75,6 +77,23 @@ impl ResticEngine {
 
     pub(crate) fn direct_io(&self) -> bool {
         self.direct_io
+    }
+
+    /// The same engine with a per-node cache of object-store repositories' index, snapshot and
+    /// tree files under `dir` (rustic_core's cache, one directory per repository id; files the
+    /// store no longer lists are dropped from it at each open). Local repositories are read
+    /// directly.
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Repository options for `spec`: the cache for an object store, none for a directory.
+    fn repo_options(&self, spec: &RepoSpec) -> RepositoryOptions {
+        match (&spec.location, &self.cache_dir) {
+            (crate::RepoLocation::Object(_), Some(dir)) => RepositoryOptions::default().cache_dir(dir.clone()),
+            _ => RepositoryOptions::default().no_cache(true),
+        }
     }
 }
 
@@ -118,7 +137,7 @@ impl ResticEngine {
         counters: Option<Arc<Counters>>,
     ) -> Result<Repo> {
         let backends = RepositoryBackends::new(be, None);
-        let opts = RepositoryOptions::default().no_cache(true);
+        let opts = self.repo_options(spec);
         let repo = match counters {
             Some(c) => Repository::new_with_progress(&opts, &backends, RusticBars(c))?,
             None => Repository::new(&opts, &backends)?,

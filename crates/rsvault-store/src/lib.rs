@@ -289,7 +289,20 @@ fn open_sqlite(path: &Path) -> Result<Connection, StoreError> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
     }
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Switching a new file to WAL answers SQLITE_BUSY without waiting while another process does the
+    // same (two nodes' first start): retry it within the busy timeout.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other?,
+        }
+    }
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrations::apply_sqlite(&mut conn, &path.display().to_string())?;

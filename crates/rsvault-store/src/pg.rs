@@ -111,6 +111,18 @@ impl Pool {
     }
 }
 
+impl Drop for Pool {
+    /// Closes the idle connections on a thread of their own: closing blocks on the client's runtime,
+    /// which panics on an async task (where the last `Arc<Store>` may well be dropped).
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let idle = std::mem::take(&mut st.idle);
+        if !idle.is_empty() {
+            let _ = std::thread::spawn(move || drop(idle)).join();
+        }
+    }
+}
+
 /// A connection taken from the pool; returned to it on drop when `clean`.
 pub(crate) struct Pooled<'p> {
     pool: &'p Pool,

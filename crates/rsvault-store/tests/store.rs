@@ -620,3 +620,17 @@ fn postgres_a_write_that_outlived_a_failed_statement_keeps_nothing() {
     }
     assert_eq!(s.read(|db| db.meta("later")).unwrap().as_deref(), Some("y"));
 }
+
+/// PostgreSQL only: the last `Arc<Store>` may be dropped on an async task (a server's shutdown), where
+/// closing a synchronous client would panic; the pool closes its connections on a thread of its own.
+#[test]
+fn postgres_a_store_dropped_on_an_async_task_closes_quietly() {
+    let Some(f) = Fixture::postgres() else { return };
+    let s = f.open();
+    s.write(|db| db.set_meta("k", "v")).unwrap();
+    assert_eq!(s.read(|db| db.meta("k")).unwrap().as_deref(), Some("v"));
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async move { drop(s) });
+}

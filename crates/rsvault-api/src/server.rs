@@ -31,6 +31,8 @@ use tokio::task::JoinSet;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
+    /// The metadata store; `None` is the data dir's SQLite file (`meta.db`).
+    pub store: Option<rsvault_store::StoreLocation>,
     pub listen: SocketAddr,
     /// The base URL clients use; derived from `listen` when absent.
     pub public_url: Option<String>,
@@ -65,6 +67,7 @@ impl Config {
     pub fn new(data_dir: PathBuf) -> Config {
         Config {
             data_dir,
+            store: None,
             listen: "127.0.0.1:8443".parse().expect("valid address"),
             public_url: None,
             strict_api_versions: false,
@@ -171,10 +174,25 @@ fn tls_config(material: &rsvault_identity::pki::TlsMaterial) -> Result<rustls::S
     Ok(cfg)
 }
 
+/// Runs store work off the async threads: the PostgreSQL client is synchronous and panics on them.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StartError> + Send + 'static,
+) -> Result<T, StartError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StartError::Domain(rsvault_core::Error::internal(format!("start-up task: {e}"))))?
+}
+
 /// Bootstraps the data dir if needed and starts serving.
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
-    let dir = DataDir::new(&config.data_dir);
-    let store = dir.init(clock.now())?;
+    let dir = match &config.store {
+        Some(location) => DataDir::new(&config.data_dir).with_store(location.clone()),
+        None => DataDir::new(&config.data_dir),
+    };
+    let store = {
+        let (dir, now) = (dir.clone(), clock.now());
+        blocking(move || Ok(dir.init(now)?)).await?
+    };
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| StartError::Bind {
@@ -204,28 +222,35 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         rsvault_identity::pki::ensure(&config.data_dir, &hosts).map_err(|e| StartError::Tls(e.to_string()))?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&material)?));
 
-    let tenant = store
-        .read(|db| db.meta(rsvault_control::datadir::META_TENANT))
-        .map_err(rsvault_core::Error::from)?
-        .unwrap_or_default();
-    let control = Arc::new(
-        Control::new(
-            store,
-            clock,
-            Settings {
-                page_size: config.page_size,
-                token_lifetime_secs: config.token_lifetime_secs,
-                issuer_url: format!("{base}/{tenant}/v2.0"),
-            },
-        )?
-        .with_data_plane(match &config.engine {
-            Some(e) => {
-                DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?.with_storage(config.storage.clone())
-            }
-            None => DataPlane::open(&config.data_dir, config.jobs)?.with_storage(config.storage.clone()),
+    let control = {
+        let (config, base) = (config.clone(), base.clone());
+        blocking(move || {
+            let tenant = store
+                .read(|db| db.meta(rsvault_control::datadir::META_TENANT))
+                .map_err(rsvault_core::Error::from)?
+                .unwrap_or_default();
+            let control = Arc::new(
+                Control::new(
+                    store,
+                    clock,
+                    Settings {
+                        page_size: config.page_size,
+                        token_lifetime_secs: config.token_lifetime_secs,
+                        issuer_url: format!("{base}/{tenant}/v2.0"),
+                    },
+                )?
+                .with_data_plane(match &config.engine {
+                    Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?
+                        .with_storage(config.storage.clone()),
+                    None => DataPlane::open(&config.data_dir, config.jobs)?.with_storage(config.storage.clone()),
+                })
+                .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
+            );
+            control.resume_test_clock()?;
+            Ok(control)
         })
-        .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
-    );
+        .await?
+    };
     if config.host_grants.is_empty() {
         tracing::warn!(
             "no --allow-path grant: requests can name no host path (no VM disks, storage accounts or restores)"
@@ -234,14 +259,15 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     for g in config.host_grants.grants() {
         tracing::info!(root = %g.root().display(), scope = g.scope().unwrap_or("/"), "host path granted");
     }
-    control.resume_test_clock()?;
-    let runner = {
-        let c = control.clone();
-        tokio::task::spawn_blocking(move || JobRunner::start(c))
-            .await
-            .map_err(|e| rsvault_core::Error::internal(format!("job engine start: {e}")))??
+    let (runner, scheduler) = {
+        let (c, interval) = (control.clone(), config.policy_interval);
+        blocking(move || {
+            let runner = JobRunner::start(c.clone())?;
+            let scheduler = Scheduler::start(c, interval)?;
+            Ok((runner, scheduler))
+        })
+        .await?
     };
-    let scheduler = Scheduler::start(control.clone(), config.policy_interval)?;
     let bootstrap = dir.publish_urls(&base)?;
     let recorder = match &config.traffic_dir {
         Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),

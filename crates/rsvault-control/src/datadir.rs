@@ -1,6 +1,7 @@
 //! The data dir: what first start creates and what every start reopens.
 //!
-//! Layout: `meta.db` (the metadata store), `ca.pem` / `ca-key.pem` / `server.pem` / `server-key.pem`
+//! Layout: `meta.db` (the metadata store, unless [`DataDir::with_store`] names another, e.g. a PostgreSQL
+//! database), `ca.pem` / `ca-key.pem` / `server.pem` / `server-key.pem`
 //! (TLS, see `rsvault_identity::pki`), `bootstrap.json` (0600: tenant, default subscription, URLs and the
 //! first Owner's credentials). The dir itself is 0700.
 //!
@@ -11,7 +12,7 @@
 use crate::{Error, Result};
 use chrono::{DateTime, Utc};
 use rsvault_identity::{pki, rbac, secrets, tokens};
-use rsvault_store::{PrincipalRow, RoleAssignmentRow, SigningKeyRow, Store, SubscriptionRow};
+use rsvault_store::{PrincipalRow, RoleAssignmentRow, SigningKeyRow, Store, StoreLocation, SubscriptionRow};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,10 +34,12 @@ pub struct Bootstrap {
     pub ca_file: String,
 }
 
-/// Paths inside a data dir.
+/// Paths inside a data dir, and where its metadata store is.
 #[derive(Debug, Clone)]
 pub struct DataDir {
     pub root: PathBuf,
+    /// The store, when it is not the dir's own SQLite file.
+    store: Option<StoreLocation>,
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> Error {
@@ -45,11 +48,28 @@ fn io_err(path: &Path, e: std::io::Error) -> Error {
 
 impl DataDir {
     pub fn new(root: impl Into<PathBuf>) -> DataDir {
-        DataDir { root: root.into() }
+        DataDir {
+            root: root.into(),
+            store: None,
+        }
     }
 
+    /// The same dir with its metadata store elsewhere (a PostgreSQL database several nodes share).
+    pub fn with_store(mut self, store: StoreLocation) -> DataDir {
+        self.store = Some(store);
+        self
+    }
+
+    /// The default store: the SQLite file in the dir.
     pub fn store_path(&self) -> PathBuf {
         self.root.join("meta.db")
+    }
+
+    /// Where the metadata store is.
+    pub fn store_location(&self) -> StoreLocation {
+        self.store
+            .clone()
+            .unwrap_or_else(|| StoreLocation::Sqlite(self.store_path()))
     }
 
     pub fn bootstrap_path(&self) -> PathBuf {
@@ -62,20 +82,29 @@ impl DataDir {
 
     /// Opens an existing data dir's store (for CLI commands); refuses a dir that was never started.
     pub fn open_existing(&self) -> Result<Arc<Store>> {
-        if !self.store_path().exists() {
+        let location = self.store_location();
+        if let StoreLocation::Sqlite(path) = &location {
+            if !path.exists() {
+                return Err(Error::internal(format!(
+                    "{} is not an rsvault data dir (no meta.db); start `rsvault serve --data-dir {}` once first",
+                    self.root.display(),
+                    self.root.display()
+                )));
+            }
+        }
+        let store = Arc::new(Store::connect(&location)?);
+        if store.read(|db| db.meta(META_TENANT))?.is_none() {
             return Err(Error::internal(format!(
-                "{} is not an rsvault data dir (no meta.db); start `rsvault serve --data-dir {}` once first",
-                self.root.display(),
-                self.root.display()
+                "the store at {location} was never started; start `rsvault serve` on it once first"
             )));
         }
-        Ok(Arc::new(Store::open(&self.store_path())?))
+        Ok(store)
     }
 
     /// Creates the dir and its first records if it is empty; opens it otherwise.
     pub fn init(&self, now: DateTime<Utc>) -> Result<Arc<Store>> {
         create_private_dir(&self.root)?;
-        let store = Arc::new(Store::open(&self.store_path())?);
+        let store = Arc::new(Store::connect(&self.store_location())?);
         if store.read(|db| db.meta(META_TENANT))?.is_some() {
             return Ok(store);
         }

@@ -1,8 +1,24 @@
-//! Versioned schema migrations, applied in order; `PRAGMA user_version` is the last one applied.
+//! Versioned schema migrations, applied in order, one list for both backends.
+//!
+//! [`MIGRATIONS`] is the one list of logical migrations, written in SQLite's DDL (never edited once
+//! shipped). PostgreSQL runs each through [`postgres_ddl`]: every `TEXT` column gets `COLLATE "C"` (keys
+//! and RFC 3339 timestamps compare byte by byte, as in SQLite, so ordering and keyset paging match),
+//! `BLOB` becomes `BYTEA`, and the column `end` (reserved in PostgreSQL) is quoted.
+//!
+//! - **SQLite** records the last migration applied in `PRAGMA user_version` (stores made before
+//!   PostgreSQL existed open unchanged).
+//! - **PostgreSQL** records each in a `schema_migrations` table, and applies them holding a session
+//!   advisory lock ([`MIGRATION_LOCK`]), so nodes starting at once apply each migration exactly once
+//!   and the others wait, then find nothing left to do.
+//!
+//! Either way a store whose schema is newer than this rsvault knows is refused ([`StoreError::TooNew`]),
+//! and each migration is applied in its own transaction.
 
 use crate::StoreError;
 use rusqlite::Connection;
-use std::path::Path;
+
+/// The advisory lock key under which PostgreSQL migrations run (`rsvault` and 1, as bytes).
+pub const MIGRATION_LOCK: i64 = 0x7273_7661_756c_7401;
 
 /// The migrations, oldest first. Never edit one that has shipped: add a new one.
 pub const MIGRATIONS: &[&str] = &[
@@ -73,23 +89,109 @@ pub const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
-/// Applies every migration newer than the store's `user_version`, each in its own transaction.
-pub fn apply(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+/// Applies every migration newer than the store's `user_version`, each in its own immediate
+/// transaction that reads the version again (two processes opening a new store at once apply each once).
+pub(crate) fn apply_sqlite(conn: &mut Connection, location: &str) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    loop {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if current > known {
+            return Err(StoreError::TooNew {
+                location: location.to_string(),
+                found: current,
+                known,
+            });
+        }
+        if current == known {
+            return Ok(());
+        }
+        tx.execute_batch(MIGRATIONS[current as usize])?;
+        tx.pragma_update(None, "user_version", current + 1)?;
+        tx.commit()?;
+        tracing::info!(version = current + 1, "applied metadata store migration");
+    }
+}
+
+/// Applies the migrations PostgreSQL's `schema_migrations` does not list, under [`MIGRATION_LOCK`].
+pub(crate) fn apply_postgres(client: &mut postgres::Client, location: &str) -> Result<(), StoreError> {
+    client.batch_execute(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
+    let out = apply_postgres_locked(client, location);
+    // A failed unlock leaves the lock to the end of the session; the caller drops this connection.
+    let unlocked = client.batch_execute(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
+    out?;
+    Ok(unlocked?)
+}
+
+fn apply_postgres_locked(client: &mut postgres::Client, location: &str) -> Result<(), StoreError> {
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied TEXT NOT NULL)",
+    )?;
+    let current: i64 = client
+        .query_one("SELECT COALESCE(max(version), 0) FROM schema_migrations", &[])?
+        .try_get(0)?;
     let known = MIGRATIONS.len() as i64;
     if current > known {
         return Err(StoreError::TooNew {
-            path: path.to_path_buf(),
+            location: location.to_string(),
             found: current,
             known,
         });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        let version = (i + 1) as i64;
+        let mut tx = client.transaction()?;
+        tx.batch_execute(&postgres_ddl(sql))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied) VALUES ($1, $2)",
+            &[&version, &crate::sql::ts(&chrono::Utc::now())],
+        )?;
         tx.commit()?;
-        tracing::info!(version = i + 1, "applied metadata store migration");
+        tracing::info!(version, "applied metadata store migration");
     }
     Ok(())
+}
+
+/// A migration's DDL as PostgreSQL runs it: `TEXT` → `TEXT COLLATE "C"`, `BLOB` → `BYTEA`, `end` →
+/// `"end"` (whole words only; the DDL holds no string literals).
+pub fn postgres_ddl(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(match word.as_str() {
+            "TEXT" => "TEXT COLLATE \"C\"",
+            "BLOB" => "BYTEA",
+            "end" => "\"end\"",
+            w => w,
+        });
+        word.clear();
+    };
+    for c in sql.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_ddl_collates_text_quotes_end_and_has_no_blob() {
+        let ddl = postgres_ddl(MIGRATIONS[1]);
+        assert!(
+            ddl.contains(r#"start TEXT COLLATE "C" NOT NULL, "end" TEXT COLLATE "C", error"#),
+            "{ddl}"
+        );
+        let all: String = MIGRATIONS.iter().map(|m| postgres_ddl(m)).collect();
+        assert!(!all.contains("BLOB") && all.contains("pkcs8 BYTEA NOT NULL"));
+        assert!(!all.contains(" end ") && !all.contains("TEXT,") && !all.contains("TEXT)"));
+        assert!(all.contains("CREATE INDEX jobs_by_phase ON jobs (phase, start)"));
+    }
 }

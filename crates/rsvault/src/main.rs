@@ -5,6 +5,11 @@
 //! workloads without ARM; `restic-env` prints what stock `restic` needs to open a vault. `serve`,
 //! `vm add` and `share add` take `--allow-path DIR[=SCOPE]`: the host roots their paths may use
 //! (`rsvault_control::hostaccess`; no grant, no host path).
+//!
+//! Every command takes the metadata store from `--store URL`, `RSVAULT_STORE_URL` or `--store-file FILE`
+//! (a 0600 file holding the URL: the password stays out of the process list and the environment); by
+//! default it is the data dir's SQLite file. Store URLs are logged only with their password redacted.
+//! Only `serve` runs an async runtime: the other commands call the (synchronous) store on the main thread.
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -12,6 +17,7 @@ use rsvault_control::datadir::DataDir;
 use rsvault_control::hostaccess::{Grant, HostGrants};
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::{Clock, SharedClock, SubsecRound, SystemClock, TestClock};
+use rsvault_store::StoreLocation;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,6 +39,45 @@ struct DataDirArg {
     /// The data dir (metadata store, TLS material, bootstrap.json).
     #[arg(long, env = "RSVAULT_DATA_DIR", default_value = "rsvault-data")]
     data_dir: PathBuf,
+    /// The metadata store, when not the data dir's SQLite file: `postgres://USER:PASSWORD@HOST:PORT/DB`.
+    /// Prefer RSVAULT_STORE_URL or --store-file: a command line is visible to every local user.
+    #[arg(long, env = "RSVAULT_STORE_URL", hide_env_values = true, value_name = "URL")]
+    store: Option<String>,
+    /// A file (mode 0600, owned by this user) holding the store URL.
+    #[arg(long, conflicts_with = "store", value_name = "FILE")]
+    store_file: Option<PathBuf>,
+}
+
+impl DataDirArg {
+    /// The store these arguments name, if any (else the data dir's SQLite file).
+    fn store_location(&self) -> Result<Option<StoreLocation>> {
+        if let Some(url) = &self.store {
+            return Ok(Some(StoreLocation::parse(url)));
+        }
+        let Some(file) = &self.store_file else { return Ok(None) };
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(file).with_context(|| format!("--store-file {}", file.display()))?;
+        if meta.mode() & 0o077 != 0 {
+            anyhow::bail!(
+                "--store-file {} is readable by others (mode {:o}); chmod 600 it",
+                file.display(),
+                meta.mode() & 0o777
+            );
+        }
+        let text = std::fs::read_to_string(file).with_context(|| format!("--store-file {}", file.display()))?;
+        let url = text.trim();
+        anyhow::ensure!(!url.is_empty(), "--store-file {} is empty", file.display());
+        Ok(Some(StoreLocation::parse(url)))
+    }
+
+    /// The data dir, with its store.
+    fn data_dir(&self) -> Result<DataDir> {
+        let dir = DataDir::new(&self.data_dir);
+        Ok(match self.store_location()? {
+            Some(location) => dir.with_store(location),
+            None => dir,
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -242,7 +287,7 @@ fn clock() -> SharedClock {
 }
 
 fn offline_control(dir: &DataDirArg) -> Result<Control> {
-    let store = DataDir::new(&dir.data_dir).open_existing()?;
+    let store = dir.data_dir()?.open_existing()?;
     let settings = Settings {
         page_size: 200,
         token_lifetime_secs: 3600,
@@ -342,6 +387,11 @@ fn load_storage(path: Option<&std::path::Path>) -> Result<rsvault_control::stora
 async fn serve(args: ServeArgs) -> Result<()> {
     init_logging(&args.log_format);
     let mut config = rsvault_api::Config::new(args.dir.data_dir.clone());
+    config.store = args.dir.store_location()?;
+    match &config.store {
+        Some(location) => tracing::info!(store = %location, "metadata store"),
+        None => tracing::info!(store = %args.dir.data_dir.join("meta.db").display(), "metadata store"),
+    }
     config.listen = args.listen;
     config.public_url = args.public_url;
     config.strict_api_versions = args.strict_api_versions;
@@ -444,11 +494,14 @@ az login --service-principal -u {client} --password="<secret from {bootstrap}>" 
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(serve(args)),
         Command::Principal(PrincipalCommand::Create { dir, name, role, scope }) => {
             let c = offline_control(&dir)?;
             let role = role.as_deref().zip(scope.as_deref());
@@ -469,13 +522,9 @@ async fn main() -> Result<()> {
         }
         Command::Env(dir) => env(&dir),
         Command::ResticEnv { dir, vault, storage } => {
-            let (repo, password) = tokio::task::spawn_blocking(move || -> Result<_> {
-                let dp = rsvault_control::dataplane::DataPlane::open(&dir.data_dir, Default::default())?
-                    .with_storage(load_storage(storage.as_deref())?);
-                let c = offline_control(&dir)?.with_data_plane(dp);
-                Ok(c.restic_env(&vault)?)
-            })
-            .await??;
+            let dp = rsvault_control::dataplane::DataPlane::open(&dir.data_dir, Default::default())?
+                .with_storage(load_storage(storage.as_deref())?);
+            let (repo, password) = offline_control(&dir)?.with_data_plane(dp).restic_env(&vault)?;
             // Shell-quoted: the password is base64url, the path the data dir's, the rest the
             // operator's storage file's.
             for (k, v) in repo.restic_env() {
@@ -484,15 +533,11 @@ async fn main() -> Result<()> {
             println!("RESTIC_PASSWORD='{}'", password.expose());
             Ok(())
         }
-        // Disk probes run their own small runtime: keep them off the async threads.
+        // Disk probes run their own small runtime: this thread has none.
         Command::Vm(VmCommand::Add { at, name, disks }) => {
-            let v = tokio::task::spawn_blocking(move || -> Result<serde_json::Value> {
-                let c = granted_control(&at)?;
-                let sub = at.subscription.map_or_else(|| c.default_subscription(), Ok)?;
-                Ok(c.declare_vm(&sub, &at.group, &name, &at.location, &disks)?)
-            })
-            .await??;
-            print_json(&v)
+            let c = granted_control(&at)?;
+            let sub = at.subscription.map_or_else(|| c.default_subscription(), Ok)?;
+            print_json(&c.declare_vm(&sub, &at.group, &name, &at.location, &disks)?)
         }
         Command::Share(ShareCommand::Add {
             at,

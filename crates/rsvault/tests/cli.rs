@@ -1,6 +1,7 @@
 //! The `rsvault` binary as an operator uses it: `serve` in a subprocess (ready line, graceful SIGTERM,
 //! restart), `principal` and `keys` against a live data dir, `env`, `restic-env` with stock `restic`,
-//! and a server killed (SIGKILL) in the middle of a backup.
+//! and a server killed (SIGKILL) in the middle of a backup; `serve --store-file` on PostgreSQL (when
+//! `RSVAULT_TEST_PG_URL` names a test database, as `scripts/test` sets it).
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -33,17 +34,21 @@ fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let url = ready(&mut child);
+    (child, url)
+}
+
+/// Waits for a spawned `serve`'s ready line; returns its URL.
+fn ready(child: &mut Child) -> String {
     let mut line = String::new();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     reader.read_line(&mut line).unwrap();
     // Keep reading (and so keep the pipe open) for as long as the server lives.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let url = line
-        .trim()
+    line.trim()
         .strip_prefix("rsvault listening on ")
         .unwrap_or_else(|| panic!("ready line: {line}"))
-        .to_string();
-    (child, url)
+        .to_string()
 }
 
 fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
@@ -101,6 +106,99 @@ fn serve_bootstraps_then_stops_gracefully_and_restarts_with_the_same_identity() 
         (&boot["tenantId"], &boot["clientSecret"])
     );
     assert!(sigterm_and_wait(child).success());
+}
+
+/// A fresh schema of the test database as a store URL, or `None` (said on stderr) without one.
+fn pg_test_store() -> Option<(String, String)> {
+    let Ok(url) = std::env::var("RSVAULT_TEST_PG_URL") else {
+        assert!(
+            std::env::var_os("RSVAULT_TEST_PG_REQUIRED").is_none(),
+            "RSVAULT_TEST_PG_REQUIRED is set but RSVAULT_TEST_PG_URL is not"
+        );
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nSKIPPED: rsvault serve on PostgreSQL (RSVAULT_TEST_PG_URL is unset)"
+        );
+        return None;
+    };
+    let schema = format!("cli_{}", std::process::id());
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("the test database answers");
+    admin
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .unwrap();
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map(|(_, p)| p.to_string())
+        .expect("the test URL carries a password");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Some((format!("{url}{sep}options=-csearch_path%3D{schema}"), password))
+}
+
+#[test]
+fn serve_keeps_its_store_in_postgres_from_a_private_file_and_never_logs_the_password() {
+    let Some((store_url, password)) = pg_test_store() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let file = tmp.path().join("store-url");
+    std::fs::write(&file, format!("{store_url}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .arg("--store-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("chmod 600"), "{said}");
+    assert!(!said.contains(&password));
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let log = tmp.path().join("serve.log");
+    let mut child = bin()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .arg("--store-file")
+        .arg(&file)
+        .env("RSVAULT_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    ready(&mut child);
+    assert!(!dir.join("meta.db").exists(), "the store is not the data dir's file");
+    // The other commands reach the same store through the environment.
+    let out = bin()
+        .args(["principal", "create", "--name", "ops", "--data-dir"])
+        .arg(&dir)
+        .env("RSVAULT_STORE_URL", &store_url)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = bin()
+        .args(["principal", "list", "--data-dir"])
+        .arg(&dir)
+        .arg("--store-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
+    assert!(sigterm_and_wait(child).success(), "SIGTERM is a clean shutdown");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("metadata store") && logged.contains(":***@"),
+        "{logged}"
+    );
+    assert!(!logged.contains(&password), "the log shows the store password");
 }
 
 #[test]

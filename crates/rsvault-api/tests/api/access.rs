@@ -9,9 +9,7 @@ use rsvault_identity::tokens::{Issuer, KeyMaterial};
 use serde_json::{json, Value};
 
 fn server_keys(s: &Server) -> Vec<KeyMaterial> {
-    s.offline()
-        .store()
-        .read(|db| db.signing_keys())
+    s.offline(|c| c.store().read(|db| db.signing_keys()))
         .unwrap()
         .into_iter()
         .map(|k| KeyMaterial {
@@ -30,9 +28,7 @@ fn bad_tokens(s: &Server) -> Vec<(&'static str, String)> {
     let real = Issuer::new(&keys, issuer_url.clone(), chrono::Duration::hours(1)).unwrap();
     let now = chrono::Utc::now();
     let owner_oid = s
-        .offline()
-        .store()
-        .read(|db| db.principal(&s.boot.client_id))
+        .offline(|c| c.store().read(|db| db.principal(&s.boot.client_id)))
         .unwrap()
         .unwrap()
         .object_id;
@@ -259,7 +255,7 @@ async fn role_assignments_through_arm_grant_and_revoke() {
     s.make_group("other").await;
     s.make_vault("rg", "vv").await;
     s.make_vault("other", "ww").await;
-    let p = s.offline().create_principal("ops", None).unwrap();
+    let p = s.offline(|c| c.create_principal("ops", None)).unwrap();
     let tok = s.token_for(&p.client_id, &p.client_secret).await;
     let vault = format!("{}?{API}", s.vault_path("rg", "vv"));
     assert_eq!(s.call_as(Some(&tok), "GET", &vault, None).await.status(), 403);

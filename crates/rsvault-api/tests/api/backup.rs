@@ -965,15 +965,15 @@ async fn jobs_list_newest_first_with_azures_filters_and_paging() {
             }
         })
         .collect();
-    s.offline()
-        .store()
-        .write(|db| {
+    s.offline(|c| {
+        c.store().write(|db| {
             for r in &rows {
                 db.put_job(r)?;
             }
             Ok::<_, rsvault_store::StoreError>(())
         })
-        .unwrap();
+    })
+    .unwrap();
     let base = format!("{}/backupJobs?{BK}", s.vault_path("rg", "v1"));
     // Every page, following nextLink, newest first, each job once.
     let mut seen = Vec::new();

@@ -4,6 +4,12 @@
 //! (`--allow-path`): tests put disk images and storage account directories below
 //! [`Server::host_dir`] (e.g. with [`Server::tempdir`]). [`start_ungranted`] starts one without
 //! any grant.
+//!
+//! With `RSVAULT_TEST_API_STORE=postgres` every test server keeps its metadata store in a schema of its
+//! own in `RSVAULT_TEST_PG_URL`'s database (one schema per data dir, so a restarted server finds its
+//! store again); otherwise in the data dir's SQLite file, as `rsvault serve` does by default. Tests reach
+//! the store only through [`Server::offline`] and [`off_async`], which run it on a thread of its own: the
+//! PostgreSQL client must not run on the test's async thread.
 
 use reqwest::{Client, Method, Response};
 use rsvault_api::{Config, Running};
@@ -11,9 +17,11 @@ use rsvault_control::datadir::Bootstrap;
 use rsvault_control::hostaccess::{Grant, HostGrants};
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::{SharedClock, SystemClock};
+use rsvault_store::StoreLocation;
 use serde_json::Value;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub const API: &str = "api-version=2026-11-01";
 
@@ -35,7 +43,51 @@ pub async fn start_with(config: Config, tmp: Option<tempfile::TempDir>) -> Serve
     start_with_clock(config, tmp, clock()).await
 }
 
-pub async fn start_with_clock(config: Config, tmp: Option<tempfile::TempDir>, clock: SharedClock) -> Server {
+/// Runs `f` on a thread of its own (store calls: the PostgreSQL client panics on an async thread).
+pub fn off_async<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|sc| match sc.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+/// Whether test servers keep their stores in PostgreSQL (`RSVAULT_TEST_API_STORE=postgres`).
+pub fn on_postgres() -> bool {
+    match std::env::var("RSVAULT_TEST_API_STORE").as_deref() {
+        Ok("postgres") => true,
+        Ok("sqlite") | Err(_) => false,
+        Ok(other) => panic!("RSVAULT_TEST_API_STORE={other}: expected postgres or sqlite"),
+    }
+}
+
+/// The store of the server whose data dir is `data_dir`: its SQLite file, or (on PostgreSQL) a schema
+/// made for that data dir the first time it is asked for.
+pub fn store_location(data_dir: &Path) -> StoreLocation {
+    if !on_postgres() {
+        return StoreLocation::Sqlite(data_dir.join("meta.db"));
+    }
+    static STORES: Mutex<Option<HashMap<PathBuf, StoreLocation>>> = Mutex::new(None);
+    let mut stores = STORES.lock().unwrap_or_else(|p| p.into_inner());
+    let stores = stores.get_or_insert_with(HashMap::new);
+    if let Some(l) = stores.get(data_dir) {
+        return l.clone();
+    }
+    let url = std::env::var("RSVAULT_TEST_PG_URL").expect("RSVAULT_TEST_API_STORE=postgres needs RSVAULT_TEST_PG_URL");
+    let schema = format!("api_{}", uuid::Uuid::new_v4().simple());
+    off_async(|| {
+        let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("the test database answers");
+        admin.batch_execute(&format!("CREATE SCHEMA {schema}")).unwrap();
+    });
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let l = StoreLocation::Postgres(format!("{url}{sep}options=-csearch_path%3D{schema}"));
+    stores.insert(data_dir.to_path_buf(), l.clone());
+    l
+}
+
+pub async fn start_with_clock(mut config: Config, tmp: Option<tempfile::TempDir>, clock: SharedClock) -> Server {
+    if config.store.is_none() && on_postgres() {
+        config.store = Some(store_location(&config.data_dir));
+    }
     let dir = config.data_dir.clone();
     let running = rsvault_api::start(config, clock).await.expect("server starts");
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
@@ -129,28 +181,30 @@ impl Server {
             .to_string()
     }
 
-    /// A second control plane over the same data dir (what `rsvault principal …` does).
-    pub fn offline(&self) -> Control {
-        let store = rsvault_control::datadir::DataDir::new(&self.dir)
-            .open_existing()
+    /// A second control plane over the same data dir (what `rsvault principal …` does), given to `f` on a
+    /// thread of its own.
+    pub fn offline<T: Send>(&self, f: impl FnOnce(&Control) -> T + Send) -> T {
+        let dir = rsvault_control::datadir::DataDir::new(&self.dir).with_store(store_location(&self.dir));
+        off_async(move || {
+            let store = dir.open_existing().unwrap();
+            let c = Control::new(
+                store,
+                clock(),
+                Settings {
+                    page_size: 200,
+                    token_lifetime_secs: 3600,
+                    issuer_url: String::new(),
+                },
+            )
             .unwrap();
-        Control::new(
-            store,
-            clock(),
-            Settings {
-                page_size: 200,
-                token_lifetime_secs: 3600,
-                issuer_url: String::new(),
-            },
-        )
-        .unwrap()
+            f(&c)
+        })
     }
 
     /// A principal with a role at a scope, and its token.
     pub async fn principal(&self, role: Option<&str>, scope: &str) -> String {
         let p = self
-            .offline()
-            .create_principal("test", role.map(|r| (r, scope)))
+            .offline(|c| c.create_principal("test", role.map(|r| (r, scope))))
             .unwrap();
         self.token_for(&p.client_id, &p.client_secret).await
     }

@@ -474,10 +474,11 @@ async fn leftovers_of_a_group_an_older_version_deleted_are_removed_at_start() {
     let Fixture { s, _tmp, dir } = f;
     let (data, tmp) = s.stop().await;
     // What a group delete did before it went through each vault's delete: the rows only.
-    let store = rsvault_store::Store::open(&data.join("meta.db")).unwrap();
-    store.write(|db| db.delete_group(&sub, "rg")).unwrap();
-    assert_eq!(store.read(|db| db.orphaned_vault_secrets()).unwrap().len(), 1);
-    drop(store);
+    off_async(|| {
+        let store = rsvault_store::Store::connect(&store_location(&data)).unwrap();
+        store.write(|db| db.delete_group(&sub, "rg")).unwrap();
+        assert_eq!(store.read(|db| db.orphaned_vault_secrets()).unwrap().len(), 1);
+    });
 
     let config = test_config(data);
     let s = start_with(config, tmp).await;
@@ -489,13 +490,14 @@ async fn leftovers_of_a_group_an_older_version_deleted_are_removed_at_start() {
     let item = item_of(&f.s, "v1", "vm1");
     let (st, _, rps) = send(&f.s, "GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
     assert_eq!((st, &rps["value"]), (200, &json!([])), "{rps}");
-    let offline = rsvault_store::Store::open(&f.s.dir.join("meta.db")).unwrap();
-    assert!(offline.read(|db| db.orphaned_vault_secrets()).unwrap().is_empty());
     let vault_id = f.s.vault_path("rg", "v1");
-    assert!(
-        offline.read(|db| db.vault_secret(&vault_id)).unwrap().is_none(),
-        "no password until first use"
-    );
+    f.s.offline(|c| {
+        assert!(c.store().read(|db| db.orphaned_vault_secrets()).unwrap().is_empty());
+        assert!(
+            c.store().read(|db| db.vault_secret(&vault_id)).unwrap().is_none(),
+            "no password until first use"
+        );
+    });
 }
 
 #[tokio::test]

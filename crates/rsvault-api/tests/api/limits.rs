@@ -301,7 +301,7 @@ async fn token_guessing_is_throttled_while_other_clients_still_log_in() {
         };
     })
     .await;
-    let victim = s.offline().create_principal("victim", None).unwrap();
+    let victim = s.offline(|c| c.create_principal("victim", None)).unwrap();
     // Per client id: three guesses are checked, then 429 with Retry-After and an OAuth body.
     let mut seen = vec![];
     for _ in 0..5 {
@@ -345,7 +345,7 @@ async fn token_guessing_is_throttled_while_other_clients_still_log_in() {
 #[tokio::test]
 async fn unknown_client_ids_and_wrong_secrets_answer_alike() {
     let s = start().await;
-    let known = s.offline().create_principal("known", None).unwrap();
+    let known = s.offline(|c| c.create_principal("known", None)).unwrap();
     let unknown = "11111111-2222-3333-4444-555555555555";
     let (st1, _, b1) = token_request(&s.http, &s, &known.client_id, "wrong-secret").await;
     let (st2, _, b2) = token_request(&s.http, &s, unknown, "wrong-secret").await;
@@ -492,10 +492,14 @@ async fn traffic_files_are_private_and_hold_only_authenticated_exchanges() {
 #[tokio::test]
 async fn fast_hashed_and_old_argon2_secrets_both_log_in() {
     let s = start().await;
-    let c = s.offline();
-    let stored = |id: &str| c.store().read(|db| db.principal(id)).unwrap().unwrap().secret_hash;
+    let stored = |id: &str| {
+        s.offline(|c| c.store().read(|db| db.principal(id)))
+            .unwrap()
+            .unwrap()
+            .secret_hash
+    };
     // New secrets are stored in the fast keyed form and log in.
-    let p = c.create_principal("fast", None).unwrap();
+    let p = s.offline(|c| c.create_principal("fast", None)).unwrap();
     assert!(
         stored(&p.client_id).starts_with("$rsv-hmac$"),
         "{}",
@@ -504,10 +508,9 @@ async fn fast_hashed_and_old_argon2_secrets_both_log_in() {
     let (st, _, b) = token_request(&s.http, &s, &p.client_id, &p.client_secret).await;
     assert_eq!(st, 200, "{b}");
     // A row written before (Argon2id) still logs in, and is re-hashed to the fast form on the way.
-    let old = c.create_principal("old", None).unwrap();
+    let old = s.offline(|c| c.create_principal("old", None)).unwrap();
     let argon = rsvault_identity::secrets::hash(&old.client_secret);
-    c.store()
-        .write(|db| db.set_principal_secret(&old.client_id, &argon))
+    s.offline(|c| c.store().write(|db| db.set_principal_secret(&old.client_id, &argon)))
         .unwrap();
     assert!(stored(&old.client_id).starts_with("$argon2id$"));
     let (st, _, b) = token_request(&s.http, &s, &old.client_id, "wrong").await;

@@ -1,5 +1,6 @@
 //! Integration tests of the ARM front door: the real server over HTTPS on an ephemeral port, a real
-//! SQLite data dir, reqwest as the client. One test binary; `harness` starts servers.
+//! SQLite data dir (or, with `RSVAULT_TEST_API_STORE=postgres`, a real PostgreSQL store), reqwest as the
+//! client. One test binary; `harness` starts servers.
 
 #![allow(clippy::type_complexity)] // test cases are tables of tuples on purpose
 

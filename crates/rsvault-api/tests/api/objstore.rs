@@ -60,12 +60,14 @@ fn targets(list: Vec<(&str, ObjectTarget)>, default: Option<&str>) -> StorageTar
 
 /// The location recorded for vault `rg/v1` (no credentials: `TARGET:vaults/UUID` or a directory).
 fn vault_location(f: &Fixture) -> String {
-    let store = rsvault_store::Store::open(&f.s.dir.join("meta.db")).unwrap();
-    store
-        .read(|db| db.vault_secret(&f.vault()))
-        .unwrap()
-        .expect("the vault has a repository")
-        .repo
+    let vault = f.vault();
+    f.s.offline(move |c| {
+        c.store()
+            .read(|db| db.vault_secret(&vault))
+            .unwrap()
+            .expect("the vault has a repository")
+            .repo
+    })
 }
 
 async fn backup(f: &Fixture, vm: &str) -> Value {

@@ -436,12 +436,12 @@ async fn a_vault_with_protected_items_refuses_deletion() {
     let vault_id = v["id"].as_str().unwrap().to_string();
     let item_id = format!("{vault_id}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;rg;vm1/protectedItems/VM;iaasvmcontainerv2;rg;vm1");
     let now = chrono::Utc::now();
-    s.offline()
-        .store()
-        .write(|db| {
+    let sub = s.sub().to_string();
+    s.offline(|c| {
+        c.store().write(|db| {
             db.put_resource(&rsvault_store::ResourceRow {
                 id: item_id.clone(),
-                subscription: s.sub().to_string(),
+                subscription: sub.clone(),
                 resource_group: Some("rg".into()),
                 type_key: "microsoft.recoveryservices/vaults/backupfabrics/protectioncontainers/protecteditems".into(),
                 name: "VM;iaasvmcontainerv2;rg;vm1".into(),
@@ -452,7 +452,8 @@ async fn a_vault_with_protected_items_refuses_deletion() {
                 updated: now,
             })
         })
-        .unwrap();
+    })
+    .unwrap();
     let p = format!("{}?{API}", s.vault_path("rg", "busy"));
     let (st, b) = s.call("DELETE", &p, None).await;
     assert_arm_error(st, &b, 400, "ServiceResourceNotEmptyWithBackendMessage");

@@ -166,8 +166,11 @@ impl Env {
 
     /// The vault's repository directory (the server's own record of it).
     fn repo(&self) -> PathBuf {
-        let c = self.s.offline();
-        let row = c.store().read(|db| db.vault_secret(&self.vault())).unwrap();
+        let vault = self.vault();
+        let row = self
+            .s
+            .offline(|c| c.store().read(|db| db.vault_secret(&vault)))
+            .unwrap();
         PathBuf::from(row.expect("the vault has a repository").repo)
     }
 }

@@ -183,6 +183,7 @@ async fn gc_between_snapshot_commit_and_its_row_keeps_the_snapshot() {
 #[tokio::test]
 async fn hard_delete_during_a_backup_never_loses_the_backup() {
     let f = fixture_with(|c| c.policy_interval = Duration::from_secs(1)).await;
+    quiet_default_policy(&f).await;
     let (st, _, b) = send(
         &f.s,
         "PATCH",

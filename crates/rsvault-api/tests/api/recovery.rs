@@ -127,6 +127,27 @@ pub(crate) async fn fixture_with(change: impl FnOnce(&mut rsvault_api::Config)) 
     Fixture { s, _tmp: tmp, dir }
 }
 
+/// Moves the vault's DefaultPolicy's daily run to 12 hours from now, so a test on the real clock
+/// with a short `policy_interval` never meets a scheduled backup (a new vault's DefaultPolicy runs
+/// at the next full hour, which a test started a minute before it would cross).
+pub(crate) async fn quiet_default_policy(f: &Fixture) {
+    let t = (chrono::Utc::now() + chrono::Duration::hours(12))
+        .format("%Y-%m-%dT%H:00:00Z")
+        .to_string();
+    let body = json!({"properties": {"backupManagementType": "AzureIaasVM",
+        "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": [t]},
+        "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": [t], "retentionDuration": {"count": 30, "durationType": "Days"}}},
+        "timeZone": "UTC"}});
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/backupPolicies/DefaultPolicy?{BK}", f.vault()),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+}
+
 /// A storage account over `dir/{acct}`.
 pub(crate) async fn account(f: &Fixture, acct: &str) -> PathBuf {
     let d = f.dir.join(acct);

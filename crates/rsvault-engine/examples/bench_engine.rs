@@ -79,13 +79,15 @@ fn make_image(path: &Path) {
 }
 
 /// 1 % of the image, as scattered 100 KiB writes.
-fn change_image(path: &Path) {
+/// Overwrites 1 % of the image with 100 KiB writes; `round` gives each call new places and bytes.
+fn change_image(path: &Path, round: u64) {
     use std::os::unix::fs::FileExt;
     let f = fs::OpenOptions::new().write(true).open(path).unwrap();
     let n = (1024 * MIB / 100) / (100 * 1024);
     for i in 0..n as u64 {
-        let off = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8) % (1024 * MIB as u64 - 102_400);
-        f.write_all_at(&noise(1000 + i, 102_400), off).unwrap();
+        let k = i + round * 1_000_003;
+        let off = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 8) % (1024 * MIB as u64 - 102_400);
+        f.write_all_at(&noise(1000 + k, 102_400), off).unwrap();
     }
     f.sync_all().unwrap();
 }
@@ -225,7 +227,7 @@ fn child(args: &[String]) {
             let (n, b) = make_tree(&work.join("tree"));
             println!("{n} {b}");
         }
-        "change" => change_image(Path::new(&args[1])),
+        "change" => change_image(Path::new(&args[1]), args.get(2).map_or(0, |r| r.parse().unwrap())),
         "init" => e.init(&spec(&args[1])).unwrap(),
         "disk" => {
             let out = e
@@ -455,7 +457,7 @@ fn main() {
             &mut me(&["disk", &ours, &ps("image.raw"), "s3-full"]),
             &mut restic_s3(&theirs, &cache, &["backup", &ps("image.raw")]),
         );
-        measure(&mut me(&["change", &ps("image.raw")]));
+        measure(&mut me(&["change", &ps("image.raw"), "1"]));
         remote(
             "backup after 1% changed (raw) to S3",
             &mut me(&["disk", &ours, &ps("image.raw"), "s3-changed"]),

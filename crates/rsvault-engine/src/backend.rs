@@ -513,7 +513,7 @@ pub fn free_space(path: &Path) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) enum RepoLock {
     File { _held: fs::File },
-    Object { _held: crate::objstore::ObjectLockGuard },
+    Object { _held: crate::objstore::RepoLease },
 }
 
 impl RepoLock {
@@ -527,7 +527,7 @@ impl RepoLock {
         match &spec.location {
             RepoLocation::Local(root) => Self::take(root, if exclusive { libc::LOCK_EX } else { libc::LOCK_SH }),
             RepoLocation::Object(o) => Ok(RepoLock::Object {
-                _held: o.lock(exclusive),
+                _held: o.lock(exclusive)?,
             }),
         }
     }

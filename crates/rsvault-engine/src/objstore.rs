@@ -16,9 +16,10 @@
 //!   layers); a store that keeps refusing fails the call with [`EngineError::Storage`], which
 //!   names the target and says why. No credentials or metadata-service probing: only the keys
 //!   the operator gave are used, and only the configured endpoint is contacted.
-//! * **Locking** is per node ([`ObjectLocks`]: shared for backups, restores and listings,
-//!   exclusive for prune, delete and verify). Several nodes writing one vault's prefix at once
-//!   is not yet guarded (no lock object is written).
+//! * **Locking** across threads and nodes ([`ObjectRepo::lock`]): shared for backups, restores
+//!   and listings, exclusive for prune, delete and verify; a node's own lock first, then a lease
+//!   object in `rsvault-locks/` that every node sees, renewed while held and valid for
+//!   [`LEASE_TIME`] after its holder dies.
 //! * **Requests run on the store's own small runtime**, entered from the engine's blocking
 //!   threads; an engine call must never be made from an async task.
 
@@ -447,9 +448,159 @@ impl ObjectRepo {
             .map_err(|e| self.rerr("writing", &k, e))
     }
 
-    /// The per-node lock of this repository.
-    pub(crate) fn lock(&self, exclusive: bool) -> ObjectLockGuard {
-        self.store.locks.take(&self.root(), exclusive)
+    /// This repository's lock: the node's own (threads of this process), then a lease object in
+    /// the repository that other nodes see (see [`Lease`]). Shared for backups, restores and
+    /// listings; exclusive for prune, delete and verify.
+    pub fn lock(&self, exclusive: bool) -> Result<RepoLease> {
+        let local = self.store.locks.take(&self.root(), exclusive);
+        let lease = Lease::take(self, exclusive)?;
+        Ok(RepoLease {
+            _lease: lease,
+            _local: local,
+        })
+    }
+}
+
+/// A held repository lock on an object store (see [`ObjectRepo::lock`]); released when dropped.
+#[derive(Debug)]
+pub struct RepoLease {
+    // Field order: the lease object goes before the node's own lock is released.
+    _lease: Lease,
+    _local: ObjectLockGuard,
+}
+
+/// How long a lease object stays valid without renewal (a crashed node's lock blocks others at most
+/// this long); renewed every third of it while held.
+pub const LEASE_TIME: Duration = Duration::from_secs(30);
+
+/// A lock several nodes see: an object `rsvault-locks/RANDOM` in the repository holding whether it
+/// is exclusive and until when it is valid (seconds since the epoch; the nodes' clocks are assumed
+/// to agree within a few seconds). A node takes one by writing its object, then listing the others:
+/// if any valid one conflicts (exclusive against anything, anything against exclusive), it removes
+/// its own and tries again after a random pause, so two nodes never both hold conflicting locks
+/// (each sees the other's object, written before it listed). Expired objects are ignored, and
+/// removed once they are a whole lease time past. Stock restic ignores the folder.
+#[derive(Debug)]
+struct Lease {
+    store: Arc<ObjectStore>,
+    key: String,
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    renewer: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct LeaseBody {
+    exclusive: bool,
+    expires: u64,
+    node: String,
+}
+
+fn epoch_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Lease {
+    fn take(repo: &ObjectRepo, exclusive: bool) -> Result<Lease> {
+        use rand::Rng;
+        let dir = format!("{}/", join(&repo.root(), "rsvault-locks"));
+        let node = format!(
+            "{}:{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim(),
+            std::process::id()
+        );
+        let body = |exclusive| {
+            serde_json::to_vec(&LeaseBody {
+                exclusive,
+                expires: epoch_secs() + LEASE_TIME.as_secs(),
+                node: node.clone(),
+            })
+            .unwrap_or_default()
+        };
+        let op = &repo.store.op;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let key = format!("{dir}{:016x}", rand::thread_rng().gen::<u64>());
+            op.write(&key, body(exclusive))
+                .map_err(|e| repo.store.err("write lock", &key, e))?;
+            let mut conflict = false;
+            let entries = op.list(&dir).map_err(|e| repo.store.err("list locks", &dir, e))?;
+            for e in entries.iter().filter(|e| e.path() != key && !e.path().ends_with('/')) {
+                let other = match op.read(e.path()) {
+                    Ok(b) => serde_json::from_slice::<LeaseBody>(&b.to_vec()).ok(),
+                    Err(err) if err.kind() == OdErrorKind::NotFound => continue,
+                    Err(err) => return Err(repo.store.err("read lock", e.path(), err)),
+                };
+                let Some(other) = other else { continue };
+                let now = epoch_secs();
+                if other.expires + LEASE_TIME.as_secs() < now {
+                    let _ = op.delete(e.path());
+                } else if other.expires >= now && (exclusive || other.exclusive) {
+                    conflict = true;
+                }
+            }
+            if !conflict {
+                let stop = Arc::new((Mutex::new(false), Condvar::new()));
+                let renewer = {
+                    let (store, key, stop) = (repo.store.clone(), key.clone(), stop.clone());
+                    let node = node.clone();
+                    std::thread::Builder::new()
+                        .name("objstore-lease".into())
+                        .spawn(move || {
+                            let (m, cv) = &*stop;
+                            let mut stopped = m.lock().unwrap_or_else(|p| p.into_inner());
+                            while !*stopped {
+                                let (g, t) = cv
+                                    .wait_timeout(stopped, LEASE_TIME / 3)
+                                    .unwrap_or_else(|p| p.into_inner());
+                                stopped = g;
+                                if *stopped || !t.timed_out() {
+                                    continue;
+                                }
+                                let b = serde_json::to_vec(&LeaseBody {
+                                    exclusive,
+                                    expires: epoch_secs() + LEASE_TIME.as_secs(),
+                                    node: node.clone(),
+                                })
+                                .unwrap_or_default();
+                                if let Err(e) = store.op.write(&key, b) {
+                                    tracing::warn!(key, error = %e, "could not renew a vault lock");
+                                }
+                            }
+                        })
+                        .ok()
+                };
+                return Ok(Lease {
+                    store: repo.store.clone(),
+                    key,
+                    stop,
+                    renewer,
+                });
+            }
+            let _ = op.delete(&key);
+            let jitter = rand::thread_rng().gen_range(0..=pause.as_millis() as u64);
+            std::thread::sleep(pause + Duration::from_millis(jitter));
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        {
+            let (m, cv) = &*self.stop;
+            *m.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            cv.notify_all();
+        }
+        if let Some(h) = self.renewer.take() {
+            let _ = h.join();
+        }
+        if let Err(e) = self.store.op.delete(&self.key) {
+            tracing::warn!(key = self.key, error = %e, "could not remove a vault lock (it expires by itself)");
+        }
     }
 }
 
@@ -595,7 +746,7 @@ impl ObjectLocks {
 
 /// A held [`ObjectLocks`] lock; released when dropped.
 #[derive(Debug)]
-pub(crate) struct ObjectLockGuard {
+pub struct ObjectLockGuard {
     state: Arc<LockTable>,
     root: String,
     exclusive: bool,

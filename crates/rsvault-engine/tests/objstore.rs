@@ -240,3 +240,38 @@ fn an_object_store_that_does_not_answer_fails_with_a_storage_error_naming_it() {
         assert!(t.elapsed() < std::time::Duration::from_secs(60), "retries are bounded");
     }
 }
+
+#[test]
+fn two_nodes_on_one_vault_prefix_never_hold_conflicting_locks() {
+    for (kind, target) in object_targets() {
+        // Two nodes: two stores (each with its own in-process lock table) on one prefix.
+        let (spec, _) = object_vault(kind, target.clone());
+        let RepoLocation::Object(a) = &spec.location else {
+            unreachable!()
+        };
+        let b = ObjectRepo {
+            store: ObjectStore::connect("other-node", target).unwrap(),
+            path: a.path.clone(),
+        };
+        let (r1, r2) = (a.lock(false).unwrap(), b.lock(false).unwrap());
+        drop((r1, r2)); // shared locks of two nodes coexist
+        let held = a.lock(true).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let _shared = b.lock(false).unwrap();
+            tx.send(std::time::Instant::now()).unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(800));
+        assert!(
+            rx.try_recv().is_err(),
+            "{kind}: another node got a shared lock beside an exclusive one"
+        );
+        let released = std::time::Instant::now();
+        drop(held);
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the lock is taken after release");
+        assert!(got >= released, "{kind}");
+        t.join().unwrap();
+    }
+}

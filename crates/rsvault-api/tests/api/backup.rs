@@ -1035,7 +1035,12 @@ async fn jobs_list_newest_first_with_azures_filters_and_paging() {
     );
     assert_eq!(count("status eq 'Completed' and operation eq 'Backup'").await, 25);
     assert_eq!(count("jobId eq '00000000-0000-0000-0000-000000000007'").await, 1);
-    // The first day: hours 0..=23, in Azure's date form and in ISO-8601.
+    // The first day: hours 0..=23, in Azure's date form (midnight as Azure's examples write it,
+    // `00:00:00 AM`, and as `12:00:00 AM`) and in ISO-8601.
+    assert_eq!(
+        count("startTime eq '2026-01-01 00:00:00 AM' and endTime eq '2026-01-01 11:00:00 PM'").await,
+        24
+    );
     assert_eq!(
         count("startTime eq '2026-01-01 12:00:00 AM' and endTime eq '2026-01-01 11:00:00 PM'").await,
         24

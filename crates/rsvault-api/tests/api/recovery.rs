@@ -396,6 +396,15 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
     let t = chrono::Utc::now();
     for (filter, want) in [
         (
+            // Midnight as Azure's own examples write it (issue 16: once refused with 400).
+            format!(
+                "startDate eq '{}' and endDate eq '{}'",
+                (t - chrono::Duration::days(1)).format("%Y-%m-%d 00:00:00 AM"),
+                (t + chrono::Duration::days(1)).format("%Y-%m-%d 00:00:00 AM")
+            ),
+            1,
+        ),
+        (
             format!(
                 "startDate eq '{}' and endDate eq '{}'",
                 (t - chrono::Duration::days(1)).format("%Y-%m-%d %I:%M:%S %p"),

@@ -873,11 +873,44 @@ async fn vault_backup_configuration_reads_and_writes() {
         .call("GET", &format!("{base}/backupResourceGuardProxies?{BK}"), None)
         .await;
     assert_eq!((st, g["value"].as_array().map(Vec::len)), (200, Some(0)));
-    let (st, f) = s
-        .call("POST", &format!("/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupValidateFeatures?{BK}", s.sub()),
-            Some(&json!({"objectType": "AzureVMResourceBackup", "featureType": "AzureVMResourceBackup", "vmSize": "Standard_A1"})))
-        .await;
-    assert_eq!((st, f["supportStatus"].as_str()), (200, Some("Supported")));
+}
+
+/// Issue 16: `backupValidateFeatures` answered Supported for any `vmSize`. A VM size Azure has is
+/// Supported (rsvault backs up disk images whatever the VM's size); a `vmSize` that is no Azure size
+/// name is one Azure does not know: NotSupported.
+#[tokio::test]
+async fn validate_features_answers_not_supported_for_an_unknown_vm_size() {
+    let s = start().await;
+    let url = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupValidateFeatures?{BK}",
+        s.sub()
+    );
+    for (body, want) in [
+        (
+            json!({"objectType": "AzureVMResourceBackup", "featureType": "AzureVMResourceBackup", "vmSize": "Standard_A1"}),
+            "Supported",
+        ),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Basic_A0", "vmSku": "Premium"}),
+            "Supported",
+        ),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Standard_D2s_v3"}),
+            "Supported",
+        ),
+        (json!({"featureType": "AzureVMResourceBackup"}), "Supported"),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Gigantic"}),
+            "NotSupported",
+        ),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Standard_Potato"}),
+            "NotSupported",
+        ),
+    ] {
+        let (st, f) = s.call("POST", &url, Some(&body)).await;
+        assert_eq!((st, f["supportStatus"].as_str()), (200, Some(want)), "{body}");
+    }
 }
 
 #[tokio::test]

@@ -272,6 +272,43 @@ pub(crate) fn not_empty(name: &str, items: i64) -> Error {
     }
 }
 
+/// Refuses deleting a vault that still holds protected items (soft-deleted ones included) or
+/// registered containers (a storage account registered with no share protected yet), as Azure does.
+pub(crate) fn check_vault_empty(db: &rsvault_store::Db, vault: &ResourceRow) -> Result<()> {
+    let items = db.count_below(&vault.id, PROTECTED_ITEM_TYPE)?;
+    if items > 0 {
+        return Err(not_empty(&vault.name, items));
+    }
+    let containers = db.all_below(&vault.id, crate::backup::CONTAINER_TYPE)?;
+    if !containers.is_empty() {
+        let names: Vec<&str> = containers
+            .iter()
+            .map(|c| {
+                c.body
+                    .pointer("/properties/friendlyName")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&c.name)
+            })
+            .collect();
+        return Err(containers_registered(&names));
+    }
+    Ok(())
+}
+
+/// Azure's refusal of a vault delete while containers are registered (its words in the live
+/// recording `test_backup_item.yaml`, which names the registered items and asks to unregister all
+/// containers).
+fn containers_registered(names: &[&str]) -> Error {
+    Error::Invalid {
+        code: "ServiceResourceNotEmptyWithBackendMessage",
+        message: format!(
+            "Recovery Services vault cannot be deleted as there are existing resources within the vault. The registered items are : {}\nPlease ensure all containers have been unregistered from the vault and all private endpoints associated with the vault have been deleted, and retry operation. For more details, see https://aka.ms/AB-AA4ecq5",
+            names.join(",")
+        ),
+        target: None,
+    }
+}
+
 impl Control {
     fn vault_id(&self, sub: &str, rg: &str, name: &str) -> String {
         format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{VAULT_TYPE}/{name}")
@@ -475,13 +512,9 @@ impl Control {
         self.subscription_row(sub)?;
         self.group_row(sub, rg)?;
         let id = self.vault_id(sub, rg, name);
-        if self.store.read(|db| db.resource(&id))?.is_none() {
+        let Some(vault) = self.store.read(|db| db.resource(&id))? else {
             return Ok(None);
-        }
-        let items = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
-        if items > 0 {
-            return Err(not_empty(name, items));
-        }
+        };
         let now = self.now();
         let op = OperationRow {
             id: uuid::Uuid::new_v4().to_string(),
@@ -495,6 +528,7 @@ impl Control {
             target: None,
         };
         let secret = self.store.write(|db| {
+            check_vault_empty(db, &vault)?;
             let secret = db.vault_secret(&id)?;
             db.delete_resource(&id)?;
             db.delete_vault_secret(&id)?;

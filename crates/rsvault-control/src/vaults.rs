@@ -178,7 +178,9 @@ fn default_properties() -> Value {
         },
         "redundancySettings": {"standardTierStorageRedundancy": "GeoRedundant", "crossRegionRestore": "Disabled"},
         "securitySettings": {
-            "softDeleteSettings": {"softDeleteState": "Enabled", "softDeleteRetentionPeriodInDays": 14, "enhancedSecurityState": "Enabled"}
+            "softDeleteSettings": {"softDeleteState": "Enabled", "softDeleteRetentionPeriodInDays": 14, "enhancedSecurityState": "Enabled"},
+            "immutabilitySettings": {"state": "Disabled"},
+            "multiUserAuthorization": "Disabled"
         },
         "restoreSettings": {"crossSubscriptionRestoreSettings": {"crossSubscriptionRestoreState": "Enabled"}},
         "secureScore": "Minimum",
@@ -203,6 +205,10 @@ fn client_properties(m: &Map<String, Value>) -> Value {
     if let Some(o) = p.as_object_mut() {
         for k in READ_ONLY {
             o.remove(*k);
+        }
+        // Read-only: rsvault has no Resource Guard, so multi-user authorization stays `Disabled`.
+        if let Some(sec) = o.get_mut("securitySettings").and_then(Value::as_object_mut) {
+            sec.remove("multiUserAuthorization");
         }
     }
     p

@@ -475,6 +475,14 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
         .map(|t| t["taskId"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["Transfer data from vault", "Verify restored data"]);
+    // Issue 16: the transfer's bytes are on the transfer task (they once all showed under
+    // "Verify restored data", with "0 MB / 40 MB" on the transfer).
+    let transfer = &rp_props["extendedInfo"]["tasksList"][0];
+    assert_eq!(
+        transfer["taskExecutionDetails"], "40 MB / 40 MB Transferred",
+        "{transfer}"
+    );
+    assert_eq!(transfer["progressPercentage"], 100.0, "{transfer}");
     let restored: Vec<PathBuf> = std::fs::read_dir(&acct_dir)
         .unwrap()
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())

@@ -579,6 +579,15 @@ impl<'a> JobProgress<'a> {
         };
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         change(&mut st, idx);
+        if st.current.is_some_and(|c| idx < c) {
+            // A late report of a task already passed (its reporter may not have run before the
+            // next task's did): its final count still belongs on it; anything else is ignored.
+            let last = st.latest[idx].filter(|&(d, t)| st.ended[idx] || (t > 0 && d >= t));
+            if let Some((d, t)) = last {
+                self.control.record_progress(&self.job_id, self.tasks, idx, d, t);
+            }
+            return;
+        }
         let Some(shown) = st.shown() else { return };
         // Tasks only move forward: a late report of an earlier task is ignored.
         if st.current.is_some_and(|c| shown < c) {

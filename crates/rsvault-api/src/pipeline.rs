@@ -532,13 +532,83 @@ fn published(route: &Route) -> &'static [&'static str] {
         "2020-10-01",
         "2022-04-01",
     ];
-    if route.pattern.contains("Microsoft.Authorization") {
-        AUTHORIZATION
-    } else if route.pattern.contains("Microsoft.RecoveryServices") {
-        RECOVERY
-    } else {
-        RESOURCES
+    // Microsoft.Compute's versions (virtualMachines), stable and preview.
+    const COMPUTE: &[&str] = &[
+        "2015-05-01-preview",
+        "2015-06-15",
+        "2016-03-30",
+        "2016-04-30-preview",
+        "2017-03-30",
+        "2017-12-01",
+        "2018-04-01",
+        "2018-06-01",
+        "2018-10-01",
+        "2019-03-01",
+        "2019-07-01",
+        "2019-12-01",
+        "2020-06-01",
+        "2020-12-01",
+        "2021-03-01",
+        "2021-04-01",
+        "2021-07-01",
+        "2021-11-01",
+        "2022-03-01",
+        "2022-08-01",
+        "2022-11-01",
+        "2023-03-01",
+        "2023-07-01",
+        "2023-09-01",
+        "2024-03-01",
+        "2024-07-01",
+        "2024-11-01",
+        "2025-04-01",
+    ];
+    // Microsoft.Storage's versions (storageAccounts, fileServices/shares).
+    const STORAGE: &[&str] = &[
+        "2015-05-01-preview",
+        "2015-06-15",
+        "2016-01-01",
+        "2016-05-01",
+        "2016-12-01",
+        "2017-06-01",
+        "2017-10-01",
+        "2018-02-01",
+        "2018-03-01-preview",
+        "2018-07-01",
+        "2018-11-01",
+        "2019-04-01",
+        "2019-06-01",
+        "2020-08-01-preview",
+        "2021-01-01",
+        "2021-02-01",
+        "2021-04-01",
+        "2021-06-01",
+        "2021-08-01",
+        "2021-09-01",
+        "2022-05-01",
+        "2022-09-01",
+        "2023-01-01",
+        "2023-04-01",
+        "2023-05-01",
+        "2024-01-01",
+        "2025-01-01",
+        "2025-06-01",
+    ];
+    match namespace(route.pattern) {
+        Some(ns) if ns.eq_ignore_ascii_case("Microsoft.Authorization") => AUTHORIZATION,
+        Some(ns) if ns.eq_ignore_ascii_case("Microsoft.RecoveryServices") => RECOVERY,
+        Some(ns) if ns.eq_ignore_ascii_case("Microsoft.Compute") => COMPUTE,
+        Some(ns) if ns.eq_ignore_ascii_case("Microsoft.Storage") => STORAGE,
+        _ => RESOURCES,
     }
+}
+
+/// The provider namespace a route pattern names: the segment after its last `providers` (the
+/// resource's own provider, as ARM resolves the api-version), none for subscriptions and groups.
+fn namespace(pattern: &str) -> Option<&str> {
+    let segs: Vec<&str> = pattern.split('/').collect();
+    let i = segs.iter().rposition(|s| s.eq_ignore_ascii_case("providers"))?;
+    segs.get(i + 1).copied()
 }
 
 /// Everything that can be decided from the request line and headers: the token, the route, the

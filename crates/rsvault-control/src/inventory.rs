@@ -273,6 +273,21 @@ impl Control {
                 "timeCreated": rsvault_core::time::timestamp(existing.as_ref().map(|e| e.created).unwrap_or_else(|| self.now())),
             },
         });
+        let mut v = v;
+        // A zone-pinned VM (Compute's top-level `zones`): its recovery points name the zone.
+        match m.get("zones") {
+            None | Some(Value::Null) => {}
+            Some(Value::Array(z)) if z.iter().all(Value::is_string) => {
+                if !z.is_empty() {
+                    v["zones"] = json!(z);
+                }
+            }
+            Some(_) => {
+                return Err(Error::InvalidRequestContent(
+                    "Error converting value at path 'zones': expected an array of strings.".into(),
+                ))
+            }
+        }
         let row = self.group_resource_row(sub, &group.name, VM_TYPE, name, v.clone(), existing.as_ref());
         let created = self.store.write(|db| db.put_resource(&row))?;
         Ok((created, v))

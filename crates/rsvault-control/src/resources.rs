@@ -155,10 +155,7 @@ impl Control {
                 })
                 .collect();
             for v in &vaults {
-                let items = db.count_below(&v.id, crate::vaults::PROTECTED_ITEM_TYPE)?;
-                if items > 0 {
-                    return Err(crate::vaults::not_empty(&v.name, items));
-                }
+                crate::vaults::check_vault_empty(db, v)?;
             }
             let mut secrets = vec![];
             for v in &vaults {

@@ -518,11 +518,47 @@ fn strip_task_times(body: &mut Value) {
 
 /// The engine's progress sink for one job: forwards to the job row at every task change, when a
 /// task ends, and at most once a second otherwise.
+///
+/// The engine may report two tasks at once (a restore writes and verifies in one pipeline, each
+/// with its own counters). The task shown is the first one reported that is still running (not
+/// ended, its known total not reached), so the bytes of a transfer stay on the transfer task until
+/// it ends; moving on records the earlier task's last report first.
 pub(crate) struct JobProgress<'a> {
     control: &'a Control,
     job_id: String,
     tasks: &'a [TaskSpec],
-    state: Mutex<(Option<usize>, Option<Instant>)>,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    /// The task the job row shows; tasks only move forward.
+    current: Option<usize>,
+    last: Option<Instant>,
+    /// Each task's latest report (done, total).
+    latest: Vec<Option<(u64, u64)>>,
+    /// Tasks the engine said have ended.
+    ended: Vec<bool>,
+}
+
+impl ProgressState {
+    fn new(tasks: usize) -> Self {
+        ProgressState {
+            latest: vec![None; tasks],
+            ended: vec![false; tasks],
+            ..ProgressState::default()
+        }
+    }
+
+    /// The task to show: the first reported one still running (not ended, a known total not
+    /// reached), else the last one reported.
+    fn shown(&self) -> Option<usize> {
+        let reported = || self.latest.iter().enumerate().filter_map(|(i, l)| l.map(|l| (i, l)));
+        reported()
+            .find(|&(i, (done, total))| !self.ended[i] && total > 0 && done < total)
+            .or_else(|| reported().next_back())
+            .map(|(i, _)| i)
+    }
 }
 
 impl<'a> JobProgress<'a> {
@@ -531,28 +567,89 @@ impl<'a> JobProgress<'a> {
             control,
             job_id: job_id.to_string(),
             tasks,
-            state: Mutex::new((None, None)),
+            state: Mutex::new(ProgressState::new(tasks.len())),
+        }
+    }
+
+    /// Records what `change` did to the state, if the task shown changed, a task ended or a
+    /// second has passed.
+    fn apply(&self, task: Task, change: impl FnOnce(&mut ProgressState, usize)) {
+        let Some(idx) = self.tasks.iter().position(|t| t.1 == task) else {
+            return;
+        };
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        change(&mut st, idx);
+        if st.current.is_some_and(|c| idx < c) {
+            // A late report of a task already passed (its reporter may not have run before the
+            // next task's did): its final count still belongs on it; anything else is ignored.
+            let last = st.latest[idx].filter(|&(d, t)| st.ended[idx] || (t > 0 && d >= t));
+            if let Some((d, t)) = last {
+                self.control.record_progress(&self.job_id, self.tasks, idx, d, t);
+            }
+            return;
+        }
+        let Some(shown) = st.shown() else { return };
+        // Tasks only move forward: a late report of an earlier task is ignored.
+        if st.current.is_some_and(|c| shown < c) {
+            return;
+        }
+        let Some((done, total)) = st.latest[shown] else { return };
+        let changed = st.current != Some(shown);
+        if changed {
+            if let Some((c, (d, t))) = st.current.and_then(|c| Some((c, st.latest[c]?))) {
+                self.control.record_progress(&self.job_id, self.tasks, c, d, t);
+            }
+        }
+        let due = st.last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if changed || due || (total > 0 && done >= total) {
+            st.current = Some(shown);
+            st.last = Some(Instant::now());
+            self.control
+                .record_progress(&self.job_id, self.tasks, shown, done, total);
         }
     }
 }
 
 impl Progress for JobProgress<'_> {
     fn update(&self, task: Task, done: u64, total: u64) {
-        let Some(idx) = self.tasks.iter().position(|t| t.1 == task) else {
-            return;
-        };
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let (current, last) = &mut *st;
-        // Tasks only move forward: a late report of an earlier task is ignored.
-        if current.is_some_and(|c| idx < c) {
-            return;
+        self.apply(task, |st, i| st.latest[i] = Some((done, total)));
+    }
+
+    fn finished(&self, task: Task) {
+        self.apply(task, |st, i| st.ended[i] = true);
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::ProgressState;
+
+    /// Issue 16: a restore reports its transfer and its verification at once; the verification's
+    /// reports hid the transfer (0 MB / 256 MB on the transfer task, every byte under "Verify").
+    /// The transfer task is shown until it ends.
+    #[test]
+    fn a_task_reported_alongside_a_later_one_is_shown_until_it_ends() {
+        const MB: u64 = 1 << 20;
+        let mut st = ProgressState::new(2);
+        for (task, done, total, shown) in [
+            (0, 0, 256 * MB, 0),
+            (1, 0, 256 * MB, 0),
+            (1, 64 * MB, 256 * MB, 0),
+            (0, 128 * MB, 256 * MB, 0),
+            (1, 256 * MB, 256 * MB, 0),
+            (0, 256 * MB, 256 * MB, 1),
+        ] {
+            st.latest[task] = Some((done, total));
+            assert_eq!(st.shown(), Some(shown), "after task {task} at {done}");
         }
-        let changed = *current != Some(idx);
-        let due = last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if changed || due || (total > 0 && done >= total) {
-            *current = Some(idx);
-            *last = Some(Instant::now());
-            self.control.record_progress(&self.job_id, self.tasks, idx, done, total);
-        }
+        // A task whose total is not known (0) does not hold back the next one, nor does one that
+        // ended short of its total (a share restore that skipped files).
+        let mut st = ProgressState::new(2);
+        st.latest = vec![Some((0, 0)), Some((1, 2))];
+        assert_eq!(st.shown(), Some(1));
+        st.latest = vec![Some((5, 10)), Some((1, 2))];
+        assert_eq!(st.shown(), Some(0));
+        st.ended[0] = true;
+        assert_eq!(st.shown(), Some(1));
     }
 }

@@ -178,7 +178,9 @@ fn default_properties() -> Value {
         },
         "redundancySettings": {"standardTierStorageRedundancy": "GeoRedundant", "crossRegionRestore": "Disabled"},
         "securitySettings": {
-            "softDeleteSettings": {"softDeleteState": "Enabled", "softDeleteRetentionPeriodInDays": 14, "enhancedSecurityState": "Enabled"}
+            "softDeleteSettings": {"softDeleteState": "Enabled", "softDeleteRetentionPeriodInDays": 14, "enhancedSecurityState": "Enabled"},
+            "immutabilitySettings": {"state": "Disabled"},
+            "multiUserAuthorization": "Disabled"
         },
         "restoreSettings": {"crossSubscriptionRestoreSettings": {"crossSubscriptionRestoreState": "Enabled"}},
         "secureScore": "Minimum",
@@ -203,6 +205,10 @@ fn client_properties(m: &Map<String, Value>) -> Value {
     if let Some(o) = p.as_object_mut() {
         for k in READ_ONLY {
             o.remove(*k);
+        }
+        // Read-only: rsvault has no Resource Guard, so multi-user authorization stays `Disabled`.
+        if let Some(sec) = o.get_mut("securitySettings").and_then(Value::as_object_mut) {
+            sec.remove("multiUserAuthorization");
         }
     }
     p
@@ -268,6 +274,43 @@ pub(crate) fn not_empty(name: &str, items: i64) -> Error {
     Error::Invalid {
         code: "ServiceResourceNotEmptyWithBackendMessage",
         message: format!("Vault {name} cannot be deleted as there are existing resources within the vault. Please delete any replicated items, registered servers, Hyper-V sites (Used for Site Recovery), policy associations for storage accounts and Azure Backup items ({items} protected items) and try again."),
+        target: None,
+    }
+}
+
+/// Refuses deleting a vault that still holds protected items (soft-deleted ones included) or
+/// registered containers (a storage account registered with no share protected yet), as Azure does.
+pub(crate) fn check_vault_empty(db: &rsvault_store::Db, vault: &ResourceRow) -> Result<()> {
+    let items = db.count_below(&vault.id, PROTECTED_ITEM_TYPE)?;
+    if items > 0 {
+        return Err(not_empty(&vault.name, items));
+    }
+    let containers = db.all_below(&vault.id, crate::backup::CONTAINER_TYPE)?;
+    if !containers.is_empty() {
+        let names: Vec<&str> = containers
+            .iter()
+            .map(|c| {
+                c.body
+                    .pointer("/properties/friendlyName")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&c.name)
+            })
+            .collect();
+        return Err(containers_registered(&names));
+    }
+    Ok(())
+}
+
+/// Azure's refusal of a vault delete while containers are registered (its words in the live
+/// recording `test_backup_item.yaml`, which names the registered items and asks to unregister all
+/// containers).
+fn containers_registered(names: &[&str]) -> Error {
+    Error::Invalid {
+        code: "ServiceResourceNotEmptyWithBackendMessage",
+        message: format!(
+            "Recovery Services vault cannot be deleted as there are existing resources within the vault. The registered items are : {}\nPlease ensure all containers have been unregistered from the vault and all private endpoints associated with the vault have been deleted, and retry operation. For more details, see https://aka.ms/AB-AA4ecq5",
+            names.join(",")
+        ),
         target: None,
     }
 }
@@ -475,13 +518,9 @@ impl Control {
         self.subscription_row(sub)?;
         self.group_row(sub, rg)?;
         let id = self.vault_id(sub, rg, name);
-        if self.store.read(|db| db.resource(&id))?.is_none() {
+        let Some(vault) = self.store.read(|db| db.resource(&id))? else {
             return Ok(None);
-        }
-        let items = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
-        if items > 0 {
-            return Err(not_empty(name, items));
-        }
+        };
         let now = self.now();
         let op = OperationRow {
             id: uuid::Uuid::new_v4().to_string(),
@@ -495,6 +534,7 @@ impl Control {
             target: None,
         };
         let secret = self.store.write(|db| {
+            check_vault_empty(db, &vault)?;
             let secret = db.vault_secret(&id)?;
             db.delete_resource(&id)?;
             db.delete_vault_secret(&id)?;

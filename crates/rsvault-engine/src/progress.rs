@@ -27,6 +27,10 @@ pub enum Task {
 pub trait Progress: Send + Sync {
     /// `done` of `total` bytes of `task` are processed (`total` may be 0 when unknown yet).
     fn update(&self, task: Task, done: u64, total: u64);
+
+    /// `task` has ended (its last `update` was its final count, which may be short of its total).
+    /// Tasks may overlap: a disk restore writes and verifies in one pipeline.
+    fn finished(&self, _task: Task) {}
 }
 
 /// A progress sink that ignores everything.
@@ -102,6 +106,7 @@ pub(crate) fn report_while<T>(
     });
     let (done, total) = counters.get();
     sink.update(task, done, total.max(done));
+    sink.finished(task);
     out
 }
 

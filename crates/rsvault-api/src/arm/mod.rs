@@ -108,9 +108,11 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
                         ),
                     )
                     .header("Retry-After", ctx.state.config.retry_after_secs.to_string()),
+                // The spec declares 200 (the vault) and 202 only: a finished delete's result is a
+                // 200 with no vault left to show.
                 "Succeeded" => match c.get_vault(p.sub(), p.rg(), p.vault()) {
                     Ok(v) => Reply::ok(v),
-                    Err(Error::ResourceNotFound { .. }) => Reply::empty(204),
+                    Err(Error::ResourceNotFound { .. }) => Reply::empty(200),
                     Err(e) => return Err(e),
                 },
                 _ => Reply::ok(Control::operation_status_body(&ctx.raw_path, &o)),

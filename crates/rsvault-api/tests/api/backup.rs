@@ -626,14 +626,7 @@ async fn file_shares_are_registered_discovered_and_protected() {
         )
         .await;
     assert_arm_error(st, &b, 400, "InvalidParameter");
-    let (st, b) = s
-        .call(
-            "PUT",
-            &format!("{acct}?api-version=2023-05-01"),
-            Some(&json!({"location": "westus", "tags": {"rsvault-path": tmp.path()}})),
-        )
-        .await;
-    assert_eq!(st, 201, "{b}");
+    let b = put_account(&s, "rg", "files1", tmp.path()).await;
     let (st, _) = s
         .call(
             "PUT",
@@ -660,8 +653,7 @@ async fn file_shares_are_registered_discovered_and_protected() {
         (400, Some("BMSUserErrorInvalidConfigureProtectionRequest")),
         "{e}"
     );
-    let (st, h, _) = send(&s, "PUT", &format!("{container}?{BK}"), Some(&json!({"properties": {"containerType": "StorageContainer", "sourceResourceId": b["id"], "backupManagementType": "AzureStorage"}}))).await;
-    assert_eq!(st, 202);
+    let h = register_account(&s, &container, &b).await;
     let r = s
         .http
         .get(header(&h, "location"))
@@ -723,6 +715,58 @@ async fn file_shares_are_registered_discovered_and_protected() {
     assert_eq!(status["acquireStorageAccountLock"], "Acquire");
     let (st, b) = s.call("DELETE", &format!("{container}?{BK}"), None).await;
     assert_arm_error(st, &b, 400, "BMSUserErrorContainerHasDatasources");
+}
+
+/// Issue 16: a vault with a registered storage-account container was deleted (202) and the
+/// registration silently went with it. Azure refuses (`ServiceResourceNotEmptyWithBackendMessage`,
+/// asking for every container to be unregistered) until the container is unregistered; the same
+/// rule holds when the vault's group is deleted.
+#[tokio::test]
+async fn a_vault_with_a_registered_storage_container_refuses_deletion() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let tmp = s.tempdir();
+    let b = put_account(&s, "rg", "files1", tmp.path()).await;
+    let base = s.vault_path("rg", "v1");
+    let container = format!("{base}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3Bfiles1");
+    register_account(&s, &container, &b).await;
+    let vault = format!("{base}?{API}");
+    for url in [vault.clone(), format!("{}?api-version=2021-04-01", s.rg_path("rg"))] {
+        let (st, e) = s.call("DELETE", &url, None).await;
+        assert_arm_error(st, &e, 400, "ServiceResourceNotEmptyWithBackendMessage");
+        let msg = e["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("files1") && msg.contains("unregistered"), "{msg}");
+    }
+    assert_eq!(s.call("GET", &vault, None).await.0, 200, "the vault is still there");
+    let (st, _) = s.call("GET", &format!("{container}?{BK}"), None).await;
+    assert_eq!(st, 200, "and so is the registration");
+    let (st, _) = s.call("DELETE", &format!("{container}?{BK}"), None).await;
+    assert!([200, 202, 204].contains(&st), "unregister: {st}");
+    assert!([202, 204].contains(&s.call("DELETE", &vault, None).await.0));
+    assert_eq!(s.call("GET", &vault, None).await.0, 404);
+}
+
+/// A storage account over `dir` (201); its body.
+async fn put_account(s: &Server, rg: &str, acct: &str, dir: &Path) -> Value {
+    let (st, b) = s
+        .call(
+            "PUT",
+            &format!("{}?api-version=2023-05-01", b_id(s, rg, acct)),
+            Some(&json!({"location": "westus", "tags": {"rsvault-path": dir}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    b
+}
+
+/// Registers the storage account `account` (its body) as the vault's `container` (202); the
+/// answer's headers.
+async fn register_account(s: &Server, container: &str, account: &Value) -> reqwest::header::HeaderMap {
+    let body = json!({"properties": {"containerType": "StorageContainer", "sourceResourceId": account["id"], "backupManagementType": "AzureStorage"}});
+    let (st, h, _) = send(s, "PUT", &format!("{container}?{BK}"), Some(&body)).await;
+    assert_eq!(st, 202);
+    h
 }
 
 fn b_id(s: &Server, rg: &str, acct: &str) -> String {
@@ -873,11 +917,44 @@ async fn vault_backup_configuration_reads_and_writes() {
         .call("GET", &format!("{base}/backupResourceGuardProxies?{BK}"), None)
         .await;
     assert_eq!((st, g["value"].as_array().map(Vec::len)), (200, Some(0)));
-    let (st, f) = s
-        .call("POST", &format!("/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupValidateFeatures?{BK}", s.sub()),
-            Some(&json!({"objectType": "AzureVMResourceBackup", "featureType": "AzureVMResourceBackup", "vmSize": "Standard_A1"})))
-        .await;
-    assert_eq!((st, f["supportStatus"].as_str()), (200, Some("Supported")));
+}
+
+/// Issue 16: `backupValidateFeatures` answered Supported for any `vmSize`. A VM size Azure has is
+/// Supported (rsvault backs up disk images whatever the VM's size); a `vmSize` that is no Azure size
+/// name is one Azure does not know: NotSupported.
+#[tokio::test]
+async fn validate_features_answers_not_supported_for_an_unknown_vm_size() {
+    let s = start().await;
+    let url = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/backupValidateFeatures?{BK}",
+        s.sub()
+    );
+    for (body, want) in [
+        (
+            json!({"objectType": "AzureVMResourceBackup", "featureType": "AzureVMResourceBackup", "vmSize": "Standard_A1"}),
+            "Supported",
+        ),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Basic_A0", "vmSku": "Premium"}),
+            "Supported",
+        ),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Standard_D2s_v3"}),
+            "Supported",
+        ),
+        (json!({"featureType": "AzureVMResourceBackup"}), "Supported"),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Gigantic"}),
+            "NotSupported",
+        ),
+        (
+            json!({"featureType": "AzureVMResourceBackup", "vmSize": "Standard_Potato"}),
+            "NotSupported",
+        ),
+    ] {
+        let (st, f) = s.call("POST", &url, Some(&body)).await;
+        assert_eq!((st, f["supportStatus"].as_str()), (200, Some(want)), "{body}");
+    }
 }
 
 #[tokio::test]
@@ -1035,7 +1112,12 @@ async fn jobs_list_newest_first_with_azures_filters_and_paging() {
     );
     assert_eq!(count("status eq 'Completed' and operation eq 'Backup'").await, 25);
     assert_eq!(count("jobId eq '00000000-0000-0000-0000-000000000007'").await, 1);
-    // The first day: hours 0..=23, in Azure's date form and in ISO-8601.
+    // The first day: hours 0..=23, in Azure's date form (midnight as Azure's examples write it,
+    // `00:00:00 AM`, and as `12:00:00 AM`) and in ISO-8601.
+    assert_eq!(
+        count("startTime eq '2026-01-01 00:00:00 AM' and endTime eq '2026-01-01 11:00:00 PM'").await,
+        24
+    );
     assert_eq!(
         count("startTime eq '2026-01-01 12:00:00 AM' and endTime eq '2026-01-01 11:00:00 PM'").await,
         24

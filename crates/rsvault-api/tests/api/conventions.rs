@@ -74,6 +74,39 @@ async fn any_wellformed_api_version_is_accepted_by_default_but_not_in_strict_mod
     assert_arm_error(st, &b, 400, "InvalidApiVersionParameter");
 }
 
+/// Issue 16: strict mode checked Microsoft.Compute and Microsoft.Storage against
+/// Microsoft.Resources' versions, so the README's quickstart (Storage 2023-05-01) was refused. Each
+/// namespace has its own published versions; a version of another namespace is refused.
+#[tokio::test]
+async fn strict_api_versions_check_each_namespace_against_its_own_versions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = rsvault_api::Config::new(tmp.path().join("d"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.strict_api_versions = true;
+    let strict = start_with(config, Some(tmp)).await;
+    let sub = format!("/subscriptions/{}", strict.sub());
+    for (path, version, published) in [
+        ("providers/Microsoft.Storage/storageAccounts", "2023-05-01", true),
+        ("providers/Microsoft.Storage/storageAccounts", "2016-01-01", true),
+        ("providers/Microsoft.Storage/storageAccounts", "2024-07-01", false),
+        ("providers/Microsoft.Compute/virtualMachines", "2024-07-01", true),
+        ("providers/Microsoft.Compute/virtualMachines", "2022-03-01", true),
+        ("providers/Microsoft.Compute/virtualMachines", "2023-05-01", false),
+        ("resourcegroups", "2021-04-01", true),
+        ("resourcegroups", "2023-05-01", false),
+        ("providers/Microsoft.RecoveryServices/vaults", "2024-07-01", false),
+    ] {
+        let (st, b) = strict
+            .call("GET", &format!("{sub}/{path}?api-version={version}"), None)
+            .await;
+        if published {
+            assert_eq!(st, 200, "{path} {version}: {b}");
+        } else {
+            assert_arm_error(st, &b, 400, "InvalidApiVersionParameter");
+        }
+    }
+}
+
 #[tokio::test]
 async fn provider_operations_list_the_actions_routes_declare() {
     let s = start().await;

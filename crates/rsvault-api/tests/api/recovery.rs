@@ -396,6 +396,15 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
     let t = chrono::Utc::now();
     for (filter, want) in [
         (
+            // Midnight as Azure's own examples write it (issue 16: once refused with 400).
+            format!(
+                "startDate eq '{}' and endDate eq '{}'",
+                (t - chrono::Duration::days(1)).format("%Y-%m-%d 00:00:00 AM"),
+                (t + chrono::Duration::days(1)).format("%Y-%m-%d 00:00:00 AM")
+            ),
+            1,
+        ),
+        (
             format!(
                 "startDate eq '{}' and endDate eq '{}'",
                 (t - chrono::Duration::days(1)).format("%Y-%m-%d %I:%M:%S %p"),
@@ -466,6 +475,14 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
         .map(|t| t["taskId"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["Transfer data from vault", "Verify restored data"]);
+    // Issue 16: the transfer's bytes are on the transfer task (they once all showed under
+    // "Verify restored data", with "0 MB / 40 MB" on the transfer).
+    let transfer = &rp_props["extendedInfo"]["tasksList"][0];
+    assert_eq!(
+        transfer["taskExecutionDetails"], "40 MB / 40 MB Transferred",
+        "{transfer}"
+    );
+    assert_eq!(transfer["progressPercentage"], 100.0, "{transfer}");
     let restored: Vec<PathBuf> = std::fs::read_dir(&acct_dir)
         .unwrap()
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
@@ -778,6 +795,69 @@ async fn share_backup_and_restores_with_each_copy_option() {
 
 /// A VM whose one disk is `mib` MiB of random data: big enough that a backup is still transferring
 /// when the test acts on it.
+/// Issue 16: fields Azure always sends were missing. A VM's item carries its policy's `policyType`
+/// (`V1` for DefaultPolicy); a VM recovery point carries `recoveryPointProperties.ruleName`,
+/// `recoveryPointMoveReadinessInfo` (keyed by tier, as in Azure's `RecoveryPoints_Get` example: no
+/// archive tier here, so never ready) and, for a zone-pinned VM, the VM's `zones`; a policy PUT
+/// without `scheduleWeeklyFrequency` answers it (0, as in the live recordings).
+#[tokio::test]
+async fn items_and_recovery_points_carry_the_fields_azure_always_sends() {
+    let f = fixture().await;
+    let os = f.dir.join("os.raw");
+    write_random(&os, 2 << 20, 11);
+    let body = json!({"location": "westus", "zones": ["1"], "properties": {"storageProfile": {
+        "osDisk": {"osType": "Linux", "vhd": {"uri": format!("file://{}", os.display())}}, "dataDisks": []}}});
+    let vm_url = format!(
+        "{}/providers/Microsoft.Compute/virtualMachines/zoned?{VM_API}",
+        f.s.rg_path("rg")
+    );
+    let (st, _, b) = send(&f.s, "PUT", &vm_url, Some(&body)).await;
+    assert_eq!(st, 201, "{b}");
+    assert_eq!(b["zones"], json!(["1"]));
+    let pol = format!("{}/backupPolicies/DefaultPolicy", f.vault());
+    let (st, _, b) = send(
+        &f.s,
+        "PUT",
+        &format!("{}?{BK}", f.item("zoned")),
+        Some(&json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": pol}})),
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let (st, _, item) = send(&f.s, "GET", &format!("{}?{BK}", f.item("zoned")), None).await;
+    assert_eq!(st, 200);
+    assert_eq!(item["properties"]["policyType"], "V1", "{item}");
+    let job_id = accept(
+        &f,
+        &f.s.url(&format!("{}/backup?{BK}", f.item("zoned"))),
+        &json!({"properties": {"objectType": "IaasVMBackupRequest"}}),
+    )
+    .await;
+    wait_job(&f, &job_id).await;
+    let (st, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("zoned")), None).await;
+    assert_eq!(st, 200);
+    let rp = &rps["value"][0]["properties"];
+    assert_eq!(rp["objectType"], "IaasVMRecoveryPoint");
+    assert_eq!(rp["recoveryPointProperties"]["ruleName"], "DefaultRule", "{rp}");
+    assert_eq!(
+        rp["recoveryPointMoveReadinessInfo"]["ArchivedRP"]["isReadyForMove"], false,
+        "{rp}"
+    );
+    assert!(rp["recoveryPointMoveReadinessInfo"]["ArchivedRP"]["additionalInfo"].is_string());
+    assert_eq!(rp["zones"], json!(["1"]), "{rp}");
+
+    let (st, _, p) = send(
+        &f.s,
+        "PUT",
+        &format!("{}/backupPolicies/weekly?{BK}", f.vault()),
+        Some(&json!({"properties": {"backupManagementType": "AzureIaasVM",
+            "schedulePolicy": {"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly", "scheduleRunDays": ["Sunday"], "scheduleRunTimes": ["2026-01-01T02:00:00Z"]},
+            "retentionPolicy": {"retentionPolicyType": "LongTermRetentionPolicy", "weeklySchedule": {"daysOfTheWeek": ["Sunday"], "retentionTimes": ["2026-01-01T02:00:00Z"], "retentionDuration": {"count": 12, "durationType": "Weeks"}}}}})),
+    )
+    .await;
+    assert!(st == 200 || st == 201, "{p}");
+    assert_eq!(p["properties"]["schedulePolicy"]["scheduleWeeklyFrequency"], 0, "{p}");
+}
+
 pub(crate) async fn big_vm(f: &Fixture, vm: &str, mib: usize) {
     let os = f.dir.join(format!("{vm}.raw"));
     write_random(&os, mib << 20, 3);

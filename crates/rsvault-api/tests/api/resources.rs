@@ -162,8 +162,8 @@ async fn vault_lifecycle_as_the_spec_shows() {
             .await
             .unwrap()
             .status(),
-        204,
-        "the vault is gone"
+        200,
+        "the vault is gone: the spec's GetOperationResult declares 200 and 202, never 204"
     );
     let other = status_url.replace(st["name"].as_str().unwrap(), &uuid::Uuid::new_v4().to_string());
     assert_eq!(
@@ -462,4 +462,26 @@ async fn a_vault_with_protected_items_refuses_deletion() {
         .await;
     assert_eq!(u["value"][0]["currentValue"], 1, "usages count the item");
     assert_eq!(s.call("GET", &p, None).await.0, 200, "the vault is still there");
+}
+
+/// Issue 16: a vault answers `securitySettings.immutabilitySettings` and `multiUserAuthorization` as
+/// Azure's `GETVault` example does for a plain vault (`Disabled` both); `multiUserAuthorization` is
+/// read-only (no Resource Guard here), so a client's value is ignored.
+#[tokio::test]
+async fn a_plain_vault_answers_immutability_and_multi_user_authorization() {
+    let s = start().await;
+    s.make_group("rg").await;
+    let p = format!("{}?{API}", s.vault_path("rg", "plain"));
+    for body in [
+        json!({"location": "westus", "sku": {"name": "Standard"}, "properties": {}}),
+        json!({"location": "westus", "sku": {"name": "Standard"}, "properties": {"securitySettings": {"multiUserAuthorization": "Enabled"}}}),
+    ] {
+        let (st, v) = s.call("PUT", &p, Some(&body)).await;
+        assert!(st == 200 || st == 201, "{v}");
+        let (_, v) = s.call("GET", &p, None).await;
+        let sec = &v["properties"]["securitySettings"];
+        assert_eq!(sec["immutabilitySettings"], json!({"state": "Disabled"}), "{v}");
+        assert_eq!(sec["multiUserAuthorization"], "Disabled", "{v}");
+        assert_eq!(sec["softDeleteSettings"]["softDeleteState"], "Enabled", "{v}");
+    }
 }

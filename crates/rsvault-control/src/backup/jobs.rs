@@ -9,7 +9,7 @@
 use super::JOB_TYPE;
 use crate::runner::{CancelOutcome, QUEUED, RUNNING};
 use crate::{Control, Error, Result};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use rsvault_core::odata::{Filter, Op};
 use rsvault_core::time;
 use rsvault_store::{JobRow, OperationRow, Page, ResourceRow};
@@ -87,13 +87,10 @@ pub fn parse_filter_time(s: &str) -> Option<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
     }
-    const FORMS: &[&str] = &[
-        "%Y-%m-%d %I:%M:%S %p",
-        "%m/%d/%Y %I:%M:%S %p",
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M:%S",
-        "%Y-%m-%d %H:%M:%S",
-    ];
+    if let Some(t) = parse_with_time_mark(s) {
+        return Some(t.and_utc());
+    }
+    const FORMS: &[&str] = &["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"];
     for f in FORMS {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
             return Some(t.and_utc());
@@ -103,6 +100,30 @@ pub fn parse_filter_time(s: &str) -> Option<DateTime<Utc>> {
         .ok()
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|t| t.and_utc())
+}
+
+/// A date and time with an `AM`/`PM` mark, read as .NET's `DateTime.Parse` reads it (Azure's own
+/// examples write midnight `2016-01-01 00:00:00 AM`): with `AM` the hour is 0 to 12 (12 and 0 are
+/// the midnight hour), with `PM` 0 to 23 (an hour below 12 gains 12, 12 to 23 stay).
+fn parse_with_time_mark(s: &str) -> Option<chrono::NaiveDateTime> {
+    let (rest, mark) = s.rsplit_once(' ')?;
+    let pm = match mark {
+        m if m.eq_ignore_ascii_case("AM") => false,
+        m if m.eq_ignore_ascii_case("PM") => true,
+        _ => return None,
+    };
+    let t = ["%Y-%m-%d %H:%M:%S", "%m/%d/%Y %H:%M:%S"]
+        .iter()
+        .find_map(|f| chrono::NaiveDateTime::parse_from_str(rest.trim_end(), f).ok())?;
+    let hour = t.hour();
+    let hour = match (pm, hour) {
+        (false, 12) => 0,
+        (false, h) if h < 12 => h,
+        (false, _) => return None,
+        (true, h) if h < 12 => h + 12,
+        (true, h) => h,
+    };
+    t.with_hour(hour)
 }
 
 /// A job `$filter`, checked: every value must be one Azure knows.
@@ -403,6 +424,45 @@ mod tests {
             "13:30"
         );
         assert!(parse_filter_time("yesterday").is_none());
+    }
+
+    /// Issue 16: Azure's `ListJobsWithStartTimeAndEndTimeFilters` example writes midnight as
+    /// `00:00:00 AM`; .NET's `DateTime.Parse` reads the hour of a time with `AM` as 0 to 12 and of one
+    /// with `PM` as 0 to 23.
+    #[test]
+    fn filter_times_take_dotnet_hours_with_am_pm() {
+        for (s, want) in [
+            ("2016-01-01 00:00:00 AM", Some("2016-01-01 00:00")),
+            ("2017-11-29 00:00:00 AM", Some("2017-11-29 00:00")),
+            ("2016-01-01 00:30:00 AM", Some("2016-01-01 00:30")),
+            ("2016-01-01 12:00:00 AM", Some("2016-01-01 00:00")),
+            ("2016-01-01 1:00:00 AM", Some("2016-01-01 01:00")),
+            ("2016-01-01 11:59:00 AM", Some("2016-01-01 11:59")),
+            ("2016-01-01 00:00:00 PM", Some("2016-01-01 12:00")),
+            ("2016-01-01 12:00:00 PM", Some("2016-01-01 12:00")),
+            ("2016-01-01 11:00:00 PM", Some("2016-01-01 23:00")),
+            ("2016-01-01 13:00:00 PM", Some("2016-01-01 13:00")),
+            ("01/02/2016 00:00:00 am", Some("2016-01-02 00:00")),
+            ("2016-01-01 13:00:00 AM", None),
+            ("2016-01-01 24:00:00 PM", None),
+            ("2016-01-01 00:00:00 XM", None),
+        ] {
+            let got = parse_filter_time(s).map(|t| t.format("%Y-%m-%d %H:%M").to_string());
+            assert_eq!(got.as_deref(), want, "{s}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Every time written in Azure's 12-hour form reads back as itself, and so does its hour
+        /// written as .NET also reads it (`00` for the midnight hour, `13`…`23` with `PM`).
+        #[test]
+        fn twelve_hour_times_round_trip(secs in 0i64..4_102_444_800) {
+            let t = DateTime::from_timestamp(secs, 0).unwrap();
+            proptest::prop_assert_eq!(parse_filter_time(&t.format("%Y-%m-%d %I:%M:%S %p").to_string()), Some(t));
+            proptest::prop_assert_eq!(parse_filter_time(&t.format("%m/%d/%Y %I:%M:%S %p").to_string()), Some(t));
+            let mark = if t.hour() < 12 { "AM" } else { "PM" };
+            proptest::prop_assert_eq!(parse_filter_time(&format!("{} {mark}", t.format("%Y-%m-%d %H:%M:%S"))), Some(t));
+        }
     }
 
     #[test]

@@ -627,7 +627,30 @@ fn check_properties(props: &Map<String, Value>) -> Result<Map<String, Value>> {
     }
     let tz = body::opt_str(props, "timeZone", "properties.")?.unwrap_or("UTC");
     out.insert("timeZone".into(), json!(tz));
+    fill_weekly_frequency(&mut out);
     Ok(out)
+}
+
+/// Azure answers every `SimpleSchedulePolicy` (a VM's, a file share's, a workload's sub-policies)
+/// with `scheduleWeeklyFrequency`, `0` unless the client set it (the live recordings).
+fn fill_weekly_frequency(props: &mut Map<String, Value>) {
+    let fill = |sp: Option<&mut Value>| {
+        if let Some(Value::Object(sp)) = sp {
+            let simple = sp
+                .get("schedulePolicyType")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.eq_ignore_ascii_case("SimpleSchedulePolicy"));
+            if simple {
+                sp.entry("scheduleWeeklyFrequency").or_insert(json!(0));
+            }
+        }
+    };
+    fill(props.get_mut("schedulePolicy"));
+    if let Some(Value::Array(subs)) = props.get_mut("subProtectionPolicy") {
+        for sub in subs {
+            fill(sub.get_mut("schedulePolicy"));
+        }
+    }
 }
 
 /// Azure's default policies for a new vault, created at `now`.
@@ -947,6 +970,57 @@ mod tests {
     fn the_defaults_are_valid_policies() {
         for (name, p) in default_policies(Utc::now()) {
             props(p).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    /// Issue 16: Azure answers `scheduleWeeklyFrequency` on every SimpleSchedulePolicy (0 in the live
+    /// recordings); rsvault dropped it from policies clients PUT without it.
+    #[test]
+    fn every_simple_schedule_answers_schedule_weekly_frequency() {
+        let daily = json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Daily", "scheduleRunTimes": [T]});
+        let weekly = json!({"schedulePolicyType": "SimpleSchedulePolicy", "scheduleRunFrequency": "Weekly", "scheduleRunDays": ["Sunday"], "scheduleRunTimes": [T], "scheduleWeeklyFrequency": 1});
+        let keep = json!({"retentionPolicyType": "LongTermRetentionPolicy", "dailySchedule": {"retentionTimes": [T], "retentionDuration": {"count": 30, "durationType": "Days"}}});
+        let weeks = json!({"retentionPolicyType": "LongTermRetentionPolicy", "weeklySchedule": {"daysOfTheWeek": ["Sunday"], "retentionTimes": [T], "retentionDuration": {"count": 12, "durationType": "Weeks"}}});
+        for (name, policy, pointers) in [
+            (
+                "VM daily",
+                vm(daily.clone(), keep.clone()),
+                vec![("/schedulePolicy/scheduleWeeklyFrequency", 0)],
+            ),
+            (
+                "VM weekly, as sent",
+                vm(weekly, weeks),
+                vec![("/schedulePolicy/scheduleWeeklyFrequency", 1)],
+            ),
+            (
+                "file share",
+                json!({"backupManagementType": "AzureStorage", "workLoadType": "AzureFileShare", "schedulePolicy": daily, "retentionPolicy": keep}),
+                vec![("/schedulePolicy/scheduleWeeklyFrequency", 0)],
+            ),
+            (
+                "workload",
+                default_policies(Utc::now()).remove(2).1,
+                vec![("/subProtectionPolicy/0/schedulePolicy/scheduleWeeklyFrequency", 0)],
+            ),
+        ] {
+            let mut policy = policy;
+            if name == "workload" {
+                policy["subProtectionPolicy"][0]["schedulePolicy"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("scheduleWeeklyFrequency");
+            }
+            let m = Value::Object(props(policy).unwrap_or_else(|e| panic!("{name}: {e}")));
+            for (p, want) in pointers {
+                assert_eq!(m.pointer(p), Some(&json!(want)), "{name}: {m}");
+            }
+            if name == "workload" {
+                assert!(
+                    m.pointer("/subProtectionPolicy/1/schedulePolicy/scheduleWeeklyFrequency")
+                        .is_none(),
+                    "not on a LogSchedulePolicy"
+                );
+            }
         }
     }
 

@@ -797,8 +797,7 @@ impl Control {
                 }
             };
             let mut b = self.new_item_body(&v, &c, &i, &w);
-            b["properties"]["policyId"] = json!(pol.id);
-            b["properties"]["policyName"] = json!(pol.name);
+            set_policy(&mut b["properties"], Some(&pol));
             let row = self.item_row(&v, &c, b, None);
             let job = self.job_for(&v, "ConfigureBackup", &row.body["properties"], Some(&pol.name));
             return self.commit_item_change(&v, Some(row), new_container, job, None);
@@ -834,8 +833,7 @@ impl Control {
         if state == Some("ProtectionStopped") && policy.is_none() {
             let o = p.as_object_mut().expect("item properties are an object");
             o.insert("protectionState".into(), json!("ProtectionStopped"));
-            o.insert("policyId".into(), json!(""));
-            o.insert("policyName".into(), json!(""));
+            set_policy(p, None);
             let job = self.job_for(&v, "DisableBackup", &b["properties"], Some(""));
             let row = self.item_row(&v, &c, b, Some(&existing));
             return self.commit_item_change(&v, Some(row), None, job, None);
@@ -860,9 +858,8 @@ impl Control {
             }
         }
         let was_stopped = p["protectionState"].as_str() == Some("ProtectionStopped");
+        set_policy(p, Some(&pol));
         let o = p.as_object_mut().expect("item properties are an object");
-        o.insert("policyId".into(), json!(pol.id));
-        o.insert("policyName".into(), json!(pol.name));
         o.remove("isRehydrate");
         if was_stopped {
             let backed_up = o.get("lastBackupTime").is_some_and(|t| t.is_string());
@@ -983,10 +980,9 @@ impl Control {
             let at = self.now() + chrono::Duration::days(days);
             let o = b["properties"].as_object_mut().expect("item properties are an object");
             o.insert("protectionState".into(), json!("ProtectionStopped"));
-            o.insert("policyId".into(), json!(""));
-            o.insert("policyName".into(), json!(""));
             o.insert("isScheduledForDeferredDelete".into(), json!(true));
             o.insert("deferredDeleteTimeInUTC".into(), json!(time::timestamp(at)));
+            set_policy(&mut b["properties"], None);
             let row = self.item_row(&v, &c, b, Some(&existing));
             let op = self.commit_item_change(&v, Some(row), None, job, None)?;
             return Ok(Some(op));
@@ -1124,4 +1120,27 @@ pub(crate) fn registered_in<'a>(containers: &'a [ResourceRow], source_id: &str) 
             source_id,
         )
     })
+}
+
+/// An item's policy fields: `policyId` and `policyName` (empty when protection stopped) and, on a
+/// VM's item (`AzureIaaSVMProtectedItem`), the policy's `policyType` (`V1`, or `V2` for Enhanced), as
+/// Azure always sends it.
+fn set_policy(props: &mut Value, pol: Option<&ResourceRow>) {
+    let vm = props["protectedItemType"]
+        .as_str()
+        .is_some_and(|t| t.eq_ignore_ascii_case("Microsoft.Compute/virtualMachines"));
+    let Some(o) = props.as_object_mut() else {
+        return;
+    };
+    o.insert("policyId".into(), json!(pol.map_or("", |p| p.id.as_str())));
+    o.insert("policyName".into(), json!(pol.map_or("", |p| p.name.as_str())));
+    if vm {
+        let ty = pol.map_or("", |p| {
+            p.body
+                .pointer("/properties/policyType")
+                .and_then(Value::as_str)
+                .unwrap_or("V1")
+        });
+        o.insert("policyType".into(), json!(ty));
+    }
 }

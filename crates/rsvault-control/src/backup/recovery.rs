@@ -744,9 +744,9 @@ impl Control {
         if let Some(e) = info.expiry {
             props_rp["expiryTime"] = json!(time::timestamp(e));
         }
-        if let Some(r) = rule {
-            props_rp["ruleName"] = json!(r);
-        }
+        // Azure names the retention rule that governs the point's life; its examples (and a
+        // policy's single retention rule) say `DefaultRule`.
+        props_rp["ruleName"] = json!(rule.unwrap_or("DefaultRule"));
         let tiers = json!([{"type": "HardenedRP", "status": "Valid"}]);
         let changed = info.consistency == rsvault_engine::Consistency::Inconsistent;
         let props = if info.kind == rsvault_engine::RecoveryPointKind::Tree {
@@ -783,7 +783,7 @@ impl Control {
                     json!({"lun": lun, "name": d.name})
                 })
                 .collect();
-            json!({
+            let mut v = json!({
                 "objectType": "IaasVMRecoveryPoint",
                 "recoveryPointType": "CrashConsistent",
                 "recoveryPointTime": time::timestamp(info.time),
@@ -803,7 +803,20 @@ impl Control {
                     "excludedDiskList": [],
                 },
                 "recoveryPointProperties": props_rp,
-            })
+                // rsvault has no archive tier: no point is ever ready to move to one.
+                "recoveryPointMoveReadinessInfo": {
+                    "ArchivedRP": {"isReadyForMove": false, "additionalInfo": "Recovery point cannot be moved to archive tier: this vault has no archive tier."}
+                },
+            });
+            // Azure gives `zones` only for a zone-pinned VM: the VM's zones when it was backed up.
+            if let Some(z) = vm
+                .as_ref()
+                .and_then(|vm| vm.body.get("zones"))
+                .filter(|z| z.as_array().is_some_and(|a| !a.is_empty()))
+            {
+                v["zones"] = z.clone();
+            }
+            v
         };
         json!({"id": id, "name": info.id, "type": RECOVERY_POINT_TYPE, "properties": props})
     }

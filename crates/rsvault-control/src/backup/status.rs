@@ -86,7 +86,9 @@ impl Control {
         Ok(out)
     }
 
-    /// `POST …/locations/{region}/backupValidateFeatures`: rsvault backs up VMs of any size.
+    /// `POST …/locations/{region}/backupValidateFeatures`: rsvault backs up VMs of any Azure size
+    /// (its VMs are disk images, so no size limits what it can read); a `vmSize` that is not an
+    /// Azure size name is a size Azure does not know, and Azure answers `NotSupported` for it.
     pub fn validate_features(&self, sub: &str, req: &Value) -> Result<Value> {
         self.subscription_row(sub)?;
         let m = body::object(req)?;
@@ -96,7 +98,13 @@ impl Control {
                 "featureType '{ty}' is not supported; use AzureVMResourceBackup or AzureBackupGoals."
             )));
         }
-        Ok(json!({"supportStatus": "Supported"}))
+        let size = body::opt_str(m, "vmSize", "")?;
+        let status = if size.is_none_or(is_azure_vm_size) {
+            "Supported"
+        } else {
+            "NotSupported"
+        };
+        Ok(json!({"supportStatus": status}))
     }
 
     /// `POST …/locations/{region}/backupPreValidateProtection`: would enabling protection of this VM in
@@ -172,6 +180,20 @@ fn lower_type_prefix(name: &str) -> String {
         .join(";")
 }
 
+/// An Azure VM size name: a tier (`Standard` or `Basic`), `_`, then a family letter and size
+/// (`Standard_D2s_v3`, `Standard_DS1_v2`, `Basic_A0`, `Standard_M416ms_v2`, `Standard_E64-32s_v3`).
+pub(crate) fn is_azure_vm_size(size: &str) -> bool {
+    let Some((tier, rest)) = size.split_once('_') else {
+        return false;
+    };
+    let tier_ok = tier.eq_ignore_ascii_case("Standard") || tier.eq_ignore_ascii_case("Basic");
+    tier_ok
+        && rest.starts_with(|c: char| c.is_ascii_alphabetic())
+        && rest.chars().any(|c| c.is_ascii_digit())
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !rest.ends_with(['_', '-'])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +209,31 @@ mod tests {
             "vm;iaasvmcontainerv2;testRg;testVm"
         );
         assert_eq!(lower_type_prefix("AzureFileShare;docs"), "azurefileshare;docs");
+    }
+
+    /// Issue 16: `backupValidateFeatures` answered Supported for any `vmSize`. A size Azure lists is
+    /// Supported (rsvault reads disk images, whatever the VM's size); a name that is no Azure size is
+    /// one Azure does not know, and NotSupported.
+    #[test]
+    fn validate_features_knows_azure_vm_size_names() {
+        for (size, known) in [
+            ("Standard_D2s_v3", true),
+            ("Standard_DS1_v2", true),
+            ("Standard_A1", true),
+            ("Basic_A0", true),
+            ("Standard_E64-32s_v3", true),
+            ("Standard_M416ms_v2", true),
+            ("standard_d2s_v3", true),
+            ("", false),
+            ("D2s_v3", false),
+            ("Standard_", false),
+            ("Standard_Potato", false),
+            ("Premium_D2", false),
+            ("Standard_D2 ", false),
+            ("Standard_D2_", false),
+            ("huge", false),
+        ] {
+            assert_eq!(is_azure_vm_size(size), known, "{size:?}");
+        }
     }
 }

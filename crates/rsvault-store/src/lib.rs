@@ -215,16 +215,28 @@ impl Store {
         }
     }
 
-    /// Runs `f` against a consistent view (no transaction needed for single statements).
+    /// Runs `f` against one consistent view of the store (on PostgreSQL, a REPEATABLE READ transaction).
     pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db) -> Result<T, E>) -> Result<T, E> {
         match &self.backend {
             Backend::Sqlite(conn) => {
                 let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
                 f(&Db(sql::Conn::Sqlite(&conn)))
             }
+            // One snapshot for every statement of the read (REPEATABLE READ), as SQLite's single
+            // connection gives: a read of recovery points and then of running jobs must not see a
+            // backup's commit fall between them (garbage collection's keep-set would miss its point).
             Backend::Postgres(pool) => {
                 let mut c = pool.get()?;
-                f(&pg_db(c.client()))
+                c.clean = false; // until COMMIT or ROLLBACK has gone through
+                c.client()
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+                    .map_err(StoreError::from)?;
+                let out = f(&pg_db(c.client()));
+                let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
+                if c.client().batch_execute(end).is_ok() {
+                    c.clean = true;
+                }
+                out
             }
         }
     }

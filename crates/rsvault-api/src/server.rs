@@ -47,6 +47,9 @@ pub struct Config {
     pub token_lifetime_secs: i64,
     /// Extra names or addresses for the server certificate.
     pub tls_hosts: Vec<String>,
+    /// A certificate chain and its key the operator provides (`--tls-cert`, `--tls-key`), served
+    /// instead of the data dir's own.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
     /// How many backups and restores run at once.
     pub jobs: JobLimits,
     /// How often the scheduler runs a policy pass (scheduled backups, retention, purge, GC).
@@ -60,6 +63,11 @@ pub struct Config {
     pub host_grants: HostGrants,
     /// Where vaults' repositories live (`--storage FILE`); by default, the data dir.
     pub storage: rsvault_control::storage::StorageTargets,
+    /// This node's name among the nodes sharing the store; by default `DATA_DIR/node-id`.
+    pub node_id: Option<String>,
+    /// The server key file (`--server-key`); by default `DATA_DIR/engine.key`. Nodes sharing a store
+    /// must use the same one.
+    pub server_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -77,12 +85,15 @@ impl Config {
             page_size: 200,
             token_lifetime_secs: 3600,
             tls_hosts: vec![],
+            tls_files: None,
             jobs: JobLimits::default(),
             policy_interval: Duration::from_secs(30),
             engine: None,
             limits: Limits::default(),
             host_grants: HostGrants::default(),
             storage: Default::default(),
+            node_id: None,
+            server_key: None,
         }
     }
 }
@@ -102,7 +113,8 @@ pub enum StartError {
 pub struct Running {
     pub local_addr: SocketAddr,
     pub base_url: String,
-    pub bootstrap: Bootstrap,
+    /// The first Owner's credentials, on the node that bootstrapped the store.
+    pub bootstrap: Option<Bootstrap>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     runner: Option<JobRunner>,
@@ -155,6 +167,33 @@ fn base_url(config: &Config, addr: SocketAddr) -> String {
         ip => ip.to_string(),
     };
     format!("https://{host}:{}", addr.port())
+}
+
+/// The operator's certificate chain and key (`--tls-cert`, `--tls-key`); the key must be private.
+fn operator_tls(
+    ca_pem_path: PathBuf,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rsvault_identity::pki::TlsMaterial, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let read =
+        |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| StartError::Tls(format!("{}: {e}", p.display())));
+    let mode = std::fs::metadata(key)
+        .map_err(|e| StartError::Tls(format!("{}: {e}", key.display())))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(StartError::Tls(format!(
+            "{} is accessible by group or others (mode {:o}); expected 0600",
+            key.display(),
+            mode & 0o777
+        )));
+    }
+    Ok(rsvault_identity::pki::TlsMaterial {
+        ca_pem_path,
+        cert_chain_pem: read(cert)?,
+        key_pem: read(key)?,
+    })
 }
 
 fn tls_config(material: &rsvault_identity::pki::TlsMaterial) -> Result<rustls::ServerConfig, StartError> {
@@ -218,8 +257,11 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     hosts.extend(config.tls_hosts.iter().cloned());
     hosts.sort();
     hosts.dedup();
-    let material =
+    let mut material =
         rsvault_identity::pki::ensure(&config.data_dir, &hosts).map_err(|e| StartError::Tls(e.to_string()))?;
+    if let Some((cert, key)) = &config.tls_files {
+        material = operator_tls(material.ca_pem_path, cert, key)?;
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&material)?));
 
     let control = {
@@ -239,13 +281,18 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
                         issuer_url: format!("{base}/{tenant}/v2.0"),
                     },
                 )?
-                .with_data_plane(match &config.engine {
-                    Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?
-                        .with_storage(config.storage.clone()),
-                    None => DataPlane::open(&config.data_dir, config.jobs)?.with_storage(config.storage.clone()),
-                })
+                .with_data_plane(
+                    match &config.engine {
+                        Some(e) => DataPlane::with_engine(e.0.clone(), &config.data_dir, config.jobs)?,
+                        None => DataPlane::open(&config.data_dir, config.jobs)?,
+                    }
+                    .with_storage(config.storage.clone())
+                    .with_node_id(config.node_id.clone())
+                    .with_server_key(config.server_key.as_deref())?,
+                )
                 .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
             );
+            control.check_server_key()?;
             control.resume_test_clock()?;
             Ok(control)
         })

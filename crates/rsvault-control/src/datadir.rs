@@ -185,13 +185,18 @@ impl DataDir {
     }
 
     /// Records the URLs the server answers on in `bootstrap.json`.
-    pub fn publish_urls(&self, base_url: &str) -> Result<Bootstrap> {
+    /// `None` for a node that joined a store another node bootstrapped (its data dir has no
+    /// `bootstrap.json`: the first Owner's secret exists only where the store was first started).
+    pub fn publish_urls(&self, base_url: &str) -> Result<Option<Bootstrap>> {
+        if !self.bootstrap_path().exists() {
+            return Ok(None);
+        }
         let mut b = self.read_bootstrap()?;
         b.resource_manager = base_url.to_string();
         b.authority = base_url.to_string();
         b.ca_file = self.ca_path().display().to_string();
         self.write_bootstrap(&b)?;
-        Ok(b)
+        Ok(Some(b))
     }
 }
 

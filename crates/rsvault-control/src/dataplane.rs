@@ -26,8 +26,12 @@ use std::sync::Arc;
 pub struct JobLimits {
     /// Jobs running at once in the whole server.
     pub workers: usize,
-    /// Jobs running at once in one vault; the others wait in the queue.
+    /// Jobs running at once in one vault, counted over every node of the store; the others wait
+    /// in the queue.
     pub per_vault: usize,
+    /// How long a running job's lease lasts unless its node renews it (a few times per lease); a
+    /// job whose lease lapsed is settled by any node.
+    pub lease_secs: u64,
 }
 
 impl Default for JobLimits {
@@ -35,6 +39,7 @@ impl Default for JobLimits {
         JobLimits {
             workers: 2,
             per_vault: 1,
+            lease_secs: 30,
         }
     }
 }
@@ -61,6 +66,8 @@ pub struct DataPlane {
     pub(crate) maintenance: crate::scheduler::Maintenance,
     pub(crate) faults: crate::faults::Armed,
     pub(crate) storage: crate::storage::StorageTargets,
+    /// This node's name among the nodes sharing the store (job leases, the scheduler's leadership).
+    pub(crate) node: String,
 }
 
 impl DataPlane {
@@ -84,7 +91,9 @@ impl DataPlane {
             limits: JobLimits {
                 workers: limits.workers.max(1),
                 per_vault: limits.per_vault.max(1),
+                lease_secs: limits.lease_secs.max(2),
             },
+            node: load_node_id(data_dir)?,
             queue: Queue::default(),
             maintenance: Default::default(),
             faults: Default::default(),
@@ -92,11 +101,83 @@ impl DataPlane {
         })
     }
 
+    /// The same data plane under another node name (`--node-id`; by default the one kept in
+    /// `DATA_DIR/node-id`, made at the first start).
+    pub fn with_node_id(mut self, node: Option<String>) -> DataPlane {
+        if let Some(n) = node.filter(|n| !n.trim().is_empty()) {
+            self.node = n.trim().to_string();
+        }
+        self
+    }
+
+    /// The same data plane with the server key from `path` (`--server-key`) instead of
+    /// `DATA_DIR/engine.key`: nodes sharing a store must seal and open vault passwords with one key.
+    pub fn with_server_key(mut self, path: Option<&Path>) -> Result<DataPlane> {
+        if let Some(p) = path {
+            self.keys = VaultKeys::load(p).map_err(|e| Error::internal(format!("server key: {e}")))?;
+        }
+        Ok(self)
+    }
+
+    /// This node's name.
+    pub fn node_id(&self) -> &str {
+        &self.node
+    }
+
     /// The same data plane with the operator's storage targets (new vaults go where they say).
     pub fn with_storage(mut self, storage: crate::storage::StorageTargets) -> DataPlane {
         self.storage = storage;
         self
     }
+}
+
+/// The meta key holding a value sealed with the server key: a node whose key cannot open it uses
+/// another key than the store's first node did, and refuses to start.
+const META_SERVER_KEY_CHECK: &str = "server_key_check";
+const SERVER_KEY_CHECK_AAD: &str = "rsvault-server-key-check";
+
+impl Control {
+    /// Checks that this node's server key is the one the store's vault passwords are sealed with
+    /// (the first start records a value sealed with it). A different key would make every vault
+    /// unreadable on this node, so it refuses to start instead.
+    pub fn check_server_key(&self) -> Result<()> {
+        let dp = self.data()?;
+        let probe = Secret::new("rsvault");
+        let sealed = dp.keys.seal(SERVER_KEY_CHECK_AAD, &probe).map_err(engine_error)?;
+        let stored = self.store.write(|db| {
+            if let Some(v) = db.meta(META_SERVER_KEY_CHECK)? {
+                return Ok::<_, Error>(v);
+            }
+            db.set_meta(META_SERVER_KEY_CHECK, &sealed)?;
+            Ok(sealed.clone())
+        })?;
+        match dp.keys.open(SERVER_KEY_CHECK_AAD, &stored) {
+            Ok(s) if s.expose() == probe.expose() => Ok(()),
+            _ => Err(Error::internal(format!(
+                "this node's server key ({}) is not the key this store's vault passwords are sealed with: every node sharing a store must use the same server key file (copy the first node's engine.key, or pass --server-key)",
+                dp.keys.path().display()
+            ))),
+        }
+    }
+}
+
+/// The node name kept in `DATA_DIR/node-id` (made at the first start), so a restarted node knows
+/// the jobs its previous run held and settles them at once instead of waiting for their leases.
+fn load_node_id(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::internal(format!("{}: {e}", path.display()))),
+    }
+    let id = format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let tmp = data_dir.join(format!(".node-id.tmp-{}", std::process::id()));
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| std::fs::write(&tmp, format!("{id}\n")))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+    Ok(id)
 }
 
 /// An engine error met outside a job (a job reports its errors in the job instead).

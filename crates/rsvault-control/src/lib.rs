@@ -117,6 +117,11 @@ impl Control {
         self.clock.as_test_clock()
     }
 
+    /// This node's name among the nodes sharing the store (none without a data plane).
+    pub fn node_id(&self) -> Option<&str> {
+        self.data.as_ref().map(|d| d.node_id())
+    }
+
     pub fn tenant_id(&self) -> &str {
         &self.tenant_id
     }

@@ -11,23 +11,36 @@
 //!
 //! * **Cancel**: a queued job is cancelled at once; a running one goes `Cancelling` and its engine
 //!   call stops at the next chunk, committing nothing (the engine's guarantee), then `Cancelled`.
-//! * **Restart**: jobs still `queued` run after a restart. A job found `running` at start was
-//!   interrupted by a crash: a backup whose recovery point the vault already holds (the crash came
-//!   after the snapshot was committed) is completed from it; any other ends `Failed`, saying why.
-//!   A graceful stop cancels running engine calls (committing nothing) and puts their jobs back in
-//!   the queue, so they run again at the next start.
+//! * **Several nodes** share one store (PostgreSQL) and one queue. A worker claims a job in one
+//!   store transaction (writes are serialised: SQLite's one writer, PostgreSQL's advisory lock) that
+//!   counts the vault's leased jobs on every node against [`JobLimits::per_vault`], sets `running`
+//!   and writes the job's **lease**: this node's name, a fencing token greater than every earlier
+//!   one, and a wall-clock expiry ([`JobLimits::lease_secs`]). The node's lease keeper renews its
+//!   leases every few seconds; a job's end is recorded only by the holder of its current token.
+//! * **Cancel**: a queued job is cancelled at once; a running one goes `Cancelling` (from any node)
+//!   and its engine call stops at the next chunk, committing nothing (the engine's guarantee), then
+//!   `Cancelled`. The node running it sees `Cancelling` at its next renewal.
+//! * **A node that dies**: any node's lease keeper settles a job whose lease lapsed. It takes the
+//!   lease over (a new token fences the old holder out), then settles the job as a restart does.
+//! * **Restart**: jobs still `queued` run after a restart. A job found `running` whose lease is this
+//!   node's (its name is kept in `DATA_DIR/node-id`) or lapsed was interrupted by a crash: a backup
+//!   whose recovery point the vault already holds (the crash came after the snapshot was committed)
+//!   is completed from it; any other ends `Failed`, saying why. Other nodes' live jobs are left
+//!   alone. A graceful stop cancels this node's running engine calls (committing nothing) and puts
+//!   their jobs back in the queue, so they run again (on any node).
 //!
 //! *Architecture Invariant*: a job leaves `running` only in the transaction that records its end
-//! (or puts it back in the queue at a graceful stop); besides the worker running it, only cancel
-//! writes a running job's status (`Cancelling`), and progress writes only its `extendedInfo`.
-//! Lock order: the queue's mutex, then the store's.
+//! (or puts it back in the queue at a graceful stop), and only under its current lease (node and
+//! fencing token); besides the worker running it, only cancel writes a running job's status
+//! (`Cancelling`), and progress writes only its `extendedInfo`. Lease times are wall-clock times
+//! (`Control::wall_now`), never the test clock. Lock order: the queue's mutex, then the store's.
 
-use crate::dataplane::{DataPlane, JobLimits};
+use crate::dataplane::DataPlane;
 use crate::{Control, Result};
 use chrono::{DateTime, Utc};
 use rsvault_core::time;
 use rsvault_engine::{Cancel, Progress, Task};
-use rsvault_store::{Db, JobRow};
+use rsvault_store::{Db, JobLease, JobRow, NodeRow};
 use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
@@ -52,8 +65,9 @@ struct QueueState {
 }
 
 struct Running {
-    vault_key: String,
     cancel: Cancel,
+    /// The fencing token of this node's lease on the job.
+    fence: i64,
 }
 
 /// Writes made in the transaction that records a job's end.
@@ -114,10 +128,11 @@ pub(crate) fn new_tasks(tasks: &[TaskSpec]) -> Value {
     )
 }
 
-/// The running job engine: worker threads over the queue.
+/// The running job engine: worker threads over the queue, and the lease keeper.
 pub struct JobRunner {
     control: Arc<Control>,
     threads: Vec<JoinHandle<()>>,
+    keeper: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for JobRunner {
@@ -134,6 +149,13 @@ impl JobRunner {
         let workers = control.data()?.limits.workers;
         control.remove_orphaned_vault_data()?;
         control.recover_interrupted_jobs()?;
+        let keeper = {
+            let c = control.clone();
+            std::thread::Builder::new()
+                .name("rsvault-job-leases".into())
+                .spawn(move || c.keep_leases())
+                .map_err(|e| crate::Error::internal(format!("cannot start the lease keeper: {e}")))?
+        };
         let threads = (0..workers)
             .map(|i| {
                 let c = control.clone();
@@ -143,7 +165,11 @@ impl JobRunner {
                     .map_err(|e| crate::Error::internal(format!("cannot start a job worker: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(JobRunner { control, threads })
+        Ok(JobRunner {
+            control,
+            threads,
+            keeper: Some(keeper),
+        })
     }
 
     /// Stops the workers: running engine calls are cancelled and their jobs go back to the queue.
@@ -158,6 +184,9 @@ impl JobRunner {
         }
         for t in self.threads {
             let _ = t.join();
+        }
+        if let Some(k) = self.keeper {
+            let _ = k.join();
         }
     }
 }
@@ -195,6 +224,7 @@ impl Control {
         let st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
         let now = self.now();
         let key = job_id.to_ascii_lowercase();
+        // A job running on another node stops when that node next renews its lease.
         let running = st.running.get(&key);
         let out = self.store.write(|db| -> Result<CancelOutcome> {
             let Some(mut j) = db.job(job_id)? else {
@@ -211,8 +241,10 @@ impl Control {
                     db.put_job(&j)?;
                     Ok(CancelOutcome::Cancelled)
                 }
-                (Some(RUNNING), Some(r)) if j.status == "InProgress" => {
-                    r.cancel.cancel();
+                (Some(RUNNING), r) if j.status == "InProgress" => {
+                    if let Some(r) = r {
+                        r.cancel.cancel();
+                    }
                     j.status = "Cancelling".into();
                     j.body["status"] = json!("Cancelling");
                     db.put_job(&j)?;
@@ -224,10 +256,67 @@ impl Control {
         Ok(out)
     }
 
-    /// At start: a job left `running` was interrupted by a crash.
+    /// At start: a job left `running` under this node's lease (or a lapsed one, or none) was
+    /// interrupted by a crash.
     fn recover_interrupted_jobs(&self) -> Result<()> {
-        let running = self.store.read(|db| db.jobs_in_phase(RUNNING))?;
-        for j in running {
+        let node = self.data()?.node.clone();
+        let now = self.wall_now();
+        for (j, lease) in self.running_jobs_and_leases()? {
+            let ours_or_lapsed = lease.as_ref().is_none_or(|l| l.node == node || l.expires < now);
+            if ours_or_lapsed {
+                self.settle_interrupted(&j, lease.map(|l| l.fence));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `running` job with its lease (none for jobs from before leases).
+    fn running_jobs_and_leases(&self) -> Result<Vec<(JobRow, Option<JobLease>)>> {
+        let (jobs, leases) = self
+            .store
+            .read(|db| Ok::<_, crate::Error>((db.jobs_in_phase(RUNNING)?, db.job_leases()?)))?;
+        let mut by_job: HashMap<String, JobLease> = leases.into_iter().map(|l| (l.job_key.clone(), l)).collect();
+        Ok(jobs
+            .into_iter()
+            .map(|j| {
+                let l = by_job.remove(&j.id.to_ascii_lowercase());
+                (j, l)
+            })
+            .collect())
+    }
+
+    /// Settles a job its node no longer runs: takes its lease over (if it is still the one seen,
+    /// `seen`: its fencing token, or `None` for no lease), then completes it from the snapshot it
+    /// committed, or ends it `Failed` (or `Cancelled`, if a user had cancelled it).
+    fn settle_interrupted(&self, job: &JobRow, seen: Option<i64>) {
+        let Ok(dp) = self.data() else { return };
+        let until = self.lease_until();
+        let taken = self
+            .store
+            .write(|db| -> Result<Option<(JobRow, Option<JobLease>, i64)>> {
+                let Some(j) = db.job(&job.id)? else { return Ok(None) };
+                let lease = db.job_lease(&job.id)?;
+                if j.phase.as_deref() != Some(RUNNING) || lease.as_ref().map(|l| l.fence) != seen {
+                    return Ok(None); // renewed, ended or taken over meanwhile
+                }
+                let fence = db.lease_job(&j.id, &j.vault_key, &dp.node, until)?;
+                Ok(Some((j, lease, fence)))
+            });
+        let (j, lease, fence) = match taken {
+            Ok(Some(t)) => t,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "cannot take over an interrupted job");
+                return;
+            }
+        };
+        let node = lease.as_ref().map_or("", |l| l.node.as_str());
+        let who = if node.is_empty() || node == dp.node {
+            "The rsvault server stopped while this job ran (a crash or a kill).".to_string()
+        } else {
+            format!("The rsvault node '{node}' stopped while this job ran (a crash, a kill, or a lost connection to the store); another node settled the job.")
+        };
+        {
             let leftovers = self.remove_restore_leftovers(&j);
             let outcome = match self.recover_backup(&j) {
                 Some(done) => Ok(done),
@@ -236,25 +325,107 @@ impl Control {
                 None if j.operation == "Restore" => Err(Failure::Failed(JobError::new(
                     500_001,
                     "The job was interrupted",
-                    "The rsvault server stopped while this restore ran (a crash or a kill). Every target file is either as it was before the restore or completely restored, never a mix: files are written under temporary names and renamed into place only when all of them are written and verified, and the temporary files the interruption left were removed at the next start.",
+                    format!("{who} Every target file is either as it was before the restore or completely restored, never a mix: files are written under temporary names and renamed into place only when all of them are written and verified, and the temporary files the interruption left were removed."),
                     "Run the restore again.",
                 ))),
                 None => Err(Failure::Failed(JobError::new(
                     500_001,
                     "The job was interrupted",
-                    "The rsvault server stopped while this job ran (a crash or a kill). No recovery point was created.",
+                    format!("{who} No recovery point was created."),
                     "Run the operation again.",
                 ))),
             };
-            tracing::warn!(job = %j.id, recovered = outcome.is_ok(), leftovers, "settling a job interrupted by a crash");
-            self.finish_job(&j, outcome, false);
+            tracing::warn!(job = %j.id, node, recovered = outcome.is_ok(), leftovers, "settling an interrupted job");
+            self.finish_job(&j, fence, outcome, false);
+        }
+    }
+
+    /// The end of a lease taken or renewed now.
+    fn lease_until(&self) -> DateTime<Utc> {
+        let secs = self.data().map_or(30, |dp| dp.limits.lease_secs);
+        self.wall_now() + chrono::Duration::seconds(secs as i64)
+    }
+
+    /// The lease keeper: every few seconds renews this node's leases (a job whose lease was taken
+    /// over is cancelled here: its end will not be recorded), passes cancels requested on other nodes
+    /// to the engine calls they target, reports the node, and settles other nodes' jobs whose leases
+    /// lapsed. Ends when the job engine stops.
+    fn keep_leases(&self) {
+        let Ok(dp) = self.data() else { return };
+        let tick = Duration::from_millis((dp.limits.lease_secs * 1000 / 6).clamp(200, 2000));
+        let started = self.wall_now();
+        loop {
+            {
+                let st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+                let (st, _) = dp
+                    .queue
+                    .wake
+                    .wait_timeout_while(st, tick, |st| !st.stopping)
+                    .unwrap_or_else(|p| p.into_inner());
+                if st.stopping {
+                    return;
+                }
+            }
+            if let Err(e) = self.renew_leases(dp, started) {
+                tracing::warn!(error = %e, "cannot renew this node's job leases");
+            }
+            match self.running_jobs_and_leases() {
+                Ok(jobs) => {
+                    let now = self.wall_now();
+                    for (j, lease) in jobs {
+                        let mine = {
+                            let st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+                            st.running.contains_key(&j.id.to_ascii_lowercase())
+                        };
+                        if !mine && lease.as_ref().is_none_or(|l| l.expires < now) {
+                            self.settle_interrupted(&j, lease.map(|l| l.fence));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the running jobs"),
+            }
+        }
+    }
+
+    fn renew_leases(&self, dp: &DataPlane, started: DateTime<Utc>) -> Result<()> {
+        let mine: Vec<(String, i64, Cancel)> = {
+            let st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.running
+                .iter()
+                .map(|(k, r)| (k.clone(), r.fence, r.cancel.clone()))
+                .collect()
+        };
+        let until = self.lease_until();
+        let now = self.wall_now();
+        let stop: Vec<(String, bool, Cancel)> = self.store.write(|db| -> Result<Vec<(String, bool, Cancel)>> {
+            let mut stop = Vec::new();
+            for (job, fence, cancel) in &mine {
+                if !db.renew_job_lease(job, &dp.node, *fence, until)? {
+                    stop.push((job.clone(), true, cancel.clone()));
+                } else if db.job(job)?.is_some_and(|j| j.status == "Cancelling") {
+                    stop.push((job.clone(), false, cancel.clone()));
+                }
+            }
+            db.put_node(&NodeRow {
+                node: dp.node.clone(),
+                started,
+                seen: now,
+                info: json!({"version": env!("CARGO_PKG_VERSION"), "workers": dp.limits.workers, "runningJobs": mine.len()}),
+            })?;
+            Ok(stop)
+        })?;
+        for (job, lost, cancel) in stop {
+            if lost && !cancel.is_cancelled() {
+                tracing::warn!(job = %job, "this node lost the job's lease (another node settled it); stopping it");
+            }
+            cancel.cancel();
         }
         Ok(())
     }
 
     fn work_loop(&self) {
         let Ok(dp) = self.data() else { return };
-        while let Some((job, cancel)) = self.next_job(dp) {
+        while let Some((job, fence, cancel)) = self.next_job(dp) {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.execute_job(&job, &cancel)))
                 .unwrap_or_else(|_| {
                     Err(Failure::Failed(JobError::new(
@@ -267,7 +438,7 @@ impl Control {
             {
                 let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
                 let stopping = st.stopping;
-                self.finish_job(&job, outcome, stopping);
+                self.finish_job(&job, fence, outcome, stopping);
                 st.running.remove(&job.id.to_ascii_lowercase());
                 dp.queue.wake.notify_all();
             }
@@ -276,23 +447,23 @@ impl Control {
     }
 
     /// Waits for a job this worker may run; `None` when the engine stops.
-    fn next_job(&self, dp: &DataPlane) -> Option<(JobRow, Cancel)> {
+    fn next_job(&self, dp: &DataPlane) -> Option<(JobRow, i64, Cancel)> {
         let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if st.stopping {
                 return None;
             }
-            match self.pick_job(&dp.limits, &st) {
-                Ok(Some(job)) => {
+            match self.pick_job(dp) {
+                Ok(Some((job, fence))) => {
                     let cancel = Cancel::new();
                     st.running.insert(
                         job.id.to_ascii_lowercase(),
                         Running {
-                            vault_key: job.vault_key.clone(),
                             cancel: cancel.clone(),
+                            fence,
                         },
                     );
-                    return Some((job, cancel));
+                    return Some((job, fence, cancel));
                 }
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "cannot read the job queue"),
@@ -306,30 +477,47 @@ impl Control {
         }
     }
 
-    fn pick_job(&self, limits: &JobLimits, st: &QueueState) -> Result<Option<JobRow>> {
+    /// Claims the oldest queued job whose vault runs fewer than the limit on all nodes: `running`,
+    /// leased to this node, in one transaction. Returns it with its fencing token.
+    fn pick_job(&self, dp: &DataPlane) -> Result<Option<(JobRow, i64)>> {
+        let until = self.lease_until();
         self.store.write(|db| {
+            let mut full: Vec<String> = Vec::new();
             for mut j in db.jobs_in_phase(QUEUED)? {
-                let busy = st.running.values().filter(|r| r.vault_key == j.vault_key).count();
-                if busy >= limits.per_vault {
+                if full.contains(&j.vault_key) {
+                    continue;
+                }
+                if db.leased_jobs_in_vault(&j.vault_key)? >= dp.limits.per_vault {
+                    full.push(j.vault_key.clone());
                     continue;
                 }
                 j.phase = Some(RUNNING.into());
                 db.put_job(&j)?;
-                return Ok(Some(j));
+                let fence = db.lease_job(&j.id, &j.vault_key, &dp.node, until)?;
+                return Ok(Some((j, fence)));
             }
             Ok(None)
         })
     }
 
     /// Records a job's end (or, at a graceful stop, puts it back in the queue).
-    fn finish_job(&self, job: &JobRow, outcome: std::result::Result<Finished, Failure>, stopping: bool) {
+    /// Only the holder of the job's lease with token `fence` records it; the lease ends with it.
+    fn finish_job(&self, job: &JobRow, fence: i64, outcome: std::result::Result<Finished, Failure>, stopping: bool) {
         let now = self.now();
+        let node = self.data().map(|dp| dp.node.clone()).unwrap_or_default();
         let res = self.store.write(|db| -> Result<()> {
             let Some(mut j) = db.job(&job.id)? else {
                 return Ok(()); // its vault was deleted meanwhile
             };
             if j.phase.as_deref() != Some(RUNNING) {
                 return Ok(());
+            }
+            match db.job_lease(&job.id)? {
+                Some(l) if l.node == node && l.fence == fence => db.delete_job_lease(&job.id)?,
+                other => {
+                    tracing::warn!(job = %job.id, holder = ?other.map(|l| (l.node, l.fence)), "not recording the end of a job this node no longer holds (another node settled it)");
+                    return Ok(());
+                }
             }
             let user_cancelled = j.status == "Cancelling";
             let status = match outcome {

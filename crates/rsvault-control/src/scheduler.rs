@@ -23,7 +23,10 @@
 //!    but not yet committed its row (its job still `running`) is never collected.
 //!
 //! Passes run on the [`Scheduler`]'s own thread (never on an API request's), every
-//! `interval`, and are serialized by one lock, so two never overlap.
+//! `interval`, and are serialized by one lock, so two never overlap. Among nodes sharing a store,
+//! only the holder of the `scheduler` leader lease runs passes (`leader_leases`, wall-clock, three
+//! intervals long and renewed at every pass). Vaults are marked for garbage collection in the store
+//! (`gc_marks`), so a mark made on any node (a hard delete, a failed backup) reaches the leader.
 //!
 //! With `--test-clock` the clock stands still until [`Control::advance_clock`] moves it: it steps
 //! from one due instant (slot, expiry, purge) to the next up to the target, running a pass at each
@@ -65,6 +68,9 @@ impl Live {
             || self.jobs.contains(&info.job.to_ascii_lowercase())
     }
 }
+
+/// The name of the scheduler's leadership lease (`leader_leases`).
+const SCHEDULER_LEASE: &str = "scheduler";
 
 /// The meta key where a test clock's time is kept across restarts.
 pub const META_TEST_CLOCK: &str = "test_clock";
@@ -122,25 +128,53 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Marks every vault for garbage collection (a crash may have left work undone), then runs a
-    /// pass at once and every `interval` after.
+    /// Runs a pass at once and every `interval` after, while this node leads the scheduler among
+    /// the nodes sharing the store (one leader at a time; see [`Control::lead_scheduler`]). A node
+    /// that becomes the leader first marks every vault for garbage collection (a crash may have left
+    /// work undone); a stopping leader hands the lease back.
     pub fn start(control: Arc<Control>, interval: std::time::Duration) -> Result<Scheduler> {
-        control.mark_all_vaults()?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let s = stop.clone();
         let thread = std::thread::Builder::new()
             .name("rsvault-scheduler".into())
-            .spawn(move || loop {
-                if let Err(e) = control.policy_pass(control.now()) {
-                    tracing::error!(error = %e, "policy pass failed");
-                }
-                let (lock, cv) = &*s;
-                let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
-                let (stopped, _) = cv
-                    .wait_timeout_while(stopped, interval, |st| !*st)
-                    .unwrap_or_else(|p| p.into_inner());
-                if *stopped {
-                    return;
+            .spawn(move || {
+                let mut leading = false;
+                loop {
+                    match control.lead_scheduler(interval) {
+                        Ok(now_leading) => {
+                            if now_leading && !leading {
+                                tracing::info!("this node leads the scheduler");
+                                if let Err(e) = control.mark_all_vaults() {
+                                    tracing::warn!(error = %e, "cannot mark the vaults for garbage collection");
+                                }
+                            } else if leading && !now_leading {
+                                tracing::warn!("this node no longer leads the scheduler");
+                            }
+                            leading = now_leading;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot renew the scheduler's leadership");
+                            leading = false;
+                        }
+                    }
+                    if leading {
+                        if let Err(e) = control.policy_pass(control.now()) {
+                            tracing::error!(error = %e, "policy pass failed");
+                        }
+                    }
+                    let (lock, cv) = &*s;
+                    let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    let (stopped, _) = cv
+                        .wait_timeout_while(stopped, interval, |st| !*st)
+                        .unwrap_or_else(|p| p.into_inner());
+                    if *stopped {
+                        if leading {
+                            if let Ok(dp) = control.data() {
+                                let _ = control.store.write(|db| db.release_leader(SCHEDULER_LEASE, &dp.node));
+                            }
+                        }
+                        return;
+                    }
                 }
             })
             .map_err(|e| Error::internal(format!("cannot start the scheduler: {e}")))?;
@@ -186,8 +220,17 @@ impl Control {
         Ok(&self.data()?.maintenance)
     }
 
-    /// Marks a vault for garbage collection at the next pass.
+    /// Marks a vault for garbage collection at the next pass of whichever node leads the scheduler
+    /// (the mark is kept in the store; inside a transaction, use `Db::mark_for_gc`).
     pub(crate) fn mark_vault(&self, vault_id: &str) {
+        if let Err(e) = self.store.write(|db| db.mark_for_gc(vault_id)) {
+            tracing::warn!(vault = %vault_id, error = %e, "cannot mark a vault for garbage collection; this node collects it");
+            self.mark_vault_here(vault_id);
+        }
+    }
+
+    /// Marks a vault for this node's next pass only.
+    fn mark_vault_here(&self, vault_id: &str) {
         if let Ok(m) = self.maintenance() {
             m.dirty
                 .lock()
@@ -196,10 +239,21 @@ impl Control {
         }
     }
 
+    /// Takes or keeps the scheduler's leadership among the nodes sharing the store (a lease of three
+    /// pass intervals, at least 30 s, renewed at every pass). Returns true while this node leads.
+    fn lead_scheduler(&self, interval: std::time::Duration) -> Result<bool> {
+        let node = self.data()?.node.clone();
+        let now = self.wall_now();
+        let hold = Duration::seconds((interval.as_secs() as i64 * 3).max(30));
+        Ok(self
+            .store
+            .write(|db| db.take_leader(SCHEDULER_LEASE, &node, now, now + hold))?)
+    }
+
     fn mark_all_vaults(&self) -> Result<()> {
         let vaults = self.store.read(|db| db.everywhere_of_type(crate::vaults::VAULT_TYPE))?;
         for v in vaults {
-            self.mark_vault(&v.id);
+            self.mark_vault_here(&v.id);
         }
         Ok(())
     }
@@ -354,6 +408,7 @@ impl Control {
     fn collect_marked(&self) -> Result<usize> {
         let m = self.maintenance()?;
         let mut vaults = std::mem::take(&mut *m.dirty.lock().unwrap_or_else(|p| p.into_inner()));
+        vaults.extend(self.store.write(|db| db.take_gc_marks())?);
         {
             // Vaults owing a prune whose week is up.
             let now = self.now();

@@ -67,6 +67,13 @@ impl std::fmt::Debug for VaultKeys {
 }
 
 impl VaultKeys {
+    /// Loads a server key file the operator provides (the same file on every node sharing a store);
+    /// it must exist and be private (0600).
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = fs::read(path).ctx(|| format!("read {}", path.display()))?;
+        Self::from_file_bytes(path, &bytes)
+    }
+
     /// Loads `DATA_DIR/engine.key`, creating it (0600) on first use.
     pub fn load_or_create(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(KEY_FILE);
@@ -133,6 +140,11 @@ impl VaultKeys {
             cipher: XChaCha20Poly1305::new_from_slice(&key).map_err(|_| EngineError::Key("bad key length".into()))?,
             path: path.to_path_buf(),
         })
+    }
+
+    /// The key file this key was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A fresh random repository password (256 bits, base64url).

@@ -30,6 +30,9 @@ const ASSIGNMENT_COLS: &str = "id, name, scope, role_definition_id, principal_id
 const OPERATION_COLS: &str = r#"id, scope_key, kind, status, start, "end", error, properties, target"#;
 const JOB_COLS: &str =
     r#"id, vault_key, name, operation, status, backup_management_type, entity, start, "end", body, phase, work"#;
+const LEASE_COLS: &str = "job_key, vault_key, node, fence, expires";
+/// The last fencing token given to a job lease.
+const META_FENCE: &str = "job_lease_fence";
 const RP_COLS: &str = "id, vault_key, item_key, name, time, expiry, body, engine";
 const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
 const GROUP_COLS: &str = "sub_key, name, id, location, tags, managed_by, created";
@@ -78,6 +81,16 @@ fn job_row(r: &SqlRow) -> R<JobRow> {
         body: r.json(9)?,
         phase: r.opt_text(10)?,
         work: r.opt_json(11)?,
+    })
+}
+
+fn lease_row(r: &SqlRow) -> R<JobLease> {
+    Ok(JobLease {
+        job_key: r.text(0)?,
+        vault_key: r.text(1)?,
+        node: r.text(2)?,
+        fence: r.int(3)?,
+        expires: r.time(4)?,
     })
 }
 
@@ -398,6 +411,10 @@ impl Db<'_> {
             ps![&k, &below],
         )?;
         self.0.exec(
+            "DELETE FROM job_leases WHERE vault_key = ?1 OR substr(vault_key, 1, length(?2)) = ?2",
+            ps![&k, &below],
+        )?;
+        self.0.exec(
             "DELETE FROM recovery_points WHERE substr(id_key, 1, length(?1)) = ?1",
             ps![&below],
         )?;
@@ -661,6 +678,139 @@ impl Db<'_> {
             &format!("SELECT {JOB_COLS} FROM jobs WHERE phase = ?1 ORDER BY start, id_key"),
             ps![phase],
             job_row,
+        )
+    }
+
+    // ---- job leases, nodes, leaders ----------------------------------------------------------
+    /// Leases `job` (of `vault`) to `node` until `expires`, replacing any lease it had, with a fencing
+    /// token greater than every earlier one; returns the token.
+    pub fn lease_job(&self, job: &str, vault: &str, node: &str, expires: DateTime<Utc>) -> R<i64> {
+        let fence = self.meta(META_FENCE)?.and_then(|f| f.parse::<i64>().ok()).unwrap_or(0) + 1;
+        self.set_meta(META_FENCE, &fence.to_string())?;
+        self.0.exec(
+            "INSERT INTO job_leases (job_key, vault_key, node, fence, expires) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (job_key) DO UPDATE SET vault_key = excluded.vault_key, node = excluded.node,
+             fence = excluded.fence, expires = excluded.expires",
+            ps![key(job), key(vault), node, fence, ts(&expires)],
+        )?;
+        Ok(fence)
+    }
+
+    pub fn job_lease(&self, job: &str) -> R<Option<JobLease>> {
+        self.0.row(
+            &format!("SELECT {LEASE_COLS} FROM job_leases WHERE job_key = ?1"),
+            ps![key(job)],
+            lease_row,
+        )
+    }
+
+    /// Extends a lease still held by `node` with `fence`; false when it is no longer theirs.
+    pub fn renew_job_lease(&self, job: &str, node: &str, fence: i64, expires: DateTime<Utc>) -> R<bool> {
+        Ok(self.0.exec(
+            "UPDATE job_leases SET expires = ?4 WHERE job_key = ?1 AND node = ?2 AND fence = ?3",
+            ps![key(job), node, fence, ts(&expires)],
+        )? > 0)
+    }
+
+    pub fn delete_job_lease(&self, job: &str) -> R<()> {
+        self.0
+            .exec("DELETE FROM job_leases WHERE job_key = ?1", ps![key(job)])?;
+        Ok(())
+    }
+
+    /// How many jobs of a vault hold a lease (run), on any node.
+    pub fn leased_jobs_in_vault(&self, vault: &str) -> R<usize> {
+        Ok(self
+            .0
+            .row(
+                "SELECT count(*) FROM job_leases WHERE vault_key = ?1",
+                ps![key(vault)],
+                |r| r.int(0),
+            )?
+            .unwrap_or(0) as usize)
+    }
+
+    /// Every lease, oldest expiry first.
+    pub fn job_leases(&self) -> R<Vec<JobLease>> {
+        self.0.rows(
+            &format!("SELECT {LEASE_COLS} FROM job_leases ORDER BY expires, job_key"),
+            ps![],
+            lease_row,
+        )
+    }
+
+    /// Records a node's heartbeat (its row is made at its first).
+    pub fn put_node(&self, n: &NodeRow) -> R<()> {
+        self.0.exec(
+            "INSERT INTO nodes (node, started, seen, info) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (node) DO UPDATE SET started = excluded.started, seen = excluded.seen, info = excluded.info",
+            ps![&n.node, ts(&n.started), ts(&n.seen), n.info.to_string()],
+        )?;
+        Ok(())
+    }
+
+    /// Every node that ever reported, by name.
+    pub fn nodes(&self) -> R<Vec<NodeRow>> {
+        self.0.rows(
+            "SELECT node, started, seen, info FROM nodes ORDER BY node",
+            ps![],
+            |r| {
+                Ok(NodeRow {
+                    node: r.text(0)?,
+                    started: r.time(1)?,
+                    seen: r.time(2)?,
+                    info: r.json(3)?,
+                })
+            },
+        )
+    }
+
+    /// Takes or keeps the named lease for `node` until `expires`: true when `node` holds it now (it was
+    /// free, lapsed before `now`, or already `node`'s).
+    pub fn take_leader(&self, name: &str, node: &str, now: DateTime<Utc>, expires: DateTime<Utc>) -> R<bool> {
+        Ok(self.0.exec(
+            "INSERT INTO leader_leases (name, node, expires) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET node = excluded.node, expires = excluded.expires
+             WHERE leader_leases.node = excluded.node OR leader_leases.expires < ?4",
+            ps![name, node, ts(&expires), ts(&now)],
+        )? > 0)
+    }
+
+    /// Gives up the named lease if `node` holds it.
+    pub fn release_leader(&self, name: &str, node: &str) -> R<()> {
+        self.0.exec(
+            "DELETE FROM leader_leases WHERE name = ?1 AND node = ?2",
+            ps![name, node],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a vault for garbage collection (by whichever node leads the scheduler).
+    pub fn mark_for_gc(&self, vault: &str) -> R<()> {
+        self.0.exec(
+            "INSERT INTO gc_marks (vault_key) VALUES (?1) ON CONFLICT (vault_key) DO NOTHING",
+            ps![key(vault)],
+        )?;
+        Ok(())
+    }
+
+    /// Takes every garbage-collection mark (they are removed).
+    pub fn take_gc_marks(&self) -> R<Vec<String>> {
+        let marks = self
+            .0
+            .rows("SELECT vault_key FROM gc_marks ORDER BY vault_key", ps![], |r| {
+                r.text(0)
+            })?;
+        self.0.exec("DELETE FROM gc_marks", ps![])?;
+        Ok(marks)
+    }
+
+    /// Who holds the named lease, until when.
+    pub fn leader(&self, name: &str) -> R<Option<(String, DateTime<Utc>)>> {
+        self.0.row(
+            "SELECT node, expires FROM leader_leases WHERE name = ?1",
+            ps![name],
+            |r| Ok((r.text(0)?, r.time(1)?)),
         )
     }
 

@@ -87,6 +87,21 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE schedule_slots (item_key TEXT PRIMARY KEY, last_slot TEXT NOT NULL);
     CREATE INDEX recovery_points_by_expiry ON recovery_points (expiry);
     "#,
+    // 6: several nodes on one store. A running job's lease: the node that claimed it, its fencing token
+    // (the claim's number: only the holder of the current token records the job's end) and when it
+    // lapses unless renewed. The nodes and when each was last seen; named leases (the scheduler's
+    // leader). Lease times are wall-clock stamps. Vaults marked for garbage collection by any node,
+    // for the scheduler's leader to collect.
+    r#"
+    CREATE TABLE job_leases (
+        job_key TEXT PRIMARY KEY, vault_key TEXT NOT NULL, node TEXT NOT NULL, fence BIGINT NOT NULL,
+        expires TEXT NOT NULL);
+    CREATE INDEX job_leases_by_vault ON job_leases (vault_key);
+    CREATE INDEX job_leases_by_expiry ON job_leases (expires);
+    CREATE TABLE nodes (node TEXT PRIMARY KEY, started TEXT NOT NULL, seen TEXT NOT NULL, info TEXT NOT NULL);
+    CREATE TABLE leader_leases (name TEXT PRIMARY KEY, node TEXT NOT NULL, expires TEXT NOT NULL);
+    CREATE TABLE gc_marks (vault_key TEXT PRIMARY KEY);
+    "#,
 ];
 
 /// Applies every migration newer than the store's `user_version`, each in its own immediate

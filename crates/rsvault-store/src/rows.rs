@@ -155,3 +155,26 @@ pub struct VaultSecretRow {
     pub repo: String,
     pub created: DateTime<Utc>,
 }
+
+/// A running job's lease: which node runs it, with which fencing token, until when (wall clock).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobLease {
+    /// Lower-cased job id.
+    pub job_key: String,
+    /// Lower-cased vault id (the per-vault limit counts leases).
+    pub vault_key: String,
+    pub node: String,
+    /// The claim's number; a later claim of the same job has a greater one.
+    pub fence: i64,
+    pub expires: DateTime<Utc>,
+}
+
+/// A node of the service, as it last reported itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub node: String,
+    pub started: DateTime<Utc>,
+    pub seen: DateTime<Utc>,
+    /// What the node says of itself (address, version, workers, running jobs).
+    pub info: Value,
+}

@@ -162,6 +162,8 @@ contract!(
     keys_sort_and_page_byte_by_byte,
     timestamps_keep_nanoseconds,
     upserts_replace_every_column,
+    job_leases_fence_renew_count_and_go_with_their_vault,
+    a_leader_lease_has_one_holder_until_it_lapses,
 );
 
 fn vault(sub: &str, rg: &str, name: &str) -> ResourceRow {
@@ -633,4 +635,114 @@ fn postgres_a_store_dropped_on_an_async_task_closes_quietly() {
         .build()
         .unwrap()
         .block_on(async move { drop(s) });
+}
+
+fn job_leases_fence_renew_count_and_go_with_their_vault(f: &Fixture) {
+    let s = f.open();
+    let v = vault("s", "rg", "v");
+    let job = |n: &str| format!("{}/backupJobs/{n}", v.id);
+    let t0: chrono::DateTime<Utc> = "2026-03-01T02:00:00.5Z".parse().unwrap();
+    let later = t0 + chrono::Duration::seconds(30);
+    s.write(|db| db.put_resource(&v)).unwrap();
+    let f1 = s.write(|db| db.lease_job(&job("a"), &v.id, "node-1", t0)).unwrap();
+    let f2 = s.write(|db| db.lease_job(&job("b"), &v.id, "node-2", t0)).unwrap();
+    assert!(f2 > f1, "fencing tokens grow: {f1} then {f2}");
+    assert_eq!(s.read(|db| db.leased_jobs_in_vault(&v.id.to_uppercase())).unwrap(), 2);
+    // Only the holder with the current token renews.
+    assert!(s
+        .write(|db| db.renew_job_lease(&job("a"), "node-1", f1, later))
+        .unwrap());
+    assert!(
+        !s.write(|db| db.renew_job_lease(&job("a"), "node-2", f1, later))
+            .unwrap(),
+        "another node"
+    );
+    assert!(
+        !s.write(|db| db.renew_job_lease(&job("a"), "node-1", f1 - 1, later))
+            .unwrap(),
+        "an old token"
+    );
+    // A re-claim (a survivor settling the job) fences the first holder out.
+    let f3 = s.write(|db| db.lease_job(&job("a"), &v.id, "node-2", later)).unwrap();
+    assert!(f3 > f2);
+    assert!(
+        !s.write(|db| db.renew_job_lease(&job("a"), "node-1", f1, later))
+            .unwrap(),
+        "fenced out"
+    );
+    let a = s.read(|db| db.job_lease(&job("A"))).unwrap().expect("lease");
+    assert_eq!((a.node.as_str(), a.fence, a.expires), ("node-2", f3, later));
+    let all = s.read(|db| db.job_leases()).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[0].expires, t0, "oldest expiry first");
+    s.write(|db| db.delete_job_lease(&job("b"))).unwrap();
+    assert_eq!(s.read(|db| db.leased_jobs_in_vault(&v.id)).unwrap(), 1);
+    // Deleting the vault drops its leases.
+    s.write(|db| db.delete_resource(&v.id)).unwrap();
+    assert!(s.read(|db| db.job_leases()).unwrap().is_empty());
+}
+
+fn a_leader_lease_has_one_holder_until_it_lapses(f: &Fixture) {
+    let s = f.open();
+    let t0: chrono::DateTime<Utc> = "2026-03-01T02:00:00Z".parse().unwrap();
+    let sec = chrono::Duration::seconds;
+    assert!(s
+        .write(|db| db.take_leader("scheduler", "n1", t0, t0 + sec(30)))
+        .unwrap());
+    assert!(!s
+        .write(|db| db.take_leader("scheduler", "n2", t0 + sec(10), t0 + sec(40)))
+        .unwrap());
+    assert!(
+        s.write(|db| db.take_leader("scheduler", "n1", t0 + sec(10), t0 + sec(40)))
+            .unwrap(),
+        "renewed"
+    );
+    assert!(!s
+        .write(|db| db.take_leader("scheduler", "n2", t0 + sec(39), t0 + sec(69)))
+        .unwrap());
+    assert!(
+        s.write(|db| db.take_leader("scheduler", "n2", t0 + sec(41), t0 + sec(71)))
+            .unwrap(),
+        "lapsed"
+    );
+    assert_eq!(
+        s.read(|db| db.leader("scheduler")).unwrap(),
+        Some(("n2".to_string(), t0 + sec(71)))
+    );
+    s.write(|db| db.release_leader("scheduler", "n1")).unwrap();
+    assert!(
+        s.read(|db| db.leader("scheduler")).unwrap().is_some(),
+        "only its holder releases it"
+    );
+    s.write(|db| db.release_leader("scheduler", "n2")).unwrap();
+    // Garbage-collection marks: each vault once, taken once.
+    s.write(|db| {
+        db.mark_for_gc("/V/One")?;
+        db.mark_for_gc("/v/one")?;
+        db.mark_for_gc("/v/two")
+    })
+    .unwrap();
+    assert_eq!(s.write(|db| db.take_gc_marks()).unwrap(), vec!["/v/one", "/v/two"]);
+    assert!(s.write(|db| db.take_gc_marks()).unwrap().is_empty());
+    assert!(s
+        .write(|db| db.take_leader("scheduler", "n1", t0 + sec(42), t0 + sec(72)))
+        .unwrap());
+    // Nodes report themselves.
+    let n = NodeRow {
+        node: "n1".into(),
+        started: t0,
+        seen: t0 + sec(5),
+        info: json!({"workers": 2}),
+    };
+    s.write(|db| db.put_node(&n)).unwrap();
+    s.write(|db| {
+        db.put_node(&NodeRow {
+            seen: t0 + sec(9),
+            ..n.clone()
+        })
+    })
+    .unwrap();
+    let nodes = s.read(|db| db.nodes()).unwrap();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0].seen, t0 + sec(9));
 }

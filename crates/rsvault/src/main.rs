@@ -83,7 +83,7 @@ impl DataDirArg {
 #[derive(Subcommand)]
 enum Command {
     /// Run the service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage service principals.
     #[command(subcommand)]
     Principal(PrincipalCommand),
@@ -108,6 +108,9 @@ enum Command {
         /// The server's storage file, for vaults in object storage (as `serve --storage`).
         #[arg(long, env = "RSVAULT_STORAGE")]
         storage: Option<PathBuf>,
+        /// The server key file, when the server runs with one (as `serve --server-key`).
+        #[arg(long, env = "RSVAULT_SERVER_KEY")]
+        server_key: Option<PathBuf>,
     },
 }
 
@@ -189,6 +192,13 @@ struct ServeArgs {
     /// Extra host names or addresses for the server certificate.
     #[arg(long = "tls-host")]
     tls_hosts: Vec<String>,
+    /// Serve this certificate chain (PEM, leaf first) instead of one from the data dir's own CA: the
+    /// certificate that names a load balancer in front of several nodes. Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM, mode 0600) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Accept only api-versions Azure has published.
     #[arg(long)]
     strict_api_versions: bool,
@@ -207,9 +217,22 @@ struct ServeArgs {
     /// Backups and restores that run at once in the whole server (the others wait in the queue).
     #[arg(long, default_value_t = 2)]
     max_jobs: usize,
-    /// Backups and restores that run at once in one vault.
+    /// Backups and restores that run at once in one vault (on all nodes sharing the store).
     #[arg(long, default_value_t = 1)]
     vault_jobs: usize,
+    /// Seconds a running job's lease lasts unless this node renews it; after that, any node sharing
+    /// the store settles the job (a node that crashed or lost the store).
+    #[arg(long, default_value_t = 30)]
+    job_lease: u64,
+    /// The server key that seals vault passwords (default: DATA_DIR/engine.key, made at the first
+    /// start). Every node sharing a store must use the same key file (0600); a node whose key differs
+    /// from the store's refuses to start.
+    #[arg(long, env = "RSVAULT_SERVER_KEY")]
+    server_key: Option<PathBuf>,
+    /// This node's name among the nodes sharing the store (default: the one kept in DATA_DIR/node-id,
+    /// made at the first start).
+    #[arg(long, env = "RSVAULT_NODE_ID")]
+    node_id: Option<String>,
     /// Run on a virtual clock that moves only when told (POST /rsvault/admin/clock/advance), for
     /// testing automation: schedules, retention, soft delete and job times follow it. It starts at the
     /// time a previous --test-clock run left, or now.
@@ -399,9 +422,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.traffic_dir = args.traffic_dir;
     config.page_size = args.page_size.max(1);
     config.tls_hosts = args.tls_hosts;
+    config.node_id = args.node_id;
+    config.tls_files = args.tls_cert.zip(args.tls_key);
+    config.server_key = args.server_key;
     config.jobs = rsvault_control::dataplane::JobLimits {
         workers: args.max_jobs.max(1),
         per_vault: args.vault_jobs.max(1),
+        lease_secs: args.job_lease.max(2),
     };
     // Signal handlers exist before anyone is told we are up, so an early SIGTERM is still graceful.
     use tokio::signal::unix::{signal, SignalKind};
@@ -446,9 +473,11 @@ async fn serve(args: ServeArgs) -> Result<()> {
     {
         let bootstrap = DataDir::new(&args.dir.data_dir).bootstrap_path();
         let text = format!(
-            "rsvault listening on {}\nbootstrap credentials: {}\n",
+            "rsvault listening on {}\nbootstrap credentials: {}\nnode {} at {}\n",
             running.base_url,
-            bootstrap.display()
+            bootstrap.display(),
+            running.control().node_id().unwrap_or("-"),
+            running.local_addr
         );
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
@@ -501,7 +530,7 @@ fn main() -> Result<()> {
             .enable_all()
             .build()
             .context("starting the async runtime")?
-            .block_on(serve(args)),
+            .block_on(serve(*args)),
         Command::Principal(PrincipalCommand::Create { dir, name, role, scope }) => {
             let c = offline_control(&dir)?;
             let role = role.as_deref().zip(scope.as_deref());
@@ -521,9 +550,15 @@ fn main() -> Result<()> {
             print_json(&serde_json::json!({ "kid": kid }))
         }
         Command::Env(dir) => env(&dir),
-        Command::ResticEnv { dir, vault, storage } => {
+        Command::ResticEnv {
+            dir,
+            vault,
+            storage,
+            server_key,
+        } => {
             let dp = rsvault_control::dataplane::DataPlane::open(&dir.data_dir, Default::default())?
-                .with_storage(load_storage(storage.as_deref())?);
+                .with_storage(load_storage(storage.as_deref())?)
+                .with_server_key(server_key.as_deref())?;
             let (repo, password) = offline_control(&dir)?.with_data_plane(dp).restic_env(&vault)?;
             // Shell-quoted: the password is base64url, the path the data dir's, the rest the
             // operator's storage file's.

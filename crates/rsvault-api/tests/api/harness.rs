@@ -97,7 +97,7 @@ pub async fn start_with_clock(mut config: Config, tmp: Option<tempfile::TempDir>
         .build()
         .unwrap();
     let base = running.base_url.clone();
-    let boot = running.bootstrap.clone();
+    let boot = running.bootstrap.clone().expect("the store was bootstrapped here");
     let mut s = Server {
         running: Some(running),
         base,

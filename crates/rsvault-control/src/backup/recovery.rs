@@ -951,7 +951,7 @@ impl Control {
         };
         // Whatever an unfinished backup left in the vault (a snapshot committed before a later step
         // failed, packs of a cancelled one) is no recovery point: the vault's next pass collects it.
-        self.mark_vault(&job.vault_key);
+        db.mark_for_gc(&job.vault_key)?;
         if let Some(mut row) = db.resource(work.item())? {
             row.body["properties"]["lastBackupStatus"] = json!(job.status);
             if job.status == "Failed" {

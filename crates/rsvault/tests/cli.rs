@@ -202,6 +202,38 @@ fn serve_keeps_its_store_in_postgres_from_a_private_file_and_never_logs_the_pass
 }
 
 #[test]
+fn a_node_whose_server_key_differs_from_the_stores_refuses_to_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (child, _) = serve(&dir);
+    assert!(sigterm_and_wait(child).success());
+    // Another key (as a second node given the wrong file would have): refused, saying why.
+    use std::os::unix::fs::PermissionsExt;
+    let other = tmp.path().join("other.key");
+    std::fs::write(&other, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = bin()
+        .args(["serve", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0", "--server-key"])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a node with another server key must not start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not the key this store's vault passwords are sealed with"),
+        "{err}"
+    );
+    // The same key given explicitly is accepted.
+    let (child, _) = serve_with(
+        &dir,
+        &["--server-key".into(), dir.join("engine.key").display().to_string()],
+    );
+    assert!(sigterm_and_wait(child).success());
+}
+
+#[test]
 fn principals_are_managed_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");

@@ -229,8 +229,8 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         None => DataDir::new(&config.data_dir),
     };
     let store = {
-        let (dir, now) = (dir.clone(), clock.now());
-        blocking(move || Ok(dir.init(now)?)).await?
+        let (dir, now, key) = (dir.clone(), clock.now(), config.server_key.clone());
+        blocking(move || Ok(dir.init(now, key.as_deref())?)).await?
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -293,6 +293,7 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
                 .with_host_grants(config.host_grants.clone().excluding(&config.data_dir)),
             );
             control.check_server_key()?;
+            control.seal_signing_keys()?;
             control.resume_test_clock()?;
             Ok(control)
         })

@@ -102,12 +102,20 @@ impl DataDir {
     }
 
     /// Creates the dir and its first records if it is empty; opens it otherwise.
-    pub fn init(&self, now: DateTime<Utc>) -> Result<Arc<Store>> {
+    /// Opens the store, bootstrapping it on first use: tenant, subscription, the first Owner (its
+    /// secret in `bootstrap.json`) and the first signing key, sealed with the server key (`server_key`,
+    /// else `DATA_DIR/engine.key`, made here if missing).
+    pub fn init(&self, now: DateTime<Utc>, server_key: Option<&Path>) -> Result<Arc<Store>> {
         create_private_dir(&self.root)?;
         let store = Arc::new(Store::connect(&self.store_location())?);
         if store.read(|db| db.meta(META_TENANT))?.is_some() {
             return Ok(store);
         }
+        let sealer = match server_key {
+            Some(p) => rsvault_engine::VaultKeys::load(p),
+            None => rsvault_engine::VaultKeys::load_or_create(&self.root),
+        }
+        .map_err(|e| Error::internal(format!("server key: {e}")))?;
         let tenant = uuid::Uuid::new_v4().to_string();
         let subscription = uuid::Uuid::new_v4().to_string();
         let client_id = uuid::Uuid::new_v4().to_string();
@@ -153,7 +161,7 @@ impl DataDir {
                 kid: key.kid.clone(),
                 created: key.created,
                 retired: None,
-                pkcs8: key.pkcs8.clone(),
+                pkcs8: crate::tokens::seal_signing_key(&sealer, &key.kid, &key.pkcs8)?,
             })?;
             self.write_bootstrap(&Bootstrap {
                 tenant_id: tenant.clone(),

@@ -59,7 +59,7 @@ impl std::fmt::Debug for EngineOverride {
 /// repositories live, and the job queue.
 pub struct DataPlane {
     pub(crate) engine: Arc<dyn Engine>,
-    keys: VaultKeys,
+    pub(crate) keys: VaultKeys,
     vaults_dir: PathBuf,
     pub(crate) limits: JobLimits,
     pub(crate) queue: Queue,

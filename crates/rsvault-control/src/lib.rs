@@ -64,7 +64,9 @@ pub struct Control {
     clock: SharedClock,
     settings: Settings,
     tenant_id: String,
-    issuer: RwLock<(String, Arc<Issuer>)>,
+    /// The token issuer and the key generation it was loaded at; loaded at first use (signing keys
+    /// are sealed with the server key, which only a control plane with a data plane holds).
+    issuer: RwLock<Option<(String, Arc<Issuer>)>>,
     data: Option<dataplane::DataPlane>,
     grants: hostaccess::HostGrants,
 }
@@ -84,13 +86,12 @@ impl Control {
         let tenant_id = store
             .read(|db| db.meta(datadir::META_TENANT))?
             .ok_or_else(|| Error::internal("the store has no tenant: the data dir was not bootstrapped"))?;
-        let issuer = tokens::load_issuer(&store, &settings)?;
         Ok(Control {
             store,
             clock,
             settings,
             tenant_id,
-            issuer: RwLock::new(issuer),
+            issuer: RwLock::new(None),
             data: None,
             grants: hostaccess::HostGrants::default(),
         })

@@ -1,11 +1,18 @@
 //! The token endpoint's logic: client-credentials grants, in the words Entra uses for its errors.
 //!
-//! The issuer's keys live in the store; [`Control::issuer`] notices a rotation made by another process
-//! (`rsvault keys rotate`) through the store's key generation counter and reloads them.
+//! The issuer's keys live in the store, sealed with the server key (the one that seals vault
+//! passwords, [`rsvault_engine::VaultKeys`]) and bound to their `kid`: whoever reads the store (a
+//! database backup, a replica) cannot sign tokens with them. [`Control::issuer`] notices a rotation
+//! made by another process or node (`rsvault keys rotate`) through the store's key generation counter
+//! and reloads them. Keys kept in clear by older versions are sealed at start
+//! ([`Control::seal_signing_keys`]).
 
 use crate::datadir::META_KEYS_GENERATION;
 use crate::{Control, Error, Result, Settings};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine as _;
 use chrono::Duration;
+use rsvault_engine::{Secret, VaultKeys};
 use rsvault_identity::secrets;
 use rsvault_identity::tokens::{self, Issued, Issuer, KeyMaterial};
 use rsvault_store::{SigningKeyRow, Store};
@@ -28,18 +35,60 @@ fn oauth(unauthorized: bool, error: &'static str, description: String) -> OAuthE
     }
 }
 
-pub(crate) fn load_issuer(store: &Store, settings: &Settings) -> Result<(String, Arc<Issuer>)> {
+fn signing_key_aad(kid: &str) -> String {
+    format!("rsvault-signing-key:{kid}")
+}
+
+/// A signing key's private key as it rests in the store: sealed with the server key, bound to its kid.
+pub fn seal_signing_key(server_key: &VaultKeys, kid: &str, pkcs8: &[u8]) -> Result<Vec<u8>> {
+    let clear = Secret::new(B64.encode(pkcs8));
+    Ok(server_key
+        .seal(&signing_key_aad(kid), &clear)
+        .map_err(|e| Error::internal(format!("sealing a signing key: {e}")))?
+        .into_bytes())
+}
+
+/// The signing keys of the store, opened (rows from older versions may still be in clear).
+pub fn open_signing_keys(rows: Vec<SigningKeyRow>, server_key: Option<&VaultKeys>) -> Result<Vec<KeyMaterial>> {
+    rows.into_iter()
+        .map(|r| {
+            let pkcs8 = match std::str::from_utf8(&r.pkcs8).ok().filter(|s| VaultKeys::is_sealed(s)) {
+                None => r.pkcs8,
+                Some(sealed) => {
+                    let key = server_key.ok_or_else(|| {
+                        Error::internal(
+                            "the token-signing keys are sealed with the server key, which this process has not loaded",
+                        )
+                    })?;
+                    let clear = key.open(&signing_key_aad(&r.kid), sealed).map_err(|_| {
+                        Error::internal(format!(
+                            "signing key {} cannot be opened with this node's server key ({})",
+                            r.kid,
+                            key.path().display()
+                        ))
+                    })?;
+                    B64.decode(clear.expose())
+                        .map_err(|_| Error::internal(format!("signing key {} is damaged", r.kid)))?
+                }
+            };
+            Ok(KeyMaterial {
+                kid: r.kid,
+                created: r.created,
+                retired: r.retired,
+                pkcs8,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn load_issuer(
+    store: &Store,
+    settings: &Settings,
+    server_key: Option<&VaultKeys>,
+) -> Result<(String, Arc<Issuer>)> {
     let (generation, rows) =
         store.read(|db| Ok::<_, Error>((db.meta(META_KEYS_GENERATION)?.unwrap_or_default(), db.signing_keys()?)))?;
-    let keys: Vec<KeyMaterial> = rows
-        .into_iter()
-        .map(|r| KeyMaterial {
-            kid: r.kid,
-            created: r.created,
-            retired: r.retired,
-            pkcs8: r.pkcs8,
-        })
-        .collect();
+    let keys = open_signing_keys(rows, server_key)?;
     let issuer = Issuer::new(
         &keys,
         settings.issuer_url.clone(),
@@ -49,16 +98,19 @@ pub(crate) fn load_issuer(store: &Store, settings: &Settings) -> Result<(String,
     Ok((generation, Arc::new(issuer)))
 }
 
-/// Retires the current signing key and makes a new one (tokens of the old key stay valid until they expire).
-pub fn rotate_keys(store: &Store, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
+/// Retires the current signing key and makes a new one, sealed with the server key in the file
+/// `server_key` (tokens of the old key stay valid until they expire).
+pub fn rotate_keys(store: &Store, server_key: &std::path::Path, now: chrono::DateTime<chrono::Utc>) -> Result<String> {
+    let server_key = VaultKeys::load(server_key).map_err(|e| Error::internal(format!("server key: {e}")))?;
     let key = tokens::generate_key(now).map_err(Error::internal)?;
+    let sealed = seal_signing_key(&server_key, &key.kid, &key.pkcs8)?;
     store.write(|db| {
         db.retire_signing_keys(now)?;
         db.insert_signing_key(&SigningKeyRow {
             kid: key.kid.clone(),
             created: now,
             retired: None,
-            pkcs8: key.pkcs8.clone(),
+            pkcs8: sealed.clone(),
         })?;
         let generation: u64 = db.meta(META_KEYS_GENERATION)?.and_then(|g| g.parse().ok()).unwrap_or(0);
         db.set_meta(META_KEYS_GENERATION, &(generation + 1).to_string())?;
@@ -73,14 +125,36 @@ impl Control {
         let generation = self.store.read(|db| db.meta(META_KEYS_GENERATION))?.unwrap_or_default();
         {
             let cur = self.issuer.read().unwrap_or_else(|p| p.into_inner());
-            if cur.0 == generation {
-                return Ok(cur.1.clone());
+            if let Some((g, i)) = &*cur {
+                if *g == generation {
+                    return Ok(i.clone());
+                }
             }
         }
-        let fresh = load_issuer(&self.store, &self.settings)?;
+        let fresh = load_issuer(&self.store, &self.settings, self.data.as_ref().map(|d| &d.keys))?;
         let out = fresh.1.clone();
-        *self.issuer.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *self.issuer.write().unwrap_or_else(|p| p.into_inner()) = Some(fresh);
         Ok(out)
+    }
+
+    /// Seals signing keys an older version kept in clear (at start, with the server key).
+    pub fn seal_signing_keys(&self) -> Result<usize> {
+        let key = &self.data()?.keys;
+        let n = self.store.write(|db| {
+            let mut n = 0;
+            for r in db.signing_keys()? {
+                if std::str::from_utf8(&r.pkcs8).is_ok_and(VaultKeys::is_sealed) {
+                    continue;
+                }
+                db.set_signing_key_material(&r.kid, &seal_signing_key(key, &r.kid, &r.pkcs8)?)?;
+                n += 1;
+            }
+            Ok::<_, Error>(n)
+        })?;
+        if n > 0 {
+            tracing::info!(keys = n, "sealed token-signing keys kept in clear");
+        }
+        Ok(n)
     }
 
     /// True when `tenant` names this server's tenant (its id, or `adfs` for the ADFS-style authority).

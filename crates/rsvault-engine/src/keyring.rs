@@ -142,6 +142,11 @@ impl VaultKeys {
         })
     }
 
+    /// Whether a stored value is in the sealed form [`VaultKeys::seal`] makes.
+    pub fn is_sealed(stored: &str) -> bool {
+        stored.starts_with(SEAL_PREFIX)
+    }
+
     /// The key file this key was read from.
     pub fn path(&self) -> &Path {
         &self.path

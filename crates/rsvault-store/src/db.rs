@@ -557,6 +557,15 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// Replaces a key's stored material (sealing a key kept in clear by an older version).
+    pub fn set_signing_key_material(&self, kid: &str, pkcs8: &[u8]) -> R<()> {
+        self.0.exec(
+            "UPDATE signing_keys SET pkcs8 = ?2 WHERE kid = ?1",
+            ps![kid, &pkcs8.to_vec()],
+        )?;
+        Ok(())
+    }
+
     /// Marks every current key retired at `at`.
     pub fn retire_signing_keys(&self, at: DateTime<Utc>) -> R<()> {
         self.0.exec(

@@ -302,7 +302,14 @@ enum PrincipalCommand {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Make a new signing key; tokens signed by the old one stay valid until they expire.
-    Rotate(DataDirArg),
+    Rotate {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// The server key file, when the server runs with one (as `serve --server-key`): the new
+        /// key is sealed with it.
+        #[arg(long, env = "RSVAULT_SERVER_KEY")]
+        server_key: Option<PathBuf>,
+    },
 }
 
 fn clock() -> SharedClock {
@@ -544,9 +551,10 @@ fn main() -> Result<()> {
         Command::Principal(PrincipalCommand::ResetSecret { dir, client_id }) => {
             print_json(&offline_control(&dir)?.reset_secret(&client_id)?)
         }
-        Command::Keys(KeysCommand::Rotate(dir)) => {
+        Command::Keys(KeysCommand::Rotate { dir, server_key }) => {
             let c = offline_control(&dir)?;
-            let kid = rsvault_control::tokens::rotate_keys(c.store(), c.now())?;
+            let key_file = server_key.unwrap_or_else(|| dir.data_dir.join("engine.key"));
+            let kid = rsvault_control::tokens::rotate_keys(c.store(), &key_file, c.now())?;
             print_json(&serde_json::json!({ "kid": kid }))
         }
         Command::Env(dir) => env(&dir),

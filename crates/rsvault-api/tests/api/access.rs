@@ -9,16 +9,9 @@ use rsvault_identity::tokens::{Issuer, KeyMaterial};
 use serde_json::{json, Value};
 
 fn server_keys(s: &Server) -> Vec<KeyMaterial> {
-    s.offline(|c| c.store().read(|db| db.signing_keys()))
-        .unwrap()
-        .into_iter()
-        .map(|k| KeyMaterial {
-            kid: k.kid,
-            created: k.created,
-            retired: k.retired,
-            pkcs8: k.pkcs8,
-        })
-        .collect()
+    let rows = s.offline(|c| c.store().read(|db| db.signing_keys())).unwrap();
+    let key = rsvault_engine::VaultKeys::load(&s.dir.join("engine.key")).unwrap();
+    rsvault_control::tokens::open_signing_keys(rows, Some(&key)).unwrap()
 }
 
 /// Tokens that must all be refused with 401.

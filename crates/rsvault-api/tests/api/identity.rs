@@ -208,7 +208,7 @@ async fn rotated_keys_keep_old_tokens_valid() {
     let s = start().await;
     let old = s.token.clone();
     let kid = s
-        .offline(|c| rsvault_control::tokens::rotate_keys(c.store(), chrono::Utc::now()))
+        .offline(|c| rsvault_control::tokens::rotate_keys(c.store(), &s.dir.join("engine.key"), chrono::Utc::now()))
         .unwrap();
     let jwks: Value = s
         .http
@@ -273,4 +273,49 @@ async fn secrets_are_hashed_at_rest_and_reset_works() {
         .unwrap();
     assert_eq!(r.status(), 401, "the old secret stops working");
     let _ = s.token_for(&p.client_id, &reset.client_secret).await;
+}
+
+/// Token-signing keys rest sealed with the server key: a reader of the store (a database dump, a
+/// replica) cannot sign tokens. Keys an older version kept in clear are sealed at the next start.
+#[tokio::test]
+async fn signing_keys_rest_sealed_and_clear_ones_are_sealed_at_start() {
+    let s = start().await;
+    let rows = s.offline(|c| c.store().read(|db| db.signing_keys())).unwrap();
+    assert_eq!(rows.len(), 1);
+    let stored = String::from_utf8(rows[0].pkcs8.clone()).expect("the sealed form is text");
+    assert!(rsvault_engine::VaultKeys::is_sealed(&stored), "{}", &stored[..8]);
+    let key = rsvault_engine::VaultKeys::load(&s.dir.join("engine.key")).unwrap();
+    let clear = rsvault_control::tokens::open_signing_keys(rows.clone(), Some(&key)).unwrap();
+    assert!(
+        rsvault_control::tokens::open_signing_keys(rows.clone(), None).is_err(),
+        "no server key, no signing key"
+    );
+    // As an older version left it: in clear.
+    s.offline(|c| {
+        c.store()
+            .write(|db| db.set_signing_key_material(&clear[0].kid, &clear[0].pkcs8))
+    })
+    .unwrap();
+    let (dir, tmp) = s.stop().await;
+    let s = start_with(test_config(dir), tmp).await;
+    let rows = s.offline(|c| c.store().read(|db| db.signing_keys())).unwrap();
+    assert!(rsvault_engine::VaultKeys::is_sealed(
+        std::str::from_utf8(&rows[0].pkcs8).unwrap()
+    ));
+    // The restarted server (a new port, so a new issuer URL) signs with the same, now sealed, key.
+    let kid = |t: &str| -> Value {
+        serde_json::from_slice(
+            &base64::Engine::decode(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                t.split('.').next().unwrap(),
+            )
+            .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(kid(&s.token)["kid"], clear[0].kid.as_str());
+    assert_eq!(
+        s.call("GET", "/subscriptions?api-version=2022-12-01", None).await.0,
+        200
+    );
 }

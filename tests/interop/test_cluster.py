@@ -30,6 +30,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from azure.mgmt.recoveryservices import RecoveryServicesClient
 from azure.mgmt.recoveryservices import models as rsm
 from azure.mgmt.recoveryservicesbackup import RecoveryServicesBackupClient
@@ -158,14 +159,15 @@ class Node:
         self.log.close()
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def start_cluster(tmp_path_factory, name: str, n: int, extra: list[str]):
+    """`n` nodes on a fresh database, vaults in S3, behind a round-robin balancer; returns the cluster
+    and a function that stops it."""
     admin = os.environ.get("RSVAULT_TEST_PG_URL")
     if not admin:
         if os.environ.get("RSVAULT_TEST_PG_REQUIRED") == "1":
             pytest.fail("RSVAULT_TEST_PG_URL is not set: run the tests through scripts/test")
         pytest.skip("no PostgreSQL (scripts/test starts one)")
-    base = tmp_path_factory.mktemp("cluster")
+    base = tmp_path_factory.mktemp(name)
     storage = _storage_file(base)
     url = fresh_database(admin)
     lb = RoundRobin()
@@ -174,22 +176,34 @@ def cluster(tmp_path_factory):
     store_file.write_text(url)
     store_file.chmod(0o600)
     common = ["--store-file", str(store_file), "--storage", str(storage), "--public-url", public,
-              "--job-lease", str(LEASE_SECS), "--max-jobs", "2", "--vault-jobs", "1", *_grants(tmp_path_factory)]
-    a = Node("a", base / "a", common)
-    b = Node("b", base / "b", [*common, "--server-key", str(a.data_dir / "engine.key"),
-                               "--tls-cert", str(a.data_dir / "server.pem"), "--tls-key", str(a.data_dir / "server-key.pem")])
-    lb.backends = [a.port, b.port]
-    boot = json.loads((a.data_dir / "bootstrap.json").read_text())
+              "--job-lease", str(LEASE_SECS), "--max-jobs", "2", "--vault-jobs", "1", *extra, *_grants(tmp_path_factory)]
+    first = Node("a", base / "a", common)
+    # The others: the first node's server key and certificate (it names 127.0.0.1).
+    shared = ["--server-key", str(first.data_dir / "engine.key"),
+              "--tls-cert", str(first.data_dir / "server.pem"), "--tls-key", str(first.data_dir / "server-key.pem")]
+    nodes = [first] + [Node(chr(ord("a") + i), base / chr(ord("a") + i), [*common, *shared]) for i in range(1, n)]
+    lb.backends = [node.port for node in nodes]
+    boot = json.loads((first.data_dir / "bootstrap.json").read_text())
     srv = Server(url=public, tenant_id=boot["tenantId"], subscription_id=boot["subscriptionId"], client_id=boot["clientId"],
-                 client_secret=boot["clientSecret"], ca_file=str(a.data_dir / "ca.pem"), data_dir=a.data_dir,
-                 traffic_dir=base, log_file=a.log_file, storage_file=storage)
-    nodes = {a.id: a, b.id: b}
+                 client_secret=boot["clientSecret"], ca_file=str(first.data_dir / "ca.pem"), data_dir=first.data_dir,
+                 traffic_dir=base, log_file=first.log_file, storage_file=storage)
+
+    def stop():
+        for node in nodes:
+            if node.proc.poll() is None:
+                node.stop()
+
+    return dict(server=srv, lb=lb, nodes={node.id: node for node in nodes}, list=nodes, a=nodes[0], b=nodes[1],
+                url=url, storage=storage, store_file=store_file), stop
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c, stop = start_cluster(tmp_path_factory, "cluster", 2, [])
     try:
-        yield dict(server=srv, lb=lb, nodes=nodes, a=a, b=b, url=url, storage=storage)
+        yield c
     finally:
-        for n in nodes.values():
-            if n.proc.poll() is None:
-                n.stop()
+        stop()
 
 
 def clients(srv: Server):
@@ -364,7 +378,7 @@ def test_a_node_killed_mid_backup_has_its_job_settled_by_the_survivor(cluster, b
     survivor = next(n for nid, n in cluster["nodes"].items() if nid != runner)
     vault_id = f"/subscriptions/{srv.subscription_id}/resourceGroups/{group}/providers/Microsoft.RecoveryServices/vaults/{vault}"
     out = subprocess.run(
-        [str(_bin_path()), "restic-env", "--store-file", str(Path(cluster["storage"]).parent / "store-url"),
+        [str(_bin_path()), "restic-env", "--store-file", str(cluster["store_file"]),
          "--data-dir", str(survivor.data_dir), "--vault", vault_id, "--storage", str(cluster["storage"]),
          "--server-key", str(cluster["a"].data_dir / "engine.key")],
         check=True, capture_output=True, text=True).stdout
@@ -377,3 +391,46 @@ def test_a_node_killed_mid_backup_has_its_job_settled_by_the_survivor(cluster, b
     snaps = json.loads(subprocess.run(["restic", "snapshots", "--json", "--no-lock", "--no-cache"], env=renv,
                                       check=True, capture_output=True, text=True).stdout)
     assert again in json.dumps(snaps)
+
+
+@pytest.fixture(scope="module")
+def clock_cluster(tmp_path_factory):
+    c, stop = start_cluster(tmp_path_factory, "clock-cluster", 3, ["--test-clock"])
+    try:
+        yield c
+    finally:
+        stop()
+
+
+def advance_on(srv: Server, node: Node, seconds: int) -> dict:
+    """`POST /rsvault/admin/clock/advance` sent to one node (its own address)."""
+    token = srv.credential().get_token("https://management.azure.com/.default").token
+    r = requests.post(f"https://127.0.0.1:{node.port}/rsvault/admin/clock/advance", json={"seconds": seconds},
+                      headers={"Authorization": f"Bearer {token}"}, verify=srv.ca_file, timeout=600)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_three_nodes_through_a_month_on_the_test_clock_run_every_slot_once(clock_cluster, tmp_path_factory):
+    c = clock_cluster
+    srv = c["server"]
+    rm, rs, bk = clients(srv)
+    group, vault = new_vault(rm, rs)
+    vms = [protected_vm(c, tmp_path_factory, rm, bk, group, vault, 4) for _ in range(2)]
+    # A day at a time, each advance sent to the next node: every node moves the shared clock.
+    times = [advance_on(srv, c["list"][day % 3], 86_400)["time"] for day in range(30)]
+    assert times == sorted(times) and len(set(times)) == 30, times
+    jobs = [j for j in bk.backup_jobs.list(vault, group, filter="operation eq 'Backup'")]
+    for vm in vms:
+        mine = sorted((j.properties for j in jobs if j.properties.entity_friendly_name == vm["vm"]), key=lambda p: p.start_time)
+        assert all(p.status == "Completed" and p.is_user_triggered is False for p in mine), [(p.status, p.error_details) for p in mine]
+        days = [p.start_time.date() for p in mine]
+        assert len(days) >= 29 and len(set(days)) == len(days), f"one scheduled backup per day, none twice: {days}"
+        assert all((b - a).days == 1 for a, b in zip(days, days[1:])), f"no day skipped: {days}"
+        points = list(bk.recovery_points.list(vault, group, "Azure", vm["container"], vm["item"]))
+        assert len(points) == len(mine), (len(points), len(mine))
+        # Stamped by whichever node ran the backup: its clock followed the shared one.
+        point_days = sorted(p.properties.recovery_point_time.date() for p in points)
+        assert point_days == days, (point_days, days)
+    assert psql(c["url"], "SELECT count(*) FROM leader_leases WHERE name = 'scheduler'") == "1"
+    assert psql(c["url"], "SELECT count(*) FROM nodes") == "3"

@@ -30,8 +30,10 @@
 //!
 //! With `--test-clock` the clock stands still until [`Control::advance_clock`] moves it: it steps
 //! from one due instant (slot, expiry, purge) to the next up to the target, running a pass at each
-//! and waiting for the jobs it queued, so "advance 30 days" runs every due backup and prune in order,
-//! each at its own time.
+//! and waiting for the jobs it queued (on any node), so "advance 30 days" runs every due backup and
+//! prune in order, each at its own time. Each step's time is written to the store before its pass;
+//! other nodes read it when a job starts (the step waits for its jobs, so it holds while they run),
+//! before a periodic pass and before an advance of their own.
 //!
 //! *Architecture Invariant*: a slot is claimed and its job queued in one transaction; nothing else
 //! claims slots.
@@ -158,6 +160,9 @@ impl Scheduler {
                         }
                     }
                     if leading {
+                        if let Err(e) = control.resume_test_clock() {
+                            tracing::warn!(error = %e, "cannot read the test clock");
+                        }
                         if let Err(e) = control.policy_pass(control.now()) {
                             tracing::error!(error = %e, "policy pass failed");
                         }
@@ -622,6 +627,8 @@ impl Control {
         }
         let m = self.maintenance()?;
         let _pass = m.pass.lock().unwrap_or_else(|p| p.into_inner());
+        // Another node sharing the store may have moved the clock.
+        self.resume_test_clock()?;
         let target = clock.now() + Duration::seconds(seconds);
         let mut total = PassReport::default();
         let mut steps = 0u64;
@@ -659,7 +666,9 @@ impl Control {
         Ok(now)
     }
 
-    /// At start with `--test-clock`: the virtual time a previous run left, if later than the clock's.
+    /// With `--test-clock`: the virtual time the store holds (a previous run's, or another node's
+    /// advance), if later than the clock's. Called at start, before an advance, before a periodic
+    /// pass and when a job starts, so nodes sharing a store move together.
     pub fn resume_test_clock(&self) -> Result<()> {
         if let Some(c) = self.test_clock() {
             if let Some(t) = self

@@ -967,6 +967,9 @@ impl Control {
         let work =
             Work::of(job).ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
         let dp = self.data().map_err(internal_failure)?;
+        // On a test clock another node may have moved (a clock advance waits for this job, so the
+        // time read now holds until it ends).
+        self.resume_test_clock().map_err(internal_failure)?;
         let mut warn = None;
         if let Some(f) = self.take_fault(job, &work) {
             tracing::info!(job = %job.id, fault = %f.id, action = ?f.action, "a rehearsed fault meets the job");

@@ -4,7 +4,7 @@
 
 use crate::recovery::*;
 use rsvault_control::storage::StorageTargets;
-use rsvault_engine::objstore::ObjectTarget;
+use rsvault_engine::objstore::{ObjectStoreOptions, ObjectTarget};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -451,4 +451,102 @@ async fn a_geo_redundant_vault_restores_from_its_secondary_after_the_primary_is_
     assert!(st == 200 || st == 204, "{b}");
     let (r, _) = restore_disks(&f, "vm1", &rp, "crrsa2").await;
     assert_eq!(r["properties"]["status"], "Failed", "{r}");
+}
+
+/// Short timeouts and pauses, so that a refusing store fails a job in seconds.
+fn fast_retries() -> ObjectStoreOptions {
+    ObjectStoreOptions {
+        request_timeout: std::time::Duration::from_secs(8),
+        io_timeout: std::time::Duration::from_secs(5),
+        retries: 3,
+        min_backoff: std::time::Duration::from_millis(20),
+        max_backoff: std::time::Duration::from_millis(200),
+    }
+}
+
+/// One target reached through a fault proxy, the default for new vaults.
+fn faulty(kind: &str, through: ObjectTarget) -> StorageTargets {
+    let map = BTreeMap::from([(kind.to_string(), through)]);
+    StorageTargets::from_targets_with(map, Some(kind.to_string()), fast_retries()).unwrap()
+}
+
+#[tokio::test]
+async fn a_store_answering_503s_fails_the_job_as_unavailable_a_burst_is_absorbed_and_restic_checks_clean() {
+    use crate::faultproxy::{Fault, FaultProxy, Rule};
+    for (kind, target) in object_targets() {
+        let (proxy, through) = FaultProxy::start(&target);
+        let f = fixture_with(|c| c.storage = faulty(kind, through)).await;
+        let os = f.dir.join("os.raw");
+        write_random(&os, 6 << 20, 31);
+        protect_vm(&f, "vm1", &os, &[]).await;
+        let ok = backup(&f, "vm1").await;
+        assert_eq!(ok["properties"]["status"], "Completed", "{kind}: {ok}");
+
+        // Every pack upload answered 503, beyond the retry budget.
+        write_random(&os, 6 << 20, 32);
+        proxy.arm(Rule::all(Fault::Unavailable).method("PUT").path("/data/"));
+        let failed = backup(&f, "vm1").await;
+        proxy.disarm();
+        let p = &failed["properties"];
+        assert_eq!(p["status"], "Failed", "{kind}: {failed}");
+        let err = &p["errorDetails"][0];
+        assert_eq!(err["errorCode"], 100007, "{kind}: {failed}");
+        assert_eq!(
+            err["errorTitle"], "The vault's storage is not available",
+            "{kind}: {err}"
+        );
+        let text = err["errorString"].as_str().unwrap();
+        assert!(text.contains(&format!("'{kind}'")), "{kind}: {err}");
+        assert!(
+            proxy.injected() > fast_retries().retries,
+            "{kind}: the fault met the server"
+        );
+        let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+        assert_eq!(
+            rps["value"].as_array().unwrap().len(),
+            1,
+            "{kind}: no half-written point: {rps}"
+        );
+        let (_, _, item) = send(&f.s, "GET", &format!("{}?{BK}", f.item("vm1")), None).await;
+        assert_eq!(item["properties"]["lastBackupStatus"], "Failed", "{kind}: {item}");
+
+        // A burst of two 503s, shorter than the retry budget, is absorbed.
+        write_random(&os, 6 << 20, 33);
+        let before = proxy.injected();
+        proxy.arm(Rule::all(Fault::Unavailable).method("PUT").times(2));
+        let done = backup(&f, "vm1").await;
+        assert_eq!(done["properties"]["status"], "Completed", "{kind}: {done}");
+        assert_eq!(proxy.injected(), before + 2, "{kind}: the burst met the server");
+        proxy.disarm();
+
+        let again = backup(&f, "vm1").await;
+        assert_eq!(again["properties"]["status"], "Completed", "{kind}: {again}");
+        let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+        assert_eq!(rps["value"].as_array().unwrap().len(), 3, "{kind}: {rps}");
+
+        // Stock restic, with what `rsvault restic-env` prints, finds the vault clean.
+        if kind == "s3" {
+            let control = f.s.running.as_ref().unwrap().control();
+            let vault = f.vault();
+            let (loc, password) = tokio::task::spawn_blocking(move || control.restic_env(&vault).unwrap())
+                .await
+                .unwrap();
+            let out = tokio::task::spawn_blocking(move || {
+                std::process::Command::new("restic")
+                    .args(["check", "--read-data", "--no-cache"])
+                    .envs(loc.restic_env())
+                    .env("RESTIC_PASSWORD", password.expose())
+                    .output()
+                    .unwrap()
+            })
+            .await
+            .unwrap();
+            assert!(
+                out.status.success(),
+                "restic check: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
 }

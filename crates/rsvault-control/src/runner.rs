@@ -118,6 +118,7 @@ pub(crate) fn new_tasks(tasks: &[TaskSpec]) -> Value {
 pub struct JobRunner {
     control: Arc<Control>,
     threads: Vec<JoinHandle<()>>,
+    sweeper: crate::removals::Sweeper,
 }
 
 impl std::fmt::Debug for JobRunner {
@@ -129,10 +130,12 @@ impl std::fmt::Debug for JobRunner {
 }
 
 impl JobRunner {
-    /// Removes deleted vaults' leftovers, settles jobs a crash interrupted, then starts the workers.
+    /// Settles deleted vaults' leftovers and starts their sweeper ([`crate::removals`]), settles jobs
+    /// a crash interrupted, then starts the workers.
     pub fn start(control: Arc<Control>) -> Result<JobRunner> {
         let workers = control.data()?.limits.workers;
         control.remove_orphaned_vault_data()?;
+        let sweeper = crate::removals::Sweeper::start(control.clone())?;
         control.recover_interrupted_jobs()?;
         let threads = (0..workers)
             .map(|i| {
@@ -143,11 +146,16 @@ impl JobRunner {
                     .map_err(|e| crate::Error::internal(format!("cannot start a job worker: {e}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(JobRunner { control, threads })
+        Ok(JobRunner {
+            control,
+            threads,
+            sweeper,
+        })
     }
 
     /// Stops the workers: running engine calls are cancelled and their jobs go back to the queue.
     pub fn stop(self) {
+        self.sweeper.stop();
         if let Ok(dp) = self.control.data() {
             let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stopping = true;

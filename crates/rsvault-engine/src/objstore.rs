@@ -364,8 +364,8 @@ impl ObjectStore {
             .map_err(|e| self.err("list", &key, e))
     }
 
-    /// Deletes every object under `path` (a vault's prefix). Returns how many went.
-    pub fn remove_all(&self, path: &str) -> Result<usize> {
+    /// The keys of every object under `path` (a vault's prefix).
+    fn keys_under(&self, path: &str) -> Result<Vec<String>> {
         let dir = format!("{}/", self.target.key(path));
         let mut keys = Vec::new();
         let lister = self
@@ -384,6 +384,17 @@ impl ObjectStore {
                 keys.push(entry.path().to_string());
             }
         }
+        Ok(keys)
+    }
+
+    /// How many objects there are under `path` (a vault's prefix).
+    pub fn count(&self, path: &str) -> Result<usize> {
+        self.keys_under(path).map(|k| k.len())
+    }
+
+    /// Deletes every object under `path` (a vault's prefix). Returns how many went.
+    pub fn remove_all(&self, path: &str) -> Result<usize> {
+        let keys = self.keys_under(path)?;
         for k in &keys {
             match self.op.delete(k) {
                 Ok(()) => {}

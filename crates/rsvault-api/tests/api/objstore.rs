@@ -550,3 +550,130 @@ async fn a_store_answering_503s_fails_the_job_as_unavailable_a_burst_is_absorbed
         }
     }
 }
+
+/// How many objects a target holds under `path`, asked straight (not through any proxy).
+async fn objects_under(target: &ObjectTarget, path: &str) -> usize {
+    let (target, path) = (target.clone(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        rsvault_engine::objstore::ObjectStore::connect("direct", target)
+            .unwrap()
+            .count(&path)
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_deleted_vaults_prefixes_go_in_the_background_retrying_while_the_store_refuses() {
+    use crate::faultproxy::{Fault, FaultProxy, Rule};
+    let list = object_targets();
+    let Some(s3) = list.iter().find(|(k, _)| *k == "s3").map(|(_, t)| t.clone()) else {
+        return;
+    };
+    // The primary (S3) through a fault proxy; the geo-redundant copy on Azure Blob when there is one.
+    let blob = list.iter().find(|(k, _)| *k == "blob").map(|(_, t)| t.clone());
+    let (proxy, through) = FaultProxy::start(&s3);
+    let f = fixture_with(|c| {
+        let mut map = BTreeMap::from([("s3".to_string(), through)]);
+        if let Some(b) = &blob {
+            map.insert("blob".to_string(), b.clone());
+        }
+        let t = StorageTargets::from_targets(map, Some("s3".into())).unwrap();
+        c.storage = t.with_secondary(blob.as_ref().map(|_| "blob")).unwrap();
+    })
+    .await;
+    let os = f.dir.join("os.raw");
+    write_random(&os, 4 << 20, 41);
+    protect_vm(&f, "vm1", &os, &[]).await;
+    let done = backup(&f, "vm1").await;
+    assert_eq!(done["properties"]["status"], "Completed", "{done}");
+    let loc = vault_location(&f);
+    let path = loc.strip_prefix("s3:").expect("the vault lives on s3").to_string();
+    assert!(objects_under(&s3, &path).await > 0);
+    if let Some(b) = &blob {
+        assert!(objects_under(b, &path).await > 0, "the secondary copy is there");
+    }
+
+    // The vault is emptied (soft delete off, the item's data deleted), then deleted while every
+    // request to its store hangs: the DELETE answers all the same.
+    let config = format!("{}/backupconfig/vaultconfig?{BK}", f.vault());
+    let (st, _, b) = send(
+        &f.s,
+        "PATCH",
+        &config,
+        Some(&json!({"properties": {"softDeleteFeatureState": "Disabled"}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let (st, _, b) = send(&f.s, "DELETE", &format!("{}?{BK}", f.item("vm1")), None).await;
+    assert_eq!(st, 202, "{b}");
+    proxy.arm(Rule::all(Fault::Stall));
+    let vault_url = format!("{}?api-version=2024-04-01", f.vault());
+    let (st, _, b) = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        send(&f.s, "DELETE", &vault_url, None),
+    )
+    .await
+    .expect("the vault DELETE answers while its store hangs");
+    assert!([200, 202, 204].contains(&st), "{st} {b}");
+    let (st, _, _) = send(&f.s, "GET", &vault_url, None).await;
+    assert_eq!(st, 404);
+
+    // The sweeper meets the hang, then refusals; the prefix stays until the store is back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while proxy.injected() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweeper never tried the store"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    proxy.arm(Rule::all(Fault::Unavailable));
+    let tried = proxy.injected();
+    while proxy.injected() < tried + 10 {
+        assert!(std::time::Instant::now() < deadline, "the sweeper stopped trying");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        objects_under(&s3, &path).await > 0,
+        "nothing removed while the store refuses"
+    );
+    proxy.disarm();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let left = objects_under(&s3, &path).await
+            + match &blob {
+                Some(b) => objects_under(b, &path).await,
+                None => 0,
+            };
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} objects of the deleted vault are still there"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let vault_key = f.vault().to_ascii_lowercase();
+    f.s.offline(move |c| {
+        let records = c.store().read(|db| db.orphaned_vault_secrets()).unwrap();
+        assert!(records.is_empty(), "removal records left: {records:?}");
+        assert!(c.store().read(|db| db.vault_secret(&vault_key)).unwrap().is_none());
+    });
+
+    // A vault re-created with the same name starts empty, somewhere else.
+    f.s.make_vault("rg", "v1").await;
+    let os2 = f.dir.join("os2.raw");
+    write_random(&os2, 4 << 20, 42);
+    protect_vm(&f, "vm2", &os2, &[]).await;
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm2")), None).await;
+    assert_eq!(rps["value"], json!([]), "{rps}");
+    let done = backup(&f, "vm2").await;
+    assert_eq!(done["properties"]["status"], "Completed", "{done}");
+    assert_ne!(vault_location(&f), loc, "a new prefix");
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm2")), None).await;
+    assert_eq!(rps["value"].as_array().unwrap().len(), 1, "{rps}");
+    assert_eq!(objects_under(&s3, &path).await, 0);
+}

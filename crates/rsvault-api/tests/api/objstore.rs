@@ -217,6 +217,34 @@ async fn a_vault_tag_chooses_its_target_and_an_unknown_one_is_refused() {
     );
 }
 
+/// The names of vault `v1`'s recovery points of `vm1`.
+async fn rp_names(f: &Fixture) -> Vec<String> {
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+    rps["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The newest of `vm1`'s recovery points.
+async fn newest_point(f: &Fixture) -> String {
+    let (_, _, rps) = send(&f.s, "GET", &format!("{}/recoveryPoints?{BK}", f.item("vm1")), None).await;
+    rps["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|p| {
+            p["properties"]["recoveryPointTime"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
 /// A TCP relay to an object store that can be switched off (open connections cut, new ones
 /// closed at once): the fault a stopped or unreachable store is.
 struct Relay {
@@ -361,11 +389,15 @@ async fn a_geo_redundant_vault_restores_from_its_secondary_after_the_primary_is_
         );
         return;
     }
-    // Primary: Azure Blob; secondary: S3 (so stock restic can read the copy).
+    // Primary: Azure Blob; secondary: S3 (so stock restic can read the copy), reached through a
+    // fault proxy so that a copy can be made to fail.
     let blob = list.iter().find(|(k, _)| *k == "blob").unwrap().1.clone();
     let s3 = list.iter().find(|(k, _)| *k == "s3").unwrap().1.clone();
+    let (proxy, s3_proxied) = crate::faultproxy::FaultProxy::start(&s3);
     let f = fixture_with(|c| {
-        c.storage = targets(vec![("blob", blob.clone()), ("s3", s3.clone())], Some("blob"))
+        let map = BTreeMap::from([("blob".to_string(), blob.clone()), ("s3".to_string(), s3_proxied)]);
+        c.storage = StorageTargets::from_targets_with(map, Some("blob".into()), fast_retries())
+            .unwrap()
             .with_secondary(Some("s3"))
             .unwrap()
     })
@@ -394,6 +426,55 @@ async fn a_geo_redundant_vault_restores_from_its_secondary_after_the_primary_is_
     );
     let loc = vault_location(&f);
     let path = loc.strip_prefix("blob:").expect("the vault lives on blob").to_string();
+    let first = rp_names(&f).await;
+
+    // The protected item shows the state of its latest point's copy (a kpisHealths entry).
+    let kpi = |item: &Value| item["properties"]["kpisHealths"]["SecondaryCopyStatusKPI"].clone();
+    let (_, _, item) = send(&f.s, "GET", &format!("{}?{BK}", f.item("vm1")), None).await;
+    let k = kpi(&item);
+    assert_eq!(k["resourceHealthStatus"], "Healthy", "{item}");
+    let d = &k["resourceHealthDetails"][0];
+    assert_eq!(d["code"], 0, "{k}");
+    let msg = d["message"].as_str().unwrap();
+    assert!(msg.contains(&first[0]) && msg.contains("'s3'"), "{k}");
+
+    // A copy that fails (the secondary answers 503): the backup completes with a warning, the
+    // item says the latest point is not copied and why; the next backup's copy heals it.
+    proxy.arm(crate::faultproxy::Rule::all(crate::faultproxy::Fault::Unavailable));
+    let warned = backup(&f, "vm1").await;
+    proxy.disarm();
+    let p = &warned["properties"];
+    assert_eq!(p["status"], "CompletedWithWarnings", "{warned}");
+    assert_eq!(p["extendedInfo"]["propertyBag"]["Secondary Copy"], "Failed", "{warned}");
+    let (_, _, item) = send(&f.s, "GET", &format!("{}?{BK}", f.item("vm1")), None).await;
+    let k = kpi(&item);
+    assert_eq!(k["resourceHealthStatus"], "TransientDegraded", "{item}");
+    assert_eq!(k["resourceHealthDetails"][0]["code"], 100008, "{k}");
+    assert!(
+        k["resourceHealthDetails"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secondary"),
+        "{k}"
+    );
+    let done = backup(&f, "vm1").await;
+    assert_eq!(
+        done["properties"]["extendedInfo"]["propertyBag"]["Secondary Copy"], "Completed",
+        "{done}"
+    );
+    let newest = rp_names(&f).await;
+    assert_eq!(newest.len(), 3);
+    let (_, _, item) = send(&f.s, "GET", &format!("{}?{BK}", f.item("vm1")), None).await;
+    let k = kpi(&item);
+    assert_eq!(k["resourceHealthStatus"], "Healthy", "{item}");
+    let latest = newest_point(&f).await;
+    assert!(
+        k["resourceHealthDetails"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&latest),
+        "names the latest point {latest}: {k}"
+    );
 
     // Stock restic reads the secondary copy (S3) with the vault's password.
     // (Object-store calls block: off the async threads, as the server makes them.)
@@ -413,7 +494,7 @@ async fn a_geo_redundant_vault_restores_from_its_secondary_after_the_primary_is_
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap().len(), 1);
+    assert_eq!(serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap().len(), 3);
 
     // The primary is removed entirely.
     let primary = rsvault_engine::objstore::ObjectStore::connect("blob", blob.clone()).unwrap();

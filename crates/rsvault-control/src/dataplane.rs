@@ -9,10 +9,12 @@
 //! * A vault's password and repository are made on first use (its first backup job, or
 //!   `rsvault restic-env`). The sealed row is inserted with `INSERT OR IGNORE` and read back, so two
 //!   first uses (the server and the CLI) agree on one password.
-//! * Deleting a vault (its own DELETE, or its resource group's) removes its sealed password in the
-//!   transaction that removes its rows, and its repository directory after; a vault re-created
-//!   with the same name gets a new password and a new repository. Leftovers of deleted vaults from
-//!   older data dirs are removed at start (`remove_orphaned_vault_data`).
+//! * Deleting a vault (its own DELETE, or its resource group's) drops its sealed password in the
+//!   transaction that removes its rows, keeping the row as the record of the repository still to
+//!   remove; a local directory goes right after, an object-store prefix (and a geo-redundant copy)
+//!   in the background ([`crate::removals`]). A vault re-created with the same name gets a new
+//!   password and a new repository. Leftovers of deleted vaults from older data dirs become such
+//!   records at start (`remove_orphaned_vault_data`).
 
 use crate::runner::Queue;
 use crate::{Control, Error, Result};
@@ -68,6 +70,7 @@ pub struct DataPlane {
     pub(crate) storage: crate::storage::StorageTargets,
     /// This node's name among the nodes sharing the store (job leases, the scheduler's leadership).
     pub(crate) node: String,
+    pub(crate) removals: crate::removals::Removals,
 }
 
 impl DataPlane {
@@ -98,6 +101,7 @@ impl DataPlane {
             maintenance: Default::default(),
             faults: Default::default(),
             storage: Default::default(),
+            removals: Default::default(),
         })
     }
 
@@ -307,62 +311,32 @@ impl Control {
         Ok((spec.location, spec.password))
     }
 
-    /// Removes what deleted vaults left behind in data dirs from before group deletes went through
-    /// each vault's delete: sealed passwords and recovery point rows whose vault row is gone, and
-    /// their repositories, so a vault re-created with the same name starts empty. Run at start,
-    /// before the job workers. Returns how many vaults' leftovers went.
+    /// Settles deleted vaults' leftovers at start, before the job workers: drops recovery point
+    /// rows whose vault row is gone, and retires sealed passwords left by group deletes of older
+    /// versions (which removed the rows only) as [`crate::removals`] records, so a vault
+    /// re-created with the same name starts empty. Local repositories go at once; object-store
+    /// prefixes go with the sweeper. Returns how many vaults' leftovers were found.
     pub(crate) fn remove_orphaned_vault_data(&self) -> Result<usize> {
-        let orphans = self.store.write(|db| {
-            let orphans = db.orphaned_vault_secrets()?;
-            for o in &orphans {
-                db.delete_vault_secret(&o.vault_key)?;
+        let legacy = self.store.write(|db| {
+            let mut legacy = vec![];
+            for o in db.orphaned_vault_secrets()? {
+                // Rows retired by a delete are already the sweeper's records.
+                if o.vault_key != rsvault_store::retired_key(&o.repo).to_ascii_lowercase() {
+                    db.retire_vault_secret(&o.vault_key)?;
+                    legacy.push(o);
+                }
             }
             let points = db.delete_orphaned_recovery_points()?;
             if points > 0 {
                 tracing::warn!(points, "removed recovery point rows of deleted vaults");
             }
-            Ok::<_, Error>(orphans)
+            Ok::<_, Error>(legacy)
         })?;
-        let n = orphans.len();
-        for o in orphans {
+        let n = legacy.len();
+        for o in legacy {
             tracing::warn!(vault = %o.vault_key, repo = %o.repo, "removing the password and repository of a deleted vault");
-            self.remove_vault_repo(Some(o));
+            self.vault_retired(Some(o));
         }
         Ok(n)
-    }
-
-    /// Removes a deleted vault's repository (best effort: a failure is logged, not returned). On an
-    /// object store every object under the vault's prefix is deleted.
-    pub(crate) fn remove_vault_repo(&self, row: Option<VaultSecretRow>) {
-        let Some(r) = row else { return };
-        // A geo-redundant vault's copy goes too (whatever the vault's settings were).
-        if let Some(sec) = self.data().ok().and_then(|dp| dp.storage.secondary().cloned()) {
-            let name = r.repo.rsplit('/').next().unwrap_or_default();
-            if !name.is_empty() {
-                if let Err(e) = sec.remove_all(&format!("vaults/{name}")) {
-                    tracing::warn!(repo = %r.repo, secondary = sec.name(), error = %e, "could not remove a deleted vault's secondary copy");
-                }
-            }
-        }
-        let loc = match self.data().and_then(|dp| dp.storage.resolve(&r.repo)) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository");
-                return;
-            }
-        };
-        match loc {
-            RepoLocation::Local(dir) => {
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository");
-                    }
-                }
-            }
-            RepoLocation::Object(o) => match o.store.remove_all(&o.path) {
-                Ok(n) => tracing::info!(repo = %r.repo, objects = n, "removed a deleted vault's repository"),
-                Err(e) => tracing::warn!(repo = %r.repo, error = %e, "could not remove a deleted vault's repository"),
-            },
-        }
     }
 }

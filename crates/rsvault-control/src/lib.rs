@@ -26,6 +26,7 @@ pub mod faults;
 pub mod hostaccess;
 pub mod immutability;
 pub mod inventory;
+pub mod removals;
 pub mod resources;
 pub mod runner;
 pub mod scheduler;

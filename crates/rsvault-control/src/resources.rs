@@ -159,16 +159,15 @@ impl Control {
             }
             let mut secrets = vec![];
             for v in &vaults {
-                secrets.push(db.vault_secret(&v.id)?);
+                secrets.push(db.retire_vault_secret(&v.id)?);
                 db.delete_resource(&v.id)?;
-                db.delete_vault_secret(&v.id)?;
                 db.delete_operations_below(&v.id)?;
             }
             db.delete_group(sub, name)?;
             Ok::<_, Error>(secrets)
         })?;
         for s in secrets {
-            self.remove_vault_repo(s);
+            self.vault_retired(s);
         }
         Ok(())
     }

@@ -133,6 +133,7 @@ pub struct JobRunner {
     control: Arc<Control>,
     threads: Vec<JoinHandle<()>>,
     keeper: Option<JoinHandle<()>>,
+    sweeper: crate::removals::Sweeper,
 }
 
 impl std::fmt::Debug for JobRunner {
@@ -144,10 +145,12 @@ impl std::fmt::Debug for JobRunner {
 }
 
 impl JobRunner {
-    /// Removes deleted vaults' leftovers, settles jobs a crash interrupted, then starts the workers.
+    /// Settles deleted vaults' leftovers and starts their sweeper ([`crate::removals`]), settles jobs
+    /// a crash interrupted, then starts the workers.
     pub fn start(control: Arc<Control>) -> Result<JobRunner> {
         let workers = control.data()?.limits.workers;
         control.remove_orphaned_vault_data()?;
+        let sweeper = crate::removals::Sweeper::start(control.clone())?;
         control.recover_interrupted_jobs()?;
         let keeper = {
             let c = control.clone();
@@ -169,11 +172,13 @@ impl JobRunner {
             control,
             threads,
             keeper: Some(keeper),
+            sweeper,
         })
     }
 
     /// Stops the workers: running engine calls are cancelled and their jobs go back to the queue.
     pub fn stop(self) {
+        self.sweeper.stop();
         if let Ok(dp) = self.control.data() {
             let mut st = dp.queue.state.lock().unwrap_or_else(|p| p.into_inner());
             st.stopping = true;

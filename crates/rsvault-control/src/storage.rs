@@ -35,7 +35,7 @@
 //! ```
 
 use crate::{Error, Result};
-use rsvault_engine::objstore::{ObjectRepo, ObjectStore, ObjectTarget};
+use rsvault_engine::objstore::{ObjectRepo, ObjectStore, ObjectStoreOptions, ObjectTarget};
 use rsvault_engine::RepoLocation;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -143,6 +143,15 @@ impl StorageTargets {
         targets: BTreeMap<String, ObjectTarget>,
         default: Option<String>,
     ) -> std::result::Result<StorageTargets, String> {
+        Self::from_targets_with(targets, default, ObjectStoreOptions::default())
+    }
+
+    /// [`StorageTargets::from_targets`] with the stores' timeouts and retries (tests shorten them).
+    pub fn from_targets_with(
+        targets: BTreeMap<String, ObjectTarget>,
+        default: Option<String>,
+        opts: ObjectStoreOptions,
+    ) -> std::result::Result<StorageTargets, String> {
         let mut out = BTreeMap::new();
         for (name, t) in targets {
             if name == LOCAL
@@ -153,7 +162,7 @@ impl StorageTargets {
                     "target name '{name}': use letters, digits, '-' and '_' ('{LOCAL}' is the data dir)"
                 ));
             }
-            let store = ObjectStore::connect(&name, t).map_err(|e| e.to_string())?;
+            let store = ObjectStore::connect_with(&name, t, opts).map_err(|e| e.to_string())?;
             out.insert(name, store);
         }
         let default = default.filter(|d| d != LOCAL);

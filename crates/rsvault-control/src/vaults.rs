@@ -535,14 +535,13 @@ impl Control {
         };
         let secret = self.store.write(|db| {
             check_vault_empty(db, &vault)?;
-            let secret = db.vault_secret(&id)?;
+            let secret = db.retire_vault_secret(&id)?;
             db.delete_resource(&id)?;
-            db.delete_vault_secret(&id)?;
             db.delete_operations_below(&id)?;
             db.put_operation(&op)?;
             Ok::<_, Error>(secret)
         })?;
-        self.remove_vault_repo(secret);
+        self.vault_retired(secret);
         Ok(Some(op.id))
     }
 

@@ -91,6 +91,18 @@ impl EngineError {
 
 impl From<Box<rustic_core::RusticError>> for EngineError {
     fn from(e: Box<rustic_core::RusticError>) -> Self {
+        // An object store that refused or did not answer is the storage's failure, not the
+        // repository's, wherever rustic_core met it.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*e);
+        while let Some(c) = cause {
+            if let Some(f) = c.downcast_ref::<crate::objstore::StorageFailure>() {
+                return Self::Storage {
+                    target: f.target.clone(),
+                    reason: f.reason.clone(),
+                };
+            }
+            cause = c.source();
+        }
         Self::Repository(e.display_log())
     }
 }

@@ -13,8 +13,11 @@
 //! * **Write order still makes a recovery point**: packs, then the index naming them, then the
 //!   snapshot (the commit), as on a local directory ([`crate::backend`]).
 //! * **Retries with backoff and timeouts** on every request (opendal's retry and timeout
-//!   layers); a store that keeps refusing fails the call with [`EngineError::Storage`], which
-//!   names the target and says why. No credentials or metadata-service probing: only the keys
+//!   layers, set by [`ObjectStoreOptions`]); a store that keeps refusing (`503`, `SlowDown`,
+//!   `ServerBusy`) or does not answer in time fails the call with [`EngineError::Storage`], which
+//!   names the target and says why — also when rustic_core met the failure (a pack, index or
+//!   snapshot upload: [`StorageFailure`] carries it through rustic_core's error). A burst of
+//!   refusals shorter than the retry budget is absorbed. No credentials or metadata-service probing: only the keys
 //!   the operator gave are used, and only the configured endpoint is contacted.
 //! * **Locking** across threads and nodes ([`ObjectRepo::lock`]): shared for backups, restores
 //!   and listings, exclusive for prune, delete and verify; a node's own lock first, then a lease
@@ -213,16 +216,46 @@ impl fmt::Debug for ObjectStore {
     }
 }
 
-/// How long one request may take before it is retried (a pack is at most a few tens of MiB).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a request may wait for the next bytes.
-const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// Attempts after the first for a request that fails in a way worth retrying.
-const RETRIES: usize = 4;
+/// How an [`ObjectStore`] times out and retries its requests.
+///
+/// The defaults suit a real store (a pack is at most a few tens of MiB); tests that inject faults
+/// shorten them. A request that fails in a way worth retrying (a timeout, a broken connection,
+/// `503`/`SlowDown`/`ServerBusy`, `500`) is tried again after a growing, jittered pause; after
+/// `retries` more attempts the call fails with [`EngineError::Storage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectStoreOptions {
+    /// How long one request (other than reading or writing a body) may take before it is retried.
+    pub request_timeout: Duration,
+    /// How long reading or writing a body may wait for progress before it is retried.
+    pub io_timeout: Duration,
+    /// Attempts after the first.
+    pub retries: usize,
+    /// The first pause before a retry (it doubles, up to `max_backoff`).
+    pub min_backoff: Duration,
+    /// The longest pause between attempts.
+    pub max_backoff: Duration,
+}
+
+impl Default for ObjectStoreOptions {
+    fn default() -> Self {
+        ObjectStoreOptions {
+            request_timeout: Duration::from_secs(120),
+            io_timeout: Duration::from_secs(30),
+            retries: 4,
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
 
 impl ObjectStore {
     /// Connects to `target` (nothing is sent until used). `name` is the operator's name for it.
     pub fn connect(name: &str, target: ObjectTarget) -> Result<Arc<ObjectStore>> {
+        Self::connect_with(name, target, ObjectStoreOptions::default())
+    }
+
+    /// [`ObjectStore::connect`] with its own timeouts and retries.
+    pub fn connect_with(name: &str, target: ObjectTarget, opts: ObjectStoreOptions) -> Result<Arc<ObjectStore>> {
         // The project's TLS provider (ring), for HTTPS endpoints; a no-op when one is installed.
         let _ = rustls::crypto::ring::default_provider().install_default();
         // opendal's reqwest transport (installed once per process; later calls are no-ops).
@@ -280,14 +313,14 @@ impl ObjectStore {
         let op = op
             .layer(
                 TimeoutLayer::new()
-                    .with_timeout(REQUEST_TIMEOUT)
-                    .with_io_timeout(IO_TIMEOUT),
+                    .with_timeout(opts.request_timeout)
+                    .with_io_timeout(opts.io_timeout),
             )
             .layer(
                 RetryLayer::new()
-                    .with_max_times(RETRIES)
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
+                    .with_max_times(opts.retries)
+                    .with_min_delay(opts.min_backoff)
+                    .with_max_delay(opts.max_backoff)
                     .with_jitter(),
             );
         let op = {
@@ -331,8 +364,8 @@ impl ObjectStore {
             .map_err(|e| self.err("list", &key, e))
     }
 
-    /// Deletes every object under `path` (a vault's prefix). Returns how many went.
-    pub fn remove_all(&self, path: &str) -> Result<usize> {
+    /// The keys of every object under `path` (a vault's prefix).
+    fn keys_under(&self, path: &str) -> Result<Vec<String>> {
         let dir = format!("{}/", self.target.key(path));
         let mut keys = Vec::new();
         let lister = self
@@ -351,6 +384,17 @@ impl ObjectStore {
                 keys.push(entry.path().to_string());
             }
         }
+        Ok(keys)
+    }
+
+    /// How many objects there are under `path` (a vault's prefix).
+    pub fn count(&self, path: &str) -> Result<usize> {
+        self.keys_under(path).map(|k| k.len())
+    }
+
+    /// Deletes every object under `path` (a vault's prefix). Returns how many went.
+    pub fn remove_all(&self, path: &str) -> Result<usize> {
+        let keys = self.keys_under(path)?;
         for k in &keys {
             match self.op.delete(k) {
                 Ok(()) => {}
@@ -360,6 +404,16 @@ impl ObjectStore {
         }
         Ok(keys.len())
     }
+}
+
+/// Why an object-store call failed, as the cause of the `RusticError` it becomes inside
+/// rustic_core; [`EngineError`]'s conversion finds it in the error's chain and makes the failure
+/// [`EngineError::Storage`] again, however deep in rustic_core it surfaced.
+#[derive(Debug, thiserror::Error)]
+#[error("vault storage '{target}': {reason}")]
+pub(crate) struct StorageFailure {
+    pub(crate) target: String,
+    pub(crate) reason: String,
 }
 
 /// One vault's repository on an object store: the store and the vault's path on it.
@@ -397,7 +451,10 @@ impl ObjectRepo {
         RusticError::with_source(
             ErrorKind::Backend,
             "{what} `{key}` on object store `{target}` failed",
-            e,
+            StorageFailure {
+                target: self.store.name.clone(),
+                reason: format!("{what} '{key}': {e}"),
+            },
         )
         .attach_context("what", what.to_string())
         .attach_context("key", key.to_string())

@@ -37,6 +37,8 @@ pub struct SyncReport {
     pub files_removed: usize,
     /// Snapshots (recovery points) the secondary holds afterwards.
     pub snapshots: usize,
+    /// Their ids (hex), as [`crate::RecoveryPointInfo::snapshot_id`] names them.
+    pub snapshot_ids: Vec<String>,
 }
 
 /// How many files are copied at once.
@@ -86,7 +88,10 @@ pub fn sync(from: &RepoSpec, to: &RepoSpec, cancel: &Cancel) -> Result<SyncRepor
             report.files_removed += 1;
         }
     }
-    report.snapshots = listed.last().map_or(0, |(_, want, _)| want.len());
+    if let Some((_, want, _)) = listed.last() {
+        report.snapshots = want.len();
+        report.snapshot_ids = want.iter().map(|(id, _)| id.to_hex().to_string()).collect();
+    }
     Ok(report)
 }
 

@@ -8,7 +8,7 @@ use std::fs;
 use std::sync::Arc;
 
 use common::*;
-use rsvault_engine::objstore::{ObjectRepo, ObjectStore, ObjectTarget};
+use rsvault_engine::objstore::{ObjectRepo, ObjectStore, ObjectStoreOptions, ObjectTarget};
 use rsvault_engine::*;
 
 fn object_vault(kind: &str, target: ObjectTarget) -> (RepoSpec, Arc<ObjectStore>) {
@@ -273,5 +273,172 @@ fn two_nodes_on_one_vault_prefix_never_hold_conflicting_locks() {
             .expect("the lock is taken after release");
         assert!(got >= released, "{kind}");
         t.join().unwrap();
+    }
+}
+
+/// Short timeouts and pauses, so that a refusing or silent store fails a call in seconds.
+fn fast_retries() -> ObjectStoreOptions {
+    ObjectStoreOptions {
+        request_timeout: std::time::Duration::from_secs(8),
+        io_timeout: std::time::Duration::from_secs(5),
+        retries: 3,
+        min_backoff: std::time::Duration::from_millis(20),
+        max_backoff: std::time::Duration::from_millis(200),
+    }
+}
+
+fn point_ids(engine: &ResticEngine, spec: &RepoSpec) -> Vec<String> {
+    let mut ids: Vec<String> = engine
+        .recovery_points(spec, &RecoveryPointFilter::default())
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_store_answering_503_or_stalling_fails_the_backup_with_nothing_partial_and_a_burst_is_absorbed() {
+    use common::faultproxy::{Fault, FaultProxy, Rule};
+    for (kind, target) in object_targets() {
+        let (proxy, through) = FaultProxy::start(&target);
+        let name = format!("faulty-{kind}");
+        let store = ObjectStore::connect_with(&name, through, fast_retries()).unwrap();
+        let spec = RepoSpec::in_object_store(
+            ObjectRepo {
+                store,
+                path: format!("vaults/{}", uuid_like()),
+            },
+            VaultKeys::generate_password(),
+        );
+        let engine = ResticEngine::new();
+        engine.init(&spec).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("os.raw");
+        let mut bytes = make_raw(&raw, 21);
+        let disks = vec![DiskSource {
+            name: "os".into(),
+            path: raw.clone(),
+        }];
+        let mut n = 0;
+        let mut change = |bytes: &mut Vec<u8>| {
+            // New data each time, so every backup uploads packs.
+            n += 1;
+            let at = n * 8192;
+            bytes[at..at + 4096].copy_from_slice(&noise(100 + n as u64, 4096));
+            fs::write(&raw, &*bytes).unwrap();
+        };
+        engine
+            .backup_disks(&spec, &disk_req(disks.clone(), "a", 1), &NoProgress, &Cancel::new())
+            .unwrap();
+
+        let expect_storage_error = |r: Result<BackupOutcome>, what: &str| match r {
+            Err(EngineError::Storage { target, reason }) => {
+                assert_eq!(target, name, "{kind} {what}: {reason}");
+            }
+            Err(other) => panic!("{kind} {what}: not a storage error: {other:?}"),
+            Ok(_) => panic!("{kind} {what}: the backup succeeded"),
+        };
+
+        // Every pack upload refused, beyond the retry budget.
+        change(&mut bytes);
+        proxy.arm(Rule::all(Fault::Unavailable).method("PUT").path("/data/"));
+        let before = proxy.injected();
+        let r = engine.backup_disks(&spec, &disk_req(disks.clone(), "b", 2), &NoProgress, &Cancel::new());
+        expect_storage_error(r, "packs refused");
+        assert!(
+            proxy.injected() > before + fast_retries().retries,
+            "{kind}: every attempt met the fault"
+        );
+        assert_eq!(
+            point_ids(&engine, &spec),
+            ["a"],
+            "{kind}: no point from a failed backup"
+        );
+
+        // The commit refused: packs and index are in, the snapshot is not.
+        change(&mut bytes);
+        proxy.arm(Rule::all(Fault::Unavailable).method("PUT").path("/snapshots/"));
+        let r = engine.backup_disks(&spec, &disk_req(disks.clone(), "c", 3), &NoProgress, &Cancel::new());
+        expect_storage_error(r, "snapshot refused");
+        assert_eq!(
+            point_ids(&engine, &spec),
+            ["a"],
+            "{kind}: no point without its snapshot"
+        );
+
+        // A store that stops answering: every pack upload hangs past the client's timeout.
+        change(&mut bytes);
+        proxy.arm(Rule::all(Fault::Stall).method("PUT").path("/data/"));
+        let r = engine.backup_disks(&spec, &disk_req(disks.clone(), "d", 4), &NoProgress, &Cancel::new());
+        proxy.disarm();
+        expect_storage_error(r, "stalled uploads");
+        assert_eq!(
+            point_ids(&engine, &spec),
+            ["a"],
+            "{kind}: no point from a stalled backup"
+        );
+
+        // A burst shorter than the retry budget is absorbed.
+        change(&mut bytes);
+        let before = proxy.injected();
+        proxy.arm(Rule::all(Fault::Unavailable).method("PUT").times(2));
+        engine
+            .backup_disks(&spec, &disk_req(disks.clone(), "e", 5), &NoProgress, &Cancel::new())
+            .unwrap_or_else(|e| panic!("{kind}: a burst of two 503s failed the backup: {e}"));
+        assert_eq!(proxy.injected(), before + 2, "{kind}: the burst met the client");
+        proxy.disarm();
+
+        // The store is back: the next backup completes and the vault is whole.
+        change(&mut bytes);
+        engine
+            .backup_disks(&spec, &disk_req(disks.clone(), "f", 6), &NoProgress, &Cancel::new())
+            .unwrap();
+        assert_eq!(point_ids(&engine, &spec), ["a", "e", "f"], "{kind}");
+        let check = engine.verify(&spec, ReadData::All).unwrap();
+        assert!(check.ok, "{kind}: {:?}", check.problems);
+        let out = dir.path().join("out");
+        fs::create_dir(&out).unwrap();
+        engine
+            .restore_disks(
+                &spec,
+                &DiskRestoreRequest {
+                    recovery_point: "f".into(),
+                    disks: None,
+                    target: DiskRestoreTarget::Directory(out.clone()),
+                    format: None,
+                },
+                &NoProgress,
+                &Cancel::new(),
+            )
+            .unwrap();
+        assert!(
+            fs::read(out.join("os")).unwrap() == bytes,
+            "{kind}: restored disk differs"
+        );
+        if kind == "s3" {
+            // Stock restic, straight to the store (not through the proxy).
+            let direct = RepoSpec::in_object_store(
+                ObjectRepo {
+                    store: ObjectStore::connect("direct", target.clone()).unwrap(),
+                    path: match &spec.location {
+                        RepoLocation::Object(o) => o.path.clone(),
+                        _ => unreachable!(),
+                    },
+                },
+                spec.password.clone(),
+            );
+            let out = restic(&direct, &["check", "--read-data"]);
+            assert!(
+                out.status.success(),
+                "restic check: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let out = restic(&direct, &["snapshots", "--json"]);
+            let snaps: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(snaps.len(), 3, "restic sees exactly the three recovery points");
+        }
     }
 }

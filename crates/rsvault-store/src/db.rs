@@ -143,6 +143,11 @@ fn assignment_row(r: &SqlRow) -> R<RoleAssignmentRow> {
     })
 }
 
+/// The key of a retired vault row: the repository it says must be removed.
+pub fn retired_key(repo: &str) -> String {
+    format!("removed:{repo}")
+}
+
 fn secret_row(r: &SqlRow) -> R<VaultSecretRow> {
     Ok(VaultSecretRow {
         vault_key: r.text(0)?,
@@ -930,8 +935,23 @@ impl Db<'_> {
             > 0)
     }
 
-    /// Sealed passwords whose vault row is gone (what group deletes left before they deleted each
-    /// vault through its own delete).
+    /// Retires a deleted vault's row: its sealed password is dropped and the row is kept under
+    /// the key `removed:REPO` (no resource has it), as the durable record that the repository
+    /// `REPO` must still be removed; [`Db::orphaned_vault_secrets`] lists it until
+    /// [`Db::delete_vault_secret`] of that key. Returns the row as it was, if there was one.
+    pub fn retire_vault_secret(&self, vault: &str) -> R<Option<VaultSecretRow>> {
+        let Some(row) = self.vault_secret(vault)? else {
+            return Ok(None);
+        };
+        self.0.exec(
+            "UPDATE vault_secrets SET vault_key = ?2, sealed = '' WHERE vault_key = ?1",
+            ps![key(vault), key(&retired_key(&row.repo))],
+        )?;
+        Ok(Some(row))
+    }
+
+    /// Sealed passwords whose vault row is gone: retired rows ([`Db::retire_vault_secret`]),
+    /// and what group deletes left before they deleted each vault through its own delete.
     pub fn orphaned_vault_secrets(&self) -> R<Vec<VaultSecretRow>> {
         self.0.rows(
             &format!(

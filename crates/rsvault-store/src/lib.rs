@@ -43,7 +43,7 @@ pub mod pg;
 mod rows;
 pub(crate) mod sql;
 
-pub use db::Db;
+pub use db::{retired_key, Db};
 pub use rows::*;
 
 use rusqlite::Connection;

@@ -350,6 +350,31 @@ fn leftovers_of_deleted_vaults_are_found_and_only_they(f: &Fixture) {
     assert_eq!(s.write(|db| db.delete_orphaned_recovery_points()).unwrap(), 1);
     assert_eq!(s.read(|db| db.vault_recovery_points(&kept.id)).unwrap().len(), 1);
     assert!(s.read(|db| db.vault_recovery_points(&gone.id)).unwrap().is_empty());
+
+    // A vault deleted now: its row is retired in the delete's transaction, a record of the
+    // repository still to remove, without the password; a new vault of that name finds nothing.
+    let retired = s
+        .write(|db| {
+            let r = db.retire_vault_secret(&kept.id.to_uppercase())?;
+            db.delete_resource(&kept.id)?;
+            Ok::<_, StoreError>(r)
+        })
+        .unwrap()
+        .expect("the row as it was");
+    assert_eq!(
+        (retired.repo.as_str(), retired.sealed.as_str()),
+        ("/repos/kept", "sealed")
+    );
+    assert!(s.read(|db| db.vault_secret(&kept.id)).unwrap().is_none());
+    let orphans = s.read(|db| db.orphaned_vault_secrets()).unwrap();
+    let rec = orphans
+        .iter()
+        .find(|o| o.repo == "/repos/kept")
+        .expect("the removal record");
+    assert_eq!(rec.vault_key, rsvault_store::retired_key("/repos/kept"));
+    assert_eq!(rec.sealed, "", "the password goes with the vault");
+    assert!(s.write(|db| db.delete_vault_secret(&rec.vault_key)).unwrap());
+    assert!(s.read(|db| db.retire_vault_secret(&kept.id)).unwrap().is_none());
 }
 
 fn concurrent_writers_on_two_stores_lose_no_update(f: &Fixture) {

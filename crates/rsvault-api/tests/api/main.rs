@@ -6,6 +6,10 @@
 
 mod harness;
 
+// The fault-injecting HTTP proxy the engine's object-store tests use too.
+#[path = "../../../rsvault-engine/tests/common/faultproxy.rs"]
+mod faultproxy;
+
 mod access;
 mod backup;
 mod conventions;

@@ -401,6 +401,76 @@ impl Control {
     }
 }
 
+/// The key, in a protected item's `kpisHealths`, of the state of its latest recovery point's copy
+/// on the secondary target (a geo-redundant vault's; Azure's KPIs are named the same way, e.g.
+/// `BackupOperationStatusKPI`).
+pub const SECONDARY_COPY_KPI: &str = "SecondaryCopyStatusKPI";
+
+/// Records, in the transaction that ends a geo-redundant vault's backup, how its copy to the
+/// secondary went, on the items it concerns: after a copy, every item of the vault whose latest
+/// recovery point the secondary now holds is `Healthy` (a copy brings everything missing, other
+/// items' earlier failures included); after a failed copy, the backed-up item is
+/// `TransientDegraded` (the next backup's copy resumes it), saying why.
+fn record_secondary_copy(
+    db: &rsvault_store::Db,
+    vault: &str,
+    item: &str,
+    secondary: &str,
+    copy: &std::result::Result<Vec<String>, String>,
+) -> Result<()> {
+    let set = |db: &rsvault_store::Db, item: &str, kpi: Value| -> Result<()> {
+        if let Some(mut row) = db.resource(item)? {
+            let p = &mut row.body["properties"];
+            if !p["kpisHealths"].is_object() {
+                p["kpisHealths"] = json!({});
+            }
+            if p["kpisHealths"][SECONDARY_COPY_KPI] != kpi {
+                p["kpisHealths"][SECONDARY_COPY_KPI] = kpi;
+                db.put_resource(&row)?;
+            }
+        }
+        Ok(())
+    };
+    match copy {
+        Err(why) => set(
+            db,
+            item,
+            json!({"resourceHealthStatus": "TransientDegraded", "resourceHealthDetails": [{
+                "code": 100_008,
+                "title": "The copy to the secondary storage failed",
+                "message": why,
+                "recommendations": [format!("Check that the secondary storage '{secondary}' is reachable; the next backup copies what is missing.")],
+            }]}),
+        ),
+        Ok(snapshots) => {
+            let on_secondary: std::collections::HashSet<&str> = snapshots.iter().map(String::as_str).collect();
+            // The latest point of each item (rows come oldest first).
+            let mut latest = std::collections::HashMap::new();
+            for rp in db.vault_recovery_points(vault)? {
+                latest.insert(rp.item_key.clone(), rp);
+            }
+            for (item_key, rp) in latest {
+                let copied = rp.engine["snapshotId"]
+                    .as_str()
+                    .is_some_and(|s| on_secondary.contains(s));
+                if copied {
+                    set(
+                        db,
+                        &item_key,
+                        json!({"resourceHealthStatus": "Healthy", "resourceHealthDetails": [{
+                            "code": 0,
+                            "title": "Success",
+                            "message": format!("The latest recovery point ({}, {}) is copied to the secondary storage '{secondary}'.", rp.name, time::timestamp(rp.time)),
+                            "recommendations": [],
+                        }]}),
+                    )?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 fn internal_failure(e: Error) -> Failure {
     Failure::Failed(JobError::new(
         500_000,
@@ -1050,6 +1120,14 @@ impl Control {
                         "Secondary Copy".into(),
                         json!(if c.is_ok() { "Completed" } else { "Failed" }),
                     );
+                    // The items show the state of their latest point's copy, in the same transaction.
+                    let secondary = dp.storage.secondary().map(|s| s.name().to_string()).unwrap_or_default();
+                    let copy = c.map(|report| report.snapshot_ids);
+                    let commit = fin.commit;
+                    fin.commit = Box::new(move |db| {
+                        commit(db)?;
+                        record_secondary_copy(db, &vault, &item, &secondary, &copy)
+                    });
                 }
                 Ok(fin)
             }

@@ -9,6 +9,8 @@ use std::sync::Mutex;
 use chrono::{DateTime, TimeZone, Utc};
 use rsvault_engine::*;
 
+pub mod faultproxy;
+
 pub fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()
 }

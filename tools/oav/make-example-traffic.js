@@ -17,7 +17,7 @@ const path = require("path");
 
 const REPO_ROOT = path.resolve(__dirname, "..", "..");
 const SPEC_ROOT = path.resolve(
-  process.env.AZURE_SPEC_DIR || path.join(REPO_ROOT, "..", "shared", "azure-spec", "specification"),
+  process.env.AZURE_SPEC_DIR || path.join(REPO_ROOT, "spec", "azure-spec", "specification"),
 );
 const SPEC_FILES = [
   "recoveryservicesbackup/resource-manager/Microsoft.RecoveryServices/RecoveryServicesBackup/stable/2026-11-01/bms.json",

@@ -15,7 +15,7 @@
  *                    case-insensitive regex `urlPattern`.
  *   --require-validated  fail when not a single request could be validated (nothing recorded).
  *
- * Spec root: $AZURE_SPEC_DIR, default ../shared/azure-spec/specification relative to the repo root.
+ * Spec root: $AZURE_SPEC_DIR, default spec/azure-spec/specification in the repo.
  *
  * Only Microsoft.RecoveryServices requests are validated. Real clients send older api-versions
  * (2026-10-01, 2026-08-01, 2026-07-01, ...); LiveValidator matches operations by api-version, so the
@@ -126,7 +126,7 @@ async function main() {
   const trafficDir = path.resolve(positional[0]);
   const allowFile = path.resolve(positional[1] || path.join(REPO_ROOT, "tests/interop/oav-allowlist.json"));
   const specRoot = path.resolve(
-    process.env.AZURE_SPEC_DIR || path.join(REPO_ROOT, "..", "shared", "azure-spec", "specification"),
+    process.env.AZURE_SPEC_DIR || path.join(REPO_ROOT, "spec", "azure-spec", "specification"),
   );
   if (!fs.existsSync(trafficDir)) usage(`no such traffic dir: ${trafficDir}`);
   for (const s of SPEC_FILES) {

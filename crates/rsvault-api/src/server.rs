@@ -157,6 +157,26 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A server dropped without [`Running::shutdown`] (a test that ends without stopping it) stops
+    /// accepting and stops its job engine and scheduler on a thread of their own, so their threads
+    /// and store connections do not outlive it.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        let (scheduler, runner) = (self.scheduler.take(), self.runner.take());
+        if scheduler.is_some() || runner.is_some() {
+            let _ = std::thread::Builder::new().name("rsvault-stop".into()).spawn(move || {
+                if let Some(s) = scheduler {
+                    s.stop();
+                }
+                if let Some(r) = runner {
+                    r.stop();
+                }
+            });
+        }
+    }
+}
+
 fn base_url(config: &Config, addr: SocketAddr) -> String {
     if let Some(u) = &config.public_url {
         return u.trim_end_matches('/').to_string();

@@ -247,12 +247,17 @@ fn job_failure(e: EngineError) -> Failure {
 }
 
 /// A job whose host path does not pass the grants any more (the same words as the request's error).
-fn path_failure(path: &Path) -> Failure {
+/// A job's host path that the node running it cannot use. Jobs run on any node sharing the store, so
+/// the words name the node and the rule: the same paths, granted, on every node.
+fn path_failure(path: &Path, node: &str) -> Failure {
     Failure::Failed(JobError::new(
         100_013,
         "The path is not available",
-        crate::hostaccess::unavailable_message(&path.display().to_string()),
-        "Ask the operator to grant the path (rsvault serve --allow-path DIR), then run the operation again.",
+        format!(
+            "{} (on rsvault node '{node}', which ran this job)",
+            crate::hostaccess::unavailable_message(&path.display().to_string())
+        ),
+        "Ask the operator to grant the path (rsvault serve --allow-path DIR) on every node that runs jobs, and to make it the same file or directory there (shared storage), then run the operation again.",
     ))
 }
 
@@ -1066,7 +1071,9 @@ impl Control {
             } => {
                 let resource = self.job_resource(resource, &item);
                 for p in disks.iter().map(|d| &d.path).chain(root.as_ref()) {
-                    self.grants.recheck(p, &resource).map_err(|_| path_failure(p))?;
+                    self.grants
+                        .recheck(p, &resource)
+                        .map_err(|_| path_failure(p, &dp.node))?;
                 }
                 let repo = self.job_repo(&vault)?;
                 if let Some(dir) = repo.local_path() {
@@ -1143,7 +1150,9 @@ impl Control {
                 // Every path the restore writes passes the grants again, now.
                 match &target {
                     RestoreTarget::Disks { dir, .. } => {
-                        self.grants.recheck(dir, &resource).map_err(|_| path_failure(dir))?;
+                        self.grants
+                            .recheck(dir, &resource)
+                            .map_err(|_| path_failure(dir, &dp.node))?;
                     }
                     RestoreTarget::OriginalDisks | RestoreTarget::Tree { target: None, .. } => {
                         let info = dp.engine.recovery_point(&repo, &recovery_point).map_err(job_failure)?;
@@ -1153,11 +1162,15 @@ impl Control {
                             .map(|d| &d.source_path)
                             .chain(info.source_root.as_ref())
                         {
-                            self.grants.recheck(p, &resource).map_err(|_| path_failure(p))?;
+                            self.grants
+                                .recheck(p, &resource)
+                                .map_err(|_| path_failure(p, &dp.node))?;
                         }
                     }
                     RestoreTarget::Tree { target: Some(t), .. } => {
-                        self.grants.recheck(t, &resource).map_err(|_| path_failure(t))?;
+                        self.grants
+                            .recheck(t, &resource)
+                            .map_err(|_| path_failure(t, &dp.node))?;
                     }
                 }
                 // Restores write whole copies before renaming them: the target needs the point's size.

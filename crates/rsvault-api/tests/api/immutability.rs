@@ -262,13 +262,16 @@ async fn an_immutable_vault_refuses_every_step_of_the_attack() {
         assert_eq!(st, 200, "an unused policy may be anything: {b}");
         let short_id = format!("{}/backupPolicies/Short", s.vault_path("rg", vault));
 
-        // The recovery point reports its immutability.
+        // The recovery point reports its immutability, until its own expiry (Azure's
+        // RecoveryPoints_Get example).
         let (_, got) = s.call("GET", &rps, None).await;
+        let rpp = &got["value"][0]["properties"]["recoveryPointProperties"];
         assert_eq!(
-            got["value"][0]["properties"]["recoveryPointProperties"]["immutabilityProperties"],
-            json!({"isImmutable": true}),
+            rpp["immutabilityProperties"],
+            json!({"isImmutable": true, "expiryTime": rpp["expiryTime"].clone()}),
             "{got}"
         );
+        assert!(rpp["expiryTime"].is_string(), "{got}");
         assert_eq!(got["value"][0]["name"], rp.as_str());
 
         let mut attacks: Vec<(&str, &str, String, Value, &str)> = vec![

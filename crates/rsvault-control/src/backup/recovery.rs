@@ -1697,7 +1697,9 @@ impl Control {
 /// Writes an item's `recoveryPointCount` and `oldestRecoveryPoint` from its recovery point rows.
 /// A recovery point as clients see it: its stored body, with the immutability its vault gives it
 /// (`recoveryPointProperties.immutabilityProperties`; immutability follows the point's own expiry,
-/// "as per policy", so no separate `expiryTime`).
+/// "as per policy": an immutable point's `expiryTime` is the point's, as Azure's RecoveryPoints_Get
+/// example shows), and a VM point's `isPrivateAccessEnabledOnAnyDisk` (always false: rsvault's
+/// disks have no private access), which Azure always sends.
 fn rendered_point(vault: &ResourceRow, rp: RecoveryPointRow) -> Value {
     let mut b = rp.body;
     let immutable = crate::immutability::Immutability::of(&vault.body).enforced();
@@ -1705,7 +1707,16 @@ fn rendered_point(vault: &ResourceRow, rp: RecoveryPointRow) -> Value {
         .pointer_mut("/properties/recoveryPointProperties")
         .and_then(Value::as_object_mut)
     {
-        props.insert("immutabilityProperties".into(), json!({"isImmutable": immutable}));
+        let mut imm = json!({"isImmutable": immutable});
+        if let Some(expiry) = props.get("expiryTime").filter(|_| immutable) {
+            imm["expiryTime"] = expiry.clone();
+        }
+        props.insert("immutabilityProperties".into(), imm);
+    }
+    if let Some(props) = b.get_mut("properties").and_then(Value::as_object_mut) {
+        if props.get("objectType").and_then(Value::as_str) == Some("IaasVMRecoveryPoint") {
+            props.entry("isPrivateAccessEnabledOnAnyDisk").or_insert(json!(false));
+        }
     }
     b
 }

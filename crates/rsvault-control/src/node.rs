@@ -83,13 +83,8 @@ impl Node {
         } else {
             (None, None)
         };
-        let reporter = NodeReporter::new(
-            control.store.clone(),
-            &jobs.node().to_string(),
-            role.as_str(),
-            &workers,
-            role.runs_jobs().then_some(jobs.clone()),
-        );
+        let reporting = role.runs_jobs().then(|| jobs.clone());
+        let reporter = NodeReporter::new(control.store.clone(), jobs.node(), role.as_str(), &workers, reporting);
         let stop = reporter.stopper();
         let thread = workers
             .spawn(reporter)

@@ -427,6 +427,8 @@ impl JobWorker {
             let stopping = st.stopping;
             self.engine.finish_job(&job, fence, outcome, stopping);
             st.running.remove(&job.id.to_ascii_lowercase());
+            // A vault's place is free: workers waiting for it look again.
+            st.wakes = st.wakes.wrapping_add(1);
             jobs.wake.notify_all();
         }
         rsvault_engine::release_free_memory();

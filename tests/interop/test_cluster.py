@@ -159,9 +159,10 @@ class Node:
         self.log.close()
 
 
-def start_cluster(tmp_path_factory, name: str, n: int, extra: list[str]):
-    """`n` nodes on a fresh database, vaults in S3, behind a round-robin balancer; returns the cluster
-    and a function that stops it."""
+def start_cluster(tmp_path_factory, name: str, n: int, extra: list[str], roles: list[str] | None = None):
+    """`n` nodes on a fresh database, vaults in S3, behind a round-robin balancer (node i with
+    `--role roles[i]`, default all); returns the cluster and a function that stops it."""
+    roles = roles or ["all"] * n
     admin = os.environ.get("RSVAULT_TEST_PG_URL")
     if not admin:
         if os.environ.get("RSVAULT_TEST_PG_REQUIRED") == "1":
@@ -177,11 +178,12 @@ def start_cluster(tmp_path_factory, name: str, n: int, extra: list[str]):
     store_file.chmod(0o600)
     common = ["--store-file", str(store_file), "--storage", str(storage), "--public-url", public,
               "--job-lease", str(LEASE_SECS), "--max-jobs", "2", "--vault-jobs", "1", *extra, *_grants(tmp_path_factory)]
-    first = Node("a", base / "a", common)
+    first = Node("a", base / "a", [*common, "--role", roles[0]])
     # The others: the first node's server key and certificate (it names 127.0.0.1).
     shared = ["--server-key", str(first.data_dir / "engine.key"),
               "--tls-cert", str(first.data_dir / "server.pem"), "--tls-key", str(first.data_dir / "server-key.pem")]
-    nodes = [first] + [Node(chr(ord("a") + i), base / chr(ord("a") + i), [*common, *shared]) for i in range(1, n)]
+    nodes = [first] + [Node(chr(ord("a") + i), base / chr(ord("a") + i), [*common, *shared, "--role", roles[i]])
+                       for i in range(1, n)]
     lb.backends = [node.port for node in nodes]
     boot = json.loads((first.data_dir / "bootstrap.json").read_text())
     srv = Server(url=public, tenant_id=boot["tenantId"], subscription_id=boot["subscriptionId"], client_id=boot["clientId"],
@@ -395,7 +397,9 @@ def test_a_node_killed_mid_backup_has_its_job_settled_by_the_survivor(cluster, b
 
 @pytest.fixture(scope="module")
 def clock_cluster(tmp_path_factory):
-    c, stop = start_cluster(tmp_path_factory, "clock-cluster", 3, ["--test-clock"])
+    # The first node only serves the API: the jobs its advances queue run on the two others, whose
+    # clocks must follow the one it moves.
+    c, stop = start_cluster(tmp_path_factory, "clock-cluster", 3, ["--test-clock"], ["api", "all", "all"])
     try:
         yield c
     finally:

@@ -19,4 +19,4 @@ pub mod server;
 pub mod traffic;
 
 pub use limits::{Limits, Rate};
-pub use server::{start, Config, Running, StartError};
+pub use server::{open, start, Config, Opened, Running, StartError};

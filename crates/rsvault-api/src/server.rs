@@ -1,6 +1,11 @@
 //! The HTTPS listener: first-start bootstrap, TLS from the data dir's CA, one task per connection, and
 //! graceful shutdown (stop accepting, let in-flight requests finish, bounded by a deadline).
 //!
+//! Starting is two steps: [`open`] bootstraps the store and makes the node's control plane (with its
+//! data plane), and [`Opened::serve`] starts the listener. The binary starts the node's job runner
+//! and scheduler (`rsvault_control::node::Node`) between the two, so jobs a crash interrupted are
+//! settled before the API accepts anything; [`start`] is both steps, the API alone.
+//!
 //! Every connection lives under [`crate::limits`]: admitted only under the total and per-address caps
 //! (else closed right after accept), handshake and headers within the header timeout, closed when idle,
 //! HTTP/2 with a small stream cap and bounded windows and header lists. Accept errors (say, out of file
@@ -15,8 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rsvault_control::datadir::{Bootstrap, DataDir};
 use rsvault_control::dataplane::{DataPlane, EngineOverride, JobLimits};
 use rsvault_control::hostaccess::HostGrants;
-use rsvault_control::runner::JobRunner;
-use rsvault_control::scheduler::Scheduler;
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::SharedClock;
 use std::net::SocketAddr;
@@ -50,9 +53,10 @@ pub struct Config {
     /// A certificate chain and its key the operator provides (`--tls-cert`, `--tls-key`), served
     /// instead of the data dir's own.
     pub tls_files: Option<(PathBuf, PathBuf)>,
-    /// How many backups and restores run at once.
+    /// How many backups and restores run at once (on a node that runs jobs).
     pub jobs: JobLimits,
-    /// How often the scheduler runs a policy pass (scheduled backups, retention, purge, GC).
+    /// How often the scheduler runs a policy pass (scheduled backups, retention, purge, GC), on a
+    /// node that runs jobs (the binary starts it: `rsvault_control::node::Node`).
     pub policy_interval: Duration,
     /// Run this engine instead of the restic-format one (tests wrap the real engine to inject faults).
     pub engine: Option<EngineOverride>,
@@ -117,33 +121,20 @@ pub struct Running {
     pub bootstrap: Option<Bootstrap>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    runner: Option<JobRunner>,
-    scheduler: Option<Scheduler>,
     control: Arc<Control>,
 }
 
 impl Running {
-    /// Stops accepting, waits for in-flight requests (at most 10 s), stops the job engine (running
-    /// jobs go back to the queue), and returns.
+    /// Stops accepting, waits for in-flight requests (at most 10 s), and returns. (The node's jobs,
+    /// if it runs them, are stopped by whoever started them, after this.)
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.task).await;
-        self.stop_jobs().await;
     }
 
     /// Waits until the server stops (after [`Running::shutdown`] from elsewhere, or forever).
     pub async fn wait(mut self) {
         let _ = (&mut self.task).await;
-        self.stop_jobs().await;
-    }
-
-    async fn stop_jobs(&mut self) {
-        if let Some(s) = self.scheduler.take() {
-            let _ = tokio::task::spawn_blocking(move || s.stop()).await;
-        }
-        if let Some(r) = self.runner.take() {
-            let _ = tokio::task::spawn_blocking(move || r.stop()).await;
-        }
     }
 
     /// The server's control plane (for the binary's and tests' direct calls).
@@ -154,26 +145,6 @@ impl Running {
     /// A handle that can stop the server.
     pub fn stopper(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
-    }
-}
-
-impl Drop for Running {
-    /// A server dropped without [`Running::shutdown`] (a test that ends without stopping it) stops
-    /// accepting and stops its job engine and scheduler on a thread of their own, so their threads
-    /// and store connections do not outlive it.
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
-        let (scheduler, runner) = (self.scheduler.take(), self.runner.take());
-        if scheduler.is_some() || runner.is_some() {
-            let _ = std::thread::Builder::new().name("rsvault-stop".into()).spawn(move || {
-                if let Some(s) = scheduler {
-                    s.stop();
-                }
-                if let Some(r) = runner {
-                    r.stop();
-                }
-            });
-        }
     }
 }
 
@@ -242,8 +213,35 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| StartError::Domain(rsvault_core::Error::internal(format!("start-up task: {e}"))))?
 }
 
-/// Bootstraps the data dir if needed and starts serving.
+/// Bootstraps the data dir if needed and serves the API (no jobs: see [`open`]).
 pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartError> {
+    open(config, clock, true).await?.serve().await
+}
+
+/// A node whose store and control plane are ready, not yet serving.
+pub struct Opened {
+    config: Config,
+    dir: DataDir,
+    control: Arc<Control>,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    base: String,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("local_addr", &self.local_addr)
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+/// Bootstraps the data dir if needed, opens the store, and makes the node's control plane with its
+/// data plane (server key checked against the store's, signing keys sealed, test clock resumed).
+/// With `listen`, binds the listen address (port 0 picks one) for [`Opened::serve`]; without, the
+/// node serves nothing (`--role jobs`) and its URLs come from `public_url` or `listen`.
+pub async fn open(config: Config, clock: SharedClock, listen: bool) -> Result<Opened, StartError> {
     let dir = match &config.store {
         Some(location) => DataDir::new(&config.data_dir).with_store(location.clone()),
         None => DataDir::new(&config.data_dir),
@@ -252,37 +250,22 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
         let (dir, now, key) = (dir.clone(), clock.now(), config.server_key.clone());
         blocking(move || Ok(dir.init(now, key.as_deref())?)).await?
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
+    let (listener, local_addr) = if listen {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
         })?;
-    let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: config.listen,
-        source,
-    })?;
+        (Some(listener), local_addr)
+    } else {
+        (None, config.listen)
+    };
     let base = base_url(&config, local_addr);
-
-    let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    if !local_addr.ip().is_unspecified() && !local_addr.ip().is_loopback() {
-        hosts.push(local_addr.ip().to_string());
-    }
-    if let Some(h) = url::Url::parse(&base)
-        .ok()
-        .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
-    {
-        hosts.push(h);
-    }
-    hosts.extend(config.tls_hosts.iter().cloned());
-    hosts.sort();
-    hosts.dedup();
-    let mut material =
-        rsvault_identity::pki::ensure(&config.data_dir, &hosts).map_err(|e| StartError::Tls(e.to_string()))?;
-    if let Some((cert, key)) = &config.tls_files {
-        material = operator_tls(material.ca_pem_path, cert, key)?;
-    }
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&material)?));
 
     let control = {
         let (config, base) = (config.clone(), base.clone());
@@ -327,41 +310,85 @@ pub async fn start(config: Config, clock: SharedClock) -> Result<Running, StartE
     for g in config.host_grants.grants() {
         tracing::info!(root = %g.root().display(), scope = g.scope().unwrap_or("/"), "host path granted");
     }
-    let (runner, scheduler) = {
-        let (c, interval) = (control.clone(), config.policy_interval);
-        blocking(move || {
-            let runner = JobRunner::start(c.clone())?;
-            let scheduler = Scheduler::start(c, interval)?;
-            Ok((runner, scheduler))
-        })
-        .await?
-    };
-    let bootstrap = dir.publish_urls(&base)?;
-    let recorder = match &config.traffic_dir {
-        Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),
-        None => None,
-    };
-    let state = Arc::new(State {
-        control: control.clone(),
-        guards: Guards::new(&config.limits),
-        config: config.clone(),
-        base_url: base.clone(),
-        recorder,
-    });
-
-    let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, acceptor, state, rx));
-    tracing::info!(%local_addr, base_url = %base, "rsvault listening");
-    Ok(Running {
-        local_addr,
-        base_url: base,
-        bootstrap,
-        shutdown: tx,
-        task,
-        runner: Some(runner),
-        scheduler: Some(scheduler),
+    Ok(Opened {
+        config,
+        dir,
         control,
+        listener,
+        local_addr,
+        base,
     })
+}
+
+impl Opened {
+    /// The node's control plane.
+    pub fn control(&self) -> Arc<Control> {
+        self.control.clone()
+    }
+
+    /// The base URL clients use.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Starts serving the API: TLS from the data dir's CA (or the operator's certificate), the
+    /// bootstrap file's URLs, the accept loop.
+    pub async fn serve(self) -> Result<Running, StartError> {
+        let Opened {
+            config,
+            dir,
+            control,
+            listener,
+            local_addr,
+            base,
+        } = self;
+        let listener = listener.ok_or_else(|| {
+            StartError::Domain(rsvault_core::Error::internal("this node was opened without a listener"))
+        })?;
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        if !local_addr.ip().is_unspecified() && !local_addr.ip().is_loopback() {
+            hosts.push(local_addr.ip().to_string());
+        }
+        if let Some(h) = url::Url::parse(&base)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+        {
+            hosts.push(h);
+        }
+        hosts.extend(config.tls_hosts.iter().cloned());
+        hosts.sort();
+        hosts.dedup();
+        let mut material =
+            rsvault_identity::pki::ensure(&config.data_dir, &hosts).map_err(|e| StartError::Tls(e.to_string()))?;
+        if let Some((cert, key)) = &config.tls_files {
+            material = operator_tls(material.ca_pem_path, cert, key)?;
+        }
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config(&material)?));
+        let bootstrap = dir.publish_urls(&base)?;
+        let recorder = match &config.traffic_dir {
+            Some(d) => Some(Recorder::new(d).map_err(|e| rsvault_core::Error::internal(format!("traffic dir: {e}")))?),
+            None => None,
+        };
+        let state = Arc::new(State {
+            control: control.clone(),
+            guards: Guards::new(&config.limits),
+            config: config.clone(),
+            base_url: base.clone(),
+            recorder,
+        });
+
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(accept_loop(listener, acceptor, state, rx));
+        tracing::info!(%local_addr, base_url = %base, "rsvault listening");
+        Ok(Running {
+            local_addr,
+            base_url: base,
+            bootstrap,
+            shutdown: tx,
+            task,
+            control,
+        })
+    }
 }
 
 async fn accept_loop(

@@ -1,5 +1,5 @@
 //! The vaults' data as the control plane reaches it: one restic repository per vault, written
-//! through the engine ([`rsvault_engine::Engine`]), and the job engine's settings.
+//! through the engine ([`rsvault_engine::Engine`]), and the job engine's limits.
 //!
 //! * Each vault's repository is `DATA_DIR/vaults/{uuid}`, opened with the vault's own random password
 //!   (256 bits, so new repositories' key files use light scrypt parameters: `KeyDerivation::RandomSecret`).
@@ -16,35 +16,14 @@
 //!   password and a new repository. Leftovers of deleted vaults from older data dirs become such
 //!   records at start (`remove_orphaned_vault_data`).
 
-use crate::runner::Queue;
 use crate::{Control, Error, Result};
 use rsvault_engine::{Engine, EngineError, RepoLocation, RepoSpec, ResticEngine, Secret, VaultKeys};
 use rsvault_store::VaultSecretRow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// How many data-plane jobs run at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct JobLimits {
-    /// Jobs running at once in the whole server.
-    pub workers: usize,
-    /// Jobs running at once in one vault, counted over every node of the store; the others wait
-    /// in the queue.
-    pub per_vault: usize,
-    /// How long a running job's lease lasts unless its node renews it (a few times per lease); a
-    /// job whose lease lapsed is settled by any node.
-    pub lease_secs: u64,
-}
-
-impl Default for JobLimits {
-    fn default() -> Self {
-        JobLimits {
-            workers: 2,
-            per_vault: 1,
-            lease_secs: 30,
-        }
-    }
-}
+/// How many data-plane jobs run at once (the job engine's, `rsvault_jobs`).
+pub use rsvault_jobs::JobLimits;
 
 /// An engine to run instead of the restic-format one: how tests put a fault (a pause, an error) at
 /// an exact point of a job, around the real engine.
@@ -58,13 +37,13 @@ impl std::fmt::Debug for EngineOverride {
 }
 
 /// The data plane of a running server: the engine, the key that seals vault passwords, where the
-/// repositories live, and the job queue.
+/// repositories live, and the limits of this node's job queue (the queue itself is
+/// [`rsvault_jobs::Jobs`], made when the data plane joins a [`Control`]).
 pub struct DataPlane {
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) keys: VaultKeys,
     vaults_dir: PathBuf,
     pub(crate) limits: JobLimits,
-    pub(crate) queue: Queue,
     pub(crate) maintenance: crate::scheduler::Maintenance,
     pub(crate) faults: crate::faults::Armed,
     pub(crate) storage: crate::storage::StorageTargets,
@@ -91,13 +70,8 @@ impl DataPlane {
             engine,
             keys,
             vaults_dir: data_dir.join("vaults"),
-            limits: JobLimits {
-                workers: limits.workers.max(1),
-                per_vault: limits.per_vault.max(1),
-                lease_secs: limits.lease_secs.max(2),
-            },
+            limits: limits.normalized(),
             node: load_node_id(data_dir)?,
-            queue: Queue::default(),
             maintenance: Default::default(),
             faults: Default::default(),
             storage: Default::default(),
@@ -201,6 +175,8 @@ pub(crate) fn engine_error(e: EngineError) -> Error {
 impl Control {
     /// This control plane with a data plane (backups, restores and the job engine).
     pub fn with_data_plane(mut self, dp: DataPlane) -> Control {
+        let store: Arc<dyn rsvault_jobs::JobStore> = self.store.clone();
+        self.jobs = Some(rsvault_jobs::Jobs::new(store, &dp.node, dp.limits));
         self.data = Some(dp);
         self
     }

@@ -11,9 +11,9 @@
 //! every route answers 404, as the clock route does.
 
 use crate::backup::recovery::Work;
-use crate::runner::JobError;
 use crate::{body, Control, Error, Result};
 use rsvault_core::{ids, time};
+use rsvault_jobs::JobError;
 use rsvault_store::JobRow;
 use serde_json::{json, Value};
 use std::sync::Mutex;

@@ -11,8 +11,9 @@
 //! [`hostaccess`] (the operator's host-path grants: no grant, no host path),
 //! [`inventory`] (VMs, storage accounts and file shares), [`backup`] (policies, containers, protected
 //! items, jobs, operations, recovery points, backup, restore, backup status and vault backup
-//! configuration), [`dataplane`] (vault repositories and their sealed passwords), [`runner`] (the job
-//! engine that runs backups and restores), [`scheduler`] (scheduled backups, retention, the soft-delete
+//! configuration), [`dataplane`] (vault repositories and their sealed passwords), [`jobwork`] (the
+//! backup domain's side of the job engine, `rsvault_jobs`: what a job does), [`node`] (a node's
+//! background workers: job runner, scheduler, its report), [`scheduler`] (scheduled backups, retention, the soft-delete
 //! purge, garbage collection and the test clock's advance), [`immutability`] (immutable vaults and
 //! always-on soft delete: what they refuse).
 
@@ -26,9 +27,10 @@ pub mod faults;
 pub mod hostaccess;
 pub mod immutability;
 pub mod inventory;
+pub mod jobwork;
+pub mod node;
 pub mod removals;
 pub mod resources;
-pub mod runner;
 pub mod scheduler;
 pub mod storage;
 pub mod tokens;
@@ -69,6 +71,8 @@ pub struct Control {
     /// are sealed with the server key, which only a control plane with a data plane holds).
     issuer: RwLock<Option<(String, Arc<Issuer>)>>,
     data: Option<dataplane::DataPlane>,
+    /// The job queue of this node (with the data plane).
+    jobs: Option<Arc<rsvault_jobs::Jobs>>,
     grants: hostaccess::HostGrants,
 }
 
@@ -94,6 +98,7 @@ impl Control {
             tenant_id,
             issuer: RwLock::new(None),
             data: None,
+            jobs: None,
             grants: hostaccess::HostGrants::default(),
         })
     }

@@ -22,7 +22,8 @@
 //!    lives, read under the repository's exclusive lock, so a backup that has written its snapshot
 //!    but not yet committed its row (its job still `running`) is never collected.
 //!
-//! Passes run on the [`Scheduler`]'s own thread (never on an API request's), every
+//! Passes run on the [`Scheduler`]'s own thread (a [`Worker`] whose status the node reports; never on
+//! an API request's), every
 //! `interval`, and are serialized by one lock, so two never overlap. Among nodes sharing a store,
 //! only the holder of the `scheduler` leader lease runs passes (`leader_leases`, wall-clock, three
 //! intervals long and renewed at every pass). Vaults are marked for garbage collection in the store
@@ -41,15 +42,15 @@
 use crate::backup::recovery::{count_points, Work};
 use crate::backup::{vault_of, ContainerName, PROTECTED_ITEM_TYPE};
 use crate::immutability::Immutability;
-use crate::runner::{QUEUED, RUNNING};
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Duration, Utc};
 use rsvault_core::time::{self, Clock};
+use rsvault_jobs::worker::{Activity, Stop, Worker, WorkerState, Workers};
 use rsvault_schedule::{Retention, Schedule};
 use rsvault_store::ResourceRow;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// What garbage collection must keep in one vault (read from the store).
@@ -72,7 +73,7 @@ impl Live {
 }
 
 /// The name of the scheduler's leadership lease (`leader_leases`).
-const SCHEDULER_LEASE: &str = "scheduler";
+pub const SCHEDULER_LEASE: &str = "scheduler";
 
 /// The meta key where a test clock's time is kept across restarts.
 pub const META_TEST_CLOCK: &str = "test_clock";
@@ -117,9 +118,10 @@ impl PassReport {
     }
 }
 
-/// The thread that runs policy passes on the wall of time.
+/// The scheduler: a [`Worker`] on its own thread that runs policy passes on the wall of time
+/// while its node leads the scheduler.
 pub struct Scheduler {
-    stop: Arc<(Mutex<bool>, Condvar)>,
+    stop: Stop,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -133,56 +135,15 @@ impl Scheduler {
     /// Runs a pass at once and every `interval` after, while this node leads the scheduler among
     /// the nodes sharing the store (one leader at a time; see [`Control::lead_scheduler`]). A node
     /// that becomes the leader first marks every vault for garbage collection (a crash may have left
-    /// work undone); a stopping leader hands the lease back.
-    pub fn start(control: Arc<Control>, interval: std::time::Duration) -> Result<Scheduler> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let s = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("rsvault-scheduler".into())
-            .spawn(move || {
-                let mut leading = false;
-                loop {
-                    match control.lead_scheduler(interval) {
-                        Ok(now_leading) => {
-                            if now_leading && !leading {
-                                tracing::info!("this node leads the scheduler");
-                                if let Err(e) = control.mark_all_vaults() {
-                                    tracing::warn!(error = %e, "cannot mark the vaults for garbage collection");
-                                }
-                            } else if leading && !now_leading {
-                                tracing::warn!("this node no longer leads the scheduler");
-                            }
-                            leading = now_leading;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot renew the scheduler's leadership");
-                            leading = false;
-                        }
-                    }
-                    if leading {
-                        if let Err(e) = control.resume_test_clock() {
-                            tracing::warn!(error = %e, "cannot read the test clock");
-                        }
-                        if let Err(e) = control.policy_pass(control.now()) {
-                            tracing::error!(error = %e, "policy pass failed");
-                        }
-                    }
-                    let (lock, cv) = &*s;
-                    let stopped = lock.lock().unwrap_or_else(|p| p.into_inner());
-                    let (stopped, _) = cv
-                        .wait_timeout_while(stopped, interval, |st| !*st)
-                        .unwrap_or_else(|p| p.into_inner());
-                    if *stopped {
-                        if leading {
-                            if let Ok(dp) = control.data() {
-                                let _ = control.store.write(|db| db.release_leader(SCHEDULER_LEASE, &dp.node));
-                            }
-                        }
-                        return;
-                    }
-                }
-            })
-            .map_err(|e| Error::internal(format!("cannot start the scheduler: {e}")))?;
+    /// work undone); a stopping leader hands the lease back. Its status goes on `workers`' board.
+    pub fn start(control: Arc<Control>, interval: std::time::Duration, workers: &Workers) -> Result<Scheduler> {
+        let stop = Stop::default();
+        let thread = workers.spawn(SchedulerWorker {
+            control,
+            interval,
+            leading: false,
+            stop: stop.clone(),
+        })?;
         Ok(Scheduler {
             stop,
             thread: Some(thread),
@@ -191,11 +152,76 @@ impl Scheduler {
 
     /// Stops the thread (after the pass it may be running).
     pub fn stop(mut self) {
-        let (lock, cv) = &*self.stop;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        cv.notify_all();
+        self.stop.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+/// The scheduler's worker: one round is a leadership renewal and, when leading, a policy pass.
+struct SchedulerWorker {
+    control: Arc<Control>,
+    interval: std::time::Duration,
+    leading: bool,
+    stop: Stop,
+}
+
+impl Worker for SchedulerWorker {
+    fn name(&self) -> String {
+        "scheduler".into()
+    }
+
+    fn work(&mut self) -> Result<WorkerState> {
+        let control = &self.control;
+        match control.lead_scheduler(self.interval) {
+            Ok(now_leading) => {
+                if now_leading && !self.leading {
+                    tracing::info!("this node leads the scheduler");
+                    if let Err(e) = control.mark_all_vaults() {
+                        tracing::warn!(error = %e, "cannot mark the vaults for garbage collection");
+                    }
+                } else if self.leading && !now_leading {
+                    tracing::warn!("this node no longer leads the scheduler");
+                }
+                self.leading = now_leading;
+            }
+            Err(e) => {
+                self.leading = false;
+                return Err(Error::internal(format!("cannot renew the scheduler's leadership: {e}")));
+            }
+        }
+        if self.leading {
+            // On a test clock another node may have moved it.
+            control
+                .resume_test_clock()
+                .map_err(|e| Error::internal(format!("cannot read the test clock: {e}")))?;
+            control
+                .policy_pass(control.now())
+                .map_err(|e| Error::internal(format!("policy pass failed: {e}")))?;
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    fn wait_for_work(&mut self) -> WorkerState {
+        if !self.stop.wait(self.interval) {
+            return WorkerState::Busy;
+        }
+        if self.leading {
+            if let Ok(dp) = self.control.data() {
+                let _ = self
+                    .control
+                    .store
+                    .write(|db| db.release_leader(SCHEDULER_LEASE, &dp.node));
+            }
+        }
+        WorkerState::Done
+    }
+
+    fn status(&self) -> Activity {
+        Activity {
+            jobs_running: None,
+            detail: Some(if self.leading { "leader" } else { "standby" }.into()),
         }
     }
 }
@@ -510,7 +536,7 @@ impl Control {
                 ..Live::default()
             };
             let key = vault_id.to_ascii_lowercase();
-            for j in db.jobs_in_phase(QUEUED)?.into_iter().chain(db.jobs_in_phase(RUNNING)?) {
+            for j in rsvault_jobs::active_jobs(db)? {
                 if j.vault_key != key {
                     continue;
                 }
@@ -592,9 +618,7 @@ impl Control {
     fn wait_for_jobs(&self) -> Result<()> {
         let started = std::time::Instant::now();
         loop {
-            let busy = self.store.read(|db| {
-                Ok::<_, Error>(!db.jobs_in_phase(QUEUED)?.is_empty() || !db.jobs_in_phase(RUNNING)?.is_empty())
-            })?;
+            let busy = !self.store.read(rsvault_jobs::active_jobs)?.is_empty();
             if !busy {
                 return Ok(());
             }

@@ -1,6 +1,8 @@
 //! `rsvault`: a thin command line over the library crates.
 //!
-//! `serve` runs the HTTPS service; `principal` manages service principals; `keys rotate` rotates the
+//! `serve` runs a node: the HTTPS service and the job engine (`--role all`, the default), or one of
+//! them (`--role api`, `--role jobs`); `nodes` shows the nodes sharing the store and their workers;
+//! `principal` manages service principals; `keys rotate` rotates the
 //! token-signing key; `env` prints client set-up for a data dir; `vm add` / `share add` declare local
 //! workloads without ARM; `restic-env` prints what stock `restic` needs to open a vault. `serve`,
 //! `vm add` and `share add` take `--allow-path DIR[=SCOPE]`: the host roots their paths may use
@@ -15,6 +17,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rsvault_control::datadir::DataDir;
 use rsvault_control::hostaccess::{Grant, HostGrants};
+use rsvault_control::node::{Node, Role};
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::{Clock, SharedClock, SubsecRound, SystemClock, TestClock};
 use rsvault_store::StoreLocation;
@@ -84,6 +87,15 @@ impl DataDirArg {
 enum Command {
     /// Run the service.
     Serve(Box<ServeArgs>),
+    /// Show the nodes sharing the store: when each was last seen, its workers' statuses, and which
+    /// node leads the scheduler.
+    Nodes {
+        #[command(flatten)]
+        dir: DataDirArg,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage service principals.
     #[command(subcommand)]
     Principal(PrincipalCommand),
@@ -179,6 +191,11 @@ enum ShareCommand {
 struct ServeArgs {
     #[command(flatten)]
     dir: DataDirArg,
+    /// What this node does: `all` serves the API and runs jobs and the scheduler; `api` only serves
+    /// the API (jobs it queues run on `jobs` or `all` nodes sharing the store); `jobs` only runs
+    /// jobs and the scheduler, and listens on nothing.
+    #[arg(long, env = "RSVAULT_ROLE", default_value = "all", value_parser = ["all", "api", "jobs"])]
+    role: String,
     /// Where vaults live: a TOML file (mode 0600) of object-storage targets, S3 or Azure Blob, and
     /// the default for new vaults (see the README). Without it, vaults live in the data dir.
     #[arg(long, env = "RSVAULT_STORAGE")]
@@ -432,7 +449,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     config.node_id = args.node_id;
     config.tls_files = args.tls_cert.zip(args.tls_key);
     config.server_key = args.server_key;
-    config.jobs = rsvault_control::dataplane::JobLimits {
+    config.jobs = rsvault_jobs::JobLimits {
         workers: args.max_jobs.max(1),
         per_vault: args.vault_jobs.max(1),
         lease_secs: args.job_lease.max(2),
@@ -474,31 +491,145 @@ async fn serve(args: ServeArgs) -> Result<()> {
     } else {
         clock()
     };
-    let running = rsvault_api::start(config, clock).await.context("starting rsvault")?;
+    let role = Role::parse(&args.role).context("--role")?;
+    let interval = config.policy_interval;
+    // The node's store and control plane; then its jobs (interrupted ones settled before the API
+    // accepts anything); then the API.
+    let opened = rsvault_api::open(config, clock, role.serves_api())
+        .await
+        .context("starting rsvault")?;
+    let control = opened.control();
+    let node = {
+        let c = control.clone();
+        tokio::task::spawn_blocking(move || Node::start(c, role, interval))
+            .await?
+            .context("starting rsvault's workers")?
+    };
+    let running = match role.serves_api() {
+        true => Some(opened.serve().await.context("starting rsvault")?),
+        false => None,
+    };
     // The ready line (scripts wait for it). A reader that went away must not stop the server, so
     // errors writing to stdout are ignored.
     {
-        let bootstrap = DataDir::new(&args.dir.data_dir).bootstrap_path();
-        let text = format!(
-            "rsvault listening on {}\nbootstrap credentials: {}\nnode {} at {}\n",
-            running.base_url,
-            bootstrap.display(),
-            running.control().node_id().unwrap_or("-"),
-            running.local_addr
-        );
+        let node_id = control.node_id().unwrap_or("-");
+        let text = match &running {
+            Some(running) => format!(
+                "rsvault listening on {}\nbootstrap credentials: {}\nnode {} at {}\n",
+                running.base_url,
+                DataDir::new(&args.dir.data_dir).bootstrap_path().display(),
+                node_id,
+                running.local_addr
+            ),
+            None => format!("rsvault running jobs (role jobs: no listener)\nnode {node_id}\n"),
+        };
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(text.as_bytes()).and_then(|_| out.flush());
     }
-    let stopper = running.stopper();
-    tokio::spawn(async move {
+    let signalled = async move {
         tokio::select! {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
-        let _ = stopper.send(true);
-    });
-    running.wait().await;
+    };
+    // Stop order: the API stops accepting (in-flight requests finish), then the node's workers
+    // (scheduler, then jobs, which go back to the queue).
+    match running {
+        Some(running) => {
+            let stopper = running.stopper();
+            tokio::spawn(async move {
+                signalled.await;
+                let _ = stopper.send(true);
+            });
+            running.wait().await;
+        }
+        None => signalled.await,
+    }
+    tokio::task::spawn_blocking(move || node.stop()).await?;
+    Ok(())
+}
+
+/// `rsvault nodes`: the nodes that reported into the store, when each was last seen, its workers,
+/// and which node leads the scheduler.
+fn nodes(dir: &DataDirArg, as_json: bool) -> Result<()> {
+    let store = dir.data_dir()?.open_existing()?;
+    let (nodes, leader) = store
+        .read(|db| Ok::<_, anyhow::Error>((db.nodes()?, db.leader(rsvault_control::scheduler::SCHEDULER_LEASE)?)))?;
+    let now = chrono::Utc::now();
+    let ts = |t: chrono::DateTime<chrono::Utc>| rsvault_core::time::timestamp(t);
+    let leader = leader.filter(|(_, until)| *until >= now);
+    let list: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            let mut v = serde_json::json!({
+                "node": n.node,
+                "started": ts(n.started),
+                "lastSeen": ts(n.seen),
+                "secondsSinceSeen": (now - n.seen).num_seconds().max(0),
+                "schedulerLeader": leader.as_ref().is_some_and(|(l, _)| *l == n.node),
+            });
+            if let (Some(o), Some(info)) = (v.as_object_mut(), n.info.as_object()) {
+                for (k, x) in info {
+                    o.entry(k.clone()).or_insert(x.clone());
+                }
+            }
+            v
+        })
+        .collect();
+    if as_json {
+        return print_json(&serde_json::json!({
+            "schedulerLeader": leader.as_ref().map(|(node, until)| serde_json::json!({"node": node, "until": ts(*until)})),
+            "nodes": list,
+        }));
+    }
+    match &leader {
+        Some((node, until)) => println!("scheduler leader: {node} (lease until {})", ts(*until)),
+        None => println!("scheduler leader: none"),
+    }
+    if list.is_empty() {
+        println!("no node has reported into this store");
+    }
+    for n in &list {
+        let s = |k: &str| n[k].as_str().map(str::to_string).unwrap_or_else(|| n[k].to_string());
+        println!(
+            "\nnode {}  role {}  version {}  started {}  last seen {} ({}s ago)  running jobs {}",
+            s("node"),
+            s("role"),
+            s("version"),
+            s("started"),
+            s("lastSeen"),
+            n["secondsSinceSeen"],
+            n["runningJobs"].as_u64().unwrap_or(0),
+        );
+        let workers = n["workers"].as_array().cloned().unwrap_or_default();
+        if workers.is_empty() {
+            continue;
+        }
+        println!(
+            "  {:<12} {:<8} {:<26} {:<5} {:<38} LAST ERROR",
+            "WORKER", "STATE", "LAST RUN", "JOBS", "DETAIL"
+        );
+        for w in workers {
+            let f = |k: &str| match &w[k] {
+                serde_json::Value::Null => "-".to_string(),
+                serde_json::Value::String(x) => x.clone(),
+                x => x.to_string(),
+            };
+            println!(
+                "  {:<12} {:<8} {:<26} {:<5} {:<38} {}",
+                f("name"),
+                f("state"),
+                f("lastRun"),
+                f("jobsRunning"),
+                f("detail"),
+                match &w["lastError"] {
+                    serde_json::Value::String(e) => format!("{} ({e})", f("lastErrorTime")),
+                    _ => "-".into(),
+                }
+            );
+        }
+    }
     Ok(())
 }
 
@@ -538,6 +669,7 @@ fn main() -> Result<()> {
             .build()
             .context("starting the async runtime")?
             .block_on(serve(*args)),
+        Command::Nodes { dir, json } => nodes(&dir, json),
         Command::Principal(PrincipalCommand::Create { dir, name, role, scope }) => {
             let c = offline_control(&dir)?;
             let role = role.as_deref().zip(scope.as_deref());

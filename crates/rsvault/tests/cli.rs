@@ -1272,3 +1272,129 @@ fn kill_moments(moments: &[u64]) -> Vec<u64> {
         .unwrap_or(moments.len());
     moments.iter().copied().cycle().take(n).collect()
 }
+
+/// `serve` with extra options; returns the child and its first stdout line (any role's ready line).
+fn serve_line(dir: &Path, extra: &[&str]) -> (Child, String) {
+    let mut child = bin()
+        .args(["serve", "--data-dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    reader.read_line(&mut line).unwrap();
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    (child, line.trim().to_string())
+}
+
+/// Polls `rsvault nodes --json` until `ok` holds of its answer (at most 20 s).
+fn nodes_until(dir: &Path, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = run_json(&["nodes", "--json"], dir);
+        if ok(&v) {
+            return v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn node<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    v["nodes"].as_array()?.iter().find(|n| n["node"] == name)
+}
+
+fn worker_names(n: &Value) -> Vec<String> {
+    n["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter_map(|w| w["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `rsvault nodes` shows each node that reported into the store, when it was last seen, its
+/// workers' statuses and the scheduler's leader; `--role jobs` runs the workers and listens on
+/// nothing, `--role api` runs no job worker and no scheduler.
+#[test]
+fn nodes_shows_each_nodes_workers_and_the_scheduler_leader_for_every_role() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (child, line) = serve_line(&dir, &["--node-id=alpha", "--max-jobs=2"]);
+    assert!(line.starts_with("rsvault listening on "), "{line}");
+    let v = nodes_until(&dir, "alpha reports its workers and leads", |v| {
+        v["schedulerLeader"]["node"] == "alpha"
+            && node(v, "alpha").is_some_and(|n| {
+                n["workers"]
+                    .as_array()
+                    .is_some_and(|ws| ws.iter().any(|w| w["name"] == "scheduler" && w["lastRun"].is_string()))
+            })
+    });
+    let a = node(&v, "alpha").unwrap();
+    assert_eq!(a["role"], "all", "{a:#}");
+    assert_eq!(a["schedulerLeader"], true);
+    assert_eq!(a["runningJobs"], 0);
+    assert!(a["secondsSinceSeen"].as_i64().unwrap() < 10, "{a:#}");
+    assert_eq!(
+        worker_names(a),
+        ["job-0", "job-1", "job-leases", "node-report", "scheduler"],
+        "{a:#}"
+    );
+    let sched = a["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "scheduler")
+        .unwrap();
+    assert_eq!(sched["detail"], "leader", "{sched:#}");
+    assert!(sched.get("lastError").is_none(), "{sched:#}");
+    assert!(sigterm_and_wait(child).success());
+    // A graceful stop hands the scheduler back and leaves the node's last report: workers stopped.
+    let v = run_json(&["nodes", "--json"], &dir);
+    assert!(v["schedulerLeader"].is_null(), "{v:#}");
+    let a = node(&v, "alpha").unwrap();
+    for w in a["workers"].as_array().unwrap() {
+        if w["name"] != "node-report" {
+            assert_eq!(w["state"], "stopped", "{a:#}");
+        }
+    }
+
+    // A jobs node: no listener, the same workers, and it takes the scheduler.
+    let (child, line) = serve_line(&dir, &["--node-id=beta", "--role=jobs"]);
+    assert_eq!(line, "rsvault running jobs (role jobs: no listener)");
+    let v = nodes_until(&dir, "beta leads", |v| {
+        v["schedulerLeader"]["node"] == "beta" && node(v, "beta").is_some()
+    });
+    let b = node(&v, "beta").unwrap();
+    assert_eq!(b["role"], "jobs");
+    assert_eq!(
+        worker_names(b),
+        ["job-0", "job-1", "job-leases", "node-report", "scheduler"]
+    );
+    assert!(sigterm_and_wait(child).success());
+
+    // An API node: it serves, and reports itself, but runs no job worker and no scheduler.
+    let (child, line) = serve_line(&dir, &["--node-id=gamma", "--role=api"]);
+    assert!(line.starts_with("rsvault listening on "), "{line}");
+    let v = nodes_until(&dir, "gamma reports", |v| node(v, "gamma").is_some());
+    let g = node(&v, "gamma").unwrap();
+    assert_eq!(g["role"], "api");
+    assert_eq!(worker_names(g), ["node-report"]);
+    assert!(v["schedulerLeader"].is_null(), "{v:#}");
+    // The table names every node and the leader line.
+    let out = bin().args(["nodes", "--data-dir"]).arg(&dir).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("scheduler leader: none\n"), "{text}");
+    for n in ["alpha", "beta", "gamma"] {
+        assert!(text.contains(&format!("node {n}  role ")), "{text}");
+    }
+    assert!(text.contains("scheduler    stopped"), "{text}");
+    assert!(sigterm_and_wait(child).success());
+}

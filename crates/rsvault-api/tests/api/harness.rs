@@ -1,4 +1,7 @@
-//! Starts a real rsvault server in-process and talks to it over HTTPS.
+//! Starts a real rsvault server in-process and talks to it over HTTPS: a node as `rsvault serve`
+//! starts one by default (`--role all`): the store and control plane ([`rsvault_api::open`]), the
+//! node's job runner and scheduler ([`Node::start`]), then the API; stopped in the same order as
+//! `serve` stops (the API, then the node's workers).
 //!
 //! A test server's temp dir holds `data/` (the data dir) and `host/`, the one host root it grants
 //! (`--allow-path`): tests put disk images and storage account directories below
@@ -15,6 +18,7 @@ use reqwest::{Client, Method, Response};
 use rsvault_api::{Config, Running};
 use rsvault_control::datadir::Bootstrap;
 use rsvault_control::hostaccess::{Grant, HostGrants};
+use rsvault_control::node::{Node, Role};
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::{SharedClock, SystemClock};
 use rsvault_store::StoreLocation;
@@ -27,6 +31,8 @@ pub const API: &str = "api-version=2026-11-01";
 
 pub struct Server {
     pub running: Option<Running>,
+    /// The node's job runner and scheduler.
+    pub node: Option<Node>,
     pub base: String,
     pub boot: Bootstrap,
     pub http: Client,
@@ -89,7 +95,14 @@ pub async fn start_with_clock(mut config: Config, tmp: Option<tempfile::TempDir>
         config.store = Some(store_location(&config.data_dir));
     }
     let dir = config.data_dir.clone();
-    let running = rsvault_api::start(config, clock).await.expect("server starts");
+    let interval = config.policy_interval;
+    let opened = rsvault_api::open(config, clock, true).await.expect("server starts");
+    let control = opened.control();
+    let node = tokio::task::spawn_blocking(move || Node::start(control, Role::All, interval))
+        .await
+        .unwrap()
+        .expect("the node's workers start");
+    let running = opened.serve().await.expect("server starts");
     let ca = std::fs::read(dir.join("ca.pem")).unwrap();
     let http = Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
@@ -100,6 +113,7 @@ pub async fn start_with_clock(mut config: Config, tmp: Option<tempfile::TempDir>
     let boot = running.bootstrap.clone().expect("the store was bootstrapped here");
     let mut s = Server {
         running: Some(running),
+        node: Some(node),
         base,
         boot,
         http,
@@ -271,7 +285,26 @@ impl Server {
         if let Some(r) = self.running.take() {
             r.shutdown().await;
         }
+        if let Some(n) = self.node.take() {
+            tokio::task::spawn_blocking(move || n.stop()).await.unwrap();
+        }
         (self.dir.clone(), self._tmp.take())
+    }
+}
+
+impl Drop for Server {
+    /// A test that ends without [`Server::stop`] stops the server from accepting and its node's
+    /// workers on a thread of their own: left running, they kept store connections open for the
+    /// rest of the test binary (the PostgreSQL run ran out of connection slots).
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            let _ = r.stopper().send(true);
+        }
+        if let Some(n) = self.node.take() {
+            let _ = std::thread::Builder::new()
+                .name("test-server-stop".into())
+                .spawn(move || n.stop());
+        }
     }
 }
 

@@ -3,15 +3,15 @@
 //! action they report.
 //!
 //! Jobs created by protection changes complete with the action; jobs of data-plane work (backup,
-//! restore) are created `InProgress` and queued, and updated by the job engine ([`crate::runner`]).
+//! restore) are created `InProgress` and queued, and updated by the job engine (`rsvault_jobs`, through [`crate::jobwork`]).
 //! Cancel and export are here too, with their operation records.
 
 use super::JOB_TYPE;
-use crate::runner::{CancelOutcome, QUEUED, RUNNING};
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Timelike, Utc};
 use rsvault_core::odata::{Filter, Op};
 use rsvault_core::time;
+use rsvault_jobs::{CancelOutcome, JobStatus, Phase};
 use rsvault_store::{JobRow, OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
 
@@ -308,7 +308,7 @@ impl Control {
         let now = self.now();
         let end: DateTime<Utc> = j.end.unwrap_or(now);
         props["duration"] = json!(time::iso_duration(end - j.start));
-        let cancellable = j.status == "InProgress" && matches!(j.phase.as_deref(), Some(QUEUED | RUNNING));
+        let cancellable = JobStatus::of(j) == Some(JobStatus::InProgress) && Phase::of(j).is_some_and(Phase::is_active);
         if cancellable {
             props["actionsInfo"] = json!(["Cancellable"]);
         } else if let Some(o) = props.as_object_mut() {
@@ -331,7 +331,7 @@ impl Control {
     pub fn cancel_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<String> {
         let v = self.vault_row(sub, rg, vault)?;
         let j = self.job_row(&v, vault, name)?;
-        let outcome = if j.phase.is_some() {
+        let outcome = if Phase::of(&j).is_some() {
             self.cancel_job_run(&j.id)?
         } else {
             CancelOutcome::NotCancellable

@@ -1,6 +1,6 @@
 //! Backups and restores over the API: trigger a backup (`…/protectedItems/{item}/backup`), list and
 //! read recovery points, trigger a restore (`…/recoveryPoints/{rp}/restore`), and what those jobs do
-//! when the job engine ([`crate::runner`]) runs them.
+//! when the job engine (`rsvault_jobs`, through [`crate::jobwork`]) runs them.
 //!
 //! Accepting a backup or restore writes, in one transaction, an operation record that is already
 //! `Succeeded` with the job's id (`OperationStatusJobExtendedInfo`, as the live service answers the
@@ -17,7 +17,6 @@
 use super::jobs::Window;
 use crate::body;
 use crate::faults::FaultAction;
-use crate::runner::{new_tasks, Failure, Finished, JobError, JobProgress, TaskSpec, QUEUED, RUNNING};
 use crate::{Caller, Control, Error, Result};
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -27,6 +26,7 @@ use rsvault_engine::{
     Cancel, ConflictPolicy, DiskBackupRequest, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
     ImageFormat, RecoveryPointInfo, RecoveryPointTags, RepoSpec, Task, TreeBackupRequest, TreeRestoreRequest,
 };
+use rsvault_jobs::{active_jobs, new_tasks, Failure, Finished, JobError, JobStatus, Phase, Run, TaskSpec};
 use rsvault_store::{JobRow, OperationRow, RecoveryPointRow, ResourceRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -705,7 +705,7 @@ impl Control {
             start: now,
             end: None,
             body: props,
-            phase: Some(QUEUED.into()),
+            phase: Some(Phase::Queued.as_str().into()),
             work: Some(serde_json::to_value(work).expect("work serializes")),
         }
     }
@@ -735,11 +735,7 @@ impl Control {
 
     /// A queued or running job of `operation` for an item.
     fn active_job_for(&self, item: &str, operation: &str) -> Result<Option<JobRow>> {
-        let mut jobs = self.store.read(|db| {
-            let mut q = db.jobs_in_phase(QUEUED)?;
-            q.extend(db.jobs_in_phase(RUNNING)?);
-            Ok::<_, Error>(q)
-        })?;
+        let mut jobs = self.store.read(active_jobs)?;
         jobs.retain(|j| j.operation == operation && Work::of(j).is_some_and(|w| w.item().eq_ignore_ascii_case(item)));
         Ok(jobs.into_iter().next())
     }
@@ -900,9 +896,9 @@ impl Control {
     fn backup_finished(&self, job: &JobRow, item_id: &str, info: RecoveryPointInfo, warnings: Vec<String>) -> Finished {
         let item = self.store.read(|db| db.resource(item_id)).ok().flatten();
         let status = if warnings.is_empty() && info.consistency != rsvault_engine::Consistency::Inconsistent {
-            "Completed"
+            JobStatus::Completed
         } else {
-            "CompletedWithWarnings"
+            JobStatus::CompletedWithWarnings
         };
         let mut bag = Map::new();
         if job.backup_management_type == "AzureStorage" {
@@ -941,7 +937,7 @@ impl Control {
                 db.put_recovery_point(&rp)?;
                 if let Some(mut item) = db.resource(&item_id)? {
                     let p = &mut item.body["properties"];
-                    p["lastBackupStatus"] = json!(status);
+                    p["lastBackupStatus"] = json!(status.as_str());
                     p["lastBackupTime"] = json!(time::timestamp(rp.time));
                     p["lastRecoveryPoint"] = json!(time::timestamp(rp.time));
                     if p["protectionState"].as_str() == Some("IRPending") {
@@ -1016,9 +1012,10 @@ impl Control {
         n
     }
 
-    /// After a job ends (in its final transaction): a backup that did not complete marks its item.
-    pub(crate) fn after_job(&self, db: &rsvault_store::Db, job: &JobRow) -> Result<()> {
-        if job.operation != "Backup" || job.status.starts_with("Completed") {
+    /// After a job ends (in its final transaction, `status` its end): a backup that did not
+    /// complete marks its item.
+    pub(crate) fn after_job(&self, db: &rsvault_store::Db, job: &JobRow, status: JobStatus) -> Result<()> {
+        if job.operation != "Backup" || status.is_completed() {
             return Ok(());
         }
         let Some(work) = Work::of(job) else {
@@ -1028,8 +1025,8 @@ impl Control {
         // failed, packs of a cancelled one) is no recovery point: the vault's next pass collects it.
         db.mark_for_gc(&job.vault_key)?;
         if let Some(mut row) = db.resource(work.item())? {
-            row.body["properties"]["lastBackupStatus"] = json!(job.status);
-            if job.status == "Failed" {
+            row.body["properties"]["lastBackupStatus"] = json!(status.as_str());
+            if status == JobStatus::Failed {
                 row.body["properties"]["healthStatus"] = json!("ActionRequired");
             }
             db.put_resource(&row)?;
@@ -1038,7 +1035,8 @@ impl Control {
     }
 
     /// Carries out a data-plane job (called by a worker of the job engine).
-    pub(crate) fn execute_job(&self, job: &JobRow, cancel: &Cancel) -> std::result::Result<Finished, Failure> {
+    pub(crate) fn execute_job(&self, job: &JobRow, run: &Run<'_>) -> std::result::Result<Finished, Failure> {
+        let cancel = run.cancel();
         let work =
             Work::of(job).ok_or_else(|| internal_failure(Error::internal("the job's work record is unreadable")))?;
         let dp = self.data().map_err(internal_failure)?;
@@ -1085,7 +1083,7 @@ impl Control {
                     job: job.name.clone(),
                     recovery_point,
                 };
-                let progress = JobProgress::new(self, &job.id, BACKUP_TASKS);
+                let progress = run.progress(BACKUP_TASKS);
                 let now = self.now();
                 let out = match root {
                     Some(root) => dp.engine.backup_tree(
@@ -1189,7 +1187,7 @@ impl Control {
                         check_space(dir, info.total_size, "the restore target")?;
                     }
                 }
-                let progress = JobProgress::new(self, &job.id, RESTORE_TASKS);
+                let progress = run.progress(RESTORE_TASKS);
                 let mut bag = Map::new();
                 if let Some(name) = secondary {
                     bag.insert(
@@ -1272,9 +1270,9 @@ impl Control {
                 }
                 Ok(Finished {
                     status: if warn.is_some() {
-                        "CompletedWithWarnings"
+                        JobStatus::CompletedWithWarnings
                     } else {
-                        "Completed"
+                        JobStatus::Completed
                     },
                     bag,
                     warnings: warn.into_iter().collect(),
@@ -1337,11 +1335,7 @@ impl Control {
         let (v, row, rp_row) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
         // Each restore writes a whole copy: a vault queues a bounded number (25 copies in 0.2 s was
         // a way to fill a disk).
-        let active = self.store.read(|db| {
-            let mut q = db.jobs_in_phase(QUEUED)?;
-            q.extend(db.jobs_in_phase(RUNNING)?);
-            Ok::<_, Error>(q)
-        })?;
+        let active = self.store.read(active_jobs)?;
         let vkey = v.id.to_ascii_lowercase();
         let restores = active
             .iter()

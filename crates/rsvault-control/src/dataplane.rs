@@ -44,7 +44,7 @@ pub struct DataPlane {
     pub(crate) keys: VaultKeys,
     vaults_dir: PathBuf,
     pub(crate) limits: JobLimits,
-    pub(crate) maintenance: crate::scheduler::Maintenance,
+    pub(crate) maintenance: crate::maintenance::Maintenance,
     pub(crate) faults: crate::faults::Armed,
     pub(crate) storage: crate::storage::StorageTargets,
     /// This node's name among the nodes sharing the store (job leases, the scheduler's leadership).

@@ -42,6 +42,7 @@
 use crate::backup::recovery::{count_points, Work};
 use crate::backup::{vault_of, ContainerName, PROTECTED_ITEM_TYPE};
 use crate::immutability::Immutability;
+pub use crate::maintenance::META_TEST_CLOCK;
 use crate::{Control, Error, Result};
 use chrono::{DateTime, Duration, Utc};
 use rsvault_core::time::{self, Clock};
@@ -50,7 +51,7 @@ use rsvault_schedule::{Retention, Schedule};
 use rsvault_store::ResourceRow;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// What garbage collection must keep in one vault (read from the store).
@@ -75,23 +76,8 @@ impl Live {
 /// The name of the scheduler's leadership lease (`leader_leases`).
 pub const SCHEDULER_LEASE: &str = "scheduler";
 
-/// The meta key where a test clock's time is kept across restarts.
-pub const META_TEST_CLOCK: &str = "test_clock";
-
 /// Longest an advance waits for the jobs of one step before giving up.
 const STEP_JOB_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1800);
-
-/// The scheduler's shared state: the pass lock and the vaults awaiting garbage collection.
-#[derive(Debug, Default)]
-pub(crate) struct Maintenance {
-    pass: Mutex<()>,
-    dirty: Mutex<BTreeSet<String>>,
-    /// When each vault's unreferenced data was last pruned (this process's memory: a restart prunes
-    /// every vault at its first pass), and the vaults whose deleted snapshots left data to prune.
-    pruned: Mutex<(LastPrune, BTreeSet<String>)>,
-}
-
-type LastPrune = std::collections::HashMap<String, DateTime<Utc>>;
 
 /// How often a vault's unreferenced data is pruned (snapshots of expired points go at once).
 const PRUNE_EVERY: i64 = 7;
@@ -247,29 +233,6 @@ fn parse_time(v: &Value) -> Option<DateTime<Utc>> {
 }
 
 impl Control {
-    fn maintenance(&self) -> Result<&Maintenance> {
-        Ok(&self.data()?.maintenance)
-    }
-
-    /// Marks a vault for garbage collection at the next pass of whichever node leads the scheduler
-    /// (the mark is kept in the store; inside a transaction, use `Db::mark_for_gc`).
-    pub(crate) fn mark_vault(&self, vault_id: &str) {
-        if let Err(e) = self.store.write(|db| db.mark_for_gc(vault_id)) {
-            tracing::warn!(vault = %vault_id, error = %e, "cannot mark a vault for garbage collection; this node collects it");
-            self.mark_vault_here(vault_id);
-        }
-    }
-
-    /// Marks a vault for this node's next pass only.
-    fn mark_vault_here(&self, vault_id: &str) {
-        if let Ok(m) = self.maintenance() {
-            m.dirty
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(vault_id.to_ascii_lowercase());
-        }
-    }
-
     /// Takes or keeps the scheduler's leadership among the nodes sharing the store (a lease of three
     /// pass intervals, at least 30 s, renewed at every pass). Returns true while this node leads.
     fn lead_scheduler(&self, interval: std::time::Duration) -> Result<bool> {
@@ -688,21 +651,5 @@ impl Control {
         let now = clock.move_to(t);
         self.store.write(|db| db.set_meta(META_TEST_CLOCK, &now.to_rfc3339()))?;
         Ok(now)
-    }
-
-    /// With `--test-clock`: the virtual time the store holds (a previous run's, or another node's
-    /// advance), if later than the clock's. Called at start, before an advance, before a periodic
-    /// pass and when a job starts, so nodes sharing a store move together.
-    pub fn resume_test_clock(&self) -> Result<()> {
-        if let Some(c) = self.test_clock() {
-            if let Some(t) = self
-                .store
-                .read(|db| db.meta(META_TEST_CLOCK))?
-                .and_then(|s| DateTime::parse_from_rfc3339(&s).ok())
-            {
-                c.move_to(t.with_timezone(&Utc));
-            }
-        }
-        Ok(())
     }
 }

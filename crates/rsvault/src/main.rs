@@ -485,6 +485,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let path = args.storage.clone();
         tokio::task::spawn_blocking(move || load_storage(path.as_deref())).await??
     };
+    if matches!(config.store, Some(rsvault_store::StoreLocation::Postgres(_)))
+        && config.storage.choose(None).ok().flatten().is_none()
+    {
+        tracing::warn!(
+            data_dir = %args.dir.data_dir.display(),
+            "the store is PostgreSQL, which other nodes may share, but new vaults go to this node's data dir: other nodes reach them only where the same path is mounted, and only that filesystem's flock guards them; for several nodes, declare an object-storage target as the default in --storage"
+        );
+    }
     let clock: SharedClock = if args.test_clock {
         tracing::warn!("test clock on: time moves only through POST /rsvault/admin/clock/advance");
         Arc::new(TestClock::new(SystemClock.now().trunc_subsecs(0)))

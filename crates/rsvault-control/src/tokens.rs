@@ -35,6 +35,11 @@ fn oauth(unauthorized: bool, error: &'static str, description: String) -> OAuthE
     }
 }
 
+/// A stored signing key's sealed form, if it is sealed (older versions kept keys in clear).
+fn sealed_form(stored: &[u8]) -> Option<&str> {
+    std::str::from_utf8(stored).ok().filter(|s| VaultKeys::is_sealed(s))
+}
+
 fn signing_key_aad(kid: &str) -> String {
     format!("rsvault-signing-key:{kid}")
 }
@@ -52,7 +57,7 @@ pub fn seal_signing_key(server_key: &VaultKeys, kid: &str, pkcs8: &[u8]) -> Resu
 pub fn open_signing_keys(rows: Vec<SigningKeyRow>, server_key: Option<&VaultKeys>) -> Result<Vec<KeyMaterial>> {
     rows.into_iter()
         .map(|r| {
-            let pkcs8 = match std::str::from_utf8(&r.pkcs8).ok().filter(|s| VaultKeys::is_sealed(s)) {
+            let pkcs8 = match sealed_form(&r.pkcs8) {
                 None => r.pkcs8,
                 Some(sealed) => {
                     let key = server_key.ok_or_else(|| {
@@ -143,7 +148,7 @@ impl Control {
         let n = self.store.write(|db| {
             let mut n = 0;
             for r in db.signing_keys()? {
-                if std::str::from_utf8(&r.pkcs8).is_ok_and(VaultKeys::is_sealed) {
+                if sealed_form(&r.pkcs8).is_some() {
                     continue;
                 }
                 db.set_signing_key_material(&r.kid, &seal_signing_key(key, &r.kid, &r.pkcs8)?)?;

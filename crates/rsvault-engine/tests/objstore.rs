@@ -122,25 +122,7 @@ fn disks_and_trees_round_trip_through_object_storage_and_restic_reads_the_s3_vau
         assert_eq!(points.len(), 3, "{kind}: {points:?}");
 
         // Restores read the packs back with ranged GETs.
-        let out = dir.path().join("out");
-        fs::create_dir(&out).unwrap();
-        engine
-            .restore_disks(
-                &spec,
-                &DiskRestoreRequest {
-                    recovery_point: "b".into(),
-                    disks: None,
-                    target: DiskRestoreTarget::Directory(out.clone()),
-                    format: None,
-                },
-                &NoProgress,
-                &Cancel::new(),
-            )
-            .unwrap();
-        assert!(
-            fs::read(out.join("os")).unwrap() == bytes,
-            "{kind}: restored disk differs"
-        );
+        assert_restores_disk(&engine, &spec, &dir.path().join("out"), "b", &bytes, kind);
         let tree_out = dir.path().join("tree-out");
         fs::create_dir(&tree_out).unwrap();
         engine
@@ -287,6 +269,35 @@ fn fast_retries() -> ObjectStoreOptions {
     }
 }
 
+/// Restores recovery point `rp`'s disks into `out` (made here) and checks the `os` disk is `bytes`.
+fn assert_restores_disk(
+    engine: &ResticEngine,
+    spec: &RepoSpec,
+    out: &std::path::Path,
+    rp: &str,
+    bytes: &[u8],
+    kind: &str,
+) {
+    fs::create_dir(out).unwrap();
+    engine
+        .restore_disks(
+            spec,
+            &DiskRestoreRequest {
+                recovery_point: rp.into(),
+                disks: None,
+                target: DiskRestoreTarget::Directory(out.to_path_buf()),
+                format: None,
+            },
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+    assert!(
+        fs::read(out.join("os")).unwrap() == bytes,
+        "{kind}: restored disk differs"
+    );
+}
+
 fn point_ids(engine: &ResticEngine, spec: &RepoSpec) -> Vec<String> {
     let mut ids: Vec<String> = engine
         .recovery_points(spec, &RecoveryPointFilter::default())
@@ -398,25 +409,7 @@ fn a_store_answering_503_or_stalling_fails_the_backup_with_nothing_partial_and_a
         assert_eq!(point_ids(&engine, &spec), ["a", "e", "f"], "{kind}");
         let check = engine.verify(&spec, ReadData::All).unwrap();
         assert!(check.ok, "{kind}: {:?}", check.problems);
-        let out = dir.path().join("out");
-        fs::create_dir(&out).unwrap();
-        engine
-            .restore_disks(
-                &spec,
-                &DiskRestoreRequest {
-                    recovery_point: "f".into(),
-                    disks: None,
-                    target: DiskRestoreTarget::Directory(out.clone()),
-                    format: None,
-                },
-                &NoProgress,
-                &Cancel::new(),
-            )
-            .unwrap();
-        assert!(
-            fs::read(out.join("os")).unwrap() == bytes,
-            "{kind}: restored disk differs"
-        );
+        assert_restores_disk(&engine, &spec, &dir.path().join("out"), "f", &bytes, kind);
         if kind == "s3" {
             // Stock restic, straight to the store (not through the proxy).
             let direct = RepoSpec::in_object_store(

@@ -157,6 +157,20 @@ impl Jobs {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits at most `timeout` on the queue's wake-up while `waiting` holds: `Done` once the job
+    /// engine stops, else `Busy` (a worker's next round).
+    fn wait(&self, timeout: Duration, waiting: impl Fn(&QueueState) -> bool) -> WorkerState {
+        let (st, _) = self
+            .wake
+            .wait_timeout_while(self.lock(), timeout, |st| !st.stopping && waiting(st))
+            .unwrap_or_else(|p| p.into_inner());
+        if st.stopping {
+            WorkerState::Done
+        } else {
+            WorkerState::Busy
+        }
+    }
+
     /// Wakes the workers (a job was queued).
     pub fn wake(&self) {
         let mut st = self.lock();
@@ -471,18 +485,8 @@ impl Worker for JobWorker {
     }
 
     fn wait_for_work(&mut self) -> WorkerState {
-        let jobs = &self.engine.jobs;
-        let st = jobs.lock();
         let seen = self.seen_wakes;
-        let (st, _) = jobs
-            .wake
-            .wait_timeout_while(st, Duration::from_secs(2), |st| !st.stopping && st.wakes == seen)
-            .unwrap_or_else(|p| p.into_inner());
-        if st.stopping {
-            WorkerState::Done
-        } else {
-            WorkerState::Busy
-        }
+        self.engine.jobs.wait(Duration::from_secs(2), |st| st.wakes == seen)
     }
 
     fn status(&self) -> Activity {
@@ -565,16 +569,7 @@ impl Worker for LeaseKeeper {
     fn wait_for_work(&mut self) -> WorkerState {
         let jobs = &self.engine.jobs;
         let tick = Duration::from_millis((jobs.limits.lease_secs * 1000 / 6).clamp(200, 2000));
-        let st = jobs.lock();
-        let (st, _) = jobs
-            .wake
-            .wait_timeout_while(st, tick, |st| !st.stopping)
-            .unwrap_or_else(|p| p.into_inner());
-        if st.stopping {
-            WorkerState::Done
-        } else {
-            WorkerState::Busy
-        }
+        jobs.wait(tick, |_| true)
     }
 
     fn status(&self) -> Activity {

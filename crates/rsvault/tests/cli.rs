@@ -25,6 +25,16 @@ fn serve_granting(dir: &Path, roots: &[&Path]) -> (Child, String) {
 
 /// `serve` with extra options; returns the child and its URL once it is ready.
 fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
+    let (child, line) = serve_line(dir, extra);
+    let url = line
+        .strip_prefix("rsvault listening on ")
+        .unwrap_or_else(|| panic!("ready line: {line}"))
+        .to_string();
+    (child, url)
+}
+
+/// `serve` with extra options; returns the child and its first stdout line (any role's ready line).
+fn serve_line(dir: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> (Child, String) {
     let mut child = bin()
         .args(["serve", "--data-dir"])
         .arg(dir)
@@ -34,21 +44,18 @@ fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let url = ready(&mut child);
-    (child, url)
+    let line = first_line(&mut child);
+    (child, line)
 }
 
-/// Waits for a spawned `serve`'s ready line; returns its URL.
-fn ready(child: &mut Child) -> String {
+/// A spawned `serve`'s first stdout line (its ready line); the rest is drained for as long as the
+/// server lives, so the pipe stays open.
+fn first_line(child: &mut Child) -> String {
     let mut line = String::new();
     let mut reader = BufReader::new(child.stdout.take().unwrap());
     reader.read_line(&mut line).unwrap();
-    // Keep reading (and so keep the pipe open) for as long as the server lives.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    line.trim()
-        .strip_prefix("rsvault listening on ")
-        .unwrap_or_else(|| panic!("ready line: {line}"))
-        .to_string()
+    line.trim().to_string()
 }
 
 fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
@@ -173,7 +180,7 @@ fn serve_keeps_its_store_in_postgres_from_a_private_file_and_never_logs_the_pass
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    ready(&mut child);
+    assert!(first_line(&mut child).starts_with("rsvault listening on "));
     assert!(!dir.join("meta.db").exists(), "the store is not the data dir's file");
     // The other commands reach the same store through the environment.
     let out = bin()
@@ -1271,24 +1278,6 @@ fn kill_moments(moments: &[u64]) -> Vec<u64> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(moments.len());
     moments.iter().copied().cycle().take(n).collect()
-}
-
-/// `serve` with extra options; returns the child and its first stdout line (any role's ready line).
-fn serve_line(dir: &Path, extra: &[&str]) -> (Child, String) {
-    let mut child = bin()
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    reader.read_line(&mut line).unwrap();
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    (child, line.trim().to_string())
 }
 
 /// Polls `rsvault nodes --json` until `ok` holds of its answer (at most 20 s).

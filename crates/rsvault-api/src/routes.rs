@@ -8,6 +8,7 @@
 //! percent-decoded segment and a leading `{*scope}` captures any ARM scope (for
 //! `Microsoft.Authorization`).
 
+use rsvault_control::absent::Absent;
 use rsvault_core::Error;
 
 /// What a caller needs to reach a route.
@@ -120,10 +121,14 @@ pub enum Op {
     GetEncryptionConfig,
     PutEncryptionConfig,
     ListUsageSummaries,
-    ListResourceGuardProxies,
     BackupStatus,
     ValidateFeatures,
     PreValidateProtection,
+    // What rsvault does not have (`rsvault_control::absent`): a list is empty, a get is a
+    // not-found, anything else is `OperationNotSupported` naming the spec's operation id.
+    AbsentList(Absent),
+    AbsentGet(Absent),
+    AbsentAction(Absent, &'static str),
 }
 
 /// One endpoint.
@@ -294,11 +299,43 @@ pub const ROUTES: &[Route] = &[
     r("GET", vault!("/backupEncryptionConfigs/backupResourceEncryptionConfig"), Action("Microsoft.RecoveryServices/Vaults/read"), Op::GetEncryptionConfig),
     r("PUT", vault!("/backupEncryptionConfigs/backupResourceEncryptionConfig"), Action("Microsoft.RecoveryServices/Vaults/write"), Op::PutEncryptionConfig),
     r("GET", vault!("/backupUsageSummaries"), Action("Microsoft.RecoveryServices/Vaults/backupUsageSummaries/read"), Op::ListUsageSummaries),
-    r("GET", vault!("/backupResourceGuardProxies"), Action("Microsoft.RecoveryServices/Vaults/backupResourceGuardProxies/read"), Op::ListResourceGuardProxies),
+    r("GET", vault!("/backupResourceGuardProxies"), Action("Microsoft.RecoveryServices/Vaults/backupResourceGuardProxies/read"), Op::AbsentList(Absent::ResourceGuards)),
     // ---- subscription-level questions ----
     r("POST", location!("backupStatus"), Action("Microsoft.RecoveryServices/locations/backupStatus/action"), Op::BackupStatus),
     r("POST", location!("backupValidateFeatures"), Action("Microsoft.RecoveryServices/locations/backupValidateFeatures/action"), Op::ValidateFeatures),
     r("POST", location!("backupPreValidateProtection"), Action("Microsoft.RecoveryServices/locations/backupPreValidateProtection/action"), Op::PreValidateProtection),
+    // ---- what rsvault does not have (rsvault_control::absent) ----
+    r("GET", vault!("/backupEngines"), Action("Microsoft.RecoveryServices/Vaults/backupEngines/read"), Op::AbsentList(Absent::BackupEngines)),
+    r("GET", vault!("/backupEngines/{backupEngineName}"), Action("Microsoft.RecoveryServices/Vaults/backupEngines/read"), Op::AbsentGet(Absent::BackupEngines)),
+    r("GET", vault!("/backupProtectionIntents"), Action("Microsoft.RecoveryServices/Vaults/backupProtectionIntents/read"), Op::AbsentList(Absent::ProtectionIntents)),
+    r("GET", fabric!("/backupProtectionIntent/{intentObjectName}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/backupProtectionIntent/read"), Op::AbsentGet(Absent::ProtectionIntents)),
+    r("PUT", fabric!("/backupProtectionIntent/{intentObjectName}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/backupProtectionIntent/write"), Op::AbsentAction(Absent::ProtectionIntents, "ProtectionIntent_CreateOrUpdate")),
+    r("DELETE", fabric!("/backupProtectionIntent/{intentObjectName}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/backupProtectionIntent/delete"), Op::AbsentAction(Absent::ProtectionIntents, "ProtectionIntent_Delete")),
+    r("GET", fabric!("/protectionContainers/{containerName}/items"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/items/read"), Op::AbsentList(Absent::WorkloadItems)),
+    r("POST", item!("/configureSourceScan"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/configureSourceScan/action"), Op::AbsentAction(Absent::SourceScan, "ConfigureSourceScan_Execute")),
+    r("POST", item!("/recoveryPoints/{recoveryPointId}/move"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/move/action"), Op::AbsentAction(Absent::ArchiveTier, "MoveRecoveryPoint")),
+    r("POST", item!("/recoveryPointsRecommendedForMove"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPointsRecommendedForMove/action"), Op::AbsentList(Absent::ArchiveTier)),
+    r("POST", vault!("/backupTieringCost/default/fetchTieringCost"), Action("Microsoft.RecoveryServices/Vaults/backupTieringCost/fetchTieringCost/action"), Op::AbsentAction(Absent::ArchiveTier, "FetchTieringCost_Post")),
+    r("GET", vault!("/backupTieringCost/default/operationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupTieringCost/operationResults/read"), Op::AbsentGet(Absent::ArchiveTier)),
+    r("GET", vault!("/backupTieringCost/default/operationsStatus/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupTieringCost/operationsStatus/read"), Op::AbsentGet(Absent::ArchiveTier)),
+    r("GET", vault!("/backupResourceGuardProxies/{resourceGuardProxyName}"), Action("Microsoft.RecoveryServices/Vaults/backupResourceGuardProxies/read"), Op::AbsentGet(Absent::ResourceGuards)),
+    r("PUT", vault!("/backupResourceGuardProxies/{resourceGuardProxyName}"), Action("Microsoft.RecoveryServices/Vaults/backupResourceGuardProxies/write"), Op::AbsentAction(Absent::ResourceGuards, "ResourceGuardProxy_Put")),
+    r("DELETE", vault!("/backupResourceGuardProxies/{resourceGuardProxyName}"), Action("Microsoft.RecoveryServices/Vaults/backupResourceGuardProxies/delete"), Op::AbsentAction(Absent::ResourceGuards, "ResourceGuardProxy_Delete")),
+    r("POST", vault!("/backupResourceGuardProxies/{resourceGuardProxyName}/unlockDelete"), Action("Microsoft.RecoveryServices/Vaults/backupResourceGuardProxies/unlockDelete/action"), Op::AbsentAction(Absent::ResourceGuards, "ResourceGuardProxy_UnlockDelete")),
+    r("POST", vault!("/backupSecurityPIN"), Action("Microsoft.RecoveryServices/Vaults/backupSecurityPIN/action"), Op::AbsentAction(Absent::SecurityPin, "SecurityPINs_Get")),
+    r("POST", vault!("/backupstorageconfig/vaultstorageconfig/prepareDataMove"), Action("Microsoft.RecoveryServices/Vaults/backupstorageconfig/vaultstorageconfig/prepareDataMove/action"), Op::AbsentAction(Absent::DataMove, "BMSPrepareDataMove")),
+    r("POST", vault!("/backupstorageconfig/vaultstorageconfig/triggerDataMove"), Action("Microsoft.RecoveryServices/Vaults/backupstorageconfig/vaultstorageconfig/triggerDataMove/action"), Op::AbsentAction(Absent::DataMove, "BMSTriggerDataMove")),
+    r("GET", vault!("/backupstorageconfig/vaultstorageconfig/operationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupstorageconfig/vaultstorageconfig/operationResults/read"), Op::AbsentGet(Absent::DataMove)),
+    r("GET", vault!("/backupstorageconfig/vaultstorageconfig/operationStatus/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupstorageconfig/vaultstorageconfig/operationStatus/read"), Op::AbsentGet(Absent::DataMove)),
+    r("GET", vault!("/privateEndpointConnections/{privateEndpointConnectionName}"), Action("Microsoft.RecoveryServices/Vaults/privateEndpointConnections/read"), Op::AbsentGet(Absent::PrivateEndpoints)),
+    r("PUT", vault!("/privateEndpointConnections/{privateEndpointConnectionName}"), Action("Microsoft.RecoveryServices/Vaults/privateEndpointConnections/write"), Op::AbsentAction(Absent::PrivateEndpoints, "PrivateEndpointConnection_Put")),
+    r("DELETE", vault!("/privateEndpointConnections/{privateEndpointConnectionName}"), Action("Microsoft.RecoveryServices/Vaults/privateEndpointConnections/delete"), Op::AbsentAction(Absent::PrivateEndpoints, "PrivateEndpointConnection_Delete")),
+    r("GET", vault!("/privateEndpointConnections/{privateEndpointConnectionName}/operationsStatus/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/privateEndpointConnections/operationsStatus/read"), Op::AbsentGet(Absent::PrivateEndpoints)),
+    r("GET", vault!("/privateLinkResources"), Action("Microsoft.RecoveryServices/Vaults/privateLinkResources/read"), Op::AbsentList(Absent::PrivateEndpoints)),
+    r("GET", vault!("/privateLinkResources/{privateLinkResourceName}"), Action("Microsoft.RecoveryServices/Vaults/privateLinkResources/read"), Op::AbsentGet(Absent::PrivateEndpoints)),
+    r("PUT", vault!("/certificates/{certificateName}"), Action("Microsoft.RecoveryServices/Vaults/certificates/write"), Op::AbsentAction(Absent::VaultCertificates, "VaultCertificates_Create")),
+    r("DELETE", vault!("/registeredIdentities/{identityName}"), Action("Microsoft.RecoveryServices/Vaults/registeredIdentities/delete"), Op::AbsentAction(Absent::RegisteredIdentities, "RegisteredIdentities_Delete")),
+    r("GET", vault!("/replicationUsages"), Action("Microsoft.RecoveryServices/Vaults/replicationUsages/read"), Op::AbsentList(Absent::SiteRecovery)),
 ];
 
 /// Namespaces rsvault knows; a path in any other is `NoRegisteredProviderFound`.
@@ -334,6 +371,11 @@ impl Params {
 
     pub fn vault(&self) -> &str {
         self.get("vaultName")
+    }
+
+    /// The last value captured (the name a route ends with).
+    pub fn last(&self) -> &str {
+        self.0.last().map(|(_, v)| v.as_str()).unwrap_or_default()
     }
 
     /// The `{*scope}` capture, as an ARM scope (`/` when empty).

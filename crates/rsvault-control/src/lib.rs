@@ -15,8 +15,10 @@
 //! backup domain's side of the job engine, `rsvault_jobs`: what a job does), [`node`] (a node's
 //! background workers: job runner, scheduler, its report), [`scheduler`] (scheduled backups, retention, the soft-delete
 //! purge, garbage collection and the test clock's advance), [`immutability`] (immutable vaults and
-//! always-on soft delete: what they refuse).
+//! always-on soft delete: what they refuse), [`absent`] (what rsvault does not have: DPM engines, workload
+//! intents, private endpoints …, answered plainly).
 
+pub mod absent;
 pub mod access;
 pub mod backup;
 pub mod body;

@@ -255,10 +255,6 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Option<Result
                 Reply::empty(200)
             }
             Op::ListUsageSummaries => list(c.usage_summaries(sub, rg, v)?),
-            Op::ListResourceGuardProxies => {
-                c.vault_row(sub, rg, v)?;
-                list(vec![])
-            }
             Op::BackupStatus => Reply::ok(c.backup_status(sub, p.get("azureRegion"), &ctx.json()?)?),
             Op::ValidateFeatures => Reply::ok(c.validate_features(sub, &ctx.json()?)?),
             Op::PreValidateProtection => Reply::ok(c.pre_validate_protection(sub, &ctx.json()?)?),

@@ -142,6 +142,9 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
             Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) }))
         }
         Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
+        Op::AbsentList(what) => Reply::ok(c.absent_list(p.sub(), p.rg(), p.vault(), what)?),
+        Op::AbsentGet(what) => Reply::ok(c.absent_get(p.sub(), p.rg(), p.vault(), p.last(), what)?),
+        Op::AbsentAction(what, operation) => Reply::ok(c.absent_action(p.sub(), p.rg(), p.vault(), operation, what)?),
         _ => {
             return inventory::dispatch(ctx, op, p)
                 .or_else(|| backup::dispatch(ctx, caller, op, p))

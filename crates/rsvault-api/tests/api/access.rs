@@ -89,7 +89,7 @@ fn bad_tokens(s: &Server) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn instantiate(pattern: &str, sub: &str) -> String {
+pub(crate) fn instantiate(pattern: &str, sub: &str) -> String {
     pattern
         .replace("{*scope}", &format!("/subscriptions/{sub}"))
         .replace("{subscriptionId}", sub)

@@ -14,6 +14,7 @@ mod access;
 mod backup;
 mod conventions;
 mod faults;
+mod fidelity;
 mod identity;
 mod immutability;
 mod limits;

@@ -1,0 +1,48 @@
+//! Issue 16: the spec's operations rsvault answers beyond the seed flow — what it does not have said
+//! plainly, deleted vaults, capabilities, recovery points' extended info.
+
+use crate::access::instantiate;
+use crate::harness::*;
+use rsvault_api::routes::{Op, ROUTES};
+use serde_json::json;
+
+/// Every route of a part of Azure rsvault does not have answers by one rule in an existing vault (a
+/// list is empty, a get is a not-found, anything else is `OperationNotSupported` naming the spec's
+/// operation), and a missing vault's `ResourceNotFound` before that — never `InvalidResourceType`.
+#[tokio::test]
+async fn absent_operations_answer_plainly_not_invalid_resource_type() {
+    let s = start().await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "vv").await;
+    let mut seen = 0;
+    for route in ROUTES {
+        let want: (u16, Option<&str>) = match route.op {
+            Op::AbsentList(_) => (200, None),
+            Op::AbsentGet(_) => (404, Some("ResourceNotFound")),
+            Op::AbsentAction(_, _) => (400, Some("OperationNotSupported")),
+            _ => continue,
+        };
+        seen += 1;
+        let path = format!("{}?api-version=2026-11-01", instantiate(route.pattern, s.sub()));
+        let body = matches!(route.method, "PUT" | "PATCH" | "POST").then(|| json!({"properties": {}}));
+        let (st, v) = s.call(route.method, &path, body.as_ref()).await;
+        match want {
+            (200, _) => {
+                assert_eq!(st, 200, "{} {}: {v}", route.method, route.pattern);
+                assert_eq!(v, json!({"value": []}), "{} {}", route.method, route.pattern);
+            }
+            (code, Some(err)) => {
+                assert_arm_error(st, &v, code, err);
+                if let Op::AbsentAction(_, operation) = route.op {
+                    let msg = v["error"]["message"].as_str().unwrap();
+                    assert!(msg.contains(operation), "{msg}");
+                }
+            }
+            _ => unreachable!(),
+        }
+        let missing = path.replace("/vaults/vv/", "/vaults/nope/");
+        let (st, v) = s.call(route.method, &missing, body.as_ref()).await;
+        assert_arm_error(st, &v, 404, "ResourceNotFound");
+    }
+    assert!(seen >= 30, "only {seen} absent routes");
+}

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import requests
 from azure.core.exceptions import HttpResponseError
 from azure.mgmt.recoveryservices import RecoveryServicesClient
 from azure.mgmt.recoveryservices import models as rsm
@@ -175,6 +176,17 @@ def test_vm_backup_is_tracked_to_a_recovery_point_and_restored_byte_for_byte(env
     with pytest.raises(HttpResponseError) as err:
         bk.job_cancellations.trigger(vault, group, op.properties.job_id)
     assert err.value.status_code == 400 and err.value.error.code == "BMSUserErrorJobNotCancellable"
+
+    # Jobs export: the SDK follows Location to ExportJobsOperationResultInfo, and the export is a file
+    # at a time-limited signed URL that a plain GET (no token) reads.
+    headers = bk.jobs.export(vault, group, filter="operation eq 'Backup'", cls=lambda resp, body, h: resp.http_response.headers)
+    export_op = headers["location"].split("/operationResults/")[1].split("?")[0]
+    info = bk.export_jobs_operation_results.get(vault, group, export_op).operation
+    assert info.object_type == "ExportJobsOperationResultInfo"
+    exported = requests.get(info.blob_url + info.blob_sas_key, verify=env["server"].ca_file, timeout=30)
+    assert exported.status_code == 200
+    assert [j["name"] for j in exported.json()] == [op.properties.job_id]
+    assert requests.get(info.blob_url, verify=env["server"].ca_file, timeout=30).status_code == 404
 
     # Stock restic reads the vault with what `rsvault restic-env` prints (restic reaches Azure Blob only
     # at Azure's public endpoints, so not Azurite).

@@ -200,3 +200,37 @@ def test_invalid_vault_name(rs, group, bad):
         rs.vaults.begin_create_or_update(group, bad, new_vault(), polling_interval=0).result()
     assert e.value.status_code == 400
     assert arm_code(e.value) == "InvalidResourceName"
+
+
+# --- vault soft delete (issue 16) -------------------------------------------------------------
+
+
+def test_deleted_vault_is_listed_and_undeleted_into_another_group(rs, rm, group):
+    """A deleted vault (soft delete on, Azure's default) is kept: the SDK's deleted_vaults lists and
+    gets it and begin_undelete puts it back, here into another group."""
+    name = unique("vault")
+    rs.vaults.begin_create_or_update(group, name, new_vault(), polling_interval=0).result()
+    original = rs.vaults.get(group, name)
+    rs.vaults.begin_delete(group, name, polling_interval=0).result()
+
+    listed = {d.name: d for d in rs.deleted_vaults.list_by_subscription_id(LOCATION)}
+    assert name in listed
+    dv = rs.deleted_vaults.get(LOCATION, name)
+    assert dv.properties.vault_id == original.id
+    assert dv.properties.purge_at > dv.properties.vault_deletion_time
+    assert (dv.properties.purge_at - dv.properties.vault_deletion_time).days == 14
+
+    other = unique("sdk-undelete")
+    target = rm.resource_groups.create_or_update(other, {"location": LOCATION})
+    rs.deleted_vaults.begin_undelete(
+        LOCATION,
+        name,
+        rsm.DeletedVaultUndeleteInput(properties=rsm.DeletedVaultUndeleteInputProperties(recovery_resource_group_id=target.id)),
+        polling_interval=0,
+    ).result()
+    back = rs.vaults.get(other, name)
+    assert back.id.lower() == original.id.lower().replace(f"/resourcegroups/{group.lower()}/", f"/resourcegroups/{other.lower()}/")
+    assert name not in [d.name for d in rs.deleted_vaults.list_by_subscription_id(LOCATION)]
+    with pytest.raises(ResourceNotFoundError):
+        rs.deleted_vaults.get(LOCATION, name)
+    rs.vaults.begin_delete(other, name, polling_interval=0).result()

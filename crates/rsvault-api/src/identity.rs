@@ -15,7 +15,8 @@ use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-/// True for the decoded segments of an anonymous identity or metadata path.
+/// True for the decoded segments of an anonymous path: identity, metadata, or a job export's signed
+/// download URL.
 pub fn is_identity(s: &[String]) -> bool {
     let lower: Vec<String> = s.iter().map(|x| x.to_ascii_lowercase()).collect();
     let l: Vec<&str> = lower.iter().map(String::as_str).collect();
@@ -29,6 +30,7 @@ pub fn is_identity(s: &[String]) -> bool {
             | [_, "discovery", "instance"]
             | [_, "oauth2", "token"]
             | [_, "oauth2", "v2.0", "token"]
+            | ["rsvault", "exports", _]
     )
 }
 
@@ -88,6 +90,17 @@ pub fn handle(ctx: &Ctx) -> Reply {
     let l: Vec<String> = ctx.segs.iter().map(|s| s.to_ascii_lowercase()).collect();
     if l[0] == "metadata" {
         return metadata(ctx);
+    }
+    if l[0] == "rsvault" {
+        // A job export's signed download URL: the signature is the credential (as a blob SAS is).
+        if ctx.method != "GET" {
+            let e = rsvault_core::Error::HttpMethodNotSupported(ctx.method.clone());
+            return crate::reply::error_reply(&e, &ctx.request_id);
+        }
+        return match control.export_download(&ctx.segs[2], ctx.query("se"), ctx.query("sig")) {
+            Ok(jobs) => Reply::ok(jobs),
+            Err(e) => crate::reply::error_reply(&e, &ctx.request_id),
+        };
     }
     let tenant = ctx.segs[0].as_str();
     if l[1] == "discovery" && l[2] == "instance" {

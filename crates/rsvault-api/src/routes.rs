@@ -124,6 +124,11 @@ pub enum Op {
     BackupStatus,
     ValidateFeatures,
     PreValidateProtection,
+    Capabilities,
+    ListDeletedVaults,
+    GetDeletedVault,
+    UndeleteVault,
+    DeletedVaultOperationStatus,
     // What rsvault does not have (`rsvault_control::absent`): a list is empty, a get is a
     // not-found, anything else is `OperationNotSupported` naming the spec's operation id.
     AbsentList(Absent),
@@ -304,6 +309,12 @@ pub const ROUTES: &[Route] = &[
     r("POST", location!("backupStatus"), Action("Microsoft.RecoveryServices/locations/backupStatus/action"), Op::BackupStatus),
     r("POST", location!("backupValidateFeatures"), Action("Microsoft.RecoveryServices/locations/backupValidateFeatures/action"), Op::ValidateFeatures),
     r("POST", location!("backupPreValidateProtection"), Action("Microsoft.RecoveryServices/locations/backupPreValidateProtection/action"), Op::PreValidateProtection),
+    // ---- vault soft delete, capabilities (Microsoft.RecoveryServices/locations) ----
+    r("POST", location!("capabilities"), Action("Microsoft.RecoveryServices/locations/capabilities/action"), Op::Capabilities),
+    r("GET", location!("deletedVaults"), Action("Microsoft.RecoveryServices/locations/deletedVaults/read"), Op::ListDeletedVaults),
+    r("GET", location!("deletedVaults/{deletedVaultName}"), Action("Microsoft.RecoveryServices/locations/deletedVaults/read"), Op::GetDeletedVault),
+    r("POST", location!("deletedVaults/{deletedVaultName}/undelete"), Action("Microsoft.RecoveryServices/locations/deletedVaults/undelete/action"), Op::UndeleteVault),
+    r("GET", location!("deletedVaults/{deletedVaultName}/operations/{operationId}"), Action("Microsoft.RecoveryServices/locations/deletedVaults/operations/read"), Op::DeletedVaultOperationStatus),
     // ---- what rsvault does not have (rsvault_control::absent) ----
     r("GET", vault!("/backupEngines"), Action("Microsoft.RecoveryServices/Vaults/backupEngines/read"), Op::AbsentList(Absent::BackupEngines)),
     r("GET", vault!("/backupEngines/{backupEngineName}"), Action("Microsoft.RecoveryServices/Vaults/backupEngines/read"), Op::AbsentGet(Absent::BackupEngines)),

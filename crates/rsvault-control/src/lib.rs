@@ -16,7 +16,8 @@
 //! background workers: job runner, scheduler, its report), [`scheduler`] (scheduled backups, retention, the soft-delete
 //! purge, garbage collection and the test clock's advance), [`immutability`] (immutable vaults and
 //! always-on soft delete: what they refuse), [`absent`] (what rsvault does not have: DPM engines, workload
-//! intents, private endpoints …, answered plainly).
+//! intents, private endpoints …, answered plainly), [`deletedvaults`] (vault soft delete: deleted vaults kept,
+//! listed, undeleted, purged).
 
 pub mod absent;
 pub mod access;
@@ -24,6 +25,7 @@ pub mod backup;
 pub mod body;
 pub mod datadir;
 pub mod dataplane;
+pub mod deletedvaults;
 pub mod disk;
 pub mod faults;
 pub mod hostaccess;

@@ -137,13 +137,15 @@ impl Control {
 
     /// Deletes a group and everything in it, each resource the way its own DELETE does: a vault that
     /// still holds protected items (soft-deleted ones included) refuses, as its own DELETE does, and
-    /// then nothing is deleted; every other vault goes with its rows, jobs, operation records,
-    /// recovery point rows, sealed password and repository. VMs, storage accounts and shares are
+    /// then nothing is deleted; every other vault is kept as a deleted vault while its soft delete is
+    /// on (`deletedvaults`), else goes with its rows, jobs, operation records, recovery point rows,
+    /// sealed password and repository. VMs, storage accounts and shares are
     /// declarations and just go. One transaction decides and deletes.
     pub fn delete_group(&self, sub: &str, name: &str) -> Result<()> {
         self.subscription_row(sub)?;
         self.group_row(sub, name)?;
         let vault_type = crate::vaults::VAULT_TYPE;
+        let now = self.now();
         let secrets = self.store.write(|db| {
             let vaults: Vec<_> = db
                 .all_of_type(sub, vault_type)?
@@ -159,9 +161,7 @@ impl Control {
             }
             let mut secrets = vec![];
             for v in &vaults {
-                secrets.push(db.retire_vault_secret(&v.id)?);
-                db.delete_resource(&v.id)?;
-                db.delete_operations_below(&v.id)?;
+                secrets.push(crate::vaults::delete_vault_rows(db, v, now)?);
             }
             db.delete_group(sub, name)?;
             Ok::<_, Error>(secrets)

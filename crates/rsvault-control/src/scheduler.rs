@@ -292,7 +292,7 @@ impl Control {
 
     fn pass_locked(&self, now: DateTime<Utc>) -> Result<PassReport> {
         let mut r = PassReport {
-            purged: self.purge_soft_deleted(now)?,
+            purged: self.purge_soft_deleted(now)? + self.purge_deleted_vaults(now)?,
             expired: self.expire_points(now)?,
             ..PassReport::default()
         };
@@ -517,7 +517,7 @@ impl Control {
     }
 
     /// The first instant after `after` at which a pass has something to do: a schedule slot, an
-    /// expiry or the end of a soft-delete period.
+    /// expiry or the end of a soft-delete period (an item's or a deleted vault's).
     fn next_due(&self, after: DateTime<Utc>) -> Result<Option<DateTime<Utc>>> {
         let mut next: Option<DateTime<Utc>> = None;
         let mut consider = |t: DateTime<Utc>| {
@@ -548,6 +548,9 @@ impl Control {
                     consider(t);
                 }
             }
+        }
+        for t in self.deleted_vault_purges()? {
+            consider(t);
         }
         // The first expiry after `after` of an item whose points expire.
         let mut from = after;

@@ -301,6 +301,41 @@ pub(crate) fn check_vault_empty(db: &rsvault_store::Db, vault: &ResourceRow) -> 
     Ok(())
 }
 
+/// In a delete's transaction (the vault's own or its group's), after [`check_vault_empty`]: a vault
+/// whose soft delete is on is kept as a deleted vault ([`crate::deletedvaults`]); one whose soft
+/// delete is off goes with its rows, and its retired password row is returned for the removals
+/// sweeper.
+pub(crate) fn delete_vault_rows(
+    db: &rsvault_store::Db,
+    vault: &ResourceRow,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<rsvault_store::VaultSecretRow>> {
+    if let Some(days) = crate::deletedvaults::soft_delete_days(vault) {
+        crate::deletedvaults::keep_deleted(db, vault, now, days)?;
+        return Ok(None);
+    }
+    let secret = db.retire_vault_secret(&vault.id)?;
+    db.delete_resource(&vault.id)?;
+    db.delete_operations_below(&vault.id)?;
+    Ok(secret)
+}
+
+/// The record of an operation on `scope` that finished when it was accepted (a vault's delete, a
+/// deleted vault's undelete).
+pub(crate) fn done_operation(scope: &str, kind: &str, now: chrono::DateTime<chrono::Utc>) -> OperationRow {
+    OperationRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        scope_key: scope.to_ascii_lowercase(),
+        kind: kind.into(),
+        status: "Succeeded".into(),
+        start: now,
+        end: Some(now),
+        error: None,
+        properties: None,
+        target: None,
+    }
+}
+
 /// Azure's refusal of a vault delete while containers are registered (its words in the live
 /// recording `test_backup_item.yaml`, which names the registered items and asks to unregister all
 /// containers).
@@ -511,7 +546,8 @@ impl Control {
         Ok(row.body)
     }
 
-    /// Deletes a vault; refused while it still holds protected items. Returns the id of the durable
+    /// Deletes a vault (keeping it as a deleted vault while its soft delete is on); refused while it
+    /// still holds protected items. Returns the id of the durable
     /// operation record (its status and result URLs live below the vault's id), or `None` when there
     /// was no such vault.
     pub fn delete_vault(&self, sub: &str, rg: &str, name: &str) -> Result<Option<String>> {
@@ -522,22 +558,10 @@ impl Control {
             return Ok(None);
         };
         let now = self.now();
-        let op = OperationRow {
-            id: uuid::Uuid::new_v4().to_string(),
-            scope_key: id.to_ascii_lowercase(),
-            kind: "VaultDelete".into(),
-            status: "Succeeded".into(),
-            start: now,
-            end: Some(now),
-            error: None,
-            properties: None,
-            target: None,
-        };
+        let op = done_operation(&id, "VaultDelete", now);
         let secret = self.store.write(|db| {
             check_vault_empty(db, &vault)?;
-            let secret = db.retire_vault_secret(&id)?;
-            db.delete_resource(&id)?;
-            db.delete_operations_below(&id)?;
+            let secret = delete_vault_rows(db, &vault, now)?;
             db.put_operation(&op)?;
             Ok::<_, Error>(secret)
         })?;
@@ -592,6 +616,43 @@ impl Control {
             items: p.items.into_iter().map(|r| r.body).collect(),
             next: p.next,
         })
+    }
+
+    /// `RecoveryServices_Capabilities`: which private DNS zones a private endpoint of each vault
+    /// sub-resource needs. rsvault has no private endpoints (`absent`), so every sub-resource asked
+    /// about is answered with none required; the request is checked as Azure checks it.
+    pub fn capabilities(&self, sub: &str, req: &Value) -> Result<Value> {
+        self.subscription_row(sub)?;
+        let invalid = |message: String, target: &str| Error::Invalid {
+            code: "InvalidParameter",
+            message,
+            target: Some(target.into()),
+        };
+        let ty = req["type"]
+            .as_str()
+            .ok_or_else(|| invalid("The request must name the resource type: type.".into(), "type"))?;
+        if !ty.eq_ignore_ascii_case(VAULT_TYPE) {
+            return Err(invalid(
+                format!("Capabilities are known for '{VAULT_TYPE}' only, not '{ty}'."),
+                "type",
+            ));
+        }
+        let mut zones = vec![];
+        let asked = req.pointer("/properties/dnsZones").and_then(Value::as_array);
+        for z in asked.into_iter().flatten() {
+            let sub_resource = z["subResource"].as_str().unwrap_or_default();
+            let known = ["AzureBackup", "AzureBackup_secondary", "AzureSiteRecovery"]
+                .into_iter()
+                .find(|k| k.eq_ignore_ascii_case(sub_resource))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("'{sub_resource}' is not a vault sub-resource: AzureBackup, AzureBackup_secondary or AzureSiteRecovery."),
+                        "properties.dnsZones.subResource",
+                    )
+                })?;
+            zones.push(json!({"subResource": known, "requiredZoneNames": []}));
+        }
+        Ok(json!({"type": VAULT_TYPE, "properties": {"dnsZones": zones}}))
     }
 
     /// `checkNameAvailability` for a vault name in a group.

@@ -22,6 +22,19 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 
 use crate::error::{EngineError, IoContext, Result};
+use sha2::{Digest, Sha256};
+
+/// HMAC-SHA256 (RFC 2104) for keys of at most one block (64 bytes).
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    debug_assert!(key.len() <= 64);
+    let (mut ipad, mut opad) = ([0x36u8; 64], [0x5cu8; 64]);
+    for (i, k) in key.iter().enumerate() {
+        ipad[i] ^= k;
+        opad[i] ^= k;
+    }
+    let inner = Sha256::new().chain_update(ipad).chain_update(msg).finalize();
+    Sha256::new().chain_update(opad).chain_update(inner).finalize().into()
+}
 
 /// File name of the server key inside the data directory.
 pub const KEY_FILE: &str = "engine.key";
@@ -57,6 +70,8 @@ impl std::fmt::Display for Secret {
 /// The server key, loaded from (or created in) the data directory.
 pub struct VaultKeys {
     cipher: XChaCha20Poly1305,
+    /// The key of [`VaultKeys::mac`], derived from the server key (never the key itself).
+    mac_key: [u8; 32],
     path: PathBuf,
 }
 
@@ -101,10 +116,7 @@ impl VaultKeys {
                 match linked {
                     Ok(()) => {
                         crate::backend::fsync_dir(data_dir)?;
-                        Ok(Self {
-                            cipher: XChaCha20Poly1305::new(&key.into()),
-                            path,
-                        })
+                        Ok(Self::from_key(&key, path))
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                         let bytes = fs::read(&path).ctx(|| format!("read {}", path.display()))?;
@@ -136,10 +148,21 @@ impl VaultKeys {
             .ok()
             .filter(|k| k.len() == 32)
             .ok_or_else(|| EngineError::Key(format!("{} is not a key file", path.display())))?;
-        Ok(Self {
-            cipher: XChaCha20Poly1305::new_from_slice(&key).map_err(|_| EngineError::Key("bad key length".into()))?,
-            path: path.to_path_buf(),
-        })
+        let key: [u8; 32] = key.try_into().map_err(|_| EngineError::Key("bad key length".into()))?;
+        Ok(Self::from_key(&key, path.to_path_buf()))
+    }
+
+    fn from_key(key: &[u8; 32], path: PathBuf) -> Self {
+        let mac_key = Sha256::new()
+            .chain_update(b"rsvault mac key v1\0")
+            .chain_update(key)
+            .finalize()
+            .into();
+        Self {
+            cipher: XChaCha20Poly1305::new(key.into()),
+            mac_key,
+            path,
+        }
     }
 
     /// Whether a stored value is in the sealed form [`VaultKeys::seal`] makes.
@@ -178,6 +201,12 @@ impl VaultKeys {
         Ok(format!("{SEAL_PREFIX}{}", STANDARD.encode(blob)))
     }
 
+    /// HMAC-SHA256 of `msg` under a key derived from the server key: the same on every node that
+    /// shares the server key (signed download URLs any node can check).
+    pub fn mac(&self, msg: &[u8]) -> [u8; 32] {
+        hmac_sha256(&self.mac_key, msg)
+    }
+
     /// Opens a blob made by [`VaultKeys::seal`] for the same vault.
     pub fn open(&self, vault_id: &str, sealed: &str) -> Result<Secret> {
         let bad = || EngineError::Key("sealed vault password cannot be opened".into());
@@ -208,6 +237,15 @@ fn aad(vault_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        let hex: String = hmac_sha256(b"Jefe", b"what do ya want for nothing?")
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+    }
 
     #[test]
     fn key_file_is_0600_and_reused() {

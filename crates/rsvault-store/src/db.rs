@@ -352,6 +352,15 @@ impl Db<'_> {
         )
     }
 
+    /// Every resource below an id (any depth, any type), in key order.
+    pub fn subtree(&self, id: &str) -> R<Vec<ResourceRow>> {
+        self.0.rows(
+            &format!("SELECT {RESOURCE_COLS} FROM resources WHERE substr(id_key, 1, length(?1)) = ?1 ORDER BY id_key"),
+            ps![format!("{}/", key(id))],
+            resource_row,
+        )
+    }
+
     /// Every resource of one type below an id (any depth), in key order.
     pub fn all_below(&self, id: &str, type_key: &str) -> R<Vec<ResourceRow>> {
         self.0.rows(
@@ -948,6 +957,15 @@ impl Db<'_> {
             ps![key(vault), key(&retired_key(&row.repo))],
         )?;
         Ok(Some(row))
+    }
+
+    /// Moves a vault's sealed password and repository record to another key (a vault soft-deleted
+    /// into its deleted-vault record, and back at undelete). Returns whether there was one to move.
+    pub fn rekey_vault_secret(&self, from: &str, to: &str) -> R<bool> {
+        Ok(self.0.exec(
+            "UPDATE vault_secrets SET vault_key = ?2 WHERE vault_key = ?1",
+            ps![key(from), key(to)],
+        )? > 0)
     }
 
     /// Sealed passwords whose vault row is gone: retired rows ([`Db::retire_vault_secret`]),

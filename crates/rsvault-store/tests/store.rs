@@ -164,6 +164,7 @@ contract!(
     upserts_replace_every_column,
     job_leases_fence_renew_count_and_go_with_their_vault,
     a_leader_lease_has_one_holder_until_it_lapses,
+    a_subtree_is_every_row_below_and_a_secret_moves_between_keys,
 );
 
 fn vault(sub: &str, rg: &str, name: &str) -> ResourceRow {
@@ -375,6 +376,53 @@ fn leftovers_of_deleted_vaults_are_found_and_only_they(f: &Fixture) {
     assert_eq!(rec.sealed, "", "the password goes with the vault");
     assert!(s.write(|db| db.delete_vault_secret(&rec.vault_key)).unwrap());
     assert!(s.read(|db| db.retire_vault_secret(&kept.id)).unwrap().is_none());
+}
+
+fn a_subtree_is_every_row_below_and_a_secret_moves_between_keys(f: &Fixture) {
+    let s = f.open();
+    let (v, other) = (vault("s", "rg", "v"), vault("s", "rg", "v2"));
+    let child = |parent: &ResourceRow, ty: &str, name: &str| ResourceRow {
+        id: format!("{}/{ty}/{name}", parent.id),
+        type_key: format!("microsoft.recoveryservices/vaults/{ty}").to_ascii_lowercase(),
+        name: name.into(),
+        parent_key: Some(parent.id.to_ascii_lowercase()),
+        ..parent.clone()
+    };
+    let policy = child(&v, "backupPolicies", "P1");
+    let config = child(&v, "backupconfig", "vaultconfig");
+    s.write(|db| {
+        for r in [&v, &other, &policy, &config, &child(&other, "backupPolicies", "P2")] {
+            db.put_resource(r)?;
+        }
+        db.insert_vault_secret(&VaultSecretRow {
+            vault_key: v.id.to_ascii_lowercase(),
+            sealed: "sealed".into(),
+            repo: "/repos/v".into(),
+            created: Utc::now(),
+        })
+    })
+    .unwrap();
+    let below: Vec<String> = s
+        .read(|db| db.subtree(&v.id.to_uppercase()))
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(
+        below,
+        ["vaultconfig", "P1"],
+        "every type below the vault, its own row and its sibling's not"
+    );
+
+    let kept = "/subscriptions/s/providers/Microsoft.RecoveryServices/locations/westus/deletedVaults/v";
+    assert!(s.write(|db| db.rekey_vault_secret(&v.id, kept)).unwrap());
+    assert!(s.read(|db| db.vault_secret(&v.id)).unwrap().is_none());
+    let moved = s.read(|db| db.vault_secret(kept)).unwrap().expect("moved");
+    assert_eq!((moved.sealed.as_str(), moved.repo.as_str()), ("sealed", "/repos/v"));
+    assert!(
+        !s.write(|db| db.rekey_vault_secret(&v.id, kept)).unwrap(),
+        "nothing left to move"
+    );
 }
 
 fn concurrent_writers_on_two_stores_lose_no_update(f: &Fixture) {

@@ -204,7 +204,14 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Option<Result
                     &format!("{base}/backupOperations/{id}"),
                 )
             }
-            Op::ExportJobsResult => Reply::ok(c.export_jobs_result(sub, rg, v, opid)?),
+            Op::ExportJobsResult => {
+                let (path, sas) = c.export_jobs_result(sub, rg, v, opid)?;
+                Reply::ok(json!({"statusCode": "OK", "headers": {}, "operation": {
+                    "objectType": "ExportJobsOperationResultInfo",
+                    "blobUrl": format!("{}{path}", ctx.base),
+                    "blobSasKey": sas,
+                }}))
+            }
             Op::TriggerBackup => {
                 let id = c.trigger_backup(sub, rg, v, fabric, container, item, &ctx.json()?)?;
                 let base = request_url_up(ctx, 1);

@@ -142,6 +142,27 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
             Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) }))
         }
         Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
+        Op::Capabilities => Reply::ok(c.capabilities(p.sub(), &ctx.json()?)?),
+        Op::ListDeletedVaults => Reply::ok(json!({ "value": c.list_deleted_vaults(p.sub(), p.get("azureRegion"))? })),
+        Op::GetDeletedVault => {
+            Reply::ok(c.get_deleted_vault(p.sub(), p.get("azureRegion"), p.get("deletedVaultName"))?)
+        }
+        Op::UndeleteVault => {
+            let (op, _) = c.undelete_vault(p.sub(), p.get("azureRegion"), p.get("deletedVaultName"), &ctx.json()?)?;
+            // The vault is back before the answer; the operation URL tells so to a poller.
+            let status = format!("{}/operations/{op}", request_url_up(ctx, 1));
+            accepted(ctx, &status, &status)
+        }
+        Op::DeletedVaultOperationStatus => {
+            let o = c.deleted_vault_operation(
+                p.sub(),
+                p.get("azureRegion"),
+                p.get("deletedVaultName"),
+                p.get("operationId"),
+            )?;
+            let id = ctx.raw_path.clone();
+            Reply::ok(Control::operation_status_body(&id, &o))
+        }
         Op::AbsentList(what) => Reply::ok(c.absent_list(p.sub(), p.rg(), p.vault(), what)?),
         Op::AbsentGet(what) => Reply::ok(c.absent_get(p.sub(), p.rg(), p.vault(), p.last(), what)?),
         Op::AbsentAction(what, operation) => Reply::ok(c.absent_action(p.sub(), p.rg(), p.vault(), operation, what)?),

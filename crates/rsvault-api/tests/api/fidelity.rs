@@ -46,3 +46,33 @@ async fn absent_operations_answer_plainly_not_invalid_resource_type() {
     }
     assert!(seen >= 30, "only {seen} absent routes");
 }
+
+/// `RecoveryServices_Capabilities`: every vault sub-resource asked about needs no private DNS zone
+/// (rsvault has no private endpoints); what Azure refuses is refused with its code.
+#[tokio::test]
+async fn capabilities_answer_each_sub_resource_and_check_the_request() {
+    let s = start().await;
+    let path = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/capabilities?{API}",
+        s.sub()
+    );
+    let zones = |subs: &[&str]| -> serde_json::Value { subs.iter().map(|z| json!({"subResource": z})).collect() };
+    let ok = json!({"type": "Microsoft.RecoveryServices/Vaults", "properties": {"dnsZones": zones(&["AzureBackup", "azuresiterecovery"])}});
+    let (st, b) = s.call("POST", &path, Some(&ok)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(
+        b,
+        json!({"type": "Microsoft.RecoveryServices/vaults", "properties": {"dnsZones": [
+            {"subResource": "AzureBackup", "requiredZoneNames": []},
+            {"subResource": "AzureSiteRecovery", "requiredZoneNames": []}]}})
+    );
+    let bad = [
+        json!({"properties": {}}),
+        json!({"type": "Microsoft.Compute/virtualMachines"}),
+        json!({"type": "Microsoft.RecoveryServices/Vaults", "properties": {"dnsZones": zones(&["Blob"])}}),
+    ];
+    for body in bad {
+        let (st, b) = s.call("POST", &path, Some(&body)).await;
+        assert_arm_error(st, &b, 400, "InvalidParameter");
+    }
+}

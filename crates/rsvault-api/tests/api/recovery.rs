@@ -650,16 +650,57 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
     assert_eq!(st, 202);
     let (st, res) = get_url(&f.s, &header(&h, "location")).await;
     assert_eq!(st, 200, "{res}");
-    let mut list: Vec<String> = res["operation"]["jobList"]
+    let op = &res["operation"];
+    assert_eq!(op["objectType"], "ExportJobsOperationResultInfo", "{res}");
+    let (url, sas) = (op["blobUrl"].as_str().unwrap(), op["blobSasKey"].as_str().unwrap());
+    assert!(url.starts_with(&f.s.base), "{url}");
+    // A plain GET, no token: the signature is the credential, as with a blob SAS.
+    let plain = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(f.s.dir.join("ca.pem")).unwrap()).unwrap())
+        .build()
+        .unwrap();
+    let r = plain.get(format!("{url}{sas}")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let exported: Value = r.json().await.unwrap();
+    let mut list: Vec<String> = exported
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v.as_str().unwrap().to_string())
+        .map(|j| {
+            assert_eq!(j["properties"]["operation"], "Restore", "{j}");
+            j["name"].as_str().unwrap().to_string()
+        })
         .collect();
     list.sort();
     let mut want = vec![rjob.clone(), ojob.clone(), ajob.clone()];
     want.sort();
     assert_eq!(list, want);
+    // A changed signature, a changed expiry, another export's name or no query: one not-found.
+    let expiry: i64 = sas
+        .split("se=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sig = sas.split("sig=").nth(1).unwrap();
+    let flipped: String = sig.chars().rev().collect();
+    for bad in [
+        format!("{url}?se={expiry}&sig={flipped}"),
+        format!("{url}?se={}&sig={sig}", expiry + 3600),
+        format!(
+            "{}00000000-0000-0000-0000-000000000000{sas}",
+            url.rsplit_once('/').unwrap().0.to_string() + "/"
+        ),
+        url.to_string(),
+    ] {
+        let r = plain.get(&bad).send().await.unwrap();
+        let st = r.status().as_u16();
+        let b: Value = r.json().await.unwrap();
+        assert_arm_error(st, &b, 404, "ResourceNotFound");
+    }
     f.s.stop().await;
 }
 

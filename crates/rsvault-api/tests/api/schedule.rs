@@ -636,3 +636,149 @@ async fn schedules_and_retentions_azure_rejects_are_rejected_with_its_code() {
     }
     e.s.stop().await;
 }
+
+/// Issue 16: a deleted vault keeps its data and configuration for its soft-delete period, is listed
+/// and recovered into another group (ids rebased, the same repository), and is purged — repository
+/// and all — when the period is over.
+#[tokio::test]
+async fn a_deleted_vault_is_kept_recovered_into_another_group_and_purged_after_its_period() {
+    let e = start_at("2026-06-01T00:00:00Z").await;
+    e.protect("vm1", 1 << 20, "DefaultPolicy").await;
+    let r =
+        e.s.call(
+            "POST",
+            &format!("{}/backup?{BK}", e.item("vm1")),
+            Some(&json!({"properties": {"objectType": "IaasVMBackupRequest"}})),
+        )
+        .await;
+    assert_eq!(r.0, 202, "{}", r.1);
+    e.advance(0).await;
+    let repo = e.repo();
+    let (st, b) = e.s.call("DELETE", &format!("{}?{BK}", e.item("vm1")), None).await;
+    assert_eq!(st, 202, "{b}");
+    let r = e.advance(14 * 86_400).await;
+    assert_eq!(r["purgedItems"], 1, "{r}");
+
+    let vault = format!("{}?{API}", e.vault());
+    let (st, b) = e.s.call("DELETE", &vault, None).await;
+    assert_eq!(st, 202, "{b}");
+    assert_eq!(e.s.call("GET", &vault, None).await.0, 404);
+    assert!(
+        repo.join("config").exists(),
+        "the data stays while the vault is deleted"
+    );
+    let deleted = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/deletedVaults",
+        e.s.sub()
+    );
+    let (st, list) = e.s.call("GET", &format!("{deleted}?{API}"), None).await;
+    assert_eq!(st, 200, "{list}");
+    let dv = &list["value"][0];
+    assert_eq!(list["value"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(dv["name"], "v1");
+    assert_eq!(dv["type"], "Microsoft.RecoveryServices/locations/deletedVaults");
+    assert_eq!(dv["properties"]["vaultId"], e.vault());
+    assert_eq!(dv["properties"]["vaultDeletionTime"], "2026-06-15T00:00:00Z");
+    assert_eq!(dv["properties"]["purgeAt"], "2026-06-29T00:00:00Z");
+    assert_eq!(
+        dv.as_object().unwrap().len(),
+        4,
+        "id, name, type, properties only: {dv}"
+    );
+    let (st, one) = e.s.call("GET", &format!("{deleted}/v1?{API}"), None).await;
+    assert_eq!((st, &one), (200, dv));
+
+    // Recovered into another group: refused while that group is missing, or holds a vault of the name.
+    let undelete = format!("{deleted}/v1/undelete?{API}");
+    let into = |rg: &str| json!({"properties": {"recoveryResourceGroupId": format!("/subscriptions/{}/resourceGroups/{rg}", e.s.sub())}});
+    let cases: [(Value, u16, &str); 3] = [
+        (json!({"properties": {}}), 400, "InvalidParameter"),
+        (
+            json!({"properties": {"recoveryResourceGroupId": "/subscriptions/other/resourceGroups/rg2"}}),
+            400,
+            "InvalidParameter",
+        ),
+        (into("rg2"), 404, "ResourceGroupNotFound"),
+    ];
+    for (body, status, code) in cases {
+        let (st, b) = e.s.call("POST", &undelete, Some(&body)).await;
+        assert_arm_error(st, &b, status, code);
+    }
+    e.s.make_group("rg2").await;
+    e.s.make_vault("rg2", "v1").await;
+    let (st, b) = e.s.call("POST", &undelete, Some(&into("rg2"))).await;
+    assert_arm_error(st, &b, 409, "ResourceAlreadyExists");
+    let (st, _) =
+        e.s.call("DELETE", &format!("{}?{API}", e.s.vault_path("rg2", "v1")), None)
+            .await;
+    assert_eq!(st, 202);
+    // That delete was soft too: the second deleted vault of the name gets a suffix.
+    let (_, list) = e.s.call("GET", &format!("{deleted}?{API}"), None).await;
+    assert_eq!(list["value"].as_array().unwrap().len(), 2, "{list}");
+
+    let r =
+        e.s.call_as(Some(&e.s.token), "POST", &undelete, Some(&into("rg2")))
+            .await;
+    assert_eq!(r.status().as_u16(), 202);
+    let status = r.headers()["azure-asyncoperation"].to_str().unwrap().to_string();
+    let (st, op) = e.s.call("GET", status.strip_prefix(&e.s.base).unwrap(), None).await;
+    assert_eq!((st, op["status"].as_str()), (200, Some("Succeeded")), "{op}");
+    let moved = e.s.vault_path("rg2", "v1");
+    let (st, v) = e.s.call("GET", &format!("{moved}?{API}"), None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["id"], moved);
+    let (st, pol) =
+        e.s.call("GET", &format!("{moved}/backupPolicies/DefaultPolicy?{BK}"), None)
+            .await;
+    assert_eq!(st, 200, "the vault's policies come back with it: {pol}");
+    assert_eq!(pol["id"], format!("{moved}/backupPolicies/DefaultPolicy"));
+    let row = e.s.offline(|c| c.store().read(|db| db.vault_secret(&moved))).unwrap();
+    assert_eq!(row.expect("the password is back").repo, repo.display().to_string());
+    assert_eq!(e.s.call("GET", &format!("{deleted}/v1?{API}"), None).await.0, 404);
+
+    // Deleted again, and purged when its period is over: the repository goes.
+    let (st, _) = e.s.call("DELETE", &format!("{moved}?{API}"), None).await;
+    assert_eq!(st, 202);
+    let r = e.advance(13 * 86_400).await;
+    assert_eq!(r["purgedItems"], 0, "{r}");
+    assert!(repo.join("config").exists());
+    let r = e.advance(2 * 86_400).await;
+    assert_eq!(
+        r["purgedItems"], 2,
+        "both deleted vaults of the name, at their purgeAt: {r}"
+    );
+    assert!(r["steps"].as_u64().unwrap() >= 1, "the purge is a due instant: {r}");
+    let (_, list) = e.s.call("GET", &format!("{deleted}?{API}"), None).await;
+    assert_eq!(list["value"], json!([]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while repo.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purged vault's repository stays"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    e.s.stop().await;
+}
+
+/// A vault whose soft delete is off is deleted at once, as before: no deleted vault.
+#[tokio::test]
+async fn a_vault_with_soft_delete_off_is_deleted_at_once() {
+    let e = start_at("2026-06-01T00:00:00Z").await;
+    let vault = format!("{}?{API}", e.vault());
+    let (st, b) =
+        e.s.call(
+            "PATCH",
+            &vault,
+            Some(&json!({"properties": {"securitySettings": {"softDeleteSettings": {"softDeleteState": "Disabled"}}}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(e.s.call("DELETE", &vault, None).await.0, 202);
+    let deleted = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/deletedVaults?{API}",
+        e.s.sub()
+    );
+    assert_eq!(e.s.call("GET", &deleted, None).await.1, json!({"value": []}));
+    e.s.stop().await;
+}

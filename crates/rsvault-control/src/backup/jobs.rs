@@ -230,6 +230,15 @@ impl JobFilter {
     }
 }
 
+/// How long a job export's download URL is valid, in minutes.
+pub const EXPORT_URL_MINUTES: i64 = 60;
+/// The type of the row that keeps a job export below its vault (rsvault's own; no route lists it).
+const EXPORT_TYPE: &str = "rsvault/backupjobsexports";
+
+fn export_id(vault: &str, op: &str) -> String {
+    format!("{vault}/backupJobsExports/{op}")
+}
+
 impl Control {
     /// `GET …/backupJobs` with Azure's `$filter`, newest first, paged (`skip_after` is the key of the
     /// last job of the previous page).
@@ -365,20 +374,43 @@ impl Control {
         Ok(o)
     }
 
-    /// `POST …/backupJobsExport?$filter=…`: the ids of the matching jobs, as the operation's result.
+    /// `POST …/backupJobsExport`: the jobs the filter keeps, rendered as their GET answers, kept in
+    /// the export's operation record until it is downloaded through its signed URL
+    /// ([`Control::export_download`]). Returns the operation id.
     pub fn export_jobs(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<String> {
         let v = self.vault_row(sub, rg, vault)?;
         let f = JobFilter::parse(filter)?;
         let jobs = self.store.read(|db| db.jobs(&v.id))?;
-        let list: Vec<String> = jobs.iter().filter(|j| f.keeps(j)).map(|j| j.name.clone()).collect();
-        let props = json!({"objectType": "OperationResultInfo", "jobList": list});
+        let kept: Vec<&JobRow> = jobs.iter().filter(|j| f.keeps(j)).collect();
+        let ids: Vec<&str> = kept.iter().map(|j| j.name.as_str()).collect();
+        let props = json!({"objectType": "OperationStatusJobsExtendedInfo", "jobIds": ids});
         let op = self.finished_operation(&v, "ExportJobs", None, Some(props));
-        self.store.write(|db| db.put_operation(&op))?;
+        let now = self.now();
+        // The export itself: a row below the vault (it goes with the vault), of a type no route lists.
+        let export = ResourceRow {
+            id: export_id(&v.id, &op.id),
+            subscription: v.subscription.clone(),
+            resource_group: v.resource_group.clone(),
+            type_key: EXPORT_TYPE.into(),
+            name: op.id.clone(),
+            parent_key: Some(v.id.to_ascii_lowercase()),
+            body: json!({"jobs": kept.iter().map(|j| self.job_body(j)).collect::<Vec<_>>()}),
+            etag: op.id.clone(),
+            created: now,
+            updated: now,
+        };
+        self.store.write(|db| {
+            db.put_operation(&op)?;
+            db.put_resource(&export)
+        })?;
         Ok(op.id)
     }
 
-    /// `GET …/backupJobs/operationResults/{op}`: the export's result.
-    pub fn export_jobs_result(&self, sub: &str, rg: &str, vault: &str, op: &str) -> Result<Value> {
+    /// `GET …/backupJobs/operationResults/{op}`: where to download the export — a path below the
+    /// server (`/rsvault/exports/{op}`, the caller puts its base URL before it) and a SAS-style
+    /// query (`?se=EXPIRY&sig=SIGNATURE`) signed with the server key, valid for
+    /// [`EXPORT_URL_MINUTES`] from now, that any node sharing the server key accepts.
+    pub fn export_jobs_result(&self, sub: &str, rg: &str, vault: &str, op: &str) -> Result<(String, String)> {
         let o = self.backup_operation(sub, rg, vault, op)?;
         if o.kind != "ExportJobs" {
             return Err(Error::NotFound {
@@ -386,7 +418,41 @@ impl Control {
                 message: format!("The operation '{op}' is not a job export."),
             });
         }
-        Ok(json!({"statusCode": "OK", "headers": {}, "operation": o.properties.unwrap_or(Value::Null)}))
+        let expiry = (self.wall_now() + chrono::Duration::minutes(EXPORT_URL_MINUTES)).timestamp();
+        let sig = self.export_signature(&o.id, expiry)?;
+        Ok((format!("/rsvault/exports/{}", o.id), format!("?se={expiry}&sig={sig}")))
+    }
+
+    fn export_signature(&self, op: &str, expiry: i64) -> Result<String> {
+        use base64::Engine as _;
+        let mac = self.data()?.keys.mac(format!("jobs-export\n{op}\n{expiry}").as_bytes());
+        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac))
+    }
+
+    /// A plain GET of an export's signed URL: the exported jobs as a JSON array, if the signature
+    /// is this server key's and has not expired. Every refusal is the same not-found, so a probe
+    /// learns nothing about which exports exist.
+    pub fn export_download(&self, op: &str, expiry: Option<&str>, sig: Option<&str>) -> Result<Value> {
+        let refused = || Error::NotFound {
+            code: "ResourceNotFound",
+            message: "The export does not exist, or its URL has expired or is not valid.".into(),
+        };
+        let expiry: i64 = expiry.and_then(|e| e.parse().ok()).ok_or_else(refused)?;
+        let want = self.export_signature(op, expiry)?;
+        let given = sig.unwrap_or_default();
+        let same =
+            want.len() == given.len() && want.bytes().zip(given.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if !same || expiry < self.wall_now().timestamp() {
+            return Err(refused());
+        }
+        let export = self.store.read(|db| {
+            let Some(o) = db.operation(op)?.filter(|o| o.kind == "ExportJobs") else {
+                return Ok(None);
+            };
+            db.resource(&export_id(&o.scope_key, op))
+        })?;
+        let export = export.ok_or_else(refused)?;
+        Ok(export.body["jobs"].clone())
     }
 
     /// `GET …/backupJobs/{job}`.

@@ -10,6 +10,7 @@ and one in Azure Blob (Azurite) (issue 15).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import time
@@ -164,8 +165,13 @@ def test_vm_backup_is_tracked_to_a_recovery_point_and_restored_byte_for_byte(env
     _, rjob = wait_job(bk, vault, group, restores[0].name)
     assert rjob.properties.status == "Completed", rjob.properties.error_details
     assert rjob.properties.extended_info.property_bag["Job Type"] == "Recover disks"
-    images = sorted(p for p in Path(env["target"]).rglob("*") if p.is_file())
+    images = sorted(p for p in Path(env["target"]).rglob("*") if p.is_file() and p.suffix != ".json")
     assert len(images) == 2
+    bag = rjob.properties.extended_info.property_bag
+    config = json.loads(Path(bag["Config Blob Uri"].removeprefix("file://")).read_text())
+    assert config["type"] == "Microsoft.Compute/virtualMachines"
+    template = json.loads(Path(bag["Template Blob Uri"].removeprefix("file://")).read_text())
+    assert template["resources"][0]["properties"]["storageProfile"]["osDisk"]["vhd"]["uri"].startswith("file://")
     by_size = sorted(images, key=lambda p: p.stat().st_size)
     assert by_size[0].read_bytes() == env["os_disk"].read_bytes()
     assert by_size[1].read_bytes() == env["data_src"].read_bytes(), "the qcow2 disk comes back as its guest content"

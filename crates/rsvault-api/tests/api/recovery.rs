@@ -483,12 +483,42 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
         "{transfer}"
     );
     assert_eq!(transfer["progressPercentage"], 100.0, "{transfer}");
-    let restored: Vec<PathBuf> = std::fs::read_dir(&acct_dir)
+    let (restored, configs): (Vec<PathBuf>, Vec<PathBuf>) = std::fs::read_dir(&acct_dir)
         .unwrap()
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
         .map(|e| e.unwrap().path())
-        .collect();
+        .partition(|p| p.extension().is_none_or(|e| e != "json"));
     assert_eq!(restored.len(), 2, "{restored:?}");
+    // Issue 16: the VM's configuration and a template that re-creates it, named in the bag as Azure
+    // names its config and template blobs.
+    let bag = &rp_props["extendedInfo"]["propertyBag"];
+    let file_of = |k: &str| PathBuf::from(bag[k].as_str().unwrap().strip_prefix("file://").unwrap());
+    let (config_path, template_path) = (file_of("Config Blob Uri"), file_of("Template Blob Uri"));
+    assert_eq!(configs.len(), 2, "{configs:?}");
+    assert!(configs.contains(&config_path) && configs.contains(&template_path), "{bag}");
+    assert_eq!(config_path.file_name().unwrap().to_str(), bag["Config Blob Name"].as_str());
+    assert_eq!(
+        config_path.parent().unwrap().file_name().unwrap().to_str(),
+        bag["Config Blob Container Name"].as_str()
+    );
+    let config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
+    assert_eq!(config["id"], vm_id);
+    assert_eq!(config["properties"]["storageProfile"]["osDisk"]["osType"], "Linux", "{config}");
+    let template: Value = serde_json::from_slice(&std::fs::read(&template_path).unwrap()).unwrap();
+    let res = &template["resources"][0];
+    assert_eq!(res["type"], "Microsoft.Compute/virtualMachines");
+    // Deploying the template's VM (its properties as they are) declares a VM over the restored disks.
+    let (st, b) = f
+        .s
+        .call(
+            "PUT",
+            &format!("{}/providers/Microsoft.Compute/virtualMachines/vm1-fromtemplate?api-version=2024-07-01", f.s.rg_path("rg")),
+            Some(&json!({"location": res["location"], "properties": res["properties"]})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let os_uri = b["properties"]["storageProfile"]["osDisk"]["vhd"]["uri"].as_str().unwrap();
+    assert!(restored.iter().any(|p| os_uri == format!("file://{}", p.display())), "{b}");
     let mut contents: Vec<Vec<u8>> = restored.iter().map(|p| std::fs::read(p).unwrap()).collect();
     contents.sort_by_key(|c| c.len());
     assert_eq!(

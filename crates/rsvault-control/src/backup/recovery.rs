@@ -1224,8 +1224,10 @@ impl Control {
                         bag.insert("Number Of Failed Files".into(), json!("0"));
                     }
                     t => {
+                        let mut disks_dir = None;
                         let (target, format, new_vm) = match t {
                             RestoreTarget::Disks { dir, format, new_vm } => {
+                                disks_dir = Some(dir.clone());
                                 std::fs::create_dir_all(&dir).map_err(|e| {
                                     Failure::Failed(JobError::new(
                                         100_005,
@@ -1265,6 +1267,11 @@ impl Control {
                         if let Some(vm) = new_vm {
                             self.declare_restored_vm(&vm, &out.paths).map_err(internal_failure)?;
                             bag.insert("Target VM Name".into(), json!(vm.name));
+                        } else if let Some(dir) = disks_dir {
+                            let named = self
+                                .write_vm_config(&dir, &item, &out.paths)
+                                .map_err(internal_failure)?;
+                            bag.extend(named);
                         }
                     }
                 }
@@ -1293,6 +1300,81 @@ impl Control {
                 .and_then(|r| r.body["properties"]["sourceResourceId"].as_str().map(String::from))
                 .unwrap_or_default()
         })
+    }
+
+    /// `RestoreDisks`: beside the restored images, the VM's configuration and an ARM template that
+    /// re-creates it over them (what Azure leaves in the storage account as the config and template
+    /// blobs), each written once under a new name; returns the property bag entries naming them, in
+    /// Azure's words, with `file://` URIs where Azure gives blob URIs.
+    fn write_vm_config(&self, dir: &Path, item: &str, images: &[PathBuf]) -> Result<Map<String, Value>> {
+        let item_row = self.store.read(|db| db.resource(item))?;
+        let source = item_row
+            .as_ref()
+            .and_then(|r| r.body.pointer("/properties/sourceResourceId"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let vm = self.store.read(|db| db.resource(&source))?;
+        let vm_name = source.rsplit('/').next().unwrap_or("vm").to_string();
+        let location = vm
+            .as_ref()
+            .and_then(|v| v.body["location"].as_str())
+            .unwrap_or("westus")
+            .to_string();
+        let os_type = vm
+            .as_ref()
+            .and_then(|v| v.body.pointer("/properties/storageProfile/osDisk/osType"))
+            .cloned()
+            .unwrap_or(json!("Linux"));
+        let uri = |p: &Path| format!("file://{}", p.display());
+        let size_gb = |p: &Path| std::fs::metadata(p).map(|m| m.len().div_ceil(1 << 30)).unwrap_or(0);
+        let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let os = images
+            .first()
+            .ok_or_else(|| Error::internal("the restore wrote no disk"))?;
+        let storage = json!({
+            "osDisk": {"osType": os_type, "name": name_of(os), "vhd": {"uri": uri(os)}, "diskSizeGB": size_gb(os), "createOption": "Attach"},
+            "dataDisks": images.iter().skip(1).enumerate().map(|(i, p)| json!({
+                "lun": i, "name": name_of(p), "vhd": {"uri": uri(p)}, "diskSizeGB": size_gb(p), "createOption": "Attach"})).collect::<Vec<_>>(),
+        });
+        let mut vm_props = vm.as_ref().map(|v| v.body["properties"].clone()).unwrap_or(json!({}));
+        vm_props["storageProfile"] = storage.clone();
+        let config = json!({"id": source, "name": vm_name, "type": "Microsoft.Compute/virtualMachines", "location": location, "properties": vm_props});
+        let template = json!({
+            "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#",
+            "contentVersion": "1.0.0.0",
+            "parameters": {"VirtualMachineName": {"type": "string", "defaultValue": format!("{vm_name}-restored")}},
+            "resources": [{
+                "type": "Microsoft.Compute/virtualMachines",
+                "apiVersion": "2024-07-01",
+                "name": "[parameters('VirtualMachineName')]",
+                "location": location,
+                "properties": {"storageProfile": storage},
+            }],
+        });
+        let container = name_of(dir);
+        let short = container.rsplit('-').next().unwrap_or_default().to_string();
+        let config_name = format!("config-{}-{short}.json", vm_name.to_ascii_lowercase());
+        let template_name = format!("azuredeploy{short}.json");
+        for (name, body) in [(&config_name, &config), (&template_name, &template)] {
+            let path = dir.join(name);
+            let text = serde_json::to_vec_pretty(body).map_err(|e| Error::internal(e.to_string()))?;
+            // A new name only: an existing file or link there is refused, never written through.
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+            std::io::Write::write_all(&mut f, &text)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+        }
+        let mut bag = Map::new();
+        bag.insert("Config Blob Name".into(), json!(config_name));
+        bag.insert("Config Blob Container Name".into(), json!(container));
+        bag.insert("Config Blob Uri".into(), json!(uri(&dir.join(&config_name))));
+        bag.insert("Template Blob Uri".into(), json!(uri(&dir.join(&template_name))));
+        Ok(bag)
     }
 
     /// `AlternateLocation`: a new VM resource over the restored images (the first is the OS disk).

@@ -465,6 +465,10 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
     assert_eq!(rp_props["operation"], "Restore");
     assert_eq!(rp_props["extendedInfo"]["propertyBag"]["Job Type"], "Recover disks");
     assert_eq!(
+        rp_props["extendedInfo"]["internalPropertyBag"],
+        json!({"restoreLocationType": "RestoreDisks"})
+    );
+    assert_eq!(
         rp_props["extendedInfo"]["propertyBag"]["Target Storage Account Name"],
         "restoresa"
     );

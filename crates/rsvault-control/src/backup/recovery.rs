@@ -1503,7 +1503,7 @@ impl Control {
             resource: Some(resource),
         };
         let now = self.now();
-        let job = self.queued_job(
+        let mut job = self.queued_job(
             &v,
             "Restore",
             &bmt,
@@ -1515,6 +1515,10 @@ impl Control {
             true,
             now,
         );
+        if bmt != "AzureStorage" {
+            // As the live service shows a VM restore's kind (test_backup_scenario.yaml).
+            job.body["extendedInfo"]["internalPropertyBag"] = json!({"restoreLocationType": recovery_type});
+        }
         self.commit_queued(&v, job, &row.id, None)
     }
 

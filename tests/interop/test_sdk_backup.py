@@ -148,6 +148,15 @@ def test_vm_backup_is_tracked_to_a_recovery_point_and_restored_byte_for_byte(env
     assert rp.properties.recovery_point_type == "CrashConsistent"
     assert rp.properties.recovery_point_properties.expiry_time == expiry.strftime("%Y-%m-%dT%H:%M:%SZ")
     assert bk.recovery_points.get(vault, group, "Azure", container, item, rp.name).properties.recovery_point_time == rp.properties.recovery_point_time
+    # The point's extended info (the SDK's LRO, answered at once): its disks, the OS disk at lun -1.
+    ext = bk.recovery_points.begin_get_rp_extended_info(
+        group, vault, "Azure",
+        bm.GetRPExtendedInfoRequestResource(properties=bm.GetRPExtendedInfoRequest(recovery_point_ids=[rp.id])),
+        polling_interval=0,
+    ).result()
+    assert isinstance(ext.value[0].properties, bm.IaasVMRPExtendedInfo)
+    assert ext.value[0].properties.os_disk.lun == -1
+    assert len(ext.value[0].properties.data_disks) == 1
     got = bk.protected_items.get(vault, group, "Azure", container, item)
     assert got.properties["lastBackupStatus"] == "Completed"  # base model: read by wire name
     assert got.properties["protectionState"] == "Protected"

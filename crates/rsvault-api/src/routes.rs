@@ -124,6 +124,8 @@ pub enum Op {
     BackupStatus,
     ValidateFeatures,
     PreValidateProtection,
+    RpExtendedInfo,
+    RpExtendedInfoResult,
     Capabilities,
     ListDeletedVaults,
     GetDeletedVault,
@@ -309,6 +311,8 @@ pub const ROUTES: &[Route] = &[
     r("POST", location!("backupStatus"), Action("Microsoft.RecoveryServices/locations/backupStatus/action"), Op::BackupStatus),
     r("POST", location!("backupValidateFeatures"), Action("Microsoft.RecoveryServices/locations/backupValidateFeatures/action"), Op::ValidateFeatures),
     r("POST", location!("backupPreValidateProtection"), Action("Microsoft.RecoveryServices/locations/backupPreValidateProtection/action"), Op::PreValidateProtection),
+    r("POST", fabric!("/getRPExtendedInfo"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/read"), Op::RpExtendedInfo),
+    r("GET", fabric!("/getRPExtendedInfoOperationResult/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/read"), Op::RpExtendedInfoResult),
     // ---- vault soft delete, capabilities (Microsoft.RecoveryServices/locations) ----
     r("POST", location!("capabilities"), Action("Microsoft.RecoveryServices/locations/capabilities/action"), Op::Capabilities),
     r("GET", location!("deletedVaults"), Action("Microsoft.RecoveryServices/locations/deletedVaults/read"), Op::ListDeletedVaults),

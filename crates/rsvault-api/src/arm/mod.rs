@@ -142,6 +142,19 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
             Reply::ok(json!({ "value": c.list_role_definitions(&p.scope(), ctx.query("$filter")) }))
         }
         Op::GetRoleDefinition => Reply::ok(c.get_role_definition(&p.scope(), p.get("roleDefinitionId"))?),
+        Op::RpExtendedInfo => {
+            Reply::ok(c.rp_extended_info(p.sub(), p.rg(), p.vault(), p.get("fabricName"), &ctx.json()?)?)
+        }
+        Op::RpExtendedInfoResult => {
+            c.vault_row(p.sub(), p.rg(), p.vault())?;
+            return Err(Error::NotFound {
+                code: "ResourceNotFound",
+                message: format!(
+                    "The operation '{}' was not found: getRPExtendedInfo answers at once, with no operation to follow.",
+                    p.get("operationId")
+                ),
+            });
+        }
         Op::Capabilities => Reply::ok(c.capabilities(p.sub(), &ctx.json()?)?),
         Op::ListDeletedVaults => Reply::ok(json!({ "value": c.list_deleted_vaults(p.sub(), p.get("azureRegion"))? })),
         Op::GetDeletedVault => {

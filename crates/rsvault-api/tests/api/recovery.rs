@@ -446,6 +446,29 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
     let (st, _, b) = send(&f.s, "GET", &format!("{}/recoveryPoints/123?{BK}", f.item("vm1")), None).await;
     assert_arm_error(st, &b, 404, "BMSUserErrorRecoveryPointNotFound");
 
+    // Issue 16: the point's extended info lists its disks (the OS disk at lun -1).
+    let ext_url = format!("{}/backupFabrics/Azure/getRPExtendedInfo?{BK}", f.vault());
+    let rp_id = format!("{}/recoveryPoints/{rp_name}", f.item("vm1")).replace("%3B", ";");
+    let (st, _, b) = send(
+        &f.s,
+        "POST",
+        &ext_url,
+        Some(&json!({"properties": {"recoveryPointIds": [rp_id]}})),
+    )
+    .await;
+    assert_eq!(st, 200, "{b}");
+    let ext = &b["value"][0]["properties"];
+    assert_eq!(ext["objectType"], "IaasVMRPExtendedInfo", "{b}");
+    assert_eq!(ext["osDisk"]["lun"], -1, "{b}");
+    assert_eq!(ext["dataDisks"].as_array().unwrap().len(), 1, "{b}");
+    for bad in [
+        json!({"properties": {"recoveryPointIds": []}}),
+        json!({"properties": {"recoveryPointIds": ["/subscriptions/x"]}}),
+    ] {
+        let (st, _, b) = send(&f.s, "POST", &ext_url, Some(&bad)).await;
+        assert_arm_error(st, &b, 400, "BMSUserErrorInvalidInput");
+    }
+
     // RestoreDisks into a storage account: raw images equal to the guest content at backup time.
     let acct_dir = account(&f, "restoresa").await;
     let restore_url =
@@ -499,30 +522,46 @@ async fn vm_backup_recovery_points_and_every_restore_kind() {
     let file_of = |k: &str| PathBuf::from(bag[k].as_str().unwrap().strip_prefix("file://").unwrap());
     let (config_path, template_path) = (file_of("Config Blob Uri"), file_of("Template Blob Uri"));
     assert_eq!(configs.len(), 2, "{configs:?}");
-    assert!(configs.contains(&config_path) && configs.contains(&template_path), "{bag}");
-    assert_eq!(config_path.file_name().unwrap().to_str(), bag["Config Blob Name"].as_str());
+    assert!(
+        configs.contains(&config_path) && configs.contains(&template_path),
+        "{bag}"
+    );
+    assert_eq!(
+        config_path.file_name().unwrap().to_str(),
+        bag["Config Blob Name"].as_str()
+    );
     assert_eq!(
         config_path.parent().unwrap().file_name().unwrap().to_str(),
         bag["Config Blob Container Name"].as_str()
     );
     let config: Value = serde_json::from_slice(&std::fs::read(&config_path).unwrap()).unwrap();
     assert_eq!(config["id"], vm_id);
-    assert_eq!(config["properties"]["storageProfile"]["osDisk"]["osType"], "Linux", "{config}");
+    assert_eq!(
+        config["properties"]["storageProfile"]["osDisk"]["osType"], "Linux",
+        "{config}"
+    );
     let template: Value = serde_json::from_slice(&std::fs::read(&template_path).unwrap()).unwrap();
     let res = &template["resources"][0];
     assert_eq!(res["type"], "Microsoft.Compute/virtualMachines");
     // Deploying the template's VM (its properties as they are) declares a VM over the restored disks.
-    let (st, b) = f
-        .s
-        .call(
+    let (st, b) =
+        f.s.call(
             "PUT",
-            &format!("{}/providers/Microsoft.Compute/virtualMachines/vm1-fromtemplate?api-version=2024-07-01", f.s.rg_path("rg")),
+            &format!(
+                "{}/providers/Microsoft.Compute/virtualMachines/vm1-fromtemplate?api-version=2024-07-01",
+                f.s.rg_path("rg")
+            ),
             Some(&json!({"location": res["location"], "properties": res["properties"]})),
         )
         .await;
     assert_eq!(st, 201, "{b}");
-    let os_uri = b["properties"]["storageProfile"]["osDisk"]["vhd"]["uri"].as_str().unwrap();
-    assert!(restored.iter().any(|p| os_uri == format!("file://{}", p.display())), "{b}");
+    let os_uri = b["properties"]["storageProfile"]["osDisk"]["vhd"]["uri"]
+        .as_str()
+        .unwrap();
+    assert!(
+        restored.iter().any(|p| os_uri == format!("file://{}", p.display())),
+        "{b}"
+    );
     let mut contents: Vec<Vec<u8>> = restored.iter().map(|p| std::fs::read(p).unwrap()).collect();
     contents.sort_by_key(|c| c.len());
     assert_eq!(

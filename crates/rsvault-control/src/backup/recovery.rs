@@ -785,6 +785,61 @@ impl Control {
         Ok(rendered_point(&v, rp))
     }
 
+    /// `POST …/backupFabrics/{f}/getRPExtendedInfo`: the disks of one VM recovery point (named by
+    /// its ARM id, in this vault), answered at once (200) — the OS disk with lun -1, then the data
+    /// disks with theirs.
+    pub fn rp_extended_info(&self, sub: &str, rg: &str, vault: &str, fabric: &str, req: &Value) -> Result<Value> {
+        let bad = |message: String| Error::Invalid {
+            code: "BMSUserErrorInvalidInput",
+            message,
+            target: Some("properties.recoveryPointIds".into()),
+        };
+        let ids = req
+            .pointer("/properties/recoveryPointIds")
+            .and_then(Value::as_array)
+            .filter(|a| a.len() == 1)
+            .ok_or_else(|| bad("Give exactly one recovery point id in properties.recoveryPointIds.".into()))?;
+        let id = ids[0].as_str().unwrap_or_default();
+        let segs: Vec<&str> = id.trim_matches('/').split('/').collect();
+        let at = |i: usize, key: &str| segs.get(i).is_some_and(|s| s.eq_ignore_ascii_case(key));
+        let ours = segs.len() == 16
+            && at(0, "subscriptions")
+            && segs[1].eq_ignore_ascii_case(sub)
+            && at(2, "resourceGroups")
+            && segs[3].eq_ignore_ascii_case(rg)
+            && at(6, "vaults")
+            && segs[7].eq_ignore_ascii_case(vault)
+            && at(8, "backupFabrics")
+            && segs[9].eq_ignore_ascii_case(fabric)
+            && at(10, "protectionContainers")
+            && at(12, "protectedItems")
+            && at(14, "recoveryPoints");
+        if !ours {
+            return Err(bad(format!(
+                "'{id}' is not the id of a recovery point in vault '{vault}', fabric '{fabric}'."
+            )));
+        }
+        let point = self.get_recovery_point(sub, rg, vault, fabric, segs[11], segs[13], segs[15])?;
+        let p = &point["properties"];
+        if p["objectType"] != "IaasVMRecoveryPoint" {
+            return Err(bad(format!(
+                "'{id}' is not a virtual machine's recovery point: extended info lists a VM point's disks."
+            )));
+        }
+        let disks: Vec<Value> = p
+            .pointer("/recoveryPointDiskConfiguration/includedDiskList")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let (os, data): (Vec<Value>, Vec<Value>) = disks.into_iter().partition(|d| d["lun"] == -1);
+        Ok(json!({"value": [{
+            "id": point["id"],
+            "name": point["name"],
+            "type": RECOVERY_POINT_TYPE,
+            "properties": {"objectType": "IaasVMRPExtendedInfo", "osDisk": os.first().cloned().unwrap_or(Value::Null), "dataDisks": data},
+        }]}))
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn recovery_point_row(
         &self,
@@ -1328,7 +1383,11 @@ impl Control {
             .unwrap_or(json!("Linux"));
         let uri = |p: &Path| format!("file://{}", p.display());
         let size_gb = |p: &Path| std::fs::metadata(p).map(|m| m.len().div_ceil(1 << 30)).unwrap_or(0);
-        let name_of = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name_of = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
         let os = images
             .first()
             .ok_or_else(|| Error::internal("the restore wrote no disk"))?;

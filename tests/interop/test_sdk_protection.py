@@ -239,3 +239,22 @@ def test_file_share_is_registered_and_protected(env):
     with pytest.raises(HttpResponseError) as err:
         bk.protection_containers.unregister(vault, group, "Azure", container)
     assert err.value.error.code == "BMSUserErrorContainerHasDatasources"
+
+    # Its share soft-deleted, the account can be unregistered: the container is soft-deleted with it
+    # (the SDK's deleted_protection_containers) until the share is purged or it is registered again.
+    bk.backup_resource_vault_configs.update(
+        vault, group, bm.BackupResourceVaultConfigResource(properties=bm.BackupResourceVaultConfig(soft_delete_feature_state="Enabled"))
+    )
+    bk.protected_items.delete(vault, group, "Azure", container, "AzureFileShare;docs")
+    gone = bk.protected_items.get(vault, group, "Azure", container, "AzureFileShare;docs")
+    assert gone.properties.is_scheduled_for_deferred_delete
+    bk.protection_containers.unregister(vault, group, "Azure", container)
+    assert container.lower() not in [c.name.lower() for c in bk.backup_protection_containers.list(vault, group)]
+    deleted = list(bk.deleted_protection_containers.list(group, vault))
+    assert [(c.name.lower(), c.properties.registration_status) for c in deleted] == [(container.lower(), "SoftDeleted")]
+    bk.protection_containers.begin_register(
+        vault, group, "Azure", container,
+        bm.ProtectionContainerResource(properties=bm.AzureStorageContainer(
+            source_resource_id=acct_id, friendly_name=acct, backup_management_type="AzureStorage")),
+    ).result()
+    assert list(bk.deleted_protection_containers.list(group, vault)) == []

@@ -94,6 +94,7 @@ pub enum Op {
     ListProtectableItems,
     ListProtectedItems,
     ListContainers,
+    ListDeletedContainers,
     ListPolicies,
     PutPolicy,
     GetPolicy,
@@ -275,6 +276,7 @@ pub const ROUTES: &[Route] = &[
     r("GET", vault!("/backupProtectableItems"), Action("Microsoft.RecoveryServices/Vaults/backupProtectableItems/read"), Op::ListProtectableItems),
     r("GET", vault!("/backupProtectedItems"), Action("Microsoft.RecoveryServices/Vaults/backupProtectedItems/read"), Op::ListProtectedItems),
     r("GET", vault!("/backupProtectionContainers"), Action("Microsoft.RecoveryServices/Vaults/backupProtectionContainers/read"), Op::ListContainers),
+    r("GET", vault!("/backupDeletedProtectionContainers"), Action("Microsoft.RecoveryServices/Vaults/backupDeletedProtectionContainers/read"), Op::ListDeletedContainers),
     // ---- policies ----
     r("GET", vault!("/backupPolicies"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/read"), Op::ListPolicies),
     r("PUT", vault!("/backupPolicies/{policyName}"), Action("Microsoft.RecoveryServices/Vaults/backupPolicies/write"), Op::PutPolicy),

@@ -149,6 +149,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Option<Result
             Op::ListProtectableItems => list(c.list_protectable_items(caller, sub, rg, v, filter)?),
             Op::ListProtectedItems => list(c.list_protected_items(sub, rg, v, filter)?),
             Op::ListContainers => list(c.list_containers(sub, rg, v, filter)?),
+            Op::ListDeletedContainers => list(c.list_deleted_containers(sub, rg, v, filter)?),
             Op::ListPolicies => list(c.list_policies(sub, rg, v, filter)?),
             Op::PutPolicy => match c.put_policy(sub, rg, v, p.get("policyName"), &ctx.json()?)? {
                 (None, body) => Reply::ok(body),

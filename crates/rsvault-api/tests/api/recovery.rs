@@ -1092,3 +1092,79 @@ async fn a_backup_interrupted_by_a_graceful_restart_runs_again_after_it() {
     assert_eq!(rps["value"].as_array().unwrap().len(), 1);
     f.s.stop().await;
 }
+
+/// Issue 16: a storage account unregistered while its shares are soft-deleted is a soft-deleted
+/// container (`backupDeletedProtectionContainers`, `registrationStatus: SoftDeleted`) until the last
+/// of its items is purged; registered again, it is back in the containers list.
+#[tokio::test]
+async fn a_container_unregistered_with_soft_deleted_items_is_soft_deleted_until_their_purge() {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = test_config(data.path().join("data"));
+    config.policy_interval = Duration::from_secs(3600);
+    let clock = std::sync::Arc::new(rsvault_core::time::TestClock::new(chrono::Utc::now()));
+    let s = start_with_clock(config, Some(data), clock).await;
+    s.make_group("rg").await;
+    s.make_vault("rg", "v1").await;
+    let tmp = s.tempdir();
+    let dir = tmp.path().to_path_buf();
+    let f = Fixture { s, _tmp: tmp, dir };
+    protect_share(&f, "sdsa", "docs", |d| {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("a.txt"), "alpha").unwrap();
+    })
+    .await;
+    let container = format!(
+        "{}/backupFabrics/Azure/protectionContainers/StorageContainer%3BStorage%3Brg%3Bsdsa?{BK}",
+        f.vault()
+    );
+    let listed = |deleted: bool| {
+        let f = &f;
+        async move {
+            let what = if deleted {
+                "backupDeletedProtectionContainers"
+            } else {
+                "backupProtectionContainers"
+            };
+            let (st, b) = f.s.call("GET", &format!("{}/{what}?{BK}", f.vault()), None).await;
+            assert_eq!(st, 200, "{b}");
+            b["value"].as_array().unwrap().clone()
+        }
+    };
+    let (st, _, b) = send(&f.s, "DELETE", &container, None).await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorContainerHasDatasources");
+    let (st, _, b) = send(&f.s, "DELETE", &format!("{}?{BK}", f.share_item("sdsa", "docs")), None).await;
+    assert_eq!(st, 202, "{b}");
+    let (st, _, b) = send(&f.s, "DELETE", &container, None).await;
+    assert!([200, 202].contains(&st), "{st} {b}");
+    let (st, _, b) = send(&f.s, "GET", &container, None).await;
+    assert_arm_error(st, &b, 404, "BMSUserErrorContainerObjectNotFound");
+    assert!(listed(false).await.is_empty());
+    let deleted = listed(true).await;
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert_eq!(deleted[0]["properties"]["registrationStatus"], "SoftDeleted");
+    assert_eq!(deleted[0]["properties"]["friendlyName"], "sdsa");
+
+    // Registered again: back in the list, its soft-deleted share still there to undelete.
+    let reg = json!({"properties": {"backupManagementType": "AzureStorage", "containerType": "StorageContainer", "sourceResourceId": f.account_id("sdsa")}});
+    let (st, _, b) = send(&f.s, "PUT", &container, Some(&reg)).await;
+    assert!(st == 200 || st == 202, "{b}");
+    assert_eq!(listed(false).await.len(), 1);
+    assert!(listed(true).await.is_empty());
+    let (st, _, b) = send(&f.s, "DELETE", &container, None).await;
+    assert!([200, 202].contains(&st), "{st} {b}");
+    assert_eq!(listed(true).await.len(), 1);
+
+    // The share's soft-delete period ends: it is purged, and the container with it.
+    let (st, b) =
+        f.s.call(
+            "POST",
+            "/rsvault/admin/clock/advance",
+            Some(&json!({"seconds": 15 * 86_400})),
+        )
+        .await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["purgedItems"], 1, "{b}");
+    assert!(listed(true).await.is_empty());
+    assert!(listed(false).await.is_empty());
+    f.s.stop().await;
+}

@@ -456,6 +456,7 @@ impl Control {
         let row = self
             .store
             .read(|db| db.resource(&container_id(&v.id, &c)))?
+            .filter(|r| !soft_deleted(r))
             .ok_or_else(|| Error::NotFound {
                 code: "BMSUserErrorContainerObjectNotFound",
                 message: format!("Container '{container}' is not registered with vault '{vault}'."),
@@ -475,18 +476,43 @@ impl Control {
         let v = self.fabric_vault(sub, rg, vault, fabric)?;
         let c = ContainerName::parse(container)?;
         let id = container_id(&v.id, &c);
-        if self.store.read(|db| db.resource(&id))?.is_none() {
+        let Some(row) = self.store.read(|db| db.resource(&id))?.filter(|r| !soft_deleted(r)) else {
             return Ok(false);
-        }
-        let n = self.store.read(|db| db.count_below(&id, PROTECTED_ITEM_TYPE))?;
-        if n > 0 {
+        };
+        let items = self.store.read(|db| db.all_below(&id, PROTECTED_ITEM_TYPE))?;
+        let live = items
+            .iter()
+            .filter(|i| i.body["properties"]["isScheduledForDeferredDelete"].as_bool() != Some(true))
+            .count();
+        if live > 0 {
             return Err(invalid(
                 "BMSUserErrorContainerHasDatasources",
-                format!("Container '{container}' has {n} backup item(s). Stop protection and delete the backup data of every item before unregistering it."),
+                format!("Container '{container}' has {live} backup item(s). Stop protection and delete the backup data of every item before unregistering it."),
             ));
         }
-        self.store.write(|db| db.delete_resource(&id))?;
+        if items.is_empty() {
+            self.store.write(|db| db.delete_resource(&id))?;
+        } else {
+            // Only soft-deleted items left: the container is soft-deleted with them (listed by
+            // `backupDeletedProtectionContainers`) and goes when the last of them is purged.
+            let mut kept = row;
+            kept.body["properties"]["registrationStatus"] = json!("SoftDeleted");
+            kept.updated = self.now();
+            self.store.write(|db| db.put_resource(&kept))?;
+        }
         Ok(true)
+    }
+
+    /// `GET backupDeletedProtectionContainers`: the vault's soft-deleted containers (unregistered while
+    /// their items were soft-deleted), with the same `$filter` as the containers list.
+    pub fn list_deleted_containers(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<Value>> {
+        self.containers_where(sub, rg, vault, filter, true)
     }
 
     /// `POST …/protectionContainers/{c}/inquire`: discovery of workloads in a container is live; the
@@ -502,6 +528,17 @@ impl Control {
 
     /// `GET backupProtectionContainers` with `$filter` on `backupManagementType`, `friendlyName`, `status`.
     pub fn list_containers(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<Vec<Value>> {
+        self.containers_where(sub, rg, vault, filter, false)
+    }
+
+    fn containers_where(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        filter: Option<&str>,
+        deleted: bool,
+    ) -> Result<Vec<Value>> {
         let v = self.vault_row(sub, rg, vault)?;
         let f = Filter::parse(filter.unwrap_or_default())?;
         f.only(
@@ -517,6 +554,7 @@ impl Control {
         let rows = self.store.read(|db| db.all_below(&v.id, CONTAINER_TYPE))?;
         Ok(rows
             .iter()
+            .filter(|r| soft_deleted(r) == deleted)
             .filter(|r| {
                 let p = &r.body["properties"];
                 f.eq("backupManagementType")
@@ -1098,7 +1136,24 @@ pub(crate) fn delete_item(
             db.delete_resource(cid)?;
         }
     }
+    // A soft-deleted container goes with the last of its items.
+    if let Some((cid, _)) = item.rsplit_once("/protectedItems/") {
+        if let Some(c) = db.resource(cid)?.filter(soft_deleted) {
+            if db.count_below(&c.id, PROTECTED_ITEM_TYPE)? == 0 {
+                db.delete_resource(&c.id)?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// Whether a container row is soft-deleted (unregistered while its items were).
+pub(crate) fn soft_deleted(container: &ResourceRow) -> bool {
+    container
+        .body
+        .pointer("/properties/registrationStatus")
+        .and_then(Value::as_str)
+        == Some("SoftDeleted")
 }
 
 pub(crate) fn protected_in<'a>(

@@ -76,3 +76,33 @@ async fn capabilities_answer_each_sub_resource_and_check_the_request() {
         assert_arm_error(st, &b, 400, "InvalidParameter");
     }
 }
+
+/// A group's delete soft-deletes its vaults too, and a deleted vault comes back into another group
+/// (the reason `recoveryResourceGroupId` exists: its own group may be gone).
+#[tokio::test]
+async fn a_vault_deleted_with_its_group_is_undeleted_into_another() {
+    let s = start().await;
+    s.make_group("gone").await;
+    s.make_group("other").await;
+    s.make_vault("gone", "vv").await;
+    let (st, b) = s
+        .call("DELETE", &format!("{}?api-version=2021-04-01", s.rg_path("gone")), None)
+        .await;
+    assert_eq!(st, 200, "{b}");
+    let deleted = format!(
+        "/subscriptions/{}/providers/Microsoft.RecoveryServices/locations/westus/deletedVaults/vv",
+        s.sub()
+    );
+    let (st, dv) = s.call("GET", &format!("{deleted}?{API}"), None).await;
+    assert_eq!(st, 200, "{dv}");
+    assert_eq!(dv["properties"]["vaultId"], s.vault_path("gone", "vv"));
+    let body =
+        json!({"properties": {"recoveryResourceGroupId": format!("/subscriptions/{}/resourceGroups/other", s.sub())}});
+    let (st, b) = s.call("POST", &format!("{deleted}/undelete?{API}"), Some(&body)).await;
+    assert_eq!(st, 202, "{b}");
+    let (st, v) = s
+        .call("GET", &format!("{}?{API}", s.vault_path("other", "vv")), None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["id"], s.vault_path("other", "vv"));
+}

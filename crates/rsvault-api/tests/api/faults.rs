@@ -113,11 +113,7 @@ async fn restore_matches(f: &Fixture, vm: &str, acct: &str, want: &[u8]) {
     .await;
     let end = wait_job(f, &job).await.pop().unwrap();
     assert_eq!(end["properties"]["status"], "Completed", "restore of {rp}: {end}");
-    let images: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-        .map(|e| e.unwrap().path())
-        .collect();
+    let images = restored_images(&dir);
     assert_eq!(images.len(), 1, "{images:?}");
     assert!(std::fs::read(&images[0]).unwrap() == want, "restored image differs");
 }

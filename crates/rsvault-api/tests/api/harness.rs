@@ -315,3 +315,17 @@ pub fn assert_arm_error(status: u16, body: &Value, want_status: u16, want_code: 
     let msg = body["error"]["message"].as_str().unwrap_or_default();
     assert!(!msg.is_empty(), "error without message: {body}");
 }
+
+/// The disk images restores wrote into the restore directories below `dir`, without the VM
+/// configuration and template a RestoreDisks job leaves beside them (`config-*.json`,
+/// `azuredeploy*.json`), sorted by path.
+pub fn restored_images(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "json"))
+        .collect();
+    out.sort();
+    out
+}

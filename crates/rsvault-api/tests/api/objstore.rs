@@ -95,10 +95,9 @@ async fn restore_disks(f: &Fixture, vm: &str, rp: &str, acct: &str) -> (Value, s
 }
 
 fn restored_files(dir: &Path) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = std::fs::read_dir(dir)
-        .unwrap()
-        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+    let mut out: Vec<Vec<u8>> = crate::harness::restored_images(dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
         .collect();
     out.sort_by_key(|c| c.len());
     out

@@ -462,10 +462,7 @@ async fn restore_disks(e: &Env, vm: &str, rp: &str) -> PathBuf {
         match j["properties"]["status"].as_str().unwrap() {
             "InProgress" => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
             "Completed" => {
-                let dir = std::fs::read_dir(&d).unwrap().next().unwrap().unwrap().path();
-                let mut imgs: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|x| x.unwrap().path()).collect();
-                imgs.sort();
-                return imgs.remove(0);
+                return restored_images(&d).remove(0);
             }
             _ => panic!("restore failed: {j}"),
         }

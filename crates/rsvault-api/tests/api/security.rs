@@ -480,10 +480,15 @@ async fn restored_disk_images_are_mode_0600_and_an_original_location_restore_doe
         .await;
     let j = f.wait(&job).await;
     assert_eq!(j["properties"]["status"], "Completed", "{j}");
-    let restored: Vec<PathBuf> = walk(&restores);
+    let (restored, configs): (Vec<PathBuf>, Vec<PathBuf>) = walk(&restores)
+        .into_iter()
+        .partition(|p| p.extension().is_none_or(|e| e != "json"));
     assert_eq!(restored.len(), 1, "{restored:?}");
-    let mode = std::fs::metadata(&restored[0]).unwrap().permissions().mode() & 0o7777;
-    assert_eq!(mode, 0o600, "a restored image is not world-readable");
+    assert_eq!(configs.len(), 2, "the VM's config and template: {configs:?}");
+    for p in restored.iter().chain(&configs) {
+        let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600, "{} is not private", p.display());
+    }
     assert_eq!(std::fs::read(&restored[0]).unwrap(), std::fs::read(&disk).unwrap());
 
     // The VM's directory swapped for a symlink to a directory outside the grants: an

@@ -30,6 +30,7 @@ use rsvault_jobs::{active_jobs, new_tasks, Failure, Finished, JobError, JobStatu
 use rsvault_store::{JobRow, OperationRow, RecoveryPointRow, ResourceRow};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub const RECOVERY_POINT_TYPE: &str =
@@ -1418,10 +1419,12 @@ impl Control {
         for (name, body) in [(&config_name, &config), (&template_name, &template)] {
             let path = dir.join(name);
             let text = serde_json::to_vec_pretty(body).map_err(|e| Error::internal(e.to_string()))?;
-            // A new name only: an existing file or link there is refused, never written through.
+            // A new name only (an existing file or link there is refused, never written through),
+            // private as the restored images are.
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
+                .mode(0o600)
                 .open(&path)
                 .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
             std::io::Write::write_all(&mut f, &text)

@@ -15,6 +15,7 @@ mod backup;
 mod conventions;
 mod faults;
 mod identity;
+mod ilr;
 mod immutability;
 mod limits;
 mod linked;

@@ -24,3 +24,4 @@ mod recovery;
 mod resources;
 mod schedule;
 mod security;
+mod validate;

@@ -46,7 +46,12 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Option<Result
                     .header("Retry-After", ctx.state.config.retry_after_secs.to_string()),
             },
             Op::ValidateOperationStatus => {
-                let o = c.validate_operation_record(sub, rg, v, opid)?;
+                // The findings are the result's, not the status's (`OperationStatus.properties` is
+                // a discriminated extended info).
+                let o = rsvault_store::OperationRow {
+                    properties: None,
+                    ..c.validate_operation_record(sub, rg, v, opid)?
+                };
                 let id = format!(
                     "{}/backupValidateOperationsStatuses/{opid}",
                     vault_base(ctx).trim_start_matches(&ctx.base)

@@ -85,7 +85,7 @@ pub struct Session {
     pub vm_name: String,
     pub os_type: String,
     pub state: State,
-    /// The node serving it (`None` until a keeper claims it).
+    /// The node serving it (`None` until a keeper claims it); `address` is that node's.
     pub node: Option<String>,
     pub expiry: DateTime<Utc>,
     /// Provision operations answered by this session.
@@ -705,7 +705,7 @@ impl Control {
             if let Err(e) = self.ilr_pass(&mut local) {
                 tracing::warn!(error = %e, "item level recovery pass failed");
             }
-            if dp.ilr.wait(&mut seen, Duration::from_millis(500)) {
+            if dp.ilr.wait(&mut seen, Duration::from_secs(1)) {
                 break;
             }
         }
@@ -782,6 +782,9 @@ impl Control {
                         return Ok(None);
                     }
                     cur.node = Some(me.clone());
+                    // The serving node's address (`RSVAULT_ILR_ADDRESS`), not the one of the node
+                    // that took the request.
+                    cur.address = ilr_address();
                     r.body = serde_json::to_value(&cur).unwrap_or_default();
                     db.put_resource(&r)?;
                     Ok(Some(cur))

@@ -114,6 +114,11 @@ impl Signal {
         self.cv.notify_all();
     }
 
+    /// Clears a stop asked of an earlier keeper of the same data plane.
+    fn restart(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1 = false;
+    }
+
     fn stop(&self) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         s.1 = true;
@@ -580,7 +585,7 @@ impl std::fmt::Debug for IlrKeeper {
 impl IlrKeeper {
     /// Starts the keeper of `control`'s data plane.
     pub fn start(control: Arc<Control>) -> Result<IlrKeeper> {
-        control.data()?;
+        control.data()?.ilr.restart();
         let c = control.clone();
         let thread = std::thread::Builder::new()
             .name("rsvault-ilr".into())

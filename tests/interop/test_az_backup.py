@@ -1,7 +1,8 @@
 """Issue 6 through the unmodified az CLI, with real data: `az backup protection backup-now`, `az backup job
 show/list`, `az backup recoverypoint list/show`, `az backup restore restore-disks` (bytes compared), and for a
 file share `az backup protection enable-for-azurefileshare`, `backup-now` and
-`az backup restore restore-azurefileshare`. These are the commands the README's quickstart shows. Marked `az`.
+`az backup restore restore-azurefileshare`. These are the commands the README's quickstart shows; and
+`az backup restore files mount-rp` / `unmount-rp` (item level recovery, issue 16). Marked `az`.
 """
 
 from __future__ import annotations
@@ -91,6 +92,33 @@ def test_backup_now_job_recoverypoint_and_restore_disks(az, setup):
     images = [p for p in Path(setup["files"]).rglob("*") if p.is_file() and "docs" not in p.parts and p.suffix != ".json"]
     assert len(images) == 1, images
     assert images[0].read_bytes() == setup["os_disk"].read_bytes()
+
+
+def test_files_mount_rp_and_unmount_rp(az, setup, tmp_path):
+    """`az backup restore files mount-rp` writes the answer's client script into its working directory;
+    the script copies the recovery point's disk over NBD with TLS-PSK; `unmount-rp` ends the export."""
+    rg, vault, vm = setup["rg"], setup["vault"], setup["vm"]
+    container = f"IaasVMContainer;iaasvmcontainerv2;{rg};{vm}"
+    ids = ("-g", rg, "-v", vault, "-c", container, "-i", vm)
+    rps = az("backup", "recoverypoint", "list", *ids, "--backup-management-type", "AzureIaasVM")
+    rp = rps[0]["name"]
+    az("backup", "restore", "files", "mount-rp", *ids, "-r", rp, cwd=tmp_path)
+    [script] = list(tmp_path.glob("*.sh"))
+    assert az("backup", "recoverypoint", "show", *ids, "-n", rp)["properties"]["isInstantIlrSessionActive"] is True
+
+    def copy(tag):
+        dest = tmp_path / tag
+        dest.mkdir()
+        return subprocess.run(["bash", str(script), "copy", str(dest)], capture_output=True, text=True)
+
+    out = copy("mounted")
+    assert out.returncode == 0, out.stderr
+    [image] = out.stdout.split()
+    assert Path(image).read_bytes() == setup["os_disk"].read_bytes()
+    az("backup", "restore", "files", "unmount-rp", *ids, "-r", rp, cwd=tmp_path)
+    assert az("backup", "recoverypoint", "show", *ids, "-n", rp)["properties"]["isInstantIlrSessionActive"] is False
+    out = copy("unmounted")
+    assert out.returncode != 0 and "refused" in out.stderr.lower(), out.stderr
 
 
 def test_file_share_backup_now_and_restore(az, setup, tmp_path):

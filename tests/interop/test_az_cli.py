@@ -48,9 +48,9 @@ def login(server, tmp_path_factory, client_id: str, client_secret: str):
         AZURE_CORE_SURVEY_MESSAGE="false",
     )
 
-    def run(*args: str, check: bool = True):
+    def run(*args: str, check: bool = True, cwd=None):
         full = [*args, "-o", "json", "--only-show-errors"]
-        proc = subprocess.run([str(AZ_BIN), *full], env=env, capture_output=True, text=True, timeout=AZ_TIMEOUT_S)
+        proc = subprocess.run([str(AZ_BIN), *full], env=env, capture_output=True, text=True, timeout=AZ_TIMEOUT_S, cwd=cwd)
         if check and proc.returncode != 0:
             raise AzFailed(full, proc)
         if proc.returncode != 0:

@@ -125,6 +125,14 @@ pub enum Op {
     BackupStatus,
     ValidateFeatures,
     PreValidateProtection,
+    // Restore validation and item level recovery (issue 16).
+    ValidateOperation,
+    TriggerValidateOperation,
+    ValidateOperationResult,
+    ValidateOperationStatus,
+    ProvisionIlr,
+    RevokeIlr,
+    IlrOperationResult,
     RpExtendedInfo,
     RpExtendedInfoResult,
     Capabilities,
@@ -298,6 +306,16 @@ pub const ROUTES: &[Route] = &[
     r("GET", item!("/recoveryPoints"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/read"), Op::ListRecoveryPoints),
     r("GET", item!("/recoveryPoints/{recoveryPointId}"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/read"), Op::GetRecoveryPoint),
     r("POST", item!("/recoveryPoints/{recoveryPointId}/restore"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/restore/action"), Op::TriggerRestore),
+    // ---- restore validation (issue 16) ----
+    r("POST", vault!("/backupValidateOperation"), Action("Microsoft.RecoveryServices/Vaults/backupValidateOperation/action"), Op::ValidateOperation),
+    r("POST", vault!("/backupTriggerValidateOperation"), Action("Microsoft.RecoveryServices/Vaults/backupTriggerValidateOperation/action"), Op::TriggerValidateOperation),
+    r("GET", vault!("/backupValidateOperationResults/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupValidateOperationResults/read"), Op::ValidateOperationResult),
+    r("GET", vault!("/backupValidateOperationsStatuses/{operationId}"), Action("Microsoft.RecoveryServices/Vaults/backupValidateOperationsStatuses/read"), Op::ValidateOperationStatus),
+    // ---- item level recovery (issue 16) ----
+    r("POST", item!("/recoveryPoints/{recoveryPointId}/provisionInstantItemRecovery"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/provisionInstantItemRecovery/action"), Op::ProvisionIlr),
+    r("POST", item!("/recoveryPoints/{recoveryPointId}/revokeInstantItemRecovery"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/revokeInstantItemRecovery/action"), Op::RevokeIlr),
+    // The answer carries the session's key: only who may provision reads it.
+    r("POST", item!("/recoveryPoints/{recoveryPointId}/listInstantItemRecoveryOperationResult"), Action("Microsoft.RecoveryServices/Vaults/backupFabrics/protectionContainers/protectedItems/recoveryPoints/provisionInstantItemRecovery/action"), Op::IlrOperationResult),
     // ---- vault backup configuration ----
     r("GET", vault!("/backupconfig/vaultconfig"), Action("Microsoft.RecoveryServices/Vaults/backupconfig/vaultconfig/read"), Op::GetVaultConfig),
     r("PUT", vault!("/backupconfig/vaultconfig"), Action("Microsoft.RecoveryServices/Vaults/backupconfig/vaultconfig/write"), Op::PutVaultConfig),

@@ -50,6 +50,8 @@ pub struct DataPlane {
     /// This node's name among the nodes sharing the store (job leases, the scheduler's leadership).
     pub(crate) node: String,
     pub(crate) removals: crate::removals::Removals,
+    /// Wakes this node's item level recovery keeper.
+    pub(crate) ilr: crate::backup::ilr::Signal,
 }
 
 impl DataPlane {
@@ -76,6 +78,7 @@ impl DataPlane {
             faults: Default::default(),
             storage: Default::default(),
             removals: Default::default(),
+            ilr: Default::default(),
         })
     }
 
@@ -95,6 +98,11 @@ impl DataPlane {
             self.keys = VaultKeys::load(p).map_err(|e| Error::internal(format!("server key: {e}")))?;
         }
         Ok(self)
+    }
+
+    /// Where item level recovery stages restored disks (`DATA_DIR/ilr`, 0700).
+    pub(crate) fn ilr_dir(&self) -> PathBuf {
+        self.vaults_dir.with_file_name("ilr")
     }
 
     /// This node's name.

@@ -54,6 +54,7 @@ impl Role {
 pub struct Node {
     workers: Workers,
     sweeper: Option<crate::removals::Sweeper>,
+    ilr: Option<crate::backup::ilr::IlrKeeper>,
     runner: Option<JobRunner>,
     scheduler: Option<Scheduler>,
     reporter: Option<(Stop, JoinHandle<()>)>,
@@ -76,15 +77,16 @@ impl Node {
             Workers::new(move || c.wall_now())
         };
         let jobs = control.jobs()?.clone();
-        let (sweeper, runner, scheduler) = if role.runs_jobs() {
+        let (sweeper, ilr, runner, scheduler) = if role.runs_jobs() {
             control.remove_orphaned_vault_data()?;
             let sweeper = crate::removals::Sweeper::start(control.clone())?;
+            let ilr = crate::backup::ilr::IlrKeeper::start(control.clone())?;
             let handler: Arc<dyn JobHandler> = control.clone();
             let runner = JobRunner::start(jobs.clone(), handler, &workers)?;
             let scheduler = Scheduler::start(control.clone(), policy_interval, &workers)?;
-            (Some(sweeper), Some(runner), Some(scheduler))
+            (Some(sweeper), Some(ilr), Some(runner), Some(scheduler))
         } else {
-            (None, None, None)
+            (None, None, None, None)
         };
         let reporting = role.runs_jobs().then(|| jobs.clone());
         let reporter = NodeReporter::new(control.store.clone(), jobs.node(), role.as_str(), &workers, reporting);
@@ -95,6 +97,7 @@ impl Node {
         Ok(Node {
             workers,
             sweeper,
+            ilr,
             runner,
             scheduler,
             reporter: Some((stop, thread)),
@@ -111,6 +114,9 @@ impl Node {
     pub fn stop(mut self) {
         if let Some(s) = self.sweeper.take() {
             s.stop();
+        }
+        if let Some(k) = self.ilr.take() {
+            k.stop();
         }
         if let Some(s) = self.scheduler.take() {
             s.stop();

@@ -1,6 +1,7 @@
 //! Dispatch of typed ARM endpoints to the control plane, and their HTTP shapes (status codes, headers).
 
 mod backup;
+mod ilr;
 mod inventory;
 
 use crate::pipeline::{page_reply, skip_token, Ctx};
@@ -182,6 +183,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
         _ => {
             return inventory::dispatch(ctx, op, p)
                 .or_else(|| backup::dispatch(ctx, caller, op, p))
+                .or_else(|| ilr::dispatch(ctx, caller, op, p))
                 .unwrap_or_else(|| Err(Error::internal(format!("no handler for {op:?}"))))
         }
     })

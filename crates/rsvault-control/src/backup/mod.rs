@@ -18,11 +18,13 @@
 //! in the same store transaction as the change it reports.
 
 pub mod config;
+pub mod ilr;
 pub mod jobs;
 pub mod policies;
 pub mod protection;
 pub mod recovery;
 pub mod status;
+pub mod validate;
 
 use crate::{Control, Error, Result};
 use rsvault_core::time;
@@ -251,7 +253,12 @@ impl Control {
         Ok(match o.status.as_str() {
             "InProgress" => OperationOutcome::Running,
             // A backup's or restore's result is its job; the result URL has no body to give.
-            "Succeeded" if matches!(o.kind.as_str(), "Backup" | "Restore" | "CancelJob") => {
+            "Succeeded"
+                if matches!(
+                    o.kind.as_str(),
+                    "Backup" | "Restore" | "CancelJob" | "ProvisionInstantItemRecovery" | "RevokeInstantItemRecovery"
+                ) =>
+            {
                 OperationOutcome::Done(None)
             }
             "Succeeded" => OperationOutcome::Done(match &o.target {

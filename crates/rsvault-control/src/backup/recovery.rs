@@ -132,6 +132,17 @@ pub(crate) struct NewVm {
     location: String,
 }
 
+/// A checked restore request: the job it makes ([`Control::plan_restore`]).
+pub(crate) struct RestorePlan {
+    pub(crate) work: Work,
+    bag: Map<String, Value>,
+    /// A VM restore's kind, shown as the live service shows it: `internalPropertyBag.restoreLocationType`.
+    restore_location: Option<String>,
+    bmt: String,
+    friendly: String,
+    container: String,
+}
+
 fn invalid(code: &'static str, target: &str, message: impl Into<String>) -> Error {
     Error::Invalid {
         code,
@@ -322,6 +333,24 @@ fn check_space(dir: &Path, need: u64, what: &str) -> std::result::Result<(), Fai
     }
 }
 
+/// Fails the job before it writes anything when `dir` does not take a new file (permissions, a
+/// read-only or immutable file system): a probe file is made and removed.
+fn check_writable(dir: &Path) -> std::result::Result<(), Failure> {
+    let probe = dir.join(format!(".rsvault-probe-{}", uuid::Uuid::new_v4().simple()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(Failure::Failed(JobError::new(
+            100_005,
+            "The restore target cannot be written",
+            format!("'{}' does not take new files: {e}. Nothing was written.", dir.display()),
+            "Check the target directory, its permissions and its file system, then run the restore again.",
+        ))),
+    }
+}
+
 /// A file system was full (`ENOSPC`, 28 on Linux), however deep in the engine's error it is.
 fn is_enospc(e: &EngineError) -> bool {
     match e {
@@ -367,7 +396,11 @@ impl Control {
     /// The repository a restore reads: the vault's own; or, when that cannot be read (its store
     /// is gone or does not answer) and the vault is geo-redundant with `crossRegionRestoreFlag`
     /// on, its secondary copy (the name of whose target is returned beside it).
-    fn restore_repo(&self, vault: &str, rp: &str) -> std::result::Result<(RepoSpec, Option<String>), Failure> {
+    pub(super) fn restore_repo(
+        &self,
+        vault: &str,
+        rp: &str,
+    ) -> std::result::Result<(RepoSpec, Option<String>), Failure> {
         let dp = self.data().map_err(internal_failure)?;
         let primary = self.vault_spec(vault).map_err(internal_failure)?;
         let err = match dp.engine.recovery_point(&primary, rp) {
@@ -766,7 +799,7 @@ impl Control {
         Ok(rps
             .into_iter()
             .filter(|r| window.contains(r.time))
-            .map(|r| rendered_point(&v, r))
+            .map(|r| self.with_ilr_state(rendered_point(&v, r)))
             .collect())
     }
 
@@ -783,7 +816,16 @@ impl Control {
         rp: &str,
     ) -> Result<Value> {
         let (v, _, rp) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
-        Ok(rendered_point(&v, rp))
+        Ok(self.with_ilr_state(rendered_point(&v, rp)))
+    }
+
+    /// A VM point's `isInstantIlrSessionActive`: whether item level recovery serves it now.
+    fn with_ilr_state(&self, mut point: Value) -> Value {
+        if point.pointer("/properties/isInstantIlrSessionActive").is_some() {
+            let active = self.ilr_active(point["id"].as_str().unwrap_or_default());
+            point["properties"]["isInstantIlrSessionActive"] = json!(active);
+        }
+        point
     }
 
     /// `POST …/backupFabrics/{f}/getRPExtendedInfo`: the disks of one VM recovery point (named by
@@ -842,7 +884,7 @@ impl Control {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn recovery_point_row(
+    pub(super) fn recovery_point_row(
         &self,
         sub: &str,
         rg: &str,
@@ -1201,48 +1243,7 @@ impl Control {
             } => {
                 let resource = self.job_resource(resource, &item);
                 let (repo, secondary) = self.restore_repo(&vault, &recovery_point)?;
-                // Every path the restore writes passes the grants again, now.
-                match &target {
-                    RestoreTarget::Disks { dir, .. } => {
-                        self.grants
-                            .recheck(dir, &resource)
-                            .map_err(|_| path_failure(dir, &dp.node))?;
-                    }
-                    RestoreTarget::OriginalDisks | RestoreTarget::Tree { target: None, .. } => {
-                        let info = dp.engine.recovery_point(&repo, &recovery_point).map_err(job_failure)?;
-                        for p in info
-                            .disks
-                            .iter()
-                            .map(|d| &d.source_path)
-                            .chain(info.source_root.as_ref())
-                        {
-                            self.grants
-                                .recheck(p, &resource)
-                                .map_err(|_| path_failure(p, &dp.node))?;
-                        }
-                    }
-                    RestoreTarget::Tree { target: Some(t), .. } => {
-                        self.grants
-                            .recheck(t, &resource)
-                            .map_err(|_| path_failure(t, &dp.node))?;
-                    }
-                }
-                // Restores write whole copies before renaming them: the target needs the point's size.
-                if let Ok(info) = dp.engine.recovery_point(&repo, &recovery_point) {
-                    let dirs: Vec<PathBuf> = match &target {
-                        RestoreTarget::Disks { dir, .. } => vec![dir.clone()],
-                        RestoreTarget::Tree { target: Some(t), .. } => vec![t.clone()],
-                        RestoreTarget::Tree { target: None, .. } => info.source_root.iter().cloned().collect(),
-                        RestoreTarget::OriginalDisks => info
-                            .disks
-                            .iter()
-                            .filter_map(|d| d.source_path.parent().map(Path::to_path_buf))
-                            .collect(),
-                    };
-                    if let Some(dir) = dirs.first() {
-                        check_space(dir, info.total_size, "the restore target")?;
-                    }
-                }
+                self.restore_preflight(&repo, &recovery_point, &target, &resource)?;
                 let progress = run.progress(RESTORE_TASKS);
                 let mut bag = Map::new();
                 if let Some(name) = secondary {
@@ -1343,6 +1344,51 @@ impl Control {
                 })
             }
         }
+    }
+
+    /// What a restore checks when its job starts, before it writes anything: every path it writes
+    /// passes the grants again (they may have changed at a restart), the directory it writes into
+    /// takes a new file, and its file system has room for the whole point (restores write whole
+    /// copies before renaming them). Restore validation runs the same checks.
+    pub(super) fn restore_preflight(
+        &self,
+        repo: &RepoSpec,
+        recovery_point: &str,
+        target: &RestoreTarget,
+        resource: &str,
+    ) -> std::result::Result<(), Failure> {
+        let dp = self.data().map_err(internal_failure)?;
+        let info = dp.engine.recovery_point(repo, recovery_point).map_err(job_failure)?;
+        let dirs: Vec<PathBuf> = match target {
+            RestoreTarget::Disks { dir, .. } => vec![dir.clone()],
+            RestoreTarget::Tree { target: Some(t), .. } => vec![t.clone()],
+            RestoreTarget::Tree { target: None, .. } => info.source_root.iter().cloned().collect(),
+            RestoreTarget::OriginalDisks => info
+                .disks
+                .iter()
+                .filter_map(|d| d.source_path.parent().map(Path::to_path_buf))
+                .collect(),
+        };
+        let written: Vec<&PathBuf> = match target {
+            RestoreTarget::Disks { dir, .. } => vec![dir],
+            RestoreTarget::Tree { target: Some(t), .. } => vec![t],
+            _ => info
+                .disks
+                .iter()
+                .map(|d| &d.source_path)
+                .chain(info.source_root.as_ref())
+                .collect(),
+        };
+        for p in written {
+            self.grants
+                .recheck(p, resource)
+                .map_err(|_| path_failure(p, &dp.node))?;
+        }
+        let Some(dir) = dirs.first() else { return Ok(()) };
+        // A disk restore makes its own directory: its parent must take it.
+        let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+        check_writable(existing)?;
+        check_space(existing, info.total_size, "the restore target")
     }
 
     /// The resource a job's paths are checked for: the one its work names, else (jobs queued before
@@ -1491,6 +1537,41 @@ impl Control {
                 retry_after_secs: 30,
             });
         }
+        let plan = self.plan_restore(caller, &v, &row, &rp_row, rp, req)?;
+        let now = self.now();
+        let mut job = self.queued_job(
+            &v,
+            "Restore",
+            &plan.bmt,
+            &plan.friendly,
+            &plan.container,
+            plan.bag,
+            RESTORE_TASKS,
+            &plan.work,
+            true,
+            now,
+        );
+        if let Some(kind) = plan.restore_location {
+            // As the live service shows a VM restore's kind (test_backup_scenario.yaml).
+            job.body["extendedInfo"]["internalPropertyBag"] = json!({"restoreLocationType": kind});
+        }
+        self.commit_queued(&v, job, &row.id, None)
+    }
+
+    /// A restore request checked as a restore checks it when it is asked for, before anything is
+    /// queued: the request's kind and recovery type, the linked access it needs, its target (names,
+    /// grants) and what the job will do. `trigger_restore` queues the plan; restore validation
+    /// (`backupValidateOperation`) reports what this refuses instead.
+    pub(crate) fn plan_restore(
+        &self,
+        caller: &Caller,
+        v: &ResourceRow,
+        row: &ResourceRow,
+        rp_row: &RecoveryPointRow,
+        rp: &str,
+        req: &Value,
+    ) -> Result<RestorePlan> {
+        let item = row.name.as_str();
         let p = row.body["properties"].clone();
         let bmt = p["backupManagementType"].as_str().unwrap_or("AzureIaasVM").to_string();
         let friendly = p["friendlyName"].as_str().unwrap_or_default().to_string();
@@ -1557,31 +1638,20 @@ impl Control {
                 self.grants.recheck(&d.source_path, &resource)?;
             }
         }
-        let work = Work::Restore {
-            vault: v.id.clone(),
-            item: row.id.clone(),
-            recovery_point: rp.to_string(),
-            target,
-            resource: Some(resource),
-        };
-        let now = self.now();
-        let mut job = self.queued_job(
-            &v,
-            "Restore",
-            &bmt,
-            &friendly,
-            p["containerName"].as_str().unwrap_or_default(),
+        Ok(RestorePlan {
+            container: p["containerName"].as_str().unwrap_or_default().to_string(),
+            work: Work::Restore {
+                vault: v.id.clone(),
+                item: row.id.clone(),
+                recovery_point: rp.to_string(),
+                target,
+                resource: Some(resource),
+            },
             bag,
-            RESTORE_TASKS,
-            &work,
-            true,
-            now,
-        );
-        if bmt != "AzureStorage" {
-            // As the live service shows a VM restore's kind (test_backup_scenario.yaml).
-            job.body["extendedInfo"]["internalPropertyBag"] = json!({"restoreLocationType": recovery_type});
-        }
-        self.commit_queued(&v, job, &row.id, None)
+            restore_location: (bmt != "AzureStorage").then(|| recovery_type.to_string()),
+            bmt,
+            friendly,
+        })
     }
 
     /// A storage account named by id in a restore request, and its directory.

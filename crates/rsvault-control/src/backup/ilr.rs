@@ -620,6 +620,13 @@ fn stop_exports(children: Vec<Child>) {
     }
 }
 
+/// The `qemu-nbd` exports run: `RSVAULT_QEMU_NBD`, else the one on `PATH`.
+fn qemu_nbd() -> PathBuf {
+    std::env::var_os("RSVAULT_QEMU_NBD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("qemu-nbd"))
+}
+
 /// A free port on `addr` (the listener is closed before `qemu-nbd` binds it: a start that loses
 /// the race is retried with another port).
 fn free_port(addr: &str, prefer: Option<u16>) -> Option<u16> {
@@ -633,8 +640,15 @@ fn free_port(addr: &str, prefer: Option<u16>) -> Option<u16> {
 
 /// Starts one `qemu-nbd` serving `image` read-only on `addr:port` with TLS-PSK from `psk_dir`;
 /// returns once it accepts connections.
-fn spawn_export(addr: &str, port: u16, name: &str, image: &Path, psk_dir: &Path) -> std::result::Result<Child, String> {
-    let mut cmd = Command::new(std::env::var("RSVAULT_QEMU_NBD").unwrap_or_else(|_| "qemu-nbd".into()));
+fn spawn_export(
+    program: &Path,
+    addr: &str,
+    port: u16,
+    name: &str,
+    image: &Path,
+    psk_dir: &Path,
+) -> std::result::Result<Child, String> {
+    let mut cmd = Command::new(program);
     cmd.arg("--read-only")
         .arg("--persistent")
         .arg("--shared=8")
@@ -675,7 +689,7 @@ fn spawn_export(addr: &str, port: u16, name: &str, image: &Path, psk_dir: &Path)
             }
             return Err(format!("qemu-nbd ended ({status}): {}", err.trim()));
         }
-        if TcpStream::connect_timeout(&(addr, port).to_socket_addrs_first()?, Duration::from_millis(200)).is_ok() {
+        if greets(&(addr, port).to_socket_addrs_first()?) {
             return Ok(child);
         }
         if std::time::Instant::now() > deadline {
@@ -685,6 +699,18 @@ fn spawn_export(addr: &str, port: u16, name: &str, image: &Path, psk_dir: &Path)
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Whether an NBD server at `to` is serving: it opens its socket before its image, so a listening
+/// port is not enough; a server that greets (`NBDMAGIC`, before any TLS) has its export open.
+fn greets(to: &std::net::SocketAddr) -> bool {
+    use std::io::Read;
+    let Ok(mut c) = TcpStream::connect_timeout(to, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut magic = [0u8; 8];
+    c.read_exact(&mut magic).is_ok() && &magic == b"NBDMAGIC"
 }
 
 trait FirstAddr {
@@ -1011,7 +1037,7 @@ impl Control {
                     last = format!("no free port on {}", s.address);
                     continue;
                 };
-                match spawn_export(&s.address, port, &name, &path, &psk) {
+                match spawn_export(&qemu_nbd(), &s.address, port, &name, &path, &psk) {
                     Ok(c) => {
                         started = Some((c, port));
                         break;
@@ -1065,6 +1091,27 @@ mod tests {
         assert!(text.contains("IDENTITY=\"rsvault-ilr-abc\""));
         assert!(text.contains("TargetPassword=\"00ff\""));
         assert!(text.contains("\"disk0 10809 os_disk.img\""), "{text}");
+    }
+
+    #[test]
+    fn an_export_accepts_connections_once_started_and_a_missing_program_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("disk.img");
+        std::fs::write(&img, vec![7u8; 1 << 20]).unwrap();
+        let psk = tmp.path().join("psk");
+        mkdir_private(&psk).unwrap();
+        std::fs::write(psk.join("keys.psk"), format!("id:{}\n", "00".repeat(32))).unwrap();
+        let e = spawn_export(Path::new("/nonexistent/qemu-nbd"), "127.0.0.1", 1, "d", &img, &psk).unwrap_err();
+        assert!(e.contains("cannot be started"), "{e}");
+        // An image that is not there: qemu-nbd ends, and says why.
+        let port = free_port("127.0.0.1", None).unwrap();
+        let e = spawn_export(&qemu_nbd(), "127.0.0.1", port, "d", &tmp.path().join("none.img"), &psk).unwrap_err();
+        assert!(e.contains("qemu-nbd ended"), "{e}");
+        let port = free_port("127.0.0.1", None).unwrap();
+        let child = spawn_export(&qemu_nbd(), "127.0.0.1", port, "d", &img, &psk).unwrap();
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_ok());
+        stop_exports(vec![child]);
+        assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "stopped");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::pipeline::{page_reply, skip_token, Ctx};
 use crate::reply::Reply;
-use crate::routes::{Op, Params};
+use crate::routes::{InventoryOp, Params};
 use rsvault_control::Result;
 use serde_json::json;
 
@@ -15,43 +15,39 @@ fn deleted(existed: bool) -> Reply {
     Reply::empty(if existed { 200 } else { 204 })
 }
 
-/// Carries out an inventory endpoint; `None` when `op` is not one.
-pub fn dispatch(ctx: &Ctx, op: Op, p: &Params) -> Option<Result<Reply>> {
+/// Carries out an inventory endpoint.
+pub fn dispatch(ctx: &Ctx, op: InventoryOp, p: &Params) -> Result<Reply> {
     let c = &ctx.state.control;
     let (sub, rg) = (p.sub(), p.rg());
-    let run = || -> Result<Option<Reply>> {
-        Ok(Some(match op {
-            Op::ListVmsBySubscription | Op::ListVmsByGroup => {
-                let group = (op == Op::ListVmsByGroup).then_some(rg);
-                let page = c.list_vms(sub, group, skip_token(ctx)?.as_deref())?;
-                page_reply(ctx, page.items, page.next)
-            }
-            Op::PutVm => {
-                let (created, body) = c.put_vm(sub, rg, p.get("vmName"), &ctx.json()?)?;
-                put(created, body)
-            }
-            Op::GetVm => Reply::ok(c.get_vm(sub, rg, p.get("vmName"))?),
-            Op::DeleteVm => deleted(c.delete_vm(sub, rg, p.get("vmName"))?),
-            Op::ListAccountsBySubscription | Op::ListAccountsByGroup => {
-                let group = (op == Op::ListAccountsByGroup).then_some(rg);
-                let page = c.list_storage_accounts(sub, group, skip_token(ctx)?.as_deref())?;
-                page_reply(ctx, page.items, page.next)
-            }
-            Op::PutAccount => {
-                let (created, body) = c.put_storage_account(sub, rg, p.get("accountName"), &ctx.json()?)?;
-                put(created, body)
-            }
-            Op::GetAccount => Reply::ok(c.get_storage_account(sub, rg, p.get("accountName"))?),
-            Op::DeleteAccount => deleted(c.delete_storage_account(sub, rg, p.get("accountName"))?),
-            Op::ListShares => Reply::ok(json!({"value": c.list_shares(sub, rg, p.get("accountName"))?})),
-            Op::PutShare => {
-                let (created, body) = c.put_share(sub, rg, p.get("accountName"), p.get("shareName"), &ctx.json()?)?;
-                put(created, body)
-            }
-            Op::GetShare => Reply::ok(c.get_share(sub, rg, p.get("accountName"), p.get("shareName"))?),
-            Op::DeleteShare => deleted(c.delete_share(sub, rg, p.get("accountName"), p.get("shareName"))?),
-            _ => return Ok(None),
-        }))
-    };
-    run().transpose()
+    Ok(match op {
+        InventoryOp::ListVmsBySubscription | InventoryOp::ListVmsByGroup => {
+            let group = (op == InventoryOp::ListVmsByGroup).then_some(rg);
+            let page = c.list_vms(sub, group, skip_token(ctx)?.as_deref())?;
+            page_reply(ctx, page.items, page.next)
+        }
+        InventoryOp::PutVm => {
+            let (created, body) = c.put_vm(sub, rg, p.get("vmName"), &ctx.json()?)?;
+            put(created, body)
+        }
+        InventoryOp::GetVm => Reply::ok(c.get_vm(sub, rg, p.get("vmName"))?),
+        InventoryOp::DeleteVm => deleted(c.delete_vm(sub, rg, p.get("vmName"))?),
+        InventoryOp::ListAccountsBySubscription | InventoryOp::ListAccountsByGroup => {
+            let group = (op == InventoryOp::ListAccountsByGroup).then_some(rg);
+            let page = c.list_storage_accounts(sub, group, skip_token(ctx)?.as_deref())?;
+            page_reply(ctx, page.items, page.next)
+        }
+        InventoryOp::PutAccount => {
+            let (created, body) = c.put_storage_account(sub, rg, p.get("accountName"), &ctx.json()?)?;
+            put(created, body)
+        }
+        InventoryOp::GetAccount => Reply::ok(c.get_storage_account(sub, rg, p.get("accountName"))?),
+        InventoryOp::DeleteAccount => deleted(c.delete_storage_account(sub, rg, p.get("accountName"))?),
+        InventoryOp::ListShares => Reply::ok(json!({"value": c.list_shares(sub, rg, p.get("accountName"))?})),
+        InventoryOp::PutShare => {
+            let (created, body) = c.put_share(sub, rg, p.get("accountName"), p.get("shareName"), &ctx.json()?)?;
+            put(created, body)
+        }
+        InventoryOp::GetShare => Reply::ok(c.get_share(sub, rg, p.get("accountName"), p.get("shareName"))?),
+        InventoryOp::DeleteShare => deleted(c.delete_share(sub, rg, p.get("accountName"), p.get("shareName"))?),
+    })
 }

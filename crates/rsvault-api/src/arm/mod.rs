@@ -180,12 +180,9 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
         Op::AbsentList(what) => Reply::ok(c.absent_list(p.sub(), p.rg(), p.vault(), what)?),
         Op::AbsentGet(what) => Reply::ok(c.absent_get(p.sub(), p.rg(), p.vault(), p.last(), what)?),
         Op::AbsentAction(what, operation) => Reply::ok(c.absent_action(p.sub(), p.rg(), p.vault(), operation, what)?),
-        _ => {
-            return inventory::dispatch(ctx, op, p)
-                .or_else(|| backup::dispatch(ctx, caller, op, p))
-                .or_else(|| ilr::dispatch(ctx, caller, op, p))
-                .unwrap_or_else(|| Err(Error::internal(format!("no handler for {op:?}"))))
-        }
+        Op::Inventory(op) => return inventory::dispatch(ctx, op, p),
+        Op::Backup(op) => return backup::dispatch(ctx, caller, op, p),
+        Op::RestoreTool(op) => return ilr::dispatch(ctx, caller, op, p),
     })
 }
 

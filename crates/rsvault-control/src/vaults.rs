@@ -321,11 +321,18 @@ impl Control {
     }
 
     /// The stored vault row, after checking its subscription and group exist.
+    ///
+    /// One read when the vault exists: a vault row implies its group (a group's delete removes its
+    /// resources in the same transaction) and its subscription (subscriptions are never deleted). Only a
+    /// missing vault reads on, to answer which of the three is missing, as before.
     pub fn vault_row(&self, sub: &str, rg: &str, name: &str) -> Result<ResourceRow> {
+        if let Some(v) = self.store.read_one(|db| db.resource(&self.vault_id(sub, rg, name)))? {
+            return Ok(v);
+        }
         self.subscription_row(sub)?;
         let group = self.group_row(sub, rg)?;
         self.store
-            .read(|db| db.resource(&self.vault_id(sub, rg, name)))?
+            .read_one(|db| db.resource(&self.vault_id(sub, rg, name)))?
             .ok_or_else(|| Error::ResourceNotFound {
                 resource_type: VAULT_TYPE.into(),
                 name: name.to_string(),

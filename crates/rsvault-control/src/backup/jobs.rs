@@ -12,7 +12,7 @@ use chrono::{DateTime, Timelike, Utc};
 use rsvault_core::odata::{Filter, Op};
 use rsvault_core::time;
 use rsvault_jobs::{CancelOutcome, JobStatus, Phase};
-use rsvault_store::{JobRow, OperationRow, Page, ResourceRow};
+use rsvault_store::{JobQuery, JobRow, OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
 
 /// What a new job is about.
@@ -220,13 +220,16 @@ impl JobFilter {
         })
     }
 
-    fn keeps(&self, j: &JobRow) -> bool {
-        let eq = |want: Option<&str>, have: &str| want.is_none_or(|w| w.eq_ignore_ascii_case(have));
-        eq(self.status, &j.status)
-            && eq(self.operation, &j.operation)
-            && eq(self.bmt, &j.backup_management_type)
-            && eq(self.job_id.as_deref(), &j.name)
-            && self.window.contains(j.start)
+    /// The store's query for this filter (compared in the store, on the vault's job index).
+    fn query(&self) -> JobQuery {
+        JobQuery {
+            status: self.status.map(String::from),
+            operation: self.operation.map(String::from),
+            backup_management_type: self.bmt.map(String::from),
+            name: self.job_id.clone(),
+            started_after: self.window.after,
+            started_before: self.window.before,
+        }
     }
 }
 
@@ -242,24 +245,13 @@ impl Control {
         skip_after: Option<&str>,
     ) -> Result<Page<Value>> {
         let v = self.vault_row(sub, rg, vault)?;
-        let f = JobFilter::parse(filter)?;
-        let jobs = self.store.read(|db| db.jobs(&v.id))?;
-        let mut matching = jobs
-            .into_iter()
-            .filter(|j| f.keeps(j))
-            .skip_while(|j| skip_after.is_some_and(|k| j.id.to_ascii_lowercase() != k));
-        if skip_after.is_some() {
-            matching.next(); // the last job of the previous page
-        }
-        let size = self.settings.page_size;
-        let mut items: Vec<JobRow> = matching.take(size + 1).collect();
-        let next = (items.len() > size).then(|| {
-            items.truncate(size);
-            items.last().map(|j| j.id.to_ascii_lowercase()).unwrap_or_default()
-        });
+        let q = JobFilter::parse(filter)?.query();
+        let page = self
+            .store
+            .read_one(|db| db.jobs_page(&v.id, &q, skip_after, self.settings.page_size))?;
         Ok(Page {
-            items: items.iter().map(|j| self.job_body(j)).collect(),
-            next,
+            items: page.items.iter().map(|j| self.job_body(j)).collect(),
+            next: page.next,
         })
     }
 
@@ -320,7 +312,7 @@ impl Control {
 
     fn job_row(&self, v: &ResourceRow, vault: &str, name: &str) -> Result<JobRow> {
         let id = format!("{}/backupJobs/{name}", v.id);
-        self.store.read(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
+        self.store.read_one(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
             code: "BMSUserErrorJobNotFound",
             message: format!("The job '{name}' was not found in vault '{vault}'."),
         })
@@ -368,9 +360,12 @@ impl Control {
     /// `POST …/backupJobsExport?$filter=…`: the ids of the matching jobs, as the operation's result.
     pub fn export_jobs(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<String> {
         let v = self.vault_row(sub, rg, vault)?;
-        let f = JobFilter::parse(filter)?;
-        let jobs = self.store.read(|db| db.jobs(&v.id))?;
-        let list: Vec<String> = jobs.iter().filter(|j| f.keeps(j)).map(|j| j.name.clone()).collect();
+        let q = JobFilter::parse(filter)?.query();
+        let jobs = self
+            .store
+            .read_one(|db| db.jobs_page(&v.id, &q, None, usize::MAX))?
+            .items;
+        let list: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
         let props = json!({"objectType": "OperationResultInfo", "jobList": list});
         let op = self.finished_operation(&v, "ExportJobs", None, Some(props));
         self.store.write(|db| db.put_operation(&op))?;

@@ -340,6 +340,18 @@ impl Control {
             })
     }
 
+    /// The stored id of a vault, checked as [`Control::vault_row`] checks it, without reading its body
+    /// (for requests that only reach below it: a job, the jobs list).
+    pub(crate) fn vault_id_checked(&self, sub: &str, rg: &str, name: &str) -> Result<String> {
+        match self
+            .store
+            .read_one(|db| db.resource_id(&self.vault_id(sub, rg, name)))?
+        {
+            Some(id) => Ok(id),
+            None => self.vault_row(sub, rg, name).map(|v| v.id),
+        }
+    }
+
     /// `PUT` a vault: 201 with the new vault, or 200 with the replaced one.
     pub fn put_vault(&self, caller: &Caller, sub: &str, rg: &str, name: &str, req: &Value) -> Result<(bool, Value)> {
         self.subscription_row(sub)?;

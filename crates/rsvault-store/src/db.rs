@@ -329,6 +329,14 @@ impl Db<'_> {
         )
     }
 
+    /// A resource's id as stored, without reading its body (an existence check for the request path).
+    pub fn resource_id(&self, id: &str) -> R<Option<String>> {
+        self.0
+            .row("SELECT id FROM resources WHERE id_key = ?1", ps![key(id)], |r| {
+                r.text(0)
+            })
+    }
+
     /// Resources of one type in a subscription, optionally one group, in key order, paged.
     pub fn resources(
         &self,

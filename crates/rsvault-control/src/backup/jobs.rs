@@ -244,13 +244,13 @@ impl Control {
         filter: Option<&str>,
         skip_after: Option<&str>,
     ) -> Result<Page<Value>> {
-        let v = self.vault_row(sub, rg, vault)?;
+        let vault_id = self.vault_id_checked(sub, rg, vault)?;
         let q = JobFilter::parse(filter)?.query();
         let page = self
             .store
-            .read_one(|db| db.jobs_page(&v.id, &q, skip_after, self.settings.page_size))?;
+            .read_one(|db| db.jobs_page(&vault_id, &q, skip_after, self.settings.page_size))?;
         Ok(Page {
-            items: page.items.iter().map(|j| self.job_body(j)).collect(),
+            items: page.items.into_iter().map(|j| self.job_wire(j)).collect(),
             next: page.next,
         })
     }
@@ -296,11 +296,17 @@ impl Control {
 
     /// The wire body of a job; a running job's `duration` grows with the clock, as the live service's does.
     pub fn job_body(&self, j: &JobRow) -> Value {
-        let mut props = j.body.clone();
+        self.job_wire(j.clone())
+    }
+
+    /// [`Control::job_body`] of a row read for this answer (its body is taken, not copied).
+    fn job_wire(&self, mut j: JobRow) -> Value {
+        let mut props = std::mem::take(&mut j.body);
         let now = self.now();
         let end: DateTime<Utc> = j.end.unwrap_or(now);
         props["duration"] = json!(time::iso_duration(end - j.start));
-        let cancellable = JobStatus::of(j) == Some(JobStatus::InProgress) && Phase::of(j).is_some_and(Phase::is_active);
+        let cancellable =
+            JobStatus::of(&j) == Some(JobStatus::InProgress) && Phase::of(&j).is_some_and(Phase::is_active);
         if cancellable {
             props["actionsInfo"] = json!(["Cancellable"]);
         } else if let Some(o) = props.as_object_mut() {
@@ -310,8 +316,8 @@ impl Control {
         json!({"id": j.id, "name": j.name, "type": JOB_TYPE, "properties": props})
     }
 
-    fn job_row(&self, v: &ResourceRow, vault: &str, name: &str) -> Result<JobRow> {
-        let id = format!("{}/backupJobs/{name}", v.id);
+    fn job_row(&self, vault_id: &str, vault: &str, name: &str) -> Result<JobRow> {
+        let id = format!("{vault_id}/backupJobs/{name}");
         self.store.read_one(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
             code: "BMSUserErrorJobNotFound",
             message: format!("The job '{name}' was not found in vault '{vault}'."),
@@ -322,7 +328,7 @@ impl Control {
     /// next chunk. Returns the operation id (its result URL is `backupJobs/{job}/operationResults/{op}`).
     pub fn cancel_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<String> {
         let v = self.vault_row(sub, rg, vault)?;
-        let j = self.job_row(&v, vault, name)?;
+        let j = self.job_row(&v.id, vault, name)?;
         let outcome = if Phase::of(&j).is_some() {
             self.cancel_job_run(&j.id)?
         } else {
@@ -386,8 +392,8 @@ impl Control {
 
     /// `GET …/backupJobs/{job}`.
     pub fn get_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<Value> {
-        let v = self.vault_row(sub, rg, vault)?;
-        Ok(self.job_body(&self.job_row(&v, vault, name)?))
+        let vault_id = self.vault_id_checked(sub, rg, vault)?;
+        Ok(self.job_wire(self.job_row(&vault_id, vault, name)?))
     }
 }
 

@@ -7,7 +7,9 @@
 //! the server-wide in-flight budget → body is JSON → conditional headers → handler. A refused caller's
 //! body is never read. Anonymous (identity) requests read at most [`Limits::anonymous_body_bytes`]; the
 //! token endpoint is metered per client id and per address. Blocking work (token checks, SQLite,
-//! hashing) runs on the blocking pool, so async workers never wait on disk.
+//! hashing) runs on the blocking pool, so async workers never wait on disk: an ARM request with a body
+//! goes there twice (admission, then its handler, with the body read in between on the async task), one
+//! without a body (most reads) once for both.
 //!
 //! Every URL the server writes (discovery, `metadata/endpoints`, `Location`, `Azure-AsyncOperation`,
 //! `nextLink`) starts with the configured base URL, never with the request's `Host`. Each request is
@@ -367,27 +369,16 @@ type Refused = Box<(Error, Option<Op>, Option<Caller>)>;
 
 /// An ARM request: admitted from its headers alone, then its body, then its handler.
 async fn arm_request(state: &Arc<State>, head: &Arc<Head>, segs: Vec<String>, body: Incoming) -> Outcome {
+    if body.is_end_stream() {
+        return bodiless_arm_request(state, head, segs).await;
+    }
     let (st, h, sg) = (state.clone(), head.clone(), segs.clone());
     let admitted = tokio::task::spawn_blocking(move || admit(&st, &h, sg))
         .await
-        .unwrap_or_else(|e| {
-            Err(Box::new((
-                Error::internal(format!("handler panicked: {e}")),
-                None,
-                None,
-            )))
-        });
+        .unwrap_or_else(|e| Err(panicked(e)));
     let a = match admitted {
         Ok(a) => a,
-        Err(refused) => {
-            let (e, op, caller) = *refused;
-            return Outcome {
-                reply: arm_error(state, head, &e),
-                op,
-                caller,
-                body: Bytes::new(),
-            };
-        }
+        Err(refused) => return refusal(state, head, *refused),
     };
     let (bytes, permit) = match read_body(state, body, &head.headers, state.config.max_body_bytes).await {
         Ok(x) => x,
@@ -414,6 +405,45 @@ async fn arm_request(state: &Arc<State>, head: &Arc<Head>, segs: Vec<String>, bo
         op: Some(a.op),
         caller: Some(a.caller),
         body: bytes,
+    }
+}
+
+/// An ARM request without a body (most GETs and DELETEs): admitted and handled in one trip to the
+/// blocking pool, in the same order as [`arm_request`] (there is no body to read in between).
+async fn bodiless_arm_request(state: &Arc<State>, head: &Arc<Head>, segs: Vec<String>) -> Outcome {
+    let (st, h) = (state.clone(), head.clone());
+    let res = tokio::task::spawn_blocking(move || {
+        let a = admit(&st, &h, segs.clone())?;
+        let empty = Bytes::new();
+        let ctx = Ctx::new(&st, &h, segs, &empty);
+        let res = arm::dispatch(&ctx, &a.caller, a.op, &a.params);
+        Ok::<_, Refused>((res, a.op, a.caller))
+    })
+    .await
+    .unwrap_or_else(|e| Err(panicked(e)));
+    match res {
+        Ok((res, op, caller)) => Outcome {
+            reply: res.unwrap_or_else(|e| arm_error(state, head, &e)),
+            op: Some(op),
+            caller: Some(caller),
+            body: Bytes::new(),
+        },
+        Err(refused) => refusal(state, head, *refused),
+    }
+}
+
+/// A blocking task that panicked, as a refusal (an internal error).
+fn panicked(e: tokio::task::JoinError) -> Refused {
+    Box::new((Error::internal(format!("handler panicked: {e}")), None, None))
+}
+
+/// The outcome of a request refused before its handler.
+fn refusal(state: &State, head: &Head, (e, op, caller): (Error, Option<Op>, Option<Caller>)) -> Outcome {
+    Outcome {
+        reply: arm_error(state, head, &e),
+        op,
+        caller,
+        body: Bytes::new(),
     }
 }
 

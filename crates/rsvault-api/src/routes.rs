@@ -450,31 +450,43 @@ fn segments(pattern: &'static str) -> Vec<&'static str> {
     pattern.split('/').filter(|s| !s.is_empty()).collect()
 }
 
-fn match_fixed(pat: &[&'static str], segs: &[String], out: &mut Params) -> bool {
-    if pat.len() != segs.len() {
-        return false;
-    }
+/// Each route's pattern split once: whether it starts with `{*scope}`, and its fixed segments.
+static PATTERNS: std::sync::LazyLock<Vec<(bool, Vec<&'static str>)>> = std::sync::LazyLock::new(|| {
+    ROUTES
+        .iter()
+        .map(|r| match r.pattern.strip_prefix("{*scope}") {
+            Some(rest) => (true, segments(rest)),
+            None => (false, segments(r.pattern)),
+        })
+        .collect()
+});
+
+/// Whether `segs` match `pat` (literal segments case-insensitively); captures nothing.
+fn fixed_matches(pat: &[&'static str], segs: &[String]) -> bool {
+    pat.len() == segs.len()
+        && pat
+            .iter()
+            .zip(segs)
+            .all(|(p, s)| (p.starts_with('{') && p.ends_with('}')) || p.eq_ignore_ascii_case(s))
+}
+
+/// The parameters of segments that [`fixed_matches`] `pat`.
+fn capture(pat: &[&'static str], segs: &[String], out: &mut Params) {
     for (p, s) in pat.iter().zip(segs) {
         if let Some(name) = p.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
             out.0.push((name, s.clone()));
-        } else if !p.eq_ignore_ascii_case(s) {
-            return false;
         }
     }
-    true
 }
 
-fn match_pattern(pattern: &'static str, segs: &[String]) -> Option<Params> {
+fn match_pattern((scoped, pat): &(bool, Vec<&'static str>), segs: &[String]) -> Option<Params> {
     let mut out = Params::default();
-    if let Some(rest) = pattern.strip_prefix("{*scope}") {
-        let pat = segments(rest);
-        if segs.len() < pat.len() {
+    if *scoped {
+        let split = segs.len().checked_sub(pat.len())?;
+        if !fixed_matches(pat, &segs[split..]) {
             return None;
         }
-        let split = segs.len() - pat.len();
-        if !match_fixed(&pat, &segs[split..], &mut out) {
-            return None;
-        }
+        capture(pat, &segs[split..], &mut out);
         let scope = segs[..split].join("/");
         out.0.push((
             "scope",
@@ -486,14 +498,18 @@ fn match_pattern(pattern: &'static str, segs: &[String]) -> Option<Params> {
         ));
         return Some(out);
     }
-    match_fixed(&segments(pattern), segs, &mut out).then_some(out)
+    if !fixed_matches(pat, segs) {
+        return None;
+    }
+    capture(pat, segs, &mut out);
+    Some(out)
 }
 
 /// Finds the route for a method and decoded path segments.
 pub fn find(method: &str, segs: &[String], api_version: &str) -> Result<(&'static Route, Params), Error> {
     let mut path_matched = false;
-    for route in ROUTES {
-        if let Some(p) = match_pattern(route.pattern, segs) {
+    for (route, pattern) in ROUTES.iter().zip(PATTERNS.iter()) {
+        if let Some(p) = match_pattern(pattern, segs) {
             if route.method == method {
                 return Ok((route, p));
             }

@@ -2,6 +2,12 @@
 //!
 //! *Invariant*: every ARM request is authorized by [`Control::authorize`] with the action its route
 //! declares, at the scope its path names, before it is carried out.
+//!
+//! A principal's assignments are read from the store once and kept in memory ([`GrantCache`]) for as
+//! long as the store's access generation ([`rsvault_store::ACCESS_GENERATION`], moved by every change of
+//! role assignments in that change's transaction, on any node) stays the same: each decision reads only
+//! that counter (one indexed row), so an assignment removed on any node that shares the store stops
+//! access from the next request on.
 
 use crate::{body, Caller, Control, Error, Result};
 use rsvault_core::ids::{key, scope_contains, ResourceId};
@@ -10,6 +16,43 @@ use rsvault_identity::secrets;
 use rsvault_store::{PrincipalRow, RoleAssignmentRow};
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// How many principals' assignments a [`GrantCache`] keeps at most.
+const MAX_CACHED_PRINCIPALS: usize = 10_000;
+
+/// Principals' role assignments as the evaluator needs them, valid at one access generation.
+#[derive(Debug, Default)]
+pub struct GrantCache {
+    state: Mutex<CachedGrants>,
+}
+
+#[derive(Debug, Default)]
+struct CachedGrants {
+    /// The access generation these grants were read at (or after).
+    generation: String,
+    by_object_id: HashMap<String, Arc<Vec<Grant>>>,
+}
+
+impl GrantCache {
+    fn get(&self, generation: &str, object_id: &str) -> Option<Arc<Vec<Grant>>> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        (st.generation == generation)
+            .then(|| st.by_object_id.get(object_id).cloned())
+            .flatten()
+    }
+
+    /// Keeps `grants`, read after `generation` was: any later change moves the generation past it.
+    fn put(&self, generation: &str, object_id: &str, grants: Arc<Vec<Grant>>) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.generation != generation || st.by_object_id.len() >= MAX_CACHED_PRINCIPALS {
+            st.by_object_id.clear();
+            st.generation = generation.to_string();
+        }
+        st.by_object_id.insert(object_id.to_string(), grants);
+    }
+}
 
 /// A principal just created (the only time its secret is shown).
 #[derive(Debug, Clone, Serialize)]
@@ -91,16 +134,24 @@ fn filter_value<'a>(filter: &'a str, name: &str) -> Option<&'a str> {
 }
 
 impl Control {
-    fn grants(&self, object_id: &str) -> Result<Vec<Grant>> {
-        Ok(self
-            .store
-            .read(|db| db.role_assignments_of(object_id))?
-            .into_iter()
-            .map(|a| Grant {
-                scope: a.scope,
-                role_definition_id: a.role_definition_id,
-            })
-            .collect())
+    /// The principal's assignments: from memory while the access generation is unchanged, else read.
+    fn grants(&self, object_id: &str) -> Result<Arc<Vec<Grant>>> {
+        let generation = self.store.read_one(|db| db.access_generation())?;
+        if let Some(g) = self.grant_cache.get(&generation, object_id) {
+            return Ok(g);
+        }
+        let grants: Arc<Vec<Grant>> = Arc::new(
+            self.store
+                .read_one(|db| db.role_assignments_of(object_id))?
+                .into_iter()
+                .map(|a| Grant {
+                    scope: a.scope,
+                    role_definition_id: a.role_definition_id,
+                })
+                .collect(),
+        );
+        self.grant_cache.put(&generation, object_id, grants.clone());
+        Ok(grants)
     }
 
     /// Allows the caller to perform `action` at `scope`, or answers `AuthorizationFailed`.

@@ -79,6 +79,8 @@ pub struct Control {
     /// The job queue of this node (with the data plane).
     jobs: Option<Arc<rsvault_jobs::Jobs>>,
     grants: hostaccess::HostGrants,
+    /// Principals' role assignments, kept while the store's access generation stands.
+    grant_cache: access::GrantCache,
 }
 
 impl std::fmt::Debug for Control {
@@ -105,6 +107,7 @@ impl Control {
             data: None,
             jobs: None,
             grants: hostaccess::HostGrants::default(),
+            grant_cache: access::GrantCache::default(),
         })
     }
 

@@ -39,14 +39,14 @@ impl Control {
     /// The subscription, or `SubscriptionNotFound`.
     pub fn subscription_row(&self, id: &str) -> Result<SubscriptionRow> {
         self.store
-            .read(|db| db.subscription(id))?
+            .read_one(|db| db.subscription(id))?
             .ok_or_else(|| Error::SubscriptionNotFound(id.to_string()))
     }
 
     /// The resource group, or `ResourceGroupNotFound`.
     pub fn group_row(&self, sub: &str, name: &str) -> Result<GroupRow> {
         self.store
-            .read(|db| db.group(sub, name))?
+            .read_one(|db| db.group(sub, name))?
             .ok_or_else(|| Error::ResourceGroupNotFound(name.to_string()))
     }
 

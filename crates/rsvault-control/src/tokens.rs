@@ -127,7 +127,10 @@ pub fn rotate_keys(store: &Store, server_key: &std::path::Path, now: chrono::Dat
 impl Control {
     /// The current issuer, reloaded when the store's keys changed.
     pub fn issuer(&self) -> Result<Arc<Issuer>> {
-        let generation = self.store.read(|db| db.meta(META_KEYS_GENERATION))?.unwrap_or_default();
+        let generation = self
+            .store
+            .read_one(|db| db.meta(META_KEYS_GENERATION))?
+            .unwrap_or_default();
         {
             let cur = self.issuer.read().unwrap_or_else(|p| p.into_inner());
             if let Some((g, i)) = &*cur {

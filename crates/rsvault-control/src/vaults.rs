@@ -356,16 +356,35 @@ impl Control {
     }
 
     /// The stored vault row, after checking its subscription and group exist.
+    ///
+    /// One read when the vault exists: a vault row implies its group (a group's delete removes its
+    /// resources in the same transaction) and its subscription (subscriptions are never deleted). Only a
+    /// missing vault reads on, to answer which of the three is missing, as before.
     pub fn vault_row(&self, sub: &str, rg: &str, name: &str) -> Result<ResourceRow> {
+        if let Some(v) = self.store.read_one(|db| db.resource(&self.vault_id(sub, rg, name)))? {
+            return Ok(v);
+        }
         self.subscription_row(sub)?;
         let group = self.group_row(sub, rg)?;
         self.store
-            .read(|db| db.resource(&self.vault_id(sub, rg, name)))?
+            .read_one(|db| db.resource(&self.vault_id(sub, rg, name)))?
             .ok_or_else(|| Error::ResourceNotFound {
                 resource_type: VAULT_TYPE.into(),
                 name: name.to_string(),
                 group: group.name,
             })
+    }
+
+    /// The stored id of a vault, checked as [`Control::vault_row`] checks it, without reading its body
+    /// (for requests that only reach below it: a job, the jobs list).
+    pub(crate) fn vault_id_checked(&self, sub: &str, rg: &str, name: &str) -> Result<String> {
+        match self
+            .store
+            .read_one(|db| db.resource_id(&self.vault_id(sub, rg, name)))?
+        {
+            Some(id) => Ok(id),
+            None => self.vault_row(sub, rg, name).map(|v| v.id),
+        }
     }
 
     /// `PUT` a vault: 201 with the new vault, or 200 with the replaced one.

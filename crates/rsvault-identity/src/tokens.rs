@@ -5,6 +5,12 @@
 //! expired (retirement time + token lifetime + clock skew), and is published in the JWKS until then.
 //! Verification accepts only `RS256` with a known `kid`, checks the signature, `nbf`/`exp` with
 //! [`CLOCK_SKEW_SECS`] of leeway, the issuer and the audience.
+//!
+//! A token that verified is remembered by the issuer that verified it (keyed by the SHA-256 of the
+//! whole token, at most [`MAX_VERIFIED`] of them, each until it expires), so the next request bearing
+//! it skips the header and claims parsing and the RSA signature check. A remembered token is still
+//! refused at once once it expires (or is not yet valid), and once its key is no longer usable; an
+//! issuer reloaded with other keys (a rotation) starts with nothing remembered.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine;
@@ -138,11 +144,22 @@ struct LoadedKey {
     retired: Option<DateTime<Utc>>,
 }
 
+/// How many verified tokens an issuer remembers at most.
+pub const MAX_VERIFIED: usize = 10_000;
+
+/// A token that verified: its claims and the key that signed it.
+struct Verified {
+    claims: Claims,
+    kid: String,
+}
+
 /// Signs and verifies tokens for one issuer URL.
 pub struct Issuer {
     keys: Vec<LoadedKey>,
     issuer: String,
     lifetime: Duration,
+    /// Tokens that verified, by the SHA-256 of the token.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Verified>>,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -181,6 +198,7 @@ impl Issuer {
             keys: loaded,
             issuer,
             lifetime,
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -250,8 +268,60 @@ impl Issuer {
         })
     }
 
-    /// Verifies a bearer token for Azure Resource Manager.
+    /// Verifies a bearer token for Azure Resource Manager (a token verified before is checked again for
+    /// its times and its key, not parsed and its signature not checked again).
     pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let id: [u8; 32] = digest.as_ref().try_into().expect("SHA-256 is 32 bytes");
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = verified.get(&id) {
+            let out = self.still_valid(v, now);
+            if out.is_err() {
+                verified.remove(&id);
+            }
+            return out;
+        }
+        drop(verified);
+        let claims = self.verify_signed(token, now)?;
+        let kid = self.kid_of(token).unwrap_or_default();
+        let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED {
+            let skew = CLOCK_SKEW_SECS;
+            verified.retain(|_, v| now.timestamp() <= v.claims.exp + skew);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            id,
+            Verified {
+                claims: claims.clone(),
+                kid,
+            },
+        );
+        Ok(claims)
+    }
+
+    /// A remembered token checked again: its key still usable, its times still valid at `now`.
+    fn still_valid(&self, v: &Verified, now: DateTime<Utc>) -> Result<Claims, TokenError> {
+        if !self.keys.iter().any(|k| k.kid == v.kid && self.usable(k, now)) {
+            return Err(TokenError::UnknownKey);
+        }
+        check_times(&v.claims, now)?;
+        Ok(v.claims.clone())
+    }
+
+    /// The `kid` of a token's header (of a token that verified).
+    fn kid_of(&self, token: &str) -> Option<String> {
+        let header: Value = B64
+            .decode(token.split('.').next()?)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())?;
+        header.get("kid").and_then(Value::as_str).map(String::from)
+    }
+
+    /// Verifies a token in full: header, key, signature, times, issuer, audience.
+    fn verify_signed(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
@@ -284,16 +354,7 @@ impl Issuer {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .ok_or(TokenError::Malformed)?;
-        let skew = CLOCK_SKEW_SECS;
-        if now.timestamp() > claims.exp + skew {
-            return Err(TokenError::Expired {
-                exp: DateTime::from_timestamp(claims.exp, 0).unwrap_or_default(),
-                now,
-            });
-        }
-        if now.timestamp() + skew < claims.nbf {
-            return Err(TokenError::NotYetValid);
-        }
+        check_times(&claims, now)?;
         if claims.iss != self.issuer {
             return Err(TokenError::Issuer(claims.iss));
         }
@@ -319,6 +380,21 @@ impl Issuer {
 }
 
 /// DER of an RSAPublicKey (`SEQUENCE { n INTEGER, e INTEGER }`), what ring's verifier reads.
+/// `exp` and `nbf` at `now`, with [`CLOCK_SKEW_SECS`] of leeway.
+fn check_times(claims: &Claims, now: DateTime<Utc>) -> Result<(), TokenError> {
+    let skew = CLOCK_SKEW_SECS;
+    if now.timestamp() > claims.exp + skew {
+        return Err(TokenError::Expired {
+            exp: DateTime::from_timestamp(claims.exp, 0).unwrap_or_default(),
+            now,
+        });
+    }
+    if now.timestamp() + skew < claims.nbf {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
+}
+
 fn rsa_public_der(n: &[u8], e: &[u8]) -> Vec<u8> {
     fn int(bytes: &[u8]) -> Vec<u8> {
         let mut v = bytes.to_vec();
@@ -421,6 +497,39 @@ mod tests {
         let later = now + Duration::hours(2);
         assert_eq!(i.jwks(later)["keys"].as_array().unwrap().len(), 1);
         assert_eq!(i.verify(&t, later).unwrap_err(), TokenError::UnknownKey);
+    }
+
+    /// A remembered token is refused as a fresh one would be: once expired, before its `nbf`, once its
+    /// key is retired past its tokens' lifetime; and a tampered copy of it is not taken for it.
+    #[test]
+    fn remembered_tokens_are_refused_as_fresh_ones_would_be() {
+        let now = Utc::now();
+        let i = issuer();
+        let t = i.issue("t", "o", "c", AUD, now).unwrap().access_token;
+        assert_eq!(i.verify(&t, now).unwrap().oid, "o");
+        assert_eq!(i.verify(&t, now).unwrap().oid, "o", "remembered");
+        assert!(matches!(
+            i.verify(&t, now + Duration::hours(1) + Duration::seconds(CLOCK_SKEW_SECS + 1)),
+            Err(TokenError::Expired { .. })
+        ));
+        assert!(i.verify(&t, now).is_ok(), "forgotten once refused, and verified afresh");
+        assert_eq!(
+            i.verify(&t, now - Duration::seconds(CLOCK_SKEW_SECS + 5)),
+            Err(TokenError::NotYetValid)
+        );
+        let mut tampered = t.clone();
+        tampered.push('A');
+        assert!(i.verify(&tampered, now).is_err());
+        // Its key retired: remembered tokens stop verifying when they would have stopped anyway.
+        let mut retired = key().clone();
+        retired.retired = Some(now);
+        let fresh = generate_key(now).unwrap();
+        let r = Issuer::new(&[retired, fresh], "https://x/t/v2.0".into(), Duration::hours(1)).unwrap();
+        assert!(r.verify(&t, now).is_ok());
+        assert_eq!(
+            r.verify(&t, now + Duration::hours(1) + Duration::seconds(CLOCK_SKEW_SECS)),
+            Err(TokenError::UnknownKey)
+        );
     }
 
     #[test]

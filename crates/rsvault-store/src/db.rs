@@ -5,7 +5,7 @@
 //! must know its type).
 
 use crate::rows::*;
-use crate::sql::{ps, ts, Conn, SqlRow};
+use crate::sql::{ps, ts, Conn, SqlRow, P};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use rsvault_core::ids::key;
@@ -33,6 +33,9 @@ const JOB_COLS: &str =
 const LEASE_COLS: &str = "job_key, vault_key, node, fence, expires";
 /// The last fencing token given to a job lease.
 const META_FENCE: &str = "job_lease_fence";
+/// The `meta` counter every change of role assignments moves (in the change's transaction), so a node
+/// that keeps a principal's assignments in memory knows, from one small read, when to read them again.
+pub const ACCESS_GENERATION: &str = "access_generation";
 const RP_COLS: &str = "id, vault_key, item_key, name, time, expiry, body, engine";
 const RESOURCE_COLS: &str = "id, sub_key, rg_key, type_key, name, parent_key, body, etag, created, updated";
 const GROUP_COLS: &str = "sub_key, name, id, location, tags, managed_by, created";
@@ -176,6 +179,24 @@ impl Db<'_> {
         Ok(())
     }
 
+    /// Moves the access generation on (see [`ACCESS_GENERATION`]) when `changed` rows of role
+    /// assignments changed; returns `changed`.
+    fn assignments_changed(&self, changed: usize) -> R<usize> {
+        if changed > 0 {
+            self.0.exec(
+                "INSERT INTO meta (key, value) VALUES (?1, '1') ON CONFLICT (key)
+                 DO UPDATE SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS TEXT)",
+                ps![ACCESS_GENERATION],
+            )?;
+        }
+        Ok(changed)
+    }
+
+    /// The access generation: changes whenever any role assignment does (`"0"` before the first change).
+    pub fn access_generation(&self) -> R<String> {
+        Ok(self.meta(ACCESS_GENERATION)?.unwrap_or_else(|| "0".into()))
+    }
+
     // ---- subscriptions ----------------------------------------------------------------------
     pub fn insert_subscription(&self, s: &SubscriptionRow) -> R<()> {
         self.0.exec(
@@ -260,10 +281,11 @@ impl Db<'_> {
             key(&format!("/subscriptions/{sub}")),
             key(name)
         );
-        self.0.exec(
+        let n = self.0.exec(
             "DELETE FROM role_assignments WHERE substr(scope_key, 1, length(?1)) = ?1 OR scope_key = ?2",
             ps![prefix.clone(), prefix.trim_end_matches('/')],
         )?;
+        self.assignments_changed(n)?;
         Ok(self.0.exec(
             "DELETE FROM resource_groups WHERE sub_key = ?1 AND name_key = ?2",
             ps![key(sub), key(name)],
@@ -305,6 +327,14 @@ impl Db<'_> {
             ps![key(id)],
             resource_row,
         )
+    }
+
+    /// A resource's id as stored, without reading its body (an existence check for the request path).
+    pub fn resource_id(&self, id: &str) -> R<Option<String>> {
+        self.0
+            .row("SELECT id FROM resources WHERE id_key = ?1", ps![key(id)], |r| {
+                r.text(0)
+            })
     }
 
     /// Resources of one type in a subscription, optionally one group, in key order, paged.
@@ -416,10 +446,11 @@ impl Db<'_> {
             "DELETE FROM resources WHERE substr(id_key, 1, length(?1)) = ?1",
             ps![&below],
         )?;
-        self.0.exec(
+        let n = self.0.exec(
             "DELETE FROM role_assignments WHERE scope_key = ?1 OR substr(scope_key, 1, length(?2)) = ?2",
             ps![&k, &below],
         )?;
+        self.assignments_changed(n)?;
         self.0.exec(
             "DELETE FROM jobs WHERE vault_key = ?1 OR substr(vault_key, 1, length(?2)) = ?2",
             ps![&k, &below],
@@ -491,10 +522,11 @@ impl Db<'_> {
         let Some(p) = self.principal(client_id)? else {
             return Ok(false);
         };
-        self.0.exec(
+        let n = self.0.exec(
             "DELETE FROM role_assignments WHERE principal_id = ?1",
-            ps![&p.object_id],
+            ps![key(&p.object_id)],
         )?;
+        self.assignments_changed(n)?;
         Ok(self
             .0
             .exec("DELETE FROM principals WHERE client_id = ?1", ps![key(client_id)])?
@@ -519,6 +551,7 @@ impl Db<'_> {
                 &a.created_by
             ],
         )?;
+        self.assignments_changed(1)?;
         Ok(())
     }
 
@@ -556,10 +589,10 @@ impl Db<'_> {
     }
 
     pub fn delete_role_assignment(&self, id: &str) -> R<bool> {
-        Ok(self
+        let n = self
             .0
-            .exec("DELETE FROM role_assignments WHERE id_key = ?1", ps![key(id)])?
-            > 0)
+            .exec("DELETE FROM role_assignments WHERE id_key = ?1", ps![key(id)])?;
+        Ok(self.assignments_changed(n)? > 0)
     }
 
     // ---- signing keys -----------------------------------------------------------------------
@@ -693,6 +726,63 @@ impl Db<'_> {
             ps![key(vault)],
             job_row,
         )
+    }
+
+    /// The jobs of a vault that `q` wants, newest first (`start`, then id key, descending), after the job
+    /// whose id key is `after` (keyset paging: the jobs that sort below it), at most `limit` of them
+    /// (`next` set when more follow). Served by the `(vault_key, start, id_key)` index: a page reads about
+    /// its own rows, however many jobs the vault holds. An `after` that names no job of the vault gives
+    /// an empty page.
+    pub fn jobs_page(&self, vault: &str, q: &JobQuery, after: Option<&str>, limit: usize) -> R<Page<JobRow>> {
+        let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE vault_key = ?1");
+        let mut params = vec![P::from(key(vault))];
+        let mut clause = |sql_of: &dyn Fn(usize) -> String, p: P| {
+            params.push(p);
+            sql.push_str(" AND ");
+            sql.push_str(&sql_of(params.len()));
+        };
+        for (column, want) in [
+            ("status", &q.status),
+            ("operation", &q.operation),
+            ("backup_management_type", &q.backup_management_type),
+            ("name", &q.name),
+        ] {
+            if let Some(v) = want {
+                clause(&|n| format!("lower({column}) = ?{n}"), P::from(v.to_lowercase()));
+            }
+        }
+        if let Some((t, inclusive)) = q.started_after {
+            let op = if inclusive { ">=" } else { ">" };
+            clause(&|n| format!("start {op} ?{n}"), P::from(ts(&t)));
+        }
+        if let Some((t, inclusive)) = q.started_before {
+            let op = if inclusive { "<=" } else { "<" };
+            clause(&|n| format!("start {op} ?{n}"), P::from(ts(&t)));
+        }
+        if let Some(after) = after {
+            let Some(start) = self.0.row(
+                "SELECT start FROM jobs WHERE id_key = ?1 AND vault_key = ?2",
+                ps![after, key(vault)],
+                |r| r.text(0),
+            )?
+            else {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                });
+            };
+            clause(
+                &|n| format!("(start < ?{n} OR (start = ?{n} AND id_key < ?{}))", n + 1),
+                P::from(start),
+            );
+            params.push(P::from(after.to_string()));
+        }
+        sql.push_str(" ORDER BY start DESC, id_key DESC");
+        if limit < usize::MAX {
+            sql.push_str(&format!(" LIMIT {}", limit_of(limit)));
+        }
+        let rows = self.0.rows(&sql, &params, job_row)?;
+        Ok(page(rows, limit, |j| key(&j.id)))
     }
 
     /// Jobs of every vault in a job-engine phase (`queued`, `running`), oldest first.

@@ -21,8 +21,13 @@
 //!   process, the file lock across processes); PostgreSQL's `BEGIN` then
 //!   `pg_advisory_xact_lock(`[`pg::WRITE_LOCK`]`)`, across every node on the database. A write sees every
 //!   write committed before it (read-modify-write in one `write` loses no update).
-//! - **Reads**: SQLite reads share the one connection; PostgreSQL reads take a pooled connection (at most
-//!   [`pg::POOL_SIZE`] per store) and no lock, each statement seeing what was committed when it ran.
+//! - **Reads** take no lock and never wait for the writer: SQLite reads run on a pool of read-only
+//!   connections beside the writer ([`readers`], WAL), PostgreSQL reads on a pooled connection (at most
+//!   [`pg::POOL_SIZE`] per store). [`Store::read`] gives its closure one snapshot (SQLite: one read
+//!   transaction; PostgreSQL: `REPEATABLE READ`), for reads whose statements must agree (garbage
+//!   collection's keep-set: recovery points, then active jobs). [`Store::read_one`] opens no
+//!   transaction: each statement sees what was committed when it ran, at one round trip a statement on
+//!   PostgreSQL, for the request path's point reads (a generation counter, a row by key, a page).
 //!   Statements are short (no I/O beyond the database). The PostgreSQL client is synchronous and panics on
 //!   an async task: call the store from blocking threads only.
 //! - **Portable SQL**: `?N` placeholders (`$N` on PostgreSQL), `ON CONFLICT` upserts (never `INSERT OR
@@ -40,6 +45,7 @@
 mod db;
 pub mod migrations;
 pub mod pg;
+pub mod readers;
 mod rows;
 pub(crate) mod sql;
 
@@ -170,7 +176,10 @@ pub struct Store {
 
 #[derive(Debug)]
 enum Backend {
-    Sqlite(Mutex<Connection>),
+    Sqlite {
+        writer: Mutex<Connection>,
+        readers: readers::Readers,
+    },
     Postgres(Box<pg::Pool>),
 }
 
@@ -188,7 +197,10 @@ impl Store {
     /// Opens the store at `location`, creating its schema or bringing it up to date.
     pub fn connect(location: &StoreLocation) -> Result<Store, StoreError> {
         let backend = match location {
-            StoreLocation::Sqlite(path) => Backend::Sqlite(Mutex::new(open_sqlite(path)?)),
+            StoreLocation::Sqlite(path) => Backend::Sqlite {
+                writer: Mutex::new(open_sqlite(path)?),
+                readers: readers::Readers::new(path),
+            },
             StoreLocation::Postgres(url) => {
                 let pool = pg::Pool::new(url, pg::POOL_SIZE)?;
                 let mut c = pool.connect()?;
@@ -215,23 +227,30 @@ impl Store {
         }
     }
 
-    /// Runs `f` against one consistent view of the store (on PostgreSQL, a REPEATABLE READ transaction).
+    /// Runs `f` against one consistent view of the store: every statement sees the same snapshot (SQLite:
+    /// one read transaction; PostgreSQL: `REPEATABLE READ`).
     pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db) -> Result<T, E>) -> Result<T, E> {
         match &self.backend {
-            Backend::Sqlite(conn) => {
-                let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-                f(&Db(sql::Conn::Sqlite(&conn)))
+            Backend::Sqlite { readers, .. } => {
+                let conn = readers.get()?;
+                // One snapshot for every statement (WAL: a read transaction sees the commits made before
+                // its first statement). The guard ends it; a panic leaves it open and the reader is dropped.
+                conn.execute_batch("BEGIN DEFERRED").map_err(StoreError::from)?;
+                let out = f(&Db(sql::Conn::Sqlite(&conn)));
+                conn.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" })
+                    .map_err(StoreError::from)?;
+                out
             }
-            // One snapshot for every statement of the read (REPEATABLE READ), as SQLite's single
-            // connection gives: a read of recovery points and then of running jobs must not see a
-            // backup's commit fall between them (garbage collection's keep-set would miss its point).
+            // One snapshot for every statement of the read (REPEATABLE READ), as SQLite's read transaction
+            // gives: a read of recovery points and then of running jobs must not see a backup's commit
+            // fall between them (garbage collection's keep-set would miss its point).
             Backend::Postgres(pool) => {
                 let mut c = pool.get()?;
                 c.clean = false; // until COMMIT or ROLLBACK has gone through
                 c.client()
                     .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                     .map_err(StoreError::from)?;
-                let out = f(&pg_db(c.client()));
+                let out = f(&pg_db(c.conn()));
                 let end = if out.is_ok() { "COMMIT" } else { "ROLLBACK" };
                 if c.client().batch_execute(end).is_ok() {
                     c.clean = true;
@@ -241,12 +260,29 @@ impl Store {
         }
     }
 
+    /// Runs `f` outside any transaction: each statement sees what was committed when it ran, and no two
+    /// need agree. For reads of one statement (a row by key, a page, a generation counter) or whose
+    /// statements are independent; on PostgreSQL it saves the `BEGIN` and `COMMIT` round trips of
+    /// [`Store::read`].
+    pub fn read_one<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db) -> Result<T, E>) -> Result<T, E> {
+        match &self.backend {
+            Backend::Sqlite { readers, .. } => {
+                let conn = readers.get()?;
+                f(&Db(sql::Conn::Sqlite(&conn)))
+            }
+            Backend::Postgres(pool) => {
+                let mut c = pool.get()?;
+                f(&pg_db(c.conn()))
+            }
+        }
+    }
+
     /// Runs `f` in one write transaction (one writer at a time); commits when it returns `Ok`, and has
     /// committed (durably) when this returns.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db) -> Result<T, E>) -> Result<T, E> {
         match &self.backend {
-            Backend::Sqlite(conn) => {
-                let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            Backend::Sqlite { writer, .. } => {
+                let mut conn = writer.lock().unwrap_or_else(|p| p.into_inner());
                 let tx = conn
                     .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
                     .map_err(StoreError::from)?;
@@ -261,7 +297,7 @@ impl Store {
                     .batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({})", pg::WRITE_LOCK))
                     .map_err(StoreError::from)?;
                 let (out, failed) = {
-                    let db = pg_db(c.client());
+                    let db = pg_db(c.conn());
                     let out = f(&db);
                     (out, db.0.failed())
                 };
@@ -286,9 +322,9 @@ impl Store {
     }
 }
 
-fn pg_db(client: &mut postgres::Client) -> Db<'_> {
+fn pg_db(conn: &mut pg::PgConn) -> Db<'_> {
     Db(sql::Conn::Postgres {
-        client: RefCell::new(client),
+        client: RefCell::new(conn),
         failed: Cell::new(false),
     })
 }

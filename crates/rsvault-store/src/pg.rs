@@ -7,8 +7,12 @@
 //! A connection goes back to the pool only when it is idle and healthy: one that a write left in a
 //! transaction (a panic in the caller's closure, a failed `ROLLBACK`) or that the server closed is
 //! dropped, which ends its session and so rolls back whatever it held.
+//!
+//! Each connection keeps the statements it prepared ([`PgConn`]), so a statement run again costs one
+//! round trip (bind and execute) rather than two (parse, then bind and execute).
 
 use crate::StoreError;
+use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -30,8 +34,44 @@ pub(crate) struct Pool {
 }
 
 struct State {
-    idle: Vec<postgres::Client>,
+    idle: Vec<PgConn>,
     open: usize,
+}
+
+/// How many prepared statements a connection keeps (the store's statements are a fixed set, well below).
+const MAX_STATEMENTS: usize = 256;
+
+/// A pooled connection and the statements it has prepared, by SQL text.
+pub(crate) struct PgConn {
+    pub(crate) client: postgres::Client,
+    statements: HashMap<String, postgres::Statement>,
+}
+
+impl PgConn {
+    fn new(client: postgres::Client) -> PgConn {
+        PgConn {
+            client,
+            statements: HashMap::new(),
+        }
+    }
+
+    /// `sql` prepared on this connection (once; later calls reuse it).
+    pub(crate) fn prepared(&mut self, sql: &str) -> Result<postgres::Statement, postgres::Error> {
+        if let Some(st) = self.statements.get(sql) {
+            return Ok(st.clone());
+        }
+        let st = self.client.prepare(sql)?;
+        if self.statements.len() >= MAX_STATEMENTS {
+            self.statements.clear();
+        }
+        self.statements.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    /// Forgets a statement whose execution failed (a schema change may have made its plan stale).
+    pub(crate) fn forget(&mut self, sql: &str) {
+        self.statements.remove(sql);
+    }
 }
 
 impl std::fmt::Debug for Pool {
@@ -72,7 +112,7 @@ impl Pool {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(c) = st.idle.pop() {
-                if c.is_closed() {
+                if c.client.is_closed() {
                     st.open -= 1;
                     continue;
                 }
@@ -88,7 +128,7 @@ impl Pool {
                 return match self.connect() {
                     Ok(c) => Ok(Pooled {
                         pool: self,
-                        client: Some(c),
+                        client: Some(PgConn::new(c)),
                         clean: true,
                     }),
                     Err(e) => {
@@ -126,13 +166,17 @@ impl Drop for Pool {
 /// A connection taken from the pool; returned to it on drop when `clean`.
 pub(crate) struct Pooled<'p> {
     pool: &'p Pool,
-    client: Option<postgres::Client>,
+    client: Option<PgConn>,
     /// Idle, outside any transaction: fit for the next caller.
     pub(crate) clean: bool,
 }
 
 impl Pooled<'_> {
     pub(crate) fn client(&mut self) -> &mut postgres::Client {
+        &mut self.conn().client
+    }
+
+    pub(crate) fn conn(&mut self) -> &mut PgConn {
         self.client.as_mut().expect("present until drop")
     }
 }
@@ -141,7 +185,7 @@ impl Drop for Pooled<'_> {
     fn drop(&mut self) {
         let Some(c) = self.client.take() else { return };
         let mut st = self.pool.state.lock().unwrap_or_else(|p| p.into_inner());
-        if self.clean && !c.is_closed() {
+        if self.clean && !c.client.is_closed() {
             st.idle.push(c);
         } else {
             st.open -= 1;

@@ -81,6 +81,20 @@ pub struct SigningKeyRow {
     pub pkcs8: Vec<u8>,
 }
 
+/// Which jobs of a vault a listing wants (every field that is set must hold; text compares ignore case).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobQuery {
+    pub status: Option<String>,
+    pub operation: Option<String>,
+    pub backup_management_type: Option<String>,
+    /// The job's name (its GUID).
+    pub name: Option<String>,
+    /// Started at or after (`true`: inclusive) this time.
+    pub started_after: Option<(DateTime<Utc>, bool)>,
+    /// Started at or before (`true`: inclusive) this time.
+    pub started_before: Option<(DateTime<Utc>, bool)>,
+}
+
 /// One page of a listing; `next` is the key to continue after, absent on the last page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {

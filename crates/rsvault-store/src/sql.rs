@@ -16,7 +16,7 @@ type R<T> = Result<T, StoreError>;
 pub(crate) enum Conn<'a> {
     Sqlite(&'a rusqlite::Connection),
     Postgres {
-        client: RefCell<&'a mut postgres::Client>,
+        client: RefCell<&'a mut crate::pg::PgConn>,
         /// A statement failed: PostgreSQL has aborted the transaction, so it must not be committed
         /// even if the caller carried on.
         failed: Cell<bool>,
@@ -182,6 +182,28 @@ pub(crate) fn parse_ts(s: String) -> R<DateTime<Utc>> {
     }
 }
 
+/// Runs `sql` on a PostgreSQL connection through its prepared form (prepared once per connection); a
+/// statement that fails is forgotten, so a stale plan is prepared afresh next time.
+fn pg_run<T>(
+    conn: &mut crate::pg::PgConn,
+    sql: &str,
+    params: &[P],
+    run: impl FnOnce(
+        &mut postgres::Client,
+        &postgres::Statement,
+        &[&(dyn postgres::types::ToSql + Sync)],
+    ) -> Result<T, postgres::Error>,
+) -> Result<T, postgres::Error> {
+    let text = pg_placeholders(sql);
+    let st = conn.prepared(&text)?;
+    let p: Vec<_> = params.iter().map(P::pg).collect();
+    let out = run(&mut conn.client, &st, &p);
+    if out.is_err() {
+        conn.forget(&text);
+    }
+    out
+}
+
 impl Conn<'_> {
     /// Notes a PostgreSQL failure, so the transaction it aborted is never committed.
     fn pg_result<T>(&self, r: Result<T, postgres::Error>) -> R<T> {
@@ -206,8 +228,7 @@ impl Conn<'_> {
                 .prepare_cached(sql)?
                 .execute(rusqlite::params_from_iter(params.iter()))?),
             Conn::Postgres { client, .. } => {
-                let p: Vec<_> = params.iter().map(P::pg).collect();
-                let r = client.borrow_mut().execute(&*pg_placeholders(sql), &p);
+                let r = pg_run(&mut client.borrow_mut(), sql, params, |c, st, p| c.execute(st, p));
                 Ok(self.pg_result(r)? as usize)
             }
         }
@@ -226,8 +247,7 @@ impl Conn<'_> {
                 Ok(out)
             }
             Conn::Postgres { client, .. } => {
-                let p: Vec<_> = params.iter().map(P::pg).collect();
-                let r = client.borrow_mut().query(&*pg_placeholders(sql), &p);
+                let r = pg_run(&mut client.borrow_mut(), sql, params, |c, st, p| c.query(st, p));
                 self.pg_result(r)?.iter().map(|r| f(&SqlRow::Postgres(r))).collect()
             }
         }
@@ -245,8 +265,7 @@ impl Conn<'_> {
                 }
             }
             Conn::Postgres { client, .. } => {
-                let p: Vec<_> = params.iter().map(P::pg).collect();
-                let r = client.borrow_mut().query(&*pg_placeholders(sql), &p);
+                let r = pg_run(&mut client.borrow_mut(), sql, params, |c, st, p| c.query(st, p));
                 match self.pg_result(r)?.first() {
                     Some(r) => Ok(Some(f(&SqlRow::Postgres(r))?)),
                     None => Ok(None),

@@ -165,6 +165,9 @@ contract!(
     job_leases_fence_renew_count_and_go_with_their_vault,
     a_leader_lease_has_one_holder_until_it_lapses,
     a_subtree_is_every_row_below_and_a_secret_moves_between_keys,
+    every_role_assignment_change_moves_the_access_generation,
+    a_snapshot_read_sees_one_commit_and_read_one_the_latest,
+    job_pages_filter_and_continue_on_the_index,
 );
 
 fn vault(sub: &str, rg: &str, name: &str) -> ResourceRow {
@@ -818,4 +821,187 @@ fn a_leader_lease_has_one_holder_until_it_lapses(f: &Fixture) {
     let nodes = s.read(|db| db.nodes()).unwrap();
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].seen, t0 + sec(9));
+}
+
+/// Issue 17: nodes keep role assignments in memory while the access generation stands, so every change
+/// of assignments (insert, delete, a principal's, a group's or a resource's delete) moves it, in the
+/// same transaction, seen by another store (node) at once; other writes leave it alone.
+fn every_role_assignment_change_moves_the_access_generation(f: &Fixture) {
+    let (s, other) = (f.open(), f.open());
+    let generation = || other.read_one(|db| db.access_generation()).unwrap();
+    let mut last = generation();
+    let mut moved = |what: &str, yes: bool| {
+        let now = generation();
+        assert_eq!(now != last, yes, "{what}: {last} -> {now}");
+        last = now;
+    };
+    let sub = "/subscriptions/s1";
+    let assignment = |name: &str, scope: &str, principal: &str| RoleAssignmentRow {
+        id: format!("{scope}/providers/Microsoft.Authorization/roleAssignments/{name}"),
+        name: name.into(),
+        scope: scope.into(),
+        role_definition_id: "r".into(),
+        principal_id: principal.into(),
+        principal_type: "ServicePrincipal".into(),
+        created: Utc::now(),
+        created_by: "t".into(),
+    };
+    s.write(|db| {
+        db.insert_principal(&PrincipalRow {
+            client_id: "c1".into(),
+            object_id: "o1".into(),
+            tenant_id: "t".into(),
+            display_name: "p".into(),
+            secret_hash: "h".into(),
+            created: Utc::now(),
+        })
+    })
+    .unwrap();
+    moved("a principal without assignments", false);
+    let a1 = assignment("a1", sub, "o1");
+    s.write(|db| db.insert_role_assignment(&a1)).unwrap();
+    moved("insert", true);
+    assert!(s.write(|db| db.delete_role_assignment(&a1.id)).unwrap());
+    moved("delete", true);
+    assert!(!s.write(|db| db.delete_role_assignment(&a1.id)).unwrap());
+    moved("deleting nothing", false);
+    s.write(|db| db.insert_role_assignment(&assignment("a2", sub, "O1")))
+        .unwrap();
+    moved("insert", true);
+    assert!(s.write(|db| db.delete_principal("c1")).unwrap());
+    moved("the principal's delete takes its assignments", true);
+    assert!(s.read_one(|db| db.role_assignments_of("o1")).unwrap().is_empty());
+    let v = vault("s1", "rg", "v1");
+    s.write(|db| db.put_resource(&v)).unwrap();
+    moved("a resource write", false);
+    s.write(|db| db.insert_role_assignment(&assignment("a3", &v.id, "o2")))
+        .unwrap();
+    moved("insert at the vault", true);
+    assert!(s.write(|db| db.delete_resource(&v.id)).unwrap());
+    moved("the vault's delete takes its assignments", true);
+    let rg_scope = format!("{sub}/resourceGroups/rg");
+    s.write(|db| {
+        db.put_group(&GroupRow {
+            subscription: "s1".into(),
+            name: "rg".into(),
+            id: rg_scope.clone(),
+            location: "westus".into(),
+            tags: json!({}),
+            managed_by: None,
+            created: Utc::now(),
+        })?;
+        db.insert_role_assignment(&assignment("a4", &rg_scope, "o2"))
+    })
+    .unwrap();
+    moved("insert at the group", true);
+    assert!(s.write(|db| db.delete_group("s1", "rg")).unwrap());
+    moved("the group's delete takes its assignments", true);
+}
+
+/// `Store::read` gives all its statements one snapshot (a commit made in between is not seen), while
+/// `Store::read_one` reads without a transaction: each statement sees the latest commit.
+fn a_snapshot_read_sees_one_commit_and_read_one_the_latest(f: &Fixture) {
+    let (s, writer) = (f.open(), f.open());
+    writer.write(|db| db.set_meta("k", "1")).unwrap();
+    let (first, second) = s
+        .read(|db| {
+            let first = db.meta("k")?;
+            writer.write(|w| w.set_meta("k", "2"))?;
+            Ok::<_, StoreError>((first, db.meta("k")?))
+        })
+        .unwrap();
+    assert_eq!(
+        (first.as_deref(), second.as_deref()),
+        (Some("1"), Some("1")),
+        "one snapshot"
+    );
+    let (first, second) = s
+        .read_one(|db| {
+            let first = db.meta("k")?;
+            writer.write(|w| w.set_meta("k", "3"))?;
+            Ok::<_, StoreError>((first, db.meta("k")?))
+        })
+        .unwrap();
+    assert_eq!(
+        (first.as_deref(), second.as_deref()),
+        (Some("2"), Some("3")),
+        "each statement the latest"
+    );
+    // Reads run beside an open write (none waits for the writer's lock).
+    writer
+        .write(|_| {
+            assert_eq!(s.read_one(|db| db.meta("k")).unwrap().as_deref(), Some("3"));
+            assert_eq!(s.read(|db| db.meta("k")).unwrap().as_deref(), Some("3"));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+}
+
+/// `Db::jobs_page`: a vault's jobs newest first (ties by id descending), filtered case-insensitively
+/// and by start time, continued after a job's key; another vault's jobs never appear.
+fn job_pages_filter_and_continue_on_the_index(f: &Fixture) {
+    let s = f.open();
+    let (v, w) = (vault("s1", "rg", "v1"), vault("s1", "rg", "w1"));
+    let t0 = Utc::now();
+    let job = |v: &ResourceRow, i: i64| JobRow {
+        id: format!("{}/backupJobs/J{i:03}", v.id),
+        vault_key: v.id.to_lowercase(),
+        name: format!("J{i:03}"),
+        operation: ["Backup", "Restore"][i as usize % 2].into(),
+        status: ["Completed", "Failed", "InProgress"][i as usize % 3].into(),
+        backup_management_type: "AzureIaasVM".into(),
+        entity: "vm".into(),
+        start: t0 + chrono::Duration::seconds(i / 2),
+        end: None,
+        body: json!({"i": i}),
+        phase: None,
+        work: None,
+    };
+    s.write(|db| {
+        for i in 0..60 {
+            db.put_job(&job(&v, i))?;
+            db.put_job(&job(&w, i))?;
+        }
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
+    let walk = |q: &JobQuery| {
+        let (mut names, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let p = s.read_one(|db| db.jobs_page(&v.id, q, after.as_deref(), 7)).unwrap();
+            assert!(p.items.len() <= 7);
+            names.extend(p.items.iter().map(|j| j.name.clone()));
+            match p.next {
+                Some(n) => after = Some(n),
+                None => return names,
+            }
+        }
+    };
+    let want = |keep: &dyn Fn(i64) -> bool| -> Vec<String> {
+        let mut is: Vec<i64> = (0..60).filter(|i| keep(*i)).collect();
+        is.sort_by_key(|i| std::cmp::Reverse((i / 2, *i)));
+        is.iter().map(|i| format!("J{i:03}")).collect()
+    };
+    assert_eq!(walk(&JobQuery::default()), want(&|_| true));
+    let failed = JobQuery {
+        status: Some("FAILED".into()),
+        ..Default::default()
+    };
+    assert_eq!(walk(&failed), want(&|i| i % 3 == 1));
+    let window = JobQuery {
+        operation: Some("restore".into()),
+        started_after: Some((t0 + chrono::Duration::seconds(10), false)),
+        started_before: Some((t0 + chrono::Duration::seconds(20), true)),
+        ..Default::default()
+    };
+    assert_eq!(walk(&window), want(&|i| i % 2 == 1 && i / 2 > 10 && i / 2 <= 20));
+    let one = JobQuery {
+        name: Some("j042".into()),
+        ..Default::default()
+    };
+    assert_eq!(walk(&one), vec!["J042".to_string()]);
+    let gone = s
+        .read_one(|db| db.jobs_page(&v.id, &JobQuery::default(), Some("no-such-job"), 7))
+        .unwrap();
+    assert!(gone.items.is_empty() && gone.next.is_none());
 }

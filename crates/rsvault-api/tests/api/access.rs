@@ -328,3 +328,72 @@ async fn role_assignments_through_arm_grant_and_revoke() {
         "revoked"
     );
 }
+
+async fn status_of(s: &Server, token: &str, path: &str) -> u16 {
+    s.call_as(Some(token), "GET", path, None).await.status().as_u16()
+}
+
+/// Issue 17: each node keeps principals' assignments in memory, yet an assignment revoked through any
+/// node sharing the store (or by the CLI beside them) stops access on the very next request to every
+/// node, and a new one grants it at once.
+#[tokio::test]
+async fn revocations_on_one_node_refuse_the_next_request_on_another() {
+    let a = start().await;
+    let b = start_beside(&a).await;
+    a.make_group("rg").await;
+    a.make_vault("rg", "vv").await;
+    let p = a.offline(|c| c.create_principal("ops", None)).unwrap();
+    let (tok_a, tok_b) = (
+        a.token_for(&p.client_id, &p.client_secret).await,
+        b.token_for(&p.client_id, &p.client_secret).await,
+    );
+    let vault = format!("{}?{API}", a.vault_path("rg", "vv"));
+    // Refused everywhere, twice (a refusal is remembered too).
+    for _ in 0..2 {
+        assert_eq!(status_of(&a, &tok_a, &vault).await, 403);
+        assert_eq!(status_of(&b, &tok_b, &vault).await, 403);
+    }
+    // Granted through node B's API: node A, which remembered "no assignment", lets the next request in.
+    let name = uuid::Uuid::new_v4().to_string();
+    let ra = format!(
+        "{}/providers/Microsoft.Authorization/roleAssignments/{name}?api-version=2022-04-01",
+        a.rg_path("rg")
+    );
+    let reader = format!(
+        "/subscriptions/{}/providers/Microsoft.Authorization/roleDefinitions/{}",
+        a.sub(),
+        rbac::find_role("Backup Reader").unwrap().name
+    );
+    let (st, body) = b
+        .call(
+            "PUT",
+            &ra,
+            Some(&json!({"properties": {"roleDefinitionId": reader, "principalId": p.object_id}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{body}");
+    for _ in 0..3 {
+        assert_eq!(status_of(&a, &tok_a, &vault).await, 200, "granted on B, seen on A");
+        assert_eq!(status_of(&b, &tok_b, &vault).await, 200);
+    }
+    // Revoked through node B's API: the next request to A is refused.
+    assert_eq!(b.call("DELETE", &ra, None).await.0, 200);
+    assert_eq!(status_of(&a, &tok_a, &vault).await, 403, "revoked on B, refused on A");
+    assert_eq!(status_of(&b, &tok_b, &vault).await, 403);
+    // Granted again, then the principal deleted by the CLI (`rsvault principal delete`, outside both
+    // servers): refused on both at once.
+    let sub_scope = format!("/subscriptions/{}", a.sub());
+    a.offline(|c| c.assign_role(&p.object_id, "Backup Reader", &sub_scope, "test"))
+        .unwrap();
+    assert_eq!(status_of(&a, &tok_a, &vault).await, 200);
+    assert_eq!(status_of(&b, &tok_b, &vault).await, 200);
+    a.offline(|c| c.delete_principal(&p.client_id)).unwrap();
+    assert_eq!(
+        status_of(&a, &tok_a, &vault).await,
+        403,
+        "deleted by the CLI, refused on A"
+    );
+    assert_eq!(status_of(&b, &tok_b, &vault).await, 403, "and on B");
+    b.stop().await;
+    a.stop().await;
+}

@@ -1004,15 +1004,63 @@ async fn pre_validation_answers_for_protectable_missing_and_taken_vms() {
     assert_arm_error(st, &b, 400, "BMSUserErrorInvalidInput");
 }
 
+/// A finished job row (3 minutes long) of vault `vault_id` (written behind the server's back by the jobs list tests).
+fn finished_job(
+    vault_id: &str,
+    name: String,
+    i: i64,
+    op: &str,
+    status: &str,
+    bmt: &str,
+    start: chrono::DateTime<chrono::Utc>,
+) -> rsvault_store::JobRow {
+    let job_type = if bmt == "AzureIaasVM" {
+        "AzureIaaSVMJob"
+    } else {
+        "AzureStorageJob"
+    };
+    rsvault_store::JobRow {
+        id: format!("{vault_id}/backupJobs/{name}"),
+        vault_key: vault_id.to_ascii_lowercase(),
+        name,
+        operation: op.into(),
+        status: status.into(),
+        backup_management_type: bmt.into(),
+        entity: format!("vm{i}"),
+        start,
+        end: Some(start + chrono::Duration::minutes(3)),
+        body: json!({"jobType": job_type, "operation": op, "status": status,
+                     "entityFriendlyName": format!("vm{i}"), "backupManagementType": bmt}),
+        phase: None,
+        work: None,
+    }
+}
+
+/// Vault `rg/v1` for the jobs list tests: its id, and the time their jobs start from.
+async fn jobs_vault(s: &Server) -> (String, chrono::DateTime<chrono::Utc>) {
+    s.make_group("rg").await;
+    let v = s.make_vault("rg", "v1").await;
+    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap();
+    (v["id"].as_str().unwrap().to_string(), t0.with_timezone(&chrono::Utc))
+}
+
+/// Writes job rows into a test server's store in one transaction.
+fn put_jobs(s: &Server, rows: &[rsvault_store::JobRow]) {
+    s.offline(|c| {
+        c.store().write(|db| {
+            for r in rows {
+                db.put_job(r)?;
+            }
+            Ok::<_, rsvault_store::StoreError>(())
+        })
+    })
+    .unwrap();
+}
+
 #[tokio::test]
 async fn jobs_list_newest_first_with_azures_filters_and_paging() {
     let s = start().await;
-    s.make_group("rg").await;
-    let v = s.make_vault("rg", "v1").await;
-    let vault_id = v["id"].as_str().unwrap().to_string();
-    let t0 = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-        .unwrap()
-        .with_timezone(&chrono::Utc);
+    let (vault_id, t0) = jobs_vault(&s).await;
     let statuses = [
         "Completed",
         "Failed",
@@ -1025,32 +1073,19 @@ async fn jobs_list_newest_first_with_azures_filters_and_paging() {
         .map(|i| {
             let name = format!("00000000-0000-0000-0000-{i:012}");
             let start = t0 + chrono::Duration::hours(i);
-            rsvault_store::JobRow {
-                id: format!("{vault_id}/backupJobs/{name}"),
-                vault_key: vault_id.to_ascii_lowercase(),
-                name: name.clone(),
-                operation: operations[i as usize % 4].into(),
-                status: statuses[i as usize % 5].into(),
-                backup_management_type: if i % 2 == 0 { "AzureIaasVM" } else { "AzureStorage" }.into(),
-                entity: format!("vm{i}"),
+            let bmt = if i % 2 == 0 { "AzureIaasVM" } else { "AzureStorage" };
+            finished_job(
+                &vault_id,
+                name,
+                i,
+                operations[i as usize % 4],
+                statuses[i as usize % 5],
+                bmt,
                 start,
-                end: Some(start + chrono::Duration::minutes(3)),
-                body: json!({"jobType": if i % 2 == 0 { "AzureIaaSVMJob" } else { "AzureStorageJob" }, "operation": operations[i as usize % 4], "status": statuses[i as usize % 5],
-                             "entityFriendlyName": format!("vm{i}"), "backupManagementType": if i % 2 == 0 { "AzureIaasVM" } else { "AzureStorage" }}),
-                phase: None,
-                work: None,
-            }
+            )
         })
         .collect();
-    s.offline(|c| {
-        c.store().write(|db| {
-            for r in &rows {
-                db.put_job(r)?;
-            }
-            Ok::<_, rsvault_store::StoreError>(())
-        })
-    })
-    .unwrap();
+    put_jobs(&s, &rows);
     let base = format!("{}/backupJobs?{BK}", s.vault_path("rg", "v1"));
     // Every page, following nextLink, newest first, each job once.
     let mut seen = Vec::new();
@@ -1136,5 +1171,89 @@ async fn jobs_list_newest_first_with_azures_filters_and_paging() {
             .call("GET", &format!("{base}&$filter={}", bad.replace(' ', "%20")), None)
             .await;
         assert_arm_error(st, &b, 400, "BMSUserErrorInvalidInput");
+    }
+}
+
+/// Issue 17: the jobs list is served page by page from the store's index (keyset paging on start time
+/// and id) rather than by filtering every job; over 2 000 jobs, with start times shared by several jobs
+/// (so pages break inside a tie) and a page size that does not divide them, every filter's walk through
+/// `nextLink` is exactly the whole list filtered, newest first, ties by id descending.
+#[tokio::test]
+async fn jobs_pages_and_filters_agree_with_the_whole_list() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(tmp.path().join("data"));
+    config.page_size = 37;
+    let s = start_with(config, Some(tmp)).await;
+    let (vault_id, t0) = jobs_vault(&s).await;
+    let statuses = ["Completed", "Failed", "Cancelled"];
+    let operations = ["Backup", "Restore", "ConfigureBackup", "DeleteBackupData"];
+    let rows: Vec<rsvault_store::JobRow> = (0..2000i64)
+        .map(|i| {
+            let name = uuid::Uuid::new_v4().to_string();
+            let start = t0 + chrono::Duration::minutes(i / 3);
+            let (op, status) = (operations[i as usize % 4], statuses[i as usize % 3]);
+            finished_job(&vault_id, name, i, op, status, "AzureIaasVM", start)
+        })
+        .collect();
+    put_jobs(&s, &rows);
+    let mut newest_first: Vec<&rsvault_store::JobRow> = rows.iter().collect();
+    newest_first.sort_by_key(|j| std::cmp::Reverse((j.start, j.id.to_ascii_lowercase())));
+    let base = format!("{}/backupJobs?{BK}", s.vault_path("rg", "v1"));
+    let walk = |filter: &str| {
+        let mut url = s.url(&base);
+        if !filter.is_empty() {
+            url = format!("{url}&$filter={}", filter.replace(' ', "%20").replace('\'', "%27"));
+        }
+        let (http, token) = (s.http.clone(), s.token.clone());
+        async move {
+            let (mut names, mut pages) = (Vec::new(), 0);
+            loop {
+                let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let page: Value = r.json().await.unwrap();
+                let items = page["value"].as_array().unwrap();
+                assert!(items.len() <= 37);
+                names.extend(items.iter().map(|j| j["name"].as_str().unwrap().to_string()));
+                pages += 1;
+                match page["nextLink"].as_str() {
+                    Some(next) => url = next.to_string(),
+                    None => return (names, pages),
+                }
+            }
+        }
+    };
+    let at = |m: i64| (t0 + chrono::Duration::minutes(m)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let cases: Vec<(String, Box<dyn Fn(&rsvault_store::JobRow) -> bool>)> = vec![
+        (String::new(), Box::new(|_| true)),
+        ("status eq 'Failed'".into(), Box::new(|j| j.status == "Failed")),
+        (
+            "status eq 'completed' and operation eq 'Backup'".into(),
+            Box::new(|j| j.status == "Completed" && j.operation == "Backup"),
+        ),
+        (
+            format!("status eq 'Cancelled' and startTime eq '{}'", at(500)),
+            Box::new(move |j| j.status == "Cancelled" && j.start >= t0 + chrono::Duration::minutes(500)),
+        ),
+        (
+            format!("startTime gt '{}' and endTime lt '{}'", at(100), at(200)),
+            Box::new(move |j| {
+                j.start > t0 + chrono::Duration::minutes(100) && j.start < t0 + chrono::Duration::minutes(200)
+            }),
+        ),
+        (
+            format!("jobId eq '{}'", rows[1234].name.to_uppercase()),
+            Box::new(|j| j.entity == "vm1234"),
+        ),
+    ];
+    for (filter, keep) in &cases {
+        let want: Vec<String> = newest_first
+            .iter()
+            .filter(|j| keep(j))
+            .map(|j| j.name.clone())
+            .collect();
+        let (got, pages) = walk(filter).await;
+        assert!(!want.is_empty(), "{filter}");
+        assert_eq!(got, want, "$filter={filter}");
+        assert_eq!(pages, want.len().div_ceil(37).max(1), "$filter={filter}");
     }
 }

@@ -90,7 +90,27 @@ pub fn store_location(data_dir: &Path) -> StoreLocation {
     l
 }
 
-pub async fn start_with_clock(mut config: Config, tmp: Option<tempfile::TempDir>, clock: SharedClock) -> Server {
+pub async fn start_with_clock(config: Config, tmp: Option<tempfile::TempDir>, clock: SharedClock) -> Server {
+    start_node(config, tmp, clock, None).await
+}
+
+/// A second node beside `first`: its own data dir, listener and caches, on `first`'s store with its server
+/// key (as `rsvault serve --store … --server-key …` starts one), signed in as `first`'s Owner. Its own
+/// URL is its issuer, so tokens it issues are its own.
+pub async fn start_beside(first: &Server) -> Server {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(tmp.path().join("data"));
+    config.store = Some(store_location(&first.dir));
+    config.server_key = Some(first.dir.join("engine.key"));
+    start_node(config, Some(tmp), clock(), Some(first.boot.clone())).await
+}
+
+async fn start_node(
+    mut config: Config,
+    tmp: Option<tempfile::TempDir>,
+    clock: SharedClock,
+    boot: Option<Bootstrap>,
+) -> Server {
     if config.store.is_none() && on_postgres() {
         config.store = Some(store_location(&config.data_dir));
     }
@@ -110,7 +130,11 @@ pub async fn start_with_clock(mut config: Config, tmp: Option<tempfile::TempDir>
         .build()
         .unwrap();
     let base = running.base_url.clone();
-    let boot = running.bootstrap.clone().expect("the store was bootstrapped here");
+    let boot = running
+        .bootstrap
+        .clone()
+        .or(boot)
+        .expect("the store was bootstrapped here");
     let mut s = Server {
         running: Some(running),
         node: Some(node),

@@ -12,7 +12,7 @@ use chrono::{DateTime, Timelike, Utc};
 use rsvault_core::odata::{Filter, Op};
 use rsvault_core::time;
 use rsvault_jobs::{CancelOutcome, JobStatus, Phase};
-use rsvault_store::{JobRow, OperationRow, Page, ResourceRow};
+use rsvault_store::{JobQuery, JobRow, OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
 
 /// What a new job is about.
@@ -220,13 +220,16 @@ impl JobFilter {
         })
     }
 
-    fn keeps(&self, j: &JobRow) -> bool {
-        let eq = |want: Option<&str>, have: &str| want.is_none_or(|w| w.eq_ignore_ascii_case(have));
-        eq(self.status, &j.status)
-            && eq(self.operation, &j.operation)
-            && eq(self.bmt, &j.backup_management_type)
-            && eq(self.job_id.as_deref(), &j.name)
-            && self.window.contains(j.start)
+    /// The store's query for this filter (compared in the store, on the vault's job index).
+    fn query(&self) -> JobQuery {
+        JobQuery {
+            status: self.status.map(String::from),
+            operation: self.operation.map(String::from),
+            backup_management_type: self.bmt.map(String::from),
+            name: self.job_id.clone(),
+            started_after: self.window.after,
+            started_before: self.window.before,
+        }
     }
 }
 
@@ -250,25 +253,14 @@ impl Control {
         filter: Option<&str>,
         skip_after: Option<&str>,
     ) -> Result<Page<Value>> {
-        let v = self.vault_row(sub, rg, vault)?;
-        let f = JobFilter::parse(filter)?;
-        let jobs = self.store.read(|db| db.jobs(&v.id))?;
-        let mut matching = jobs
-            .into_iter()
-            .filter(|j| f.keeps(j))
-            .skip_while(|j| skip_after.is_some_and(|k| j.id.to_ascii_lowercase() != k));
-        if skip_after.is_some() {
-            matching.next(); // the last job of the previous page
-        }
-        let size = self.settings.page_size;
-        let mut items: Vec<JobRow> = matching.take(size + 1).collect();
-        let next = (items.len() > size).then(|| {
-            items.truncate(size);
-            items.last().map(|j| j.id.to_ascii_lowercase()).unwrap_or_default()
-        });
+        let vault_id = self.vault_id_checked(sub, rg, vault)?;
+        let q = JobFilter::parse(filter)?.query();
+        let page = self
+            .store
+            .read_one(|db| db.jobs_page(&vault_id, &q, skip_after, self.settings.page_size))?;
         Ok(Page {
-            items: items.iter().map(|j| self.job_body(j)).collect(),
-            next,
+            items: page.items.into_iter().map(|j| self.job_wire(j)).collect(),
+            next: page.next,
         })
     }
 
@@ -313,11 +305,17 @@ impl Control {
 
     /// The wire body of a job; a running job's `duration` grows with the clock, as the live service's does.
     pub fn job_body(&self, j: &JobRow) -> Value {
-        let mut props = j.body.clone();
+        self.job_wire(j.clone())
+    }
+
+    /// [`Control::job_body`] of a row read for this answer (its body is taken, not copied).
+    fn job_wire(&self, mut j: JobRow) -> Value {
+        let mut props = std::mem::take(&mut j.body);
         let now = self.now();
         let end: DateTime<Utc> = j.end.unwrap_or(now);
         props["duration"] = json!(time::iso_duration(end - j.start));
-        let cancellable = JobStatus::of(j) == Some(JobStatus::InProgress) && Phase::of(j).is_some_and(Phase::is_active);
+        let cancellable =
+            JobStatus::of(&j) == Some(JobStatus::InProgress) && Phase::of(&j).is_some_and(Phase::is_active);
         if cancellable {
             props["actionsInfo"] = json!(["Cancellable"]);
         } else if let Some(o) = props.as_object_mut() {
@@ -327,9 +325,9 @@ impl Control {
         json!({"id": j.id, "name": j.name, "type": JOB_TYPE, "properties": props})
     }
 
-    fn job_row(&self, v: &ResourceRow, vault: &str, name: &str) -> Result<JobRow> {
-        let id = format!("{}/backupJobs/{name}", v.id);
-        self.store.read(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
+    fn job_row(&self, vault_id: &str, vault: &str, name: &str) -> Result<JobRow> {
+        let id = format!("{vault_id}/backupJobs/{name}");
+        self.store.read_one(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
             code: "BMSUserErrorJobNotFound",
             message: format!("The job '{name}' was not found in vault '{vault}'."),
         })
@@ -339,7 +337,7 @@ impl Control {
     /// next chunk. Returns the operation id (its result URL is `backupJobs/{job}/operationResults/{op}`).
     pub fn cancel_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<String> {
         let v = self.vault_row(sub, rg, vault)?;
-        let j = self.job_row(&v, vault, name)?;
+        let j = self.job_row(&v.id, vault, name)?;
         let outcome = if Phase::of(&j).is_some() {
             self.cancel_job_run(&j.id)?
         } else {
@@ -379,9 +377,12 @@ impl Control {
     /// ([`Control::export_download`]). Returns the operation id.
     pub fn export_jobs(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<String> {
         let v = self.vault_row(sub, rg, vault)?;
-        let f = JobFilter::parse(filter)?;
-        let jobs = self.store.read(|db| db.jobs(&v.id))?;
-        let kept: Vec<&JobRow> = jobs.iter().filter(|j| f.keeps(j)).collect();
+        let q = JobFilter::parse(filter)?.query();
+        let jobs = self
+            .store
+            .read_one(|db| db.jobs_page(&v.id, &q, None, usize::MAX))?
+            .items;
+        let kept: Vec<&JobRow> = jobs.iter().collect();
         let ids: Vec<&str> = kept.iter().map(|j| j.name.as_str()).collect();
         let props = json!({"objectType": "OperationStatusJobsExtendedInfo", "jobIds": ids});
         let op = self.finished_operation(&v, "ExportJobs", None, Some(props));
@@ -457,8 +458,8 @@ impl Control {
 
     /// `GET …/backupJobs/{job}`.
     pub fn get_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<Value> {
-        let v = self.vault_row(sub, rg, vault)?;
-        Ok(self.job_body(&self.job_row(&v, vault, name)?))
+        let vault_id = self.vault_id_checked(sub, rg, vault)?;
+        Ok(self.job_wire(self.job_row(&vault_id, vault, name)?))
     }
 }
 

@@ -679,7 +679,11 @@ impl Control {
     }
 
     pub(crate) fn render_item(&self, row: &ResourceRow) -> Value {
-        let mut b = row.body.clone();
+        self.render_item_body(row.body.clone())
+    }
+
+    /// [`Control::render_item`] of a stored body no longer needed elsewhere (taken, not copied).
+    fn render_item_body(&self, mut b: Value) -> Value {
         if let Some(at) = b
             .pointer("/properties/deferredDeleteTimeInUTC")
             .and_then(Value::as_str)
@@ -1052,9 +1056,9 @@ impl Control {
             &[],
         )?;
         let container = f.eq("containerName").map(ContainerName::parse).transpose()?;
-        let rows = self.store.read(|db| db.all_below(&v.id, PROTECTED_ITEM_TYPE))?;
+        let rows = self.store.read_one(|db| db.all_below(&v.id, PROTECTED_ITEM_TYPE))?;
         Ok(rows
-            .iter()
+            .into_iter()
             .filter(|r| {
                 let p = &r.body["properties"];
                 let pass = |field: &str, have: Option<&str>| f.eq(field).is_none_or(|want| eq_ci(have, want));
@@ -1069,7 +1073,7 @@ impl Control {
                         .as_ref()
                         .is_none_or(|c| r.parent_key.as_deref() == Some(&container_id(&v.id, c).to_ascii_lowercase()))
             })
-            .map(|r| self.render_item(r))
+            .map(|r| self.render_item_body(r.body))
             .collect())
     }
 

@@ -480,3 +480,73 @@ impl Drop for NbdReader {
         self.close();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    /// A server that sends `bytes` and hangs up: the client errs, never panics or hangs.
+    fn against(bytes: Vec<u8>) -> NbdError {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let l = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let _ = c.write_all(&bytes);
+            let _ = c.shutdown(std::net::Shutdown::Write);
+            let mut sink = [0u8; 4096];
+            while matches!(c.read(&mut sink), Ok(n) if n > 0) {}
+        });
+        let err = NbdConn::connect(&path, "x", &["base:allocation".into()])
+            .err()
+            .expect("an error");
+        t.join().unwrap();
+        err
+    }
+
+    fn greeting(flags: u16) -> Vec<u8> {
+        let mut g = NBDMAGIC.to_be_bytes().to_vec();
+        g.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        g.extend_from_slice(&flags.to_be_bytes());
+        g
+    }
+
+    fn reply(opt: u32, ty: u32, data: &[u8]) -> Vec<u8> {
+        let mut r = REPLY_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&opt.to_be_bytes());
+        r.extend_from_slice(&ty.to_be_bytes());
+        r.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        r.extend_from_slice(data);
+        r
+    }
+
+    #[test]
+    fn a_server_that_breaks_the_protocol_is_an_error() {
+        assert!(matches!(
+            against(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()),
+            NbdError::Protocol(_)
+        ));
+        assert!(matches!(against(greeting(0)), NbdError::Protocol(m) if m.contains("fixed newstyle")));
+        // Structured replies refused with an error reply and its message.
+        let mut b = greeting(3);
+        b.extend(reply(OPT_STRUCTURED_REPLY, 0x8000_0001, b"unsupported"));
+        assert!(matches!(against(b), NbdError::Refused { message, .. } if message.contains("unsupported")));
+        // A meta context not granted.
+        let mut b = greeting(3);
+        b.extend(reply(OPT_STRUCTURED_REPLY, REP_ACK, &[]));
+        b.extend(reply(OPT_SET_META_CONTEXT, REP_ACK, &[]));
+        assert!(matches!(against(b), NbdError::Refused { what, .. } if what.contains("base:allocation")));
+        // A huge announced length is refused before it is allocated.
+        let mut b = greeting(3);
+        b.extend(reply(OPT_STRUCTURED_REPLY, REP_ACK, &[]));
+        let mut r = REPLY_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&OPT_SET_META_CONTEXT.to_be_bytes());
+        r.extend_from_slice(&REP_META_CONTEXT.to_be_bytes());
+        r.extend_from_slice(&u32::MAX.to_be_bytes());
+        b.extend(r);
+        assert!(matches!(against(b), NbdError::Protocol(m) if m.contains("byte message")));
+        // A hang-up mid-handshake.
+        assert!(matches!(against(greeting(3)[..10].to_vec()), NbdError::Io(_)));
+    }
+}

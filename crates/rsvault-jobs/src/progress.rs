@@ -329,4 +329,38 @@ mod progress_tests {
         st.ended[0] = true;
         assert_eq!(st.shown(), Some(1));
     }
+
+    /// Issue 18: a running guest's "Take Snapshot" says what happened (freeze, thaw, one
+    /// instant); the byte counts recorded when the next task starts do not replace it.
+    #[test]
+    fn a_task_keeps_its_details_over_later_byte_counts() {
+        use super::{apply_details, apply_progress, new_tasks};
+        use rsvault_engine::Task;
+        let tasks: &[super::TaskSpec] = &[
+            ("Take Snapshot", Task::Snapshot, 0),
+            ("Transfer data to vault", Task::Transfer, 100),
+        ];
+        let now = chrono::Utc::now();
+        let mut j = rsvault_store::JobRow {
+            id: "v/backupJobs/j".into(),
+            vault_key: "v".into(),
+            name: "j".into(),
+            operation: "Backup".into(),
+            status: "InProgress".into(),
+            backup_management_type: "AzureIaasVM".into(),
+            entity: "vm".into(),
+            start: now,
+            end: None,
+            body: serde_json::json!({"extendedInfo": {"tasksList": new_tasks(tasks), "propertyBag": {}}}),
+            phase: None,
+            work: None,
+        };
+        let details = vec![Some("Application consistent: froze 2".to_string()), None];
+        assert!(apply_progress(&mut j, tasks, 0, 10 << 20, 10 << 20, now) && apply_details(&mut j, &details));
+        assert!(apply_progress(&mut j, tasks, 1, 1 << 20, 10 << 20, now) && apply_details(&mut j, &details));
+        let list = &j.body["extendedInfo"]["tasksList"];
+        assert_eq!(list[0]["taskExecutionDetails"], "Application consistent: froze 2");
+        assert_eq!(list[0]["status"], "Completed");
+        assert_eq!(list[1]["taskExecutionDetails"], "1 MB / 10 MB Transferred");
+    }
 }

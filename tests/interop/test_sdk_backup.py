@@ -57,6 +57,18 @@ def wait_job(bk, vault, group, job_id, timeout=180):
     raise AssertionError(f"job {job_id} still {seen[-1]} after {timeout}s")
 
 
+def protect_vm(bk, vault, group, vm, vm_id):
+    """Enables protection of a VM with the DefaultPolicy; returns its container and item names."""
+    container = f"IaasVMContainer;iaasvmcontainerv2;{group};{vm}"
+    item = f"VM;iaasvmcontainerv2;{group};{vm}"
+    policy = bk.protection_policies.get(vault, group, "DefaultPolicy").id
+    bk.protected_items.begin_create_or_update(
+        vault, group, "Azure", container, item,
+        bm.ProtectedItemResource(properties=bm.AzureIaaSComputeVMProtectedItem(source_resource_id=vm_id, policy_id=policy)),
+    ).result()
+    return container, item
+
+
 @pytest.fixture(scope="module", params=["local", "s3", "blob"])
 def env(request, tmp_path_factory):
     storage = request.param
@@ -93,13 +105,7 @@ def env(request, tmp_path_factory):
     rm.resources.begin_create_or_update_by_id(
         acct_id, GenericResource(location=LOCATION, kind="StorageV2", tags={"rsvault-path": str(target)}), api_version=STORAGE_API
     ).result()
-    container = f"IaasVMContainer;iaasvmcontainerv2;{group};{vm}"
-    item = f"VM;iaasvmcontainerv2;{group};{vm}"
-    policy = bk.protection_policies.get(vault, group, "DefaultPolicy").id
-    bk.protected_items.begin_create_or_update(
-        vault, group, "Azure", container, item,
-        bm.ProtectedItemResource(properties=bm.AzureIaaSComputeVMProtectedItem(source_resource_id=vm_id, policy_id=policy)),
-    ).result()
+    container, item = protect_vm(bk, vault, group, vm, vm_id)
     return dict(storage=storage, server=server, bk=bk, rm=rm, group=group, vault=vault, vm=vm, vm_id=vm_id, container=container, item=item,
                 os_disk=os_disk, data_src=data_src, acct=acct, acct_id=acct_id, target=target)
 

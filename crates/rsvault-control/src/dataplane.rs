@@ -82,6 +82,12 @@ impl DataPlane {
         })
     }
 
+    /// Where running-guest backups keep their fleecing images and NBD sockets
+    /// (`DATA_DIR/live`, beside the vaults).
+    pub(crate) fn live_dir(&self) -> PathBuf {
+        self.vaults_dir.with_file_name("live")
+    }
+
     /// The same data plane under another node name (`--node-id`; by default the one kept in
     /// `DATA_DIR/node-id`, made at the first start).
     pub fn with_node_id(mut self, node: Option<String>) -> DataPlane {

@@ -243,7 +243,14 @@ impl Control {
         let tags = tags_or_empty(m)?;
         let props = body::opt_obj(m, "properties", "")?.cloned().unwrap_or_default();
         let id = self.group_resource_id(sub, &group.name, VM_TYPE, name);
-        let (profile, _) = storage_profile(&self.grants, &id, &props)?;
+        // A running guest's disks are discovered over QMP (`livevm`), an image-file VM's declared.
+        let (profile, _) = match crate::livevm::source_of(&self.grants, &id, &tags)? {
+            Some(src) => {
+                let shown = tags[crate::livevm::QMP_TAG].as_str().unwrap_or_default();
+                crate::livevm::profile(&crate::livevm::discover(&src, shown)?)
+            }
+            None => storage_profile(&self.grants, &id, &props)?,
+        };
         let existing = self.store.read(|db| db.resource(&id))?;
         let vm_id = existing
             .as_ref()
@@ -309,6 +316,11 @@ impl Control {
     /// A VM with its disks checked against the grants and probed now: fails with a 400 naming the
     /// disk when an image cannot be used any more.
     pub fn vm_with_disks(&self, row: ResourceRow) -> Result<Vm> {
+        if let Some(src) = self.live_source(&row)? {
+            let shown = src.qmp_socket.display().to_string();
+            let (_, disks) = crate::livevm::profile(&crate::livevm::discover(&src, &shown)?);
+            return Ok(Vm { row, disks });
+        }
         let props = row
             .body
             .get("properties")
@@ -558,6 +570,37 @@ impl Control {
             self.put_group(sub, rg, &json!({ "location": location }))?;
         }
         Ok(())
+    }
+
+    /// Declares (or replaces) a VM that is a running QEMU guest: its QMP socket, and optionally its
+    /// guest agent's and its own NBD server's sockets (see [`crate::livevm`]); its disks are
+    /// discovered.
+    pub fn declare_live_vm(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        location: &str,
+        src: &rsvault_engine::LiveVmSource,
+    ) -> Result<Value> {
+        let abs = |p: &Path| -> Result<String> {
+            Ok(std::path::absolute(p)
+                .map_err(|e| Error::bad_request(format!("{}: {e}", p.display())))?
+                .display()
+                .to_string())
+        };
+        let mut tags = Map::new();
+        tags.insert(crate::livevm::QMP_TAG.into(), json!(abs(&src.qmp_socket)?));
+        if let Some(a) = &src.agent_socket {
+            tags.insert(crate::livevm::AGENT_TAG.into(), json!(abs(a)?));
+        }
+        if let Some(n) = &src.nbd_socket {
+            tags.insert(crate::livevm::NBD_TAG.into(), json!(abs(n)?));
+        }
+        self.ensure_group(sub, rg, location)?;
+        Ok(self
+            .put_vm(sub, rg, name, &json!({"location": location, "tags": tags}))?
+            .1)
     }
 
     /// Declares (or replaces) a VM whose disks are the given image files, the first being the OS disk.

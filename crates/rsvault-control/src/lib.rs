@@ -32,6 +32,7 @@ pub mod hostaccess;
 pub mod immutability;
 pub mod inventory;
 pub mod jobwork;
+pub mod livevm;
 pub mod maintenance;
 pub mod node;
 pub mod removals;

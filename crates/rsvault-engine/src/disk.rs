@@ -198,6 +198,9 @@ pub(crate) struct ReadStats {
     pub scanned: AtomicU64,
     /// Bytes produced as zeros from unallocated regions without reading.
     pub skipped: AtomicU64,
+    /// Bytes not read because changed-block tracking marks them unchanged since the parent
+    /// (their chunks are the parent's).
+    pub reused: AtomicU64,
 }
 
 /// A destination image being written by a restore.

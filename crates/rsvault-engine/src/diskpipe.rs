@@ -82,11 +82,43 @@ pub(crate) struct DiskJob {
     pub name: String,
     /// The source's path (for messages).
     pub path: PathBuf,
-    /// The point-in-time view to read, opened.
-    pub file: std::fs::File,
-    pub format: ImageFormat,
+    /// The point-in-time view to read.
+    pub source: ChunkSource,
     pub size: u64,
     pub mtime: Option<rustic_core::jiff::Timestamp>,
+    /// Changed-block tracking: `Some(dirty)` reads only the chunks marked dirty; every other
+    /// chunk is the parent recovery point's chunk at the same index (the parent's file node of
+    /// the same name and size, its blob in the vault; otherwise the chunk is read after all).
+    pub unchanged: Option<Vec<bool>>,
+}
+
+/// Where a disk's point-in-time view is read from.
+pub(crate) enum ChunkSource {
+    /// An image file (a reflink clone or the guarded source), opened, and its format.
+    Image(std::fs::File, ImageFormat),
+    /// An NBD export of a running guest's disk view ([`crate::livevm`]).
+    Nbd(std::sync::Arc<crate::nbd::NbdReader>),
+}
+
+/// An opened [`ChunkSource`].
+enum Reader {
+    Image(ImageReader),
+    Nbd(std::sync::Arc<crate::nbd::NbdReader>),
+}
+
+impl Reader {
+    fn is_unallocated(&self, off: u64, len: u64) -> std::io::Result<bool> {
+        match self {
+            Reader::Image(r) => r.is_unallocated(off, len),
+            Reader::Nbd(r) => r.is_zero(off, len).map_err(std::io::Error::other),
+        }
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> std::io::Result<()> {
+        match self {
+            Reader::Image(r) => r.read_at(buf, off),
+            Reader::Nbd(r) => r.read_at(buf, off).map_err(std::io::Error::other),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -226,6 +258,22 @@ pub(crate) fn backup(
     }
 
     let chunk = DISK_CHUNK_SIZE as u64;
+    // Changed-block tracking: the parent's chunk ids of each job that reads only dirty chunks
+    // (a parent node of the same size whose every chunk the vault holds).
+    let clean_from: Vec<Option<Vec<Hash>>> = jobs
+        .iter()
+        .map(|j| {
+            j.unchanged.as_ref()?;
+            let p = parent_nodes.get(&j.name)?;
+            let c = p.content.as_ref()?;
+            let ids: Vec<Hash> = c.iter().map(|id| id_bytes(&id.into_inner())).collect();
+            (p.node_type == NodeType::File
+                && p.meta.size == j.size
+                && ids.len() as u64 == j.size.div_ceil(chunk)
+                && ids.iter().all(|h| index.data.contains_key(h)))
+            .then_some(ids)
+        })
+        .collect();
     let content: Mutex<Vec<Vec<Hash>>> = Mutex::new(
         jobs.iter()
             .zip(&reused)
@@ -264,8 +312,13 @@ pub(crate) fn backup(
     let mut todo: Vec<(usize, usize)> = Vec::new(); // (job, number of chunks)
     for (j, job) in jobs.iter().enumerate() {
         if reused[j].is_none() {
-            let f = job.file.try_clone().ctx(|| format!("dup {}", job.path.display()))?;
-            readers.push(Some(ImageReader::from_file(f, &job.path, job.format)?));
+            readers.push(Some(match &job.source {
+                ChunkSource::Image(f, format) => {
+                    let f = f.try_clone().ctx(|| format!("dup {}", job.path.display()))?;
+                    Reader::Image(ImageReader::from_file(f, &job.path, *format)?)
+                }
+                ChunkSource::Nbd(r) => Reader::Nbd(r.clone()),
+            }));
             todo.push((j, job.size.div_ceil(chunk) as usize));
         } else {
             readers.push(None);
@@ -313,6 +366,7 @@ pub(crate) fn backup(
         // One more than the cores: a worker waiting for the disk leaves the cores to the others.
         for _ in 0..WORKERS + 1 {
             let pack_tx = pack_tx.clone();
+            let clean_from = &clean_from;
             let (seen, content, packer, added, fail, zero_id, spare, next_chunk, readers) = (
                 &seen,
                 &content,
@@ -341,6 +395,15 @@ pub(crate) fn backup(
                     let job = &jobs[j];
                     let off = idx as u64 * chunk;
                     let len = (job.size - off).min(chunk) as usize;
+                    // A chunk the dirty bitmap leaves clean is the parent's: not read.
+                    if let (Some(ids), Some(dirty)) = (&clean_from[j], &job.unchanged) {
+                        if !dirty.get(idx).copied().unwrap_or(true) {
+                            content.lock().unwrap_or_else(|p| p.into_inner())[j][idx] = ids[idx];
+                            stats.reused.fetch_add(len as u64, Ordering::Relaxed);
+                            counters.add(len as u64);
+                            continue;
+                        }
+                    }
                     let r = (|| -> Result<()> {
                         let source_err = |e: std::io::Error| {
                             let why = format!("reading disk {}: {e}", job.path.display());

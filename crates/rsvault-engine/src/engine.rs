@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{Abort, GateBackend, RepoLock, VaultBackend};
 use crate::disk::ReadStats;
-use crate::diskpipe::{self, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
+use crate::diskpipe::{self, ChunkSource, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
 use crate::error::{EngineError, Result};
 use crate::format::{
     encode_file, id_bytes, key_file, write_file, BlobIndex, Crypto, RANDOM_SECRET_MIN_LEN, RANDOM_SECRET_SCRYPT,
@@ -167,6 +167,66 @@ impl ResticEngine {
     }
 }
 
+impl ResticEngine {
+    /// "Transfer data to vault" for VM disks (image files and running guests alike): the
+    /// engine's own parallel pipeline (see `diskpipe`) into `snap`, with `parent`'s tree for
+    /// unchanged disks and chunks. Returns the committed snapshot.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn transfer_disks(
+        &self,
+        spec: &RepoSpec,
+        plain: &Repo,
+        parent: Option<SnapshotFile>,
+        jobs: &[DiskJob],
+        snap: SnapshotFile,
+        total: u64,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+        stats: &ReadStats,
+    ) -> Result<SnapshotFile> {
+        let abort = Abort::default();
+        let counters = Arc::new(Counters::default());
+        counters.set_total(total);
+        let local = Arc::new(VaultBackend::of(spec, self.direct_io));
+        let gate = GateBackend::new(local.clone(), cancel.clone(), abort.clone());
+        let crypto = Crypto::new(&plain.key())?;
+        let config = plain.config();
+        let writer = Writer {
+            be: &gate,
+            crypto: &crypto,
+            zstd: config
+                .zstd()?
+                .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
+            // restic's 16 MiB unless the repository sets its own size (rustic_core's default
+            // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep
+            // the pipeline's memory down).
+            pack_size: config.datapack_size.map_or(DISK_PACK_SIZE, |s| s as usize),
+        };
+        let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
+            let index = BlobIndex::load(plain)?;
+            let parent = match parent {
+                Some(p) => Some((p.id, parent_tree(&local, &crypto, &index, &p)?)),
+                None => None,
+            };
+            diskpipe::backup(&writer, &index, parent, jobs, snap, cancel, &abort, stats, &counters)
+        });
+        result.map_err(|e| {
+            gate.discard_unindexed();
+            classify(e, cancel, &abort)
+        })
+    }
+}
+
+/// The root tree of a disk recovery point (empty when the index does not hold it).
+pub(crate) fn parent_tree(be: &VaultBackend, crypto: &Crypto, index: &BlobIndex, p: &SnapshotFile) -> Result<Tree> {
+    let h = id_bytes(&p.tree.into_inner());
+    match index.tree.get(&h) {
+        Some(loc) => serde_json::from_slice::<Tree>(&diskpipe::read_blob(be, crypto, loc, &h)?)
+            .map_err(|e| EngineError::Repository(format!("parent tree: {e}"))),
+        None => Ok(Tree::default()),
+    }
+}
+
 fn meta_of(snap: &SnapshotFile) -> Option<RpMeta> {
     let d = snap.description.as_deref()?;
     let m: RpMeta = serde_json::from_str(d).ok()?;
@@ -191,7 +251,29 @@ fn from_jiff(t: &rustic_core::jiff::Zoned) -> DateTime<Utc> {
     .unwrap_or_default()
 }
 
-fn info_of(snap: &SnapshotFile, m: RpMeta) -> RecoveryPointInfo {
+/// The metadata of a new recovery point (crash consistent, no disks yet).
+pub(crate) fn new_point_meta(
+    tags: &RecoveryPointTags,
+    expiry: Option<DateTime<Utc>>,
+    kind: RecoveryPointKind,
+) -> RpMeta {
+    RpMeta {
+        rsvault: 1,
+        vault: tags.vault.clone(),
+        item: tags.item.clone(),
+        job: tags.job.clone(),
+        recovery_point: tags.recovery_point.clone(),
+        kind,
+        expiry,
+        consistency: Consistency::CrashConsistent,
+        disks: vec![],
+        source_root: None,
+        warnings: 0,
+        total_size: None,
+    }
+}
+
+pub(crate) fn info_of(snap: &SnapshotFile, m: RpMeta) -> RecoveryPointInfo {
     let (total, added) = snap
         .summary
         .as_ref()
@@ -244,7 +326,7 @@ pub(crate) fn find_point<S: rustic_core::Open>(repo: &Repository<S>, id: &str) -
         .ok_or_else(|| EngineError::RecoveryPointNotFound(id.to_string()))
 }
 
-fn validate_tags(t: &RecoveryPointTags) -> Result<()> {
+pub(crate) fn validate_tags(t: &RecoveryPointTags) -> Result<()> {
     for (what, v) in [
         ("vault", &t.vault),
         ("item", &t.item),
@@ -260,7 +342,7 @@ fn validate_tags(t: &RecoveryPointTags) -> Result<()> {
     Ok(())
 }
 
-fn new_snapshot(tags: &RecoveryPointTags, time: DateTime<Utc>, meta: &RpMeta) -> Result<SnapshotFile> {
+pub(crate) fn new_snapshot(tags: &RecoveryPointTags, time: DateTime<Utc>, meta: &RpMeta) -> Result<SnapshotFile> {
     let mut snap = SnapshotFile {
         time: to_jiff(time)?,
         hostname: "rsvault".into(),
@@ -300,7 +382,7 @@ fn classify(err: EngineError, cancel: &Cancel, abort: &Abort) -> EngineError {
 /// If the copy turned out less consistent than the committed snapshot says, replace the snapshot
 /// by one that says so (save the new one first, then delete the old; a crash in between leaves
 /// both, and listings prefer the inconsistent one).
-fn commit_consistency(
+pub(crate) fn commit_consistency(
     repo: &Repo,
     mut snap: SnapshotFile,
     meta: &mut RpMeta,
@@ -544,8 +626,7 @@ impl Engine for ResticEngine {
         };
 
         // Transfer data to vault: the engine's own parallel pipeline (see `diskpipe`).
-        let abort = Abort::default();
-        let stats = Arc::new(ReadStats::default());
+        let stats = ReadStats::default();
         let jobs = infos
             .iter()
             .zip(&views)
@@ -554,50 +635,14 @@ impl Engine for ResticEngine {
                 Ok(DiskJob {
                     name: d.name.clone(),
                     path: d.path.clone(),
-                    file: v.reader()?,
-                    format: i.format,
+                    source: ChunkSource::Image(v.reader()?, i.format),
                     size: i.virtual_size,
                     mtime,
+                    unchanged: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let counters = Arc::new(Counters::default());
-        counters.set_total(total);
-        let local = Arc::new(VaultBackend::of(spec, self.direct_io));
-        let gate = GateBackend::new(local.clone(), cancel.clone(), abort.clone());
-        let crypto = Crypto::new(&plain.key())?;
-        let config = plain.config();
-        let writer = Writer {
-            be: &gate,
-            crypto: &crypto,
-            zstd: config
-                .zstd()?
-                .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
-            // restic's 16 MiB unless the repository sets its own size (rustic_core's default
-            // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep
-            // the pipeline's memory down).
-            pack_size: config.datapack_size.map_or(DISK_PACK_SIZE, |s| s as usize),
-        };
-        let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
-            let index = BlobIndex::load(&plain)?;
-            let parent = match parent {
-                Some(p) => {
-                    let h = id_bytes(&p.tree.into_inner());
-                    let tree = match index.tree.get(&h) {
-                        Some(loc) => serde_json::from_slice::<Tree>(&diskpipe::read_blob(&local, &crypto, loc, &h)?)
-                            .map_err(|e| EngineError::Repository(format!("parent tree: {e}")))?,
-                        None => Tree::default(),
-                    };
-                    Some((p.id, tree))
-                }
-                None => None,
-            };
-            diskpipe::backup(&writer, &index, parent, &jobs, snap, cancel, &abort, &stats, &counters)
-        });
-        let snap = result.map_err(|e| {
-            gate.discard_unindexed();
-            classify(e, cancel, &abort)
-        })?;
+        let snap = self.transfer_disks(spec, &plain, parent, &jobs, snap, total, progress, cancel, &stats)?;
         // A cancel that arrives after the commit is too late: the recovery point is complete.
 
         let mut warnings = Vec::new();
@@ -629,6 +674,17 @@ impl Engine for ResticEngine {
             warnings,
             recovery_point: rp,
         })
+    }
+
+    fn backup_live_vm(
+        &self,
+        spec: &RepoSpec,
+        req: &LiveBackupRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<BackupOutcome> {
+        validate_tags(&req.tags)?;
+        self.live_backup(spec, req, progress, cancel)
     }
 
     fn backup_tree(

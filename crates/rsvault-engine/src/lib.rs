@@ -41,9 +41,12 @@ pub mod error;
 mod format;
 mod iobuf;
 pub mod keyring;
+pub mod livevm;
+mod nbd;
 pub mod objstore;
 mod pit;
 pub mod progress;
+pub mod qmp;
 pub mod replicate;
 mod restore;
 mod safefs;
@@ -92,6 +95,23 @@ pub trait Engine: Send + Sync {
         progress: &dyn Progress,
         cancel: &Cancel,
     ) -> Result<BackupOutcome>;
+
+    /// Backs up every disk of a running QEMU guest as one recovery point: all disks at one
+    /// instant (copy-before-write fleecing in one QMP transaction, the file systems frozen
+    /// when the guest agent answers), read over NBD while the guest runs, only the blocks its
+    /// dirty bitmaps mark when the item's latest recovery point was taken the same way
+    /// ([`livevm`]).
+    fn backup_live_vm(
+        &self,
+        _repo: &RepoSpec,
+        _req: &LiveBackupRequest,
+        _progress: &dyn Progress,
+        _cancel: &Cancel,
+    ) -> Result<BackupOutcome> {
+        Err(EngineError::InvalidRequest(
+            "this engine does not back up running guests".into(),
+        ))
+    }
 
     /// Backs up a directory tree (a file share) as one recovery point.
     fn backup_tree(

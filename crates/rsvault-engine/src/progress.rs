@@ -31,6 +31,10 @@ pub trait Progress: Send + Sync {
     /// `task` has ended (its last `update` was its final count, which may be short of its total).
     /// Tasks may overlap: a disk restore writes and verifies in one pipeline.
     fn finished(&self, _task: Task) {}
+
+    /// What `task` did, in words (a running guest's "Take Snapshot": its consistency, the
+    /// freeze and thaw, changed-block tracking), shown with the task once it has ended.
+    fn detail(&self, _task: Task, _text: &str) {}
 }
 
 /// A progress sink that ignores everything.

@@ -176,6 +176,9 @@ pub enum RecoveryPointKind {
 /// How consistent the copy in a recovery point is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Consistency {
+    /// Every disk as of one instant, taken while the guest's file systems were frozen through
+    /// its guest agent (`guest-fsfreeze-freeze`): what the guest's applications flushed is in it.
+    ApplicationConsistent,
     /// Every disk as of one instant (reflink clone, or a guarded read that saw no change): what
     /// the guest would find after a power loss. No guest cooperation (no fsfreeze).
     CrashConsistent,
@@ -348,4 +351,51 @@ pub struct PruneReport {
     pub packs_removed: u64,
     /// Bytes removed from the vault.
     pub bytes_removed: u64,
+}
+
+/// A running QEMU guest, reached through its sockets ([`crate::Engine::backup_live_vm`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveVmSource {
+    /// The guest's QMP socket.
+    pub qmp_socket: PathBuf,
+    /// The guest agent's socket, if it has one (file systems frozen around the snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_socket: Option<PathBuf>,
+    /// The guest's own NBD server (a Unix socket), when it already runs one (QEMU runs one
+    /// server at most); otherwise rsvault starts one in `work_dir` for the job and stops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd_socket: Option<PathBuf>,
+}
+
+/// One disk of a running guest, as QMP describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveDisk {
+    /// Its name in recovery points: the block device's name, else its node name.
+    pub name: String,
+    /// The block node backed up (the guest's format node).
+    pub node: String,
+    /// QEMU's format driver (`qcow2`, `raw`, …).
+    pub driver: String,
+    /// Guest-visible size in bytes.
+    pub virtual_size: u64,
+    /// The image file QEMU has open, when it says.
+    pub file: Option<PathBuf>,
+}
+
+/// A backup of a running guest.
+#[derive(Debug, Clone)]
+pub struct LiveBackupRequest {
+    /// The guest.
+    pub vm: LiveVmSource,
+    /// A private directory (the data dir's) for the job's fleecing images and NBD socket; QEMU
+    /// must be able to create files in it.
+    pub work_dir: PathBuf,
+    /// Identity of the new recovery point.
+    pub tags: RecoveryPointTags,
+    /// The recovery point's time.
+    pub time: DateTime<Utc>,
+    /// When it expires.
+    pub expiry: Option<DateTime<Utc>>,
 }

@@ -99,6 +99,23 @@ fn apply_progress(
     true
 }
 
+/// Writes the tasks' details in words over their byte counts.
+fn apply_details(j: &mut JobRow, details: &[Option<String>]) -> bool {
+    let Some(list) = j
+        .body
+        .pointer_mut("/extendedInfo/tasksList")
+        .and_then(Value::as_array_mut)
+    else {
+        return false;
+    };
+    for (t, d) in list.iter_mut().zip(details) {
+        if let Some(d) = d {
+            t["taskExecutionDetails"] = json!(d);
+        }
+    }
+    true
+}
+
 /// Sets each task's status by `f` (given its current status; `None` keeps it), stamping end times.
 pub fn set_tasks(body: &mut Value, f: impl Fn(&str) -> Option<&'static str>, now: DateTime<Utc>) {
     if let Some(list) = body
@@ -152,6 +169,8 @@ pub struct JobProgress<'a> {
     job_id: String,
     tasks: &'a [TaskSpec],
     state: Mutex<ProgressState>,
+    /// Each task's details in words ([`Progress::detail`]), kept over its byte counts.
+    details: Mutex<Vec<Option<String>>>,
 }
 
 #[derive(Default)]
@@ -193,6 +212,7 @@ impl<'a> JobProgress<'a> {
             job_id: job_id.to_string(),
             tasks,
             state: Mutex::new(ProgressState::new(tasks.len())),
+            details: Mutex::new(vec![None; tasks.len()]),
         }
     }
 
@@ -238,8 +258,9 @@ impl JobProgress<'_> {
     /// Writes the progress of task `current` into the job's row, if the job still runs.
     fn record(&self, current: usize, done: u64, total: u64) {
         let now = self.handler.now();
+        let details = self.details.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let res = self.store.update_running(&self.job_id, &mut |j| {
-            apply_progress(j, self.tasks, current, done, total, now)
+            apply_progress(j, self.tasks, current, done, total, now) && apply_details(j, &details)
         });
         if let Err(e) = res {
             tracing::warn!(job = %self.job_id, error = %e, "cannot record job progress");
@@ -254,6 +275,25 @@ impl Progress for JobProgress<'_> {
 
     fn finished(&self, task: Task) {
         self.apply(task, |st, i| st.ended[i] = true);
+    }
+
+    /// The task's `taskExecutionDetails` (what a running guest's snapshot did), written now;
+    /// later byte counts of an ended task do not replace it.
+    fn detail(&self, task: Task, text: &str) {
+        let Some(idx) = self.tasks.iter().position(|t| t.1 == task) else {
+            return;
+        };
+        let details = {
+            let mut d = self.details.lock().unwrap_or_else(|p| p.into_inner());
+            d[idx] = Some(text.to_string());
+            d.clone()
+        };
+        let res = self
+            .store
+            .update_running(&self.job_id, &mut |j| apply_details(j, &details));
+        if let Err(e) = res {
+            tracing::warn!(job = %self.job_id, error = %e, "cannot record a task's details");
+        }
     }
 }
 
@@ -288,5 +328,39 @@ mod progress_tests {
         assert_eq!(st.shown(), Some(0));
         st.ended[0] = true;
         assert_eq!(st.shown(), Some(1));
+    }
+
+    /// Issue 18: a running guest's "Take Snapshot" says what happened (freeze, thaw, one
+    /// instant); the byte counts recorded when the next task starts do not replace it.
+    #[test]
+    fn a_task_keeps_its_details_over_later_byte_counts() {
+        use super::{apply_details, apply_progress, new_tasks};
+        use rsvault_engine::Task;
+        let tasks: &[super::TaskSpec] = &[
+            ("Take Snapshot", Task::Snapshot, 0),
+            ("Transfer data to vault", Task::Transfer, 100),
+        ];
+        let now = chrono::Utc::now();
+        let mut j = rsvault_store::JobRow {
+            id: "v/backupJobs/j".into(),
+            vault_key: "v".into(),
+            name: "j".into(),
+            operation: "Backup".into(),
+            status: "InProgress".into(),
+            backup_management_type: "AzureIaasVM".into(),
+            entity: "vm".into(),
+            start: now,
+            end: None,
+            body: serde_json::json!({"extendedInfo": {"tasksList": new_tasks(tasks), "propertyBag": {}}}),
+            phase: None,
+            work: None,
+        };
+        let details = vec![Some("Application consistent: froze 2".to_string()), None];
+        assert!(apply_progress(&mut j, tasks, 0, 10 << 20, 10 << 20, now) && apply_details(&mut j, &details));
+        assert!(apply_progress(&mut j, tasks, 1, 1 << 20, 10 << 20, now) && apply_details(&mut j, &details));
+        let list = &j.body["extendedInfo"]["tasksList"];
+        assert_eq!(list[0]["taskExecutionDetails"], "Application consistent: froze 2");
+        assert_eq!(list[0]["status"], "Completed");
+        assert_eq!(list[1]["taskExecutionDetails"], "1 MB / 10 MB Transferred");
     }
 }

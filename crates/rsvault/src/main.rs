@@ -160,14 +160,24 @@ struct Placement {
 
 #[derive(Subcommand)]
 enum VmCommand {
-    /// Declare (or replace) a VM: `--disk` once per image, raw or qcow2, the first is the OS disk.
+    /// Declare (or replace) a VM: `--disk` once per image, raw or qcow2, the first is the OS disk;
+    /// or a running QEMU guest by its `--qmp` socket (its disks discovered over QMP).
     Add {
         #[command(flatten)]
         at: Placement,
         #[arg(long)]
         name: String,
-        #[arg(long = "disk", required = true)]
+        #[arg(long = "disk", required_unless_present = "qmp", conflicts_with = "qmp")]
         disks: Vec<PathBuf>,
+        /// A running QEMU guest's QMP socket.
+        #[arg(long)]
+        qmp: Option<PathBuf>,
+        /// Its guest agent's socket (file systems frozen around each snapshot).
+        #[arg(long, requires = "qmp")]
+        guest_agent: Option<PathBuf>,
+        /// The NBD server socket the guest already runs, if any (QEMU runs one server at most).
+        #[arg(long, requires = "qmp")]
+        nbd_socket: Option<PathBuf>,
     },
 }
 
@@ -717,10 +727,27 @@ fn main() -> Result<()> {
             Ok(())
         }
         // Disk probes run their own small runtime: this thread has none.
-        Command::Vm(VmCommand::Add { at, name, disks }) => {
+        Command::Vm(VmCommand::Add {
+            at,
+            name,
+            disks,
+            qmp,
+            guest_agent,
+            nbd_socket,
+        }) => {
             let c = granted_control(&at)?;
             let sub = at.subscription.map_or_else(|| c.default_subscription(), Ok)?;
-            print_json(&c.declare_vm(&sub, &at.group, &name, &at.location, &disks)?)
+            match qmp {
+                Some(qmp_socket) => {
+                    let src = rsvault_control::livevm::LiveVmSource {
+                        qmp_socket,
+                        agent_socket: guest_agent,
+                        nbd_socket,
+                    };
+                    print_json(&c.declare_live_vm(&sub, &at.group, &name, &at.location, &src)?)
+                }
+                None => print_json(&c.declare_vm(&sub, &at.group, &name, &at.location, &disks)?),
+            }
         }
         Command::Share(ShareCommand::Add {
             at,

@@ -24,7 +24,8 @@ use rsvault_core::odata::Filter;
 use rsvault_core::time;
 use rsvault_engine::{
     Cancel, ConflictPolicy, DiskBackupRequest, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
-    ImageFormat, RecoveryPointInfo, RecoveryPointTags, RepoSpec, Task, TreeBackupRequest, TreeRestoreRequest,
+    ImageFormat, LiveBackupRequest, RecoveryPointInfo, RecoveryPointTags, RepoSpec, Task, TreeBackupRequest,
+    TreeRestoreRequest,
 };
 use rsvault_jobs::{active_jobs, new_tasks, Failure, Finished, JobError, JobStatus, Phase, Run, TaskSpec};
 use rsvault_store::{JobRow, OperationRow, RecoveryPointRow, ResourceRow};
@@ -63,6 +64,9 @@ pub(crate) enum Work {
         /// absent in jobs queued before grants existed: then the item's source).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         resource: Option<String>,
+        /// A running guest (then `disks` is empty: they are discovered when the job runs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        live: Option<rsvault_engine::LiveVmSource>,
     },
     #[serde(rename_all = "camelCase")]
     Restore {
@@ -624,7 +628,7 @@ impl Control {
             });
         }
         let source = p["sourceResourceId"].as_str().unwrap_or_default();
-        let (disks, root, resource) = if bmt == "AzureStorage" {
+        let (disks, root, resource, live) = if bmt == "AzureStorage" {
             let acct = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
                 invalid(
                     "BMSUserErrorInvalidSourceResourceId",
@@ -633,7 +637,7 @@ impl Control {
                 )
             })?;
             let root = self.share_dir(&acct, &friendly, false)?;
-            (vec![], Some(root), acct.id)
+            (vec![], Some(root), acct.id, None)
         } else {
             let vm = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
                 invalid(
@@ -643,15 +647,20 @@ impl Control {
                 )
             })?;
             let vm = self.vm_with_disks(vm)?;
-            let disks = vm
-                .disks
-                .iter()
-                .map(|d| DiskSource {
-                    name: d.name.clone(),
-                    path: d.info.path.clone(),
-                })
-                .collect();
-            (disks, None, vm.row.id)
+            match self.live_source(&vm.row)? {
+                Some(live) => (vec![], None, vm.row.id, Some(live)),
+                None => {
+                    let disks = vm
+                        .disks
+                        .iter()
+                        .map(|d| DiskSource {
+                            name: d.name.clone(),
+                            path: d.info.path.clone(),
+                        })
+                        .collect();
+                    (disks, None, vm.row.id, None)
+                }
+            }
         };
         let rp = new_recovery_point_id();
         let work = Work::Backup {
@@ -662,6 +671,7 @@ impl Control {
             disks,
             root,
             resource: Some(resource),
+            live,
         };
         let mut bag = Map::new();
         if bmt == "AzureStorage" {
@@ -954,7 +964,7 @@ impl Control {
                 .collect();
             let mut v = json!({
                 "objectType": "IaasVMRecoveryPoint",
-                "recoveryPointType": "CrashConsistent",
+                "recoveryPointType": if info.consistency == rsvault_engine::Consistency::ApplicationConsistent { "AppConsistent" } else { "CrashConsistent" },
                 "recoveryPointTime": time::timestamp(info.time),
                 "recoveryPointAdditionalInfo": if changed { "A disk changed while it was read: the copy may mix data from before and after the change." } else { "" },
                 "sourceVMStorageType": "NormalVMOnStandardStorage",
@@ -1164,9 +1174,14 @@ impl Control {
                 disks,
                 root,
                 resource,
+                live,
             } => {
                 let resource = self.job_resource(resource, &item);
-                for p in disks.iter().map(|d| &d.path).chain(root.as_ref()) {
+                let live_sockets = live
+                    .iter()
+                    .flat_map(|l| [Some(&l.qmp_socket), l.agent_socket.as_ref(), l.nbd_socket.as_ref()])
+                    .flatten();
+                for p in disks.iter().map(|d| &d.path).chain(root.as_ref()).chain(live_sockets) {
                     self.grants
                         .recheck(p, &resource)
                         .map_err(|_| path_failure(p, &dp.node))?;
@@ -1183,8 +1198,20 @@ impl Control {
                 };
                 let progress = run.progress(BACKUP_TASKS);
                 let now = self.now();
-                let out = match root {
-                    Some(root) => dp.engine.backup_tree(
+                let out = match (root, live) {
+                    (_, Some(vm)) => dp.engine.backup_live_vm(
+                        &repo,
+                        &LiveBackupRequest {
+                            vm,
+                            work_dir: self.live_work_dir().map_err(internal_failure)?,
+                            tags,
+                            time: now,
+                            expiry: Some(expiry),
+                        },
+                        &progress,
+                        cancel,
+                    ),
+                    (Some(root), None) => dp.engine.backup_tree(
                         &repo,
                         &TreeBackupRequest {
                             root,
@@ -1196,7 +1223,7 @@ impl Control {
                         &progress,
                         cancel,
                     ),
-                    None => dp.engine.backup_disks(
+                    (None, None) => dp.engine.backup_disks(
                         &repo,
                         &DiskBackupRequest {
                             disks,
@@ -1740,6 +1767,10 @@ impl Control {
                 ))
             }
             "OriginalLocation" => {
+                // A running guest's disks are never replaced under it.
+                if let Some(vm) = self.store.read(|db| db.resource(source))? {
+                    self.refuse_if_running(&vm)?;
+                }
                 bag.insert("Job Type".into(), json!("Replace existing disks"));
                 Ok((RestoreTarget::OriginalDisks, source.to_string()))
             }

@@ -34,6 +34,7 @@
 //! restores), `sources`, `unchanged`, `pit`, `types`).
 
 pub mod backend;
+mod cdc;
 pub mod disk;
 mod diskpipe;
 mod engine;
@@ -47,6 +48,7 @@ pub mod progress;
 pub mod replicate;
 mod restore;
 mod safefs;
+mod sharepipe;
 mod sources;
 mod treerestore;
 mod types;

@@ -417,6 +417,62 @@ fn parent_id(repo: &Repo, explicit: Option<&str>, fallback: Option<String>) -> R
     }
 }
 
+/// Refuses a recovery point id the vault already holds.
+fn refuse_existing(points: &[(SnapshotFile, RpMeta)], rp: &str) -> Result<()> {
+    if points.iter().any(|(_, m)| m.recovery_point == rp) {
+        return Err(EngineError::InvalidRequest(format!(
+            "recovery point '{rp}' already exists"
+        )));
+    }
+    Ok(())
+}
+
+/// A share's recovery point details.
+fn tree_meta(req: &TreeBackupRequest, root: &Path, total_size: Option<u64>) -> RpMeta {
+    RpMeta {
+        rsvault: 1,
+        vault: req.tags.vault.clone(),
+        item: req.tags.item.clone(),
+        job: req.tags.job.clone(),
+        recovery_point: req.tags.recovery_point.clone(),
+        kind: RecoveryPointKind::Tree,
+        expiry: req.expiry,
+        consistency: Consistency::FileSystemConsistent,
+        disks: vec![],
+        source_root: Some(root.to_path_buf()),
+        warnings: 0,
+        total_size,
+    }
+}
+
+/// The outcome of a share backup whose snapshot is committed: inconsistent if a file changed
+/// while it was read (the snapshot re-saved to say so).
+fn tree_outcome(
+    plain: &Repo,
+    snap: SnapshotFile,
+    mut meta: RpMeta,
+    warnings: &Warnings,
+    bytes_scanned: u64,
+) -> Result<BackupOutcome> {
+    let list = warnings.take();
+    let consistency = if warnings.changed() {
+        Consistency::Inconsistent
+    } else {
+        Consistency::FileSystemConsistent
+    };
+    let snap = commit_consistency(plain, snap, &mut meta, consistency, warnings.count())?;
+    let rp = info_of(&snap, meta);
+    Ok(BackupOutcome {
+        bytes_scanned,
+        bytes_skipped_unallocated: 0,
+        bytes_added: rp.added_size,
+        consistency,
+        reflinked_disks: vec![],
+        warnings: list,
+        recovery_point: rp,
+    })
+}
+
 impl ResticEngine {
     /// A share backup through the engine's own pipeline (`sharepipe`).
     fn backup_share(
@@ -430,28 +486,10 @@ impl ResticEngine {
         let _lock = RepoLock::shared(spec)?;
         let plain = self.open(spec, None)?;
         let points = all_points(&plain)?;
-        if points.iter().any(|(_, m)| m.recovery_point == req.tags.recovery_point) {
-            return Err(EngineError::InvalidRequest(format!(
-                "recovery point '{}' already exists",
-                req.tags.recovery_point
-            )));
-        }
+        refuse_existing(&points, &req.tags.recovery_point)?;
         // A tree has no whole-tree snapshot here: "Take Snapshot" is the per-file guard.
         progress.update(Task::Snapshot, 1, 1);
-        let mut meta = RpMeta {
-            rsvault: 1,
-            vault: req.tags.vault.clone(),
-            item: req.tags.item.clone(),
-            job: req.tags.job.clone(),
-            recovery_point: req.tags.recovery_point.clone(),
-            kind: RecoveryPointKind::Tree,
-            expiry: req.expiry,
-            consistency: Consistency::FileSystemConsistent,
-            disks: vec![],
-            source_root: Some(root.to_path_buf()),
-            warnings: 0,
-            total_size: None,
-        };
+        let mut meta = tree_meta(req, root, None);
         let snap = new_snapshot(&req.tags, req.time, &meta)?;
         let parent = match req.parent.as_deref() {
             Some(rp) => Some(find_point(&plain, rp)?.0),
@@ -497,23 +535,7 @@ impl ResticEngine {
             classify(e, cancel, &abort)
         })?;
         meta.total_size = Some(stats.total_size);
-        let list = warnings.take();
-        let consistency = if warnings.changed() {
-            Consistency::Inconsistent
-        } else {
-            Consistency::FileSystemConsistent
-        };
-        let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.count())?;
-        let rp = info_of(&snap, meta);
-        Ok(BackupOutcome {
-            bytes_scanned: stats.scanned,
-            bytes_skipped_unallocated: 0,
-            bytes_added: rp.added_size,
-            consistency,
-            reflinked_disks: vec![],
-            warnings: list,
-            recovery_point: rp,
-        })
+        tree_outcome(&plain, snap, meta, &warnings, stats.scanned)
     }
 }
 
@@ -773,36 +795,15 @@ impl Engine for ResticEngine {
         };
         let _lock = RepoLock::shared(spec)?;
         let plain = self.open(spec, None)?;
-        if all_points(&plain)?
-            .iter()
-            .any(|(_, m)| m.recovery_point == req.tags.recovery_point)
-        {
-            return Err(EngineError::InvalidRequest(format!(
-                "recovery point '{}' already exists",
-                req.tags.recovery_point
-            )));
-        }
+        refuse_existing(&all_points(&plain)?, &req.tags.recovery_point)?;
         // A tree has no whole-tree snapshot here: "Take Snapshot" is the per-file guard.
         progress.update(Task::Snapshot, 1, 1);
-        let mut meta = RpMeta {
-            rsvault: 1,
-            vault: req.tags.vault.clone(),
-            item: req.tags.item.clone(),
-            job: req.tags.job.clone(),
-            recovery_point: req.tags.recovery_point.clone(),
-            kind: RecoveryPointKind::Tree,
-            expiry: req.expiry,
-            consistency: Consistency::FileSystemConsistent,
-            disks: vec![],
-            source_root: Some(root.clone()),
-            warnings: 0,
-            // rustic_core's summary counts symlink lengths for unchanged entries only, so the
-            // logical size is measured here: regular files, walked just before the backup.
-            total_size: Some(
-                walk.join()
-                    .map_err(|_| EngineError::Repository("the size walk panicked".into()))?,
-            ),
-        };
+        // rustic_core's summary counts symlink lengths for unchanged entries only, so the
+        // logical size is measured here: regular files, walked just before the backup.
+        let total = walk
+            .join()
+            .map_err(|_| EngineError::Repository("the size walk panicked".into()))?;
+        let meta = tree_meta(req, &root, Some(total));
         let snap = new_snapshot(&req.tags, req.time, &meta)?;
         let parent = parent_id(
             &plain,
@@ -848,23 +849,7 @@ impl Engine for ResticEngine {
             gate.discard_unindexed();
             classify(e, cancel, &abort)
         })?;
-        let list = warnings.take();
-        let consistency = if warnings.changed() {
-            Consistency::Inconsistent
-        } else {
-            Consistency::FileSystemConsistent
-        };
-        let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.count())?;
-        let rp = info_of(&snap, meta);
-        Ok(BackupOutcome {
-            bytes_scanned: scanned.load(Ordering::Relaxed),
-            bytes_skipped_unallocated: 0,
-            bytes_added: rp.added_size,
-            consistency,
-            reflinked_disks: vec![],
-            warnings: list,
-            recovery_point: rp,
-        })
+        tree_outcome(&plain, snap, meta, &warnings, scanned.load(Ordering::Relaxed))
     }
 
     fn recovery_points(&self, spec: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {

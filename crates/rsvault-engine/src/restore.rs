@@ -12,9 +12,10 @@
 //! bytes went through the format layer's cluster allocation. Images are `fsync`ed and only then
 //! renamed over the final path (the directory is `fsync`ed). A VM's disks are all restored and
 //! verified before the first rename, so a failure leaves the originals untouched. Trees go through
-//! `treerestore`: every file under a temporary name relative to directories opened without following
-//! links, re-read and compared with its content ids, then all renamed into place (modes, times and,
-//! as root, owners set on the open files).
+//! `treerestore`: the share's trees listed through the engine's index, every file written in parallel
+//! under a temporary name relative to directories opened without following links, each blob checked
+//! against its content id before it is written, then all renamed into place (modes, times, extended
+//! attributes and, as root, owners set on the open files; hard links and holes restored).
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};

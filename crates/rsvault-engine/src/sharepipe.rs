@@ -434,7 +434,7 @@ impl<'a> Pipe<'a> {
     }
 
     /// Stores a blob unless the vault or this backup holds it.
-    fn store(&self, wk: &mut Worker, tpe: BlobType, id: Hash, plain: &[u8]) -> Result<()> {
+    fn store(&self, sealer: &mut Sealer, tx: &PackTx, tpe: BlobType, id: Hash, plain: &[u8]) -> Result<()> {
         let (known, seen) = match tpe {
             BlobType::Data => (self.index.data.contains_key(&id), &self.seen_data),
             BlobType::Tree => (self.index.tree.contains_key(&id), &self.seen_tree),
@@ -442,7 +442,7 @@ impl<'a> Pipe<'a> {
         if known || !seen.lock().unwrap_or_else(|p| p.into_inner()).insert(id) {
             return Ok(());
         }
-        let (n, unc) = wk.sealer.seal(plain)?;
+        let (n, unc) = sealer.seal(plain)?;
         let (blobs, p, s) = match tpe {
             BlobType::Data => (&self.stats.data_blobs, &self.stats.data_plain, &self.stats.data_stored),
             BlobType::Tree => (&self.stats.tree_blobs, &self.stats.tree_plain, &self.stats.tree_stored),
@@ -450,7 +450,7 @@ impl<'a> Pipe<'a> {
         bump(blobs, 1);
         bump(p, plain.len() as u64);
         bump(s, n as u64);
-        self.packs.add(&wk.tx, tpe, id, &wk.sealer.scratch[..n], unc)
+        self.packs.add(tx, tpe, id, &sealer.scratch[..n], unc)
     }
 
     /// A tree of the parent snapshot, by id (`None` if it cannot be read: then nothing is reused).
@@ -538,7 +538,7 @@ impl<'a> Pipe<'a> {
                         .serialize()
                         .map_err(|e| repo_err(format!("tree: {e}")))?;
                     let h = id_bytes(&id.into_inner());
-                    self.store(wk, BlobType::Tree, h, &json)?;
+                    self.store(&mut wk.sealer, &wk.tx, BlobType::Tree, h, &json)?;
                     n.subtree = Some(id);
                 }
             }
@@ -551,7 +551,7 @@ impl<'a> Pipe<'a> {
                 Some(_) => bump(&self.stats.dirs_changed, 1),
                 None => bump(&self.stats.dirs_new, 1),
             }
-            self.store(wk, BlobType::Tree, h, &json)?;
+            self.store(&mut wk.sealer, &wk.tx, BlobType::Tree, h, &json)?;
             match &dir.up {
                 None => {
                     *self.root_tree.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
@@ -810,6 +810,9 @@ impl<'a> Pipe<'a> {
                     Ok(n) => {
                         end += n;
                         read += n as u64;
+                        // The size the scan saw: no read to find the end (a file that grew is
+                        // seen as changed below).
+                        eof = read == seen.2;
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => {
@@ -824,9 +827,7 @@ impl<'a> Pipe<'a> {
             let n = self.chunker.cut(&wk.buf[start..end]);
             let chunk = &wk.buf[start..start + n];
             let id = sha256(chunk);
-            // The chunk is copied out of the read buffer only when it is stored.
-            let chunk = chunk.to_vec();
-            self.store(wk, BlobType::Data, id, &chunk)?;
+            self.store(&mut wk.sealer, &wk.tx, BlobType::Data, id, chunk)?;
             self.counters.add(n as u64);
             content.push(Id::new(id).into());
             start += n;
@@ -1022,7 +1023,7 @@ pub(crate) fn backup(
                         .serialize()
                         .map_err(|e| repo_err(format!("tree: {e}")))?;
                     id = id_bytes(&tid.into_inner());
-                    pipe.store(&mut wk, BlobType::Tree, id, &json)?;
+                    pipe.store(&mut wk.sealer, &wk.tx, BlobType::Tree, id, &json)?;
                 }
                 *pipe.root_tree.lock().unwrap_or_else(|p| p.into_inner()) = Some(id);
                 pipe.packs.flush(&wk.tx)

@@ -8,13 +8,17 @@
 //!   backup, or after the request was checked) is refused, never followed; no write, `chmod` or
 //!   `chown` ever goes through a path string.
 //! * **Temporary name, then rename.** Each file (and symbolic link) is written under a temporary name in
-//!   its final directory (`.NAME.rsvault-restore-PID-N`, created `O_EXCL | O_NOFOLLOW`, mode 0600),
-//!   `fsync`ed, then re-read through its descriptor and checked against the snapshot's content ids.
-//!   Only when *every* file of the restore is written and verified do owners, modes and times go onto
-//!   the temporaries (`fchown`, `fchmod`, `futimens` on the open file) and each is renamed over its
-//!   final name (`renameat`); the directories are `fsync`ed. So an interrupted restore leaves every
-//!   file either as it was or as restored, never mixed: a failure or cancel before the renames changes
-//!   no existing file, and a crash during them leaves whole files on both sides of the line.
+//!   its final directory (`.NAME.rsvault-restore-PID-N`, created `O_EXCL | O_NOFOLLOW`, mode 0600), by
+//!   several writers at once, each blob decrypted and checked against the snapshot's content id before
+//!   its bytes are written (all-zero blobs are left as holes, so sparse files stay sparse); the file's
+//!   length is checked, then owner, mode, times and extended attributes go onto the open temporary
+//!   (`fchown`, `fchmod`, `futimens`, `fsetxattr`). Files that were hard links of one another are linked
+//!   again between their temporaries. Only when *every* file of the restore is written, checked and made
+//!   durable (one `syncfs` of the target's file system, not one `fsync` per file) is each temporary
+//!   renamed over its final name (`renameat`), and the file system synced again. So an interrupted
+//!   restore leaves every file either as it was or as restored, never mixed: a failure or cancel before
+//!   the renames changes no existing file, and a crash during them leaves whole files on both sides of
+//!   the line.
 //! * **Leftovers.** A crash leaves temporaries; [`remove_leftovers`] removes them (the job engine calls
 //!   it for every restore a crash interrupted, at start). A failure or cancel removes its own.
 //! * Directories are created 0700 and get their snapshot mode, owner and times after their contents.

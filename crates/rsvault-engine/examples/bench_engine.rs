@@ -359,6 +359,18 @@ fn main() {
     fs::create_dir_all(&work).unwrap();
     let p = |s: &str| work.join(s);
     let ps = |s: &str| work.join(s).display().to_string();
+    // Kept (0600) so that a row can be run again by hand, under a profiler:
+    // RSVAULT_BENCH_PASSWORD=$(cat WORK/password) bench-engine child OP ARGS...
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p("password"))
+            .unwrap();
+        f.write_all(password().as_bytes()).unwrap();
+    }
 
     eprintln!("generating data in {} ...", work.display());
     // Data is generated in a child so this process stays small: a child's ru_maxrss starts from

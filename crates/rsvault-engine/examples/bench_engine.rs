@@ -3,8 +3,9 @@
 //! Run with `scripts/bench-engine [WORK_DIR]`. Generates a 1 GiB VM image (384 MiB random,
 //! 4 x 64 MiB repeated, 256 MiB log-like text, 128 MiB zeros; raw and qcow2) and a tree of ~50k
 //! small files plus a few large ones, then times full backup, backup after 1 % of the image
-//! changed (scattered 100 KiB writes), unchanged re-backup of the tree, and restore. Every
-//! operation runs in its own child process; peak RSS is that process's `ru_maxrss`.
+//! changed (scattered 100 KiB writes), full, unchanged and 1 %-changed (every 100th file
+//! rewritten) backups of the tree, and image and tree restores. Every operation runs in its own
+//! child process; peak RSS is that process's `ru_maxrss`.
 
 use std::fs;
 use std::io::Write;
@@ -120,6 +121,22 @@ fn make_tree(root: &Path) -> (usize, u64) {
         bytes += data.len() as u64;
     }
     (files, bytes)
+}
+
+/// Rewrites every 100th small file of the tree (1 % of its files) with new bytes of the same kind.
+fn change_tree(root: &Path) {
+    for d in 0..500 {
+        for i in (d % 100..100).step_by(100) {
+            let seed = (d * 100 + i) as u64;
+            let len = (seed.wrapping_mul(2_654_435_761) % 8192) as usize;
+            let data = if i % 2 == 0 {
+                noise(seed + 777_777, len)
+            } else {
+                log_text(len + 1)
+            };
+            fs::write(root.join(format!("dir{d:03}/file-{i:03}.dat")), &data).unwrap();
+        }
+    }
 }
 
 fn du(p: &Path) -> u64 {
@@ -276,6 +293,27 @@ fn child(args: &[String]) {
                 out.bytes_added / MIB as u64
             );
         }
+        "tchange" => change_tree(Path::new(&args[1])),
+        "trestore" => {
+            let out = e
+                .restore_tree(
+                    &spec(&args[1]),
+                    &TreeRestoreRequest {
+                        recovery_point: args[3].clone(),
+                        paths: None,
+                        target: Some(args[2].clone().into()),
+                        conflict: ConflictPolicy::FailOnConflict,
+                    },
+                    &NoProgress,
+                    &Cancel::new(),
+                )
+                .unwrap();
+            eprintln!(
+                "    restored {} files, {} MiB",
+                out.files_restored,
+                out.bytes_restored / MIB as u64
+            );
+        }
         "restore" => {
             e.restore_disks(
                 &spec(&args[1]),
@@ -321,6 +359,18 @@ fn main() {
     fs::create_dir_all(&work).unwrap();
     let p = |s: &str| work.join(s);
     let ps = |s: &str| work.join(s).display().to_string();
+    // Kept (0600) so that a row can be run again by hand, under a profiler:
+    // RSVAULT_BENCH_PASSWORD=$(cat WORK/password) bench-engine child OP ARGS...
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(p("password"))
+            .unwrap();
+        f.write_all(password().as_bytes()).unwrap();
+    }
 
     eprintln!("generating data in {} ...", work.display());
     // Data is generated in a child so this process stays small: a child's ru_maxrss starts from
@@ -416,6 +466,44 @@ fn main() {
         &mut restic(&p("restic-tree"), &["backup", &ps("tree")]),
         "restic-tree",
     );
+    measure(&mut me(&["tchange", &ps("tree")]));
+    run(
+        "tree backup after 1% of files changed",
+        tree_bytes,
+        &mut me(&["tree", &ps("ours-tree"), &ps("tree"), "t3"]),
+        "ours-tree",
+        &mut restic(&p("restic-tree"), &["backup", &ps("tree")]),
+        "restic-tree",
+    );
+    // Restores start with no dirty data of earlier rows in the page cache (restic's restores do
+    // not sync; rsvault's do, and would otherwise write back the other tool's data too).
+    let sync = || assert!(Command::new("sync").status().unwrap().success());
+    sync();
+    fs::create_dir_all(p("out-ours-tree")).unwrap();
+    run(
+        "tree restore",
+        tree_bytes,
+        &mut me(&["trestore", &ps("ours-tree"), &ps("out-ours-tree"), "t3"]),
+        "out-ours-tree",
+        &mut restic(
+            &p("restic-tree"),
+            &["restore", "latest", "--target", &ps("out-restic-tree")],
+        ),
+        "out-restic-tree",
+    );
+    let restic_tree = p("out-restic-tree").join(p("tree").strip_prefix("/").unwrap());
+    for (who, dir) in [("rsvault", p("out-ours-tree")), ("restic", restic_tree)] {
+        let diff = Command::new("diff")
+            .arg("-r")
+            .arg(p("tree"))
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(diff.status.success(), "{who}'s tree restore differs from the tree");
+    }
+    let _ = fs::remove_dir_all(p("out-ours-tree"));
+    let _ = fs::remove_dir_all(p("out-restic-tree"));
+    sync();
     fs::create_dir_all(p("out-ours")).unwrap();
     run(
         "image restore (raw)",

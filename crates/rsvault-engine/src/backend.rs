@@ -595,6 +595,14 @@ impl VaultBackend {
     }
 
     /// Reads `buf.len()` bytes of pack `id` at `offset` into `buf`.
+    /// A local pack file, opened for reading (`None` on an object store).
+    pub(crate) fn open_local_pack(&self, id: &Id) -> Option<std::io::Result<fs::File>> {
+        match self {
+            VaultBackend::Local(l) => Some(fs::File::open(l.path(FileType::Pack, id))),
+            VaultBackend::Object(_) => None,
+        }
+    }
+
     pub(crate) fn read_pack_range(&self, id: &Id, offset: u32, buf: &mut [u8]) -> Result<()> {
         match self {
             VaultBackend::Local(l) => l.read_pack_range(id, offset, buf),

@@ -130,36 +130,36 @@ struct Added {
 
 /// First error wins; every thread stops at the next chance.
 #[derive(Default)]
-struct Failure {
+pub(crate) struct Failure {
     err: Mutex<Option<EngineError>>,
     stop: AtomicBool,
 }
 
 impl Failure {
-    fn set(&self, e: EngineError) {
+    pub(crate) fn set(&self, e: EngineError) {
         let mut g = self.err.lock().unwrap_or_else(|p| p.into_inner());
         if g.is_none() {
             *g = Some(e);
         }
         self.stop.store(true, Ordering::SeqCst);
     }
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
-    fn take(self) -> Option<EngineError> {
+    pub(crate) fn take(self) -> Option<EngineError> {
         self.err.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Per-worker compression state.
-struct Sealer<'a> {
+pub(crate) struct Sealer<'a> {
     w: &'a Writer<'a>,
     cctx: Option<zstd::bulk::Compressor<'static>>,
-    scratch: Vec<u8>,
+    pub(crate) scratch: Vec<u8>,
 }
 
 impl<'a> Sealer<'a> {
-    fn new(w: &'a Writer<'a>) -> Result<Self> {
+    pub(crate) fn new(w: &'a Writer<'a>) -> Result<Self> {
         let z = |e: std::io::Error| repo_err(format!("zstd: {e}"));
         Ok(Self {
             w,
@@ -170,7 +170,7 @@ impl<'a> Sealer<'a> {
 
     /// Compresses (if it helps) and encrypts `data` into `self.scratch[..n]`; returns `n` and
     /// the plain length if compressed.
-    fn seal(&mut self, data: &[u8]) -> Result<(usize, Option<u32>)> {
+    pub(crate) fn seal(&mut self, data: &[u8]) -> Result<(usize, Option<u32>)> {
         if let Some(c) = &mut self.cctx {
             let bound = zstd::zstd_safe::compress_bound(data.len());
             if self.scratch.len() < bound + CRYPTO_OVERHEAD {
@@ -196,7 +196,7 @@ impl<'a> Sealer<'a> {
 pub(crate) const REMOTE_WRITERS: usize = 4;
 
 /// Writes one finished pack (direct I/O); returns its size and its buffer for reuse.
-fn write_pack(w: &Writer, index: &Mutex<IndexWriter>, pack: PackBuilder) -> Result<(u64, AlignedBuf)> {
+pub(crate) fn write_pack(w: &Writer, index: &Mutex<IndexWriter>, pack: PackBuilder) -> Result<(u64, AlignedBuf)> {
     let (bytes, id, blobs) = pack.finish(w.crypto)?;
     let n = bytes.len() as u64;
     w.be.write_aligned(FileType::Pack, &Id::new(id), &bytes)?;
@@ -560,7 +560,7 @@ pub(crate) fn backup(
     Ok(snap)
 }
 
-fn secs_between(a: &rustic_core::jiff::Zoned, b: &rustic_core::jiff::Zoned) -> f64 {
+pub(crate) fn secs_between(a: &rustic_core::jiff::Zoned, b: &rustic_core::jiff::Zoned) -> f64 {
     (b.timestamp().as_nanosecond() - a.timestamp().as_nanosecond()) as f64 / 1e9
 }
 

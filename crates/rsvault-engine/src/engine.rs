@@ -20,6 +20,7 @@ use rustic_core::{
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Abort, GateBackend, RepoLock, VaultBackend};
+use crate::cdc::Chunker;
 use crate::disk::ReadStats;
 use crate::diskpipe::{self, ChunkSource, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
 use crate::error::{EngineError, Result};
@@ -28,6 +29,7 @@ use crate::format::{
 };
 use crate::pit::{View, ViewKind};
 use crate::progress::{report_while, Cancel, Counters, Progress, RusticBars, Task};
+use crate::sharepipe;
 use crate::sources::{TreeSource, Warnings};
 use crate::types::*;
 use crate::unchanged;
@@ -48,6 +50,7 @@ pub struct ResticEngine {
     keys: Arc<std::sync::Mutex<KeyCache>>,
     direct_io: bool,
     cache_dir: Option<PathBuf>,
+    rustic_archiver: bool,
 }
 
 impl Default for ResticEngine {
@@ -56,6 +59,7 @@ impl Default for ResticEngine {
             keys: Arc::default(),
             direct_io: true,
             cache_dir: None,
+            rustic_archiver: false,
         }
     }
 }
@@ -72,6 +76,15 @@ impl ResticEngine {
     /// through the page cache, as for filesystems where direct I/O misbehaves).
     pub fn with_direct_io(mut self, on: bool) -> Self {
         self.direct_io = on;
+        self
+    }
+
+    /// The same engine backing up shares through rustic_core's archiver (the path before the
+    /// engine's own share pipeline, `sharepipe`), when `on`. Kept to compare the two and to test
+    /// that vaults written by it keep working: its snapshots are parents of the pipeline's, and
+    /// both cut files alike.
+    pub fn with_rustic_tree_archiver(mut self, on: bool) -> Self {
+        self.rustic_archiver = on;
         self
     }
 
@@ -486,6 +499,128 @@ fn parent_id(repo: &Repo, explicit: Option<&str>, fallback: Option<String>) -> R
     }
 }
 
+/// Refuses a recovery point id the vault already holds.
+fn refuse_existing(points: &[(SnapshotFile, RpMeta)], rp: &str) -> Result<()> {
+    if points.iter().any(|(_, m)| m.recovery_point == rp) {
+        return Err(EngineError::InvalidRequest(format!(
+            "recovery point '{rp}' already exists"
+        )));
+    }
+    Ok(())
+}
+
+/// A share's recovery point details.
+fn tree_meta(req: &TreeBackupRequest, root: &Path, total_size: Option<u64>) -> RpMeta {
+    RpMeta {
+        rsvault: 1,
+        vault: req.tags.vault.clone(),
+        item: req.tags.item.clone(),
+        job: req.tags.job.clone(),
+        recovery_point: req.tags.recovery_point.clone(),
+        kind: RecoveryPointKind::Tree,
+        expiry: req.expiry,
+        consistency: Consistency::FileSystemConsistent,
+        disks: vec![],
+        source_root: Some(root.to_path_buf()),
+        warnings: 0,
+        total_size,
+    }
+}
+
+/// The outcome of a share backup whose snapshot is committed: inconsistent if a file changed
+/// while it was read (the snapshot re-saved to say so).
+fn tree_outcome(
+    plain: &Repo,
+    snap: SnapshotFile,
+    mut meta: RpMeta,
+    warnings: &Warnings,
+    bytes_scanned: u64,
+) -> Result<BackupOutcome> {
+    let list = warnings.take();
+    let consistency = if warnings.changed() {
+        Consistency::Inconsistent
+    } else {
+        Consistency::FileSystemConsistent
+    };
+    let snap = commit_consistency(plain, snap, &mut meta, consistency, warnings.count())?;
+    let rp = info_of(&snap, meta);
+    Ok(BackupOutcome {
+        bytes_scanned,
+        bytes_skipped_unallocated: 0,
+        bytes_added: rp.added_size,
+        consistency,
+        reflinked_disks: vec![],
+        warnings: list,
+        recovery_point: rp,
+    })
+}
+
+impl ResticEngine {
+    /// A share backup through the engine's own pipeline (`sharepipe`).
+    fn backup_share(
+        &self,
+        spec: &RepoSpec,
+        req: &TreeBackupRequest,
+        root: &Path,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<BackupOutcome> {
+        let _lock = RepoLock::shared(spec)?;
+        let plain = self.open(spec, None)?;
+        let points = all_points(&plain)?;
+        refuse_existing(&points, &req.tags.recovery_point)?;
+        // A tree has no whole-tree snapshot here: "Take Snapshot" is the per-file guard.
+        progress.update(Task::Snapshot, 1, 1);
+        let mut meta = tree_meta(req, root, None);
+        let snap = new_snapshot(&req.tags, req.time, &meta)?;
+        let parent = match req.parent.as_deref() {
+            Some(rp) => Some(find_point(&plain, rp)?.0),
+            None => points
+                .into_iter()
+                .rfind(|(_, m)| {
+                    m.item == req.tags.item
+                        && m.kind == RecoveryPointKind::Tree
+                        && m.source_root.as_deref() == Some(root)
+                })
+                .map(|(s, _)| s),
+        }
+        .map(|s| sharepipe::ParentSnap { id: s.id, tree: s.tree });
+        let warnings = Warnings::default();
+        let abort = Abort::default();
+        let counters = Arc::new(Counters::default());
+        let local = Arc::new(VaultBackend::of(spec, self.direct_io));
+        let gate = GateBackend::new(local.clone(), cancel.clone(), abort.clone());
+        let crypto = Crypto::new(&plain.key())?;
+        let config = plain.config();
+        let chunker = Chunker::of_config(config)?;
+        let writer = Writer {
+            be: &gate,
+            crypto: &crypto,
+            zstd: config
+                .zstd()?
+                .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
+            pack_size: config.datapack_size.map_or(DISK_PACK_SIZE, |s| s as usize),
+        };
+        let describe = |total: u64| -> Result<String> {
+            let mut m = meta.clone();
+            m.total_size = Some(total);
+            serde_json::to_string(&m).map_err(|e| EngineError::Repository(e.to_string()))
+        };
+        let result = report_while(progress, Task::Transfer, &counters, || {
+            let index = BlobIndex::load(&plain)?;
+            sharepipe::backup(
+                &writer, &local, &index, &chunker, root, parent, snap, &describe, cancel, &warnings, &counters,
+            )
+        });
+        let (snap, stats) = result.map_err(|e| {
+            gate.discard_unindexed();
+            classify(e, cancel, &abort)
+        })?;
+        meta.total_size = Some(stats.total_size);
+        tree_outcome(&plain, snap, meta, &warnings, stats.scanned)
+    }
+}
+
 impl Engine for ResticEngine {
     fn init(&self, spec: &RepoSpec) -> Result<()> {
         if spec.kdf == KeyDerivation::RandomSecret && spec.password.expose().len() < RANDOM_SECRET_MIN_LEN {
@@ -705,6 +840,9 @@ impl Engine for ResticEngine {
                 reason: "not a directory".into(),
             });
         }
+        if !self.rustic_archiver {
+            return self.backup_share(spec, req, &root, progress, cancel);
+        }
         // The logical size is measured by a walk of its own (see below); it runs while the
         // repository is opened (the key derivation keeps one core busy).
         let walk = {
@@ -713,36 +851,15 @@ impl Engine for ResticEngine {
         };
         let _lock = RepoLock::shared(spec)?;
         let plain = self.open(spec, None)?;
-        if all_points(&plain)?
-            .iter()
-            .any(|(_, m)| m.recovery_point == req.tags.recovery_point)
-        {
-            return Err(EngineError::InvalidRequest(format!(
-                "recovery point '{}' already exists",
-                req.tags.recovery_point
-            )));
-        }
+        refuse_existing(&all_points(&plain)?, &req.tags.recovery_point)?;
         // A tree has no whole-tree snapshot here: "Take Snapshot" is the per-file guard.
         progress.update(Task::Snapshot, 1, 1);
-        let mut meta = RpMeta {
-            rsvault: 1,
-            vault: req.tags.vault.clone(),
-            item: req.tags.item.clone(),
-            job: req.tags.job.clone(),
-            recovery_point: req.tags.recovery_point.clone(),
-            kind: RecoveryPointKind::Tree,
-            expiry: req.expiry,
-            consistency: Consistency::FileSystemConsistent,
-            disks: vec![],
-            source_root: Some(root.clone()),
-            warnings: 0,
-            // rustic_core's summary counts symlink lengths for unchanged entries only, so the
-            // logical size is measured here: regular files, walked just before the backup.
-            total_size: Some(
-                walk.join()
-                    .map_err(|_| EngineError::Repository("the size walk panicked".into()))?,
-            ),
-        };
+        // rustic_core's summary counts symlink lengths for unchanged entries only, so the
+        // logical size is measured here: regular files, walked just before the backup.
+        let total = walk
+            .join()
+            .map_err(|_| EngineError::Repository("the size walk panicked".into()))?;
+        let meta = tree_meta(req, &root, Some(total));
         let snap = new_snapshot(&req.tags, req.time, &meta)?;
         let parent = parent_id(
             &plain,
@@ -788,23 +905,7 @@ impl Engine for ResticEngine {
             gate.discard_unindexed();
             classify(e, cancel, &abort)
         })?;
-        let list = warnings.take();
-        let consistency = if warnings.changed() {
-            Consistency::Inconsistent
-        } else {
-            Consistency::FileSystemConsistent
-        };
-        let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.count())?;
-        let rp = info_of(&snap, meta);
-        Ok(BackupOutcome {
-            bytes_scanned: scanned.load(Ordering::Relaxed),
-            bytes_skipped_unallocated: 0,
-            bytes_added: rp.added_size,
-            consistency,
-            reflinked_disks: vec![],
-            warnings: list,
-            recovery_point: rp,
-        })
+        tree_outcome(&plain, snap, meta, &warnings, scanned.load(Ordering::Relaxed))
     }
 
     fn recovery_points(&self, spec: &RepoSpec, filter: &RecoveryPointFilter) -> Result<Vec<RecoveryPointInfo>> {

@@ -15,10 +15,16 @@
 //!   restore checks each blob against its id. Restores read, decrypt and verify in parallel and
 //!   write with direct I/O.
 //! * File shares ([`Engine::backup_tree`]): the directory tree with metadata, restic's
-//!   content-defined chunks, unchanged files taken from the parent snapshot (rustic_core's
-//!   archiver). A share with no change at all since its parent (every entry's metadata equal,
-//!   none new or gone) skips the archiver: the new snapshot reuses the parent's trees
-//!   (`unchanged`).
+//!   content-defined chunks (the repository's Rabin polynomial and sizes, cut exactly as
+//!   rustic_core cuts them: `cdc`), walked, read, hashed, compressed and encrypted on every core
+//!   by the engine's own pipeline (`sharepipe`), which writes data packs, tree blobs, index and
+//!   snapshot itself. A file whose size, mtime, ctime and inode equal its node in the parent
+//!   snapshot keeps the parent's content without being read, and a directory whose content did
+//!   not change gets the parent's tree id again, so a partly changed share writes only the
+//!   trees on the path to a change. rustic_core's archiver (with `unchanged`, its fast path for
+//!   a share with no change at all) is kept behind [`ResticEngine::with_rustic_tree_archiver`]:
+//!   both record the same nodes, so either's snapshot is the other's parent. Share restores
+//!   (`treerestore`) write files in parallel from the packs.
 //! * Key files: restic's format records the scrypt parameters, so a repository whose password
 //!   is a generated 256-bit secret (the control plane's vault passwords) is created with light
 //!   ones ([`KeyDerivation::RandomSecret`]: N = 2^10 instead of 2^17; stretching a password that
@@ -30,10 +36,11 @@
 //! Modules: [`keyring`] (per-vault passwords sealed with the server key), [`disk`] (image
 //! probing/reading/writing), [`backend`] (storage rules: atomic writes, fsync, direct I/O,
 //! locking), [`progress`] (progress sink and cancellation); the rest is private (`engine`,
-//! `diskpipe`, `format`, `iobuf`, `restore`, `treerestore` (symlink-safe, all-or-nothing tree
-//! restores), `sources`, `unchanged`, `pit`, `types`).
+//! `diskpipe`, `sharepipe`, `cdc`, `format`, `iobuf`, `restore`, `treerestore` (symlink-safe,
+//! all-or-nothing tree restores), `sources`, `unchanged`, `pit`, `types`).
 
 pub mod backend;
+mod cdc;
 pub mod disk;
 mod diskpipe;
 mod engine;
@@ -50,6 +57,7 @@ pub mod qmp;
 pub mod replicate;
 mod restore;
 mod safefs;
+mod sharepipe;
 mod sources;
 mod treerestore;
 mod types;

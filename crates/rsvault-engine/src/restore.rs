@@ -12,9 +12,10 @@
 //! bytes went through the format layer's cluster allocation. Images are `fsync`ed and only then
 //! renamed over the final path (the directory is `fsync`ed). A VM's disks are all restored and
 //! verified before the first rename, so a failure leaves the originals untouched. Trees go through
-//! `treerestore`: every file under a temporary name relative to directories opened without following
-//! links, re-read and compared with its content ids, then all renamed into place (modes, times and,
-//! as root, owners set on the open files).
+//! `treerestore`: the share's trees listed through the engine's index, every file written in parallel
+//! under a temporary name relative to directories opened without following links, each blob checked
+//! against its content id before it is written, then all renamed into place (modes, times, extended
+//! attributes and, as root, owners set on the open files; hard links and holes restored).
 
 use std::fs;
 use std::path::{Component, Path, PathBuf};
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustic_core::repofile::{Node, Tree};
-use rustic_core::{LsOptions, RusticResult};
 
 use crate::backend::VaultBackend;
 use crate::disk::{ImageFormat, ImageReader, ImageWriter};
@@ -342,6 +342,60 @@ fn relative(p: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Every entry below a snapshot's share root, in tree order (a directory before its entries),
+/// with paths relative to the root: the trees read through the engine's index, each checked
+/// against its id.
+fn list_share(
+    be: &VaultBackend,
+    crypto: &Crypto,
+    index: &BlobIndex,
+    snap_tree: &rustic_core::TreeId,
+    root: &Path,
+) -> Result<Vec<(PathBuf, Node)>> {
+    let load = |id: &rustic_core::TreeId| -> Result<Tree> {
+        let h = id_bytes(&id.into_inner());
+        let loc = index
+            .tree
+            .get(&h)
+            .ok_or_else(|| EngineError::Repository("a tree of the recovery point is not in the index".into()))?;
+        serde_json::from_slice(&read_blob(be, crypto, loc, &h)?)
+            .map_err(|e| EngineError::Repository(format!("tree: {e}")))
+    };
+    let mut tree = load(snap_tree)?;
+    // rustic_core stores an empty share as an empty root tree.
+    if tree.nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    for c in root.components() {
+        let Component::Normal(name) = c else { continue };
+        let node = tree
+            .nodes
+            .iter()
+            .find(|n| n.name() == name && n.is_dir())
+            .ok_or_else(|| EngineError::Repository(format!("'{}' is not in the recovery point", root.display())))?;
+        let sub = node
+            .subtree
+            .ok_or_else(|| EngineError::Repository("a directory without its tree".into()))?;
+        tree = load(&sub)?;
+    }
+    let mut out = Vec::new();
+    // (directory, its nodes left, in reverse)
+    let mut stack: Vec<(PathBuf, Vec<Node>)> = vec![(PathBuf::new(), tree.nodes.into_iter().rev().collect())];
+    while let Some((dir, nodes)) = stack.last_mut() {
+        let Some(node) = nodes.pop() else {
+            stack.pop();
+            continue;
+        };
+        let path = dir.join(node.name());
+        let sub = node.subtree.filter(|_| node.is_dir());
+        out.push((path.clone(), node));
+        if let Some(sub) = sub {
+            stack.push((path, load(&sub)?.nodes.into_iter().rev().collect()));
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn restore_tree(
     engine: &ResticEngine,
     spec: &RepoSpec,
@@ -350,7 +404,7 @@ pub(crate) fn restore_tree(
     cancel: &Cancel,
 ) -> Result<RestoreOutcome> {
     let counters = Arc::new(Counters::default());
-    let repo = engine.open(spec, Some(counters.clone()))?.to_indexed()?;
+    let repo = engine.open(spec, None)?;
     let (snap, meta) = find_point(&repo, &req.recovery_point)?;
     let root = match (meta.kind, &meta.source_root) {
         (RecoveryPointKind::Tree, Some(r)) => r.clone(),
@@ -361,17 +415,11 @@ pub(crate) fn restore_tree(
             )))
         }
     };
-    let root_str = root
-        .to_str()
-        .ok_or_else(|| EngineError::Repository("share root is not UTF-8".into()))?;
     let target = req.target.clone().unwrap_or_else(|| root.clone());
-    // rustic_core stores an empty share as an empty root tree.
-    let entries: Vec<(PathBuf, Node)> = if repo.get_tree(&snap.tree)?.nodes.is_empty() {
-        Vec::new()
-    } else {
-        let node = repo.node_from_snapshot_and_path(&snap, root_str)?;
-        repo.ls(&node, &LsOptions::default())?.collect::<RusticResult<_>>()?
-    };
+    let local = VaultBackend::of(spec, false);
+    let crypto = Crypto::new(&repo.key())?;
+    let index = BlobIndex::load(&repo)?;
+    let entries = list_share(&local, &crypto, &index, &snap.tree, &root)?;
 
     let selected: Vec<(PathBuf, Node)> = match &req.paths {
         None => entries,
@@ -397,13 +445,16 @@ pub(crate) fn restore_tree(
     }
     // Written under temporary names relative to opened directories, verified, then renamed into
     // place (the rules are in `treerestore`).
+    let blobs = treerestore::Blobs {
+        be: &local,
+        crypto: &crypto,
+        index: &index,
+    };
     let vcounters = Arc::new(Counters::default());
     let staged = report_while(progress, Task::Restore, &counters, || {
-        treerestore::stage(&repo, selected, &target, req.conflict, &counters, cancel)
+        treerestore::stage(&blobs, selected, &target, req.conflict, &counters, cancel)
     })?;
-    report_while(progress, Task::Verify, &vcounters, || {
-        staged.verify(&repo, &vcounters, cancel)
-    })?;
+    report_while(progress, Task::Verify, &vcounters, || staged.verify(&vcounters, cancel))?;
     let done = staged.commit()?;
     Ok(RestoreOutcome {
         files_restored: done.files_restored,

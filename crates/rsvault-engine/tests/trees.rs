@@ -41,6 +41,8 @@ fn snapshot_of(root: &Path) -> BTreeMap<PathBuf, String> {
             } else if m.is_dir() {
                 out.insert(rel, format!("dir {:o}", m.mode() & 0o7777));
                 walk(root, &p, out);
+            } else if !m.is_file() {
+                out.insert(rel, format!("special {:o}", m.mode()));
             } else {
                 let data = fs::read(&p).unwrap();
                 out.insert(
@@ -360,14 +362,21 @@ fn summary_of(v: &Vault, rp: &RecoveryPointInfo) -> (String, rustic_core::repofi
     (snap.tree.to_string(), snap.summary.unwrap())
 }
 
-/// An unchanged share reuses the parent's trees without rustic_core's archiver (the snapshot
-/// says so in its summary); any change deep in the share (content with size and mtime kept,
-/// mode, a new, removed or renamed file, a symlink's target) sends the backup through the
-/// archiver again, and what the fast path commits restores to the same tree (engine and stock
-/// restic), with a clean `restic check`.
+/// An unchanged share reuses the parent's trees: nothing but the snapshot is written (through
+/// rustic_core's archiver: its `unchanged` fast path, which the summary names; through the
+/// engine's pipeline: no file read, no blob added, the same root tree); any change deep in the
+/// share (content with size and mtime kept, mode, a new, removed or renamed file, a symlink's
+/// target) is seen, and what an unchanged backup commits restores to the same tree (engine and
+/// stock restic), with a clean `restic check`.
 #[test]
 fn unchanged_share_reuses_parent_trees_and_changes_are_seen() {
-    let v = Vault::new();
+    unchanged_share_case(Vault::new());
+    let mut v = Vault::new();
+    v.engine = v.engine.with_rustic_tree_archiver(true);
+    unchanged_share_case(v);
+}
+
+fn unchanged_share_case(v: Vault) {
     let src = v.path("share");
     sample_share(&src);
     let mut n = 0;
@@ -384,10 +393,15 @@ fn unchanged_share_reuses_parent_trees_and_changes_are_seen() {
             .unwrap()
             .recovery_point;
         let (tree, sum) = summary_of(v, &rp);
-        (rp, tree, sum.command.starts_with("rsvault: unchanged"), sum)
+        let fast = if sum.command == "rsvault share pipeline" {
+            sum.data_added == 0 && sum.files_new + sum.files_changed == 0 && sum.data_blobs + sum.tree_blobs == 0
+        } else {
+            sum.command.starts_with("rsvault: unchanged")
+        };
+        (rp, tree, fast, sum)
     };
     let (_, t1, fast, _) = backup(&v);
-    assert!(!fast, "no parent: the archiver");
+    assert!(!fast, "no parent: everything new");
     let (rp, t2, fast, sum) = backup(&v);
     assert!(fast, "unchanged: the parent's trees");
     assert_eq!(t2, t1);
@@ -435,7 +449,7 @@ fn unchanged_share_reuses_parent_trees_and_changes_are_seen() {
     for (what, change) in changes {
         change();
         let (_, t, fast, _) = backup(&v);
-        assert!(!fast, "{what}: the archiver");
+        assert!(!fast, "{what}: seen as a change");
         assert_ne!(t, prev, "{what}: a new tree");
         let (rp, t_again, fast, _) = backup(&v);
         assert!(fast, "{what}: unchanged again afterwards");
@@ -481,4 +495,324 @@ fn unchanged_share_reuses_parent_trees_and_changes_are_seen() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let root = t.join(fs::canonicalize(&src).unwrap().strip_prefix("/").unwrap());
     assert_eq!(snapshot_of(&src), snapshot_of(&root));
+}
+
+/// The summary of a recovery point's snapshot (engine's pipeline or rustic_core's archiver).
+fn summary(v: &Vault, rp: &RecoveryPointInfo) -> rustic_core::repofile::SnapshotSummary {
+    summary_of(v, rp).1
+}
+
+/// A share with every kind of entry a restore must bring back: hard links, a sparse file, an
+/// empty file and directory, modes with set-id bits, names with spaces, newlines, non-UTF-8
+/// bytes, a FIFO (backed up, not restored), symlinks (dangling too), files over a chunk.
+fn special_share(root: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    fs::create_dir_all(root.join("sub/empty dir")).unwrap();
+    fs::write(root.join("plain.txt"), b"plain").unwrap();
+    fs::write(root.join("big.bin"), noise(11, 3_000_000)).unwrap();
+    fs::write(root.join("empty"), b"").unwrap();
+    fs::write(root.join("sub/hard-a"), b"linked content").unwrap();
+    fs::hard_link(root.join("sub/hard-a"), root.join("hard-b")).unwrap();
+    fs::write(root.join("name with spaces & ünïcode"), b"u").unwrap();
+    fs::write(root.join("new\nline"), b"n").unwrap();
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"bytes-\xff\xfe")), b"latin1").unwrap();
+    fs::write(root.join("-dash"), b"d").unwrap();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(20 << 20).unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        sparse.write_all_at(b"middle", 9 << 20).unwrap();
+    }
+    drop(sparse);
+    std::os::unix::fs::symlink("plain.txt", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    let fifo = std::ffi::CString::new(root.join("fifo").as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    fs::set_permissions(root.join("plain.txt"), fs::Permissions::from_mode(0o4751)).unwrap();
+    fs::set_permissions(root.join("sub"), fs::Permissions::from_mode(0o2750)).unwrap();
+    fs::set_permissions(root.join("empty"), fs::Permissions::from_mode(0o400)).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_600_000_000, 123_456_789);
+    fs::File::open(root.join("big.bin")).unwrap().set_modified(t).unwrap();
+}
+
+/// Content and metadata of a restored tree (what `snapshot_of` shows, plus hard links as
+/// groups of one inode, and nothing but regular files, dirs and links).
+fn links_of(root: &Path) -> Vec<Vec<PathBuf>> {
+    let mut by_inode: BTreeMap<u64, Vec<PathBuf>> = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<u64, Vec<PathBuf>>) {
+        for e in fs::read_dir(dir).unwrap().flatten() {
+            let m = fs::symlink_metadata(e.path()).unwrap();
+            if m.is_dir() {
+                walk(root, &e.path(), out);
+            } else if m.is_file() && m.nlink() > 1 {
+                out.entry(m.ino())
+                    .or_default()
+                    .push(e.path().strip_prefix(root).unwrap().to_path_buf());
+            }
+        }
+    }
+    walk(root, root, &mut by_inode);
+    let mut v: Vec<Vec<PathBuf>> = by_inode
+        .into_values()
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn without_fifo(mut m: BTreeMap<PathBuf, String>) -> BTreeMap<PathBuf, String> {
+    m.remove(Path::new("fifo"));
+    m
+}
+
+/// The engine's pipeline: `restic check --read-data` is clean, and stock `restic restore` and the
+/// engine's restore give the share back (content, modes with set-id bits, mtimes, symlinks, hard
+/// links, the sparse file's bytes and holes, special names, empty files and directories).
+#[test]
+fn pipeline_snapshots_pass_restic_check_and_restore_with_metadata() {
+    let v = Vault::new();
+    let src = v.path("share");
+    special_share(&src);
+    let out = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&src, "rp", 0), &NoProgress, &Cancel::new())
+        .unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    assert_eq!(summary(&v, &out.recovery_point).command, "rsvault share pipeline");
+    let want = without_fifo(snapshot_of(&src));
+    assert!(want.contains_key(Path::new("sub/empty dir")));
+
+    let dst = v.path("restored");
+    v.engine
+        .restore_tree(
+            &v.spec,
+            &TreeRestoreRequest {
+                recovery_point: "rp".into(),
+                paths: None,
+                target: Some(dst.clone()),
+                conflict: ConflictPolicy::FailOnConflict,
+            },
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+    assert_eq!(without_fifo(snapshot_of(&dst)), want);
+    assert_eq!(
+        links_of(&dst),
+        vec![vec![PathBuf::from("hard-b"), PathBuf::from("sub/hard-a")]]
+    );
+    let sparse = fs::metadata(dst.join("sparse")).unwrap();
+    assert!(
+        sparse.blocks() * 512 < 4 << 20,
+        "the restored sparse file has holes ({} blocks)",
+        sparse.blocks()
+    );
+
+    if !restic_available() {
+        eprintln!("SKIPPED (restic part): the `restic` binary is not installed");
+        return;
+    }
+    let check = restic(&v.spec, &["check", "--read-data"]);
+    assert!(
+        check.status.success(),
+        "restic check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let t = v.path("restic-out");
+    let r = restic(
+        &v.spec,
+        &[
+            "restore",
+            &out.recovery_point.snapshot_id,
+            "--target",
+            t.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let root = t.join(fs::canonicalize(&src).unwrap().strip_prefix("/").unwrap());
+    assert_eq!(without_fifo(snapshot_of(&root)), want);
+    assert_eq!(links_of(&root), links_of(&dst));
+}
+
+/// A vault written by rustic_core's archiver (the path before the pipeline) keeps working: its
+/// snapshot is the pipeline's parent (nothing read, the same trees: node metadata is recorded
+/// alike), the same files elsewhere are cut into the same chunks (nothing added), and a snapshot
+/// of the pipeline is a parent of the archiver's.
+#[test]
+fn archiver_snapshots_and_pipeline_snapshots_share_chunks_trees_and_parents() {
+    let v = Vault::new();
+    let old = v.engine.clone().with_rustic_tree_archiver(true);
+    let src = v.path("share");
+    special_share(&src);
+    let a = old
+        .backup_tree(&v.spec, &tree_req(&src, "old", 0), &NoProgress, &Cancel::new())
+        .unwrap();
+    let b = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&src, "new", 1), &NoProgress, &Cancel::new())
+        .unwrap();
+    assert_eq!(
+        b.bytes_scanned, 0,
+        "the archiver's snapshot is the parent: nothing read"
+    );
+    let (ta, _) = summary_of(&v, &a.recovery_point);
+    let (tb, sb) = summary_of(&v, &b.recovery_point);
+    assert_eq!(ta, tb, "the same trees");
+    assert_eq!((sb.data_blobs, sb.tree_blobs), (0, 0));
+
+    // The same files at another path: no parent, every file read, every chunk already there.
+    let copy = v.path("copy");
+    special_share(&copy);
+    let c = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&copy, "copy", 2), &NoProgress, &Cancel::new())
+        .unwrap();
+    assert!(c.bytes_scanned > 3_000_000);
+    let sc = summary(&v, &c.recovery_point);
+    assert_eq!(sc.data_blobs, 0, "the same chunks as rustic_core's: nothing new");
+    assert!(sc.files_new > 0 && sc.files_unmodified == 0);
+
+    // A pipeline snapshot as the archiver's parent.
+    fs::write(src.join("plain.txt"), b"changed").unwrap();
+    let d = old
+        .backup_tree(&v.spec, &tree_req(&src, "old2", 3), &NoProgress, &Cancel::new())
+        .unwrap();
+    assert_eq!(d.bytes_scanned, 7, "only the changed file read");
+    let dst = v.path("restored");
+    v.engine
+        .restore_tree(
+            &v.spec,
+            &TreeRestoreRequest {
+                recovery_point: "old2".into(),
+                paths: None,
+                target: Some(dst.clone()),
+                conflict: ConflictPolicy::FailOnConflict,
+            },
+            &NoProgress,
+            &Cancel::new(),
+        )
+        .unwrap();
+    assert_eq!(without_fifo(snapshot_of(&dst)), without_fifo(snapshot_of(&src)));
+    let report = v.engine.verify(&v.spec, ReadData::All).unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+}
+
+/// One changed file in a share of many directories: only that file is read, only its blob, its
+/// directory's tree and the trees above it are added; every other directory keeps the parent's
+/// tree.
+#[test]
+fn a_partly_changed_share_reuses_the_parents_unchanged_subtrees() {
+    let v = Vault::new();
+    let src = v.path("share");
+    for d in 0..20 {
+        for f in 0..10 {
+            let p = src.join(format!("d{d:02}/f{f}"));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, noise(d * 100 + f, 1000 + (f as usize) * 37)).unwrap();
+        }
+    }
+    let first = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&src, "one", 0), &NoProgress, &Cancel::new())
+        .unwrap();
+    let s1 = summary(&v, &first.recovery_point);
+    assert_eq!((s1.files_new, s1.dirs_new, s1.data_blobs), (200, 20, 200));
+    fs::write(src.join("d07/f3"), b"changed content").unwrap();
+    let second = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&src, "two", 1), &NoProgress, &Cancel::new())
+        .unwrap();
+    let s2 = summary(&v, &second.recovery_point);
+    assert_eq!(second.bytes_scanned, 15, "only the changed file is read");
+    assert_eq!((s2.files_changed, s2.files_unmodified, s2.files_new), (1, 199, 0));
+    assert_eq!((s2.dirs_changed, s2.dirs_unmodified), (1, 19));
+    assert_eq!(s2.data_blobs, 1, "only the changed file's blob");
+    let depth = fs::canonicalize(&src).unwrap().components().count() - 1;
+    assert_eq!(
+        s2.tree_blobs as usize,
+        2 + depth,
+        "the changed directory, the share root and the trees of the root's path"
+    );
+    assert_eq!(s2.data_added_files, 15);
+    assert!(
+        s2.data_added * 10 < s1.data_added,
+        "{} of {}",
+        s2.data_added,
+        s1.data_added
+    );
+}
+
+/// Cancelled before or during the walk: no recovery point, no pack left; progress ends at the
+/// share's size.
+#[test]
+fn pipeline_cancel_commits_nothing_and_progress_reaches_the_total() {
+    let v = Vault::new();
+    let src = v.path("share");
+    sample_share(&src);
+    let cancel = Cancel::new();
+    cancel.cancel();
+    let e = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&src, "c", 0), &NoProgress, &cancel)
+        .unwrap_err();
+    assert!(matches!(e, EngineError::Cancelled), "{e:?}");
+    /// Cancels once the transfer reports progress.
+    struct CancelOnProgress(Cancel, Recorder);
+    impl Progress for CancelOnProgress {
+        fn update(&self, task: Task, done: u64, total: u64) {
+            self.1.update(task, done, total);
+            if task == Task::Transfer {
+                self.0.cancel();
+            }
+        }
+    }
+    let big = v.path("big");
+    for i in 0..40 {
+        fs::create_dir_all(big.join(format!("d{i}"))).unwrap();
+        fs::write(big.join(format!("d{i}/f")), noise(i, 2_000_000)).unwrap();
+    }
+    let p = CancelOnProgress(Cancel::new(), Recorder::default());
+    let e = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&big, "c2", 1), &p, &p.0)
+        .unwrap_err();
+    assert!(matches!(e, EngineError::Cancelled), "{e:?}");
+    assert!(v
+        .engine
+        .recovery_points(&v.spec, &RecoveryPointFilter::default())
+        .unwrap()
+        .is_empty());
+    let packs = walk_packs(&v.spec.local_path().unwrap().join("data"));
+    assert_eq!(packs, 0, "a cancelled backup leaves no pack");
+
+    let rec = Recorder::default();
+    let out = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&src, "ok", 2), &rec, &Cancel::new())
+        .unwrap();
+    let last = rec
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .rfind(|(t, _, _)| *t == Task::Transfer)
+        .copied()
+        .unwrap();
+    assert_eq!((last.1, last.2), (300_010, 300_010));
+    assert_eq!(out.recovery_point.total_size, 300_010);
+}
+
+fn walk_packs(d: &Path) -> usize {
+    fs::read_dir(d)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| if e.path().is_dir() { walk_packs(&e.path()) } else { 1 })
+                .sum()
+        })
+        .unwrap_or(0)
 }

@@ -77,6 +77,27 @@ pub(crate) struct Writer<'a> {
     pub pack_size: usize,
 }
 
+impl<'a> Writer<'a> {
+    /// The writer a repository's config asks for: its zstd level ([`DISK_ZSTD_LEVEL`] for its
+    /// default), and restic's 16 MiB packs unless it sets its own size (rustic_core's default grows
+    /// to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep the pipelines'
+    /// memory down).
+    pub(crate) fn for_repo(
+        be: &'a GateBackend,
+        crypto: &'a Crypto,
+        config: &rustic_core::repofile::ConfigFile,
+    ) -> Result<Self> {
+        Ok(Writer {
+            be,
+            crypto,
+            zstd: config
+                .zstd()?
+                .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
+            pack_size: config.datapack_size.map_or(DISK_PACK_SIZE, |s| s as usize),
+        })
+    }
+}
+
 /// One disk to back up.
 pub(crate) struct DiskJob {
     pub name: String,

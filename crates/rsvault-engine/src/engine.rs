@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{Abort, GateBackend, RepoLock, VaultBackend};
 use crate::cdc::Chunker;
 use crate::disk::ReadStats;
-use crate::diskpipe::{self, ChunkSource, DiskJob, Writer, DISK_PACK_SIZE, DISK_ZSTD_LEVEL};
+use crate::diskpipe::{self, ChunkSource, DiskJob, Writer};
 use crate::error::{EngineError, Result};
 use crate::format::{
     encode_file, id_bytes, key_file, write_file, BlobIndex, Crypto, RANDOM_SECRET_MIN_LEN, RANDOM_SECRET_SCRYPT,
@@ -204,17 +204,7 @@ impl ResticEngine {
         let gate = GateBackend::new(local.clone(), cancel.clone(), abort.clone());
         let crypto = Crypto::new(&plain.key())?;
         let config = plain.config();
-        let writer = Writer {
-            be: &gate,
-            crypto: &crypto,
-            zstd: config
-                .zstd()?
-                .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
-            // restic's 16 MiB unless the repository sets its own size (rustic_core's default
-            // grows to 32 MiB and more; with direct I/O, smaller packs cost nothing and keep
-            // the pipeline's memory down).
-            pack_size: config.datapack_size.map_or(DISK_PACK_SIZE, |s| s as usize),
-        };
+        let writer = Writer::for_repo(&gate, &crypto, config)?;
         let result = report_while(progress, Task::Transfer, &counters, || -> Result<SnapshotFile> {
             let index = BlobIndex::load(plain)?;
             let parent = match parent {
@@ -500,7 +490,7 @@ fn parent_id(repo: &Repo, explicit: Option<&str>, fallback: Option<String>) -> R
 }
 
 /// Refuses a recovery point id the vault already holds.
-fn refuse_existing(points: &[(SnapshotFile, RpMeta)], rp: &str) -> Result<()> {
+pub(crate) fn refuse_existing(points: &[(SnapshotFile, RpMeta)], rp: &str) -> Result<()> {
     if points.iter().any(|(_, m)| m.recovery_point == rp) {
         return Err(EngineError::InvalidRequest(format!(
             "recovery point '{rp}' already exists"
@@ -593,14 +583,7 @@ impl ResticEngine {
         let crypto = Crypto::new(&plain.key())?;
         let config = plain.config();
         let chunker = Chunker::of_config(config)?;
-        let writer = Writer {
-            be: &gate,
-            crypto: &crypto,
-            zstd: config
-                .zstd()?
-                .map(|level| if level == 0 { DISK_ZSTD_LEVEL } else { level }),
-            pack_size: config.datapack_size.map_or(DISK_PACK_SIZE, |s| s as usize),
-        };
+        let writer = Writer::for_repo(&gate, &crypto, config)?;
         let describe = |total: u64| -> Result<String> {
             let mut m = meta.clone();
             m.total_size = Some(total);

@@ -426,12 +426,7 @@ impl ResticEngine {
         let _lock = RepoLock::shared(spec)?;
         let plain = self.open(spec, None)?;
         let points = all_points(&plain)?;
-        if points.iter().any(|(_, m)| m.recovery_point == req.tags.recovery_point) {
-            return Err(EngineError::InvalidRequest(format!(
-                "recovery point '{}' already exists",
-                req.tags.recovery_point
-            )));
-        }
+        crate::engine::refuse_existing(&points, &req.tags.recovery_point)?;
         let parent = points
             .into_iter()
             .rfind(|(_, m)| m.item == req.tags.item && m.kind == RecoveryPointKind::Disks);

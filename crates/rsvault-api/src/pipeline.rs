@@ -213,7 +213,6 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         });
     }
 
-    let reply = &outcome.reply;
     let now = state.control.wall_now();
     let mut common = vec![
         ("x-ms-request-id".to_string(), request_id.clone()),
@@ -237,7 +236,8 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         };
         common.push((name.to_string(), left.to_string()));
     }
-    let response = render(reply, &common, head.method == "HEAD");
+    let status = outcome.reply.status;
+    let response = render(outcome.reply, &common, head.method == "HEAD");
     let (object_id, client_id) = outcome
         .caller
         .as_ref()
@@ -249,7 +249,7 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         method = %head.method,
         path = %head.raw_path,
         op = ?outcome.op,
-        status = reply.status,
+        status,
         object_id,
         client_id,
         peer = %peer,
@@ -724,6 +724,27 @@ pub fn page_reply(ctx: &Ctx, items: Vec<Value>, next: Option<String>) -> Reply {
         body["nextLink"] = Value::String(link);
     }
     Reply::ok(body)
+}
+
+/// [`page_reply`] of items rendered already: `{"value":[…],"nextLink":…}` spliced as text, so a page of
+/// stored rows is not parsed and serialized again.
+pub fn rendered_page_reply<T: AsRef<str>>(ctx: &Ctx, items: &[T], next: Option<String>) -> Reply {
+    let len: usize = items.iter().map(|i| i.as_ref().len() + 1).sum();
+    let mut body = String::with_capacity(len + 64);
+    body.push_str("{\"value\":[");
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            body.push(',');
+        }
+        body.push_str(item.as_ref());
+    }
+    body.push(']');
+    if let Some(link) = next_link(ctx, next) {
+        body.push_str(",\"nextLink\":");
+        body.push_str(&Value::String(link).to_string());
+    }
+    body.push('}');
+    Reply::rendered(body)
 }
 
 /// `Params` re-exported for handlers.

@@ -12,15 +12,41 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    pub body: Option<Value>,
+    pub body: Option<Body>,
     pub headers: Vec<(String, String)>,
+}
+
+/// A reply's JSON body: a value, or text already rendered (a page of stored rows spliced together).
+#[derive(Debug, Clone)]
+pub enum Body {
+    Value(Value),
+    Rendered(String),
+}
+
+impl Body {
+    /// The body as a JSON value (rendered text parsed back: for recordings and tests, not the hot path).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Body::Value(v) => v.clone(),
+            Body::Rendered(t) => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())),
+        }
+    }
 }
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Reply {
         Reply {
             status,
-            body: Some(body),
+            body: Some(Body::Value(body)),
+            headers: vec![],
+        }
+    }
+
+    /// A 200 whose body is JSON text rendered already.
+    pub fn rendered(text: String) -> Reply {
+        Reply {
+            status: 200,
+            body: Some(Body::Rendered(text)),
             headers: vec![],
         }
     }
@@ -85,15 +111,17 @@ pub fn error_reply(e: &Error, request_id: &str) -> Reply {
 }
 
 /// Renders a reply into an HTTP response with the given extra headers.
-pub fn render(reply: &Reply, common: &[(String, String)], head: bool) -> Response<Full<Bytes>> {
-    let body = match (&reply.body, head) {
-        (Some(v), false) => Bytes::from(serde_json::to_vec(v).expect("JSON values serialize")),
+pub fn render(reply: Reply, common: &[(String, String)], head: bool) -> Response<Full<Bytes>> {
+    let has_body = reply.body.is_some();
+    let body = match (reply.body, head) {
+        (Some(Body::Value(v)), false) => Bytes::from(serde_json::to_vec(&v).expect("JSON values serialize")),
+        (Some(Body::Rendered(t)), false) => Bytes::from(t.into_bytes()),
         _ => Bytes::new(),
     };
     let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = resp.headers_mut();
-    if reply.body.is_some() {
+    if has_body {
         h.insert(
             hyper::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),
@@ -116,11 +144,11 @@ mod tests {
         let r = error_reply(&Error::ResourceGroupNotFound("rg".into()), "id");
         assert_eq!(r.status, 404);
         assert_eq!(
-            r.body.unwrap(),
+            r.body.unwrap().to_value(),
             json!({"error": {"code": "ResourceGroupNotFound", "message": "Resource group 'rg' could not be found."}})
         );
         let r = error_reply(&Error::internal("disk on fire at /secret/path"), "id");
         assert_eq!(r.status, 500);
-        assert!(!r.body.unwrap().to_string().contains("/secret/path"));
+        assert!(!r.body.unwrap().to_value().to_string().contains("/secret/path"));
     }
 }

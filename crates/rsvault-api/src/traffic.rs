@@ -56,7 +56,7 @@ impl Recorder {
         }
         let doc = json!({
             "liveRequest": {"method": x.method, "url": x.url, "headers": headers, "body": request_body},
-            "liveResponse": {"statusCode": x.reply.status.to_string(), "headers": response_headers, "body": x.reply.body.clone().unwrap_or(Value::Null)},
+            "liveResponse": {"statusCode": x.reply.status.to_string(), "headers": response_headers, "body": x.reply.body.as_ref().map_or(Value::Null, |b| b.to_value())},
             "rsvaultOperation": x.op,
         });
         let name = format!("{n:06}-{}-{}.json", x.method, x.op.as_deref().unwrap_or("Unrouted"));

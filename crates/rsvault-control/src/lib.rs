@@ -41,6 +41,11 @@ pub mod scheduler;
 pub mod storage;
 pub mod tokens;
 pub mod vaults;
+pub mod wirecache;
+
+/// How many bytes of settled jobs' renderings a node keeps (stored text and wire body: about 20 000
+/// jobs).
+const JOB_WIRE_CACHE_BYTES: usize = 48 << 20;
 
 use rsvault_core::time::SharedClock;
 pub use rsvault_core::{Error, Result};
@@ -82,6 +87,8 @@ pub struct Control {
     grants: hostaccess::HostGrants,
     /// Principals' role assignments, kept while the store's access generation stands.
     grant_cache: access::GrantCache,
+    /// Settled jobs' wire bodies, reused while their rows read the same.
+    job_wires: wirecache::WireCache,
 }
 
 impl std::fmt::Debug for Control {
@@ -109,6 +116,7 @@ impl Control {
             jobs: None,
             grants: hostaccess::HostGrants::default(),
             grant_cache: access::GrantCache::default(),
+            job_wires: wirecache::WireCache::new(JOB_WIRE_CACHE_BYTES),
         })
     }
 

@@ -71,20 +71,32 @@ fn operation_row(r: &SqlRow) -> R<OperationRow> {
 }
 
 fn job_row(r: &SqlRow) -> R<JobRow> {
-    Ok(JobRow {
-        id: r.text(0)?,
-        vault_key: r.text(1)?,
-        name: r.text(2)?,
-        operation: r.text(3)?,
-        status: r.text(4)?,
-        backup_management_type: r.text(5)?,
-        entity: r.text(6)?,
-        start: r.time(7)?,
-        end: r.opt_time(8)?,
-        body: r.json(9)?,
-        phase: r.opt_text(10)?,
-        work: r.opt_json(11)?,
-    })
+    let (mut j, text) = job_row_text(r)?;
+    j.body = serde_json::from_str(&text)?;
+    j.work = r.opt_json(11)?;
+    Ok(j)
+}
+
+/// A job row whose body is left as its stored text (the row's `body` is `Null`, its `work` `None`): for
+/// answers that can reuse a rendering of the same text instead of parsing it again.
+fn job_row_text(r: &SqlRow) -> R<(JobRow, String)> {
+    Ok((
+        JobRow {
+            id: r.text(0)?,
+            vault_key: r.text(1)?,
+            name: r.text(2)?,
+            operation: r.text(3)?,
+            status: r.text(4)?,
+            backup_management_type: r.text(5)?,
+            entity: r.text(6)?,
+            start: r.time(7)?,
+            end: r.opt_time(8)?,
+            body: serde_json::Value::Null,
+            phase: r.opt_text(10)?,
+            work: None,
+        },
+        r.text(9)?,
+    ))
 }
 
 fn lease_row(r: &SqlRow) -> R<JobLease> {
@@ -400,6 +412,34 @@ impl Db<'_> {
             ps![format!("{}/", key(id)), key(type_key)],
             resource_row,
         )
+    }
+
+    /// [`Db::all_below`], paged: the resources of one type below an id whose keys sort after `after`
+    /// (a key of an earlier page; `None` from the start; a key not below `id` gives an empty page), at
+    /// most `limit`, `next` set when more follow.
+    /// One range of the primary key: a page reads about its own rows, however many the id holds.
+    pub fn below_page(&self, id: &str, type_key: &str, after: Option<&str>, limit: usize) -> R<Page<ResourceRow>> {
+        let prefix = format!("{}/", key(id));
+        // Every key that starts with `…/` sorts below `…0` ('0' follows '/').
+        let end = format!("{}0", &prefix[..prefix.len() - 1]);
+        let from = match after {
+            Some(a) if !a.starts_with(&prefix) => {
+                return Ok(Page {
+                    items: Vec::new(),
+                    next: None,
+                })
+            }
+            Some(a) => a,
+            None => &prefix,
+        };
+        let rows = self.0.rows(
+            &format!(
+                "SELECT {RESOURCE_COLS} FROM resources WHERE id_key > ?1 AND id_key < ?2 AND type_key = ?3 ORDER BY id_key LIMIT ?4"
+            ),
+            ps![from, end, key(type_key), limit_of(limit)],
+            resource_row,
+        )?;
+        Ok(page(rows, limit, |r| key(&r.id)))
     }
 
     /// Children of a resource, of one type (or all types with `None`), in key order, paged.
@@ -719,6 +759,15 @@ impl Db<'_> {
         )
     }
 
+    /// [`Db::job`] with the body left as its stored text (see [`JobText`]).
+    pub fn job_text(&self, id: &str) -> R<Option<JobText>> {
+        self.0.row(
+            &format!("SELECT {JOB_COLS} FROM jobs WHERE id_key = ?1"),
+            ps![key(id)],
+            job_row_text,
+        )
+    }
+
     /// Every job of a vault, newest first.
     pub fn jobs(&self, vault: &str) -> R<Vec<JobRow>> {
         self.0.rows(
@@ -734,6 +783,23 @@ impl Db<'_> {
     /// its own rows, however many jobs the vault holds. An `after` that names no job of the vault gives
     /// an empty page.
     pub fn jobs_page(&self, vault: &str, q: &JobQuery, after: Option<&str>, limit: usize) -> R<Page<JobRow>> {
+        self.jobs_page_of(vault, q, after, limit, job_row, |j| key(&j.id))
+    }
+
+    /// [`Db::jobs_page`] with each body left as its stored text (see [`JobText`]).
+    pub fn jobs_page_text(&self, vault: &str, q: &JobQuery, after: Option<&str>, limit: usize) -> R<Page<JobText>> {
+        self.jobs_page_of(vault, q, after, limit, job_row_text, |j| key(&j.0.id))
+    }
+
+    fn jobs_page_of<T>(
+        &self,
+        vault: &str,
+        q: &JobQuery,
+        after: Option<&str>,
+        limit: usize,
+        row: fn(&SqlRow) -> R<T>,
+        key_of: fn(&T) -> String,
+    ) -> R<Page<T>> {
         let mut sql = format!("SELECT {JOB_COLS} FROM jobs WHERE vault_key = ?1");
         let mut params = vec![P::from(key(vault))];
         let mut clause = |sql_of: &dyn Fn(usize) -> String, p: P| {
@@ -781,8 +847,8 @@ impl Db<'_> {
         if limit < usize::MAX {
             sql.push_str(&format!(" LIMIT {}", limit_of(limit)));
         }
-        let rows = self.0.rows(&sql, &params, job_row)?;
-        Ok(page(rows, limit, |j| key(&j.id)))
+        let rows = self.0.rows(&sql, &params, row)?;
+        Ok(page(rows, limit, key_of))
     }
 
     /// Jobs of every vault in a job-engine phase (`queued`, `running`), oldest first.

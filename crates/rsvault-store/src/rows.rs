@@ -143,6 +143,10 @@ pub struct JobRow {
     pub work: Option<Value>,
 }
 
+/// A job row read with its body left as the stored text: the row's `body` is `Null` and its `work`
+/// `None`; the text is the body as written. Lets an answer reuse what it rendered from the same text.
+pub type JobText = (JobRow, String);
+
 /// A recovery point the vault holds: its ARM resource body and the engine's record of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryPointRow {

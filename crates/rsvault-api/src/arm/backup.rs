@@ -11,7 +11,7 @@
 //! - fabric `operationResults` answer 202 (with `Location` to themselves) while running, then 204.
 
 use super::{accepted, request_url, request_url_up, vault_base, with_api_version};
-use crate::pipeline::{page_reply, skip_token, Ctx};
+use crate::pipeline::{page_reply, rendered_page_reply, skip_token, Ctx};
 use crate::reply::Reply;
 use crate::routes::{BackupOp, Params};
 use rsvault_control::backup::OperationOutcome;
@@ -146,7 +146,10 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: BackupOp, p: &Params) -> Result<
         }
         BackupOp::ItemOperationStatus => status(&c.item_operation(sub, rg, v, fabric, container, item, opid)?),
         BackupOp::ListProtectableItems => list(c.list_protectable_items(caller, sub, rg, v, filter)?),
-        BackupOp::ListProtectedItems => list(c.list_protected_items(sub, rg, v, filter)?),
+        BackupOp::ListProtectedItems => {
+            let page = c.list_protected_items(sub, rg, v, filter, skip_token(ctx)?.as_deref())?;
+            page_reply(ctx, page.items, page.next)
+        }
         BackupOp::ListContainers => list(c.list_containers(sub, rg, v, filter)?),
         BackupOp::ListDeletedContainers => list(c.list_deleted_containers(sub, rg, v, filter)?),
         BackupOp::ListPolicies => list(c.list_policies(sub, rg, v, filter)?),
@@ -180,7 +183,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: BackupOp, p: &Params) -> Result<
                 other => result(ctx, other),
             }
         }
-        BackupOp::GetJob => Reply::ok(c.get_job(sub, rg, v, p.get("jobName"))?),
+        BackupOp::GetJob => Reply::rendered(c.get_job(sub, rg, v, p.get("jobName"))?.to_string()),
         BackupOp::CancelJob => {
             let job = p.get("jobName");
             let id = c.cancel_job(sub, rg, v, job)?;
@@ -246,7 +249,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: BackupOp, p: &Params) -> Result<
         }
         BackupOp::ListJobs => {
             let page = c.list_jobs(sub, rg, v, filter, skip_token(ctx)?.as_deref())?;
-            page_reply(ctx, page.items, page.next)
+            rendered_page_reply(ctx, &page.items, page.next)
         }
         BackupOp::GetVaultConfig => Reply::ok(c.get_vault_config(sub, rg, v)?),
         BackupOp::PutVaultConfig | BackupOp::PatchVaultConfig => {

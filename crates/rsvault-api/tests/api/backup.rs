@@ -1257,3 +1257,137 @@ async fn jobs_pages_and_filters_agree_with_the_whole_list() {
         assert_eq!(pages, want.len().div_ceil(37).max(1), "$filter={filter}");
     }
 }
+
+/// Issue 17: `backupProtectedItems` is paged like Azure's (`nextLink` with `$skipToken`), read from the
+/// store page by page; over 7 items at 3 a page, the walk through `nextLink` is every item once, in
+/// order, with or without a `$filter` that drops items inside pages; a token from elsewhere is refused.
+#[tokio::test]
+async fn protected_items_are_paged_and_filtered_across_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = test_config(tmp.path().join("data"));
+    config.page_size = 3;
+    let s = start_with(config, Some(tmp)).await;
+    s.make_group("rg").await;
+    s.make_group("apps").await;
+    s.make_vault("rg", "v1").await;
+    let dir = s.tempdir();
+    let base = s.vault_path("rg", "v1");
+    for i in 0..7 {
+        let img = dir.path().join(format!("os{i}.raw"));
+        std::fs::write(&img, vec![i as u8; 1 << 20]).unwrap();
+        let (st, vm) = s
+            .call(
+                "PUT",
+                &format!("{}?{VM_API}", vm_path(&s, "apps", &format!("vm{i}"))),
+                Some(&vm_body(&img, &[])),
+            )
+            .await;
+        assert_eq!(st, 201, "{vm}");
+        let policy = if i % 2 == 0 { "DefaultPolicy" } else { "EnhancedPolicy" };
+        let enable = json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines",
+            "sourceResourceId": vm["id"], "policyId": policy_ref(&s, "rg", "v1", policy)}});
+        protect(&s, &item_path(&s, "rg", "v1", "apps", &format!("vm{i}")), &enable).await;
+    }
+    let walk = |query: String| {
+        let (http, token, mut url) = (
+            s.http.clone(),
+            s.token.clone(),
+            s.url(&format!("{base}/backupProtectedItems?{BK}{query}")),
+        );
+        async move {
+            let mut pages = Vec::new();
+            loop {
+                let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 200);
+                let page: Value = r.json().await.unwrap();
+                let names: Vec<String> = page["value"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| i["properties"]["friendlyName"].as_str().unwrap().to_string())
+                    .collect();
+                pages.push(names);
+                match page["nextLink"].as_str() {
+                    Some(next) => {
+                        assert!(next.contains("$skipToken="), "{next}");
+                        url = next.to_string();
+                    }
+                    None => return pages,
+                }
+            }
+        }
+    };
+    let all = walk(String::new()).await;
+    assert_eq!(
+        all,
+        [vec!["vm0", "vm1", "vm2"], vec!["vm3", "vm4", "vm5"], vec!["vm6"]],
+        "pages of 3, key order, no empty last page"
+    );
+    let default = walk("&$filter=policyName%20eq%20'DefaultPolicy'".into()).await;
+    assert_eq!(default, [vec!["vm0", "vm2", "vm4"], vec!["vm6"]]);
+    let enhanced = walk("&$filter=policyName%20eq%20'EnhancedPolicy'".into()).await;
+    assert_eq!(
+        enhanced,
+        [vec!["vm1", "vm3", "vm5"]],
+        "exactly one full page: no nextLink"
+    );
+    let (st, b) = s
+        .call("GET", &format!("{base}/backupProtectedItems?{BK}&$skipToken=%%%"), None)
+        .await;
+    assert_arm_error(st, &b, 400, "InvalidSkipToken");
+}
+
+/// Issue 17: the jobs list and `GET job` reuse what they rendered for a settled job only while its row
+/// reads the same: a row another control plane rewrites (status, end, body) answers as rewritten, in
+/// the list and alone.
+#[tokio::test]
+async fn a_job_rewritten_elsewhere_answers_as_rewritten() {
+    let s = start().await;
+    let (vault_id, t0) = jobs_vault(&s).await;
+    let name = uuid::Uuid::new_v4().to_string();
+    let job = finished_job(&vault_id, name.clone(), 1, "Backup", "Completed", "AzureIaasVM", t0);
+    put_jobs(&s, std::slice::from_ref(&job));
+    let base = s.vault_path("rg", "v1");
+    let read = || async {
+        let (st, one) = s.call("GET", &format!("{base}/backupJobs/{name}?{BK}"), None).await;
+        assert_eq!(st, 200, "{one}");
+        let (st, list) = s.call("GET", &format!("{base}/backupJobs?{BK}"), None).await;
+        assert_eq!(st, 200, "{list}");
+        let mut listed = list["value"][0].clone();
+        if one["properties"]["status"] == "InProgress" {
+            // A running job's duration follows the clock between the two reads.
+            listed["properties"]["duration"] = one["properties"]["duration"].clone();
+        }
+        assert_eq!(listed, one, "the list and GET answer the same body");
+        one
+    };
+    for _ in 0..2 {
+        let j = read().await;
+        assert_eq!(j["properties"]["status"], "Completed");
+        assert_eq!(j["properties"]["duration"], "PT3M");
+    }
+    // Another node ends it differently: a new status, end and body.
+    let mut again = job.clone();
+    again.status = "Failed".into();
+    again.end = Some(t0 + chrono::Duration::minutes(7));
+    again.body["status"] = json!("Failed");
+    again.body["errorDetails"] = json!([{"errorCode": 1, "errorString": "x"}]);
+    put_jobs(&s, std::slice::from_ref(&again));
+    let j = read().await;
+    assert_eq!(j["properties"]["status"], "Failed");
+    assert_eq!(j["properties"]["duration"], "PT7M");
+    assert_eq!(j["properties"]["errorDetails"][0]["errorString"], "x");
+    // Only the end moves: the body text is the same, the duration is not.
+    again.end = Some(t0 + chrono::Duration::minutes(9));
+    put_jobs(&s, std::slice::from_ref(&again));
+    assert_eq!(read().await["properties"]["duration"], "PT9M");
+    // A job still running is never kept: its duration follows the clock.
+    let mut running = again.clone();
+    running.status = "InProgress".into();
+    running.end = None;
+    running.body["status"] = json!("InProgress");
+    put_jobs(&s, std::slice::from_ref(&running));
+    let j = read().await;
+    assert_eq!(j["properties"]["status"], "InProgress");
+    assert_ne!(j["properties"]["duration"], "PT9M");
+}

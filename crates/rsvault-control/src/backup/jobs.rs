@@ -12,8 +12,9 @@ use chrono::{DateTime, Timelike, Utc};
 use rsvault_core::odata::{Filter, Op};
 use rsvault_core::time;
 use rsvault_jobs::{CancelOutcome, JobStatus, Phase};
-use rsvault_store::{JobQuery, JobRow, OperationRow, Page, ResourceRow};
+use rsvault_store::{JobQuery, JobRow, JobText, OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
+use std::sync::Arc;
 
 /// What a new job is about.
 #[derive(Debug, Clone)]
@@ -252,14 +253,18 @@ impl Control {
         vault: &str,
         filter: Option<&str>,
         skip_after: Option<&str>,
-    ) -> Result<Page<Value>> {
+    ) -> Result<Page<Arc<str>>> {
         let vault_id = self.vault_id_checked(sub, rg, vault)?;
         let q = JobFilter::parse(filter)?.query();
         let page = self
             .store
-            .read_one(|db| db.jobs_page(&vault_id, &q, skip_after, self.settings.page_size))?;
+            .read_one(|db| db.jobs_page_text(&vault_id, &q, skip_after, self.settings.page_size))?;
         Ok(Page {
-            items: page.items.into_iter().map(|j| self.job_wire(j)).collect(),
+            items: page
+                .items
+                .into_iter()
+                .map(|j| self.job_wire_text(j))
+                .collect::<Result<_>>()?,
             next: page.next,
         })
     }
@@ -325,12 +330,27 @@ impl Control {
         json!({"id": j.id, "name": j.name, "type": JOB_TYPE, "properties": props})
     }
 
+    /// The wire text of a job read with its body as stored text: the rendering kept for exactly this
+    /// row if there is one ([`crate::wirecache`]), else rendered now (and kept if the job is settled).
+    fn job_wire_text(&self, (mut row, text): JobText) -> Result<Arc<str>> {
+        if let Some(wire) = self.job_wires.get(&row, &text) {
+            return Ok(wire);
+        }
+        let key = row.clone();
+        row.body = serde_json::from_str(&text).map_err(|e| Error::internal(format!("job {}: {e}", row.id)))?;
+        let settled = settled(&row);
+        let wire: Arc<str> = self.job_wire(row).to_string().into();
+        if settled {
+            self.job_wires.put(&key, text, wire.clone());
+        }
+        Ok(wire)
+    }
+
     fn job_row(&self, vault_id: &str, vault: &str, name: &str) -> Result<JobRow> {
         let id = format!("{vault_id}/backupJobs/{name}");
-        self.store.read_one(|db| db.job(&id))?.ok_or_else(|| Error::NotFound {
-            code: "BMSUserErrorJobNotFound",
-            message: format!("The job '{name}' was not found in vault '{vault}'."),
-        })
+        self.store
+            .read_one(|db| db.job(&id))?
+            .ok_or_else(|| job_not_found(vault, name))
     }
 
     /// `POST …/backupJobs/{job}/cancel`: a queued job is cancelled at once, a running one stops at its
@@ -456,11 +476,40 @@ impl Control {
         Ok(export.body["jobs"].clone())
     }
 
-    /// `GET …/backupJobs/{job}`.
-    pub fn get_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<Value> {
+    /// `GET …/backupJobs/{job}`, as wire text.
+    pub fn get_job(&self, sub: &str, rg: &str, vault: &str, name: &str) -> Result<Arc<str>> {
         let vault_id = self.vault_id_checked(sub, rg, vault)?;
-        Ok(self.job_wire(self.job_row(&vault_id, vault, name)?))
+        let id = format!("{vault_id}/backupJobs/{name}");
+        let row = self
+            .store
+            .read_one(|db| db.job_text(&id))?
+            .ok_or_else(|| job_not_found(vault, name))?;
+        self.job_wire_text(row)
     }
+}
+
+fn job_not_found(vault: &str, name: &str) -> Error {
+    Error::NotFound {
+        code: "BMSUserErrorJobNotFound",
+        message: format!("The job '{name}' was not found in vault '{vault}'."),
+    }
+}
+
+/// Whether a job's answer no longer depends on the clock: it has ended, cannot be cancelled, and no
+/// task of it is still running (a running task's `duration` grows with the clock).
+fn settled(j: &JobRow) -> bool {
+    let open_task = j
+        .body
+        .pointer("/extendedInfo/tasksList")
+        .and_then(Value::as_array)
+        .is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.get("startTime").is_some() && t.get("endTime").is_none())
+        });
+    j.end.is_some()
+        && JobStatus::of(j) != Some(JobStatus::InProgress)
+        && !Phase::of(j).is_some_and(Phase::is_active)
+        && !open_task
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use crate::{body, Caller, Control, Error, Result};
 use rand::Rng;
 use rsvault_core::odata::Filter;
 use rsvault_core::time;
-use rsvault_store::{JobRow, OperationRow, ResourceRow};
+use rsvault_store::{JobRow, OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
 
 fn invalid(code: &'static str, message: impl Into<String>) -> Error {
@@ -1037,7 +1037,14 @@ impl Control {
     }
 
     /// `GET backupProtectedItems` with Azure's `$filter`.
-    pub fn list_protected_items(&self, sub: &str, rg: &str, vault: &str, filter: Option<&str>) -> Result<Vec<Value>> {
+    pub fn list_protected_items(
+        &self,
+        sub: &str,
+        rg: &str,
+        vault: &str,
+        filter: Option<&str>,
+        skip_after: Option<&str>,
+    ) -> Result<Page<Value>> {
         let v = self.vault_row(sub, rg, vault)?;
         let f = Filter::parse(filter.unwrap_or_default())?;
         f.only(
@@ -1056,25 +1063,42 @@ impl Control {
             &[],
         )?;
         let container = f.eq("containerName").map(ContainerName::parse).transpose()?;
-        let rows = self.store.read_one(|db| db.all_below(&v.id, PROTECTED_ITEM_TYPE))?;
-        Ok(rows
-            .into_iter()
-            .filter(|r| {
-                let p = &r.body["properties"];
-                let pass = |field: &str, have: Option<&str>| f.eq(field).is_none_or(|want| eq_ci(have, want));
-                pass("backupManagementType", p["backupManagementType"].as_str())
-                    && pass("itemType", p["workloadType"].as_str())
-                    && pass("policyName", p["policyName"].as_str())
-                    && pass("friendlyName", p["friendlyName"].as_str())
-                    && pass("protectionStatus", p["protectionStatus"].as_str())
-                    && pass("protectionState", p["protectionState"].as_str())
-                    && pass("itemName", Some(&r.name))
-                    && container
-                        .as_ref()
-                        .is_none_or(|c| r.parent_key.as_deref() == Some(&container_id(&v.id, c).to_ascii_lowercase()))
-            })
-            .map(|r| self.render_item_body(r.body))
-            .collect())
+        let container_key = container.map(|c| container_id(&v.id, &c).to_ascii_lowercase());
+        let keep = |r: &ResourceRow| {
+            let p = &r.body["properties"];
+            let pass = |field: &str, have: Option<&str>| f.eq(field).is_none_or(|want| eq_ci(have, want));
+            pass("backupManagementType", p["backupManagementType"].as_str())
+                && pass("itemType", p["workloadType"].as_str())
+                && pass("policyName", p["policyName"].as_str())
+                && pass("friendlyName", p["friendlyName"].as_str())
+                && pass("protectionStatus", p["protectionStatus"].as_str())
+                && pass("protectionState", p["protectionState"].as_str())
+                && pass("itemName", Some(&r.name))
+                && container_key.as_ref().is_none_or(|c| r.parent_key.as_ref() == Some(c))
+        };
+        // Keyset pages of the vault's items, filtered here, until a page of the answer is full.
+        let size = self.settings.page_size;
+        let mut items = Vec::new();
+        let mut after = skip_after.map(str::to_string);
+        loop {
+            let read = self
+                .store
+                .read_one(|db| db.below_page(&v.id, PROTECTED_ITEM_TYPE, after.as_deref(), size))?;
+            for r in read.items {
+                if !keep(&r) {
+                    continue;
+                }
+                if items.len() == size {
+                    return Ok(Page { items, next: after });
+                }
+                after = Some(r.id.to_ascii_lowercase());
+                items.push(self.render_item_body(r.body));
+            }
+            match read.next {
+                Some(next) => after = Some(next),
+                None => return Ok(Page { items, next: None }),
+            }
+        }
     }
 
     /// An operation of an item, for its `operationResults` / `operationsStatus` URLs.

@@ -42,18 +42,28 @@ const GROUP_COLS: &str = "sub_key, name, id, location, tags, managed_by, created
 const SECRET_COLS: &str = "vault_key, sealed, repo, created";
 
 fn resource_row(r: &SqlRow) -> R<ResourceRow> {
-    Ok(ResourceRow {
-        id: r.text(0)?,
-        subscription: r.text(1)?,
-        resource_group: r.opt_text(2)?,
-        type_key: r.text(3)?,
-        name: r.text(4)?,
-        parent_key: r.opt_text(5)?,
-        body: r.json(6)?,
-        etag: r.text(7)?,
-        created: r.time(8)?,
-        updated: r.time(9)?,
-    })
+    let (mut row, text) = resource_row_text(r)?;
+    row.body = serde_json::from_str(&text)?;
+    Ok(row)
+}
+
+/// A resource row whose body is left as its stored text (the row's `body` is `Null`).
+fn resource_row_text(r: &SqlRow) -> R<ResourceText> {
+    Ok((
+        ResourceRow {
+            id: r.text(0)?,
+            subscription: r.text(1)?,
+            resource_group: r.opt_text(2)?,
+            type_key: r.text(3)?,
+            name: r.text(4)?,
+            parent_key: r.opt_text(5)?,
+            body: serde_json::Value::Null,
+            etag: r.text(7)?,
+            created: r.time(8)?,
+            updated: r.time(9)?,
+        },
+        r.text(6)?,
+    ))
 }
 
 fn operation_row(r: &SqlRow) -> R<OperationRow> {
@@ -417,8 +427,9 @@ impl Db<'_> {
     /// [`Db::all_below`], paged: the resources of one type below an id whose keys sort after `after`
     /// (a key of an earlier page; `None` from the start; a key not below `id` gives an empty page), at
     /// most `limit`, `next` set when more follow.
-    /// One range of the primary key: a page reads about its own rows, however many the id holds.
-    pub fn below_page(&self, id: &str, type_key: &str, after: Option<&str>, limit: usize) -> R<Page<ResourceRow>> {
+    /// One range of the primary key: a page reads about its own rows, however many the id holds. Each
+    /// body is left as its stored text (see [`ResourceText`]).
+    pub fn below_page(&self, id: &str, type_key: &str, after: Option<&str>, limit: usize) -> R<Page<ResourceText>> {
         let prefix = format!("{}/", key(id));
         // Every key that starts with `…/` sorts below `…0` ('0' follows '/').
         let end = format!("{}0", &prefix[..prefix.len() - 1]);
@@ -437,9 +448,9 @@ impl Db<'_> {
                 "SELECT {RESOURCE_COLS} FROM resources WHERE id_key > ?1 AND id_key < ?2 AND type_key = ?3 ORDER BY id_key LIMIT ?4"
             ),
             ps![from, end, key(type_key), limit_of(limit)],
-            resource_row,
+            resource_row_text,
         )?;
-        Ok(page(rows, limit, |r| key(&r.id)))
+        Ok(page(rows, limit, |r| key(&r.0.id)))
     }
 
     /// Children of a resource, of one type (or all types with `None`), in key order, paged.

@@ -147,6 +147,10 @@ pub struct JobRow {
 /// `None`; the text is the body as written. Lets an answer reuse what it rendered from the same text.
 pub type JobText = (JobRow, String);
 
+/// A resource row read with its body left as the stored text (the row's `body` is `Null`): for answers
+/// that send stored bodies as they are.
+pub type ResourceText = (ResourceRow, String);
+
 /// A recovery point the vault holds: its ARM resource body and the engine's record of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecoveryPointRow {

@@ -11,7 +11,7 @@
 //! - fabric `operationResults` answer 202 (with `Location` to themselves) while running, then 204.
 
 use super::{accepted, request_url, request_url_up, vault_base, with_api_version};
-use crate::pipeline::{page_reply, rendered_page_reply, skip_token, Ctx};
+use crate::pipeline::{rendered_page_reply, skip_token, Ctx};
 use crate::reply::Reply;
 use crate::routes::{BackupOp, Params};
 use rsvault_control::backup::OperationOutcome;
@@ -148,7 +148,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: BackupOp, p: &Params) -> Result<
         BackupOp::ListProtectableItems => list(c.list_protectable_items(caller, sub, rg, v, filter)?),
         BackupOp::ListProtectedItems => {
             let page = c.list_protected_items(sub, rg, v, filter, skip_token(ctx)?.as_deref())?;
-            page_reply(ctx, page.items, page.next)
+            rendered_page_reply(ctx, &page.items, page.next)
         }
         BackupOp::ListContainers => list(c.list_containers(sub, rg, v, filter)?),
         BackupOp::ListDeletedContainers => list(c.list_deleted_containers(sub, rg, v, filter)?),

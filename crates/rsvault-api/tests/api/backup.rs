@@ -1335,6 +1335,30 @@ async fn protected_items_are_paged_and_filtered_across_pages() {
         .call("GET", &format!("{base}/backupProtectedItems?{BK}&$skipToken=%%%"), None)
         .await;
     assert_arm_error(st, &b, 400, "InvalidSkipToken");
+    // A soft-deleted item is listed with the time it has left, which the stored body does not hold.
+    let (st, _, b) = send(
+        &s,
+        "DELETE",
+        &format!("{}?{BK}", item_path(&s, "rg", "v1", "apps", "vm3")),
+        None,
+    )
+    .await;
+    assert_eq!(st, 202, "{b}");
+    let (_, list) = s
+        .call(
+            "GET",
+            &format!("{base}/backupProtectedItems?{BK}&$filter=friendlyName%20eq%20'vm3'"),
+            None,
+        )
+        .await;
+    let p = &list["value"][0]["properties"];
+    assert_eq!(p["isScheduledForDeferredDelete"], true, "{list}");
+    assert!(
+        p["deferredDeleteTimeRemaining"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("13.23:") || t.starts_with("14.")),
+        "{list}"
+    );
 }
 
 /// Issue 17: the jobs list and `GET job` reuse what they rendered for a settled job only while its row

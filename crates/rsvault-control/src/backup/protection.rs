@@ -25,6 +25,7 @@ use rsvault_core::odata::Filter;
 use rsvault_core::time;
 use rsvault_store::{JobRow, OperationRow, Page, ResourceRow};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 fn invalid(code: &'static str, message: impl Into<String>) -> Error {
     Error::Invalid {
@@ -67,6 +68,33 @@ struct Workload {
     bmt: &'static str,
     item_type: &'static str,
     workload_type: &'static str,
+}
+
+/// What the items list reads of a stored item body: the fields its `$filter` compares and whether the
+/// item is soft-deleted; the rest of the text is skipped, not built.
+#[derive(serde::Deserialize)]
+struct ItemBody<'a> {
+    #[serde(borrow)]
+    properties: ItemFields<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ItemFields<'a> {
+    #[serde(borrow)]
+    backup_management_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    workload_type: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    policy_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    friendly_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    protection_status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    protection_state: Option<Cow<'a, str>>,
+    #[serde(rename = "deferredDeleteTimeInUTC", borrow)]
+    deferred_delete_time_in_utc: Option<Cow<'a, str>>,
 }
 
 impl Control {
@@ -1044,7 +1072,7 @@ impl Control {
         vault: &str,
         filter: Option<&str>,
         skip_after: Option<&str>,
-    ) -> Result<Page<Value>> {
+    ) -> Result<Page<String>> {
         let v = self.vault_row(sub, rg, vault)?;
         let f = Filter::parse(filter.unwrap_or_default())?;
         f.only(
@@ -1064,19 +1092,21 @@ impl Control {
         )?;
         let container = f.eq("containerName").map(ContainerName::parse).transpose()?;
         let container_key = container.map(|c| container_id(&v.id, &c).to_ascii_lowercase());
-        let keep = |r: &ResourceRow| {
-            let p = &r.body["properties"];
-            let pass = |field: &str, have: Option<&str>| f.eq(field).is_none_or(|want| eq_ci(have, want));
-            pass("backupManagementType", p["backupManagementType"].as_str())
-                && pass("itemType", p["workloadType"].as_str())
-                && pass("policyName", p["policyName"].as_str())
-                && pass("friendlyName", p["friendlyName"].as_str())
-                && pass("protectionStatus", p["protectionStatus"].as_str())
-                && pass("protectionState", p["protectionState"].as_str())
-                && pass("itemName", Some(&r.name))
+        let keep = |r: &ResourceRow, p: &ItemFields| {
+            let pass =
+                |field: &str, have: &Option<Cow<str>>| f.eq(field).is_none_or(|want| eq_ci(have.as_deref(), want));
+            pass("backupManagementType", &p.backup_management_type)
+                && pass("itemType", &p.workload_type)
+                && pass("policyName", &p.policy_name)
+                && pass("friendlyName", &p.friendly_name)
+                && pass("protectionStatus", &p.protection_status)
+                && pass("protectionState", &p.protection_state)
+                && f.eq("itemName").is_none_or(|want| eq_ci(Some(&r.name), want))
                 && container_key.as_ref().is_none_or(|c| r.parent_key.as_ref() == Some(c))
         };
-        // Keyset pages of the vault's items, filtered here, until a page of the answer is full.
+        // Keyset pages of the vault's items, filtered here, until a page of the answer is full. An
+        // item's stored body is its answer, sent as stored, unless it is soft-deleted (its time left
+        // follows the clock).
         let size = self.settings.page_size;
         let mut items = Vec::new();
         let mut after = skip_after.map(str::to_string);
@@ -1084,15 +1114,26 @@ impl Control {
             let read = self
                 .store
                 .read_one(|db| db.below_page(&v.id, PROTECTED_ITEM_TYPE, after.as_deref(), size))?;
-            for r in read.items {
-                if !keep(&r) {
+            for (r, text) in read.items {
+                let fields = serde_json::from_str::<ItemBody>(&text)
+                    .map_err(|e| Error::internal(format!("item {}: {e}", r.id)))?
+                    .properties;
+                if !keep(&r, &fields) {
                     continue;
                 }
                 if items.len() == size {
                     return Ok(Page { items, next: after });
                 }
                 after = Some(r.id.to_ascii_lowercase());
-                items.push(self.render_item_body(r.body));
+                let soft_deleted = fields.deferred_delete_time_in_utc.is_some();
+                drop(fields);
+                items.push(if soft_deleted {
+                    let body =
+                        serde_json::from_str(&text).map_err(|e| Error::internal(format!("item {}: {e}", r.id)))?;
+                    self.render_item_body(body).to_string()
+                } else {
+                    text
+                });
             }
             match read.next {
                 Some(next) => after = Some(next),

@@ -214,6 +214,13 @@ impl Control {
             }
         };
         let deleted = self.deleted_vault_row(sub, location, name)?;
+        self.undelete_as_read(sub, deleted, rg)
+    }
+
+    /// The rest of [`Control::undelete_vault`], from the deleted vault's row as it was read: it is
+    /// restored only if that row is still there, unchanged, when the restore commits — a purge that
+    /// won the race leaves a `ResourceNotFound`, never a vault whose repository is being removed.
+    pub fn undelete_as_read(&self, sub: &str, deleted: ResourceRow, rg: &str) -> Result<(String, Value)> {
         let group = self.group_row(sub, rg)?;
         let kept = &deleted.body[STASH];
         let mut vault = row_from_json(&kept["vault"], sub, &group.name)?;
@@ -237,6 +244,12 @@ impl Control {
         let now = self.now();
         let op = crate::vaults::done_operation(&deleted.id, "VaultUndelete", now);
         self.store.write(|db| {
+            if db.resource(&deleted.id)?.as_ref() != Some(&deleted) {
+                return Err(Error::NotFound {
+                    code: "ResourceNotFound",
+                    message: format!("The deleted vault '{}' was purged or changed while it was being recovered.", deleted.name),
+                });
+            }
             if db.resource(&new_id)?.is_some() {
                 return Err(Error::Conflict {
                     code: "ResourceAlreadyExists",
@@ -288,16 +301,33 @@ impl Control {
             .into_iter()
             .filter(|r| purge_at(r).is_some_and(|t| t <= now))
             .collect();
+        let mut purged = 0;
         for r in &due {
-            let secret = self.store.write(|db| {
-                let s = db.retire_vault_secret(&r.id)?;
-                db.delete_resource(&r.id)?;
-                Ok::<_, Error>(s)
-            })?;
-            tracing::info!(deleted_vault = %r.id, "soft delete period over: deleted vault purged");
-            self.vault_retired(secret);
+            purged += usize::from(self.purge_deleted_vault(r, now)?);
         }
-        Ok(due.len())
+        Ok(purged)
+    }
+
+    /// Purges one deleted vault, from its row as the pass read it, if that row is still there,
+    /// unchanged and due when the purge commits (an undelete that won the race keeps its vault and
+    /// repository). Returns whether it was purged.
+    pub fn purge_deleted_vault(&self, as_read: &ResourceRow, now: DateTime<Utc>) -> Result<bool> {
+        let secret = self.store.write(|db| {
+            let current = db.resource(&as_read.id)?;
+            if current.as_ref() != Some(as_read) || purge_at(as_read).is_none_or(|t| t > now) {
+                return Ok::<_, Error>(None);
+            }
+            let s = db.retire_vault_secret(&as_read.id)?;
+            db.delete_resource(&as_read.id)?;
+            Ok(Some(s))
+        })?;
+        let Some(secret) = secret else {
+            tracing::info!(deleted_vault = %as_read.id, "deleted vault changed or recovered before its purge: kept");
+            return Ok(false);
+        };
+        tracing::info!(deleted_vault = %as_read.id, "soft delete period over: deleted vault purged");
+        self.vault_retired(secret);
+        Ok(true)
     }
 }
 

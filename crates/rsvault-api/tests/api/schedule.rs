@@ -758,6 +758,81 @@ async fn a_deleted_vault_is_kept_recovered_into_another_group_and_purged_after_i
     e.s.stop().await;
 }
 
+/// Undelete and purge read the deleted vault, then commit: whichever commits second finds the row it
+/// read gone and does nothing. An undelete that won keeps its vault, password and repository from a
+/// purge that read the row before it; a purge that won leaves a stale undelete a `ResourceNotFound`,
+/// not a vault over a repository being removed.
+#[tokio::test]
+async fn undelete_and_purge_racing_leave_one_whole_outcome() {
+    let e = start_at("2026-06-01T00:00:00Z").await;
+    e.protect("vm1", 1 << 20, "DefaultPolicy").await;
+    let r =
+        e.s.call(
+            "POST",
+            &format!("{}/backup?{BK}", e.item("vm1")),
+            Some(&json!({"properties": {"objectType": "IaasVMBackupRequest"}})),
+        )
+        .await;
+    assert_eq!(r.0, 202, "{}", r.1);
+    e.advance(0).await;
+    let repo = e.repo();
+    // A vault that protects items cannot be deleted: the item goes first.
+    let (st, b) = e.s.call("DELETE", &format!("{}?{BK}", e.item("vm1")), None).await;
+    assert_eq!(st, 202, "{b}");
+    e.advance(14 * 86_400).await;
+    let sub = e.s.sub().to_string();
+    let deleted_id =
+        format!("/subscriptions/{sub}/providers/Microsoft.RecoveryServices/locations/westus/deletedVaults/v1");
+    let undelete = format!("{deleted_id}/undelete?{API}");
+    let into_rg = json!({"properties": {"recoveryResourceGroupId": format!("/subscriptions/{sub}/resourceGroups/rg")}});
+    let vault = format!("{}?{API}", e.vault());
+    let read_deleted = || {
+        let id = deleted_id.clone();
+        e.s.offline(move |c| c.store().read(|db| db.resource(&id)))
+            .unwrap()
+            .expect("the deleted vault")
+    };
+    let far = chrono::DateTime::parse_from_rfc3339("2027-01-01T00:00:00Z")
+        .unwrap()
+        .to_utc();
+
+    // The undelete commits first; a purge of the row as read before it keeps everything.
+    assert_eq!(e.s.call("DELETE", &vault, None).await.0, 202);
+    let as_read = read_deleted();
+    let (st, b) = e.s.call("POST", &undelete, Some(&into_rg)).await;
+    assert_eq!(st, 202, "{b}");
+    let purged = e.s.offline(move |c| c.purge_deleted_vault(&as_read, far)).unwrap();
+    assert!(!purged, "a purge of a row undeleted since does nothing");
+    assert_eq!(e.s.call("GET", &vault, None).await.0, 200);
+    let v = e.vault();
+    let secret = e.s.offline(move |c| c.store().read(|db| db.vault_secret(&v))).unwrap();
+    assert!(secret.is_some(), "the vault keeps its password");
+    assert!(repo.join("config").exists(), "and its repository");
+
+    // The purge commits first; an undelete of the row as read before it is refused and restores nothing.
+    assert_eq!(e.s.call("DELETE", &vault, None).await.0, 202);
+    let as_read = read_deleted();
+    let r = e.advance(15 * 86_400).await;
+    assert!(r["purgedItems"].as_u64().unwrap() >= 1, "{r}");
+    let sub2 = sub.clone();
+    let refused =
+        e.s.offline(move |c| c.undelete_as_read(&sub2, as_read, "rg").map(|_| ()))
+            .unwrap_err();
+    assert_eq!(refused.code(), "ResourceNotFound", "{refused}");
+    assert_eq!(
+        e.s.call("GET", &vault, None).await.0,
+        404,
+        "no vault over a purged repository"
+    );
+    let v = e.vault();
+    assert!(e
+        .s
+        .offline(move |c| c.store().read(|db| db.resource(&v)))
+        .unwrap()
+        .is_none());
+    e.s.stop().await;
+}
+
 /// A vault whose soft delete is off is deleted at once, as before: no deleted vault.
 #[tokio::test]
 async fn a_vault_with_soft_delete_off_is_deleted_at_once() {

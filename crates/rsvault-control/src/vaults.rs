@@ -494,6 +494,17 @@ impl Control {
         Ok(self.vault_row(sub, rg, name)?.body)
     }
 
+    /// [`Control::get_vault`] as wire text: a vault's stored body is its answer, sent as stored.
+    pub fn get_vault_text(&self, sub: &str, rg: &str, name: &str) -> Result<String> {
+        match self
+            .store
+            .read_one(|db| db.resource_text(&self.vault_id(sub, rg, name)))?
+        {
+            Some((_, text)) => Ok(text),
+            None => Ok(self.vault_row(sub, rg, name)?.body.to_string()),
+        }
+    }
+
     /// `PATCH` a vault: tags replace, properties merge, sku and identity replace.
     /// A vault's `rsvault-storage-target` tag must name a declared target, and cannot move a vault
     /// whose repository already exists (its location is fixed at first use).

@@ -351,6 +351,15 @@ impl Db<'_> {
         )
     }
 
+    /// [`Db::resource`] with the body left as its stored text (see [`ResourceText`]).
+    pub fn resource_text(&self, id: &str) -> R<Option<ResourceText>> {
+        self.0.row(
+            &format!("SELECT {RESOURCE_COLS} FROM resources WHERE id_key = ?1"),
+            ps![key(id)],
+            resource_row_text,
+        )
+    }
+
     /// A resource's id as stored, without reading its body (an existence check for the request path).
     pub fn resource_id(&self, id: &str) -> R<Option<String>> {
         self.0

@@ -72,7 +72,7 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
             let (created, body) = c.put_vault(caller, p.sub(), p.rg(), p.vault(), &ctx.json()?)?;
             Reply::json(if created { 201 } else { 200 }, body)
         }
-        Op::GetVault => Reply::ok(c.get_vault(p.sub(), p.rg(), p.vault())?),
+        Op::GetVault => Reply::rendered(c.get_vault_text(p.sub(), p.rg(), p.vault())?),
         Op::PatchVault => {
             check_conditions(ctx, vault_etag(ctx, p)?)?;
             Reply::ok(c.patch_vault(caller, p.sub(), p.rg(), p.vault(), &ctx.json()?)?)
@@ -111,8 +111,8 @@ pub fn dispatch(ctx: &Ctx, caller: &Caller, op: Op, p: &Params) -> Result<Reply>
                     .header("Retry-After", ctx.state.config.retry_after_secs.to_string()),
                 // The spec declares 200 (the vault) and 202 only: a finished delete's result is a
                 // 200 with no vault left to show.
-                "Succeeded" => match c.get_vault(p.sub(), p.rg(), p.vault()) {
-                    Ok(v) => Reply::ok(v),
+                "Succeeded" => match c.get_vault_text(p.sub(), p.rg(), p.vault()) {
+                    Ok(v) => Reply::rendered(v),
                     Err(Error::ResourceNotFound { .. }) => Reply::empty(200),
                     Err(e) => return Err(e),
                 },

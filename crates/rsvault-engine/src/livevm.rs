@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use crate::backend::{RepoLock, DISK_CHUNK_SIZE};
 use crate::disk::{ImageFormat, ImageWriter, ReadStats};
 use crate::diskpipe::{ChunkSource, DiskJob};
-use crate::engine::{all_points, commit_consistency, info_of, new_point_meta, ResticEngine};
+use crate::engine::{all_points, commit_consistency, new_point_meta, ResticEngine};
 use crate::error::{EngineError, Result};
 use crate::nbd::{NbdReader, STATE_DIRTY};
 use crate::progress::{Cancel, Progress, Task};
@@ -414,6 +414,50 @@ fn freeze(agent: &Path) -> std::result::Result<(GuestAgent, u64), String> {
     Ok((g, n))
 }
 
+/// The consistency of a snapshot taken with `n` file systems frozen, once the agent thawed them
+/// (`Ok`: how many, in words) or did not; the job's words go to `note` and `warnings`.
+pub(crate) fn after_freeze(
+    n: u64,
+    thawed: std::result::Result<String, String>,
+    note: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Consistency {
+    match thawed {
+        Ok(t) => note.push(format!(
+            "Application consistent: the guest agent froze {n} file system(s) before the snapshot and thawed {t} after it."
+        )),
+        Err(e) => {
+            let w = format!("The guest agent froze the file systems but did not thaw them: {e}. Check the guest.");
+            note.push(w.clone());
+            warnings.push(w);
+        }
+    }
+    if n > 0 {
+        Consistency::ApplicationConsistent
+    } else {
+        Consistency::CrashConsistent
+    }
+}
+
+/// Which 2 MiB chunks of an export a dirty-bitmap metadata context `ctx` marks (block status of
+/// the whole export).
+pub(crate) fn dirty_chunks(reader: &NbdReader, ctx: &str, size: u64, socket: &Path) -> Result<Vec<bool>> {
+    let chunk = DISK_CHUNK_SIZE as u64;
+    let ext = reader
+        .with(|c| c.block_status_all(ctx, 0, size))
+        .map_err(|e| EngineError::Source {
+            path: socket.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let mut dirty = vec![false; size.div_ceil(chunk) as usize];
+    for e in ext.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
+        for c in e.offset / chunk..(e.offset + e.length).div_ceil(chunk).min(dirty.len() as u64) {
+            dirty[c as usize] = true;
+        }
+    }
+    Ok(dirty)
+}
+
 impl ResticEngine {
     /// [`crate::Engine::backup_live_vm`].
     pub(crate) fn live_backup(
@@ -506,16 +550,14 @@ impl ResticEngine {
         warnings.splice(0..0, task_warnings.drain(..));
         let consistency = meta.consistency;
         let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.len())?;
-        let rp = info_of(&snap, meta);
-        Ok(BackupOutcome {
-            reflinked_disks: vec![],
-            bytes_scanned: stats.scanned.load(Ordering::Relaxed),
-            bytes_skipped_unallocated: stats.skipped.load(Ordering::Relaxed),
-            bytes_added: rp.added_size,
+        Ok(crate::engine::disk_outcome(
+            &snap,
+            meta,
+            &stats,
             consistency,
             warnings,
-            recovery_point: rp,
-        })
+            vec![],
+        ))
     }
 
     /// Snapshot, export, read and commit; the session's state says what to tear down.
@@ -565,21 +607,8 @@ impl ResticEngine {
         let mut snapshot_note = Vec::new();
         let consistency = match frozen {
             Ok((mut g, n)) => {
-                match g.thaw() {
-                    Ok(t) => snapshot_note.push(format!(
-                        "Application consistent: the guest agent froze {n} file system(s) before the snapshot and thawed {t} after it."
-                    )),
-                    Err(e) => {
-                        let w = format!("The guest agent froze the file systems but did not thaw them: {e}. Check the guest.");
-                        snapshot_note.push(w.clone());
-                        warnings.push(w);
-                    }
-                }
-                if n > 0 {
-                    Consistency::ApplicationConsistent
-                } else {
-                    Consistency::CrashConsistent
-                }
+                let thawed = g.thaw().map(|t| t.to_string()).map_err(|e| e.to_string());
+                after_freeze(n, thawed, &mut snapshot_note, &mut warnings)
             }
             Err(why) if req.vm.agent_socket.is_some() => {
                 let w = format!(
@@ -620,7 +649,6 @@ impl ResticEngine {
         let mut jobs = Vec::new();
         let mut readers = Vec::new();
         let mut cbt_note = Vec::new();
-        let chunk = DISK_CHUNK_SIZE as u64;
         for i in 0..s.fleeces.len() {
             let f = &s.fleeces[i];
             let mut args =
@@ -652,18 +680,7 @@ impl ResticEngine {
             let size = f.disk.virtual_size;
             let unchanged = match &bitmap_ctx {
                 Some(ctx) => {
-                    let ext = reader
-                        .with(|c| c.block_status_all(ctx, 0, size))
-                        .map_err(|e| EngineError::Source {
-                            path: s.nbd_socket.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    let mut dirty = vec![false; size.div_ceil(chunk) as usize];
-                    for e in ext.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
-                        for c in e.offset / chunk..(e.offset + e.length).div_ceil(chunk) {
-                            dirty[c as usize] = true;
-                        }
-                    }
+                    let dirty = dirty_chunks(&reader, ctx, size, &s.nbd_socket)?;
                     let n = dirty.iter().filter(|d| **d).count();
                     cbt_note.push(format!(
                         "disk '{}': {n} of {} chunks changed since the last recovery point (dirty bitmap)",

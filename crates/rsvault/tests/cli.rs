@@ -13,18 +13,18 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rsvault"))
 }
 
-fn serve(dir: &Path) -> (Child, String) {
+fn serve(dir: &Path) -> (Serving, String) {
     serve_with(dir, &[])
 }
 
 /// `serve` with an `--allow-path` per root.
-fn serve_granting(dir: &Path, roots: &[&Path]) -> (Child, String) {
+fn serve_granting(dir: &Path, roots: &[&Path]) -> (Serving, String) {
     let extra: Vec<String> = roots.iter().map(|r| format!("--allow-path={}", r.display())).collect();
     serve_with(dir, &extra)
 }
 
 /// `serve` with extra options; returns the child and its URL once it is ready.
-fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
+fn serve_with(dir: &Path, extra: &[String]) -> (Serving, String) {
     let (child, line) = serve_line(dir, extra);
     let url = line
         .strip_prefix("rsvault listening on ")
@@ -34,7 +34,7 @@ fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
 }
 
 /// `serve` with extra options; returns the child and its first stdout line (any role's ready line).
-fn serve_line(dir: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> (Child, String) {
+fn serve_line(dir: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> (Serving, String) {
     let mut child = bin()
         .args(["serve", "--data-dir"])
         .arg(dir)
@@ -43,9 +43,35 @@ fn serve_line(dir: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> (Child, Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Serving)
         .unwrap();
     let line = first_line(&mut child);
     (child, line)
+}
+
+/// A child process (a `serve`, a `qemu-storage-daemon`) killed when dropped, so a test that
+/// panics leaves no process behind.
+struct Serving(Child);
+
+impl std::ops::Deref for Serving {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        // A child already waited for is not signalled again.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A spawned `serve`'s first stdout line (its ready line); the rest is drained for as long as the
@@ -58,7 +84,7 @@ fn first_line(child: &mut Child) -> String {
     line.trim().to_string()
 }
 
-fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
+fn sigterm_and_wait(mut child: Serving) -> std::process::ExitStatus {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -179,6 +205,7 @@ fn serve_keeps_its_store_in_postgres_from_a_private_file_and_never_logs_the_pass
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(Serving)
         .unwrap();
     assert!(first_line(&mut child).starts_with("rsvault listening on "));
     assert!(!dir.join("meta.db").exists(), "the store is not the data dir's file");
@@ -421,6 +448,107 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
     assert_eq!(share["type"], "Microsoft.Storage/storageAccounts/fileServices/shares");
     assert!(files.join("docs").is_dir());
     assert!(sigterm_and_wait(child).success());
+}
+
+/// Issue 18: `vm add --qmp` declares a running guest (a `qemu-storage-daemon` serving a qcow2
+/// disk) by its sockets, its disks discovered over QMP; its sockets pass the grants as paths do.
+#[test]
+fn a_running_guest_is_declared_by_its_qmp_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (server, _url) = serve_granting(&dir, &[&host]);
+    let img = host.join("disk0.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("96M")
+        .status()
+        .expect("qemu-img (qemu-utils) builds the fixture")
+        .success());
+    let qmp = host.join("guest.qmp");
+    let guest = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!("driver=file,node-name=file0,filename={}", img.display()))
+        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0", "--chardev"])
+        .arg(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()))
+        .args(["--monitor", "chardev=qmp"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Serving)
+        .expect("qemu-storage-daemon (Debian's qemu-system-common) stands in for a running guest");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !qmp.exists() {
+        assert!(Instant::now() < end, "qemu-storage-daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let agent = host.join("guest.qga");
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "live1",
+            "--qmp",
+            qmp.to_str().unwrap(),
+            "--guest-agent",
+            agent.to_str().unwrap(),
+            &grant,
+        ],
+        &dir,
+    );
+    assert!(vm["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("/resourceGroups/home/providers/Microsoft.Compute/virtualMachines/live1"));
+    assert_eq!(vm["tags"]["rsvault-qmp"], qmp.to_str().unwrap(), "{vm}");
+    assert_eq!(vm["tags"]["rsvault-guest-agent"], agent.to_str().unwrap(), "{vm}");
+    let os = &vm["properties"]["storageProfile"]["osDisk"];
+    assert_eq!(os["name"], "disk0", "{vm}");
+    assert_eq!(os["rsvaultNode"], "disk0", "{vm}");
+    assert_eq!(os["diskSizeGB"], 1, "{vm}");
+    assert_eq!(os["vhd"]["uri"], format!("file://{}", img.display()), "{vm}");
+
+    // Without a grant for the socket, or with a socket nothing answers on: the one refusal.
+    let outside = tempfile::tempdir().unwrap();
+    let silent = host.join("nobody.qmp");
+    for (sock, with_grant) in [
+        (qmp.clone(), false),
+        (outside.path().join("x.qmp"), true),
+        (silent.clone(), true),
+    ] {
+        let mut cmd = bin();
+        cmd.args(["vm", "add", "-g", "home", "--name", "live2", "--qmp"])
+            .arg(&sock)
+            .arg("--data-dir")
+            .arg(&dir);
+        if with_grant {
+            cmd.arg(&grant);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{}", sock.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("The path '{}' is not available to rsvault", sock.display())),
+            "{}: {err}",
+            sock.display()
+        );
+    }
+    // --guest-agent names the agent of a --qmp guest only.
+    let out = bin()
+        .args(["vm", "add", "-g", "home", "--name", "live3", "--guest-agent"])
+        .arg(&agent)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    drop(guest);
+    assert!(sigterm_and_wait(server).success());
 }
 
 /// Pseudo-random, incompressible bytes written in 8 MiB pieces.

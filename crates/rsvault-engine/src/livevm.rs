@@ -439,6 +439,85 @@ pub(crate) fn after_freeze(
     }
 }
 
+/// Removes what an earlier backup that never finished (rsvault killed mid-job) left in the
+/// guest: its NBD exports, fleecing jobs and nodes (and their images), and the NBD server it
+/// started (`own_server`: the VM names no server of its own). Its bitmaps stay: the parent's,
+/// disabled by that job's snapshot, is no longer trusted, so the next backup reads in full and
+/// says why. Returns a note for the job when something was cleaned up.
+fn clear_stale(q: &mut Qmp, socket: &Path, own_server: bool) -> Result<Vec<String>> {
+    let e = |e: QmpError| qmp_err(socket, e);
+    let ids = |v: &Value, key: &str, prefix: &str| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x[key].as_str())
+            .filter(|id| id.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let exports = ids(&q.execute("query-block-exports", json!({})).map_err(e)?, "id", PREFIX);
+    let jobs = ids(
+        &q.execute("query-block-jobs", json!({})).map_err(e)?,
+        "device",
+        "rsv-bk-",
+    );
+    let nodes = q.execute("query-named-block-nodes", json!({"flat": true})).map_err(e)?;
+    let fleeces: Vec<(String, Option<String>)> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["node-name"].as_str().is_some_and(|x| x.starts_with("rsv-fl-")))
+        .map(|n| {
+            (
+                n["node-name"].as_str().unwrap_or_default().to_string(),
+                n["file"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    if exports.is_empty() && jobs.is_empty() && fleeces.is_empty() {
+        return Ok(vec![]);
+    }
+    let wait_gone = |q: &mut Qmp, query: &str, key: &str, id: &str| -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = q.execute(query, json!({})).map_err(e)?;
+            if !v.as_array().into_iter().flatten().any(|j| j[key].as_str() == Some(id)) {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(qmp_err(socket, format!("{id} still listed by {query}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for id in &exports {
+        q.execute("block-export-del", json!({"id": id, "mode": "hard"}))
+            .map_err(e)?;
+        wait_gone(q, "query-block-exports", "id", id)?;
+    }
+    if own_server {
+        // The server the killed job started; none other runs when the VM names none.
+        let _ = q.execute("nbd-server-stop", json!({}));
+    }
+    for job in &jobs {
+        q.execute("block-job-cancel", json!({"device": job, "force": true}))
+            .map_err(e)?;
+        wait_gone(q, "query-block-jobs", "device", job)?;
+    }
+    for (node, file) in &fleeces {
+        q.execute("blockdev-del", json!({"node-name": node})).map_err(e)?;
+        if let Some(f) = file.as_deref().filter(|f| f.contains("/fleece-")) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    Ok(vec![format!(
+        "An earlier backup of this guest did not finish: its {} export(s), {} fleecing job(s) and {} fleecing image(s) were removed from the guest.",
+        exports.len(),
+        jobs.len(),
+        fleeces.len()
+    )])
+}
+
 /// Which 2 MiB chunks of an export a dirty-bitmap metadata context `ctx` marks (block status of
 /// the whole export).
 pub(crate) fn dirty_chunks(reader: &NbdReader, ctx: &str, size: u64, socket: &Path) -> Result<Vec<bool>> {
@@ -479,6 +558,7 @@ impl ResticEngine {
             .map(|(_, m)| (m.recovery_point.clone(), m.disks.clone()));
         let qmp_socket = &req.vm.qmp_socket;
         let mut q = connect(qmp_socket)?;
+        let mut stale_note = clear_stale(&mut q, qmp_socket, req.vm.nbd_socket.is_none())?;
         let found = discover_with(&mut q, qmp_socket)?;
         if found.is_empty() {
             return Err(EngineError::Source {
@@ -548,6 +628,7 @@ impl ResticEngine {
         let mut warnings = s.finish(result.is_ok());
         let (snap, mut meta, stats, mut task_warnings) = result?;
         warnings.splice(0..0, task_warnings.drain(..));
+        warnings.splice(0..0, stale_note.drain(..));
         let consistency = meta.consistency;
         let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.len())?;
         Ok(crate::engine::disk_outcome(

@@ -450,6 +450,147 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
     assert!(sigterm_and_wait(child).success());
 }
 
+/// A `qemu-storage-daemon` serving the qcow2 `img` as node `disk0`, QMP on `guest.qmp` beside it.
+fn run_guest(img: &Path) -> (Serving, std::path::PathBuf) {
+    let qmp = img.with_file_name("guest.qmp");
+    let guest = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!("driver=file,node-name=file0,filename={}", img.display()))
+        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0", "--chardev"])
+        .arg(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()))
+        .args(["--monitor", "chardev=qmp"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Serving)
+        .expect("qemu-storage-daemon (Debian's qemu-system-common) stands in for a running guest");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !qmp.exists() {
+        assert!(Instant::now() < end, "qemu-storage-daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (guest, qmp)
+}
+
+/// Issue 18: a server killed (SIGKILL) during an incremental backup of a running guest restarts
+/// with that job failed and no recovery point from it; the guest keeps what the crash left (the
+/// parent's dirty bitmap disabled, the fleecing of the killed job), and the next backup still
+/// completes: it reads the disk in full, since that bitmap is not trusted any more, and says so.
+#[test]
+fn a_server_killed_during_a_running_guests_backup_leaves_no_point_and_the_next_backup_reads_in_full() {
+    const SIZE: usize = 512 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (server, url) = serve_granting(&dir, &[&host]);
+    let raw = host.join("disk0.raw");
+    write_random(&raw, SIZE);
+    let img = host.join("disk0.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img)
+        .status()
+        .expect("qemu-img (qemu-utils) builds the fixture")
+        .success());
+    std::fs::remove_file(&raw).unwrap();
+    let (_guest, qmp) = run_guest(&img);
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "live",
+            "--qmp",
+            qmp.to_str().unwrap(),
+            &grant,
+        ],
+        &dir,
+    );
+    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let vault = format!("/subscriptions/{sub}/resourceGroups/home/providers/Microsoft.RecoveryServices/vaults/v1");
+    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;live/protectedItems/VM;iaasvmcontainerv2;home;live");
+    const BK: &str = "api-version=2026-10-01";
+    let backup = serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}});
+    let killed = rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let (st, b) = api.call("PUT", &format!("{vault}?{BK}"), Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}}))).await;
+        assert_eq!(st, 201, "{b}");
+        let (st, b) = api
+            .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
+            .await;
+        assert_eq!(st, 202, "{b}");
+        let first = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
+        let j = wait_job(&api, &vault, &first).await;
+        assert_eq!(j["properties"]["status"], "Completed", "{j}");
+        let job = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
+        for _ in 0..2000 {
+            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+            assert_eq!(j["properties"]["status"], "InProgress", "finished before the kill: {j}");
+            if j["properties"]["extendedInfo"]["tasksList"][1]["status"] == "InProgress" {
+                return job;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the transfer never started");
+    });
+    let mut server = server;
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+
+    let (server, url) = serve_granting(&dir, &[&host]);
+    rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let (_, j) = api
+            .call("GET", &format!("{vault}/backupJobs/{killed}?{BK}"), None)
+            .await;
+        assert_eq!(j["properties"]["status"], "Failed", "{j}");
+        let (_, jobs) = api
+            .call(
+                "GET",
+                &format!("{vault}/backupJobs?{BK}&$filter=status%20eq%20'InProgress'"),
+                None,
+            )
+            .await;
+        assert_eq!(jobs["value"], serde_json::json!([]), "no job left InProgress");
+        let (_, rps) = api.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+        assert_eq!(
+            rps["value"].as_array().unwrap().len(),
+            1,
+            "only the first backup's point: {rps}"
+        );
+        let next = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
+        let j = wait_job(&api, &vault, &next).await;
+        let p = &j["properties"];
+        assert!(
+            p["status"] == "Completed" || p["status"] == "CompletedWithWarnings",
+            "{j}"
+        );
+        let transfer = p["extendedInfo"]["tasksList"][1]["taskExecutionDetails"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            transfer.contains("read in full") && transfer.contains("stopped recording"),
+            "the job says why it read everything: {j}"
+        );
+        assert_eq!(
+            p["extendedInfo"]["propertyBag"]["Data Read From Source (in bytes)"],
+            SIZE.to_string(),
+            "{j}"
+        );
+        let (_, rps) = api.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+        assert_eq!(rps["value"].as_array().unwrap().len(), 2, "{rps}");
+    });
+    assert!(sigterm_and_wait(server).success());
+}
+
 /// Issue 18: `vm add --qmp` declares a running guest (a `qemu-storage-daemon` serving a qcow2
 /// disk) by its sockets, its disks discovered over QMP; its sockets pass the grants as paths do.
 #[test]
@@ -468,22 +609,7 @@ fn a_running_guest_is_declared_by_its_qmp_socket() {
         .status()
         .expect("qemu-img (qemu-utils) builds the fixture")
         .success());
-    let qmp = host.join("guest.qmp");
-    let guest = Command::new("qemu-storage-daemon")
-        .arg("--blockdev")
-        .arg(format!("driver=file,node-name=file0,filename={}", img.display()))
-        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0", "--chardev"])
-        .arg(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()))
-        .args(["--monitor", "chardev=qmp"])
-        .stdout(Stdio::null())
-        .spawn()
-        .map(Serving)
-        .expect("qemu-storage-daemon (Debian's qemu-system-common) stands in for a running guest");
-    let end = Instant::now() + Duration::from_secs(10);
-    while !qmp.exists() {
-        assert!(Instant::now() < end, "qemu-storage-daemon did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (guest, qmp) = run_guest(&img);
     let agent = host.join("guest.qga");
     let vm = run_json(
         &[

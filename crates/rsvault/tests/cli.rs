@@ -450,6 +450,46 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
     assert!(sigterm_and_wait(child).success());
 }
 
+/// The vault `v1` of group `home` and the protected item of VM `vm` there, for the subscription
+/// of the VM `vm add` printed.
+fn vault_and_item(vm: &Value, name: &str) -> (String, String) {
+    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let vault = format!("/subscriptions/{sub}/resourceGroups/home/providers/Microsoft.RecoveryServices/vaults/v1");
+    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;{name}/protectedItems/VM;iaasvmcontainerv2;home;{name}");
+    (vault, item)
+}
+
+/// Creates the vault and protects the item with its DefaultPolicy.
+async fn vault_protecting(api: &Api, vault: &str, item: &str) {
+    const BK: &str = "api-version=2026-10-01";
+    let (st, b) = api
+        .call(
+            "PUT",
+            &format!("{vault}?{BK}"),
+            Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = api
+        .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
+        .await;
+    assert_eq!(st, 202, "{b}");
+}
+
+/// Waits until the backup job's transfer runs (it must not have finished).
+async fn until_transfer_runs(api: &Api, vault: &str, job: &str) {
+    const BK: &str = "api-version=2026-10-01";
+    for _ in 0..2000 {
+        let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+        assert_eq!(j["properties"]["status"], "InProgress", "finished before the kill: {j}");
+        if j["properties"]["extendedInfo"]["tasksList"][1]["status"] == "InProgress" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the transfer never started");
+}
+
 /// A `qemu-storage-daemon` serving the qcow2 `img` as node `disk0`, QMP on `guest.qmp` beside it.
 fn run_guest(img: &Path) -> (Serving, std::path::PathBuf) {
     let qmp = img.with_file_name("guest.qmp");
@@ -510,36 +550,22 @@ fn a_server_killed_during_a_running_guests_backup_leaves_no_point_and_the_next_b
         ],
         &dir,
     );
-    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let (vault, item) = vault_and_item(&vm, "live");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let vault = format!("/subscriptions/{sub}/resourceGroups/home/providers/Microsoft.RecoveryServices/vaults/v1");
-    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;live/protectedItems/VM;iaasvmcontainerv2;home;live");
     const BK: &str = "api-version=2026-10-01";
     let backup = serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}});
     let killed = rt.block_on(async {
         let api = Api::new(&dir, &url).await;
-        let (st, b) = api.call("PUT", &format!("{vault}?{BK}"), Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}}))).await;
-        assert_eq!(st, 201, "{b}");
-        let (st, b) = api
-            .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
-            .await;
-        assert_eq!(st, 202, "{b}");
+        vault_protecting(&api, &vault, &item).await;
         let first = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
         let j = wait_job(&api, &vault, &first).await;
         assert_eq!(j["properties"]["status"], "Completed", "{j}");
         let job = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
-        for _ in 0..2000 {
-            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
-            assert_eq!(j["properties"]["status"], "InProgress", "finished before the kill: {j}");
-            if j["properties"]["extendedInfo"]["tasksList"][1]["status"] == "InProgress" {
-                return job;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the transfer never started");
+        until_transfer_runs(&api, &vault, &job).await;
+        job
     });
     let mut server = server;
     server.kill().unwrap(); // SIGKILL
@@ -832,44 +858,24 @@ fn killed_backup_leaves_no_recovery_point(size: usize, s3: bool) {
         ],
         &dir,
     );
-    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let (vault, item) = vault_and_item(&vm, "big");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let vault = format!("/subscriptions/{sub}/resourceGroups/home/providers/Microsoft.RecoveryServices/vaults/v1");
-    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;big/protectedItems/VM;iaasvmcontainerv2;home;big");
     const BK: &str = "api-version=2026-10-01";
     let job = rt.block_on(async {
         let api = Api::new(&dir, &url).await;
-        let (st, b) = api.call("PUT", &format!("{vault}?{BK}"), Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}}))).await;
-        assert_eq!(st, 201, "{b}");
-        let (st, b) = api
-            .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
-            .await;
-        assert_eq!(st, 202, "{b}");
-        let r = api
-            .http
-            .post(format!("{url}{item}/backup?{BK}"))
-            .bearer_auth(&api.token)
-            .json(&serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        let status = r.headers()["azure-asyncoperation"].to_str().unwrap().to_string();
-        let op: Value = api.http.get(&status).bearer_auth(&api.token).send().await.unwrap().json().await.unwrap();
-        let job = op["properties"]["jobId"].as_str().unwrap().to_string();
+        vault_protecting(&api, &vault, &item).await;
+        let job = post_job(
+            &api,
+            format!("{item}/backup?{BK}"),
+            serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}}),
+        )
+        .await;
         // Wait until the transfer runs, then kill the server outright.
-        for _ in 0..2000 {
-            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
-            assert_eq!(j["properties"]["status"], "InProgress", "finished before the kill: {j}");
-            if j["properties"]["extendedInfo"]["tasksList"][1]["status"] == "InProgress" {
-                return job;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the transfer never started");
+        until_transfer_runs(&api, &vault, &job).await;
+        job
     });
     let mut child = child;
     child.kill().unwrap(); // SIGKILL

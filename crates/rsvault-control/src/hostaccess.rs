@@ -22,8 +22,9 @@
 //! --allow-libvirt URI=/subscriptions/S/resourceGroups/G`, repeatable, or `RSVAULT_ALLOW_LIBVIRT`,
 //! comma-separated): rsvault may use that connection (`virsh -c URI`) for VMs of that resource
 //! group, and a container refresh declares the connection's domains there as VMs. A domain's disks
-//! are the ones its definition names: the grant of the connection covers them (an operator who
-//! lets libvirt run a guest lets rsvault read its disks), no path grant is needed for them.
+//! are the ones its definition names: the grant of the connection covers reading them (an operator
+//! who lets libvirt run a guest lets rsvault read its disks); writing over them (an OriginalLocation
+//! restore of a shut-off domain) needs them granted as paths, like every restore target.
 
 use crate::{Error, Result};
 use rsvault_core::ids::scope_contains;

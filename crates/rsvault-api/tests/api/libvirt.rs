@@ -452,5 +452,29 @@ async fn a_running_libvirt_domain_is_discovered_backed_up_incrementally_and_rest
     )
     .await;
     assert_arm_error(st, &b, 400, "UserErrorVmNotInDesirableState");
+
+    // Shut off, the domain is backed up from its image file; that point is the disk as QEMU left it.
+    lv.virsh(&["destroy", DOMAIN]);
+    let job3 = backup(&f).await;
+    let p3 = &job3["properties"];
+    assert_eq!(p3["status"], "Completed", "{job3}");
+    let snap = p3["extendedInfo"]["tasksList"][0]["taskExecutionDetails"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(snap.contains("is shut off: its image files were read"), "{job3}");
+    let rps = recovery_points(&f).await;
+    assert_eq!(rps.len(), 3);
+    let mut names: Vec<(String, String)> = rps
+        .iter()
+        .map(|r| {
+            (
+                r["properties"]["recoveryPointTime"].as_str().unwrap().to_string(),
+                r["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    names.sort();
+    let (_, img3) = restore(&f, &names[2].1, "restore3").await;
+    assert!(raw_of(&img3) == model, "the shut-off point is the disk");
     f.s.stop().await;
 }

@@ -308,6 +308,30 @@ async fn a_running_libvirt_domain_is_discovered_backed_up_incrementally_and_rest
     let uuid = lv.virsh(&["domuuid", DOMAIN]).trim().to_string();
     assert_eq!(vm["tags"]["rsvault-libvirt-domain"], uuid.as_str(), "{vm}");
 
+    // Through ARM, a VM may name only a granted connection, and a domain by its UUID.
+    let put = |tags: Value| json!({"location": "westus", "tags": tags});
+    let other_vm = format!(
+        "{}/providers/Microsoft.Compute/virtualMachines/other?api-version=2024-07-01",
+        f.s.rg_path("rg")
+    );
+    for (tags, code) in [
+        (
+            json!({"rsvault-libvirt": "qemu:///system", "rsvault-libvirt-domain": uuid}),
+            "UserErrorHostPathNotAvailable",
+        ),
+        (
+            json!({"rsvault-libvirt": lv.uri, "rsvault-libvirt-domain": "lvguest"}),
+            "InvalidParameter",
+        ),
+        (
+            json!({"rsvault-libvirt": lv.uri, "rsvault-libvirt-domain": uuid::Uuid::new_v4().to_string()}),
+            "UserErrorHostPathNotAvailable",
+        ),
+    ] {
+        let (st, _, b) = send(&f.s, "PUT", &other_vm, Some(&put(tags.clone()))).await;
+        assert_arm_error(st, &b, 400, code);
+    }
+
     // Protect; the first backup runs while a writer changes the disk once libvirt's backup job
     // exists: those writes come after the snapshot instant, so not in the recovery point.
     let pol = format!("{}/backupPolicies/DefaultPolicy", f.vault());

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,16 @@ def test_running_guest_seed_flow(server, guest, tmp_path_factory):
         assert rjob.properties.status == "Completed", rjob.properties.error_details
         (img,) = [p for p in target.rglob("disk0") if p.stat().st_mtime >= time.time() - 120 and p not in seen]
         seen.add(img)
+        # Beside the disk, a libvirt domain definition over it, named in the bag as the config is.
+        bag = rjob.properties.extended_info.property_bag
+        definition = Path(bag["Domain Definition Blob Uri"].removeprefix("file://"))
+        assert definition.name == bag["Domain Definition Blob Name"] and definition.parent == img.parent
+        dom = ET.parse(definition).getroot()
+        assert dom.get("type") == "qemu" and dom.findtext("name").endswith("-restored-" + img.parent.name.rsplit("-", 1)[-1])
+        assert [d.find("source").get("file") for d in dom.iter("disk")] == [str(img)]
+        if shutil.which("virsh"):  # libvirt's own check of the definition (its in-process test driver)
+            out = subprocess.run(["virsh", "-c", "test:///default", "define", str(definition)], capture_output=True, text=True)
+            assert out.returncode == 0, out.stderr
         return img.read_bytes()
 
     seen: set[Path] = set()
@@ -233,6 +244,8 @@ def test_running_guest_seed_flow(server, guest, tmp_path_factory):
     assert job2.properties.status == "Completed", job2.properties.error_details
     details = task(job2, "Transfer data to vault").task_execution_details
     assert f"{len(changed)} of {SIZE // (2 * MIB)} chunks changed since the last recovery point" in details, details
+    bag = job2.properties.extended_info.property_bag
+    assert bag["Data Read From Source (in bytes)"] == str(len(changed) * 2 * MIB), bag
     rp2 = points()[-1]
     assert restore(rp2) == expected(guest["base"], last)
 

@@ -17,6 +17,14 @@
 //! Every refusal is the same [`unavailable`] error (400 `UserErrorHostPathNotAvailable`), whatever
 //! the reason — missing, outside the grants, a symlink leading out, unreadable — so answers never
 //! tell whether a path exists. The reason goes to the server log, for the operator.
+//!
+//! **libvirt connections** are granted the same way ([`LibvirtGrant`]: `rsvault serve
+//! --allow-libvirt URI=/subscriptions/S/resourceGroups/G`, repeatable, or `RSVAULT_ALLOW_LIBVIRT`,
+//! comma-separated): rsvault may use that connection (`virsh -c URI`) for VMs of that resource
+//! group, and a container refresh declares the connection's domains there as VMs. A domain's disks
+//! are the ones its definition names: the grant of the connection covers reading them (an operator
+//! who lets libvirt run a guest lets rsvault read its disks); writing over them (an OriginalLocation
+//! restore of a shut-off domain) needs them granted as paths, like every restore target.
 
 use crate::{Error, Result};
 use rsvault_core::ids::scope_contains;
@@ -114,11 +122,54 @@ fn parse_scope(s: &str) -> std::result::Result<String, String> {
     }
 }
 
+/// A libvirt connection the operator granted, bound to the resource group its domains are
+/// declared in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibvirtGrant {
+    uri: String,
+    scope: String,
+}
+
+impl LibvirtGrant {
+    /// Parses `URI=/subscriptions/S/resourceGroups/G` (the last `=/subscriptions/` splits).
+    pub fn parse(spec: &str) -> std::result::Result<LibvirtGrant, String> {
+        let lower = spec.to_ascii_lowercase();
+        let Some(i) = lower.rfind("=/subscriptions/") else {
+            return Err(format!(
+                "'{spec}' names no resource group: use URI=/subscriptions/SUB/resourceGroups/GROUP"
+            ));
+        };
+        let (uri, scope) = (&spec[..i], parse_scope(&spec[i + 1..])?);
+        if uri.is_empty() || !uri.contains(':') {
+            return Err(format!("'{uri}' is not a libvirt connection URI"));
+        }
+        if scope.split('/').count() != 5 {
+            return Err(format!("'{scope}' is not a resource group: a libvirt grant needs one"));
+        }
+        Ok(LibvirtGrant {
+            uri: uri.to_string(),
+            scope,
+        })
+    }
+
+    /// The connection URI.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// The subscription and resource group its domains are declared in.
+    pub fn group(&self) -> (&str, &str) {
+        let segs: Vec<&str> = self.scope.split('/').collect();
+        (segs[2], segs[4])
+    }
+}
+
 /// The operator's grants, and the directories no grant reaches (the data dir).
 #[derive(Debug, Clone, Default)]
 pub struct HostGrants {
     grants: Vec<Grant>,
     excluded: Vec<PathBuf>,
+    libvirt: Vec<LibvirtGrant>,
 }
 
 impl HostGrants {
@@ -126,7 +177,37 @@ impl HostGrants {
         HostGrants {
             grants,
             excluded: Vec::new(),
+            libvirt: Vec::new(),
         }
+    }
+
+    /// These libvirt connections granted too.
+    pub fn with_libvirt(mut self, libvirt: Vec<LibvirtGrant>) -> HostGrants {
+        self.libvirt = libvirt;
+        self
+    }
+
+    /// The granted libvirt connections.
+    pub fn libvirt(&self) -> &[LibvirtGrant] {
+        &self.libvirt
+    }
+
+    /// Whether the connection `uri` is granted for the resource `resource_id`; refused with the
+    /// one generic [`unavailable`] error naming the URI.
+    pub fn check_libvirt(&self, uri: &str, resource_id: &str, target: Option<&str>) -> Result<()> {
+        if self
+            .libvirt
+            .iter()
+            .any(|g| g.uri == uri && scope_contains(&g.scope, resource_id))
+        {
+            return Ok(());
+        }
+        tracing::info!(
+            uri,
+            resource = resource_id,
+            "libvirt connection refused: no --allow-libvirt grant for it"
+        );
+        Err(unavailable(uri, target))
     }
 
     /// No path below `dir` is ever granted (rsvault's own data dir: store, keys, vaults).

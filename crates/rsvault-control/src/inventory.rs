@@ -244,7 +244,12 @@ impl Control {
         let props = body::opt_obj(m, "properties", "")?.cloned().unwrap_or_default();
         let id = self.group_resource_id(sub, &group.name, VM_TYPE, name);
         // A running guest's disks are discovered over QMP (`livevm`), an image-file VM's declared.
+        let libvirt = crate::livevm::libvirt_of(&self.grants, &id, &tags)?;
         let (profile, _) = match crate::livevm::source_of(&self.grants, &id, &tags)? {
+            _ if libvirt.is_some() => {
+                let (_, disks) = crate::livevm::libvirt_domain(libvirt.as_ref().expect("checked"))?;
+                crate::livevm::profile(&disks)
+            }
             Some(src) => {
                 let shown = tags[crate::livevm::QMP_TAG].as_str().unwrap_or_default();
                 crate::livevm::profile(&crate::livevm::discover(&src, shown)?)
@@ -316,6 +321,11 @@ impl Control {
     /// A VM with its disks checked against the grants and probed now: fails with a 400 naming the
     /// disk when an image cannot be used any more.
     pub fn vm_with_disks(&self, row: ResourceRow) -> Result<Vm> {
+        if let Some(d) = self.libvirt_source(&row)? {
+            let (_, disks) = crate::livevm::libvirt_domain(&d)?;
+            let (_, disks) = crate::livevm::profile(&disks);
+            return Ok(Vm { row, disks });
+        }
         if let Some(src) = self.live_source(&row)? {
             let shown = src.qmp_socket.display().to_string();
             let (_, disks) = crate::livevm::profile(&crate::livevm::discover(&src, &shown)?);
@@ -563,6 +573,19 @@ impl Control {
         self.store
             .read(|db| db.meta(crate::datadir::META_DEFAULT_SUBSCRIPTION))?
             .ok_or_else(|| Error::internal("the data dir has no default subscription"))
+    }
+
+    /// `PUT`s a VM `body` in group `rg`, made in `location` when missing.
+    pub(crate) fn declare_vm_body(
+        &self,
+        sub: &str,
+        rg: &str,
+        name: &str,
+        location: &str,
+        body: &Value,
+    ) -> Result<Value> {
+        self.ensure_group(sub, rg, location)?;
+        Ok(self.put_vm(sub, rg, name, body)?.1)
     }
 
     fn ensure_group(&self, sub: &str, rg: &str, location: &str) -> Result<()> {

@@ -7,13 +7,20 @@
 //! `storageProfile` shows them) and at every backup. Backups go through
 //! `Engine::backup_live_vm` (fleecing, NBD, dirty bitmaps); a restore over the original disks is
 //! refused while the guest runs.
+//!
+//! A VM can also be a **libvirt domain**: tags `rsvault-libvirt` (the connection URI, which must
+//! be granted: [`crate::hostaccess::LibvirtGrant`]) and `rsvault-libvirt-domain` (its UUID). A
+//! container refresh declares every domain of each granted connection as a VM in the grant's
+//! resource group ([`Control::discover_libvirt`]); its disks come from the domain's XML; backups
+//! go through `Engine::backup_libvirt_domain` (pull-mode backup and checkpoints while it runs,
+//! the image files while it is shut off, `rsvault_engine::libvirt`).
 
 use crate::disk::DiskInfo;
 use crate::hostaccess::{unavailable, HostGrants};
 use crate::inventory::VmDisk;
 use crate::{Control, Error, Result};
 pub use rsvault_engine::LiveVmSource;
-use rsvault_engine::{livevm, LiveDisk};
+use rsvault_engine::{libvirt, livevm, LibvirtDomain, LiveDisk};
 use rsvault_store::ResourceRow;
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
@@ -24,6 +31,68 @@ pub const QMP_TAG: &str = "rsvault-qmp";
 pub const AGENT_TAG: &str = "rsvault-guest-agent";
 /// The tag naming the NBD server socket the guest already runs (QEMU runs one at most).
 pub const NBD_TAG: &str = "rsvault-nbd";
+
+/// The tag naming a libvirt domain's connection URI.
+pub const LIBVIRT_TAG: &str = "rsvault-libvirt";
+/// The tag naming the domain (its UUID).
+pub const DOMAIN_TAG: &str = "rsvault-libvirt-domain";
+
+/// The libvirt domain a VM's tags name, its connection checked against the grants; `None` when
+/// the VM is not a libvirt domain.
+pub fn libvirt_of(grants: &HostGrants, vm_id: &str, tags: &Map<String, Value>) -> Result<Option<LibvirtDomain>> {
+    let Some(uri) = tags.get(LIBVIRT_TAG) else {
+        return Ok(None);
+    };
+    let target = format!("tags.{LIBVIRT_TAG}");
+    let uri = uri.as_str().ok_or_else(|| Error::Invalid {
+        code: "InvalidParameter",
+        message: format!("The tag '{LIBVIRT_TAG}' must be a libvirt connection URI."),
+        target: Some(target.clone()),
+    })?;
+    grants.check_libvirt(uri, vm_id, Some(&target))?;
+    let uuid = tags
+        .get(DOMAIN_TAG)
+        .and_then(Value::as_str)
+        .filter(|u| uuid::Uuid::parse_str(u).is_ok())
+        .ok_or_else(|| Error::Invalid {
+            code: "InvalidParameter",
+            message: format!("The tag '{DOMAIN_TAG}' must be the UUID of a domain of '{uri}'."),
+            target: Some(format!("tags.{DOMAIN_TAG}")),
+        })?;
+    Ok(Some(LibvirtDomain {
+        uri: uri.to_string(),
+        uuid: uuid.to_string(),
+    }))
+}
+
+/// A libvirt domain's definition and disks; a connection or domain that does not answer is the
+/// generic "not available".
+pub fn libvirt_domain(d: &LibvirtDomain) -> Result<(libvirt::DomainInfo, Vec<LiveDisk>)> {
+    let fail = |e: rsvault_engine::EngineError| {
+        tracing::info!(uri = %d.uri, domain = %d.uuid, reason = %e, "libvirt domain refused");
+        unavailable(&d.uri, Some(&format!("tags.{LIBVIRT_TAG}")))
+    };
+    let info = libvirt::domain(&d.uri, &d.uuid).map_err(fail)?;
+    if info.disks.is_empty() {
+        return Err(Error::Invalid {
+            code: "InvalidParameter",
+            message: format!("The libvirt domain '{}' has no disk.", info.name),
+            target: Some(format!("tags.{DOMAIN_TAG}")),
+        });
+    }
+    let disks = info
+        .disks
+        .iter()
+        .map(|x| LiveDisk {
+            name: x.target.clone(),
+            node: x.target.clone(),
+            driver: x.format.clone(),
+            virtual_size: x.virtual_size,
+            file: Some(x.source.clone()),
+        })
+        .collect();
+    Ok((info, disks))
+}
 
 /// A socket tag's path, checked against the grants for `vm_id` and resolved.
 fn socket(grants: &HostGrants, tags: &Map<String, Value>, tag: &str, vm_id: &str) -> Result<Option<PathBuf>> {
@@ -115,20 +184,44 @@ pub fn profile(disks: &[LiveDisk]) -> (Value, Vec<VmDisk>) {
     (json!({"osDisk": entry(&disks[0]), "dataDisks": data}), vm_disks)
 }
 
+/// A resource row's tags.
+fn tags_of(row: &ResourceRow) -> Map<String, Value> {
+    row.body
+        .get("tags")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default()
+}
+
 impl Control {
     /// The running guest a stored VM row names (sockets checked against the grants now).
     pub fn live_source(&self, row: &ResourceRow) -> Result<Option<LiveVmSource>> {
-        let tags = row
-            .body
-            .get("tags")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+        let tags = tags_of(row);
         source_of(&self.grants, &row.id, &tags)
+    }
+
+    /// The libvirt domain a stored VM row names (its connection checked against the grants now).
+    pub fn libvirt_source(&self, row: &ResourceRow) -> Result<Option<LibvirtDomain>> {
+        let tags = tags_of(row);
+        libvirt_of(&self.grants, &row.id, &tags)
     }
 
     /// Refuses to overwrite the disks of a guest that runs (a restore to the original location).
     pub fn refuse_if_running(&self, vm: &ResourceRow) -> Result<()> {
+        if let Some(d) = self.libvirt_source(vm)? {
+            let (info, _) = libvirt_domain(&d)?;
+            if info.running {
+                return Err(Error::Invalid {
+                    code: "UserErrorVmNotInDesirableState",
+                    message: format!(
+                        "Virtual machine '{}' is running (libvirt domain '{}'): its disks cannot be replaced while it runs. Shut the domain down and retry, or restore the disks to a storage account (RestoreDisks).",
+                        vm.name, info.name
+                    ),
+                    target: None,
+                });
+            }
+            return Ok(());
+        }
         let Some(src) = self.live_source(vm)? else {
             return Ok(());
         };
@@ -150,5 +243,82 @@ impl Control {
     /// Where this node's running-guest jobs keep their fleecing images and NBD socket.
     pub(crate) fn live_work_dir(&self) -> Result<PathBuf> {
         Ok(self.data()?.live_dir())
+    }
+}
+
+/// A domain name as a VM name (letters, digits, `-`, `_`, `.`; at most 64; not ending in `.`).
+fn vm_name_of(domain: &str) -> String {
+    let mut n: String = domain
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    while n.ends_with('.') {
+        n.pop();
+    }
+    if n.is_empty() {
+        n = "domain".into();
+    }
+    n
+}
+
+impl Control {
+    /// Container refresh: every domain of each libvirt connection granted in subscription `sub`
+    /// is declared (or refreshed) as a VM of the grant's resource group, named after the domain
+    /// (the group is made in `location` when missing). A connection that does not answer is
+    /// logged and skipped; a VM of that name that is not this domain is left alone. Returns how
+    /// many domains were declared.
+    pub fn discover_libvirt(&self, sub: &str, location: &str) -> Result<usize> {
+        let mut n = 0;
+        for g in self.grants.libvirt() {
+            let (gsub, group) = g.group();
+            if !gsub.eq_ignore_ascii_case(sub) {
+                continue;
+            }
+            let uuids = match libvirt::list_domains(g.uri()) {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(uri = g.uri(), reason = %e, "libvirt connection did not answer; its domains are not refreshed");
+                    continue;
+                }
+            };
+            for uuid in uuids {
+                let info = match libvirt::domain(g.uri(), &uuid) {
+                    Ok(i) => i,
+                    Err(e) => {
+                        tracing::warn!(uri = g.uri(), domain = %uuid, reason = %e, "libvirt domain skipped");
+                        continue;
+                    }
+                };
+                let name = vm_name_of(&info.name);
+                let loc = match self.group_row(sub, group) {
+                    Ok(r) => r.location,
+                    Err(_) => location.to_string(),
+                };
+                if let Ok(existing) = self.vm_row(sub, group, &name) {
+                    let same = existing
+                        .body
+                        .pointer(&format!("/tags/{DOMAIN_TAG}"))
+                        .and_then(Value::as_str)
+                        == Some(uuid.as_str());
+                    if !same {
+                        tracing::warn!(vm = %existing.id, domain = %info.name, "a VM of this name exists and is not this libvirt domain; skipped");
+                        continue;
+                    }
+                }
+                let tags = json!({LIBVIRT_TAG: g.uri(), DOMAIN_TAG: uuid});
+                match self.declare_vm_body(sub, group, &name, &loc, &json!({"location": loc, "tags": tags})) {
+                    Ok(_) => n += 1,
+                    Err(e) => tracing::warn!(domain = %info.name, reason = %e, "libvirt domain not declared"),
+                }
+            }
+        }
+        Ok(n)
     }
 }

@@ -490,6 +490,27 @@ fn parent_id(repo: &Repo, explicit: Option<&str>, fallback: Option<String>) -> R
 }
 
 /// Refuses a recovery point id the vault already holds.
+/// What a committed disk backup reports.
+pub(crate) fn disk_outcome(
+    snap: &SnapshotFile,
+    meta: RpMeta,
+    stats: &ReadStats,
+    consistency: Consistency,
+    warnings: Vec<String>,
+    reflinked_disks: Vec<String>,
+) -> BackupOutcome {
+    let rp = info_of(snap, meta);
+    BackupOutcome {
+        reflinked_disks,
+        bytes_scanned: stats.scanned.load(Ordering::Relaxed),
+        bytes_skipped_unallocated: stats.skipped.load(Ordering::Relaxed),
+        bytes_added: rp.added_size,
+        consistency,
+        warnings,
+        recovery_point: rp,
+    }
+}
+
 pub(crate) fn refuse_existing(points: &[(SnapshotFile, RpMeta)], rp: &str) -> Result<()> {
     if points.iter().any(|(_, m)| m.recovery_point == rp) {
         return Err(EngineError::InvalidRequest(format!(
@@ -782,16 +803,14 @@ impl Engine for ResticEngine {
             .filter(|(_, v)| v.kind() == ViewKind::Reflink)
             .map(|(d, _)| d.name.clone())
             .collect();
-        let rp = info_of(&snap, meta);
-        Ok(BackupOutcome {
-            reflinked_disks,
-            bytes_scanned: stats.scanned.load(Ordering::Relaxed),
-            bytes_skipped_unallocated: stats.skipped.load(Ordering::Relaxed),
-            bytes_added: rp.added_size,
+        Ok(disk_outcome(
+            &snap,
+            meta,
+            &stats,
             consistency,
             warnings,
-            recovery_point: rp,
-        })
+            reflinked_disks,
+        ))
     }
 
     fn backup_live_vm(
@@ -803,6 +822,17 @@ impl Engine for ResticEngine {
     ) -> Result<BackupOutcome> {
         validate_tags(&req.tags)?;
         self.live_backup(spec, req, progress, cancel)
+    }
+
+    fn backup_libvirt_domain(
+        &self,
+        spec: &RepoSpec,
+        req: &LibvirtBackupRequest,
+        progress: &dyn Progress,
+        cancel: &Cancel,
+    ) -> Result<BackupOutcome> {
+        validate_tags(&req.tags)?;
+        self.libvirt_backup(spec, req, progress, cancel)
     }
 
     fn backup_tree(

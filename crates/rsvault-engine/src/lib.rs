@@ -48,6 +48,7 @@ pub mod error;
 mod format;
 mod iobuf;
 pub mod keyring;
+pub mod libvirt;
 pub mod livevm;
 mod nbd;
 pub mod objstore;
@@ -118,6 +119,22 @@ pub trait Engine: Send + Sync {
     ) -> Result<BackupOutcome> {
         Err(EngineError::InvalidRequest(
             "this engine does not back up running guests".into(),
+        ))
+    }
+
+    /// Backs up every disk of a libvirt domain as one recovery point: while it runs, libvirt's
+    /// pull-mode backup (all disks at one instant, a checkpoint for the next incremental, the
+    /// file systems frozen when its guest agent answers) read over NBD; while it is shut off,
+    /// its image files ([`libvirt`]).
+    fn backup_libvirt_domain(
+        &self,
+        _repo: &RepoSpec,
+        _req: &LibvirtBackupRequest,
+        _progress: &dyn Progress,
+        _cancel: &Cancel,
+    ) -> Result<BackupOutcome> {
+        Err(EngineError::InvalidRequest(
+            "this engine does not back up libvirt domains".into(),
         ))
     }
 

@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use crate::backend::{RepoLock, DISK_CHUNK_SIZE};
 use crate::disk::{ImageFormat, ImageWriter, ReadStats};
 use crate::diskpipe::{ChunkSource, DiskJob};
-use crate::engine::{all_points, commit_consistency, info_of, new_point_meta, ResticEngine};
+use crate::engine::{all_points, commit_consistency, new_point_meta, ResticEngine};
 use crate::error::{EngineError, Result};
 use crate::nbd::{NbdReader, STATE_DIRTY};
 use crate::progress::{Cancel, Progress, Task};
@@ -414,6 +414,129 @@ fn freeze(agent: &Path) -> std::result::Result<(GuestAgent, u64), String> {
     Ok((g, n))
 }
 
+/// The consistency of a snapshot taken with `n` file systems frozen, once the agent thawed them
+/// (`Ok`: how many, in words) or did not; the job's words go to `note` and `warnings`.
+pub(crate) fn after_freeze(
+    n: u64,
+    thawed: std::result::Result<String, String>,
+    note: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> Consistency {
+    match thawed {
+        Ok(t) => note.push(format!(
+            "Application consistent: the guest agent froze {n} file system(s) before the snapshot and thawed {t} after it."
+        )),
+        Err(e) => {
+            let w = format!("The guest agent froze the file systems but did not thaw them: {e}. Check the guest.");
+            note.push(w.clone());
+            warnings.push(w);
+        }
+    }
+    if n > 0 {
+        Consistency::ApplicationConsistent
+    } else {
+        Consistency::CrashConsistent
+    }
+}
+
+/// Removes what an earlier backup that never finished (rsvault killed mid-job) left in the
+/// guest: its NBD exports, fleecing jobs and nodes (and their images), and the NBD server it
+/// started (`own_server`: the VM names no server of its own). Its bitmaps stay: the parent's,
+/// disabled by that job's snapshot, is no longer trusted, so the next backup reads in full and
+/// says why. Returns a note for the job when something was cleaned up.
+fn clear_stale(q: &mut Qmp, socket: &Path, own_server: bool) -> Result<Vec<String>> {
+    let e = |e: QmpError| qmp_err(socket, e);
+    let ids = |v: &Value, key: &str, prefix: &str| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x[key].as_str())
+            .filter(|id| id.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
+    };
+    let exports = ids(&q.execute("query-block-exports", json!({})).map_err(e)?, "id", PREFIX);
+    let jobs = ids(
+        &q.execute("query-block-jobs", json!({})).map_err(e)?,
+        "device",
+        "rsv-bk-",
+    );
+    let nodes = q.execute("query-named-block-nodes", json!({"flat": true})).map_err(e)?;
+    let fleeces: Vec<(String, Option<String>)> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["node-name"].as_str().is_some_and(|x| x.starts_with("rsv-fl-")))
+        .map(|n| {
+            (
+                n["node-name"].as_str().unwrap_or_default().to_string(),
+                n["file"].as_str().map(str::to_string),
+            )
+        })
+        .collect();
+    if exports.is_empty() && jobs.is_empty() && fleeces.is_empty() {
+        return Ok(vec![]);
+    }
+    let wait_gone = |q: &mut Qmp, query: &str, key: &str, id: &str| -> Result<()> {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let v = q.execute(query, json!({})).map_err(e)?;
+            if !v.as_array().into_iter().flatten().any(|j| j[key].as_str() == Some(id)) {
+                return Ok(());
+            }
+            if Instant::now() > end {
+                return Err(qmp_err(socket, format!("{id} still listed by {query}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for id in &exports {
+        q.execute("block-export-del", json!({"id": id, "mode": "hard"}))
+            .map_err(e)?;
+        wait_gone(q, "query-block-exports", "id", id)?;
+    }
+    if own_server {
+        // The server the killed job started; none other runs when the VM names none.
+        let _ = q.execute("nbd-server-stop", json!({}));
+    }
+    for job in &jobs {
+        q.execute("block-job-cancel", json!({"device": job, "force": true}))
+            .map_err(e)?;
+        wait_gone(q, "query-block-jobs", "device", job)?;
+    }
+    for (node, file) in &fleeces {
+        q.execute("blockdev-del", json!({"node-name": node})).map_err(e)?;
+        if let Some(f) = file.as_deref().filter(|f| f.contains("/fleece-")) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+    Ok(vec![format!(
+        "An earlier backup of this guest did not finish: its {} export(s), {} fleecing job(s) and {} fleecing image(s) were removed from the guest.",
+        exports.len(),
+        jobs.len(),
+        fleeces.len()
+    )])
+}
+
+/// Which 2 MiB chunks of an export a dirty-bitmap metadata context `ctx` marks (block status of
+/// the whole export).
+pub(crate) fn dirty_chunks(reader: &NbdReader, ctx: &str, size: u64, socket: &Path) -> Result<Vec<bool>> {
+    let chunk = DISK_CHUNK_SIZE as u64;
+    let ext = reader
+        .with(|c| c.block_status_all(ctx, 0, size))
+        .map_err(|e| EngineError::Source {
+            path: socket.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let mut dirty = vec![false; size.div_ceil(chunk) as usize];
+    for e in ext.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
+        for c in e.offset / chunk..(e.offset + e.length).div_ceil(chunk).min(dirty.len() as u64) {
+            dirty[c as usize] = true;
+        }
+    }
+    Ok(dirty)
+}
+
 impl ResticEngine {
     /// [`crate::Engine::backup_live_vm`].
     pub(crate) fn live_backup(
@@ -435,6 +558,7 @@ impl ResticEngine {
             .map(|(_, m)| (m.recovery_point.clone(), m.disks.clone()));
         let qmp_socket = &req.vm.qmp_socket;
         let mut q = connect(qmp_socket)?;
+        let mut stale_note = clear_stale(&mut q, qmp_socket, req.vm.nbd_socket.is_none())?;
         let found = discover_with(&mut q, qmp_socket)?;
         if found.is_empty() {
             return Err(EngineError::Source {
@@ -504,18 +628,17 @@ impl ResticEngine {
         let mut warnings = s.finish(result.is_ok());
         let (snap, mut meta, stats, mut task_warnings) = result?;
         warnings.splice(0..0, task_warnings.drain(..));
+        warnings.splice(0..0, stale_note.drain(..));
         let consistency = meta.consistency;
         let snap = commit_consistency(&plain, snap, &mut meta, consistency, warnings.len())?;
-        let rp = info_of(&snap, meta);
-        Ok(BackupOutcome {
-            reflinked_disks: vec![],
-            bytes_scanned: stats.scanned.load(Ordering::Relaxed),
-            bytes_skipped_unallocated: stats.skipped.load(Ordering::Relaxed),
-            bytes_added: rp.added_size,
+        Ok(crate::engine::disk_outcome(
+            &snap,
+            meta,
+            &stats,
             consistency,
             warnings,
-            recovery_point: rp,
-        })
+            vec![],
+        ))
     }
 
     /// Snapshot, export, read and commit; the session's state says what to tear down.
@@ -565,21 +688,8 @@ impl ResticEngine {
         let mut snapshot_note = Vec::new();
         let consistency = match frozen {
             Ok((mut g, n)) => {
-                match g.thaw() {
-                    Ok(t) => snapshot_note.push(format!(
-                        "Application consistent: the guest agent froze {n} file system(s) before the snapshot and thawed {t} after it."
-                    )),
-                    Err(e) => {
-                        let w = format!("The guest agent froze the file systems but did not thaw them: {e}. Check the guest.");
-                        snapshot_note.push(w.clone());
-                        warnings.push(w);
-                    }
-                }
-                if n > 0 {
-                    Consistency::ApplicationConsistent
-                } else {
-                    Consistency::CrashConsistent
-                }
+                let thawed = g.thaw().map(|t| t.to_string()).map_err(|e| e.to_string());
+                after_freeze(n, thawed, &mut snapshot_note, &mut warnings)
             }
             Err(why) if req.vm.agent_socket.is_some() => {
                 let w = format!(
@@ -620,7 +730,6 @@ impl ResticEngine {
         let mut jobs = Vec::new();
         let mut readers = Vec::new();
         let mut cbt_note = Vec::new();
-        let chunk = DISK_CHUNK_SIZE as u64;
         for i in 0..s.fleeces.len() {
             let f = &s.fleeces[i];
             let mut args =
@@ -652,18 +761,7 @@ impl ResticEngine {
             let size = f.disk.virtual_size;
             let unchanged = match &bitmap_ctx {
                 Some(ctx) => {
-                    let ext = reader
-                        .with(|c| c.block_status_all(ctx, 0, size))
-                        .map_err(|e| EngineError::Source {
-                            path: s.nbd_socket.clone(),
-                            reason: e.to_string(),
-                        })?;
-                    let mut dirty = vec![false; size.div_ceil(chunk) as usize];
-                    for e in ext.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
-                        for c in e.offset / chunk..(e.offset + e.length).div_ceil(chunk) {
-                            dirty[c as usize] = true;
-                        }
-                    }
+                    let dirty = dirty_chunks(&reader, ctx, size, &s.nbd_socket)?;
                     let n = dirty.iter().filter(|d| **d).count();
                     cbt_note.push(format!(
                         "disk '{}': {n} of {} chunks changed since the last recovery point (dirty bitmap)",

@@ -368,6 +368,30 @@ pub struct LiveVmSource {
     pub nbd_socket: Option<PathBuf>,
 }
 
+/// A libvirt domain, reached through `virsh -c uri` ([`crate::Engine::backup_libvirt_domain`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LibvirtDomain {
+    /// The libvirt connection URI (`qemu:///system`, `qemu+unix:///session?socket=…`).
+    pub uri: String,
+    /// The domain's UUID (stable across renames).
+    pub uuid: String,
+}
+
+/// A backup of a libvirt domain: pull-mode backup with checkpoints while it runs, its image
+/// files while it is shut off ([`crate::libvirt`]).
+#[derive(Debug, Clone)]
+pub struct LibvirtBackupRequest {
+    /// The domain.
+    pub domain: LibvirtDomain,
+    /// Identity of the new recovery point.
+    pub tags: RecoveryPointTags,
+    /// The recovery point's time.
+    pub time: DateTime<Utc>,
+    /// When it expires.
+    pub expiry: Option<DateTime<Utc>>,
+}
+
 /// One disk of a running guest, as QMP describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -6,7 +6,8 @@
 //! token-signing key; `env` prints client set-up for a data dir; `vm add` / `share add` declare local
 //! workloads without ARM; `restic-env` prints what stock `restic` needs to open a vault. `serve`,
 //! `vm add` and `share add` take `--allow-path DIR[=SCOPE]`: the host roots their paths may use
-//! (`rsvault_control::hostaccess`; no grant, no host path).
+//! (`rsvault_control::hostaccess`; no grant, no host path), and `--allow-libvirt URI=GROUP-SCOPE`:
+//! the libvirt connections whose domains a container refresh declares as VMs.
 //!
 //! Every command takes the metadata store from `--store URL`, `RSVAULT_STORE_URL` or `--store-file FILE`
 //! (a 0600 file holding the URL: the password stays out of the process list and the environment); by
@@ -16,7 +17,7 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use rsvault_control::datadir::DataDir;
-use rsvault_control::hostaccess::{Grant, HostGrants};
+use rsvault_control::hostaccess::{Grant, HostGrants, LibvirtGrant};
 use rsvault_control::node::{Node, Role};
 use rsvault_control::{Control, Settings};
 use rsvault_core::time::{Clock, SharedClock, SubsecRound, SystemClock, TestClock};
@@ -135,6 +136,27 @@ struct AllowPathArg {
     /// `DIR=/subscriptions/SUB/resourceGroups/GROUP` for that scope only. No grant, no host path.
     #[arg(long = "allow-path", value_name = "DIR[=SCOPE]", value_parser = parse_grant)]
     allow_path: Vec<Grant>,
+    /// A libvirt connection rsvault may use (`virsh -c URI`), repeatable, bound to the resource
+    /// group its domains are declared in by a container refresh:
+    /// `URI=/subscriptions/SUB/resourceGroups/GROUP` (comma-separated in the environment).
+    #[arg(
+        long = "allow-libvirt",
+        value_name = "URI=GROUP-SCOPE",
+        env = "RSVAULT_ALLOW_LIBVIRT",
+        value_delimiter = ',',
+        value_parser = parse_libvirt_grant
+    )]
+    allow_libvirt: Vec<LibvirtGrant>,
+}
+
+impl AllowPathArg {
+    fn host_grants(&self) -> HostGrants {
+        HostGrants::new(self.allow_path.clone()).with_libvirt(self.allow_libvirt.clone())
+    }
+}
+
+fn parse_libvirt_grant(s: &str) -> std::result::Result<LibvirtGrant, String> {
+    LibvirtGrant::parse(s)
 }
 
 fn parse_grant(s: &str) -> std::result::Result<Grant, String> {
@@ -356,7 +378,7 @@ fn offline_control(dir: &DataDirArg) -> Result<Control> {
 /// The offline control plane of `vm add` / `share add`: the paths they name must pass the same
 /// grants as the server's (`--allow-path`, the data dir never granted).
 fn granted_control(at: &Placement) -> Result<Control> {
-    let grants = HostGrants::new(at.grants.allow_path.clone()).excluding(&at.dir.data_dir);
+    let grants = at.grants.host_grants().excluding(&at.dir.data_dir);
     Ok(offline_control(&at.dir)?.with_host_grants(grants))
 }
 
@@ -490,7 +512,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
     raise_nofile_limit(config.limits.max_connections);
     limit_malloc_arenas();
-    config.host_grants = HostGrants::new(args.grants.allow_path);
+    config.host_grants = args.grants.host_grants();
     config.storage = {
         let path = args.storage.clone();
         tokio::task::spawn_blocking(move || load_storage(path.as_deref())).await??

@@ -13,18 +13,18 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_rsvault"))
 }
 
-fn serve(dir: &Path) -> (Child, String) {
+fn serve(dir: &Path) -> (Serving, String) {
     serve_with(dir, &[])
 }
 
 /// `serve` with an `--allow-path` per root.
-fn serve_granting(dir: &Path, roots: &[&Path]) -> (Child, String) {
+fn serve_granting(dir: &Path, roots: &[&Path]) -> (Serving, String) {
     let extra: Vec<String> = roots.iter().map(|r| format!("--allow-path={}", r.display())).collect();
     serve_with(dir, &extra)
 }
 
 /// `serve` with extra options; returns the child and its URL once it is ready.
-fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
+fn serve_with(dir: &Path, extra: &[String]) -> (Serving, String) {
     let (child, line) = serve_line(dir, extra);
     let url = line
         .strip_prefix("rsvault listening on ")
@@ -34,7 +34,7 @@ fn serve_with(dir: &Path, extra: &[String]) -> (Child, String) {
 }
 
 /// `serve` with extra options; returns the child and its first stdout line (any role's ready line).
-fn serve_line(dir: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> (Child, String) {
+fn serve_line(dir: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> (Serving, String) {
     let mut child = bin()
         .args(["serve", "--data-dir"])
         .arg(dir)
@@ -43,9 +43,35 @@ fn serve_line(dir: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> (Child, Stri
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Serving)
         .unwrap();
     let line = first_line(&mut child);
     (child, line)
+}
+
+/// A child process (a `serve`, a `qemu-storage-daemon`) killed when dropped, so a test that
+/// panics leaves no process behind.
+struct Serving(Child);
+
+impl std::ops::Deref for Serving {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        // A child already waited for is not signalled again.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// A spawned `serve`'s first stdout line (its ready line); the rest is drained for as long as the
@@ -58,7 +84,7 @@ fn first_line(child: &mut Child) -> String {
     line.trim().to_string()
 }
 
-fn sigterm_and_wait(mut child: Child) -> std::process::ExitStatus {
+fn sigterm_and_wait(mut child: Serving) -> std::process::ExitStatus {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -179,6 +205,7 @@ fn serve_keeps_its_store_in_postgres_from_a_private_file_and_never_logs_the_pass
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(Serving)
         .unwrap();
     assert!(first_line(&mut child).starts_with("rsvault listening on "));
     assert!(!dir.join("meta.db").exists(), "the store is not the data dir's file");
@@ -423,6 +450,259 @@ fn vms_and_shares_are_declared_without_arm_while_the_server_runs() {
     assert!(sigterm_and_wait(child).success());
 }
 
+/// The vault `v1` of group `home` and the protected item of VM `vm` there, for the subscription
+/// of the VM `vm add` printed.
+fn vault_and_item(vm: &Value, name: &str) -> (String, String) {
+    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let vault = format!("/subscriptions/{sub}/resourceGroups/home/providers/Microsoft.RecoveryServices/vaults/v1");
+    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;{name}/protectedItems/VM;iaasvmcontainerv2;home;{name}");
+    (vault, item)
+}
+
+/// Creates the vault and protects the item with its DefaultPolicy.
+async fn vault_protecting(api: &Api, vault: &str, item: &str) {
+    const BK: &str = "api-version=2026-10-01";
+    let (st, b) = api
+        .call(
+            "PUT",
+            &format!("{vault}?{BK}"),
+            Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}})),
+        )
+        .await;
+    assert_eq!(st, 201, "{b}");
+    let (st, b) = api
+        .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
+        .await;
+    assert_eq!(st, 202, "{b}");
+}
+
+/// Waits until the backup job's transfer runs (it must not have finished).
+async fn until_transfer_runs(api: &Api, vault: &str, job: &str) {
+    const BK: &str = "api-version=2026-10-01";
+    for _ in 0..2000 {
+        let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
+        assert_eq!(j["properties"]["status"], "InProgress", "finished before the kill: {j}");
+        if j["properties"]["extendedInfo"]["tasksList"][1]["status"] == "InProgress" {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the transfer never started");
+}
+
+/// A `qemu-storage-daemon` serving the qcow2 `img` as node `disk0`, QMP on `guest.qmp` beside it.
+fn run_guest(img: &Path) -> (Serving, std::path::PathBuf) {
+    let qmp = img.with_file_name("guest.qmp");
+    let guest = Command::new("qemu-storage-daemon")
+        .arg("--blockdev")
+        .arg(format!("driver=file,node-name=file0,filename={}", img.display()))
+        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0", "--chardev"])
+        .arg(format!("socket,id=qmp,path={},server=on,wait=off", qmp.display()))
+        .args(["--monitor", "chardev=qmp"])
+        .stdout(Stdio::null())
+        .spawn()
+        .map(Serving)
+        .expect("qemu-storage-daemon (Debian's qemu-system-common) stands in for a running guest");
+    let end = Instant::now() + Duration::from_secs(10);
+    while !qmp.exists() {
+        assert!(Instant::now() < end, "qemu-storage-daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (guest, qmp)
+}
+
+/// Issue 18: a server killed (SIGKILL) during an incremental backup of a running guest restarts
+/// with that job failed and no recovery point from it; the guest keeps what the crash left (the
+/// parent's dirty bitmap disabled, the fleecing of the killed job), and the next backup still
+/// completes: it reads the disk in full, since that bitmap is not trusted any more, and says so.
+#[test]
+fn a_server_killed_during_a_running_guests_backup_leaves_no_point_and_the_next_backup_reads_in_full() {
+    const SIZE: usize = 512 << 20;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (server, url) = serve_granting(&dir, &[&host]);
+    let raw = host.join("disk0.raw");
+    write_random(&raw, SIZE);
+    let img = host.join("disk0.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&img)
+        .status()
+        .expect("qemu-img (qemu-utils) builds the fixture")
+        .success());
+    std::fs::remove_file(&raw).unwrap();
+    let (_guest, qmp) = run_guest(&img);
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "live",
+            "--qmp",
+            qmp.to_str().unwrap(),
+            &grant,
+        ],
+        &dir,
+    );
+    let (vault, item) = vault_and_item(&vm, "live");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    const BK: &str = "api-version=2026-10-01";
+    let backup = serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}});
+    let killed = rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        vault_protecting(&api, &vault, &item).await;
+        let first = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
+        let j = wait_job(&api, &vault, &first).await;
+        assert_eq!(j["properties"]["status"], "Completed", "{j}");
+        let job = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
+        until_transfer_runs(&api, &vault, &job).await;
+        job
+    });
+    let mut server = server;
+    server.kill().unwrap(); // SIGKILL
+    server.wait().unwrap();
+
+    let (server, url) = serve_granting(&dir, &[&host]);
+    rt.block_on(async {
+        let api = Api::new(&dir, &url).await;
+        let (_, j) = api
+            .call("GET", &format!("{vault}/backupJobs/{killed}?{BK}"), None)
+            .await;
+        assert_eq!(j["properties"]["status"], "Failed", "{j}");
+        let (_, jobs) = api
+            .call(
+                "GET",
+                &format!("{vault}/backupJobs?{BK}&$filter=status%20eq%20'InProgress'"),
+                None,
+            )
+            .await;
+        assert_eq!(jobs["value"], serde_json::json!([]), "no job left InProgress");
+        let (_, rps) = api.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+        assert_eq!(
+            rps["value"].as_array().unwrap().len(),
+            1,
+            "only the first backup's point: {rps}"
+        );
+        let next = post_job(&api, format!("{item}/backup?{BK}"), backup.clone()).await;
+        let j = wait_job(&api, &vault, &next).await;
+        let p = &j["properties"];
+        assert!(
+            p["status"] == "Completed" || p["status"] == "CompletedWithWarnings",
+            "{j}"
+        );
+        let transfer = p["extendedInfo"]["tasksList"][1]["taskExecutionDetails"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            transfer.contains("read in full") && transfer.contains("stopped recording"),
+            "the job says why it read everything: {j}"
+        );
+        assert_eq!(
+            p["extendedInfo"]["propertyBag"]["Data Read From Source (in bytes)"],
+            SIZE.to_string(),
+            "{j}"
+        );
+        let (_, rps) = api.call("GET", &format!("{item}/recoveryPoints?{BK}"), None).await;
+        assert_eq!(rps["value"].as_array().unwrap().len(), 2, "{rps}");
+    });
+    assert!(sigterm_and_wait(server).success());
+}
+
+/// Issue 18: `vm add --qmp` declares a running guest (a `qemu-storage-daemon` serving a qcow2
+/// disk) by its sockets, its disks discovered over QMP; its sockets pass the grants as paths do.
+#[test]
+fn a_running_guest_is_declared_by_its_qmp_socket() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let host = tmp.path().join("host");
+    std::fs::create_dir(&host).unwrap();
+    let grant = format!("--allow-path={}", host.display());
+    let (server, _url) = serve_granting(&dir, &[&host]);
+    let img = host.join("disk0.qcow2");
+    assert!(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&img)
+        .arg("96M")
+        .status()
+        .expect("qemu-img (qemu-utils) builds the fixture")
+        .success());
+    let (guest, qmp) = run_guest(&img);
+    let agent = host.join("guest.qga");
+    let vm = run_json(
+        &[
+            "vm",
+            "add",
+            "-g",
+            "home",
+            "--name",
+            "live1",
+            "--qmp",
+            qmp.to_str().unwrap(),
+            "--guest-agent",
+            agent.to_str().unwrap(),
+            &grant,
+        ],
+        &dir,
+    );
+    assert!(vm["id"]
+        .as_str()
+        .unwrap()
+        .ends_with("/resourceGroups/home/providers/Microsoft.Compute/virtualMachines/live1"));
+    assert_eq!(vm["tags"]["rsvault-qmp"], qmp.to_str().unwrap(), "{vm}");
+    assert_eq!(vm["tags"]["rsvault-guest-agent"], agent.to_str().unwrap(), "{vm}");
+    let os = &vm["properties"]["storageProfile"]["osDisk"];
+    assert_eq!(os["name"], "disk0", "{vm}");
+    assert_eq!(os["rsvaultNode"], "disk0", "{vm}");
+    assert_eq!(os["diskSizeGB"], 1, "{vm}");
+    assert_eq!(os["vhd"]["uri"], format!("file://{}", img.display()), "{vm}");
+
+    // Without a grant for the socket, or with a socket nothing answers on: the one refusal.
+    let outside = tempfile::tempdir().unwrap();
+    let silent = host.join("nobody.qmp");
+    for (sock, with_grant) in [
+        (qmp.clone(), false),
+        (outside.path().join("x.qmp"), true),
+        (silent.clone(), true),
+    ] {
+        let mut cmd = bin();
+        cmd.args(["vm", "add", "-g", "home", "--name", "live2", "--qmp"])
+            .arg(&sock)
+            .arg("--data-dir")
+            .arg(&dir);
+        if with_grant {
+            cmd.arg(&grant);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{}", sock.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("The path '{}' is not available to rsvault", sock.display())),
+            "{}: {err}",
+            sock.display()
+        );
+    }
+    // --guest-agent names the agent of a --qmp guest only.
+    let out = bin()
+        .args(["vm", "add", "-g", "home", "--name", "live3", "--guest-agent"])
+        .arg(&agent)
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    drop(guest);
+    assert!(sigterm_and_wait(server).success());
+}
+
 /// Pseudo-random, incompressible bytes written in 8 MiB pieces.
 fn write_random(path: &Path, len: usize) {
     use std::io::Write;
@@ -578,44 +858,24 @@ fn killed_backup_leaves_no_recovery_point(size: usize, s3: bool) {
         ],
         &dir,
     );
-    let sub = vm["id"].as_str().unwrap().split('/').nth(2).unwrap().to_string();
+    let (vault, item) = vault_and_item(&vm, "big");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let vault = format!("/subscriptions/{sub}/resourceGroups/home/providers/Microsoft.RecoveryServices/vaults/v1");
-    let item = format!("{vault}/backupFabrics/Azure/protectionContainers/IaasVMContainer;iaasvmcontainerv2;home;big/protectedItems/VM;iaasvmcontainerv2;home;big");
     const BK: &str = "api-version=2026-10-01";
     let job = rt.block_on(async {
         let api = Api::new(&dir, &url).await;
-        let (st, b) = api.call("PUT", &format!("{vault}?{BK}"), Some(serde_json::json!({"location": "westus", "sku": {"name": "Standard"}}))).await;
-        assert_eq!(st, 201, "{b}");
-        let (st, b) = api
-            .call("PUT", &format!("{item}?{BK}"), Some(serde_json::json!({"properties": {"protectedItemType": "Microsoft.Compute/virtualMachines", "policyId": format!("{vault}/backupPolicies/DefaultPolicy")}})))
-            .await;
-        assert_eq!(st, 202, "{b}");
-        let r = api
-            .http
-            .post(format!("{url}{item}/backup?{BK}"))
-            .bearer_auth(&api.token)
-            .json(&serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        let status = r.headers()["azure-asyncoperation"].to_str().unwrap().to_string();
-        let op: Value = api.http.get(&status).bearer_auth(&api.token).send().await.unwrap().json().await.unwrap();
-        let job = op["properties"]["jobId"].as_str().unwrap().to_string();
+        vault_protecting(&api, &vault, &item).await;
+        let job = post_job(
+            &api,
+            format!("{item}/backup?{BK}"),
+            serde_json::json!({"properties": {"objectType": "IaasVMBackupRequest"}}),
+        )
+        .await;
         // Wait until the transfer runs, then kill the server outright.
-        for _ in 0..2000 {
-            let (_, j) = api.call("GET", &format!("{vault}/backupJobs/{job}?{BK}"), None).await;
-            assert_eq!(j["properties"]["status"], "InProgress", "finished before the kill: {j}");
-            if j["properties"]["extendedInfo"]["tasksList"][1]["status"] == "InProgress" {
-                return job;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the transfer never started");
+        until_transfer_runs(&api, &vault, &job).await;
+        job
     });
     let mut child = child;
     child.kill().unwrap(); // SIGKILL

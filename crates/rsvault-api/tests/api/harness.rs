@@ -341,14 +341,14 @@ pub fn assert_arm_error(status: u16, body: &Value, want_status: u16, want_code: 
 }
 
 /// The disk images restores wrote into the restore directories below `dir`, without the VM
-/// configuration and template a RestoreDisks job leaves beside them (`config-*.json`,
-/// `azuredeploy*.json`), sorted by path.
+/// configuration, template and domain definition a RestoreDisks job leaves beside them
+/// (`config-*.json`, `azuredeploy*.json`, `domain-*.xml`), sorted by path.
 pub fn restored_images(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_none_or(|e| e != "json"))
+        .filter(|p| p.extension().is_none_or(|e| e != "json" && e != "xml"))
         .collect();
     out.sort();
     out

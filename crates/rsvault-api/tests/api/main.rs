@@ -18,6 +18,7 @@ mod fidelity;
 mod identity;
 mod ilr;
 mod immutability;
+mod libvirt;
 mod limits;
 mod linked;
 mod objstore;

@@ -3,7 +3,9 @@
 //! policy, stop, delete with soft delete, undelete).
 //!
 //! Discovery is live: the inventory (VMs, storage accounts, shares) is the source of truth, so
-//! `refreshContainers` has nothing to wait for and protectable items always reflect it. A VM's
+//! `refreshContainers` has nothing to wait for and protectable items always reflect it — except
+//! libvirt domains, which a refresh declares as VMs from each granted connection
+//! (`Control::discover_libvirt`) before it answers. A VM's
 //! container is registered when protection is first enabled; a storage account's container is
 //! registered explicitly (PUT), as Azure requires for file shares. Items clients name themselves
 //! without discovery (Terraform) work the same.
@@ -130,6 +132,8 @@ impl Control {
         let v = self.fabric_vault(sub, rg, vault, fabric)?;
         let f = Filter::parse(filter.unwrap_or_default())?;
         f.only(&["backupManagementType"], &[])?;
+        // The granted libvirt connections' domains become VMs (the rest of the inventory is live).
+        self.discover_libvirt(sub, v.body["location"].as_str().unwrap_or("westus"))?;
         let op = self.finished_operation(&v, "RefreshContainers", None, None);
         self.store.write(|db| db.put_operation(&op))?;
         Ok(op.id)

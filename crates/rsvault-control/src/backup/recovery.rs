@@ -24,8 +24,8 @@ use rsvault_core::odata::Filter;
 use rsvault_core::time;
 use rsvault_engine::{
     Cancel, ConflictPolicy, DiskBackupRequest, DiskRestoreRequest, DiskRestoreTarget, DiskSource, EngineError,
-    ImageFormat, LiveBackupRequest, RecoveryPointInfo, RecoveryPointTags, RepoSpec, Task, TreeBackupRequest,
-    TreeRestoreRequest,
+    ImageFormat, LibvirtBackupRequest, LiveBackupRequest, RecoveryPointInfo, RecoveryPointTags, RepoSpec, Task,
+    TreeBackupRequest, TreeRestoreRequest,
 };
 use rsvault_jobs::{active_jobs, new_tasks, Failure, Finished, JobError, JobStatus, Phase, Run, TaskSpec};
 use rsvault_store::{JobRow, OperationRow, RecoveryPointRow, ResourceRow};
@@ -67,6 +67,10 @@ pub(crate) enum Work {
         /// A running guest (then `disks` is empty: they are discovered when the job runs).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         live: Option<rsvault_engine::LiveVmSource>,
+        /// A libvirt domain (then `disks` is empty: they are read from its definition when the
+        /// job runs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        libvirt: Option<rsvault_engine::LibvirtDomain>,
     },
     #[serde(rename_all = "camelCase")]
     Restore {
@@ -628,7 +632,7 @@ impl Control {
             });
         }
         let source = p["sourceResourceId"].as_str().unwrap_or_default();
-        let (disks, root, resource, live) = if bmt == "AzureStorage" {
+        let (disks, root, resource, live, libvirt) = if bmt == "AzureStorage" {
             let acct = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
                 invalid(
                     "BMSUserErrorInvalidSourceResourceId",
@@ -637,7 +641,7 @@ impl Control {
                 )
             })?;
             let root = self.share_dir(&acct, &friendly, false)?;
-            (vec![], Some(root), acct.id, None)
+            (vec![], Some(root), acct.id, None, None)
         } else {
             let vm = self.store.read(|db| db.resource(source))?.ok_or_else(|| {
                 invalid(
@@ -647,18 +651,22 @@ impl Control {
                 )
             })?;
             let vm = self.vm_with_disks(vm)?;
-            match self.live_source(&vm.row)? {
-                Some(live) => (vec![], None, vm.row.id, Some(live)),
-                None => {
-                    let disks = vm
-                        .disks
-                        .iter()
-                        .map(|d| DiskSource {
-                            name: d.name.clone(),
-                            path: d.info.path.clone(),
-                        })
-                        .collect();
-                    (disks, None, vm.row.id, None)
+            if let Some(d) = self.libvirt_source(&vm.row)? {
+                (vec![], None, vm.row.id, None, Some(d))
+            } else {
+                match self.live_source(&vm.row)? {
+                    Some(live) => (vec![], None, vm.row.id, Some(live), None),
+                    None => {
+                        let disks = vm
+                            .disks
+                            .iter()
+                            .map(|d| DiskSource {
+                                name: d.name.clone(),
+                                path: d.info.path.clone(),
+                            })
+                            .collect();
+                        (disks, None, vm.row.id, None, None)
+                    }
                 }
             }
         };
@@ -672,6 +680,7 @@ impl Control {
             root,
             resource: Some(resource),
             live,
+            libvirt,
         };
         let mut bag = Map::new();
         if bmt == "AzureStorage" {
@@ -1175,8 +1184,14 @@ impl Control {
                 root,
                 resource,
                 live,
+                libvirt,
             } => {
                 let resource = self.job_resource(resource, &item);
+                if let Some(d) = &libvirt {
+                    self.grants
+                        .check_libvirt(&d.uri, &resource, None)
+                        .map_err(|_| path_failure(Path::new(&d.uri), &dp.node))?;
+                }
                 let live_sockets = live
                     .iter()
                     .flat_map(|l| [Some(&l.qmp_socket), l.agent_socket.as_ref(), l.nbd_socket.as_ref()])
@@ -1198,7 +1213,19 @@ impl Control {
                 };
                 let progress = run.progress(BACKUP_TASKS);
                 let now = self.now();
+                let vm_job = root.is_none();
                 let out = match (root, live) {
+                    _ if libvirt.is_some() => dp.engine.backup_libvirt_domain(
+                        &repo,
+                        &LibvirtBackupRequest {
+                            domain: libvirt.expect("checked"),
+                            tags,
+                            time: now,
+                            expiry: Some(expiry),
+                        },
+                        &progress,
+                        cancel,
+                    ),
                     (_, Some(vm)) => dp.engine.backup_live_vm(
                         &repo,
                         &LiveBackupRequest {
@@ -1237,6 +1264,7 @@ impl Control {
                     ),
                 }
                 .map_err(job_failure)?;
+                let read = out.bytes_scanned.saturating_sub(out.bytes_skipped_unallocated);
                 let mut warnings = out.warnings;
                 warnings.extend(warn);
                 // A geo-redundant vault's copy, before the job ends: the job says how it went.
@@ -1245,6 +1273,14 @@ impl Control {
                     warnings.push(why.clone());
                 }
                 let mut fin = self.backup_finished(job, &item, out.recovery_point, warnings);
+                if vm_job {
+                    // What the backup read from the source (an incremental of a running guest:
+                    // the changed blocks only), as Azure's VM jobs report their transfer.
+                    fin.bag
+                        .insert("Data Transferred (in MB)".into(), json!((read >> 20).to_string()));
+                    fin.bag
+                        .insert("Data Read From Source (in bytes)".into(), json!(read.to_string()));
+                }
                 if let Some(c) = copy {
                     fin.bag.insert(
                         "Secondary Copy".into(),
@@ -1492,24 +1528,70 @@ impl Control {
         for (name, body) in [(&config_name, &config), (&template_name, &template)] {
             let path = dir.join(name);
             let text = serde_json::to_vec_pretty(body).map_err(|e| Error::internal(e.to_string()))?;
-            // A new name only (an existing file or link there is refused, never written through),
-            // private as the restored images are.
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
-            std::io::Write::write_all(&mut f, &text)
-                .and_then(|()| f.sync_all())
-                .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+            write_new_private(&path, &text)?;
         }
         let mut bag = Map::new();
+        if let Some(vm) = vm.as_ref() {
+            if let Some(name) = self.write_domain_definition(dir, vm, &vm_name, &short, images)? {
+                bag.insert("Domain Definition Blob Name".into(), json!(name));
+                bag.insert("Domain Definition Blob Uri".into(), json!(uri(&dir.join(&name))));
+            }
+        }
         bag.insert("Config Blob Name".into(), json!(config_name));
         bag.insert("Config Blob Container Name".into(), json!(container));
         bag.insert("Config Blob Uri".into(), json!(uri(&dir.join(&config_name))));
         bag.insert("Template Blob Uri".into(), json!(uri(&dir.join(&template_name))));
         Ok(bag)
+    }
+
+    /// For a running guest (a libvirt domain or a QMP guest), a libvirt domain XML over the
+    /// restored images, `domain-{vm}-{id}.xml`: a libvirt domain's own definition (as the domain
+    /// is defined now) with its disks' sources rewritten, a fresh UUID and the name
+    /// `{domain}-restored-{id}`; a QMP guest's a minimal TCG definition. `None` for an image-file
+    /// VM. Written as the config is: a new name, 0600.
+    fn write_domain_definition(
+        &self,
+        dir: &Path,
+        vm: &ResourceRow,
+        vm_name: &str,
+        short: &str,
+        images: &[PathBuf],
+    ) -> Result<Option<String>> {
+        let libvirt = self.libvirt_source(vm).ok().flatten();
+        if libvirt.is_none() && self.live_source(vm).ok().flatten().is_none() {
+            return Ok(None);
+        }
+        let format_of = |p: &Path| match rsvault_engine::probe(p).map(|i| i.format) {
+            Ok(ImageFormat::Qcow2) => "qcow2".to_string(),
+            _ => "raw".to_string(),
+        };
+        let uuid = uuid::Uuid::new_v4().to_string();
+        let new_name = format!("{vm_name}-restored-{short}");
+        let own = libvirt.and_then(|d| rsvault_engine::libvirt::domain(&d.uri, &d.uuid).ok());
+        let xml = match own {
+            Some(info) => {
+                let restored: Vec<(String, PathBuf, String)> = images
+                    .iter()
+                    .map(|p| {
+                        let n = p
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        (n, p.clone(), format_of(p))
+                    })
+                    .collect();
+                let name = format!("{}-restored-{short}", info.name);
+                rsvault_engine::libvirt::restored_definition(&info.xml, &name, &uuid, &restored)
+                    .map_err(|e| Error::internal(format!("the domain definition: {e}")))?
+            }
+            None => {
+                let disks: Vec<(PathBuf, String)> = images.iter().map(|p| (p.clone(), format_of(p))).collect();
+                rsvault_engine::libvirt::definition_for(&new_name, &uuid, &disks)
+            }
+        };
+        let name = format!("domain-{}-{short}.xml", vm_name.to_ascii_lowercase());
+        write_new_private(&dir.join(&name), xml.as_bytes())?;
+        Ok(Some(name))
     }
 
     /// `AlternateLocation`: a new VM resource over the restored images (the first is the OS disk).
@@ -2009,4 +2091,18 @@ pub(crate) fn render_tasks(props: &mut Value, now: DateTime<Utc>) {
         };
         t.insert("duration".into(), json!(time::iso_duration(d)));
     }
+}
+
+/// Writes a file a restore leaves beside the disks: a new name only (an existing file or link
+/// there is refused, never written through), private (0600) as the restored images are.
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::internal(format!("{}: {e}", path.display())))?;
+    std::io::Write::write_all(&mut f, bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::internal(format!("{}: {e}", path.display())))
 }

@@ -19,7 +19,13 @@
 //!   restore leaves every file either as it was or as restored, never mixed: a failure or cancel before
 //!   the renames changes no existing file, and a crash during them leaves whole files on both sides of
 //!   the line.
-//! * **Leftovers.** A crash leaves temporaries; [`remove_leftovers`] removes them (the job engine calls
+//! * **New subtrees whole.** A directory that does not exist yet is made under a temporary name in its
+//!   (existing) parent, and everything below it under its own names; at commit it is renamed into
+//!   place once (`RENAME_NOREPLACE`), after the files of existing directories. A restore into an empty
+//!   target so renames its top-level directories, not every file (the per-file renames were 15 % of a
+//!   50 004-file restore's samples, single-threaded).
+//! * **Leftovers.** A crash leaves temporaries (files, links, staged directories);
+//!   [`remove_leftovers`] removes them, a staged directory with everything in it (the job engine calls
 //!   it for every restore a crash interrupted, at start). A failure or cancel removes its own.
 //! * Directories are created 0700 and get their snapshot mode, owner and times after their contents.
 //!   Owners are restored only when running as root. Entries that are not files, directories or
@@ -74,9 +80,43 @@ pub(crate) fn tmp_name(name: &OsStr) -> OsString {
     s
 }
 
+/// Whether `name` is one [`tmp_name`] makes: `.`, a name, the mark, then `PID-N` (digits only, so a
+/// user's file or directory that merely contains the mark is never taken for a leftover).
 fn is_tmp_name(name: &OsStr) -> bool {
     let b = name.as_bytes();
-    b.first() == Some(&b'.') && b.windows(TMP_MARK.len()).any(|w| w == TMP_MARK.as_bytes())
+    let mark = TMP_MARK.as_bytes();
+    let Some(at) = b.windows(mark.len()).rposition(|w| w == mark) else {
+        return false;
+    };
+    let tail = &b[at + mark.len()..];
+    let mut parts = tail.split(|c| *c == b'-');
+    let digits = |p: Option<&[u8]>| p.is_some_and(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+    b.first() == Some(&b'.') && at > 0 && digits(parts.next()) && digits(parts.next()) && parts.next().is_none()
+}
+
+/// Removes the directory `name` below `dir` and everything in it, never following a link.
+fn remove_tree(dir: &OwnedFd, name: &OsStr, depth: usize) -> std::result::Result<(), Errno> {
+    if depth > 256 {
+        return Err(Errno::LOOP);
+    }
+    let sub = open_dir_at(dir, name)?;
+    let mut subdirs = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&sub)? {
+        let entry = entry?;
+        let n = OsStr::from_bytes(entry.file_name().to_bytes());
+        if n == "." || n == ".." {
+            continue;
+        }
+        if entry.file_type() == rustix::fs::FileType::Directory {
+            subdirs.push(n.to_os_string());
+        } else {
+            rustix::fs::unlinkat(&sub, n, AtFlags::empty())?;
+        }
+    }
+    for n in subdirs {
+        remove_tree(&sub, &n, depth + 1)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
 }
 
 fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> std::result::Result<OwnedFd, Errno> {
@@ -179,7 +219,12 @@ impl Dirs<'_> {
 
 /// A written and verified entry waiting for its rename.
 struct Pending {
+    /// The final parent (relative to the target).
     parent: PathBuf,
+    /// Where it is written: `parent`, or, below a directory this restore made, that directory's
+    /// temporary path.
+    at: PathBuf,
+    /// Its name in `at`: a temporary name in a directory that existed, its own name in a new one.
     tmp: OsString,
     name: OsString,
     node: Node,
@@ -255,16 +300,48 @@ pub(crate) struct Staged<'a> {
     as_root: bool,
     pending: Vec<Pending>,
     dirs: Vec<(PathBuf, Node)>,
+    /// The directories this restore made whose parent it did not make: (final path, temporary
+    /// name in the same parent). Everything below them is written under its own name.
+    new_tops: Vec<(PathBuf, OsString)>,
     out: TreeOutcome,
 }
 
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
-        for p in &self.pending {
-            if let Ok(d) = walk(&self.root, &p.parent, false, self.target) {
+        for p in self.pending.iter().filter(|p| p.tmp != p.name) {
+            if let Ok(d) = walk(&self.root, &p.at, false, self.target) {
                 let _ = rustix::fs::unlinkat(&d, &p.tmp, AtFlags::empty());
             }
         }
+        for (rel, tmp) in &self.new_tops {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            if let Ok(d) = walk(&self.root, parent, false, self.target) {
+                let _ = remove_tree(&d, tmp, 0);
+            }
+        }
+    }
+}
+
+/// Where a restore's directories are while it is staged: a directory it makes in one that exists
+/// gets a temporary name (renamed at commit), and what is below it its own names.
+#[derive(Default)]
+struct NewDirs {
+    /// Final path of every directory made by this restore.
+    made: std::collections::HashSet<PathBuf>,
+    /// Final path to temporary name, for the top ones.
+    tops: HashMap<PathBuf, OsString>,
+}
+
+impl NewDirs {
+    /// The path a directory's contents are written below while staged.
+    fn staged(&self, rel: &Path) -> PathBuf {
+        for a in rel.ancestors() {
+            if let Some(tmp) = self.tops.get(a) {
+                let rest = rel.strip_prefix(a).expect("an ancestor");
+                return a.parent().unwrap_or(Path::new("")).join(tmp).join(rest);
+            }
+        }
+        rel.to_path_buf()
     }
 }
 
@@ -294,29 +371,36 @@ impl Blobs<'_> {
             .map_or(u64::from(loc.length).saturating_sub(CRYPTO_OVERHEAD as u64), u64::from))
     }
 
-    /// A blob, decrypted, decompressed and checked against its id. `pack` keeps the last local
-    /// pack file opened (files of a tree mostly lie in one pack after another).
+    /// A blob, decrypted, decompressed and checked against its id. `packs` keeps the local pack
+    /// files last read open, most recent first (the share pipeline's packers fill several packs at
+    /// once, so the files of one directory lie in a few packs in turn: measured, keeping only the
+    /// last one reopened a pack for 42 341 of 50 004 files).
     fn get(
         &self,
         id: &rustic_core::DataId,
         dctx: &mut zstd::bulk::Decompressor<'static>,
         buf: &mut Vec<u8>,
-        pack: &mut Option<(Hash, std::fs::File)>,
+        packs: &mut Vec<(Hash, std::fs::File)>,
     ) -> Result<Vec<u8>> {
         use std::os::unix::fs::FileExt;
         let (h, loc) = self.loc(id)?;
         buf.resize(loc.length as usize, 0);
-        if pack.as_ref().is_none_or(|(p, _)| *p != loc.pack) {
-            *pack = match self.be.open_local_pack(&Id::new(loc.pack)) {
-                Some(f) => Some((loc.pack, f.map_err(|e| EngineError::io("open a pack", e))?)),
-                None => None,
-            };
+        match packs.iter().position(|(p, _)| *p == loc.pack) {
+            Some(0) => {}
+            Some(i) => packs[..=i].rotate_right(1),
+            None => {
+                if let Some(f) = self.be.open_local_pack(&Id::new(loc.pack)) {
+                    let f = f.map_err(|e| EngineError::io("open a pack", e))?;
+                    packs.truncate(PACKS_OPEN - 1);
+                    packs.insert(0, (loc.pack, f));
+                }
+            }
         }
-        match pack {
-            Some((_, f)) => f
+        match packs.first() {
+            Some((p, f)) if *p == loc.pack => f
                 .read_exact_at(buf, loc.offset.into())
                 .map_err(|e| EngineError::io("read a pack", e))?,
-            None => self.be.read_pack_range(&Id::new(loc.pack), loc.offset, buf)?,
+            _ => self.be.read_pack_range(&Id::new(loc.pack), loc.offset, buf)?,
         }
         open_blob(self.crypto, dctx, buf, &loc, &h)
     }
@@ -326,6 +410,8 @@ impl Blobs<'_> {
 const WRITERS: usize = 2 * crate::diskpipe::WORKERS + 1;
 /// Files of one directory a writer claims at once.
 const BATCH: usize = 256;
+/// Local pack files each writer keeps open (see [`Blobs::get`]).
+const PACKS_OPEN: usize = 16;
 
 /// Checks conflicts (before anything is written), then writes `entries` (paths relative to the share
 /// root, in tree order) under temporary names below `target`, creating directories: directories
@@ -416,6 +502,7 @@ pub(crate) fn stage<'a>(
         as_root,
         pending: Vec::new(),
         dirs: Vec::new(),
+        new_tops: Vec::new(),
         out,
     };
     let root = rustix::io::dup(&staged.root).map_err(|e| target_err(target, io_of(e)))?;
@@ -424,26 +511,37 @@ pub(crate) fn stage<'a>(
         target,
         last: None,
     };
-    // Directories and symbolic links in tree order; the files to write listed.
+    // Directories and symbolic links in tree order; the files to write listed. A directory that
+    // does not exist yet is made under a temporary name (its parent existed) or its own name (its
+    // parent is new too), and the entries below it under their own names: one rename at commit
+    // for a whole new subtree instead of one per file (measured: the per-file renames were 15 %
+    // of a restore's samples, single-threaded, each a linear search of the directory).
     let mut files: Vec<usize> = Vec::new();
     let mut first_link: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut new = NewDirs::default();
     for (rel, node) in selected {
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
         if node.is_dir() {
-            dirs.get(&rel, true)?;
+            make_dir(&mut dirs, &mut new, &mut staged.new_tops, &rel)?;
             staged.dirs.push((rel, node));
             continue;
         }
         let (parent, name) = split(&rel)?;
         let shown = target.join(&rel);
-        let dir = dirs.get(&parent, true)?;
-        let tmp = tmp_name(&name);
+        let at = new.staged(&parent);
+        let tmp = if new.made.contains(&parent) {
+            name.clone()
+        } else {
+            tmp_name(&name)
+        };
+        let dir = dirs.get(&at, true)?;
         if node.is_symlink() {
             rustix::fs::symlinkat(node.node_type.to_link(), dir, &tmp).map_err(|e| target_err(&shown, io_of(e)))?;
             staged.pending.push(Pending {
                 parent,
+                at,
                 tmp,
                 name,
                 node,
@@ -469,6 +567,7 @@ pub(crate) fn stage<'a>(
         }
         staged.pending.push(Pending {
             parent,
+            at,
             tmp,
             name,
             node,
@@ -484,9 +583,7 @@ pub(crate) fn stage<'a>(
     let mut batches: Vec<std::ops::Range<usize>> = Vec::new();
     for (k, i) in files.iter().enumerate() {
         match batches.last_mut() {
-            Some(b) if b.len() < BATCH && staged.pending[files[b.start]].parent == staged.pending[*i].parent => {
-                b.end = k + 1
-            }
+            Some(b) if b.len() < BATCH && staged.pending[files[b.start]].at == staged.pending[*i].at => b.end = k + 1,
             _ => batches.push(k..k + 1),
         }
     }
@@ -505,7 +602,7 @@ pub(crate) fn stage<'a>(
                     Err(e) => return fail.set(EngineError::Repository(format!("zstd: {e}"))),
                 };
                 let mut buf = Vec::new();
-                let mut pack = None;
+                let mut packs = Vec::with_capacity(PACKS_OPEN);
                 loop {
                     let b = next.fetch_add(1, Ordering::Relaxed);
                     if b >= batches.len() || fail.stopped() {
@@ -518,7 +615,7 @@ pub(crate) fn stage<'a>(
                             &mut dirs,
                             p,
                             as_root,
-                            (&mut dctx, &mut buf, &mut pack),
+                            (&mut dctx, &mut buf, &mut packs),
                             transfer,
                             cancel,
                         );
@@ -542,8 +639,8 @@ pub(crate) fn stage<'a>(
     for p in staged.pending.iter().filter(|p| p.link_to.is_some()) {
         let first = &staged.pending[p.link_to.expect("filtered")];
         let shown = target.join(&p.parent).join(&p.name);
-        let from = walk(&root, &first.parent, false, &shown)?;
-        let to = dirs.get(&p.parent, false)?;
+        let from = walk(&root, &first.at, false, &shown)?;
+        let to = dirs.get(&p.at, false)?;
         rustix::fs::linkat(&from, &first.tmp, to, &p.tmp, AtFlags::empty())
             .map_err(|e| target_err(&shown, io_of(e)))?;
     }
@@ -555,11 +652,44 @@ pub(crate) fn stage<'a>(
     Ok(staged)
 }
 
-/// A writer's decompressor, read buffer and last pack file.
+/// Opens or makes the directory `rel` (see [`stage`]): in a directory this restore made, under its
+/// own name; in one that existed, an existing directory is used as it is and a missing one is
+/// made under a temporary name (listed in `tops` for the commit's rename).
+fn make_dir(dirs: &mut Dirs, new: &mut NewDirs, tops: &mut Vec<(PathBuf, OsString)>, rel: &Path) -> Result<()> {
+    if rel.as_os_str().is_empty() {
+        return Ok(()); // the target itself, opened (or made) first
+    }
+    let (parent, name) = split(rel)?;
+    let shown = dirs.target.join(rel);
+    let at = new.staged(&parent);
+    let made = |dir: &OwnedFd, name: &OsStr| {
+        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(|e| target_err(&shown, io_of(e)))
+    };
+    let dir = dirs.get(&at, true)?;
+    if new.made.contains(&parent) {
+        made(dir, &name)?;
+    } else {
+        match open_dir_at(dir, &name) {
+            Ok(_) => return Ok(()),
+            Err(Errno::NOENT) => {
+                let tmp = tmp_name(&name);
+                made(dir, &tmp)?;
+                // Listed before anything is written below it, so a failure removes it.
+                tops.push((rel.to_path_buf(), tmp.clone()));
+                new.tops.insert(rel.to_path_buf(), tmp);
+            }
+            Err(e) => return Err(unsafe_component(&shown, &name, e)),
+        }
+    }
+    new.made.insert(rel.to_path_buf());
+    Ok(())
+}
+
+/// A writer's decompressor, read buffer and open pack files.
 type Scratch<'s> = (
     &'s mut zstd::bulk::Decompressor<'static>,
     &'s mut Vec<u8>,
-    &'s mut Option<(Hash, std::fs::File)>,
+    &'s mut Vec<(Hash, std::fs::File)>,
 );
 
 /// Writes one file's temporary (see [`stage`]).
@@ -569,13 +699,13 @@ fn write_file(
     dirs: &mut Dirs,
     p: &Pending,
     as_root: bool,
-    (dctx, buf, pack): Scratch,
+    (dctx, buf, packs): Scratch,
     transfer: &Counters,
     cancel: &Cancel,
 ) -> Result<()> {
     use std::os::unix::fs::FileExt;
     let shown = dirs.target.join(&p.parent).join(&p.name);
-    let dir = dirs.get(&p.parent, false)?;
+    let dir = dirs.get(&p.at, false)?;
     let fd = rustix::fs::openat(
         dir,
         &p.tmp,
@@ -590,7 +720,7 @@ fn write_file(
             return Err(EngineError::Cancelled);
         }
         let data = blobs
-            .get(id, dctx, buf, pack)
+            .get(id, dctx, buf, packs)
             .map_err(|e| EngineError::VerificationFailed {
                 path: shown.clone(),
                 reason: format!("vault blob {}: {e}", id_hex(id)),
@@ -654,7 +784,7 @@ impl Staged<'_> {
                 return Err(EngineError::Cancelled);
             }
             let shown = self.target.join(&p.parent).join(&p.name);
-            let dir = dirs.get(&p.parent, false)?;
+            let dir = dirs.get(&p.at, false)?;
             if p.node.is_symlink() {
                 let got = rustix::fs::readlinkat(dir, &p.tmp, Vec::new()).map_err(|e| target_err(&shown, io_of(e)))?;
                 if Path::new(OsStr::from_bytes(got.as_bytes())) != p.node.node_type.to_link() {
@@ -690,7 +820,7 @@ impl Staged<'_> {
         };
         for p in self.pending.iter().filter(|p| p.node.is_symlink()) {
             let shown = target.join(&p.parent).join(&p.name);
-            let dir = dirs.get(&p.parent, false)?;
+            let dir = dirs.get(&p.at, false)?;
             if self.as_root {
                 let (u, g) = owner_of(&p.node);
                 rustix::fs::chownat(dir, &p.tmp, u, g, AtFlags::SYMLINK_NOFOLLOW)
@@ -701,17 +831,39 @@ impl Staged<'_> {
                     .map_err(|e| target_err(&shown, io_of(e)))?;
             }
         }
-        // The renames: from here on each file is either as it was or as restored.
+        // The renames: from here on each file (and each new subtree) is either as it was or as
+        // restored. Files in directories that existed first, then the new directories (a new
+        // directory never replaces one someone made meanwhile).
         let pending = std::mem::take(&mut self.pending);
-        for (i, p) in pending.iter().enumerate() {
+        for (i, p) in pending.iter().enumerate().filter(|(_, p)| p.tmp != p.name) {
             let shown = target.join(&p.parent).join(&p.name);
-            let res = dirs.get(&p.parent, false).and_then(|dir| {
+            let res = dirs.get(&p.at, false).and_then(|dir| {
                 rustix::fs::renameat(dir, &p.tmp, dir, &p.name).map_err(|e| target_err(&shown, io_of(e)))
             });
             if let Err(e) = res {
                 self.pending = pending.into_iter().skip(i).collect();
                 return Err(e);
             }
+        }
+        let tops = std::mem::take(&mut self.new_tops);
+        for (i, (rel, tmp)) in tops.iter().enumerate() {
+            let shown = target.join(rel);
+            let res = split(rel).and_then(|(parent, name)| {
+                let dir = dirs.get(&parent, false)?;
+                match rustix::fs::renameat_with(dir, tmp, dir, &name, rustix::fs::RenameFlags::NOREPLACE) {
+                    // A file system without RENAME_NOREPLACE: a directory still never replaces
+                    // a non-empty one.
+                    Err(Errno::INVAL) => rustix::fs::renameat(dir, tmp, dir, &name),
+                    r => r,
+                }
+                .map_err(|e| target_err(&shown, io_of(e)))
+            });
+            if let Err(e) = res {
+                self.new_tops = tops.into_iter().skip(i).collect();
+                return Err(e);
+            }
+        }
+        for p in &pending {
             if p.node.is_file() {
                 self.out.bytes_restored += p.node.meta.size;
             }
@@ -755,7 +907,12 @@ fn sweep(dir: &OwnedFd, shown: &Path, recursive: bool, depth: usize, n: &mut usi
                 continue;
             }
             let ft = entry.file_type();
-            if is_tmp_name(&name) && ft != rustix::fs::FileType::Directory {
+            if is_tmp_name(&name) && ft == rustix::fs::FileType::Directory {
+                // A new subtree that was never renamed into place.
+                if remove_tree(dir, &name, depth).is_ok() {
+                    *n += 1;
+                }
+            } else if is_tmp_name(&name) {
                 if rustix::fs::unlinkat(dir, &name, AtFlags::empty()).is_ok() {
                     *n += 1;
                 }
@@ -785,6 +942,10 @@ mod tests {
             assert!(t.len() <= 255, "{}", t.len());
         }
         assert!(!is_tmp_name(OsStr::new("report.rsvault-restore-notes")));
+        assert!(!is_tmp_name(OsStr::new(".report.rsvault-restore-notes")));
+        assert!(!is_tmp_name(OsStr::new(".report.rsvault-restore-1-2-3")));
+        assert!(!is_tmp_name(OsStr::new(".rsvault-restore-1-2")));
+        assert!(is_tmp_name(OsStr::new(".a.rsvault-restore-41-7")));
         assert!(!is_tmp_name(OsStr::new("plain")));
     }
 
@@ -813,9 +974,19 @@ mod tests {
         std::fs::write(root.join("keep.txt"), b"x").unwrap();
         std::fs::write(outside.join(tmp_name(OsStr::new("c"))), b"x").unwrap();
         std::os::unix::fs::symlink(&outside, root.join("out")).unwrap();
+        // A new subtree staged under a temporary name, with a link out of it; a user's
+        // directory whose name only contains the mark.
+        let staged = root.join("sub").join(tmp_name(OsStr::new("newdir")));
+        std::fs::create_dir_all(staged.join("deeper")).unwrap();
+        std::fs::write(staged.join("deeper/f"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, staged.join("deeper/out")).unwrap();
+        let users = root.join(".notes.rsvault-restore-ideas");
+        std::fs::create_dir_all(&users).unwrap();
+        std::fs::write(users.join("f"), b"x").unwrap();
         assert_eq!(remove_leftovers(&root, false).unwrap(), 1);
-        assert_eq!(remove_leftovers(&root, true).unwrap(), 1);
-        assert!(root.join("keep.txt").exists());
+        assert_eq!(remove_leftovers(&root, true).unwrap(), 2);
+        assert!(!staged.exists());
+        assert!(root.join("keep.txt").exists() && users.join("f").exists());
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "a link was followed");
         assert_eq!(remove_leftovers(&tmp.path().join("missing"), true).unwrap(), 0);
     }

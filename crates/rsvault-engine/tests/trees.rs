@@ -816,3 +816,92 @@ fn walk_packs(d: &Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// Every name below `root` that a restore uses while staged (`.NAME.rsvault-restore-PID-N`).
+fn staged_names(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(root).unwrap().flatten() {
+        if e.file_name().to_string_lossy().contains(".rsvault-restore-") {
+            out.push(e.path());
+        }
+        if e.file_type().unwrap().is_dir() {
+            out.extend(staged_names(&e.path()));
+        }
+    }
+    out
+}
+
+/// A restore into a target that partly exists: files in existing directories go through
+/// temporary names, directories that do not exist are staged whole under a temporary name and
+/// renamed once; metadata (modes with set-id bits, directory times, hard links across the two
+/// kinds, symlinks, sparse files) comes back all the same, nothing staged is left, and a
+/// failure while staging (a file where the snapshot has a directory) removes the new subtrees it
+/// had made and changes nothing else.
+#[test]
+fn restores_into_a_partly_existing_target_stage_new_directories_whole() {
+    use std::os::unix::fs::symlink;
+    let v = Vault::new();
+    let src = v.path("share");
+    special_share(&src);
+    fs::create_dir_all(src.join("new/deeper/deepest")).unwrap();
+    fs::write(src.join("new/deeper/deepest/f"), b"deep").unwrap();
+    fs::hard_link(src.join("plain.txt"), src.join("new/deeper/plain-link")).unwrap();
+    symlink("../../plain.txt", src.join("new/deeper/up")).unwrap();
+    fs::set_permissions(src.join("new/deeper"), fs::Permissions::from_mode(0o750)).unwrap();
+    let dir_time = std::time::UNIX_EPOCH + std::time::Duration::new(1_650_000_000, 0);
+    fs::File::open(src.join("new/deeper"))
+        .unwrap()
+        .set_modified(dir_time)
+        .unwrap();
+    let out = v
+        .engine
+        .backup_tree(&v.spec, &tree_req(&src, "rp", 0), &NoProgress, &Cancel::new())
+        .unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    let want = without_fifo(snapshot_of(&src));
+    let req = |target: &Path| TreeRestoreRequest {
+        recovery_point: "rp".into(),
+        paths: None,
+        target: Some(target.to_path_buf()),
+        conflict: ConflictPolicy::Overwrite,
+    };
+
+    // "sub" exists (with a file of its own); "new" does not.
+    let dst = v.path("partly");
+    fs::create_dir_all(dst.join("sub")).unwrap();
+    fs::write(dst.join("sub/local-only"), b"kept").unwrap();
+    fs::write(dst.join("plain.txt"), b"overwritten").unwrap();
+    let r = v
+        .engine
+        .restore_tree(&v.spec, &req(&dst), &NoProgress, &Cancel::new())
+        .unwrap();
+    assert_eq!(
+        r.files_restored as usize,
+        want.values().filter(|d| !d.starts_with("dir")).count()
+    );
+    assert_eq!(staged_names(&dst), Vec::<PathBuf>::new());
+    assert_eq!(fs::read(dst.join("sub/local-only")).unwrap(), b"kept");
+    fs::remove_file(dst.join("sub/local-only")).unwrap();
+    assert_eq!(without_fifo(snapshot_of(&dst)), want);
+    assert_eq!(
+        links_of(&dst),
+        vec![
+            vec![PathBuf::from("hard-b"), PathBuf::from("sub/hard-a")],
+            vec![PathBuf::from("new/deeper/plain-link"), PathBuf::from("plain.txt")],
+        ]
+    );
+    let deeper = fs::metadata(dst.join("new/deeper")).unwrap();
+    assert_eq!((deeper.mode() & 0o7777, deeper.mtime()), (0o750, 1_650_000_000));
+    assert!(fs::metadata(dst.join("sparse")).unwrap().blocks() * 512 < 4 << 20);
+
+    // A regular file where the snapshot has the directory "sub": refused while staging, after
+    // "new" (before it in tree order) was made under a temporary name.
+    let bad = v.path("bad");
+    fs::create_dir_all(&bad).unwrap();
+    fs::write(bad.join("sub"), b"a file").unwrap();
+    let e = v.engine.restore_tree(&v.spec, &req(&bad), &NoProgress, &Cancel::new());
+    assert!(matches!(e, Err(EngineError::Target { .. })), "{e:?}");
+    let left: Vec<_> = fs::read_dir(&bad).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("sub")], "nothing staged is left");
+    assert_eq!(fs::read(bad.join("sub")).unwrap(), b"a file");
+}

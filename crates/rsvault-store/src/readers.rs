@@ -13,6 +13,8 @@ use std::sync::{Condvar, Mutex};
 
 /// How many read connections one SQLite store opens at most.
 pub const MAX_READERS: usize = 8;
+/// How much of the store's file each reader maps (`PRAGMA mmap_size`); pages past it are read.
+const READER_MMAP_BYTES: i64 = 256 << 20;
 
 pub(crate) struct Readers {
     path: PathBuf,
@@ -50,6 +52,9 @@ impl Readers {
         let conn = Connection::open(&self.path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "query_only", "ON")?;
+        // Pages of the file are read through a shared mapping instead of being copied into each
+        // reader's own cache by `read` (lists of large rows spent ~7 % of their time copying pages).
+        conn.pragma_update(None, "mmap_size", READER_MMAP_BYTES)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(conn)
     }

@@ -382,3 +382,43 @@ async fn provisioning_checks_its_request_and_the_linked_vm() {
     assert_arm_error(st, &b, 403, "LinkedAuthorizationFailed");
     assert!(staging_dirs(&f.s).is_empty());
 }
+
+/// A soft-deleted item's recovery points are kept, not served: its soft delete ends its live file
+/// recovery session (the export stops, the staged disks go) and a new provision is refused.
+#[tokio::test]
+async fn soft_deleting_an_item_ends_its_sessions_and_refuses_new_ones() {
+    let f = crate::recovery::fixture().await;
+    let (rp, content) = backed_up_vm(&f).await;
+    let op = provision(&f, &rp).await;
+    let text = script(&f, &rp, &op).await;
+    assert_eq!(read_file_through(&f.dir, &text, "before").unwrap(), content);
+
+    let (st, _, b) = send(&f.s, "DELETE", &format!("{}?{BK}", f.item("vm1")), None).await;
+    assert_eq!(st, 202, "{b}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !staging_dirs(&f.s).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the staged disks stay after the soft delete"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = read_file_through(&f.dir, &text, "after").unwrap_err();
+    assert!(
+        e.to_lowercase().contains("connection refused") || e.contains("Failed to connect"),
+        "{e}"
+    );
+    let rp_get = f.s.url(&format!("{}/recoveryPoints/{rp}?{BK}", f.item("vm1")));
+    assert_eq!(
+        get_url(&f.s, &rp_get).await.1["properties"]["isInstantIlrSessionActive"],
+        false
+    );
+    let (st, _, b) = send(
+        &f.s,
+        "POST",
+        &rp_url(&f, &rp, "provisionInstantItemRecovery"),
+        Some(&provision_body(&f, &rp)),
+    )
+    .await;
+    assert_arm_error(st, &b, 400, "BMSUserErrorItemSoftDeleted");
+}

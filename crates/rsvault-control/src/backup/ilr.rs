@@ -183,6 +183,15 @@ impl Control {
         let dp = self.data()?;
         let (v, row, rp_row) = self.recovery_point_row(sub, rg, vault, fabric, container, item, rp)?;
         let p = &row.body["properties"];
+        if p["isScheduledForDeferredDelete"].as_bool() == Some(true) {
+            return Err(Error::Invalid {
+                code: "BMSUserErrorItemSoftDeleted",
+                message: format!(
+                    "Item '{item}' is soft deleted: its recovery points cannot be mounted. Undelete it first."
+                ),
+                target: None,
+            });
+        }
         if p["backupManagementType"].as_str() == Some("AzureStorage") {
             return Err(bad(
                 "properties.objectType",
@@ -399,6 +408,33 @@ impl Control {
         })?;
         dp.ilr.wake();
         Ok(op_id)
+    }
+
+    /// Ends every live session of an item's recovery points (the item was soft deleted: its data
+    /// stays in the vault, but is no longer served). Each goes as a revoke does: the keeper stops its
+    /// exports, removes its staged disks and settles any provision still waiting. Returns how many.
+    pub(crate) fn revoke_ilr_below(&self, item_id: &str) -> Result<usize> {
+        let now = self.now();
+        let n = self.store.write(|db| {
+            let mut n = 0;
+            for mut r in db.all_below(item_id, SESSION_TYPE)? {
+                let Some(mut s) = session_of(&r) else { continue };
+                if matches!(s.state, State::Provisioning | State::Ready) {
+                    s.state = State::Revoking;
+                    r.body = serde_json::to_value(&s).unwrap_or_default();
+                    r.updated = now;
+                    db.put_resource(&r)?;
+                    n += 1;
+                }
+            }
+            Ok::<_, Error>(n)
+        })?;
+        if n > 0 {
+            if let Some(dp) = self.data.as_ref() {
+                dp.ilr.wake();
+            }
+        }
+        Ok(n)
     }
 
     /// `POST …/recoveryPoints/{rp}/listInstantItemRecoveryOperationResult`: the client script of a

@@ -1059,6 +1059,11 @@ impl Control {
             set_policy(&mut b["properties"], None);
             let row = self.item_row(&v, &c, b, Some(&existing));
             let op = self.commit_item_change(&v, Some(row), None, job, None)?;
+            // A soft-deleted item's points are kept, not served: its file recovery sessions end.
+            let ended = self.revoke_ilr_below(&existing.id)?;
+            if ended > 0 {
+                tracing::info!(item = %existing.id, sessions = ended, "soft delete ended the item's file recovery sessions");
+            }
             return Ok(Some(op));
         }
         let empty_container = matches!(c, ContainerName::Vm { .. }).then(|| container_id(&v.id, &c));

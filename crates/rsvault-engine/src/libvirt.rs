@@ -42,15 +42,11 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use quick_xml::events::{BytesStart, BytesText, Event};
 use quick_xml::{Reader, Writer};
 
-use crate::disk::ReadStats;
-use crate::diskpipe::{ChunkSource, DiskJob};
-use crate::engine::{all_points, commit_consistency, new_point_meta, ResticEngine};
+use crate::engine::{all_points, commit_consistency, ResticEngine};
 use crate::error::{EngineError, Result};
 use crate::nbd::NbdReader;
 use crate::progress::{Cancel, Progress, Task};
@@ -698,10 +694,7 @@ impl ResticEngine {
         progress.finished(Task::Snapshot);
         progress.detail(Task::Snapshot, &note.join(" "));
 
-        let mut jobs = Vec::new();
-        let mut readers = Vec::new();
-        let mut cbt = Vec::new();
-        let mut total = 0;
+        let mut views = Vec::new();
         for d in &info.disks {
             let ctx = full_read
                 .is_none()
@@ -712,92 +705,42 @@ impl ResticEngine {
                 path: socket.clone(),
                 reason: e.to_string(),
             })?;
-            let size = reader.size();
-            total += size;
             let same_size = parent
                 .as_ref()
                 .and_then(|(_, m)| m.disks.iter().find(|e| e.name == d.target))
-                .map(|e| e.virtual_size == size);
-            let unchanged = match (&ctx, same_size) {
-                (Some(ctx), Some(true)) => {
-                    let dirty = crate::livevm::dirty_chunks(&reader, ctx, size, &socket)?;
-                    let n = dirty.iter().filter(|d| **d).count();
-                    cbt.push(format!(
-                        "disk '{}': {n} of {} chunks changed since the last recovery point (checkpoint bitmap)",
-                        d.target,
-                        dirty.len()
-                    ));
-                    Some(dirty)
-                }
-                (Some(_), _) => {
-                    cbt.push(format!("disk '{}': read in full (its size changed)", d.target));
-                    None
-                }
-                (None, _) => {
-                    cbt.push(format!(
-                        "disk '{}': read in full ({})",
-                        d.target,
-                        full_read.as_deref().unwrap_or("no checkpoint")
-                    ));
-                    None
-                }
+                .map(|e| e.virtual_size == reader.size());
+            let (bitmap_ctx, why) = match (ctx, same_size) {
+                (Some(ctx), Some(true)) => (Some(ctx), String::new()),
+                (Some(_), _) => (None, "its size changed".to_string()),
+                (None, _) => (None, full_read.clone().unwrap_or_else(|| "no checkpoint".into())),
             };
-            let reader = Arc::new(reader);
-            readers.push(reader.clone());
-            jobs.push(DiskJob {
+            views.push(crate::livevm::NbdView {
                 name: d.target.clone(),
                 path: d.source.clone(),
-                source: ChunkSource::Nbd(reader),
-                size,
-                mtime: None,
-                unchanged,
-            });
-        }
-        let mut meta = new_point_meta(&req.tags, req.expiry, RecoveryPointKind::Disks);
-        meta.consistency = consistency;
-        meta.disks = info
-            .disks
-            .iter()
-            .zip(&jobs)
-            .map(|(d, j)| DiskEntry {
-                name: d.target.clone(),
-                source_path: d.source.clone(),
-                source_format: if d.format == "qcow2" {
+                format: if d.format == "qcow2" {
                     crate::disk::ImageFormat::Qcow2
                 } else {
                     crate::disk::ImageFormat::Raw
                 },
-                virtual_size: j.size,
-            })
-            .collect();
-        meta.total_size = Some(total);
-        let snap = crate::engine::new_snapshot(&req.tags, req.time, &meta)?;
-        let stats = ReadStats::default();
-        let snap = self.transfer_disks(
+                reader,
+                bitmap_ctx,
+                full_read: why,
+            });
+        }
+        let (snap, mut meta, stats) = self.transfer_views(
             spec,
             &plain,
+            &req.tags,
+            req.time,
+            req.expiry,
             parent.map(|p| p.0),
-            &jobs,
-            snap,
-            total,
+            views,
+            consistency,
+            ("checkpoint bitmap", "domain"),
             progress,
             cancel,
-            &stats,
+            &socket,
         )?;
-        drop(jobs);
-        for r in readers {
-            r.close();
-        }
-        let read = stats.scanned.load(Ordering::Relaxed) - stats.skipped.load(Ordering::Relaxed);
-        progress.detail(
-            Task::Transfer,
-            &format!(
-                "Read {} MiB of {} MiB over NBD while the domain ran; {}.",
-                read >> 20,
-                total >> 20,
-                cbt.join("; ")
-            ),
-        );
         job.committed = true;
         warnings.extend(job.end());
         // Older checkpoints are no longer needed: the new one records every write from now on.

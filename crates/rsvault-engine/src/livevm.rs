@@ -537,6 +537,105 @@ pub(crate) fn dirty_chunks(reader: &NbdReader, ctx: &str, size: u64, socket: &Pa
     Ok(dirty)
 }
 
+/// One disk's point-in-time view, open over NBD, as a running-guest backup reads it (QMP fleecing or
+/// libvirt's pull-mode backup).
+pub(crate) struct NbdView {
+    pub name: String,
+    /// The disk's image as the hypervisor names it (recorded in the point).
+    pub path: PathBuf,
+    pub format: ImageFormat,
+    pub reader: NbdReader,
+    /// The dirty-bitmap metadata context to read only changed chunks by; `None`: read in full.
+    pub bitmap_ctx: Option<String>,
+    /// Why it is read in full when there is no bitmap context.
+    pub full_read: String,
+}
+
+impl ResticEngine {
+    /// Reads the views of a running guest into a new point (only the chunks each bitmap marks, the
+    /// rest reused from `parent`), and says what was read in the transfer task: `bitmap` names the
+    /// kind of bitmap, `running` what kept running ("guest", "domain").
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn transfer_views(
+        &self,
+        spec: &RepoSpec,
+        plain: &crate::engine::Repo,
+        tags: &RecoveryPointTags,
+        time: chrono::DateTime<chrono::Utc>,
+        expiry: Option<chrono::DateTime<chrono::Utc>>,
+        parent: Option<rustic_core::repofile::SnapshotFile>,
+        views: Vec<NbdView>,
+        consistency: Consistency,
+        (bitmap, running): (&str, &str),
+        progress: &dyn Progress,
+        cancel: &Cancel,
+        socket: &Path,
+    ) -> Result<(rustic_core::repofile::SnapshotFile, crate::engine::RpMeta, ReadStats)> {
+        let mut jobs = Vec::new();
+        let mut readers = Vec::new();
+        let mut entries = Vec::new();
+        let mut note = Vec::new();
+        for v in views {
+            let size = v.reader.size();
+            let unchanged = match &v.bitmap_ctx {
+                Some(ctx) => {
+                    let dirty = dirty_chunks(&v.reader, ctx, size, socket)?;
+                    let n = dirty.iter().filter(|d| **d).count();
+                    note.push(format!(
+                        "disk '{}': {n} of {} chunks changed since the last recovery point ({bitmap})",
+                        v.name,
+                        dirty.len()
+                    ));
+                    Some(dirty)
+                }
+                None => {
+                    note.push(format!("disk '{}': read in full ({})", v.name, v.full_read));
+                    None
+                }
+            };
+            entries.push(DiskEntry {
+                name: v.name.clone(),
+                source_path: v.path.clone(),
+                source_format: v.format,
+                virtual_size: size,
+            });
+            let reader = Arc::new(v.reader);
+            readers.push(reader.clone());
+            jobs.push(DiskJob {
+                name: v.name,
+                path: v.path,
+                source: ChunkSource::Nbd(reader),
+                size,
+                mtime: None,
+                unchanged,
+            });
+        }
+        let total = jobs.iter().map(|j| j.size).sum();
+        let mut meta = new_point_meta(tags, expiry, RecoveryPointKind::Disks);
+        meta.consistency = consistency;
+        meta.disks = entries;
+        meta.total_size = Some(total);
+        let snap = crate::engine::new_snapshot(tags, time, &meta)?;
+        let stats = ReadStats::default();
+        let snap = self.transfer_disks(spec, plain, parent, &jobs, snap, total, progress, cancel, &stats)?;
+        drop(jobs);
+        for r in readers {
+            r.close();
+        }
+        let read = stats.scanned.load(Ordering::Relaxed) - stats.skipped.load(Ordering::Relaxed);
+        progress.detail(
+            Task::Transfer,
+            &format!(
+                "Read {} MiB of {} MiB over NBD while the {running} ran; {}.",
+                read >> 20,
+                total >> 20,
+                note.join("; ")
+            ),
+        );
+        Ok((snap, meta, stats))
+    }
+}
+
 impl ResticEngine {
     /// [`crate::Engine::backup_live_vm`].
     pub(crate) fn live_backup(
@@ -727,9 +826,7 @@ impl ResticEngine {
             )?;
             s.own_server = Some(path);
         }
-        let mut jobs = Vec::new();
-        let mut readers = Vec::new();
-        let mut cbt_note = Vec::new();
+        let mut views = Vec::new();
         for i in 0..s.fleeces.len() {
             let f = &s.fleeces[i];
             let mut args =
@@ -758,73 +855,33 @@ impl ResticEngine {
                     ),
                 });
             }
-            let size = f.disk.virtual_size;
-            let unchanged = match &bitmap_ctx {
-                Some(ctx) => {
-                    let dirty = dirty_chunks(&reader, ctx, size, &s.nbd_socket)?;
-                    let n = dirty.iter().filter(|d| **d).count();
-                    cbt_note.push(format!(
-                        "disk '{}': {n} of {} chunks changed since the last recovery point (dirty bitmap)",
-                        f.disk.name,
-                        dirty.len()
-                    ));
-                    Some(dirty)
-                }
-                None => {
-                    cbt_note.push(format!(
-                        "disk '{}': read in full ({})",
-                        f.disk.name,
-                        f.full_read.as_deref().unwrap_or("no dirty bitmap")
-                    ));
-                    None
-                }
-            };
-            let reader = Arc::new(reader);
-            readers.push(reader.clone());
-            jobs.push(DiskJob {
+            views.push(NbdView {
                 name: f.disk.name.clone(),
                 path: f.disk.file.clone().unwrap_or_else(|| PathBuf::from(&f.disk.node)),
-                source: ChunkSource::Nbd(reader),
-                size,
-                mtime: None,
-                unchanged,
-            });
-        }
-
-        let mut meta = new_point_meta(&req.tags, req.expiry, RecoveryPointKind::Disks);
-        meta.consistency = consistency;
-        meta.disks = s
-            .fleeces
-            .iter()
-            .map(|f| DiskEntry {
-                name: f.disk.name.clone(),
-                source_path: f.disk.file.clone().unwrap_or_else(|| PathBuf::from(&f.disk.node)),
-                source_format: if f.disk.driver == "qcow2" {
+                format: if f.disk.driver == "qcow2" {
                     ImageFormat::Qcow2
                 } else {
                     ImageFormat::Raw
                 },
-                virtual_size: f.disk.virtual_size,
-            })
-            .collect();
-        meta.total_size = Some(total);
-        let snap = crate::engine::new_snapshot(&req.tags, req.time, &meta)?;
-        let stats = ReadStats::default();
-        let snap = self.transfer_disks(spec, plain, parent, &jobs, snap, total, progress, cancel, &stats)?;
-        drop(jobs);
-        for r in readers {
-            r.close();
+                reader,
+                bitmap_ctx,
+                full_read: f.full_read.clone().unwrap_or_else(|| "no dirty bitmap".into()),
+            });
         }
-        let read = stats.scanned.load(Ordering::Relaxed) - stats.skipped.load(Ordering::Relaxed);
-        progress.detail(
-            Task::Transfer,
-            &format!(
-                "Read {} MiB of {} MiB over NBD while the guest ran; {}.",
-                read >> 20,
-                total >> 20,
-                cbt_note.join("; ")
-            ),
-        );
+        let (snap, meta, stats) = self.transfer_views(
+            spec,
+            plain,
+            &req.tags,
+            req.time,
+            req.expiry,
+            parent,
+            views,
+            consistency,
+            ("dirty bitmap", "guest"),
+            progress,
+            cancel,
+            &s.nbd_socket,
+        )?;
         Ok((snap, meta, stats, warnings))
     }
 }
